@@ -1,0 +1,315 @@
+"""Streaming per-neuron statistics, reduced inside the nnsight trace.
+
+For every (label, fold) slot and every neuron we keep four sums: tokens counted n, Σa, Σa² and
+count(a > 0). Only [layers × slots × width] tensors leave a trace, so memory and the bytes a
+remote run downloads do not grow with the corpus. Which tokens count is decided by a per-token
+weight matrix built from the attention mask and the prompt's marked span, never by batch shape.
+
+Folds: each prompt's group (scenario) is hashed into one of ``folds`` folds, so every run also
+yields independent halves of the data for a split-half stability estimate at no extra cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .data.schema import Prompt
+from .errors import VneuronError
+from .models.loading import LoadedModel
+from .models.sites import check_site, layer_modules, site_module
+
+MODES = ("prompt", "generate")
+
+
+@dataclass
+class ActivationStats:
+    """Sufficient statistics per (label, fold, layer, neuron) at one site."""
+
+    site: str
+    labels: list[str]
+    folds: int
+    n: torch.Tensor  # [K, F] tokens counted
+    sum: torch.Tensor  # [K, F, L, W]
+    sumsq: torch.Tensor  # [K, F, L, W]
+    active: torch.Tensor  # [K, F, L, W] tokens with a > 0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, site: str, labels: Sequence[str], folds: int, n_layers: int, width: int) -> "ActivationStats":
+        k = len(labels)
+        z = lambda: torch.zeros(k, folds, n_layers, width, dtype=torch.float64)  # noqa: E731
+        return cls(site, list(labels), folds, torch.zeros(k, folds, dtype=torch.float64), z(), z(), z())
+
+    @property
+    def n_layers(self) -> int:
+        return self.sum.shape[2]
+
+    @property
+    def width(self) -> int:
+        return self.sum.shape[3]
+
+    def slot(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise VneuronError(f"No statistics for label {label!r}", f"the run has: {', '.join(self.labels)}") from None
+
+    def add_(self, slots: torch.Tensor, n: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, act: torch.Tensor) -> None:
+        """Add sums for flat slot indices (label * folds + fold); s* are [S, L, W]."""
+        for name, value in (("sum", s1), ("sumsq", s2), ("active", act)):
+            flat = getattr(self, name).view(-1, self.n_layers, self.width)
+            flat.index_add_(0, slots, value.to(torch.float64))
+        self.n.view(-1).index_add_(0, slots, n.to(torch.float64))
+
+    def __add__(self, other: "ActivationStats") -> "ActivationStats":
+        if (self.site, self.labels, self.folds, self.sum.shape) != (other.site, other.labels, other.folds, other.sum.shape):
+            raise VneuronError("Cannot add statistics of different sites, labels or shapes")
+        return ActivationStats(self.site, self.labels, self.folds, self.n + other.n, self.sum + other.sum,
+                               self.sumsq + other.sumsq, self.active + other.active, dict(self.meta))
+
+    def moments(self, label: str, fold: int | None = None) -> "Moments":
+        """Token count, mean, variance and activation probability of one label (all folds or one)."""
+        k = self.slot(label)
+        pick = (lambda t: t[k].sum(0)) if fold is None else (lambda t: t[k, fold])
+        n = float(pick(self.n))
+        if n == 0:
+            raise VneuronError(f"Label {label!r} has no counted tokens" + ("" if fold is None else f" in fold {fold}"),
+                               "add texts for it, or check the span the dataset marks")
+        mean = pick(self.sum) / n
+        var = (pick(self.sumsq) / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
+        return Moments(n=n, mean=mean, var=var, p=pick(self.active) / n)
+
+    # -- disk ---------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"site": self.site, "labels": json.dumps(self.labels), "folds": str(self.folds), "meta": json.dumps(self.meta)}
+        save_file({"n": self.n, "sum": self.sum, "sumsq": self.sumsq, "active": self.active}, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: Path) -> "ActivationStats":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+            t = {key: fh.get_tensor(key) for key in ("n", "sum", "sumsq", "active")}
+        return cls(meta["site"], json.loads(meta["labels"]), int(meta["folds"]), t["n"], t["sum"], t["sumsq"],
+                   t["active"], json.loads(meta.get("meta", "{}")))
+
+
+@dataclass
+class Moments:
+    n: float
+    mean: torch.Tensor  # [L, W]
+    var: torch.Tensor
+    p: torch.Tensor
+
+
+def fold_of(group: str, folds: int) -> int:
+    """A stable fold for a scenario: both sides of one item always land in the same fold."""
+    if folds <= 1:
+        return 0
+    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) % folds
+
+
+# -- tokenisation ----------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    ids: list[int]
+    counted: list[bool]  # per token: does it count
+    prompt: Prompt
+    slot: int
+
+
+def encode(tokenizer, prompts: Sequence[Prompt], slots: Sequence[int], *, counted_span: bool = True) -> list[Encoded]:
+    """Tokenise and mark counted tokens from character offsets (special tokens never count)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise VneuronError("vneuron needs a fast tokenizer (character offsets)", "load the model with a tokenizer.json")
+    enc = tokenizer([p.text for p in prompts], return_offsets_mapping=True, add_special_tokens=True)
+    out = []
+    for prompt, slot, ids, offsets in zip(prompts, slots, enc["input_ids"], enc["offset_mapping"]):
+        lo, hi = prompt.span if (prompt.span and counted_span) else (0, len(prompt.text))
+        counted = [end > start and start < hi and end > lo for start, end in offsets]
+        if counted_span and not any(counted):
+            raise VneuronError(f"Prompt {prompt.id!r} has no token in its counted span", "check the item's text is not empty")
+        out.append(Encoded(list(ids), counted, prompt, slot))
+    return out
+
+
+def batches(encoded: list[Encoded], batch_tokens: int, max_batch: int = 64) -> list[list[Encoded]]:
+    """Length-sorted batches whose padded size stays under ``batch_tokens``."""
+    ordered = sorted(encoded, key=lambda e: len(e.ids))
+    out: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    for e in ordered:
+        if current and (len(current) + 1) * len(e.ids) > batch_tokens or len(current) >= max_batch:
+            out.append(current)
+            current = []
+        current.append(e)
+    if current:
+        out.append(current)
+    return out
+
+
+def pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _pack(batch: list[Encoded], pad: int, left: bool):
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    counted = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, e in enumerate(batch):
+        cols = slice(width - len(e.ids), width) if left else slice(0, len(e.ids))
+        ids[row, cols] = torch.tensor(e.ids)
+        mask[row, cols] = 1
+        counted[row, cols] = torch.tensor(e.counted)
+    return ids, mask, counted
+
+
+# -- capture ---------------------------------------------------------------------------------
+@dataclass
+class CaptureConfig:
+    site: str = "gate"
+    mode: str = "prompt"
+    folds: int = 2
+    batch_tokens: int = 4096
+    max_new_tokens: int = 32
+    counted_span: bool = True
+
+    def check(self) -> "CaptureConfig":
+        check_site(self.site)
+        if self.mode not in MODES:
+            raise VneuronError(f"Unknown capture mode {self.mode!r}", f"use one of: {', '.join(MODES)}")
+        if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
+            raise VneuronError("folds, batch_tokens and max_new_tokens must be positive")
+        return self
+
+
+def capture(
+    model: LoadedModel,
+    prompts: Sequence[Prompt],
+    config: CaptureConfig | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    generations: list | None = None,
+) -> ActivationStats:
+    """Per-label, per-fold neuron statistics over ``prompts``.
+
+    ``progress(done, total)`` is called after each batch. In generate mode, ``generations``
+    (if a list) receives one record per prompt with the generated text.
+    """
+    config = (config or CaptureConfig()).check()
+    if not prompts:
+        raise VneuronError("Nothing to capture: no prompts", "check the corpus selection (split, language, dimension)")
+    labels = list(labels or sorted({p.label for p in prompts}))
+    stats = ActivationStats.zeros(config.site, labels, config.folds, model.n_layers, model.width)
+    slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
+    encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
+    plan = batches(encoded, config.batch_tokens)
+    done = 0
+    for batch in plan:
+        if config.mode == "prompt":
+            result = _prompt_batch(model, batch, config.site)
+        else:
+            result = _generate_batch(model, batch, config, generations)
+        stats.add_(*result)
+        done += len(batch)
+        if progress:
+            progress(done, len(prompts))
+    stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan)}
+    return stats
+
+
+def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct slots of a batch and the [S, B] one-hot that routes each row to its slot."""
+    slots = sorted({e.slot for e in batch})
+    onehot = torch.zeros(len(slots), len(batch))
+    for row, e in enumerate(batch):
+        onehot[slots.index(e.slot), row] = 1.0
+    return torch.tensor(slots, dtype=torch.long), onehot
+
+
+def _site_values(model: LoadedModel, site: str):
+    for block in layer_modules(model.lm, model.arch):
+        module = site_module(block, model.arch, site)
+        yield module.output if site == "gate" else module.input
+
+
+def _prompt_batch(model: LoadedModel, batch: list[Encoded], site: str):
+    ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=False)
+    slots, onehot = _slot_matrix(batch)
+    # [S, B*T]: token weight for each slot (only counted, non-padding tokens of that slot's rows)
+    weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slots), -1)
+    width = model.width
+    with torch.inference_mode(), model.lm.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
+        sums = []
+        for value in _site_values(model, site):
+            a = value.reshape(-1, width).float()
+            sums.append(torch.stack([weights @ a, weights @ (a * a), weights @ (a > 0).float()]))
+        reduced = torch.stack(sums).save()  # [L, 3, S, W]
+        tracer.stop()  # nothing after the last MLP is needed (no LM head)
+    reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
+    return slots, weights.sum(1), reduced[0], reduced[1], reduced[2]
+
+
+def _eos_ids(model: LoadedModel) -> list[int]:
+    eos = getattr(model.lm.generation_config, "eos_token_id", None) if hasattr(model.lm, "generation_config") else None
+    eos = eos if eos is not None else model.tokenizer.eos_token_id
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+
+
+def _generate_batch(model: LoadedModel, batch: list[Encoded], config: CaptureConfig, generations: list | None):
+    """Greedy generation; statistics over generated tokens only, stopping each row at EOS.
+
+    The token sampled at step k is read back at step k+1, so we generate one token more than
+    counted: steps 1..N read generated tokens g_1..g_N.
+    """
+    pad = pad_id(model.tokenizer)
+    ids, mask, _ = _pack(batch, pad, left=True)
+    slots, onehot = _slot_matrix(batch)
+    steps = config.max_new_tokens
+    eos = torch.tensor(_eos_ids(model) or [-1])
+    width, n_layers = model.width, model.n_layers
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
+        with model.lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
+                               do_sample=False, pad_token_id=pad) as tracer:
+            totals = torch.zeros(n_layers, 3, len(slots), width).save()
+            counts = torch.zeros(len(slots)).save()
+            tokens = list().save()
+            finished = torch.zeros(len(batch), dtype=torch.bool)
+            for _ in tracer.iter[1 : steps + 1]:
+                step_ids = model.lm.inputs[1]["input_ids"][:, -1]
+                is_eos = torch.isin(step_ids, eos)
+                alive = (~finished & ~is_eos).float()
+                finished = finished | is_eos
+                tokens.append(torch.where(alive.bool(), step_ids, -1))
+                weights = onehot * alive[None]
+                counts += weights.sum(1)
+                for layer, value in enumerate(_site_values(model, config.site)):
+                    a = value[:, -1, :].reshape(-1, width).float()
+                    totals[layer, 0] += weights @ a
+                    totals[layer, 1] += weights @ (a * a)
+                    totals[layer, 2] += weights @ (a > 0).float()
+    if generations is not None:
+        table = torch.stack(tokens, 1) if tokens else torch.zeros(len(batch), 0, dtype=torch.long)
+        for row, e in enumerate(batch):
+            kept = [int(t) for t in table[row] if t >= 0]
+            generations.append({"id": e.prompt.id, "label": e.prompt.label, "prompt": e.prompt.text,
+                                "generated": model.tokenizer.decode(kept), "tokens_counted": len(kept)})
+    totals = totals.permute(1, 2, 0, 3)
+    return slots, counts, totals[0], totals[1], totals[2]

@@ -1,0 +1,235 @@
+"""Turning what the user typed (alias, directory, GGUF file, hub id) into a traced model.
+
+GGUF weights are dequantised by transformers once and cached as a safetensors copy keyed by the
+file's SHA-256, so only the first run pays for the conversion (~2 min for Gemma-3-270M).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import import_module, util as importlib_util
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import VneuronError
+from .registry import ALIASES, Alias
+from .sites import Architecture, architecture_for, mlp_width, num_layers
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $VNEURON_CACHE, else the user's cache directory."""
+    if os.environ.get("VNEURON_CACHE"):
+        return Path(os.environ["VNEURON_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vneuron"
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from, resolved before anything heavy is loaded."""
+
+    spec: str  # what the user typed
+    model_id: str  # canonical id recorded in manifests
+    kind: str  # "packaged" | "gguf" | "directory" | "hub"
+    alias: str | None = None
+    path: Path | None = None  # directory or GGUF file
+    chat: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "model_id": self.model_id, "kind": self.kind, "alias": self.alias}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace, with the facts every later step needs."""
+
+    lm: Any  # nnsight LanguageModel
+    source: ModelSource
+    arch: Architecture
+    n_layers: int
+    width: int
+    revision: str
+    tokenizer: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            **self.source.describe(),
+            "revision": self.revision,
+            "architecture": self.arch.name,
+            "n_layers": self.n_layers,
+            "width": self.width,
+            **self.extra,
+        }
+
+
+def resolve(spec: str | None) -> ModelSource:
+    """Decide where ``spec`` points without loading weights; a bad spec is a one-line error."""
+    spec = (spec or "default").strip()
+    if spec in ALIASES:
+        alias = ALIASES[spec]
+        if alias.module:
+            return ModelSource(spec, alias.hub_id, "packaged", alias=alias.name, chat=alias.chat)
+        return ModelSource(spec, alias.hub_id, "hub", alias=alias.name, chat=alias.chat)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise VneuronError(f"GGUF file {spec} does not exist", "check the path")
+        return ModelSource(spec, path.stem, "gguf", path=path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VneuronError(
+                f"Directory {spec} has no config.json",
+                "point --model at a directory written by save_pretrained, a .gguf file, an alias or a hub id",
+            )
+        return ModelSource(spec, _dir_model_id(path), "directory", path=path.resolve())
+    if path.exists():
+        raise VneuronError(f"{spec} is neither a model directory nor a .gguf file", "pass one of those, an alias or a hub id")
+    if "/" in spec and not spec.startswith((".", "/", "~")):
+        return ModelSource(spec, spec, "hub")
+    known = ", ".join(sorted(a for a in ALIASES if a != "default"))
+    raise VneuronError(f"Unknown model {spec!r}", f"use an alias ({known}), a local directory, a .gguf file or a hub id like org/name")
+
+
+def _dir_model_id(path: Path) -> str:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VneuronError(f"{path}/config.json is not valid JSON ({exc})", "re-save the model with save_pretrained") from None
+    return cfg.get("_name_or_path") or path.name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_gguf(alias: Alias) -> Path:
+    """The GGUF file shipped by an alias' PyPI package (assembled from chunks where needed)."""
+    if importlib_util.find_spec(alias.module) is None:
+        raise VneuronError(f"Model {alias.name!r} is not installed", f"run: {alias.install}")
+    if alias.gguf_name:
+        # find_spec, not import: some such packages fail to import without their declared deps.
+        spec = importlib_util.find_spec(alias.module)
+        path = Path(next(iter(spec.submodule_search_locations))) / alias.gguf_name
+        if not path.is_file():
+            raise VneuronError(f"{path} is missing from the {alias.package} package", f"reinstall it: {alias.install}")
+        return path
+    module = import_module(alias.module)
+    target = cache_dir() / "gguf" / module.MODEL_NAME
+    return Path(module.assemble(target))
+
+
+def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """Dequantise a GGUF file once into a safetensors directory; returns it and the file hash."""
+    digest = sha256_file(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (target / ".complete").is_file():
+        return target, digest
+    if progress:
+        progress(f"Converting {gguf.name} to a cached safetensors copy (first run only, about 2 minutes)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded ("quantised") model until these are cleared.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(json.dumps({"gguf": gguf.name, "sha256": digest}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target, digest
+
+
+def _hub_snapshot(model_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise VneuronError(
+            f"Model {model_id!r} is not in the local Hugging Face cache",
+            "download it where you are online (hf download ID), pass a local directory, or run it on NDIF with --remote",
+        ) from None
+
+
+def _dir_revision(path: Path) -> str:
+    """A content fingerprint of a model directory: config plus weight file names and sizes."""
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_model(
+    spec: str | None = None,
+    *,
+    dtype: str = "float32",
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Load a model locally and wrap it for tracing."""
+    if dtype not in DTYPES:
+        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    source = resolve(spec)
+    if source.kind == "packaged":
+        gguf = packaged_gguf(ALIASES[source.alias])
+        directory, digest = convert_gguf(gguf, progress)
+        revision = f"gguf-sha256:{digest}"
+    elif source.kind == "gguf":
+        directory, digest = convert_gguf(source.path, progress)
+        revision = f"gguf-sha256:{digest}"
+    elif source.kind == "directory":
+        directory, revision = source.path, f"dir:{_dir_revision(source.path)}"
+    else:
+        directory = _hub_snapshot(source.model_id)
+        revision = directory.name  # the snapshot's commit hash
+    return _wrap(directory, source, revision, dtype, progress)
+
+
+def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progress) -> LoadedModel:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(directory)
+    arch = architecture_for(config)  # fail before loading weights
+    if progress:
+        progress(f"Loading {source.model_id}")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+    model.eval()
+    from nnsight import LanguageModel
+
+    lm = LanguageModel(model, tokenizer=tokenizer)
+    if not source.chat:
+        source.chat = bool(getattr(tokenizer, "chat_template", None)) and source.kind != "packaged"
+    return LoadedModel(
+        lm=lm,
+        source=source,
+        arch=arch,
+        n_layers=num_layers(config),
+        width=mlp_width(config),
+        revision=revision,
+        tokenizer=tokenizer,
+        extra={"dtype": dtype},
+    )
