@@ -1,0 +1,168 @@
+"""The ``vneuron`` command: thin wrappers that turn options into one library call each."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import VneuronError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find the neurons of a language model that encode human values, and test them causally.",
+    rich_markup_mode="rich",
+)
+
+
+def handle_errors(fn):
+    """One line and exit code 2 for anything the user can fix; tracebacks only with VNEURON_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .report import err_console
+
+        try:
+            return fn(*args, **kwargs)
+        except VneuronError as exc:
+            if os.environ.get("VNEURON_DEBUG") == "1":
+                raise
+            err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, markup=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/] (nothing half-written was kept)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Alias (see `vneuron models`), model directory, .gguf file or hub id. Default: the embedded model.")
+
+
+@app.command()
+@handle_errors
+def locate(
+    model: Optional[str] = ModelOpt,
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus file or directory; default: the built-in corpus."),
+    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to rank, e.g. self_transcendence,conservation. Default: all."),
+    language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
+    split: str = typer.Option("train", help="Corpus split (train, test, all)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many items per dimension (for a quick look)."),
+    site: str = typer.Option("gate", help="gate: the activation function's output (the papers' site); down_in: the output projection's input (act·up)."),
+    mode: str = typer.Option("prompt", help="prompt: count the action's tokens; generate: count generated tokens under a value-conditioned prompt (ValueLocate)."),
+    span: str = typer.Option("option", help="Prompt mode: count the action's tokens (option) or the whole prompt (all)."),
+    method: str = typer.Option("delta_p", help="delta_p, mean_diff, cohen_d, welch_t or lape."),
+    rule: str = typer.Option("top_k", help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1}))."),
+    top_k: int = typer.Option(200, "--top-k", "-k", help="Neurons to keep per pole (per layer with --rule per_layer)."),
+    direction: str = typer.Option("pole", help="pole: higher for the pole; opposite: higher for its opposite; both: |score|."),
+    max_new_tokens: int = typer.Option(32, help="Generate mode: generated tokens counted per prompt."),
+    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)."),
+    folds: int = typer.Option(2, help="Folds for the split-half stability estimate (1 turns it off)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/locate-MODEL-TIME)."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Re-select from a finished run's statistics, without the model."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    show: int = typer.Option(10, help="Rows shown per pole."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Rank the MLP neurons whose activation separates each value pole from its opposite.
+
+    Examples:
+      vneuron locate                                  # embedded model, built-in corpus, 4 dimensions
+      vneuron locate --dimension self_transcendence --top-k 500 --site down_in
+      vneuron locate --mode generate --rule valuelocate
+      vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d
+    """
+    from .locate import LocateConfig
+    from .locate import locate as run_locate
+    from .report import console, locate_tables, progress_bar
+
+    _threads(threads)
+    config = LocateConfig(dataset=dataset, dimensions=_split_list(dimension), language=language, split=split, limit=limit,
+                          site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
+                          max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds)
+    with progress_bar(not quiet) as bar:
+        result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar)
+    for table in locate_tables(result, top=show):
+        console.print(table)
+    console.print(f"Run written to [bold]{result.run_dir}[/]")
+
+
+@app.command()
+@handle_errors
+def models():
+    """Model aliases and where their weights come from."""
+    from rich.table import Table
+
+    from .models.registry import ALIASES, DEFAULT_ALIAS
+    from .report import console
+
+    table = Table(title="Model aliases", title_justify="left")
+    for column in ("alias", "model id", "source", "description"):
+        table.add_column(column)
+    for name, alias in ALIASES.items():
+        if name == "default":
+            continue
+        source = f"packaged ({alias.package})" if alias.package else "hub / NDIF"
+        table.add_row(name + (" (default)" if name == DEFAULT_ALIAS else ""), alias.hub_id, source, alias.description)
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def datasets():
+    """Corpora that ship with vneuron (any JSONL/CSV/TSV/XLSX file works too)."""
+    from rich.table import Table
+
+    from .data import list_datasets
+    from .report import console
+
+    table = Table(title="Datasets", title_justify="left")
+    for column in ("name", "languages", "items", "labels", "description"):
+        table.add_column(column)
+    for d in list_datasets():
+        table.add_row(d["name"], ", ".join(d["languages"]), str(d["items"]), ", ".join(d["labels"]), d["description"])
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def doctor():
+    """Versions and whether the embedded model is installed."""
+    from importlib import util
+
+    from .models.registry import ALIASES
+    from .report import console, key_value_table
+    from .runs import versions
+
+    rows = [(k, v) for k, v in versions().items()]
+    for name in ("gemma-3-270m", "smollm2-135m"):
+        alias = ALIASES[name]
+        ok = util.find_spec(alias.module) is not None
+        rows.append((f"model {name}", "installed" if ok else f"missing — {alias.install}"))
+    rows.append(("NDIF_API_KEY", "set" if os.environ.get("NDIF_API_KEY") else "not set"))
+    console.print(key_value_table("vneuron doctor", rows))
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

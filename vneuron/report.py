@@ -1,0 +1,69 @@
+"""What people see: rich tables in the terminal (plots belong here too)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator:
+    """A ``(stage, done, total)`` callback that drives one rich progress bar per stage."""
+    if not enabled:
+        yield lambda stage, done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total or None)
+            bar.update(tasks[stage], completed=done, total=total or None)
+
+        yield update
+
+
+def locate_tables(result, top: int = 10) -> list[Table]:
+    tables = []
+    by_label: dict[str, list[dict]] = {}
+    for row in result.rows:
+        by_label.setdefault(row["dimension"], []).append(row)
+    method = result.manifest["selection"]["method"]
+    for label, rows in by_label.items():
+        s = result.sets[label]
+        stab = result.stability.get(label) or {}
+        caption = f"{len(s)} neurons selected"
+        if stab:
+            caption += (f"; split-half: r={stab['pearson_r']:.2f}, top-{stab['k']} overlap {stab['overlap']} "
+                        f"(chance ≈ {stab['chance_overlap']:.0f}), Jaccard {stab['jaccard']:.2f}")
+        opposite = rows[0]["opposite"]
+        title = f"{label}" + (f" vs {opposite}" if opposite else "") + f" — top {min(top, len(rows))} by {method}"
+        table = Table(title=title, caption=caption, title_justify="left")
+        for column in ("rank", "layer", "unit", "score", "p_pole", "p_opposite", "mean diff"):
+            table.add_column(column, justify="right")
+        for row in rows[:top]:
+            table.add_row(str(row["rank"]), str(row["layer"]), str(row["unit"]), f"{row['score']:+.4f}",
+                          f"{row['p_pole']:.3f}", _num(row["p_opposite"], ".3f"), _num(row["mean_diff"], "+.4f"))
+        tables.append(table)
+    return tables
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value == "" else format(value, fmt)
+
+
+def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
