@@ -188,11 +188,14 @@ class CaptureConfig:
     batch_tokens: int = 4096
     max_new_tokens: int = 32
     counted_span: bool = True
+    padding: str = "right"  # prompt mode; generation always pads left
 
     def check(self) -> "CaptureConfig":
         check_site(self.site)
         if self.mode not in MODES:
             raise VneuronError(f"Unknown capture mode {self.mode!r}", f"use one of: {', '.join(MODES)}")
+        if self.padding not in ("left", "right"):
+            raise VneuronError(f"Unknown padding side {self.padding!r}", "use left or right")
         if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
             raise VneuronError("folds, batch_tokens and max_new_tokens must be positive")
         return self
@@ -223,9 +226,15 @@ def capture(
     done = 0
     for batch in plan:
         if config.mode == "prompt":
-            result = _prompt_batch(model, batch, config.site)
+            result = _prompt_batch(model, batch, config.site, config.padding)
         else:
             result = _generate_batch(model, batch, config, generations)
+        if not all(bool(torch.isfinite(t).all()) for t in result[2:]):
+            raise VneuronError(
+                f"{model.source.model_id} produced non-finite activations on counted tokens "
+                f"(seen with Gemma-2's eager attention on left-padded batches)",
+                "use right padding, or --batch-tokens 1 to run one prompt at a time without padding",
+            )
         stats.add_(*result)
         done += len(batch)
         if progress:
@@ -249,17 +258,35 @@ def _site_values(model: LoadedModel, site: str):
         yield module.output if site == "gate" else module.input
 
 
-def _prompt_batch(model: LoadedModel, batch: list[Encoded], site: str):
-    ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=False)
+def _reduce(weights: torch.Tensor, value: torch.Tensor, width: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[3, S, W]: Σa, Σa², count(a>0) per slot (float64 models keep float64).
+
+    ``keep`` lists the token rows that count: padding rows are dropped before any arithmetic
+    (some models produce NaN at fully masked positions, and NaN·0 is NaN).
+    """
+    a = value.reshape(-1, width)
+    if keep is not None:
+        a, weights = a[keep], weights[:, keep]
+    a = a if a.dtype == torch.float64 else a.float()
+    w = weights.to(a.dtype)
+    return torch.stack([w @ a, w @ (a * a), w @ (a > 0).to(a.dtype)])
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding (GPT-2 mispredicts without them)."""
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def _prompt_batch(model: LoadedModel, batch: list[Encoded], site: str, padding: str = "right"):
+    ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=padding == "left")
     slots, onehot = _slot_matrix(batch)
     # [S, B*T]: token weight for each slot (only counted, non-padding tokens of that slot's rows)
     weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slots), -1)
     width = model.width
-    with torch.inference_mode(), model.lm.trace({"input_ids": ids, "attention_mask": mask}) as tracer:
-        sums = []
-        for value in _site_values(model, site):
-            a = value.reshape(-1, width).float()
-            sums.append(torch.stack([weights @ a, weights @ (a * a), weights @ (a > 0).float()]))
+    keep = weights.sum(0).nonzero().squeeze(1)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    with torch.inference_mode(), model.lm.trace(inputs) as tracer:
+        sums = [_reduce(weights, value, width, keep) for value in _site_values(model, site)]
         reduced = torch.stack(sums).save()  # [L, 3, S, W]
         tracer.stop()  # nothing after the last MLP is needed (no LM head)
     reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
@@ -288,7 +315,7 @@ def _generate_batch(model: LoadedModel, batch: list[Encoded], config: CaptureCon
         warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
         with model.lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
                                do_sample=False, pad_token_id=pad) as tracer:
-            totals = torch.zeros(n_layers, 3, len(slots), width).save()
+            totals = torch.zeros(n_layers, 3, len(slots), width, dtype=torch.float64).save()
             counts = torch.zeros(len(slots)).save()
             tokens = list().save()
             finished = torch.zeros(len(batch), dtype=torch.bool)
@@ -301,10 +328,7 @@ def _generate_batch(model: LoadedModel, batch: list[Encoded], config: CaptureCon
                 weights = onehot * alive[None]
                 counts += weights.sum(1)
                 for layer, value in enumerate(_site_values(model, config.site)):
-                    a = value[:, -1, :].reshape(-1, width).float()
-                    totals[layer, 0] += weights @ a
-                    totals[layer, 1] += weights @ (a * a)
-                    totals[layer, 2] += weights @ (a > 0).float()
+                    totals[layer] += _reduce(weights, value[:, -1, :], width)
     if generations is not None:
         table = torch.stack(tokens, 1) if tokens else torch.zeros(len(batch), 0, dtype=torch.long)
         for row, e in enumerate(batch):

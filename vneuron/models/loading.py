@@ -19,7 +19,7 @@ from ..errors import VneuronError
 from .registry import ALIASES, Alias
 from .sites import Architecture, architecture_for, mlp_width, num_layers
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def cache_dir() -> Path:
@@ -56,6 +56,7 @@ class LoadedModel:
     width: int
     revision: str
     tokenizer: Any
+    hf_model: Any = None  # the underlying transformers module (None for a remote, lazy model)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -221,8 +222,7 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
     from nnsight import LanguageModel
 
     lm = LanguageModel(model, tokenizer=tokenizer)
-    if not source.chat:
-        source.chat = bool(getattr(tokenizer, "chat_template", None)) and source.kind != "packaged"
+    source.chat = source.chat or bool(getattr(tokenizer, "chat_template", None))
     return LoadedModel(
         lm=lm,
         source=source,
@@ -231,5 +231,6 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         width=mlp_width(config),
         revision=revision,
         tokenizer=tokenizer,
+        hf_model=model,
         extra={"dtype": dtype},
     )
