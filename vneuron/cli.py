@@ -25,6 +25,8 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape
+
         from .report import err_console
 
         try:
@@ -32,7 +34,7 @@ def handle_errors(fn):
         except VneuronError as exc:
             if os.environ.get("VNEURON_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/] (nothing half-written was kept)")
@@ -43,6 +45,18 @@ def handle_errors(fn):
 
 def _split_list(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _pairs(value: Optional[str], sep: str, what: str, example: str) -> Optional[list[tuple[str, str]]]:
+    if not value:
+        return None
+    out = []
+    for part in _split_list(value):
+        left, found, right = part.partition(sep)
+        if not found or not left.strip() or not right.strip():
+            raise VneuronError(f"Cannot read {what} {part!r}", f"write it as {example}")
+        out.append((left.strip(), right.strip()))
+    return out
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -60,6 +74,8 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Alias (see `vneuron models`
 def locate(
     model: Optional[str] = ModelOpt,
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus file or directory; default: the built-in corpus."),
+    columns: Optional[str] = typer.Option(None, help="Map our fields to your columns: text=sentence,label=value_label."),
+    contrast: Optional[str] = typer.Option(None, help="Pole:opposite label pairs for non-Schwartz labels, e.g. kind:unkind."),
     dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to rank, e.g. self_transcendence,conservation. Default: all."),
     language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
     split: str = typer.Option("train", help="Corpus split (train, test, all)."),
@@ -94,7 +110,8 @@ def locate(
     from .report import console, locate_tables, progress_bar
 
     _threads(threads)
-    config = LocateConfig(dataset=dataset, dimensions=_split_list(dimension), language=language, split=split, limit=limit,
+    column_map = dict(_pairs(columns, "=", "column mapping", "ours=yours,ours=yours") or [])
+    config = LocateConfig(dataset=dataset, columns=column_map or None, contrasts=_pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=_split_list(dimension), language=language, split=split, limit=limit,
                           site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds)
     with progress_bar(not quiet) as bar:

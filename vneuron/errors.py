@@ -14,4 +14,6 @@ class VneuronError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        return f"{self.problem}. {self.fix}" if self.fix else f"{self.problem}."
+        if not self.fix:
+            return f"{self.problem}."
+        return f"{self.problem}. {self.fix[:1].upper()}{self.fix[1:]}"

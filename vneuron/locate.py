@@ -17,7 +17,7 @@ from .data import load_corpus
 from .data.schema import Corpus
 from .errors import VneuronError
 from .models.loading import LoadedModel, load_model
-from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
+from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
 from .scoring import METHODS, NeuronSet, contrast_scores, lape_select, select, stability
 
 Progress = Callable[[str, int, int], None]
@@ -28,6 +28,8 @@ class LocateConfig:
     """Everything that decides a locate run (recorded in the manifest)."""
 
     dataset: str | None = None  # None: the built-in corpus
+    columns: dict[str, str] | None = None  # our field → the user's column name
+    contrasts: list[tuple[str, str]] | None = None  # (pole, opposite) label pairs; default: Schwartz partners
     dimensions: list[str] | None = None  # pole labels to rank; None: all
     language: str = "en"
     split: str = "train"
@@ -87,7 +89,7 @@ def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> 
 
 
 def prepare_corpus(config: LocateConfig) -> Corpus:
-    corpus = load_corpus(config.dataset)
+    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts)
     return corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
 
 
@@ -119,6 +121,8 @@ def locate(
     contrasts = corpus.pole_contrasts()
     labels = corpus.labels
     reused = _reusable(run_dir, key)
+    if reused is None:
+        check_fresh(run_dir)
     generations: list[dict] = []
     timings = {"load_s": round(time.time() - started, 2)}
     if reused is not None:

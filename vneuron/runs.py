@@ -76,6 +76,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def check_fresh(run_dir: Path) -> None:
+    """Fail before any work if ``run_dir`` would have to overwrite something."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise VneuronError(f"{run_dir} already exists and is not empty", "choose another --out, or pass --from to re-select from that run")
+
+
 @contextmanager
 def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``run_dir`` only if the block succeeds.
@@ -84,8 +90,8 @@ def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
     re-selected from its own statistics); otherwise an existing non-empty directory is an error.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not replace and any(run_dir.iterdir()):
-        raise VneuronError(f"{run_dir} already exists and is not empty", "choose another --out, or pass --from to re-select from that run")
+    if not replace:
+        check_fresh(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = run_dir.with_name(f".{run_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -211,7 +211,9 @@ def load_model(
 def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progress) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # vneuron shows its own progress; stderr stays for errors
     config = AutoConfig.from_pretrained(directory)
     arch = architecture_for(config)  # fail before loading weights
     if progress:
@@ -219,9 +221,9 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
     model.eval()
-    from nnsight import LanguageModel
+    from nnsight.modeling.transformers import TransformersModel
 
-    lm = LanguageModel(model, tokenizer=tokenizer)
+    lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
     source.chat = source.chat or bool(getattr(tokenizer, "chat_template", None))
     return LoadedModel(
         lm=lm,

@@ -1,0 +1,121 @@
+"""The CLI through Typer's runner: the main job on a tiny model, reuse, re-selection, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, pattern: str):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and __import__("re").search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def llama(tiny_dir):
+    return tiny_dir("llama")
+
+
+def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama):
+    out = tmp_path / "run"
+    result = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "7", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "self_transcendence vs self_enhancement" in result.output and f"Run written to" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["architecture"] == "llama" and manifest["model"]["revision"].startswith("dir:")
+    assert len(manifest["dataset"]["sha256"]) == 64 and manifest["versions"]["nnsight"]
+    assert manifest["selection"]["top_k"] == 7 and manifest["capture"]["site"] == "gate"
+    assert sorted(p.name for p in (out / "neurons").iterdir()) == [f"{d}.safetensors" for d in sorted(
+        ["conservation", "openness_to_change", "self_enhancement", "self_transcendence"])]
+    rows = list(csv.DictReader(open(out / "neurons.csv")))
+    assert len(rows) == 4 * 7 and {"layer", "unit", "score", "p_pole", "p_opposite", "mean_diff"} <= set(rows[0])
+    assert "NDIF_API_KEY" not in (out / "manifest.json").read_text()
+
+    again = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out)
+    assert again.exit_code == 0 and "Reusing statistics" in again.output + again.stderr
+    assert json.loads((out / "manifest.json").read_text())["selection"]["top_k"] == 3
+
+    reselect = run("locate", "--from", out, "--method", "cohen_d", "--rule", "per_layer", "-k", "2", "-q")
+    assert reselect.exit_code == 0, reselect.output
+    rows = list(csv.DictReader(open(out / "neurons.csv")))
+    assert len(rows) == 4 * 3 * 2  # 4 poles × 3 layers × 2
+
+
+def test_locate_generation_mode_saves_generations(tmp_path, llama):
+    out = tmp_path / "gen"
+    result = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "--mode", "generate",
+                 "--max-new-tokens", "3", "-k", "5", "--dimension", "self_transcendence", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    lines = (out / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 4  # 4 items touch the ST/SE axis, each asked under both values
+    assert all(json.loads(line)["tokens_counted"] <= 3 for line in lines)
+
+
+def test_texts_with_column_mapping(tmp_path, llama):
+    result = run("locate", "--model", llama, "--dataset", EXAMPLES / "texts.csv", "--columns", "text=sentence,label=value_label",
+                 "--span", "all", "-k", "4", "--out", tmp_path / "t", "-q")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--model", "no-such-model"], "Unknown model 'no-such-model'.*alias"),
+    (["--dataset", "/nonexistent/corpus.jsonl"], "does not exist"),
+    (["-k", "100000"], r"--top-k 100000 is out of range.*144 neurons"),
+    (["--method", "magic"], "Unknown method 'magic'"),
+    (["--site", "residual"], "Unknown neuron site"),
+    (["--dimension", "kindness"], "has no label kindness"),
+    (["--columns", "text"], "Cannot read column mapping"),
+])
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, llama, args, pattern):
+    out = tmp_path / "run"
+    base = ["locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--out", out, "-q"]
+    for i in range(0, len(args), 2):  # later options override the base ones
+        if args[i] in base:
+            base[base.index(args[i]) + 1] = args[i + 1]
+        else:
+            base += args[i:i + 2]
+    result = run(*base)
+    assert_one_line_error(result, pattern)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run.tmp*"))
+
+
+def test_unsupported_architecture_and_malformed_corpus(tmp_path, llama):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    assert_one_line_error(run("locate", "--model", bert, "--out", tmp_path / "x", "-q"), "Unsupported architecture 'bert'.*llama")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"scenario": "x", "option_pole": "a"}\n')
+    assert_one_line_error(run("locate", "--model", llama, "--dataset", bad, "--out", tmp_path / "y", "-q"), "missing columns")
+    existing = tmp_path / "full"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    assert_one_line_error(run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "-k", "5", "--out", existing, "-q"),
+                          "already exists")
+    assert (existing / "keep.txt").read_text() == "mine"
+    assert_one_line_error(run("locate", "--from", tmp_path), "not a vneuron run")
+
+
+def test_info_commands():
+    listing = run("models").output
+    assert "gemma-3-270m" in listing and "(default)" in listing and "llama-70b" in listing
+    assert "builtin" in run("datasets").output
+    doctor = run("doctor")
+    assert doctor.exit_code == 0 and "nnsight" in doctor.output
