@@ -1,0 +1,43 @@
+"""vneuron: find the neurons of a language model that encode human values, and test them causally.
+
+The library API (what the CLI calls)::
+
+    import vneuron
+    model = vneuron.load_model("default")                     # embedded Gemma-3-270M
+    result = vneuron.locate(model, vneuron.LocateConfig(top_k=200), out="runs/my-run")
+    result.sets["self_transcendence"]                         # a NeuronSet
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VneuronError": "vneuron.errors",
+    "load_model": "vneuron.models.loading",
+    "LoadedModel": "vneuron.models.loading",
+    "load_corpus": "vneuron.data",
+    "Corpus": "vneuron.data",
+    "Prompt": "vneuron.data",
+    "capture": "vneuron.capture",
+    "CaptureConfig": "vneuron.capture",
+    "ActivationStats": "vneuron.capture",
+    "contrast_scores": "vneuron.scoring",
+    "select": "vneuron.scoring",
+    "lape_select": "vneuron.scoring",
+    "stability": "vneuron.scoring",
+    "NeuronSet": "vneuron.scoring",
+    "locate": "vneuron.locate",
+    "LocateConfig": "vneuron.locate",
+    "LocateResult": "vneuron.locate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import lazily, so `vneuron --help` does not pay for torch."""
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vneuron' has no attribute {name!r}")
