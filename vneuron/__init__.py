@@ -29,9 +29,9 @@ _EXPORTS = {
     "lape_select": "vneuron.scoring",
     "stability": "vneuron.scoring",
     "NeuronSet": "vneuron.scoring",
-    "locate": "vneuron.locate",
-    "LocateConfig": "vneuron.locate",
-    "LocateResult": "vneuron.locate",
+    "locate": "vneuron.locating",
+    "LocateConfig": "vneuron.locating",
+    "LocateResult": "vneuron.locating",
 }
 __all__ = sorted(_EXPORTS)
 

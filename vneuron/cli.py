@@ -105,8 +105,8 @@ def locate(
       vneuron locate --mode generate --rule valuelocate
       vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d
     """
-    from .locate import LocateConfig
-    from .locate import locate as run_locate
+    from .locating import LocateConfig
+    from .locating import locate as run_locate
     from .report import console, locate_tables, progress_bar
 
     _threads(threads)
