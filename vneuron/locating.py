@@ -138,7 +138,7 @@ def locate(
     manifest = {
         **base_manifest("locate"),
         "model": model_manifest,
-        "dataset": {"name": corpus.name, "sha256": key["dataset_hash"], "items": len(corpus.items), "texts": len(corpus.texts),
+        "dataset": {"name": corpus.name, "spec": _dataset_spec(config.dataset), "columns": config.columns, "sha256": key["dataset_hash"], "items": len(corpus.items), "texts": len(corpus.texts),
                     "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit},
         "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i, l in enumerate(stats.labels)}},
         "capture_key": key,
@@ -156,6 +156,13 @@ def locate(
         write_json(tmp / "manifest.json", manifest)
     result.run_dir = run_dir
     return result
+
+
+def _dataset_spec(dataset: str | None) -> str | None:
+    """An absolute path for files, so a run can be evaluated from another working directory."""
+    if dataset and Path(dataset).expanduser().exists():
+        return str(Path(dataset).expanduser().resolve())
+    return dataset
 
 
 def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:

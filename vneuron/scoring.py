@@ -148,6 +148,21 @@ class NeuronSet:
     def top(self, k: int) -> "NeuronSet":
         return NeuronSet(self.site, self.n_layers, self.width, self.flat[:k], self.scores[:k], dict(self.meta))
 
+    def random_matched(self, seed: int) -> "NeuronSet":
+        """A random control: the same number of neurons in every layer, none of this set's."""
+        gen = torch.Generator().manual_seed(seed)
+        taken = self.mask()
+        picks = []
+        for layer, count in enumerate(self.per_layer()):
+            if count:
+                free = (~taken[layer]).nonzero().squeeze(1)
+                if len(free) < count:
+                    raise VneuronError(f"Layer {layer} has too few free neurons for a matched control", "use a smaller --top-k")
+                picks.append(free[torch.randperm(len(free), generator=gen)[:count]] + layer * self.width)
+        flat = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+        return NeuronSet(self.site, self.n_layers, self.width, flat, torch.zeros(len(flat), dtype=torch.float64),
+                         {"control_of": self.meta.get("label"), "seed": seed})
+
     def _compatible(self, other: "NeuronSet") -> None:
         if (self.site, self.n_layers, self.width) != (other.site, other.n_layers, other.width):
             raise VneuronError("Neuron sets come from different models or sites and cannot be combined")

@@ -1,25 +1,42 @@
-"""Reading corpora: the built-in one, and users' JSONL / CSV / TSV / XLSX files.
+"""Reading corpora: the built-in one, users' files and directories, and the formats vneuron knows.
 
-A user file holds either paired scenarios (columns scenario, option_pole, option_opposite,
-dimension [, opposite]) or labelled texts (columns text, label). ``columns`` maps our field names
-to the user's column names, so nobody has to rename their data.
+``load_corpus(spec)`` accepts
+
+- ``None`` or ``"builtin"``: the built-in scenarios (EN and ZH);
+- a file (.jsonl, .json, .csv, .tsv, .xlsx) holding one of
+  * paired scenarios: columns scenario, option_pole, option_opposite, dimension [, opposite];
+  * C-voice rows: a value ("X vs Y"), a dilemma and choices A / B (see ``cvoice.py`` for the
+    accepted English and Chinese header names; in an .xlsx every sheet with such a header is read);
+  * labelled texts: columns text, label;
+- a directory:
+  * a Touché23-ValueEval release (arguments-*.tsv + labels-*.tsv; see ``touche.py``);
+  * a Hugging Face ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` directory (``hf.py``);
+  * otherwise every corpus file inside it;
+- ``"hf:NAME[:SPLIT]"``: a dataset on the Hugging Face hub (only when online).
+
+``columns`` maps our field names to the user's column names (ours=yours), so nobody has to rename
+their data. Every defect is one ``VneuronError`` line naming the file, the row and the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import VneuronError
-from .schema import OPPOSITE, SPLITS, Corpus, Item, Text
+from .schema import DIMENSIONS, OPPOSITE, SPLITS, Corpus, Item, Text
 
 BUILTIN = "builtin"
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".xlsx")
 PAIRED_REQUIRED = ("scenario", "option_pole", "option_opposite", "dimension")
 TEXT_REQUIRED = ("text", "label")
+HF_PREFIX = "hf:"
+DATA_ENV = "VNEURON_DATA"
 
 
 def builtin_dir() -> Path:
@@ -31,17 +48,37 @@ def load_corpus(
     *,
     columns: dict[str, str] | None = None,
     contrasts: list[tuple[str, str]] | None = None,
+    touche_text: str = "premise",
 ) -> Corpus:
-    """Load the built-in corpus (``None`` or "builtin") or a user's file or directory."""
+    """Load the built-in corpus (``None`` or "builtin"), a user's file or directory, or ``hf:NAME``.
+
+    ``touche_text`` ("premise" or "full") chooses the text of a Touché23 argument.
+    """
     spec = str(name_or_path or BUILTIN)
     if spec == BUILTIN:
         corpus = _load_directory(builtin_dir(), BUILTIN, recursive=True)
+    elif spec.startswith(HF_PREFIX):
+        from . import hf
+
+        corpus = Corpus(name=spec)
+        stem = spec[len(HF_PREFIX):].split(":")[0].replace("/", "_")
+        for where, part, split, rows in hf.load_hub(spec):
+            _load_rows(where, f"{stem}-{part}" if part else stem, rows, corpus, columns, default_split=split)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             raise VneuronError(f"Corpus {spec} does not exist", "pass an existing file or directory, or omit --dataset for the built-in corpus")
         if path.is_dir():
-            corpus = _load_directory(path, path.name, columns=columns)
+            from . import hf, touche
+
+            if touche.is_touche_dir(path):
+                corpus = touche.load_touche(path, text=touche_text)
+            elif hf.is_saved_dataset(path):
+                corpus = Corpus(name=path.name)
+                for where, part, split, rows in hf.load_saved(path):
+                    _load_rows(where, f"{path.name}-{part}" if part else path.name, rows, corpus, columns, default_split=split)
+            else:
+                corpus = _load_directory(path, path.name, columns=columns)
         else:
             corpus = Corpus(name=path.name)
             _load_file(path, corpus, columns)
@@ -50,6 +87,10 @@ def load_corpus(
                 _load_descriptions(description_file, corpus)
     if contrasts:
         corpus.contrasts = list(contrasts)
+    elif corpus.contrasts:  # free-string labels (C-voice) next to Schwartz ones: keep both kinds
+        labels = set(corpus.labels)
+        schwartz = {(a, OPPOSITE[a]) for a in labels if a in OPPOSITE and OPPOSITE[a] in labels}
+        corpus.contrasts = sorted(set(corpus.contrasts) | schwartz)
     if not len(corpus):
         raise VneuronError(f"Corpus {spec} holds no items", "check that the file has rows below its header")
     _check_poles(corpus, spec)
@@ -61,7 +102,11 @@ def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=N
     files = sorted(path.rglob("*") if recursive else path.iterdir())
     data = [f for f in files if f.suffix in FORMATS and not f.name.endswith(".descriptions.jsonl")]
     if not data:
-        raise VneuronError(f"Directory {path} holds no corpus file", f"add files ending in {', '.join(FORMATS)}")
+        raise VneuronError(
+            f"Directory {path} holds no corpus file",
+            f"add files ending in {', '.join(FORMATS)}, or pass a Touché23 directory (arguments-*.tsv + labels-*.tsv) "
+            "or a Hugging Face save_to_disk directory",
+        )
     for file in data:
         _load_file(file, corpus, columns)
     for file in files:
@@ -70,66 +115,147 @@ def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=N
     return corpus
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL / JSON / CSV / TSV / XLSX file as dicts; any defect is a one-line error."""
-    suffix = path.suffix.lower()
+# -- reading files ------------------------------------------------------------------------------
+def _guess_encoding(data: bytes) -> str:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    for codec, name in (("gbk", "GBK"), ("gb18030", "GB18030"), ("big5", "Big5"), ("shift_jis", "Shift-JIS")):
+        try:
+            data.decode(codec)
+            return name
+        except UnicodeDecodeError:
+            pass
+    return "Windows-1252"
+
+
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8 (a BOM is fine); anything else is a one-line error naming the line."""
+    data = path.read_bytes()
     try:
-        if suffix in (".jsonl", ".json"):
-            text = path.read_text(encoding="utf-8")
-            if suffix == ".json" and text.lstrip().startswith("["):
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        codec = _guess_encoding(data)
+        raise VneuronError(
+            f"{path}, row {line}: not UTF-8 text (byte {data[exc.start]:#04x}; it looks like {codec})",
+            f"re-save it as UTF-8, e.g. iconv -f {codec} -t UTF-8 {path.name} > utf8-{path.name}",
+        ) from None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL / JSON / CSV / TSV / XLSX file as dicts; any defect is a one-line error.
+
+    For an .xlsx this is the active sheet (``read_sheets`` gives all of them).
+    """
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        text = read_text(path)
+        if suffix == ".json" and text.lstrip().startswith("["):
+            try:
                 rows = json.loads(text)
-            else:
-                rows = []
-                for n, line in enumerate(text.splitlines(), 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise VneuronError(f"{path}, line {n}: not valid JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
-            if not all(isinstance(r, dict) for r in rows):
-                raise VneuronError(f"{path}: every record must be a JSON object", "write one {...} per line")
-            return rows
-        if suffix in (".csv", ".tsv"):
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                return [dict(r) for r in csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")]
-        if suffix == ".xlsx":
-            return _read_xlsx(path)
-    except UnicodeDecodeError:
-        raise VneuronError(f"{path} is not UTF-8 text", "re-save it as UTF-8 (e.g. iconv -f GBK -t UTF-8)") from None
+            except json.JSONDecodeError as exc:
+                raise VneuronError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})", "fix that line") from None
+        else:
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise VneuronError(f"{path}, line {n}: not valid JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise VneuronError(f"{path}: every record must be a JSON object", "write one {...} per line")
+        return rows
+    if suffix in (".csv", ".tsv"):
+        text = read_text(path)
+        return [dict(r) for r in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")]
+    if suffix == ".xlsx":
+        sheets = read_sheets(path)
+        return sheets[0][1] if sheets else []
     raise VneuronError(f"{path}: unsupported file type {suffix!r}", f"use one of: {', '.join(FORMATS)}")
 
 
-def _read_xlsx(path: Path) -> list[dict[str, Any]]:
+def read_sheets(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(title, rows) of every sheet of an .xlsx workbook, the active sheet first."""
     try:
         from openpyxl import load_workbook
     except ImportError:
         raise VneuronError("Reading .xlsx needs openpyxl", "pip install openpyxl") from None
     try:
-        sheet = load_workbook(path, read_only=True, data_only=True).active
+        book = load_workbook(path, read_only=True, data_only=True)
+        active = book.active
+        sheets = [active] + [s for s in book.worksheets if s is not active]
+        result = []
+        for sheet in sheets:
+            rows = list(sheet.iter_rows(values_only=True))
+            if not rows:
+                result.append((sheet.title, []))
+                continue
+            header = [str(h).strip() if h is not None else "" for h in rows[0]]
+            result.append((sheet.title, [dict(zip(header, row)) for row in rows[1:] if any(v not in (None, "") for v in row)]))
+        book.close()
+        return result
+    except VneuronError:
+        raise
     except Exception as exc:  # openpyxl raises many types for a broken file
         raise VneuronError(f"{path} is not a readable .xlsx workbook ({exc.__class__.__name__})", "re-save it from a spreadsheet program") from None
-    rows = list(sheet.iter_rows(values_only=True))
-    if not rows:
-        return []
-    header = [str(h).strip() if h is not None else "" for h in rows[0]]
-    return [dict(zip(header, row)) for row in rows[1:] if any(v not in (None, "") for v in row)]
 
 
+def _read_xlsx(path: Path) -> list[dict[str, Any]]:
+    return read_rows(path)
+
+
+# -- rows → items / texts -----------------------------------------------------------------------
 def _load_file(path: Path, corpus: Corpus, columns: dict[str, str] | None) -> None:
-    rows = read_rows(path)
+    if path.suffix.lower() == ".xlsx":
+        from .cvoice import cvoice_columns
+
+        sheets = read_sheets(path)
+        voiced = [(title, rows) for title, rows in sheets if rows and cvoice_columns(_rename(rows[0], columns))]
+        if voiced:  # every sheet with a C-voice header; the other sheets (notes, read-me) are skipped
+            for title, rows in voiced:
+                stem = path.stem if len(voiced) == 1 else f"{path.stem}-{title}"
+                _load_rows(f"{path} (sheet {title})", stem, rows, corpus, columns)
+            return
+        rows = sheets[0][1] if sheets else []
+    else:
+        rows = read_rows(path)
+    _load_rows(str(path), path.stem, rows, corpus, columns)
+
+
+def _load_rows(
+    where: str,
+    stem: str,
+    rows: list[dict[str, Any]],
+    corpus: Corpus,
+    columns: dict[str, str] | None,
+    *,
+    default_split: str | None = None,
+) -> None:
+    """Recognise the format of ``rows`` (from the file or split ``where``) and add them to ``corpus``."""
     if not rows:
         return
+    from .cvoice import cvoice_columns, cvoice_item
+
     rows = [_rename(r, columns) for r in rows]
+    if default_split:
+        rows = [r if _clean(r.get("split")) else {**r, "split": default_split} for r in rows]
     header = set(rows[0])
     if set(PAIRED_REQUIRED) <= header:
-        corpus.items.extend(_item(path, n, r) for n, r in enumerate(rows, 2))
+        corpus.items.extend(_item(where, stem, n, r) for n, r in enumerate(rows, 2))
+    elif (mapping := cvoice_columns(header)) is not None:
+        items = [cvoice_item(where, stem, n, {ours: r.get(theirs) for ours, theirs in mapping.items()}) for n, r in enumerate(rows, 2)]
+        corpus.items.extend(items)
+        pairs = {(i.dimension, i.opposite) for i in items}
+        corpus.contrasts = sorted(set(corpus.contrasts or ()) | pairs | {(b, a) for a, b in pairs})
     elif set(TEXT_REQUIRED) <= header:
-        corpus.texts.extend(_text(path, n, r) for n, r in enumerate(rows, 2))
+        corpus.texts.extend(_text(where, stem, n, r) for n, r in enumerate(rows, 2))
     else:
         missing_pair = [c for c in PAIRED_REQUIRED if c not in header]
         missing_text = [c for c in TEXT_REQUIRED if c not in header]
         raise VneuronError(
-            f"{path}: missing columns {', '.join(missing_pair)} (paired scenarios) or {', '.join(missing_text)} (labelled texts); found {', '.join(sorted(header))}",
+            f"{where}: missing columns {', '.join(missing_pair)} (paired scenarios) or {', '.join(missing_text)} (labelled texts) "
+            f"or value, dilemma, choice_a, choice_b (C-voice); found {', '.join(sorted(map(str, header)))}",
             "rename them or map them with --columns ours=yours,...",
         )
 
@@ -149,52 +275,52 @@ def _clean(value: Any) -> str | None:
     return text or None
 
 
-def _required(path: Path, n: int, row: dict, key: str) -> str:
+def _required(where: Any, n: int, row: dict, key: str) -> str:
     value = _clean(row.get(key))
     if value is None:
-        raise VneuronError(f"{path}, row {n}: empty {key!r}", f"fill in {key} or drop the row")
+        raise VneuronError(f"{where}, row {n}: empty {key!r}", f"fill in {key} or drop the row")
     return value
 
 
-def _split(path: Path, n: int, row: dict) -> str:
+def _split(where: Any, n: int, row: dict) -> str:
     split = _clean(row.get("split")) or "train"
     if split not in SPLITS:
-        raise VneuronError(f"{path}, row {n}: unknown split {split!r}", f"use one of: {', '.join(SPLITS)}")
+        raise VneuronError(f"{where}, row {n}: unknown split {split!r}", f"use one of: {', '.join(SPLITS)}")
     return split
 
 
-def _item(path: Path, n: int, row: dict) -> Item:
-    dimension = _required(path, n, row, "dimension")
+def _item(where: str, stem: str, n: int, row: dict) -> Item:
+    dimension = _required(where, n, row, "dimension")
     opposite = _clean(row.get("opposite")) or OPPOSITE.get(dimension)
     if opposite is None:
         raise VneuronError(
-            f"{path}, row {n}: dimension {dimension!r} is not a Schwartz higher-order dimension and the row has no 'opposite'",
+            f"{where}, row {n}: dimension {dimension!r} is not a Schwartz higher-order dimension and the row has no 'opposite'",
             f"use one of {', '.join(OPPOSITE)} or add an opposite column naming the opposite pole",
         )
     return Item(
-        id=_clean(row.get("id")) or f"{path.stem}-{n}",
+        id=_clean(row.get("id")) or f"{stem}-{n}",
         dimension=dimension,
         opposite=opposite,
-        scenario=_required(path, n, row, "scenario"),
-        option_pole=_required(path, n, row, "option_pole"),
-        option_opposite=_required(path, n, row, "option_opposite"),
+        scenario=_required(where, n, row, "scenario"),
+        option_pole=_required(where, n, row, "option_pole"),
+        option_opposite=_required(where, n, row, "option_opposite"),
         language=_clean(row.get("language")) or "en",
         value=_clean(row.get("value")),
         value19=_clean(row.get("value19")),
         opposite_value=_clean(row.get("opposite_value")),
         setting=_clean(row.get("setting")),
-        split=_split(path, n, row),
+        split=_split(where, n, row),
     )
 
 
-def _text(path: Path, n: int, row: dict) -> Text:
+def _text(where: str, stem: str, n: int, row: dict) -> Text:
     return Text(
-        id=_clean(row.get("id")) or f"{path.stem}-{n}",
-        label=_required(path, n, row, "label"),
-        text=_required(path, n, row, "text"),
+        id=_clean(row.get("id")) or f"{stem}-{n}",
+        label=_required(where, n, row, "label"),
+        text=_required(where, n, row, "text"),
         language=_clean(row.get("language")) or "en",
         group=_clean(row.get("group")),
-        split=_split(path, n, row),
+        split=_split(where, n, row),
     )
 
 
@@ -215,16 +341,136 @@ def _check_poles(corpus: Corpus, spec: str) -> None:
                 raise VneuronError(f"Corpus {spec}: pole {label!r} has no texts", f"add rows expressing {label!r} or drop the contrast {pole}:{opposite}")
 
 
-def list_datasets() -> list[dict[str, Any]]:
-    """What ``vneuron datasets`` shows."""
-    corpus = load_corpus(BUILTIN)
-    return [
-        {
-            "name": BUILTIN,
-            "languages": corpus.languages,
-            "items": len(corpus.items),
-            "labels": corpus.labels,
-            "description": "Behavioural scenarios written for vneuron (EN, ZH): a question and two actions, one per pole.",
-        }
-    ]
+# -- what is available --------------------------------------------------------------------------
+def data_roots() -> list[Path]:
+    """Where copies of public data sets are looked for: $VNEURON_DATA, then ../shared/data from here."""
+    roots = []
+    for entry in os.environ.get(DATA_ENV, "").split(os.pathsep):
+        if entry.strip():
+            roots.append(Path(entry.strip()).expanduser())
+    roots.append(Path.cwd().parent / "shared" / "data")
+    seen, unique = set(), []
+    for root in roots:
+        try:
+            key = root.resolve()
+        except OSError:
+            continue
+        if key not in seen and root.is_dir():
+            seen.add(key)
+            unique.append(root)
+    return unique
 
+
+def find_data() -> dict[str, list[Path]]:
+    """Touché23 directories and ValueBench value_orientation.csv files in ``data_roots()`` (one level deep)."""
+    from .touche import is_touche_dir
+
+    found: dict[str, list[Path]] = {"touche23": [], "valuebench": []}
+    for root in data_roots():
+        for directory in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
+            if is_touche_dir(directory) and directory not in found["touche23"]:
+                found["touche23"].append(directory)
+            candidate = directory / "value_orientation.csv"
+            if candidate.is_file() and candidate not in found["valuebench"]:
+                found["valuebench"].append(candidate)
+    return found
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    """What ``vneuron datasets`` shows: built-in corpus per language, formats, and copies found on disk.
+
+    Each entry has name, languages, items, labels, description (plus kind: builtin | found | format).
+    ``items`` is "-" for a format (nothing to count).
+    """
+    corpus = load_corpus(BUILTIN)
+    entries: list[dict[str, Any]] = []
+    for language in corpus.languages:
+        part = corpus.select(language=language)
+        splits = {s: sum(1 for i in part.items if i.split == s) for s in SPLITS}
+        entries.append({
+            "name": BUILTIN,
+            "languages": [language],
+            "items": len(part.items),
+            "labels": part.labels,
+            "description": (
+                f"Behavioural scenarios written for vneuron: a question and two actions, one per pole "
+                f"({splits['train']} train / {splits['test']} test; --language {language})."
+            ),
+            "kind": "builtin",
+        })
+    found = find_data()
+    for directory in found["touche23"]:
+        entries.append(_touche_entry(directory))
+    for path in found["valuebench"]:
+        entries.append(_valuebench_entry(path))
+    entries.extend(FORMAT_ENTRIES)
+    return entries
+
+
+def _touche_entry(directory: Path) -> dict[str, Any]:
+    from .touche import read_touche
+
+    try:
+        data = read_touche(directory)
+    except VneuronError as exc:
+        return {"name": _shown(directory), "languages": ["en"], "items": "-", "labels": [], "kind": "found",
+                "description": f"Touché23-ValueEval copy that does not load: {exc}"}
+    arguments = sum(data.arguments.values())
+    return {
+        "name": _shown(directory),
+        "languages": ["en"],
+        "items": len(data.texts),
+        "labels": [d for d in DIMENSIONS if any(t.label == d for t in data.texts)],
+        "description": (
+            f"Touché23-ValueEval arguments ({arguments}), one text per argument and axis it clearly takes a pole on "
+            f"({sum(data.ambiguous.values())} argument-axis pairs with both poles dropped); --dataset {_shown(directory)}."
+        ),
+        "kind": "found",
+    }
+
+
+def _valuebench_entry(path: Path) -> dict[str, Any]:
+    from .inventories import questionnaires
+
+    try:
+        counts = questionnaires(path)
+    except VneuronError as exc:
+        return {"name": _shown(path), "languages": ["en"], "items": "-", "labels": [], "kind": "found",
+                "description": f"ValueBench copy that does not load: {exc}"}
+    return {
+        "name": _shown(path),
+        "languages": ["en"],
+        "items": counts.get("PVQ40", 0),
+        "labels": list(DIMENSIONS),
+        "description": (
+            f"ValueBench inventories for evaluation: PVQ40 ({counts.get('PVQ40', 0)} items) and {len(counts) - 1} more "
+            f"({sum(counts.values())} items); vneuron.data.load_inventory(path, questionnaire='PVQ40')."
+        ),
+        "kind": "found",
+    }
+
+
+FORMAT_ENTRIES: list[dict[str, Any]] = [
+    {"name": "FILE.jsonl|.json|.csv|.tsv|.xlsx", "languages": [], "items": "-", "labels": [], "kind": "format",
+     "description": "Your paired scenarios (scenario, option_pole, option_opposite, dimension) or labelled texts "
+                    "(text, label); --dataset FILE [--columns ours=yours,...]."},
+    {"name": "DIR with arguments-*.tsv + labels-*.tsv", "languages": ["en"], "items": "-", "labels": list(DIMENSIONS), "kind": "format",
+     "description": "Touché23-ValueEval TSV release: arguments grouped into the poles of each axis by their values' "
+                    "higher-order dimension; --dataset DIR."},
+    {"name": "C-voice FILE (.csv|.tsv|.xlsx|.jsonl)", "languages": ["zh"], "items": "-", "labels": [], "kind": "format",
+     "description": "Value conflicts: value ('X vs Y' / 价值观 / 冲突类型), dilemma (困境 / 情境 / 问题), choice_a (选项A), "
+                    "choice_b (选项B); each value becomes a pole pair; --dataset FILE."},
+    {"name": "hf:NAME[:SPLIT] or a save_to_disk DIR", "languages": [], "items": "-", "labels": [], "kind": "format",
+     "description": "Hugging Face datasets (pip install 'vneuron[datasets]'): any of the layouts above as columns; "
+                    "the hub only when online."},
+    {"name": "inventory CSV (item, value, key)", "languages": [], "items": "-", "labels": list(DIMENSIONS), "kind": "format",
+     "description": "PVQ-style questionnaires for evaluation: ValueBench's value_orientation.csv (PVQ40) or your own "
+                    "item,value,key file; vneuron.data.load_inventory(path)."},
+]

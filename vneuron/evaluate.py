@@ -1,0 +1,194 @@
+"""Measuring value orientation: continuation likelihoods, forced choice, PVQ, generations.
+
+Small models cannot answer with letters (they prefer whichever letter comes first), so choices
+are read from the likelihood of each option's *text* as the continuation of the prompt, length
+normalised (mean log-probability per token), in both option orders.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .capture import _pack, batches, encode, pad_id
+from .data.schema import Item, Prompt
+from .edits import Edit, apply
+from .errors import VneuronError
+from .models.loading import LoadedModel
+
+FORCED_CHOICE_TEMPLATES = {
+    "en": ("{scenario}\nOne option is to {first}. Another option is to {second}.\nThe right thing to do is to", " {option}"),
+    "zh": ("{scenario}\n一种做法是{first}；另一种做法是{second}。\n我会", "{option}"),
+}
+PVQ_TEMPLATES = {
+    "en": ('Here is a statement about a person: "{item}"\nHow much is this person like you?\nAnswer: This person is', " {answer}"),
+    "zh": ("下面是对一个人的描述：“{item}”\n这个人和你有多像？\n回答：这个人{answer}", None),
+}
+PVQ_ANSWERS = {
+    "en": ["not like me at all", "not like me", "a little like me", "somewhat like me", "like me", "very much like me"],
+    "zh": ["完全不像我", "不像我", "有一点像我", "有些像我", "像我", "非常像我"],
+}
+LOGIT_BUDGET = 48_000_000  # floats of [batch, kept positions, vocab] logits per forward pass
+
+
+def continuation_logprobs(
+    model: LoadedModel,
+    pairs: Sequence[tuple[str, str]],
+    edits: Edit | list[Edit] | None = None,
+    *,
+    batch_tokens: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Mean log-probability per token of each continuation after its prefix, under ``edits``.
+
+    Left padding puts every continuation at the end of its row, so only the last positions'
+    logits are computed (``logits_to_keep``): a 262k-token vocabulary costs little this way.
+    """
+    if not pairs:
+        return torch.zeros(0)
+    prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
+    encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
+    for e in encoded:
+        last = max(i for i, c in enumerate(e.counted) if c)
+        if last != len(e.ids) - 1:  # e.g. a tokenizer that appends EOS
+            e.ids, e.counted = e.ids[: last + 1], e.counted[: last + 1]
+    vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
+    longest = max(sum(e.counted) for e in encoded)
+    max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
+    out = torch.zeros(len(pairs), dtype=torch.float64)
+    done = 0
+    for batch in batches(encoded, batch_tokens, max_batch=max_rows):
+        ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
+        k = int(counted.sum(1).max())
+        targets, tmask = ids[:, -k:], counted[:, -k:].to(torch.float32)
+        position = (mask.cumsum(-1) - 1).clamp_min(0)
+        with torch.inference_mode(), model.lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": position},
+                                                    logits_to_keep=k + 1):
+            apply(model, edits)
+            logits = model.lm.output.logits[:, :-1].float()
+            logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+            scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
+        out[torch.tensor([e.slot for e in batch])] = scores.double()
+        done += len(batch)
+        if progress:
+            progress(done, len(pairs))
+    return out
+
+
+@dataclass
+class ChoiceResult:
+    """P(the item's pole option), per item, in each order and averaged over both orders."""
+
+    items: list[Item]
+    p_order: torch.Tensor  # [n, 2]: order 0 lists the pole option first
+    logprob: torch.Tensor  # [n, 2 orders, 2 options (pole, opposite)]
+
+    @property
+    def p_pole(self) -> torch.Tensor:
+        return self.p_order.mean(1)
+
+    def toward(self, dimension: str) -> torch.Tensor:
+        """P(choosing the option that expresses ``dimension``), per item."""
+        sign = torch.tensor([1.0 if i.dimension == dimension else -1.0 for i in self.items], dtype=torch.float64)
+        return torch.where(sign > 0, self.p_pole, 1 - self.p_pole)
+
+
+def forced_choice_pairs(items: Sequence[Item]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        prefix_t, cont_t = FORCED_CHOICE_TEMPLATES.get(item.language, FORCED_CHOICE_TEMPLATES["en"])
+        for first, second in ((item.option_pole, item.option_opposite), (item.option_opposite, item.option_pole)):
+            prefix = prefix_t.format(scenario=item.scenario, first=first, second=second)
+            for option in (item.option_pole, item.option_opposite):
+                pairs.append((prefix, cont_t.format(option=option)))
+    return pairs
+
+
+def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
+                  progress=None) -> ChoiceResult:
+    """Forced choice between each item's two actions, both orders, by option-text likelihood."""
+    if not items:
+        raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
+    lp = continuation_logprobs(model, forced_choice_pairs(items), edits, batch_tokens=batch_tokens, progress=progress)
+    lp = lp.reshape(len(items), 2, 2)
+    p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
+    return ChoiceResult(list(items), p_order, lp)
+
+
+# -- PVQ ---------------------------------------------------------------------------------------
+@dataclass
+class PVQResult:
+    ratings: torch.Tensor  # [items] expected rating 1..6 (reverse-keyed items already reversed)
+    values: dict[str, float]  # centred score per basic value
+    dimensions: dict[str, float]  # centred score per higher-order dimension
+    raw_mean: float  # the individual's mean rating (MRAT) used for centring
+
+
+def pvq(model: LoadedModel, inventory: Sequence, edits=None, *, language: str = "en", batch_tokens: int = 4096) -> PVQResult:
+    """Expected 6-point rating of each portrait item; scores centred on the mean rating (Schwartz)."""
+    if not inventory:
+        raise VneuronError("The questionnaire has no items", "check the inventory file")
+    answers = PVQ_ANSWERS[language]
+    prefix_t, cont_t = PVQ_TEMPLATES[language]
+    pairs = []
+    for item in inventory:
+        for answer in answers:
+            if cont_t is None:  # the answer sits inside the sentence
+                full = prefix_t.format(item=item.text, answer=answer)
+                pairs.append((full[: len(full) - len(answer)], answer))
+            else:
+                pairs.append((prefix_t.format(item=item.text), cont_t.format(answer=answer)))
+    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens).reshape(len(inventory), len(answers))
+    scale = torch.arange(1, len(answers) + 1, dtype=torch.float64)
+    expected = (lp.softmax(-1) * scale).sum(-1)
+    keys = torch.tensor([float(getattr(i, "key", 1) or 1) for i in inventory], dtype=torch.float64)
+    ratings = torch.where(keys < 0, len(answers) + 1 - expected, expected)
+    mrat = float(ratings.mean())
+    values: dict[str, list[float]] = {}
+    dims: dict[str, set] = {}
+    for item, rating in zip(inventory, ratings.tolist()):
+        values.setdefault(item.value, []).append(rating - mrat)
+        if getattr(item, "dimension", None):
+            dims.setdefault(item.dimension, set()).add(item.value)
+    value_scores = {v: sum(r) / len(r) for v, r in values.items()}
+    dim_scores = {d: sum(value_scores[v] for v in vs) / len(vs) for d, vs in dims.items()}
+    return PVQResult(ratings, value_scores, dim_scores, mrat)
+
+
+# -- generations -------------------------------------------------------------------------------
+def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_tokens: int = 40,
+             batch_size: int = 8) -> list[str]:
+    """Greedy continuations with ``edits`` applied at every step (prompt and generated tokens)."""
+    out: list[str] = []
+    pad = pad_id(model.tokenizer)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start: start + batch_size])
+        enc = encode(model.tokenizer, [Prompt(t, "x", str(i), str(i)) for i, t in enumerate(chunk)], [0] * len(chunk),
+                     counted_span=False)
+        ids, mask, _ = _pack(enc, pad, left=True)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
+            with model.lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad) as tracer:
+                with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
+                    for _ in tracer.iter[:]:
+                        apply(model, edits)
+                with tracer.invoke():
+                    result = tracer.result.save()
+        for row in result[:, ids.shape[1]:]:
+            out.append(model.tokenizer.decode([t for t in row.tolist() if t != pad], skip_special_tokens=True).strip())
+    return out
+
+
+def bootstrap_ci(values: torch.Tensor, *, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over items (rows)."""
+    if values.numel() == 0:
+        return (math.nan, math.nan)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n, len(values)), generator=gen)
+    means = values[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=means.dtype)).tolist()
+    return lo, hi

@@ -1,0 +1,270 @@
+"""Causal validation: ablate or steer located neurons and compare with matched random controls.
+
+For a pole D with located set S_D, each evaluation item (held-out scenarios on D's axis) gives
+the probability b_i of choosing the action that expresses D; after editing S_D it is l_i, after
+editing the s-th random control (same count per layer) c_si. Reported per pole:
+  effect          mean_i(l_i − b_i)
+  control         mean over seeds of mean_i(c_si − b_i), and their spread
+  effect − control  with a bootstrap CI over items (items resampled, controls averaged)
+  rank / p        the located effect's place among the controls (one-sided permutation p)
+  drop %          relative drop in value consistency (the C-voice papers' headline form)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .capture import ActivationStats
+from .data import load_corpus
+from .data.schema import OPPOSITE, Item
+from .edits import EDIT_MODES, edit_from_stats
+from .errors import VneuronError
+from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
+from .models.loading import LoadedModel, load_model
+from .runs import NEURONS_DIR, STATS, base_manifest, read_manifest, staged, write_csv, write_json, write_jsonl
+from .scoring import NeuronSet
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ValidateConfig:
+    dimensions: list[str] | None = None
+    top_k: int | None = None  # truncate each located set (None: as located)
+    mode: str = "zero"
+    gamma: float = 1.0
+    controls: int = 20
+    split: str = "test"
+    limit: int | None = None  # evaluation items per pole (quick looks)
+    generations: int = 4  # scenarios whose before/after generations are saved
+    max_new_tokens: int = 40
+    bootstrap: int = 2000
+    seed: int = 0
+    batch_tokens: int = 4096
+
+    def check(self) -> "ValidateConfig":
+        if self.mode not in EDIT_MODES:
+            raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
+        if self.controls < 0 or (self.top_k is not None and self.top_k < 1):
+            raise VneuronError("--controls must be ≥ 0 and --top-k ≥ 1")
+        return self
+
+
+@dataclass
+class LocateRun:
+    """What validation needs from a locate run."""
+
+    path: Path
+    manifest: dict
+    stats: ActivationStats
+    sets: dict[str, NeuronSet]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "LocateRun":
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest.get("kind") != "locate":
+            raise VneuronError(f"{path} is not a locate run", "pass a directory written by vneuron locate")
+        sets = {p.stem: NeuronSet.load(p) for p in sorted((path / NEURONS_DIR).glob("*.safetensors"))}
+        if not sets:
+            raise VneuronError(f"{path} holds no neuron sets", "rerun vneuron locate")
+        return cls(path, manifest, ActivationStats.load(path / STATS), sets)
+
+    def items(self, split: str) -> list[Item]:
+        data = self.manifest["dataset"]
+        corpus = load_corpus(data.get("spec"), columns=data.get("columns"))
+        corpus = corpus.select(split=split, language=data.get("language"))
+        if not corpus.items:
+            raise VneuronError(f"The locate run's corpus has no paired scenarios in split {split!r}",
+                               "forced choice needs scenario items with two actions; use --split all or a paired corpus")
+        return corpus.items
+
+
+def _items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
+    axis = [i for i in items if pole in (i.dimension, i.opposite)]
+    if limit:
+        own = [i for i in axis if i.dimension == pole][:limit]
+        other = [i for i in axis if i.dimension != pole][:limit]
+        axis = own + other
+    return axis
+
+
+def _model_for(run: LocateRun, model: LoadedModel | str | None, say) -> LoadedModel:
+    recorded = run.manifest["model"]
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        loaded = load_model(model or recorded["spec"], dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0))
+    if loaded.revision != recorded["revision"]:
+        raise VneuronError(f"The model ({loaded.source.model_id} {loaded.revision[:24]}) is not the one the run located "
+                           f"neurons in ({recorded['model_id']} {recorded['revision'][:24]})", "pass the same --model")
+    return loaded
+
+
+def _summary(pole: str, base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], items: list[Item],
+             config: ValidateConfig) -> dict[str, Any]:
+    effect_i = located - base
+    effect = float(effect_i.mean())
+    out: dict[str, Any] = {
+        "dimension": pole, "items": len(items),
+        "baseline": float(base.mean()), "after": float(located.mean()), "effect": effect,
+        "effect_ci": bootstrap_ci(effect_i, n=config.bootstrap, seed=config.seed),
+        "consistency_before": float((base > 0.5).double().mean()),
+        "consistency_after": float((located > 0.5).double().mean()),
+    }
+    own = torch.tensor([i.dimension == pole for i in items])
+    for name, sel in (("pole_items", own), ("opposite_items", ~own)):
+        if sel.any():
+            out[name] = {"n": int(sel.sum()), "baseline": float(base[sel].mean()), "after": float(located[sel].mean())}
+    before = out["baseline"]
+    out["drop_percent"] = 100 * (before - out["after"]) / before if before else None
+    if controls:
+        per_seed = torch.stack([c - base for c in controls])  # [S, n]
+        control_effects = per_seed.mean(1)
+        diff_i = effect_i - per_seed.mean(0)
+        below = int((control_effects <= effect).sum())
+        above = int((control_effects >= effect).sum())
+        sd = float(control_effects.std()) if len(controls) > 1 else float("nan")
+        out.update({
+            "controls": len(controls),
+            "control_effect": float(control_effects.mean()),
+            "control_sd": sd,
+            "control_min": float(control_effects.min()), "control_max": float(control_effects.max()),
+            "effect_minus_control": float(diff_i.mean()),
+            "effect_minus_control_ci": bootstrap_ci(diff_i, n=config.bootstrap, seed=config.seed + 1),
+            "z": (effect - float(control_effects.mean())) / sd if sd and sd == sd and sd > 0 else None,
+            "p_lower": (1 + below) / (1 + len(controls)),  # located lowers orientation more than chance
+            "p_higher": (1 + above) / (1 + len(controls)),
+            "rank": 1 + int((control_effects < effect).sum()),  # 1: below every control
+            "control_effects": control_effects.tolist(),
+        })
+    return out
+
+
+@dataclass
+class ValidationResult:
+    run_dir: Path
+    manifest: dict
+    summaries: list[dict] = field(default_factory=list)
+
+
+def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *, model: LoadedModel | str | None = None,
+           out: str | Path | None = None, progress: Progress | None = None) -> ValidationResult:
+    """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
+    config = (config or ValidateConfig()).check()
+    say = progress or (lambda stage, done, total: None)
+    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
+    poles = _poles(run, config)
+    loaded = _model_for(run, model, say)
+    started = time.time()
+    all_items = run.items(config.split)
+    out = Path(out) if out else run.path / f"ablate-{config.mode}-k{config.top_k or 'all'}"
+    summaries, item_rows, control_rows, samples = [], [], [], []
+    baselines: dict[tuple, ChoiceResult] = {}
+    for pole in poles:
+        items = _items_for(all_items, pole, config.limit)
+        if not items:
+            raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use --split all")
+        neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
+        key = tuple(i.id for i in items)
+        if key not in baselines:
+            baselines[key] = forced_choice(loaded, items, batch_tokens=config.batch_tokens,
+                                           progress=lambda d, t: say(f"{pole}: baseline", d, t))
+        base = baselines[key].toward(pole)
+        edit = _edit(run, neurons, pole, config)
+        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens,
+                                progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
+        controls = []
+        for seed in range(config.controls):
+            control = _edit(run, neurons.random_matched(config.seed * 1000 + seed), pole, config)
+            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens).toward(pole))
+            say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
+        summary = _summary(pole, base, located, controls, items, config)
+        summary["neurons"] = len(neurons)
+        summaries.append(summary)
+        for n, item in enumerate(items):
+            item_rows.append({"dimension": pole, "item": item.id, "item_pole": item.dimension, "baseline": round(float(base[n]), 6),
+                              "after": round(float(located[n]), 6),
+                              "controls_mean": round(float(torch.stack(controls)[:, n].mean()), 6) if controls else ""})
+        for seed, c in enumerate(controls):
+            control_rows.append({"dimension": pole, "seed": config.seed * 1000 + seed, "effect": round(float((c - base).mean()), 6)})
+        if config.generations:
+            samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
+    manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(),
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+    with staged(out) as tmp:
+        write_json(tmp / "manifest.json", manifest)
+        write_csv(tmp / "items.csv", item_rows)
+        write_csv(tmp / "controls.csv", control_rows)
+        if samples:
+            write_jsonl(tmp / "generations.jsonl", samples)
+    return ValidationResult(out, manifest, summaries)
+
+
+def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConfig | None = None, *,
+          model: LoadedModel | str | None = None, out: str | Path | None = None, progress: Progress | None = None) -> ValidationResult:
+    """Dose–response: orientation toward each pole as its located neurons are scaled (or boosted) by γ."""
+    config = (config or ValidateConfig(mode="scale")).check()
+    if config.mode not in ("scale", "add"):
+        raise VneuronError(f"Steering needs --mode scale or add, not {config.mode!r}", "scale multiplies, add boosts (ValueLocate)")
+    if not gammas:
+        raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
+    say = progress or (lambda stage, done, total: None)
+    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
+    poles = _poles(run, config)
+    loaded = _model_for(run, model, say)
+    started = time.time()
+    all_items = run.items(config.split)
+    out = Path(out) if out else run.path / f"steer-{config.mode}-k{config.top_k or 'all'}"
+    rows, summaries = [], []
+    for pole in poles:
+        items = _items_for(all_items, pole, config.limit)
+        neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
+        base = forced_choice(loaded, items, batch_tokens=config.batch_tokens).toward(pole)
+        controls = [neurons.random_matched(config.seed * 1000 + s) for s in range(config.controls)]
+        curve = []
+        for g, gamma in enumerate(gammas):
+            cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
+            located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens).toward(pole)
+            ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens).toward(pole)
+                    for c in controls]
+            say(f"{pole}: γ sweep", g + 1, len(gammas))
+            s = _summary(pole, base, located, ctrl, items, cfg)
+            s["gamma"] = gamma
+            curve.append(s)
+            rows.append({"dimension": pole, "gamma": gamma, "baseline": round(s["baseline"], 6), "after": round(s["after"], 6),
+                         "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
+                         "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6)})
+        summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
+    manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "gammas": gammas,
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+    with staged(out) as tmp:
+        write_json(tmp / "manifest.json", manifest)
+        write_csv(tmp / "dose_response.csv", rows)
+    return ValidationResult(out, manifest, summaries)
+
+
+def _poles(run: LocateRun, config: ValidateConfig) -> list[str]:
+    poles = config.dimensions or list(run.sets)
+    unknown = [p for p in poles if p not in run.sets]
+    if unknown:
+        raise VneuronError(f"The run has no neuron set for {', '.join(unknown)}", f"use: {', '.join(run.sets)}")
+    return poles
+
+
+def _edit(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConfig):
+    opposite = dict(map(tuple, run.manifest.get("contrasts", []))).get(pole, OPPOSITE.get(pole))
+    return edit_from_stats(neurons, config.mode, run.stats, gamma=config.gamma, pole=pole, opposite=opposite)
+
+
+def _samples(model: LoadedModel, items: list[Item], edit, pole: str, config: ValidateConfig) -> list[dict]:
+    prompts = [f"{i.scenario}\nAnswer:" if i.language != "zh" else f"{i.scenario}\n回答：" for i in items]
+    before = generate(model, prompts, None, max_new_tokens=config.max_new_tokens)
+    after = generate(model, prompts, edit, max_new_tokens=config.max_new_tokens)
+    return [{"dimension": pole, "item": i.id, "prompt": p, "before": b, "after": a}
+            for i, p, b, a in zip(items, prompts, before, after)]
