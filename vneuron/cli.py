@@ -121,6 +121,116 @@ def locate(
     console.print(f"Run written to [bold]{result.run_dir}[/]")
 
 
+def _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, say):
+    """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
+    if run_dir is not None:
+        return run_dir
+    from .locating import LocateConfig
+    from .locating import locate as run_locate
+
+    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1)), progress=say)
+    return result.run_dir
+
+
+def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens):
+    from .validate import ValidateConfig
+
+    return ValidateConfig(dimensions=_split_list(dimension), top_k=top_k, mode=mode, gamma=gamma, controls=controls,
+                          split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens)
+
+
+RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
+
+
+@app.command()
+@handle_errors
+def ablate(
+    run_dir: Optional[Path] = RunArg,
+    model: Optional[str] = ModelOpt,
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR)."),
+    language: str = typer.Option("en", help="Corpus language when locating first."),
+    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Edit the top K of each located set (default: the whole set)."),
+    mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set."),
+    gamma: float = typer.Option(0.0, help="γ for --mode scale."),
+    controls: int = typer.Option(20, help="Random neuron sets with the same per-layer counts."),
+    split: str = typer.Option("test", help="Evaluation items: test (held out), train or all."),
+    limit: Optional[int] = typer.Option(None, help="At most this many evaluation items per pole side."),
+    generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
+    seed: int = typer.Option(0, help="Seed of the random controls."),
+    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Switch located neurons off and measure the shift in value orientation against random controls.
+
+    Examples:
+      vneuron ablate runs/locate-gemma-3-270m-20261124-101500 --top-k 200
+      vneuron ablate --model smollm2-135m --top-k 200 --mode mean --controls 20
+    """
+    from .report import ablate_table, console, progress_bar
+    from .validate import ablate as run_ablate
+
+    _threads(threads)
+    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens)
+    config.check()
+    with progress_bar(not quiet) as bar:
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, bar)
+        result = run_ablate(run_dir, config, model=model, out=out, progress=bar)
+    console.print(ablate_table(result))
+    console.print(f"Results written to [bold]{result.run_dir}[/]")
+
+
+@app.command()
+@handle_errors
+def steer(
+    run_dir: Optional[Path] = RunArg,
+    gamma: str = typer.Option("0,0.5,1,2,4", "--gamma", help="Comma-separated γ values (scale: multiply; add: boost, negative = away)."),
+    model: Optional[str] = ModelOpt,
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR)."),
+    language: str = typer.Option("en", help="Corpus language when locating first."),
+    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Steer the top K of each located set."),
+    mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
+    controls: int = typer.Option(20, help="Random neuron sets with the same per-layer counts, at every γ."),
+    split: str = typer.Option("test", help="Evaluation items: test, train or all."),
+    limit: Optional[int] = typer.Option(None, help="At most this many evaluation items per pole side."),
+    seed: int = typer.Option(0, help="Seed of the random controls."),
+    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
+
+    Examples:
+      vneuron steer runs/locate-gemma-3-270m-20261124-101500 --gamma 0,0.5,1,2,4 -k 200
+      vneuron steer RUN --mode add --gamma -4,-2,0,2,4 --dimension self_transcendence
+    """
+    from .report import console, progress_bar, steer_table
+    from .validate import steer as run_steer
+
+    _threads(threads)
+    gammas = [float(g) for g in _split_list(gamma) or []] if _is_numbers(gamma) else None
+    if gammas is None:
+        raise VneuronError(f"Cannot read --gamma {gamma!r}", "pass numbers separated by commas, e.g. 0,0.5,1,2")
+    config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens)
+    config.check()
+    with progress_bar(not quiet) as bar:
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, bar)
+        result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar)
+    console.print(steer_table(result))
+    console.print(f"Results written to [bold]{result.run_dir}[/]")
+
+
+def _is_numbers(text: str) -> bool:
+    try:
+        return bool([float(g) for g in _split_list(text) or []])
+    except ValueError:
+        return False
+
+
 @app.command()
 @handle_errors
 def models():

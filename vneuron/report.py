@@ -67,3 +67,45 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _ci(pair) -> str:
+    lo, hi = pair
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def ablate_table(result) -> Table:
+    cfg = result.manifest["config"]
+    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls — P(choosing the pole's action)",
+                  title_justify="left", caption="effect = after − baseline; p = share of controls at or below the located effect")
+    for column in ("pole", "neurons", "items", "baseline", "after", "effect [95% CI]", "controls (mean ± sd)",
+                   "effect − control [95% CI]", "rank", "p", "drop %"):
+        table.add_column(column, justify="right")
+    for s in result.summaries:
+        has_controls = "control_effect" in s
+        table.add_row(
+            s["dimension"], str(s["neurons"]), str(s["items"]), f"{s['baseline']:.3f}", f"{s['after']:.3f}",
+            f"{s['effect']:+.4f} {_ci(s['effect_ci'])}",
+            f"{s['control_effect']:+.4f} ± {s['control_sd']:.4f}" if has_controls else "—",
+            f"{s['effect_minus_control']:+.4f} {_ci(s['effect_minus_control_ci'])}" if has_controls else "—",
+            f"{s['rank']}/{s['controls'] + 1}" if has_controls else "—",
+            f"{s['p_lower']:.3f}" if has_controls else "—",
+            f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
+        )
+    return table
+
+
+def steer_table(result) -> Table:
+    cfg = result.manifest["config"]
+    table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
+                  caption=f"controls: {cfg['controls']} matched random sets at every γ")
+    for column in ("pole", "γ", "baseline", "after", "effect", "control effect", "effect − control [95% CI]", "p (higher)"):
+        table.add_column(column, justify="right")
+    for s in result.summaries:
+        for point in s["curve"]:
+            has = "control_effect" in point
+            table.add_row(s["dimension"], f"{point['gamma']:g}", f"{point['baseline']:.3f}", f"{point['after']:.3f}",
+                          f"{point['effect']:+.4f}", f"{point['control_effect']:+.4f}" if has else "—",
+                          f"{point['effect_minus_control']:+.4f} {_ci(point['effect_minus_control_ci'])}" if has else "—",
+                          f"{point['p_higher']:.3f}" if has else "—")
+    return table

@@ -14,8 +14,8 @@
 #   NDIF_CLIENT_PYTHON python whose transformers/tokenizers/numpy versions the server copies
 #                      (default: /work/venv/bin/python if present, else python3)
 #   NDIF_START_TIMEOUT seconds to wait for the stack and the deployment (default: 180)
-#   NDIF_REDIS_PORT (16379) NDIF_S3_PORT (19000) NDIF_RAY_PORT (16385)
-#   NDIF_RAY_CLIENT_PORT (10001) NDIF_RAY_DASHBOARD_PORT (18265)
+#   NDIF_REDIS_PORT (26379) NDIF_S3_PORT (29000) NDIF_RAY_PORT (26385)
+#   NDIF_RAY_CLIENT_PORT (10001) NDIF_RAY_DASHBOARD_PORT (28265); the API port is start's 2nd arg (8001)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,11 +32,12 @@ DEFAULT_TRANSFORMERS=5.23.0
 DEFAULT_TOKENIZERS=0.23.3
 DEFAULT_NUMPY=2.4.6
 
-REDIS_PORT="${NDIF_REDIS_PORT:-16379}"
-S3_PORT="${NDIF_S3_PORT:-19000}"
-RAY_PORT="${NDIF_RAY_PORT:-16385}"
+# Outside Ray's worker (10002-19999) and client-server (23000-23999) port ranges.
+REDIS_PORT="${NDIF_REDIS_PORT:-26379}"
+S3_PORT="${NDIF_S3_PORT:-29000}"
+RAY_PORT="${NDIF_RAY_PORT:-26385}"
 RAY_CLIENT_PORT="${NDIF_RAY_CLIENT_PORT:-10001}"
-RAY_DASHBOARD_PORT="${NDIF_RAY_DASHBOARD_PORT:-18265}"
+RAY_DASHBOARD_PORT="${NDIF_RAY_DASHBOARD_PORT:-28265}"
 
 log() { printf '[ndif] %s\n' "$*" >&2; }
 die() { printf '[ndif] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -70,6 +71,33 @@ find_python311() {
     return 1
 }
 
+# pip on this image lists extra file:// indexes that lack most projects; keep its noise out of the log
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
+# the LD_PRELOAD guard that keeps every socket of the stack on loopback (see loopback_guard.c)
+ensure_guard() {
+    local venv="$1" so="$1/lib/loopback_guard.so" src="$HERE/loopback_guard.c"
+    if [ -f "$so" ] && [ "$so" -nt "$src" ]; then return 0; fi
+    if ! command -v cc >/dev/null 2>&1; then
+        log "installing a C compiler (apt-get install gcc) for the loopback guard"
+        apt_install gcc libc6-dev
+    fi
+    cc -shared -fPIC -O2 -o "$so.tmp" "$src" -ldl || die "compiling $src failed"
+    mv "$so.tmp" "$so"
+}
+
+APT_UPDATED=0
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if [ "$APT_UPDATED" = 0 ]; then
+        $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null \
+        || die "apt-get install $* failed"
+}
+
 cmd_install() {
     local venv="${1:-$VENV}"
     local t0 t1 py pins marker
@@ -77,15 +105,11 @@ cmd_install() {
     mkdir -p "$(dirname "$venv")"
     venv="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"
 
-    # 1. Debian's redis-server
+    # 1. Debian's redis-server (the package installs no running service on these machines)
     if ! command -v redis-server >/dev/null 2>&1; then
         log "installing redis-server (apt-get)"
-        local sudo=""
-        [ "$(id -u)" = 0 ] || sudo="sudo"
-        $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null \
-            || die "apt-get install redis-server failed"
-        # the package starts a system service on some images; we run our own, on another port
+        apt_install redis-server
+        log "redis-server installed ($(($(date +%s) - t0)) s so far)"
     else
         log "redis-server present: $(command -v redis-server)"
     fi
@@ -94,7 +118,7 @@ cmd_install() {
     if [ ! -x "$venv/bin/python" ]; then
         py="$(find_python311)" || die "no Python 3.11 found (set NDIF_PYTHON)"
         log "creating venv $venv with $py"
-        "$py" -m venv "$venv"
+        "$py" -m venv "$venv" || die "python -m venv failed"
         echo '*' > "$venv/.gitignore"
     fi
     "$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
@@ -111,13 +135,13 @@ cmd_install() {
         export PIP_DISABLE_PIP_VERSION_CHECK=1
         if ! "$venv/bin/python" -m pip show ndif 2>/dev/null | grep -q "^Version: $NDIF_VERSION$"; then
             log "pip install --no-deps --ignore-requires-python ndif==$NDIF_VERSION"
-            "$venv/bin/python" -m pip install -q --no-deps --ignore-requires-python "ndif==$NDIF_VERSION" \
+            pip_quiet "$venv/bin/python" -m pip install -q --no-deps --ignore-requires-python "ndif==$NDIF_VERSION" \
                 || die "pip install ndif==$NDIF_VERSION failed"
         fi
-        log "pip install the runtime dependencies with $pins"
+        log "pip install ndif's runtime dependencies with $pins"
         # Requires-Dist of ndif 0.1.2 (base + [api] + [ray]) and moto[server] for the S3 stand-in.
         # shellcheck disable=SC2086
-        "$venv/bin/python" -m pip install -q $pins \
+        pip_quiet "$venv/bin/python" -m pip install -q $pins \
             pydantic redis click python-dotenv pyyaml boto3 \
             fastapi 'uvicorn[standard]' gunicorn python-multipart \
             'ray[default]' accelerate zstandard peft \
@@ -126,13 +150,309 @@ cmd_install() {
         "$venv/bin/python" -c 'import ndif, ray, nnsight, moto, gunicorn' \
             || die "the server venv does not import (ndif, ray, nnsight, moto, gunicorn)"
         echo "ndif==$NDIF_VERSION $pins" > "$marker"
+        log "packages installed ($(($(date +%s) - t0)) s so far)"
     fi
+    ensure_guard "$venv"
     t1=$(date +%s)
     echo "$(date -u +%FT%TZ) install $((t1 - t0)) s" >> "$venv/.ndif-install-times"
     log "install done in $((t1 - t0)) s: $venv ($(du -sh "$venv" 2>/dev/null | cut -f1))"
 }
 
+# ----------------------------------------------------------------------------------------------
+# processes
+# ----------------------------------------------------------------------------------------------
+
+# pids recorded in the state dir, their descendants, and every process that carries this
+# stack's marker in its environment (Ray's raylet, GCS, agents and worker processes inherit it)
+stack_pids() {
+    local id="" f pid
+    [ -d "$STATE/pids" ] || return 0
+    if [ -f "$STATE/stack_id" ]; then id="$(cat "$STATE/stack_id")"; fi
+    {
+        cat "$STATE"/pids/*.pid 2>/dev/null || true
+        if [ -n "$id" ]; then
+            for f in /proc/[0-9]*/environ; do
+                pid="${f#/proc/}"; pid="${pid%/environ}"
+                if { tr '\0' '\n' < "$f"; } 2>/dev/null | grep -qxF "NDIF_LOOPBACK_STACK=$id"; then echo "$pid"; fi
+            done
+        fi
+    } | sort -un | while read -r pid; do
+        if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then echo "$pid"; fi
+    done | descendants
+    return 0
+}
+
+# stdin: pids; stdout: those pids and all their living descendants
+descendants() {
+    local roots
+    roots="$(cat)"
+    [ -n "$roots" ] || return 0
+    ps -e -o pid=,ppid= | awk -v roots="$roots" '
+        BEGIN { n = split(roots, r, /[ \n]+/); for (i = 1; i <= n; i++) if (r[i] != "") keep[r[i]] = 1 }
+        { parent[$1] = $2 }
+        END {
+            do { changed = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } while (changed)
+            for (p in keep) if (p in parent) print p
+        }' | sort -n
+}
+
+kill_stack() {
+    local pids left i
+    pids="$(stack_pids | tr '\n' ' ')"
+    [ -n "${pids// /}" ] || return 0
+    log "stopping pids: $pids"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq 1 20); do  # 5 s grace; Ray's gcs_server and `ray start --block` often need SIGKILL
+        left=""
+        for p in $pids; do
+            if [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then left="$left $p"; fi
+        done
+        if [ -z "$left" ]; then break; fi
+        sleep 0.25
+    done
+    # anything new (a worker spawned while stopping) or still alive gets SIGKILL
+    left="$left $(stack_pids | tr '\n' ' ')"
+    if [ -n "${left// /}" ]; then
+        log "SIGKILL:$left"
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+        sleep 0.5
+    fi
+}
+
+# ----------------------------------------------------------------------------------------------
+# start
+# ----------------------------------------------------------------------------------------------
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+DEADLINE=0
+remaining() { local r=$((DEADLINE - $(date +%s))); [ "$r" -gt 0 ] && echo "$r" || echo 1; }
+
+# fail MESSAGE LOG...: say what failed, show the logs' tails, stop what was started, exit 1
+fail() {
+    local msg="$1" f; shift
+    printf '\n[ndif] ERROR: %s\n' "$msg" >&2
+    for f in "$@"; do
+        [ -s "$f" ] || continue
+        printf '[ndif] ---- last lines of %s ----\n' "$f" >&2
+        tail -n 40 "$f" >&2
+    done
+    printf '[ndif] ---- (all logs in %s) ----\n' "$STATE/logs" >&2
+    kill_stack
+    rm -rf "$STATE/pids"
+    echo "$msg" > "$STATE/FAILED"
+    exit 1
+}
+
+# wait_for DESCRIPTION PID_OR_EMPTY LOG CMD...: poll CMD every 0.5 s until it succeeds, the
+# watched process dies, or the start deadline passes
+wait_for() {
+    local what="$1" pid="$2" logf="$3"; shift 3
+    while ! "$@" >/dev/null 2>&1; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            fail "$what: the process exited" "$logf"
+        fi
+        [ "$(date +%s)" -lt "$DEADLINE" ] || fail "$what: not ready after ${START_TIMEOUT} s" "$logf"
+        sleep 0.5
+    done
+}
+
+# svc NAME CMD...: start a long-running service in its own session, logs in logs/NAME.log
+svc() {
+    local name="$1"; shift
+    setsid env "${SVC_ENV[@]}" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
+    echo $! > "$STATE/pids/$name.pid"
+    disown $! 2>/dev/null || true   # no "Killed" job notices from this shell when stopping
+}
+
+# run_env CMD...: a one-shot command with the services' environment
+run_env() { env "${SVC_ENV[@]}" "$@"; }
+
+redis_up() { "$VENV/bin/python" -c "import redis; assert redis.Redis(host='127.0.0.1', port=$REDIS_PORT, socket_timeout=2).ping()"; }
+http_ok() { curl -sf --max-time 3 --noproxy '*' "$1"; }
+
+ray_logs() { local d; d="$(cat "$STATE/ray_tmp" 2>/dev/null)/session_latest/logs"; ls -t "$d"/gcs_server.err "$d"/raylet.err "$d"/worker-*.err "$d"/dashboard.log 2>/dev/null | head -6; }
+
+# every listening socket of the stack must be on loopback
+audit_listeners() {
+    local pids bad
+    pids="$(stack_pids | tr '\n' ' ')"
+    ss -ltnpH > "$STATE/logs/listeners.txt" 2>/dev/null || true
+    bad="$(awk -v pids=" $pids " '
+        { for (i = 1; i <= NF; i++) if ($i ~ /pid=/) { s = $i; while (match(s, /pid=[0-9]+/)) {
+              p = substr(s, RSTART + 4, RLENGTH - 4); s = substr(s, RSTART + RLENGTH)
+              if (index(pids, " " p " ") && $4 !~ /^(127\.[0-9.]+|\[::ffff:127\.[0-9.]+\]|\[::1\]):[0-9]+$/) print $0 } } }
+    ' "$STATE/logs/listeners.txt")"
+    if [ -n "$bad" ]; then
+        echo "$bad" > "$STATE/logs/bad-listeners.txt"
+        fail "a process of the stack listens on a non-loopback address" "$STATE/logs/bad-listeners.txt"
+    fi
+    awk -v pids=" $pids " '{ for (i = 1; i <= NF; i++) if ($i ~ /pid=/) { s = $i; while (match(s, /pid=[0-9]+/)) {
+        p = substr(s, RSTART + 4, RLENGTH - 4); s = substr(s, RSTART + RLENGTH); if (index(pids, " " p " ")) { print $4; break } } } }' \
+        "$STATE/logs/listeners.txt" | sort -u | tr '\n' ' '
+}
+
+cmd_start() {
+    local model_dir="${1:-}" port="${2:-8001}" t0 url spec model_key ray_tmp id p listeners
+    [ -n "$model_dir" ] || die "usage: $0 start MODEL_DIR [PORT]"
+    [ -d "$model_dir" ] || die "MODEL_DIR $model_dir is not a directory"
+    model_dir="$(cd "$model_dir" && pwd)"
+    [ -x "$VENV/bin/python" ] && [ -f "$VENV/.ndif-installed" ] \
+        || die "no server venv at $VENV: run 'bash $0 install' first"
+    command -v redis-server >/dev/null || die "redis-server is not installed: run 'bash $0 install' first"
+    t0=$(date +%s)
+    DEADLINE=$((t0 + START_TIMEOUT))
+
+    if [ -d "$STATE" ]; then
+        if [ -d "$STATE/pids" ] && [ -n "$(stack_pids)" ]; then
+            die "a stack is already running (state in $STATE): run 'bash $0 stop' first"
+        fi
+        rm -rf "$(cat "$STATE/ray_tmp" 2>/dev/null || echo /nonexistent)" "$STATE"
+    fi
+    for p in "$port" "$REDIS_PORT" "$S3_PORT" "$RAY_PORT" "$RAY_CLIENT_PORT" "$RAY_DASHBOARD_PORT" 52365; do
+        if port_busy "$p"; then die "port $p on 127.0.0.1 is already in use (another stack? 'bash $0 stop')"; fi
+    done
+
+    mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/home"
+    echo '*' > "$STATE/.gitignore"
+    ensure_guard "$VENV"
+    ray_tmp="$(mktemp -d /tmp/ndif-ray.XXXXXX)"   # short: Ray's unix socket paths must stay < 108 bytes
+    echo "$ray_tmp" > "$STATE/ray_tmp"
+    id="ndif-$(date +%s%N)-$$"
+    echo "$id" > "$STATE/stack_id"
+    echo "http://127.0.0.1:$port" > "$STATE/url"
+
+    SVC_ENV=(
+        "PATH=$VENV/bin:$PATH"
+        "NDIF_LOOPBACK_STACK=$id"
+        "LD_PRELOAD=$VENV/lib/loopback_guard.so${LD_PRELOAD:+:$LD_PRELOAD}"
+        "LOOPBACK_GUARD_LOG=$STATE/logs/loopback_guard.log"
+        "PYTHONPATH=$HERE${PYTHONPATH:+:$PYTHONPATH}"
+        "NDIF_HOME=$STATE/home"
+        "NDIF_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+        "NDIF_OBJECT_STORE_URL=http://127.0.0.1:$S3_PORT"
+        "NDIF_RAY_ADDRESS=ray://127.0.0.1:$RAY_CLIENT_PORT"
+        "NDIF_API_URL=http://127.0.0.1:$port"
+        "NDIF_API_PORT=$port"
+        "NDIF_DEFAULT_DTYPE=float32"
+        "NDIF_MODEL_IMPORT_PATH=cpu_deployment.CPUModelActor"
+        "NDIF_INFLUX_ENABLED=false"
+        "HF_HUB_OFFLINE=1"
+        "TRANSFORMERS_OFFLINE=1"
+        "TOKENIZERS_PARALLELISM=false"
+        "OMP_NUM_THREADS=1"
+        "RAY_USAGE_STATS_ENABLED=0"
+        "RAY_ADDRESS="
+        "GRPC_ENABLE_FORK_SUPPORT=0"
+        "AWS_ACCESS_KEY_ID=rustfsadmin"
+        "AWS_SECRET_ACCESS_KEY=rustfsadmin"
+        "AWS_DEFAULT_REGION=us-east-1"
+        "NO_PROXY=*"
+    )
+
+    # the model key first: a directory nnsight cannot load fails here, before any server starts
+    if ! spec="$(run_env timeout "$(remaining)" python "$HERE/model_spec.py" "$model_dir" "$STATE/models.yaml" 2>"$STATE/logs/model_spec.log")"; then
+        fail "computing the model key of $model_dir failed (is it a transformers model directory with a tokenizer?)" \
+            "$STATE/logs/model_spec.log"
+    fi
+    model_key="$(printf '%s' "$spec" | tail -n 1 | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["model_key"])')"
+    echo "$model_key" > "$STATE/model_key"
+    log "model key: $model_key"
+
+    log "redis on 127.0.0.1:$REDIS_PORT"
+    svc redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --protected-mode yes \
+        --dir "$STATE"
+    log "moto S3 on 127.0.0.1:$S3_PORT"
+    svc s3 moto_server -H 127.0.0.1 -p "$S3_PORT"
+    log "ray head (gcs 127.0.0.1:$RAY_PORT, client 127.0.0.1:$RAY_CLIENT_PORT, temp $ray_tmp)"
+    svc ray ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
+        --ray-client-server-port="$RAY_CLIENT_PORT" \
+        --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT" \
+        --num-cpus=4 --num-gpus=1 \
+        --resources='{"head": 10, "cuda_memory_bytes": 8000000000, "cpu_memory_bytes": 8000000000}' \
+        --object-store-memory=200000000 --temp-dir="$ray_tmp" --disable-usage-stats
+
+    wait_for "redis" "$(cat "$STATE/pids/redis.pid")" "$STATE/logs/redis.log" redis_up
+    wait_for "moto S3" "$(cat "$STATE/pids/s3.pid")" "$STATE/logs/s3.log" http_ok "http://127.0.0.1:$S3_PORT/"
+    wait_for "ray head" "$(cat "$STATE/pids/ray.pid")" "$STATE/logs/ray.log" port_busy "$RAY_CLIENT_PORT"
+    wait_for "ray dashboard" "$(cat "$STATE/pids/ray.pid")" "$STATE/logs/ray.log" \
+        http_ok "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/gcs_healthz"
+    log "ray up after $(($(date +%s) - t0)) s"
+
+    log "controller (model actor: cpu_deployment.CPUModelActor)"
+    # shellcheck disable=SC2046
+    if ! run_env RAY_ADDRESS="127.0.0.1:$RAY_PORT" timeout "$(remaining)" \
+        python -m ndif.services.ray.deployments.controller.controller >"$STATE/logs/controller.log" 2>&1; then
+        fail "launching the ndif controller failed" "$STATE/logs/controller.log" $(ray_logs)
+    fi
+
+    log "API (gunicorn) on 127.0.0.1:$port"
+    svc api gunicorn --config python:ndif.services.api.gunicorn_conf --bind "127.0.0.1:$port" --workers 1 \
+        ndif.services.api.app:app
+    wait_for "API /connected" "$(cat "$STATE/pids/api.pid")" "$STATE/logs/api.log" \
+        http_ok "http://127.0.0.1:$port/connected"
+    log "API connected after $(($(date +%s) - t0)) s"
+
+    log "deploying $model_dir"
+    # shellcheck disable=SC2046
+    if ! run_env timeout "$(remaining)" ndif deploy -f "$STATE/models.yaml" >"$STATE/logs/deploy.log" 2>&1; then
+        fail "ndif deploy of $model_dir failed or timed out" "$STATE/logs/deploy.log" $(ray_logs)
+    fi
+    # shellcheck disable=SC2046
+    wait_for "model listed as deployed by /status" "$(cat "$STATE/pids/api.pid")" "$STATE/logs/deploy.log" \
+        deployed "http://127.0.0.1:$port" "$model_key"
+
+    listeners="$(audit_listeners)"
+    log "listening (all loopback): $listeners"
+    [ -s "$STATE/logs/loopback_guard.log" ] && log "the loopback guard rewrote $(wc -l < "$STATE/logs/loopback_guard.log") bind/connect call(s): $STATE/logs/loopback_guard.log"
+    echo "$(($(date +%s) - t0))" > "$STATE/start_seconds"
+    log "ready in $(($(date +%s) - t0)) s; model key: $model_key"
+    echo "http://127.0.0.1:$port"
+}
+
+# deployed URL MODEL_KEY: /status lists the model as running
+deployed() {
+    curl -sf --max-time 10 --noproxy '*' "$1/status" | "$VENV/bin/python" -c '
+import json, sys
+key = sys.argv[1]
+status = json.load(sys.stdin)
+found = json.dumps(status)
+sys.exit(0 if key in found or json.dumps(key)[1:-1] in found else 1)' "$2"
+}
+
+cmd_stop() {
+    if [ ! -d "$STATE" ]; then log "no state in $STATE: nothing to stop"; return 0; fi
+    kill_stack
+    local ray_tmp
+    ray_tmp="$(cat "$STATE/ray_tmp" 2>/dev/null || true)"
+    case "$ray_tmp" in /tmp/ndif-ray.*) rm -rf "$ray_tmp" ;; esac
+    rm -rf "$STATE"
+    log "stopped"
+}
+
+cmd_status() {
+    if [ ! -d "$STATE" ]; then echo "not running (no $STATE)"; return 1; fi
+    if [ -f "$STATE/FAILED" ]; then echo "last start FAILED: $(cat "$STATE/FAILED") (logs: $STATE/logs)"; fi
+    local f name pid url rc=0
+    for f in "$STATE"/pids/*.pid; do
+        [ -f "$f" ] || continue
+        name="$(basename "$f" .pid)"; pid="$(cat "$f")"
+        if kill -0 "$pid" 2>/dev/null; then echo "$name: pid $pid running"; else echo "$name: pid $pid DEAD"; rc=1; fi
+    done
+    echo "processes of the stack: $(stack_pids | wc -l)"
+    url="$(cat "$STATE/url" 2>/dev/null || true)"
+    [ -n "$url" ] && echo "url: $url ($(curl -sf --max-time 3 --noproxy '*' "$url/connected" || echo 'not connected'))"
+    [ -f "$STATE/model_key" ] && echo "model key: $(cat "$STATE/model_key")"
+    [ -f "$STATE/start_seconds" ] && echo "started in $(cat "$STATE/start_seconds") s"
+    return $rc
+}
+
 case "${1:-}" in
     install) shift; cmd_install "$@" ;;
+    start) shift; cmd_start "$@" ;;
+    stop) shift; cmd_stop "$@" ;;
+    status) shift; cmd_status "$@" ;;
     *) echo "usage: $0 {install [VENV_DIR]|start MODEL_DIR [PORT]|stop|status}" >&2; exit 2 ;;
 esac

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from ..errors import VneuronError
 
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "train", "valid": "train", "dev": "train", "test": "test"}
-INSTALL = "pip install 'vneuron[datasets]'"
+INSTALL = "install the optional extra: pip install 'vneuron[datasets]'"
 
 
 def datasets_module():

@@ -335,7 +335,14 @@ def _load_descriptions(path: Path, corpus: Corpus) -> None:
 
 def _check_poles(corpus: Corpus, spec: str) -> None:
     counts = corpus.counts()
-    for pole, opposite in corpus.pole_contrasts():
+    contrasts = corpus.pole_contrasts()
+    if not contrasts:  # Schwartz labels without any partner, e.g. only conservation texts
+        missing = sorted({OPPOSITE[label] for label in corpus.labels if label in OPPOSITE} - set(corpus.labels))
+        raise VneuronError(
+            f"Corpus {spec}: pole {missing[0]!r} has no texts, so nothing can be contrasted",
+            f"add rows expressing {' or '.join(repr(m) for m in missing)}",
+        )
+    for pole, opposite in contrasts:
         for label in (pole, opposite):
             if not sum(counts.get(label, {}).values()):
                 raise VneuronError(f"Corpus {spec}: pole {label!r} has no texts", f"add rows expressing {label!r} or drop the contrast {pole}:{opposite}")
@@ -468,7 +475,7 @@ FORMAT_ENTRIES: list[dict[str, Any]] = [
      "description": "Value conflicts: value ('X vs Y' / 价值观 / 冲突类型), dilemma (困境 / 情境 / 问题), choice_a (选项A), "
                     "choice_b (选项B); each value becomes a pole pair; --dataset FILE."},
     {"name": "hf:NAME[:SPLIT] or a save_to_disk DIR", "languages": [], "items": "-", "labels": [], "kind": "format",
-     "description": "Hugging Face datasets (pip install 'vneuron[datasets]'): any of the layouts above as columns; "
+     "description": "Hugging Face datasets (needs the datasets package, vneuron's 'datasets' extra): any of the layouts above as columns; "
                     "the hub only when online."},
     {"name": "inventory CSV (item, value, key)", "languages": [], "items": "-", "labels": list(DIMENSIONS), "kind": "format",
      "description": "PVQ-style questionnaires for evaluation: ValueBench's value_orientation.csv (PVQ40) or your own "

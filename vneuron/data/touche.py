@@ -218,4 +218,13 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
 def load_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, ...] = BOUNDARY) -> Corpus:
     """A Corpus of labelled texts (the four higher-order dimensions) from a Touché23 TSV release."""
     path = Path(path)
-    return Corpus(name=path.name, texts=read_touche(path, text=text, ignore=ignore).texts)
+    texts = read_touche(path, text=text, ignore=ignore).texts
+    present = Counter(t.label for t in texts)
+    for a, b in AXES.values():
+        for pole, other in ((a, b), (b, a)):
+            if present[other] and not present[pole]:
+                raise VneuronError(
+                    f"Touché23 directory {path}: pole {pole!r} has no texts (no argument carries only its values on that axis)",
+                    f"add arguments labelled with {pole} values, or count the boundary values with ignore=()",
+                )
+    return Corpus(name=path.name, texts=texts)

@@ -1,0 +1,120 @@
+"""A real NDIF server on loopback for the `remote` tests (scripts/ndif/server.sh).
+
+`ndif_server` (session scope) builds a tiny random Llama directory, installs the server
+virtualenv if it is missing, starts redis, moto (S3), a Ray head, the ndif controller and the API on
+127.0.0.1, deploys the model, yields where it is, and stops every process at the end.
+
+If the stack cannot start, the tests FAIL with the server log's tail. Set VNEURON_REMOTE_TESTS=skip
+to skip them instead (a machine that cannot run the stack at all).
+
+    bash scripts/ndif/server.sh install && python -m pytest -m remote tests/remote -q
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER = REPO / "scripts" / "ndif" / "server.sh"
+VENV = Path(os.environ.get("NDIF_VENV", REPO / ".ndif-venv"))
+INSTALL_TIMEOUT = 900
+START_TIMEOUT = int(os.environ.get("NDIF_START_TIMEOUT", "180"))
+
+
+@dataclass(frozen=True)
+class NDIFServer:
+    url: str  # http://127.0.0.1:PORT, for remote=url
+    model_dir: str  # the served model: LanguageModel(model_dir, tokenizer=model_dir)
+    model_key: str  # what the server deployed it under
+    start_seconds: float
+
+
+def build_tiny_llama(path: Path) -> Path:
+    """A random Llama (hidden 32, 3 layers, intermediate 48) with the tests' word-level tokenizer."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.conftest import GATED, SHARED, make_tokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**GATED, **SHARED))
+    with torch.no_grad():  # larger weights than the default init so activations spread around zero
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def client_model(model_dir: str):
+    """The plain nnsight 0.8.1 client for the served model, with no hub lookup for its key."""
+    import nnsight.modeling.huggingface as hf
+    from nnsight import LanguageModel
+
+    hf._ID_CACHE[model_dir] = model_dir
+    return LanguageModel(model_dir, tokenizer=model_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(text: "str | bytes | None", lines: int = 60) -> str:
+    if isinstance(text, bytes):  # TimeoutExpired carries bytes even with text=True
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def _give_up(what: str, output: str) -> None:
+    message = f"the loopback NDIF server could not start: {what}\n{_tail(output)}"
+    if os.environ.get("VNEURON_REMOTE_TESTS") == "skip":
+        pytest.skip(message.splitlines()[0] + " (VNEURON_REMOTE_TESTS=skip)")
+    pytest.fail(message + "\n(set VNEURON_REMOTE_TESTS=skip to skip the remote tests instead)", pytrace=False)
+
+
+def _server_sh(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NDIF_CLIENT_PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SERVER), *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def ndif_server(tmp_path_factory):
+    if not (VENV / ".ndif-installed").exists():
+        try:
+            done = _server_sh("install", str(VENV), timeout=INSTALL_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            _give_up(f"install took more than {INSTALL_TIMEOUT} s", _tail(e.stderr))
+        if done.returncode != 0:
+            _give_up("install failed", done.stdout + done.stderr)
+
+    model_dir = build_tiny_llama(tmp_path_factory.mktemp("ndif") / "tiny-llama")
+    port = _free_port()
+    t0 = time.monotonic()
+    try:
+        try:
+            started = _server_sh("start", str(model_dir), str(port), timeout=START_TIMEOUT + 60)
+        except subprocess.TimeoutExpired as e:
+            _give_up(f"start took more than {START_TIMEOUT + 60} s", _tail(e.stderr))
+        if started.returncode != 0:
+            _give_up(f"server.sh start exited {started.returncode}", started.stdout + started.stderr)
+        url = started.stdout.strip().splitlines()[-1]
+        state = Path(os.environ.get("NDIF_STATE_DIR", REPO / ".ndif-state"))
+        model_key = (state / "model_key").read_text().strip()
+        yield NDIFServer(url=url, model_dir=str(model_dir), model_key=model_key,
+                         start_seconds=time.monotonic() - t0)
+    finally:
+        stopped = _server_sh("stop", timeout=120)
+        if stopped.returncode != 0:
+            print(f"server.sh stop exited {stopped.returncode}:\n{_tail(stopped.stderr)}", file=sys.stderr)
