@@ -90,6 +90,14 @@ class Edit:
                 "per_layer": self.neurons.per_layer()}
 
 
+def active(edits: list[Edit] | Edit | None) -> bool:
+    """Whether ``edits`` touch any neuron (a step loop with nothing to wait on never ends)."""
+    if edits is None:
+        return False
+    edits = [edits] if isinstance(edits, Edit) else edits
+    return any(e.layers for e in edits)
+
+
 def apply(model: LoadedModel, edits: list[Edit] | Edit | None) -> None:
     """Edit the site tensors in place; call inside a trace (once per generation step)."""
     if edits is None:

@@ -16,7 +16,7 @@ import torch
 
 from .capture import _pack, batches, encode, pad_id
 from .data.schema import Item, Prompt
-from .edits import Edit, apply
+from .edits import Edit, active, apply
 from .errors import VneuronError
 from .models.loading import LoadedModel
 
@@ -174,8 +174,9 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
             warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
             with model.lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad) as tracer:
                 with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
-                    for _ in tracer.iter[:]:
-                        apply(model, edits)
+                    if active(edits):
+                        for _ in tracer.iter[:]:
+                            apply(model, edits)
                 with tracer.invoke():
                     result = tracer.result.save()
         for row in result[:, ids.shape[1]:]:

@@ -289,13 +289,13 @@ audit_listeners() {
         echo "$bad" > "$STATE/logs/bad-listeners.txt"
         fail "a process of the stack listens on a non-loopback address" "$STATE/logs/bad-listeners.txt"
     fi
-    awk -v pids=" $pids " '{ for (i = 1; i <= NF; i++) if ($i ~ /pid=/) { s = $i; while (match(s, /pid=[0-9]+/)) {
-        p = substr(s, RSTART + 4, RLENGTH - 4); s = substr(s, RSTART + RLENGTH); if (index(pids, " " p " ")) { print $4; break } } } }' \
-        "$STATE/logs/listeners.txt" | sort -u | tr '\n' ' '
+    log "listening (all on loopback): $(awk -v pids=" $pids " '{ for (i = 1; i <= NF; i++) if ($i ~ /pid=/) {
+        s = $i; while (match(s, /pid=[0-9]+/)) { p = substr(s, RSTART + 4, RLENGTH - 4); s = substr(s, RSTART + RLENGTH)
+        if (index(pids, " " p " ")) { print $4; break } } } }' "$STATE/logs/listeners.txt" | sort -u | tr '\n' ' ')"
 }
 
 cmd_start() {
-    local model_dir="${1:-}" port="${2:-8001}" t0 url spec model_key ray_tmp id p listeners
+    local model_dir="${1:-}" port="${2:-8001}" t0 spec model_key ray_tmp id p
     [ -n "$model_dir" ] || die "usage: $0 start MODEL_DIR [PORT]"
     [ -d "$model_dir" ] || die "MODEL_DIR $model_dir is not a directory"
     model_dir="$(cd "$model_dir" && pwd)"
@@ -404,22 +404,21 @@ cmd_start() {
     wait_for "model listed as deployed by /status" "$(cat "$STATE/pids/api.pid")" "$STATE/logs/deploy.log" \
         deployed "http://127.0.0.1:$port" "$model_key"
 
-    listeners="$(audit_listeners)"
-    log "listening (all loopback): $listeners"
+    audit_listeners
     [ -s "$STATE/logs/loopback_guard.log" ] && log "the loopback guard rewrote $(wc -l < "$STATE/logs/loopback_guard.log") bind/connect call(s): $STATE/logs/loopback_guard.log"
     echo "$(($(date +%s) - t0))" > "$STATE/start_seconds"
     log "ready in $(($(date +%s) - t0)) s; model key: $model_key"
     echo "http://127.0.0.1:$port"
 }
 
-# deployed URL MODEL_KEY: /status lists the model as running
+# deployed URL MODEL_KEY: /status lists a replica of the model as RUNNING
 deployed() {
     curl -sf --max-time 10 --noproxy '*' "$1/status" | "$VENV/bin/python" -c '
 import json, sys
 key = sys.argv[1]
-status = json.load(sys.stdin)
-found = json.dumps(status)
-sys.exit(0 if key in found or json.dumps(key)[1:-1] in found else 1)' "$2"
+deployments = json.load(sys.stdin).get("deployments", {})
+sys.exit(0 if any(name.endswith(":ModelActor:" + key) and d.get("application_state") == "RUNNING"
+                  for name, d in deployments.items()) else 1)' "$2"
 }
 
 cmd_stop() {

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def client_model(model_dir: str):
     from nnsight import LanguageModel
 
     hf._ID_CACHE[model_dir] = model_dir
-    return LanguageModel(model_dir, tokenizer=model_dir)
+    with warnings.catch_warnings():  # the deprecated alias is exactly what a plain client writes
+        warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
+        return LanguageModel(model_dir, tokenizer=model_dir)
 
 
 def _free_port() -> int:

@@ -52,6 +52,7 @@ def test_trace_matches_local(model, ndif_server):
 
 def test_configured_host_and_remote_true(model, ndif_server, monkeypatch):
     monkeypatch.setattr(nnsight.CONFIG.API, "HOST", ndif_server.url)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", "any-key")  # sent as ndif-api-key; auth is off here
     with model.trace(PROMPTS[0], remote=True):
         remote = model.lm_head.output.save()
     with model.trace(PROMPTS[0]):
