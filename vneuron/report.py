@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .data.schema import SHORT
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -25,6 +27,9 @@ def progress_bar(enabled: bool = True) -> Iterator:
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
+                for task in tasks.values():  # a new stage means earlier ones are over
+                    if not bar.tasks[task].finished:
+                        bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
                 tasks[stage] = bar.add_task(stage, total=total or None)
             bar.update(tasks[stage], completed=done, total=total or None)
 
@@ -76,20 +81,21 @@ def _ci(pair) -> str:
 
 def ablate_table(result) -> Table:
     cfg = result.manifest["config"]
-    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls — P(choosing the pole's action)",
-                  title_justify="left", caption="effect = after − baseline; p = share of controls at or below the located effect")
-    for column in ("pole", "neurons", "items", "baseline", "after", "effect [95% CI]", "controls (mean ± sd)",
-                   "effect − control [95% CI]", "rank", "p", "drop %"):
-        table.add_column(column, justify="right")
+    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls",
+                  title_justify="left",
+                  caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; "
+                          "rank 1 = lower than every control; p = share of controls at or below Δ")
+    for column in ("pole", "n", "P before→after", "Δ [95% CI]", "control Δ ± sd", "Δ − control [95% CI]", "rank", "p", "drop %"):
+        table.add_column(column, justify="right", overflow="fold")
     for s in result.summaries:
-        has_controls = "control_effect" in s
+        has = "control_effect" in s
         table.add_row(
-            s["dimension"], str(s["neurons"]), str(s["items"]), f"{s['baseline']:.3f}", f"{s['after']:.3f}",
-            f"{s['effect']:+.4f} {_ci(s['effect_ci'])}",
-            f"{s['control_effect']:+.4f} ± {s['control_sd']:.4f}" if has_controls else "—",
-            f"{s['effect_minus_control']:+.4f} {_ci(s['effect_minus_control_ci'])}" if has_controls else "—",
-            f"{s['rank']}/{s['controls'] + 1}" if has_controls else "—",
-            f"{s['p_lower']:.3f}" if has_controls else "—",
+            SHORT.get(s["dimension"], s["dimension"]), f"{s['neurons']}/{s['items']}",
+            f"{s['baseline']:.3f}→{s['after']:.3f}", f"{s['effect']:+.4f} {_ci(s['effect_ci'])}",
+            f"{s['control_effect']:+.4f}±{s['control_sd']:.4f}" if has else "—",
+            f"{s['effect_minus_control']:+.4f} {_ci(s['effect_minus_control_ci'])}" if has else "—",
+            f"{s['rank']}/{s['controls'] + 1}" if has else "—",
+            f"{s['p_lower']:.2f}" if has else "—",
             f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
         )
     return table
@@ -99,13 +105,13 @@ def steer_table(result) -> Table:
     cfg = result.manifest["config"]
     table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
                   caption=f"controls: {cfg['controls']} matched random sets at every γ")
-    for column in ("pole", "γ", "baseline", "after", "effect", "control effect", "effect − control [95% CI]", "p (higher)"):
-        table.add_column(column, justify="right")
+    for column in ("pole", "γ", "P before→after", "Δ", "control Δ", "Δ − control [95% CI]", "p (higher)"):
+        table.add_column(column, justify="right", overflow="fold")
     for s in result.summaries:
         for point in s["curve"]:
             has = "control_effect" in point
-            table.add_row(s["dimension"], f"{point['gamma']:g}", f"{point['baseline']:.3f}", f"{point['after']:.3f}",
-                          f"{point['effect']:+.4f}", f"{point['control_effect']:+.4f}" if has else "—",
+            table.add_row(SHORT.get(s["dimension"], s["dimension"]), f"{point['gamma']:g}",
+                          f"{point['baseline']:.3f}→{point['after']:.3f}", f"{point['effect']:+.4f}", f"{point['control_effect']:+.4f}" if has else "—",
                           f"{point['effect_minus_control']:+.4f} {_ci(point['effect_minus_control_ci'])}" if has else "—",
-                          f"{point['p_higher']:.3f}" if has else "—")
+                          f"{point['p_higher']:.2f}" if has else "—")
     return table

@@ -1,0 +1,102 @@
+"""Ablation and steering: the statistics on known numbers, and the commands end to end on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+from vneuron.data import load_corpus
+from vneuron.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
+from vneuron.scoring import NeuronSet
+from vneuron.validate import ValidateConfig, _summary
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+def test_summary_ranks_the_located_effect_among_controls():
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:4]
+    base = torch.tensor([0.6, 0.5, 0.7, 0.4], dtype=torch.float64)
+    located = base - 0.2
+    controls = [base + d for d in (-0.05, 0.0, 0.01, 0.3, -0.25)]  # one control beats the located set
+    s = _summary("self_transcendence", base, located, controls, items, ValidateConfig(bootstrap=500))
+    assert s["effect"] == pytest.approx(-0.2)
+    assert s["control_effect"] == pytest.approx(sum((-0.05, 0.0, 0.01, 0.3, -0.25)) / 5)
+    assert s["rank"] == 2 and s["p_lower"] == pytest.approx(2 / 6)
+    assert s["effect_minus_control"] == pytest.approx(-0.2 - 0.002)
+    lo, hi = s["effect_minus_control_ci"]
+    assert lo <= s["effect_minus_control"] <= hi
+    assert s["drop_percent"] == pytest.approx(100 * 0.2 / 0.55)
+    assert s["consistency_before"] == 0.5 and s["consistency_after"] == 0.0  # 0.5 is not > 0.5
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_n():
+    torch.manual_seed(0)
+    small, large = torch.randn(20, dtype=torch.float64), torch.randn(2000, dtype=torch.float64)
+    lo_s, hi_s = bootstrap_ci(small, n=1000)
+    lo_l, hi_l = bootstrap_ci(large, n=1000)
+    assert lo_s < float(small.mean()) < hi_s and (hi_l - lo_l) < (hi_s - lo_s) / 4
+
+
+def test_random_controls_match_the_layer_profile_and_avoid_the_set():
+    scores = torch.zeros(4, 50)
+    located = NeuronSet.from_flat(torch.tensor([1, 2, 3, 60, 61, 190]), scores, "gate")
+    for seed in range(5):
+        control = located.random_matched(seed)
+        assert control.per_layer() == located.per_layer()
+        assert not torch.isin(control.flat, located.flat).any()
+    assert not torch.equal(located.random_matched(0).flat, located.random_matched(1).flat)
+
+
+def test_forced_choice_reads_both_orders(tiny_model):
+    model = tiny_model("llama")
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:2]
+    pairs = forced_choice_pairs(items)
+    assert len(pairs) == 8 and pairs[0][0] == pairs[1][0] and pairs[0][0] != pairs[2][0]
+    assert pairs[0][1] == " " + items[0].option_pole and pairs[1][1] == " " + items[0].option_opposite
+    result = forced_choice(model, items)
+    assert result.p_order.shape == (2, 2) and ((result.p_pole > 0) & (result.p_pole < 1)).all()
+    # orientation toward the partner pole is the complement
+    torch.testing.assert_close(result.toward(items[0].dimension) + result.toward(items[0].opposite), torch.ones(2, dtype=torch.float64))
+
+
+def test_ablate_and_steer_commands(tmp_path, tiny_dir):
+    model = tiny_dir("llama")
+    run_dir = tmp_path / "run"
+    located = runner.invoke(app, ["locate", "--model", str(model), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
+                                  "-k", "10", "--out", str(run_dir), "-q"])
+    assert located.exit_code == 0, located.output
+    ablated = runner.invoke(app, ["ablate", str(run_dir), "--controls", "3", "--split", "all", "--generations", "1", "-q",
+                                  "--dimension", "self_transcendence,conservation"])
+    assert ablated.exit_code == 0, ablated.output
+    out = run_dir / "ablate-zero-kall"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [r["dimension"] for r in manifest["results"]] == ["self_transcendence", "conservation"]
+    st = manifest["results"][0]
+    assert st["controls"] == 3 and len(st["control_effects"]) == 3 and 1 <= st["rank"] <= 4 and st["neurons"] == 10
+    assert st["items"] == 4  # the example corpus has 4 items on the ST/SE axis
+    rows = list(csv.DictReader(open(out / "items.csv")))
+    assert len(rows) == 4 + 2 and {"baseline", "after", "controls_mean"} <= set(rows[0])
+    assert len(list(csv.DictReader(open(out / "controls.csv")))) == 6
+    sample = json.loads((out / "generations.jsonl").read_text().splitlines()[0])
+    assert sample["before"] != sample["after"] or sample["before"] == ""  # zeroing 10 of 144 units changes greedy text
+    assert "Ablation (zero)" in ablated.output
+
+    steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q",
+                                  "--dimension", "self_transcendence"])
+    assert steered.exit_code == 0, steered.output
+    rows = list(csv.DictReader(open(run_dir / "steer-scale-kall" / "dose_response.csv")))
+    assert [float(r["gamma"]) for r in rows] == [0.0, 2.0]
+
+    bad = runner.invoke(app, ["steer", str(run_dir), "--gamma", "a,b"])
+    assert bad.exit_code == 2 and "Cannot read --gamma" in bad.stderr
+    wrong = runner.invoke(app, ["ablate", str(run_dir), "--dimension", "kindness"])
+    assert wrong.exit_code == 2 and "no neuron set for kindness" in wrong.stderr
+    other_model = runner.invoke(app, ["ablate", str(run_dir), "--model", str(tiny_dir("qwen2")), "--controls", "1"])
+    assert other_model.exit_code == 2 and "not the one the run located" in other_model.stderr
