@@ -119,3 +119,26 @@ def test_info_commands():
     assert "builtin" in run("datasets").output
     doctor = run("doctor")
     assert doctor.exit_code == 0 and "nnsight" in doctor.output
+
+
+def test_label_shuffle_null_is_reported(tmp_path, llama):
+    out = tmp_path / "null"
+    result = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "10",
+                 "--null", "2", "--out", out, "-q", "--dimension", "conservation")
+    assert result.exit_code == 0, result.output
+    null = json.loads((out / "manifest.json").read_text())["null"]["conservation"]
+    assert null["shuffles"] == 2 and len(null["passing_by_chance"]) == 2 and null["selected"] == 10
+    assert all(0 <= c <= 144 for c in null["passing_by_chance"])
+    assert "label-shuffle null" in result.output
+
+
+def test_shuffled_corpus_swaps_options_within_scenarios():
+    from vneuron.data import load_corpus
+    from vneuron.locating import shuffled
+
+    corpus = load_corpus(EXAMPLES / "corpus.jsonl")
+    mixed = shuffled(corpus, seed=10_000)
+    swapped = [a.option_pole == b.option_opposite for a, b in zip(corpus.items, mixed.items)]
+    assert any(swapped) and not all(swapped)
+    for a, b in zip(corpus.items, mixed.items):
+        assert {a.option_pole, a.option_opposite} == {b.option_pole, b.option_opposite} and a.scenario == b.scenario

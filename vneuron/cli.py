@@ -90,6 +90,7 @@ def locate(
     max_new_tokens: int = typer.Option(32, help="Generate mode: generated tokens counted per prompt."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)."),
     folds: int = typer.Option(2, help="Folds for the split-half stability estimate (1 turns it off)."),
+    null: int = typer.Option(0, help="Label-shuffle null runs: how many neurons pass the cut by chance (each costs one capture)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/locate-MODEL-TIME)."),
     from_run: Optional[Path] = typer.Option(None, "--from", help="Re-select from a finished run's statistics, without the model."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
@@ -113,7 +114,8 @@ def locate(
     column_map = dict(_pairs(columns, "=", "column mapping", "ours=yours,ours=yours") or [])
     config = LocateConfig(dataset=dataset, columns=column_map or None, contrasts=_pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=_split_list(dimension), language=language, split=split, limit=limit,
                           site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
-                          max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds)
+                          max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds,
+                          null_shuffles=null)
     with progress_bar(not quiet) as bar:
         result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar)
     for table in locate_tables(result, top=show):

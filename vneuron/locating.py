@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +46,7 @@ class LocateConfig:
     lape_top_rate: float = 0.01
     lape_quantile: float = 0.95
     folds: int = 2
+    null_shuffles: int = 0  # label-shuffle null runs (each is one more capture)
     batch_tokens: int = 4096
     max_new_tokens: int = 32
 
@@ -152,10 +153,54 @@ def locate(
         if generations:
             write_jsonl(tmp / "generations.jsonl", generations)
         result = _score_and_write(tmp, stats, contrasts, config, manifest)
+        if config.null_shuffles:
+            t0 = time.time()
+            manifest["null"] = label_shuffle_null(loaded, corpus, config, result, progress=say)
+            timings["null_s"] = round(time.time() - t0, 2)
         timings["total_s"] = round(time.time() - started, 2)
         write_json(tmp / "manifest.json", manifest)
     result.run_dir = run_dir
     return result
+
+
+def shuffled(corpus: Corpus, seed: int) -> Corpus:
+    """The same corpus with pole labels shuffled within each scenario (a coin flip per item)."""
+    gen = torch.Generator().manual_seed(seed)
+    flips = torch.rand(len(corpus.items), generator=gen) < 0.5
+    items = [replace(i, option_pole=i.option_opposite, option_opposite=i.option_pole) if f else i
+             for i, f in zip(corpus.items, flips.tolist())]
+    labels = [t.label for t in corpus.texts]
+    order = torch.randperm(len(labels), generator=gen).tolist()
+    texts = [replace(t, label=labels[j]) for t, j in zip(corpus.texts, order)]
+    return replace(corpus, items=items, texts=texts)
+
+
+def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig, result: "LocateResult",
+                       progress: Progress | None = None) -> dict[str, Any]:
+    """How many neurons pass each pole's cut when pole labels carry no information.
+
+    Each shuffle re-captures the corpus with labels flipped at random within scenarios and
+    counts neurons whose score reaches the real selection's weakest score: an estimate of how
+    many of the selected neurons are there by chance.
+    """
+    if config.method == "lape":
+        return {"note": "the label-shuffle null is defined for contrast scores, not LAPE"}
+    say = progress or (lambda stage, done, total: None)
+    counts: dict[str, list[int]] = {pole: [] for pole in result.sets}
+    for r in range(config.null_shuffles):
+        null_corpus = shuffled(corpus, seed=10_000 + r)
+        prompts = null_corpus.action_prompts(config.span) if config.mode == "prompt" else null_corpus.conditioned_prompts()
+        stats = capture(model, prompts, config.capture_config(), labels=result.stats.labels,
+                        progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
+        for pole, neuron_set in result.sets.items():
+            opposite = neuron_set.meta.get("opposite")
+            scores = contrast_scores(stats, pole, opposite, config.method)
+            signed = {"pole": scores, "opposite": -scores, "both": scores.abs()}[config.direction]
+            cut = float({"pole": neuron_set.scores, "opposite": -neuron_set.scores, "both": neuron_set.scores.abs()}[config.direction].min())
+            counts[pole].append(int((signed >= cut).sum()))
+    return {pole: {"shuffles": config.null_shuffles, "selected": len(result.sets[pole]), "passing_by_chance": c,
+                   "mean": sum(c) / len(c), "false_discovery_estimate": min(1.0, (sum(c) / len(c)) / len(result.sets[pole]))}
+            for pole, c in counts.items()}
 
 
 def _dataset_spec(dataset: str | None) -> str | None:

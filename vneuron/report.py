@@ -49,6 +49,9 @@ def locate_tables(result, top: int = 10) -> list[Table]:
         if stab:
             caption += (f"; split-half: r={stab['pearson_r']:.2f}, top-{stab['k']} overlap {stab['overlap']} "
                         f"(chance ≈ {stab['chance_overlap']:.0f}), Jaccard {stab['jaccard']:.2f}")
+        null = (result.manifest.get("null") or {}).get(label)
+        if null and "mean" in null:
+            caption += f"; label-shuffle null: {null['mean']:.0f} of {null['selected']} pass the cut by chance"
         opposite = rows[0]["opposite"]
         title = f"{label}" + (f" vs {opposite}" if opposite else "") + f" — top {min(top, len(rows))} by {method}"
         table = Table(title=title, caption=caption, title_justify="left")
