@@ -115,7 +115,8 @@ def locate(
         return _reselect(Path(from_run), config, say)
     corpus = prepare_corpus(config)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0))
-    select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)  # bad --top-k fails before any work
+    if config.method != "lape":  # a bad --top-k fails before any work
+        select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)
     model_manifest = loaded.manifest()
     key = _capture_key(model_manifest, corpus, config)
     run_dir = Path(out) if out else default_run_dir("locate", loaded.source.alias or loaded.source.model_id)
@@ -223,7 +224,8 @@ def _reselect(run_dir: Path, config: LocateConfig, say: Progress) -> LocateResul
     if manifest.get("kind") != "locate" or not (run_dir / STATS).is_file():
         raise VneuronError(f"{run_dir} holds no locate statistics", "pass a directory written by vneuron locate")
     stats = ActivationStats.load(run_dir / STATS)
-    select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
+    if config.method != "lape":
+        select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
         unknown = set(config.dimensions) - {c[0] for c in contrasts}

@@ -118,3 +118,44 @@ def steer_table(result) -> Table:
                           f"{point['effect_minus_control']:+.4f} {_ci(point['effect_minus_control_ci'])}" if has else "—",
                           f"{point['p_higher']:.2f}" if has else "—")
     return table
+
+
+def markdown_summary(located=None, ablated=None, steered=None) -> str:
+    """A short Markdown report of a locate → ablate → steer study."""
+    lines = ["# vneuron study", ""]
+    if located is not None:
+        m = located.manifest
+        lines += [f"Model `{m['model']['model_id']}` ({m['model']['revision'][:30]}), corpus `{m['dataset']['name']}` "
+                  f"({m['dataset']['language']}, {m['dataset']['split']}, {m['dataset']['items']} items), site "
+                  f"`{m['capture']['site']}`, {m['selection']['method']} top-{m['selection']['top_k']}.", "",
+                  "## Locate: split-half stability", "", "| pole | r (halves) | top-k overlap | chance |", "|---|---|---|---|"]
+        for pole, s in located.stability.items():
+            lines.append(f"| {pole} | {s['pearson_r']:.2f} | {s['overlap']}/{s['k']} | {s['chance_overlap']:.1f} |")
+        lines.append("")
+    if ablated is not None:
+        cfg = ablated.manifest["config"]
+        lines += [f"## Ablation ({cfg['mode']}) against {cfg['controls']} matched random controls", "",
+                  "P = mean probability of choosing the pole's action on held-out scenarios (both option orders).", "",
+                  "| pole | neurons | items | P before | P after | Δ [95% CI] | control Δ (sd) | Δ − control [95% CI] | rank | p | drop % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in ablated.summaries:
+            lo, hi = s["effect_ci"]
+            clo, chi = s.get("effect_minus_control_ci", (float("nan"),) * 2)
+            lines.append(f"| {s['dimension']} | {s['neurons']} | {s['items']} | {s['baseline']:.3f} | {s['after']:.3f} | "
+                         f"{s['effect']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {s.get('control_effect', float('nan')):+.4f} "
+                         f"({s.get('control_sd', float('nan')):.4f}) | {s.get('effect_minus_control', float('nan')):+.4f} "
+                         f"[{clo:+.4f}, {chi:+.4f}] | {s.get('rank', '—')}/{s.get('controls', 0) + 1} | "
+                         f"{s.get('p_lower', float('nan')):.3f} | {s['drop_percent']:.1f} |")
+        lines.append("")
+    if steered is not None:
+        cfg = steered.manifest["config"]
+        lines += [f"## Steering ({cfg['mode']}) dose–response, {cfg['controls']} controls per γ", "",
+                  "| pole | γ | P after | Δ | control Δ | Δ − control [95% CI] | p (higher) |", "|---|---|---|---|---|---|---|"]
+        for s in steered.summaries:
+            for point in s["curve"]:
+                clo, chi = point.get("effect_minus_control_ci", (float("nan"),) * 2)
+                lines.append(f"| {s['dimension']} | {point['gamma']:g} | {point['after']:.3f} | {point['effect']:+.4f} | "
+                             f"{point.get('control_effect', float('nan')):+.4f} | {point.get('effect_minus_control', float('nan')):+.4f} "
+                             f"[{clo:+.4f}, {chi:+.4f}] | {point.get('p_higher', float('nan')):.3f} |")
+        lines.append("")
+    return "\n".join(lines)
