@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +189,7 @@ class CaptureConfig:
     max_new_tokens: int = 32
     counted_span: bool = True
     padding: str = "right"  # prompt mode; generation always pads left
+    request_batches: int = 8  # remote: forward batches per NDIF request (one session)
 
     def check(self) -> "CaptureConfig":
         check_site(self.site)
@@ -209,11 +210,14 @@ def capture(
     labels: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     generations: list | None = None,
+    checkpoint=None,
 ) -> ActivationStats:
     """Per-label, per-fold neuron statistics over ``prompts``.
 
-    ``progress(done, total)`` is called after each batch. In generate mode, ``generations``
-    (if a list) receives one record per prompt with the generated text.
+    ``progress(done, total)`` is called after each batch (each request when remote). In generate
+    mode, ``generations`` (if a list) receives one record per prompt with the generated text.
+    Remote models (``model.remote``) run ``config.request_batches`` batches per NDIF request,
+    checkpointed in ``checkpoint`` (a ``remote.Checkpoint``) when given.
     """
     config = (config or CaptureConfig()).check()
     if not prompts:
@@ -222,25 +226,151 @@ def capture(
     stats = ActivationStats.zeros(config.site, labels, config.folds, model.n_layers, model.width)
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
-    plan = batches(encoded, config.batch_tokens)
-    done = 0
-    for batch in plan:
-        if config.mode == "prompt":
-            result = _prompt_batch(model, batch, config.site, config.padding)
+    plan = [_prepare(model, batch, config) for batch in batches(encoded, config.batch_tokens)]
+    with torch.inference_mode():
+        if model.remote is None:
+            done = 0
+            for prepared in plan:
+                _add(model, stats, prepared, _run_batch(model, prepared, config, save=True), generations)
+                done += len(prepared.batch)
+                if progress:
+                    progress(done, len(prompts))
         else:
-            result = _generate_batch(model, batch, config, generations)
-        if not all(bool(torch.isfinite(t).all()) for t in result[2:]):
-            raise VneuronError(
-                f"{model.source.model_id} produced non-finite activations on counted tokens "
-                f"(seen with Gemma-2's eager attention on left-padded batches)",
-                "use right padding, or --batch-tokens 1 to run one prompt at a time without padding",
-            )
-        stats.add_(*result)
-        done += len(batch)
-        if progress:
-            progress(done, len(prompts))
+            _capture_remote(model, plan, stats, config, generations, checkpoint, progress)
     stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan)}
     return stats
+
+
+@dataclass
+class Prepared:
+    """One batch as plain tensors, built on the client (a remote server sees only tensors)."""
+
+    batch: list[Encoded]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    weights: torch.Tensor  # [S, B*T] prompt mode; [S, B] generate mode
+    keep: torch.Tensor  # token rows that count (prompt mode)
+    slots: torch.Tensor
+
+
+def _prepare(model: LoadedModel, batch: list[Encoded], config: CaptureConfig) -> Prepared:
+    pad = pad_id(model.tokenizer)
+    slots, onehot = _slot_matrix(batch)
+    if config.mode == "prompt":
+        ids, mask, counted = _pack(batch, pad, left=config.padding == "left")
+        weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slots), -1)
+        keep = weights.sum(0).nonzero().squeeze(1)
+    else:
+        ids, mask, _ = _pack(batch, pad, left=True)
+        weights, keep = onehot, torch.zeros(0, dtype=torch.long)
+    return Prepared(batch, ids, mask, weights, keep, slots)
+
+
+def _run_batch(model: LoadedModel, prepared: Prepared, config: CaptureConfig, save: bool):
+    """(counts [S], reduced [L, 3, S, W], tokens or None) for one batch."""
+    if config.mode == "prompt":
+        return _prompt_batch(model, prepared, config.site, save)
+    return _generate_batch(model, prepared, config, save)
+
+
+def _add(model: LoadedModel, stats: ActivationStats, prepared: Prepared, result, generations: list | None) -> None:
+    counts, reduced, tokens = result
+    _add_sums(model, stats, prepared.slots, counts, reduced)
+    _attach_generations(model, prepared, tokens, generations)
+
+
+def _add_sums(model: LoadedModel, stats: ActivationStats, slots: torch.Tensor, counts: torch.Tensor, reduced: torch.Tensor) -> None:
+    if not bool(torch.isfinite(reduced).all()):
+        raise VneuronError(
+            f"{model.source.model_id} produced non-finite activations on counted tokens "
+            f"(seen with Gemma-2's eager attention on left-padded batches)",
+            "use right padding, or --batch-tokens 1 to run one prompt at a time without padding",
+        )
+    reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
+    stats.add_(slots, counts, reduced[0], reduced[1], reduced[2])
+
+
+def _attach_generations(model: LoadedModel, prepared: Prepared, tokens, generations: list | None) -> None:
+    if generations is None or tokens is None:
+        return
+    for row, e in enumerate(prepared.batch):
+        kept = [int(t) for t in tokens[row] if t >= 0]
+        generations.append({"id": e.prompt.id, "label": e.prompt.label, "prompt": e.prompt.text,
+                            "generated": model.tokenizer.decode(kept), "tokens_counted": len(kept)})
+
+
+def _capture_remote(model: LoadedModel, plan: list[Prepared], stats: ActivationStats, config: CaptureConfig,
+                    generations: list | None, checkpoint, progress) -> None:
+    """Requests of ``config.request_batches`` batches, each one NDIF session, reduced on the server."""
+    from . import remote as ndif
+
+    size = max(1, config.request_batches)
+    requests = [plan[i: i + size] for i in range(0, len(plan), size)]
+    if checkpoint is not None and checkpoint.done:
+        stats.__dict__.update(ActivationStats.load(checkpoint.stats_path).__dict__)
+        if generations is not None and (checkpoint.path / "generations.jsonl").is_file():
+            generations.extend(json.loads(line) for line in (checkpoint.path / "generations.jsonl").read_text().splitlines())
+    target = model.remote
+    collect = None if target.blocking else ndif.collector(model.model_key(), target.host)
+    first = checkpoint.done if checkpoint is not None else 0
+    for index in range(first, len(requests)):
+        chunk = requests[index]
+        started = time.time()
+
+        def on_job(job_id: str, index=index) -> None:
+            if checkpoint is not None:
+                checkpoint.jobs[str(index)] = job_id
+                checkpoint.save()
+
+        pending = checkpoint.jobs.get(str(index)) if checkpoint is not None else None
+        if pending and collect is not None:  # submitted before an interruption: collect, do not recompute
+            values = ndif.run(target, model.source.model_id, lambda job=pending: job, collect)
+        else:
+            values = ndif.run(target, model.source.model_id, lambda chunk=chunk: _session(model, chunk, config, stats),
+                              collect, on_job)
+        totals, counts = values["totals"], values["counts"]
+        tokens = values.get("tokens")
+        before = len(generations) if generations is not None else 0
+        _add_sums(model, stats, torch.arange(len(counts)), counts, totals)
+        for b, prepared in enumerate(chunk):
+            _attach_generations(model, prepared, tokens[b] if tokens else None, generations)
+        log = {"request": index, "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
+               "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in (p.ids, p.mask, p.weights, p.keep, p.slots)]),
+               "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
+               "seconds": round(time.time() - started, 3)}
+        if checkpoint is not None:
+            checkpoint.done = index + 1
+            checkpoint.jobs.pop(str(index), None)
+            checkpoint.log.append(log)
+            if generations is not None:
+                with open(checkpoint.path / "generations.jsonl", "a", encoding="utf-8") as fh:
+                    for record in generations[before:]:
+                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            checkpoint.save(stats)
+        if progress:
+            progress(index + 1, len(requests))
+
+
+def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, stats: ActivationStats):
+    """One NDIF request: every batch of ``chunk`` reduced into one [L, 3, slots, W] total."""
+    from .remote import outcome, trace_kwargs
+
+    n_slots = len(stats.labels) * stats.folds
+    with model.lm.session(**trace_kwargs(model)) as session:
+        totals = torch.zeros(model.n_layers, 3, n_slots, model.width, dtype=torch.float64)
+        counts = torch.zeros(n_slots, dtype=torch.float64)
+        tokens = []
+        for prepared in chunk:
+            batch_counts, reduced, batch_tokens = _run_batch(model, prepared, config, save=False)
+            totals[:, :, prepared.slots] += reduced.double()
+            counts[prepared.slots] += batch_counts.double()
+            if batch_tokens is not None:
+                tokens.append(batch_tokens)
+        totals.save()
+        counts.save()
+        if config.mode == "generate":
+            tokens.save()
+    return outcome(model, session, {"totals": totals, "counts": counts, "tokens": tokens if config.mode == "generate" else None})
 
 
 def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,20 +407,16 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-def _prompt_batch(model: LoadedModel, batch: list[Encoded], site: str, padding: str = "right"):
-    ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=padding == "left")
-    slots, onehot = _slot_matrix(batch)
-    # [S, B*T]: token weight for each slot (only counted, non-padding tokens of that slot's rows)
-    weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slots), -1)
+def _prompt_batch(model: LoadedModel, prepared: Prepared, site: str, save: bool = True):
     width = model.width
-    keep = weights.sum(0).nonzero().squeeze(1)
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
-    with torch.inference_mode(), model.lm.trace(inputs) as tracer:
-        sums = [_reduce(weights, value, width, keep) for value in _site_values(model, site)]
-        reduced = torch.stack(sums).save()  # [L, 3, S, W]
+    inputs = {"input_ids": prepared.ids, "attention_mask": prepared.mask, "position_ids": position_ids(prepared.mask)}
+    weights, keep = prepared.weights, prepared.keep
+    with model.lm.trace(inputs) as tracer:
+        reduced = torch.stack([_reduce(weights, value, width, keep) for value in _site_values(model, site)])  # [L, 3, S, W]
+        if save:
+            reduced.save()
         tracer.stop()  # nothing after the last MLP is needed (no LM head)
-    reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
-    return slots, weights.sum(1), reduced[0], reduced[1], reduced[2]
+    return weights.sum(1), reduced, None
 
 
 def _eos_ids(model: LoadedModel) -> list[int]:
@@ -299,41 +425,37 @@ def _eos_ids(model: LoadedModel) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
 
 
-def _generate_batch(model: LoadedModel, batch: list[Encoded], config: CaptureConfig, generations: list | None):
+def _generate_batch(model: LoadedModel, prepared: Prepared, config: CaptureConfig, save: bool = True):
     """Greedy generation; statistics over generated tokens only, stopping each row at EOS.
 
     The token sampled at step k is read back at step k+1, so we generate one token more than
     counted: steps 1..N read generated tokens g_1..g_N.
     """
     pad = pad_id(model.tokenizer)
-    ids, mask, _ = _pack(batch, pad, left=True)
-    slots, onehot = _slot_matrix(batch)
+    onehot = prepared.weights
     steps = config.max_new_tokens
     eos = torch.tensor(_eos_ids(model) or [-1])
-    width, n_layers = model.width, model.n_layers
-    with torch.inference_mode(), warnings.catch_warnings():
+    width, n_layers, rows = model.width, model.n_layers, prepared.ids.shape[0]
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
-        with model.lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
+        with model.lm.generate({"input_ids": prepared.ids, "attention_mask": prepared.mask}, max_new_tokens=steps + 1,
                                do_sample=False, pad_token_id=pad) as tracer:
-            totals = torch.zeros(n_layers, 3, len(slots), width, dtype=torch.float64).save()
-            counts = torch.zeros(len(slots)).save()
-            tokens = list().save()
-            finished = torch.zeros(len(batch), dtype=torch.bool)
-            for _ in tracer.iter[1 : steps + 1]:
+            totals = torch.zeros(n_layers, 3, onehot.shape[0], width, dtype=torch.float64)
+            counts = torch.zeros(onehot.shape[0])
+            tokens = torch.full((rows, steps), -1, dtype=torch.long)
+            if save:
+                totals.save()
+                counts.save()
+                tokens.save()
+            finished = torch.zeros(rows, dtype=torch.bool)
+            for step in tracer.iter[1: steps + 1]:
                 step_ids = model.lm.inputs[1]["input_ids"][:, -1]
                 is_eos = torch.isin(step_ids, eos)
                 alive = (~finished & ~is_eos).float()
                 finished = finished | is_eos
-                tokens.append(torch.where(alive.bool(), step_ids, -1))
+                tokens[:, step - 1] = torch.where(alive.bool(), step_ids, -1)
                 weights = onehot * alive[None]
                 counts += weights.sum(1)
                 for layer, value in enumerate(_site_values(model, config.site)):
                     totals[layer] += _reduce(weights, value[:, -1, :], width)
-    if generations is not None:
-        table = torch.stack(tokens, 1) if tokens else torch.zeros(len(batch), 0, dtype=torch.long)
-        for row, e in enumerate(batch):
-            kept = [int(t) for t in table[row] if t >= 0]
-            generations.append({"id": e.prompt.id, "label": e.prompt.label, "prompt": e.prompt.text,
-                                "generated": model.tokenizer.decode(kept), "tokens_counted": len(kept)})
-    totals = totals.permute(1, 2, 0, 3)
-    return slots, counts, totals[0], totals[1], totals[2]
+    return counts, totals, tokens

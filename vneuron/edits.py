@@ -90,37 +90,27 @@ class Edit:
                 "per_layer": self.neurons.per_layer()}
 
 
-def active(edits: list[Edit] | Edit | None) -> bool:
-    """Whether ``edits`` touch any neuron (a step loop with nothing to wait on never ends)."""
+def plan(edits: list[Edit] | Edit | None) -> list[tuple]:
+    """Edits as plain tuples (layer, site, units, alpha, beta, clamp) in forward order.
+
+    Built before a trace, so a remote server receives tensors, never vneuron objects.
+    """
     if edits is None:
-        return False
+        return []
     edits = [edits] if isinstance(edits, Edit) else edits
-    return any(e.layers for e in edits)
+    steps = [(e.layer, 0 if edit.site == "gate" else 1, edit.site, e) for edit in edits for e in edit.layers]
+    # the gate activation is computed before the projection's input within a layer
+    return [(layer, site, e.units, e.alpha, e.beta, e.clamp) for layer, _, site, e in sorted(steps, key=lambda t: t[:2])]
 
 
-def apply(model: LoadedModel, edits: list[Edit] | Edit | None) -> None:
+def apply(model: LoadedModel, steps: list[tuple]) -> None:
     """Edit the site tensors in place; call inside a trace (once per generation step)."""
-    if edits is None:
-        return
-    edits = [edits] if isinstance(edits, Edit) else edits
-    by_layer: dict[int, list[tuple[str, LayerEdit]]] = {}
-    for edit in edits:
-        for layer_edit in edit.layers:
-            by_layer.setdefault(layer_edit.layer, []).append((edit.site, layer_edit))
-    if not by_layer:
-        return
     blocks = layer_modules(model.lm, model.arch)
-    for layer in sorted(by_layer):  # forward order
-        block = blocks[layer]
-        for site in ("gate", "down_in"):  # the gate activation is computed before the projection's input
-            for s, e in by_layer[layer]:
-                if s != site:
-                    continue
-                module = site_module(block, model.arch, site)
-                tensor = module.output if site == "gate" else module.input
-                current = tensor[..., e.units]
-                alpha, beta = e.alpha.to(current.dtype), e.beta.to(current.dtype)
-                tensor[..., e.units] = current.clamp(max=0) if e.clamp else current * alpha + beta
+    for layer, site, units, alpha, beta, clamp in steps:
+        module = site_module(blocks[layer], model.arch, site)
+        tensor = module.output if site == "gate" else module.input
+        current = tensor[..., units]
+        tensor[..., units] = current.clamp(max=0) if clamp else current * alpha.to(current.dtype) + beta.to(current.dtype)
 
 
 def edit_from_stats(neurons: NeuronSet, mode: str, stats: ActivationStats | None = None, *, gamma: float = 1.0,

@@ -16,7 +16,8 @@ import torch
 
 from .capture import _pack, batches, encode, pad_id
 from .data.schema import Item, Prompt
-from .edits import Edit, active, apply
+from .edits import Edit, apply, plan
+from .remote import call, outcome, trace_kwargs
 from .errors import VneuronError
 from .models.loading import LoadedModel
 
@@ -60,23 +61,29 @@ def continuation_logprobs(
     longest = max(sum(e.counted) for e in encoded)
     max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
     out = torch.zeros(len(pairs), dtype=torch.float64)
+    steps = plan(edits)
     done = 0
     for batch in batches(encoded, batch_tokens, max_batch=max_rows):
         ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
         k = int(counted.sum(1).max())
-        targets, tmask = ids[:, -k:], counted[:, -k:].to(torch.float32)
-        position = (mask.cumsum(-1) - 1).clamp_min(0)
-        with torch.inference_mode(), model.lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": position},
-                                                    logits_to_keep=k + 1):
-            apply(model, edits)
-            logits = model.lm.output.logits[:, :-1].float()
-            logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-            scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
+        scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
         out[torch.tensor([e.slot for e in batch])] = scores.double()
         done += len(batch)
         if progress:
             progress(done, len(pairs))
     return out
+
+
+def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
+    """One request: mean log-prob of the last tokens marked in ``tmask`` ([B, k]) of each row."""
+    targets = ids[:, -k:]
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    with torch.inference_mode(), model.lm.trace(inputs, logits_to_keep=k + 1, **trace_kwargs(model)) as tracer:
+        apply(model, steps)
+        logits = model.lm.output.logits[:, :-1].float()
+        logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+        scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
+    return outcome(model, tracer, {"scores": scores})
 
 
 @dataclass
@@ -165,23 +172,30 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
     """Greedy continuations with ``edits`` applied at every step (prompt and generated tokens)."""
     out: list[str] = []
     pad = pad_id(model.tokenizer)
+    steps = plan(edits)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start: start + batch_size])
         enc = encode(model.tokenizer, [Prompt(t, "x", str(i), str(i)) for i, t in enumerate(chunk)], [0] * len(chunk),
                      counted_span=False)
         ids, mask, _ = _pack(enc, pad, left=True)
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
-            with model.lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad) as tracer:
-                with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
-                    if active(edits):
-                        for _ in tracer.iter[:]:
-                            apply(model, edits)
-                with tracer.invoke():
-                    result = tracer.result.save()
+        result = call(model, lambda: _generate_request(model, ids, mask, steps, max_new_tokens, pad))["result"]
         for row in result[:, ids.shape[1]:]:
             out.append(model.tokenizer.decode([t for t in row.tolist() if t != pad], skip_special_tokens=True).strip())
     return out
+
+
+def _generate_request(model: LoadedModel, ids, mask, steps, max_new_tokens: int, pad: int):
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
+        with model.lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                               **trace_kwargs(model)) as tracer:
+            with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
+                if steps:  # a step loop with nothing to wait on would never end
+                    for _ in tracer.iter[:]:
+                        apply(model, steps)
+            with tracer.invoke():
+                result = tracer.result.save()
+    return outcome(model, tracer, {"result": result})
 
 
 def bootstrap_ci(values: torch.Tensor, *, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

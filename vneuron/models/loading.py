@@ -58,6 +58,11 @@ class LoadedModel:
     tokenizer: Any
     hf_model: Any = None  # the underlying transformers module (None for a remote, lazy model)
     extra: dict[str, Any] = field(default_factory=dict)
+    remote: Any = None  # a remote.RemoteTarget when traces run on NDIF (or its local simulation)
+
+    def model_key(self) -> str:
+        """The key NDIF knows this model by."""
+        return self.lm.to_model_key()
 
     @property
     def config(self):
@@ -71,6 +76,7 @@ class LoadedModel:
             "n_layers": self.n_layers,
             "width": self.width,
             **self.extra,
+            **({"remote": self.remote.describe()} if self.remote is not None else {}),
         }
 
 
@@ -188,11 +194,18 @@ def load_model(
     *,
     dtype: str = "float32",
     progress: Callable[[str], None] | None = None,
+    remote: Any = None,
 ) -> LoadedModel:
-    """Load a model locally and wrap it for tracing."""
+    """Load a model and wrap it for tracing.
+
+    ``remote``: a ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the
+    tokenizer is loaded (the weights stay on the server); the simulation loads locally.
+    """
     if dtype not in DTYPES:
         raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
     source = resolve(spec)
+    if remote is not None and not remote.simulated:
+        return _lazy(source, dtype, remote, progress)
     if source.kind == "packaged":
         gguf = packaged_gguf(ALIASES[source.alias])
         directory, digest = convert_gguf(gguf, progress)
@@ -205,7 +218,54 @@ def load_model(
     else:
         directory = _hub_snapshot(source.model_id)
         revision = directory.name  # the snapshot's commit hash
-    return _wrap(directory, source, revision, dtype, progress)
+    loaded = _wrap(directory, source, revision, dtype, progress)
+    loaded.remote = remote  # the in-process simulation runs on these local weights
+    return loaded
+
+
+def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
+    """A weightless model for NDIF: config and tokenizer from local files, the key seeded offline."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if source.kind == "directory":
+        directory, name, revision = source.path, str(source.path), f"dir:{_dir_revision(source.path)}"
+    elif source.kind in ("packaged", "gguf"):
+        gguf = packaged_gguf(ALIASES[source.alias]) if source.kind == "packaged" else source.path
+        directory, digest = convert_gguf(gguf, progress)
+        name, revision = str(directory), f"gguf-sha256:{digest}"
+    else:
+        directory = _hub_snapshot_meta(source.model_id)
+        name, revision = source.model_id, directory.name
+    config = AutoConfig.from_pretrained(directory)
+    arch = architecture_for(config)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    from nnsight.modeling import huggingface as nnsight_hf
+    from nnsight.modeling.transformers import TransformersModel
+
+    nnsight_hf._ID_CACHE[name] = name  # no hub lookup for the model key (offline-safe)
+    if progress:
+        progress(f"Connecting {source.model_id} to {remote.host}")
+    lm = TransformersModel(name, task="text-generation", tokenizer=tokenizer)
+    return LoadedModel(lm=lm, source=source, arch=arch, n_layers=num_layers(config), width=mlp_width(config),
+                       revision=revision, tokenizer=tokenizer, extra={"dtype": dtype}, remote=remote)
+
+
+def _hub_snapshot_meta(model_id: str) -> Path:
+    """Config and tokenizer of a hub model, from the local cache (weights are not needed remotely)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "*.model"]
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        try:
+            return Path(snapshot_download(model_id, allow_patterns=patterns))
+        except Exception:
+            raise VneuronError(
+                f"The config and tokenizer of {model_id!r} are not in the local Hugging Face cache",
+                f"fetch them once where you are online: hf download {model_id} config.json tokenizer.json tokenizer_config.json",
+            ) from None
 
 
 def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progress) -> LoadedModel:
