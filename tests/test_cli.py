@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vneuron.cli import app
@@ -142,3 +143,25 @@ def test_shuffled_corpus_swaps_options_within_scenarios():
     assert any(swapped) and not all(swapped)
     for a, b in zip(corpus.items, mixed.items):
         assert {a.option_pole, a.option_opposite} == {b.option_pole, b.option_opposite} and a.scenario == b.scenario
+
+
+def test_locate_through_the_server_simulation_equals_local(tmp_path, llama):
+    common = ["locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "5", "-q",
+              "--batch-tokens", "40"]
+    local = run(*common, "--out", tmp_path / "local")
+    remote = run(*common, "--out", tmp_path / "remote", "--host", "local", "--request-batches", "2")
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    from vneuron.capture import ActivationStats
+
+    a = ActivationStats.load(tmp_path / "local" / "stats.safetensors")
+    b = ActivationStats.load(tmp_path / "remote" / "stats.safetensors")
+    assert torch.allclose(a.sum, b.sum, atol=1e-5) and torch.equal(a.n, b.n) and torch.equal(a.active, b.active)
+    manifest = json.loads((tmp_path / "remote" / "manifest.json").read_text())
+    assert manifest["remote"]["host"] == "local" and manifest["remote"]["requests"] >= 2
+    # downloads are O(layers × slots × width) per request, whatever the number of prompts
+    per_request = {r["received_tensor_bytes"] for r in manifest["remote"]["log"]}
+    assert per_request == {3 * 3 * 8 * 48 * 8 + 8 * 8}
+    assert not list(tmp_path.glob(".remote.partial"))
+    ablated = run("ablate", tmp_path / "remote", "--host", "local", "--controls", "1", "--split", "all", "-q",
+                  "--dimension", "conservation", "--generations", "1")
+    assert ablated.exit_code == 0, ablated.output

@@ -211,6 +211,7 @@ def capture(
     progress: Callable[[int, int], None] | None = None,
     generations: list | None = None,
     checkpoint=None,
+    detach: bool = False,
 ) -> ActivationStats:
     """Per-label, per-fold neuron statistics over ``prompts``.
 
@@ -236,7 +237,7 @@ def capture(
                 if progress:
                     progress(done, len(prompts))
         else:
-            _capture_remote(model, plan, stats, config, generations, checkpoint, progress)
+            _capture_remote(model, plan, stats, config, generations, checkpoint, progress, detach)
     stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan)}
     return stats
 
@@ -300,12 +301,20 @@ def _attach_generations(model: LoadedModel, prepared: Prepared, tokens, generati
 
 
 def _capture_remote(model: LoadedModel, plan: list[Prepared], stats: ActivationStats, config: CaptureConfig,
-                    generations: list | None, checkpoint, progress) -> None:
+                    generations: list | None, checkpoint, progress, detach: bool = False) -> None:
     """Requests of ``config.request_batches`` batches, each one NDIF session, reduced on the server."""
     from . import remote as ndif
 
     size = max(1, config.request_batches)
     requests = [plan[i: i + size] for i in range(0, len(plan), size)]
+    if detach:
+        if checkpoint is None or model.remote.blocking:
+            raise VneuronError("Detaching needs a real NDIF host and a run directory", "drop --detach")
+        for index in range(checkpoint.done, len(requests)):
+            if str(index) not in checkpoint.jobs:
+                checkpoint.jobs[str(index)] = _session(model, requests[index], config, stats)
+                checkpoint.save()
+        raise ndif.Detached(len(checkpoint.jobs), checkpoint.path)
     if checkpoint is not None and checkpoint.done:
         stats.__dict__.update(ActivationStats.load(checkpoint.stats_path).__dict__)
         if generations is not None and (checkpoint.path / "generations.jsonl").is_file():

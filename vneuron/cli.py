@@ -66,6 +66,21 @@ def _threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay on the server, only reduced tensors come back.")
+HostOpt = typer.Option(None, "--host", help="NDIF host URL (default: NDIF_HOST, nnsight's config, or the public NDIF); 'local' simulates the server in-process.")
+TimeoutOpt = typer.Option(1800.0, "--timeout", help="Remote: seconds one request may take (queue included).")
+
+
+def _target(remote: bool, host: Optional[str], timeout: float):
+    from .remote import resolve_target
+
+    if not remote and host:
+        remote = True
+    if not remote:
+        return None
+    return resolve_target("local" if host == "local" else (host or True), timeout=timeout)
+
+
 ModelOpt = typer.Option(None, "--model", "-m", help="Alias (see `vneuron models`), model directory, .gguf file or hub id. Default: the embedded model.")
 
 
@@ -93,6 +108,12 @@ def locate(
     null: int = typer.Option(0, help="Label-shuffle null runs: how many neurons pass the cut by chance (each costs one capture)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/locate-MODEL-TIME)."),
     from_run: Optional[Path] = typer.Option(None, "--from", help="Re-select from a finished run's statistics, without the model."),
+    remote: bool = RemoteOpt,
+    host: Optional[str] = HostOpt,
+    timeout: float = TimeoutOpt,
+    request_batches: int = typer.Option(8, help="Remote: forward batches per NDIF request."),
+    resume: bool = typer.Option(False, "--resume", help="Remote: continue an interrupted run (needs the same --out)."),
+    detach: bool = typer.Option(False, "--detach", help="Remote: submit every request and exit; collect later with --resume."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
@@ -105,6 +126,8 @@ def locate(
       vneuron locate --dimension self_transcendence --top-k 500 --site down_in
       vneuron locate --mode generate --rule valuelocate
       vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d
+      vneuron locate --remote --model llama-70b --out runs/llama70b     # on NDIF (NDIF_API_KEY)
+      vneuron locate --remote --model llama-70b --out runs/llama70b --resume
     """
     from .locating import LocateConfig
     from .locating import locate as run_locate
@@ -115,22 +138,32 @@ def locate(
     config = LocateConfig(dataset=dataset, columns=column_map or None, contrasts=_pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=_split_list(dimension), language=language, split=split, limit=limit,
                           site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds,
-                          null_shuffles=null)
-    with progress_bar(not quiet) as bar:
-        result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar)
+                          null_shuffles=null, request_batches=request_batches)
+    if (resume or detach) and out is None:
+        raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
+    from .remote import Detached
+
+    try:
+        with progress_bar(not quiet) as bar:
+            result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar,
+                                remote=_target(remote, host, timeout), resume=resume, detach=detach)
+    except Detached as done:
+        console.print(f"{done}. Collect them with the same command and --resume instead of --detach.")
+        return
     for table in locate_tables(result, top=show):
         console.print(table)
     console.print(f"Run written to [bold]{result.run_dir}[/]")
 
 
-def _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, say):
+def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
     """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
     if run_dir is not None:
         return run_dir
     from .locating import LocateConfig
     from .locating import locate as run_locate
 
-    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1)), progress=say)
+    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1)), progress=say,
+                        remote=target)
     return result.run_dir
 
 
@@ -162,6 +195,9 @@ def ablate(
     seed: int = typer.Option(0, help="Seed of the random controls."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
+    remote: bool = RemoteOpt,
+    host: Optional[str] = HostOpt,
+    timeout: float = TimeoutOpt,
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -178,8 +214,9 @@ def ablate(
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens)
     config.check()
     with progress_bar(not quiet) as bar:
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, bar)
-        result = run_ablate(run_dir, config, model=model, out=out, progress=bar)
+        target = _target(remote, host, timeout)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     console.print(ablate_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
@@ -201,6 +238,9 @@ def steer(
     seed: int = typer.Option(0, help="Seed of the random controls."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK)."),
+    remote: bool = RemoteOpt,
+    host: Optional[str] = HostOpt,
+    timeout: float = TimeoutOpt,
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -220,8 +260,9 @@ def steer(
     config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens)
     config.check()
     with progress_bar(not quiet) as bar:
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, threads, quiet, bar)
-        result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar)
+        target = _target(remote, host, timeout)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     console.print(steer_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 

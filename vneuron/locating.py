@@ -49,10 +49,12 @@ class LocateConfig:
     null_shuffles: int = 0  # label-shuffle null runs (each is one more capture)
     batch_tokens: int = 4096
     max_new_tokens: int = 32
+    request_batches: int = 8  # remote: forward batches per NDIF request
 
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
-                             max_new_tokens=self.max_new_tokens, counted_span=self.span == "option").check()
+                             max_new_tokens=self.max_new_tokens, counted_span=self.span == "option",
+                             request_batches=self.request_batches).check()
 
     def check(self) -> "LocateConfig":
         if self.method not in (*METHODS, "lape"):
@@ -102,6 +104,9 @@ def locate(
     from_run: str | Path | None = None,
     dtype: str = "float32",
     progress: Progress | None = None,
+    remote: Any = None,
+    resume: bool = False,
+    detach: bool = False,
 ) -> LocateResult:
     """Rank neurons for every pole of the corpus; writes and returns a run.
 
@@ -114,7 +119,12 @@ def locate(
     if from_run is not None:
         return _reselect(Path(from_run), config, say)
     corpus = prepare_corpus(config)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0))
+    if remote is not None:
+        from .remote import check_key
+
+        check_key(remote)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0),
+                                                                      remote=remote)
     if config.method != "lape":  # a bad --top-k fails before any work
         select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)
     model_manifest = loaded.manifest()
@@ -125,6 +135,12 @@ def locate(
     reused = _reusable(run_dir, key)
     if reused is None:
         check_fresh(run_dir)
+    checkpoint = None
+    if loaded.remote is not None and reused is None:
+        from .remote import Checkpoint
+
+        checkpoint = Checkpoint.for_run(run_dir, {**key, "request_batches": config.request_batches,
+                                                  "batch_tokens": config.batch_tokens}, resume)
     generations: list[dict] = []
     timings = {"load_s": round(time.time() - started, 2)}
     if reused is not None:
@@ -133,9 +149,10 @@ def locate(
     else:
         prompts = corpus.action_prompts(config.span) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
+        stage = "Capturing activations" if checkpoint is None else f"NDIF requests ({loaded.remote.host})"
         stats = capture(loaded, prompts, config.capture_config(), labels=labels,
-                        progress=lambda d, t: say("Capturing activations", d, t),
-                        generations=generations if config.mode == "generate" else None)
+                        progress=lambda d, t: say(stage, d, t),
+                        generations=generations if config.mode == "generate" else None, checkpoint=checkpoint, detach=detach)
         timings["capture_s"] = round(time.time() - t0, 2)
     manifest = {
         **base_manifest("locate"),
@@ -148,6 +165,11 @@ def locate(
         "selection": config.selection(),
         "timings": timings,
     }
+    if checkpoint is not None:
+        log = checkpoint.log
+        manifest["remote"] = {**loaded.remote.describe(), "requests": len(log),
+                              "sent_tensor_bytes": sum(r["sent_tensor_bytes"] for r in log),
+                              "received_tensor_bytes": sum(r["received_tensor_bytes"] for r in log), "log": log}
     with staged(run_dir, replace=reused is not None) as tmp:
         if reused is None:
             stats.save(tmp / STATS)
@@ -160,6 +182,8 @@ def locate(
             timings["null_s"] = round(time.time() - t0, 2)
         timings["total_s"] = round(time.time() - started, 2)
         write_json(tmp / "manifest.json", manifest)
+    if checkpoint is not None:
+        checkpoint.clear()  # the run is complete; partial statistics are no longer needed
     result.run_dir = run_dir
     return result
 

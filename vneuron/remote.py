@@ -25,6 +25,14 @@ from .errors import VneuronError
 PUBLIC_HOST = "https://api.ndif.us"
 
 
+class Detached(Exception):
+    """Every request is submitted; the job ids wait in the checkpoint for ``--resume``."""
+
+    def __init__(self, jobs: int, where: Path):
+        self.jobs, self.where = jobs, where
+        super().__init__(f"{jobs} NDIF requests submitted; their job ids are in {where}")
+
+
 @dataclass
 class RemoteTarget:
     """Where and how remote requests run. ``host == "local"`` is nnsight's in-process simulation."""

@@ -94,12 +94,17 @@ def _items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
     return axis
 
 
-def _model_for(run: LocateRun, model: LoadedModel | str | None, say) -> LoadedModel:
+def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None) -> LoadedModel:
     recorded = run.manifest["model"]
     if isinstance(model, LoadedModel):
         loaded = model
     else:
-        loaded = load_model(model or recorded["spec"], dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0))
+        if remote is not None:
+            from .remote import check_key
+
+            check_key(remote)
+        loaded = load_model(model or recorded["spec"], dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0),
+                            remote=remote)
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id} {loaded.revision[:24]}) is not the one the run located "
                            f"neurons in ({recorded['model_id']} {recorded['revision'][:24]})", "pass the same --model")
@@ -154,13 +159,13 @@ class ValidationResult:
 
 
 def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *, model: LoadedModel | str | None = None,
-           out: str | Path | None = None, progress: Progress | None = None) -> ValidationResult:
+           out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
     config = (config or ValidateConfig()).check()
     say = progress or (lambda stage, done, total: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     poles = _poles(run, config)
-    loaded = _model_for(run, model, say)
+    loaded = _model_for(run, model, say, remote)
     started = time.time()
     all_items = run.items(config.split)
     out = Path(out) if out else run.path / f"ablate-{config.mode}-k{config.top_k or 'all'}"
@@ -207,7 +212,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
 
 
 def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConfig | None = None, *,
-          model: LoadedModel | str | None = None, out: str | Path | None = None, progress: Progress | None = None) -> ValidationResult:
+          model: LoadedModel | str | None = None, out: str | Path | None = None, progress: Progress | None = None,
+          remote=None) -> ValidationResult:
     """Dose–response: orientation toward each pole as its located neurons are scaled (or boosted) by γ."""
     config = (config or ValidateConfig(mode="scale")).check()
     if config.mode not in ("scale", "add"):
@@ -217,7 +223,7 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
     say = progress or (lambda stage, done, total: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     poles = _poles(run, config)
-    loaded = _model_for(run, model, say)
+    loaded = _model_for(run, model, say, remote)
     started = time.time()
     all_items = run.items(config.split)
     out = Path(out) if out else run.path / f"steer-{config.mode}-k{config.top_k or 'all'}"
