@@ -64,7 +64,7 @@ def site_values(model, edit):
     modules = [site_module(b, model.arch, edit.site) for b in layer_modules(model.lm, model.arch)]
     with torch.inference_mode(), model.lm.trace({"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}) as tracer:
         cache = tracer.cache(modules=modules, include_inputs=edit.site == "down_in", include_output=edit.site == "gate")
-        apply(model, plan(edit))
+        apply(model.lm, plan(model, edit))
         logits = model.lm.output.logits.save()
     entries = [cache[m.path] for m in modules]
     saved = [e.output if edit.site == "gate" else e.inputs[0][0] for e in entries]

@@ -24,7 +24,7 @@ import torch
 from .data.schema import Prompt
 from .errors import VneuronError
 from .models.loading import LoadedModel
-from .models.sites import check_site, layer_modules, site_module
+from .models.sites import check_site, site_path, site_tensors
 
 MODES = ("prompt", "generate")
 
@@ -228,16 +228,18 @@ def capture(
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
     plan = [_prepare(model, batch, config) for batch in batches(encoded, config.batch_tokens)]
+    size = 1 if model.remote is None else max(1, config.request_batches)
+    requests = [plan[i: i + size] for i in range(0, len(plan), size)]
     with torch.inference_mode():
         if model.remote is None:
             done = 0
-            for prepared in plan:
-                _add(model, stats, prepared, _run_batch(model, prepared, config, save=True), generations)
-                done += len(prepared.batch)
+            for chunk in requests:
+                _collect(model, stats, chunk, _session(model, chunk, config, stats), generations)
+                done += sum(len(p.batch) for p in chunk)
                 if progress:
                     progress(done, len(prompts))
         else:
-            _capture_remote(model, plan, stats, config, generations, checkpoint, progress, detach)
+            _capture_remote(model, requests, stats, config, generations, checkpoint, progress, detach)
     stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan)}
     return stats
 
@@ -267,17 +269,11 @@ def _prepare(model: LoadedModel, batch: list[Encoded], config: CaptureConfig) ->
     return Prepared(batch, ids, mask, weights, keep, slots)
 
 
-def _run_batch(model: LoadedModel, prepared: Prepared, config: CaptureConfig, save: bool):
-    """(counts [S], reduced [L, 3, S, W], tokens or None) for one batch."""
-    if config.mode == "prompt":
-        return _prompt_batch(model, prepared, config.site, save)
-    return _generate_batch(model, prepared, config, save)
-
-
-def _add(model: LoadedModel, stats: ActivationStats, prepared: Prepared, result, generations: list | None) -> None:
-    counts, reduced, tokens = result
-    _add_sums(model, stats, prepared.slots, counts, reduced)
-    _attach_generations(model, prepared, tokens, generations)
+def _collect(model: LoadedModel, stats: ActivationStats, chunk: list["Prepared"], values: dict, generations) -> None:
+    """Add one request's totals (all slots at once) and attach its generated tokens."""
+    _add_sums(model, stats, torch.arange(len(values["counts"])), values["counts"], values["totals"])
+    for b, prepared in enumerate(chunk):
+        _attach_generations(model, prepared, values["tokens"][b] if values.get("tokens") else None, generations)
 
 
 def _add_sums(model: LoadedModel, stats: ActivationStats, slots: torch.Tensor, counts: torch.Tensor, reduced: torch.Tensor) -> None:
@@ -300,13 +296,11 @@ def _attach_generations(model: LoadedModel, prepared: Prepared, tokens, generati
                             "generated": model.tokenizer.decode(kept), "tokens_counted": len(kept)})
 
 
-def _capture_remote(model: LoadedModel, plan: list[Prepared], stats: ActivationStats, config: CaptureConfig,
+def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: ActivationStats, config: CaptureConfig,
                     generations: list | None, checkpoint, progress, detach: bool = False) -> None:
     """Requests of ``config.request_batches`` batches, each one NDIF session, reduced on the server."""
     from . import remote as ndif
 
-    size = max(1, config.request_batches)
-    requests = [plan[i: i + size] for i in range(0, len(plan), size)]
     if detach:
         if checkpoint is None or model.remote.blocking:
             raise VneuronError("Detaching needs a real NDIF host and a run directory", "drop --detach")
@@ -337,12 +331,9 @@ def _capture_remote(model: LoadedModel, plan: list[Prepared], stats: ActivationS
         else:
             values = ndif.run(target, model.source.model_id, lambda chunk=chunk: _session(model, chunk, config, stats),
                               collect, on_job)
-        totals, counts = values["totals"], values["counts"]
-        tokens = values.get("tokens")
+        totals, counts, tokens = values["totals"], values["counts"], values.get("tokens")
         before = len(generations) if generations is not None else 0
-        _add_sums(model, stats, torch.arange(len(counts)), counts, totals)
-        for b, prepared in enumerate(chunk):
-            _attach_generations(model, prepared, tokens[b] if tokens else None, generations)
+        _collect(model, stats, chunk, values, generations)
         log = {"request": index, "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
                "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in (p.ids, p.mask, p.weights, p.keep, p.slots)]),
                "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
@@ -361,25 +352,53 @@ def _capture_remote(model: LoadedModel, plan: list[Prepared], stats: ActivationS
 
 
 def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, stats: ActivationStats):
-    """One NDIF request: every batch of ``chunk`` reduced into one [L, 3, slots, W] total."""
+    """One request (local, simulated or on NDIF): every batch of ``chunk`` reduced into one
+    [L, 3, slots, W] total inside a session. The body names only the envoy, tensors, plain data
+    and small functions, because on NDIF it runs where vneuron is not installed.
+    """
     from .remote import outcome, trace_kwargs
 
-    n_slots = len(stats.labels) * stats.folds
-    with model.lm.session(**trace_kwargs(model)) as session:
-        totals = torch.zeros(model.n_layers, 3, n_slots, model.width, dtype=torch.float64)
-        counts = torch.zeros(n_slots, dtype=torch.float64)
-        tokens = []
-        for prepared in chunk:
-            batch_counts, reduced, batch_tokens = _run_batch(model, prepared, config, save=False)
-            totals[:, :, prepared.slots] += reduced.double()
-            counts[prepared.slots] += batch_counts.double()
-            if batch_tokens is not None:
-                tokens.append(batch_tokens)
-        totals.save()
-        counts.save()
-        if config.mode == "generate":
+    lm = model.lm
+    path = site_path(model.arch, config.site)
+    width, n_layers, n_slots = model.width, model.n_layers, len(stats.labels) * stats.folds
+    work = [(p.ids, p.mask, position_ids(p.mask), p.weights, p.keep, p.slots) for p in chunk]
+    prompt_mode = config.mode == "prompt"
+    steps, pad = config.max_new_tokens, pad_id(model.tokenizer)
+    eos = torch.tensor(_eos_ids(model) or [-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
+        with lm.session(**trace_kwargs(model)) as session:
+            totals = torch.zeros(n_layers, 3, n_slots, width, dtype=torch.float64)
+            counts = torch.zeros(n_slots, dtype=torch.float64)
+            tokens = []
+            for ids, mask, positions, weights, keep, slots in work:
+                if prompt_mode:  # count the marked tokens of each prompt
+                    with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
+                        reduced = torch.stack([_reduce(weights, v, width, keep) for v in site_tensors(lm, path)])
+                        tracer.stop()  # nothing after the last MLP is needed (no LM head)
+                    totals[:, :, slots] += reduced.double()
+                    counts[slots] += weights.sum(1).double()
+                else:  # greedy generation; step k reads the token sampled at step k-1; stop rows at EOS
+                    rows = ids.shape[0]
+                    with lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
+                                     do_sample=False, pad_token_id=pad) as tracer:
+                        finished = torch.zeros(rows, dtype=torch.bool)
+                        generated = torch.full((rows, steps), -1, dtype=torch.long)
+                        for step in tracer.iter[1: steps + 1]:
+                            step_ids = lm.inputs[1]["input_ids"][:, -1]
+                            is_eos = torch.isin(step_ids, eos)
+                            alive = ~finished & ~is_eos
+                            finished = finished | is_eos
+                            generated[:, step - 1] = torch.where(alive, step_ids, -1)
+                            w = weights * alive.float()[None]
+                            counts[slots] += w.sum(1).double()
+                            for layer, v in enumerate(site_tensors(lm, path)):
+                                totals[layer, :, slots] += _reduce(w, v[:, -1, :], width).double()
+                    tokens.append(generated)
+            totals.save()
+            counts.save()
             tokens.save()
-    return outcome(model, session, {"totals": totals, "counts": counts, "tokens": tokens if config.mode == "generate" else None})
+    return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None})
 
 
 def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,12 +408,6 @@ def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
     for row, e in enumerate(batch):
         onehot[slots.index(e.slot), row] = 1.0
     return torch.tensor(slots, dtype=torch.long), onehot
-
-
-def _site_values(model: LoadedModel, site: str):
-    for block in layer_modules(model.lm, model.arch):
-        module = site_module(block, model.arch, site)
-        yield module.output if site == "gate" else module.input
 
 
 def _reduce(weights: torch.Tensor, value: torch.Tensor, width: int, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -416,55 +429,7 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-def _prompt_batch(model: LoadedModel, prepared: Prepared, site: str, save: bool = True):
-    width = model.width
-    inputs = {"input_ids": prepared.ids, "attention_mask": prepared.mask, "position_ids": position_ids(prepared.mask)}
-    weights, keep = prepared.weights, prepared.keep
-    with model.lm.trace(inputs) as tracer:
-        reduced = torch.stack([_reduce(weights, value, width, keep) for value in _site_values(model, site)])  # [L, 3, S, W]
-        if save:
-            reduced.save()
-        tracer.stop()  # nothing after the last MLP is needed (no LM head)
-    return weights.sum(1), reduced, None
-
-
 def _eos_ids(model: LoadedModel) -> list[int]:
     eos = getattr(model.lm.generation_config, "eos_token_id", None) if hasattr(model.lm, "generation_config") else None
     eos = eos if eos is not None else model.tokenizer.eos_token_id
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-
-
-def _generate_batch(model: LoadedModel, prepared: Prepared, config: CaptureConfig, save: bool = True):
-    """Greedy generation; statistics over generated tokens only, stopping each row at EOS.
-
-    The token sampled at step k is read back at step k+1, so we generate one token more than
-    counted: steps 1..N read generated tokens g_1..g_N.
-    """
-    pad = pad_id(model.tokenizer)
-    onehot = prepared.weights
-    steps = config.max_new_tokens
-    eos = torch.tensor(_eos_ids(model) or [-1])
-    width, n_layers, rows = model.width, model.n_layers, prepared.ids.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
-        with model.lm.generate({"input_ids": prepared.ids, "attention_mask": prepared.mask}, max_new_tokens=steps + 1,
-                               do_sample=False, pad_token_id=pad) as tracer:
-            totals = torch.zeros(n_layers, 3, onehot.shape[0], width, dtype=torch.float64)
-            counts = torch.zeros(onehot.shape[0])
-            tokens = torch.full((rows, steps), -1, dtype=torch.long)
-            if save:
-                totals.save()
-                counts.save()
-                tokens.save()
-            finished = torch.zeros(rows, dtype=torch.bool)
-            for step in tracer.iter[1: steps + 1]:
-                step_ids = model.lm.inputs[1]["input_ids"][:, -1]
-                is_eos = torch.isin(step_ids, eos)
-                alive = (~finished & ~is_eos).float()
-                finished = finished | is_eos
-                tokens[:, step - 1] = torch.where(alive.bool(), step_ids, -1)
-                weights = onehot * alive[None]
-                counts += weights.sum(1)
-                for layer, value in enumerate(_site_values(model, config.site)):
-                    totals[layer] += _reduce(weights, value[:, -1, :], width)
-    return counts, totals, tokens

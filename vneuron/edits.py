@@ -18,7 +18,7 @@ import torch
 from .capture import ActivationStats
 from .errors import VneuronError
 from .models.loading import LoadedModel
-from .models.sites import layer_modules, site_module
+from .models.sites import site_path
 from .scoring import NeuronSet, contrast_scores
 
 EDIT_MODES = ("zero", "clamp", "mean", "scale", "add", "set")
@@ -90,25 +90,28 @@ class Edit:
                 "per_layer": self.neurons.per_layer()}
 
 
-def plan(edits: list[Edit] | Edit | None) -> list[tuple]:
-    """Edits as plain tuples (layer, site, units, alpha, beta, clamp) in forward order.
+def plan(model: LoadedModel, edits: list[Edit] | Edit | None) -> list[tuple]:
+    """Edits as plain tuples (layer, site path, units, alpha, beta, clamp) in forward order.
 
-    Built before a trace, so a remote server receives tensors, never vneuron objects.
+    Built before a trace, so a remote server receives strings and tensors, never vneuron objects.
     """
     if edits is None:
         return []
     edits = [edits] if isinstance(edits, Edit) else edits
     steps = [(e.layer, 0 if edit.site == "gate" else 1, edit.site, e) for edit in edits for e in edit.layers]
     # the gate activation is computed before the projection's input within a layer
-    return [(layer, site, e.units, e.alpha, e.beta, e.clamp) for layer, _, site, e in sorted(steps, key=lambda t: t[:2])]
+    return [(layer, site_path(model.arch, site), e.units, e.alpha, e.beta, e.clamp)
+            for layer, _, site, e in sorted(steps, key=lambda t: t[:2])]
 
 
-def apply(model: LoadedModel, steps: list[tuple]) -> None:
+def apply(lm, steps: list[tuple]) -> None:
     """Edit the site tensors in place; call inside a trace (once per generation step)."""
-    blocks = layer_modules(model.lm, model.arch)
-    for layer, site, units, alpha, beta, clamp in steps:
-        module = site_module(blocks[layer], model.arch, site)
-        tensor = module.output if site == "gate" else module.input
+    for layer, (layers_path, mlp, name, output), units, alpha, beta, clamp in steps:
+        blocks = lm
+        for part in layers_path.split("."):
+            blocks = getattr(blocks, part)
+        module = getattr(getattr(blocks[layer], mlp), name)
+        tensor = module.output if output else module.input
         current = tensor[..., units]
         tensor[..., units] = current.clamp(max=0) if clamp else current * alpha.to(current.dtype) + beta.to(current.dtype)
 

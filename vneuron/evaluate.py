@@ -61,7 +61,7 @@ def continuation_logprobs(
     longest = max(sum(e.counted) for e in encoded)
     max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
     out = torch.zeros(len(pairs), dtype=torch.float64)
-    steps = plan(edits)
+    steps = plan(model, edits)
     done = 0
     for batch in batches(encoded, batch_tokens, max_batch=max_rows):
         ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
@@ -78,12 +78,13 @@ def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
     """One request: mean log-prob of the last tokens marked in ``tmask`` ([B, k]) of each row."""
     targets = ids[:, -k:]
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
-    with torch.inference_mode(), model.lm.trace(inputs, logits_to_keep=k + 1, **trace_kwargs(model)) as tracer:
-        apply(model, steps)
-        logits = model.lm.output.logits[:, :-1].float()
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    with torch.inference_mode(), lm.trace(inputs, logits_to_keep=k + 1, **trace_kwargs(model)) as tracer:
+        apply(lm, steps)
+        logits = lm.output.logits[:, :-1].float()
         logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
-    return outcome(model, tracer, {"scores": scores})
+    return outcome(model, tracer, lambda: {"scores": scores})
 
 
 @dataclass
@@ -172,7 +173,7 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
     """Greedy continuations with ``edits`` applied at every step (prompt and generated tokens)."""
     out: list[str] = []
     pad = pad_id(model.tokenizer)
-    steps = plan(edits)
+    steps = plan(model, edits)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start: start + batch_size])
         enc = encode(model.tokenizer, [Prompt(t, "x", str(i), str(i)) for i, t in enumerate(chunk)], [0] * len(chunk),
@@ -185,17 +186,17 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
 
 
 def _generate_request(model: LoadedModel, ids, mask, steps, max_new_tokens: int, pad: int):
+    lm = model.lm
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
-        with model.lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                               **trace_kwargs(model)) as tracer:
+        with lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **trace_kwargs(model)) as tracer:
             with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
                 if steps:  # a step loop with nothing to wait on would never end
                     for _ in tracer.iter[:]:
-                        apply(model, steps)
+                        apply(lm, steps)
             with tracer.invoke():
                 result = tracer.result.save()
-    return outcome(model, tracer, {"result": result})
+    return outcome(model, tracer, lambda: {"result": result})
 
 
 def bootstrap_ci(values: torch.Tensor, *, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

@@ -235,11 +235,12 @@ def trace_kwargs(model) -> dict:
     return kwargs
 
 
-def outcome(model, tracer, values: dict) -> Any:
-    """What a request function returns: the values, or the job id of a non-blocking submission."""
+def outcome(model, tracer, values: Callable[[], dict]) -> Any:
+    """What a request function returns: its saved values, or the job id of a non-blocking submission
+    (whose values exist only on the server until collected)."""
     if model.remote is not None and not model.remote.blocking:
         return tracer.backend.job_id
-    return values
+    return values()
 
 
 def call(model, submit: Callable[[], Any]) -> dict:

@@ -120,3 +120,19 @@ def site_module(block, arch: Architecture, site: str):
     """The module whose output (gate) or input (down_in) holds the neurons of one block."""
     mlp = getattr(block, arch.mlp)
     return getattr(mlp, arch.act if site == "gate" else arch.down)
+
+
+def site_path(arch: Architecture, site: str) -> tuple[str, str, str, bool]:
+    """The site as plain strings (layers, mlp, module, read output?) for code that runs on a server."""
+    return (arch.layers, arch.mlp, arch.act if site == "gate" else arch.down, site == "gate")
+
+
+def site_tensors(lm, path: tuple[str, str, str, bool]):
+    """The neuron tensor of every layer, in forward order (inside a trace; no vneuron objects needed)."""
+    layers_path, mlp, name, output = path
+    blocks = lm
+    for part in layers_path.split("."):
+        blocks = getattr(blocks, part)
+    for block in blocks:
+        module = getattr(getattr(block, mlp), name)
+        yield module.output if output else module.input
