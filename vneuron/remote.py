@@ -100,26 +100,33 @@ def check_key(target: RemoteTarget) -> None:
     nnsight.CONFIG.API.APIKEY = api_key()
 
 
+_NETWORK = ("connection refused", "failed to send request", "name or service not known", "temporary failure in name",
+            "connection reset", "network is unreachable", "timed out", "remote end closed")
+
+
+def _network_error(exc: BaseException) -> bool:
+    if isinstance(exc, VneuronError):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(p in str(exc).lower() for p in _NETWORK)
+
+
 def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> VneuronError:
     """A one-line, actionable message for what came back from the network or the server."""
     text = str(exc)
     last = text.strip().splitlines()[-1] if text.strip() else exc.__class__.__name__
     lower = text.lower()
-    if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, VneuronError):
+    if _network_error(exc):
         return VneuronError(f"NDIF host {target.host} is unreachable ({exc.__class__.__name__})",
                             "check --host / NDIF_HOST and your network; finished requests are kept, rerun with --resume")
     if "api key" in lower or "401" in lower or "unauthori" in lower or "forbidden" in lower:
         return VneuronError("NDIF rejected the API key", "check NDIF_API_KEY (a key is personal; get one at ndif.us)")
-    if "deploy" in lower or "not running" in lower or "not found" in lower and "model" in lower:
+    if any(phrase in lower for phrase in ("could not deploy", "not deployed", "is not running", "model not found",
+                                          "no such model", "not currently running")):
         return VneuronError(f"Model {model_id} is not served on {target.host} right now ({last[:160]})",
                             "see `vneuron models` for what is running, or try later")
     if "version" in lower and ("nnsight" in lower or "incompatible" in lower):
         return VneuronError(f"Client and server versions are incompatible ({last[:160]})", "install the nnsight version the server runs")
     return VneuronError(f"The NDIF server raised an error: {last[:300]}", "rerun with VNEURON_DEBUG=1 for the server traceback")
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(exc, VneuronError)
 
 
 def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect: Callable[[Any], dict | None],
@@ -143,7 +150,7 @@ def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect:
         except BaseException as exc:  # noqa: BLE001 - classify everything the client can raise
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if _transient(exc) and attempt < target.retries:
+            if _network_error(exc) and attempt < target.retries:
                 time.sleep(target.backoff * 2**attempt)
                 attempt += 1
                 continue
