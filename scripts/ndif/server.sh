@@ -12,7 +12,7 @@
 #   NDIF_VENV          server virtualenv             (default: <repo>/.ndif-venv)
 #   NDIF_STATE_DIR     pids, logs, ray temp link     (default: <repo>/.ndif-state)
 #   NDIF_CLIENT_PYTHON python whose transformers/tokenizers/numpy versions the server copies
-#                      (default: /work/venv/bin/python if present, else python3)
+#                      (default: the repo's .venv/bin/python if present, else python3)
 #   NDIF_START_TIMEOUT seconds to wait for the stack and the deployment (default: 180)
 #   NDIF_REDIS_PORT (26379) NDIF_S3_PORT (29000) NDIF_RAY_PORT (26385)
 #   NDIF_RAY_CLIENT_PORT (10001) NDIF_RAY_DASHBOARD_PORT (28265); the API port is start's 2nd arg (8001)
@@ -48,7 +48,7 @@ die() { printf '[ndif] ERROR: %s\n' "$*" >&2; exit 1; }
 
 client_python() {
     if [ -n "${NDIF_CLIENT_PYTHON:-}" ]; then echo "$NDIF_CLIENT_PYTHON"
-    elif [ -x /work/venv/bin/python ]; then echo /work/venv/bin/python
+    elif [ -x "$HERE/../../.venv/bin/python" ]; then echo "$HERE/../../.venv/bin/python"
     else command -v python3; fi
 }
 
