@@ -365,19 +365,21 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
     prompt_mode = config.mode == "prompt"
     steps, pad = config.max_new_tokens, pad_id(model.tokenizer)
     eos = torch.tensor(_eos_ids(model) or [-1])
+    # float32 sums on the server halve the download; float64 models (tests) stay exact
+    dtype = torch.float64 if model.extra.get("dtype") == "float64" else torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
         with lm.session(**trace_kwargs(model)) as session:
-            totals = torch.zeros(n_layers, 3, n_slots, width, dtype=torch.float64)
-            counts = torch.zeros(n_slots, dtype=torch.float64)
+            totals = torch.zeros(n_layers, 3, n_slots, width, dtype=dtype)
+            counts = torch.zeros(n_slots, dtype=dtype)
             tokens = []
             for ids, mask, positions, weights, keep, slots in work:
                 if prompt_mode:  # count the marked tokens of each prompt
                     with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
                         reduced = torch.stack([_reduce(weights, v, width, keep) for v in site_tensors(lm, path)])
                         tracer.stop()  # nothing after the last MLP is needed (no LM head)
-                    totals[:, :, slots] += reduced.double()
-                    counts[slots] += weights.sum(1).double()
+                    totals[:, :, slots] += reduced.to(dtype)
+                    counts[slots] += weights.sum(1).to(dtype)
                 else:  # greedy generation; step k reads the token sampled at step k-1; stop rows at EOS
                     rows = ids.shape[0]
                     with lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
@@ -391,9 +393,9 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                             finished = finished | is_eos
                             generated[:, step - 1] = torch.where(alive, step_ids, -1)
                             w = weights * alive.float()[None]
-                            counts[slots] += w.sum(1).double()
+                            counts[slots] += w.sum(1).to(dtype)
                             for layer, v in enumerate(site_tensors(lm, path)):
-                                totals[layer, :, slots] += _reduce(w, v[:, -1, :], width).double()
+                                totals[layer, :, slots] += _reduce(w, v[:, -1, :], width).to(dtype)
                     tokens.append(generated)
             totals.save()
             counts.save()
