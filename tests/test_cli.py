@@ -118,8 +118,11 @@ def test_info_commands():
     listing = run("models").output
     assert "gemma-3-270m" in listing and "(default)" in listing and "llama-70b" in listing
     assert "builtin" in run("datasets").output
-    doctor = run("doctor")
-    assert doctor.exit_code == 0 and "nnsight" in doctor.output
+    doctor = run("doctor")  # no network unless asked
+    assert doctor.exit_code == 0 and "nnsight" in doctor.output and "not checked" in doctor.output
+    unreachable = run("doctor", "--host", "http://127.0.0.1:9")
+    assert unreachable.exit_code == 0 and "Connection refused" in unreachable.output
+    assert_one_line_error(run("models-status", "--host", "http://127.0.0.1:9"), "unreachable")
 
 
 def test_label_shuffle_null_is_reported(tmp_path, llama):

@@ -313,11 +313,12 @@ def datasets():
 
 @app.command()
 @handle_errors
-def doctor():
-    """Versions and whether the embedded model is installed."""
+def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the NDIF host."), host: Optional[str] = HostOpt):
+    """Versions, installed models, API key presence; with --remote/--host also NDIF reachability and compatibility."""
     from importlib import util
 
     from .models.registry import ALIASES
+    from .remote import api_key, probe, resolve_target
     from .report import console, key_value_table
     from .runs import versions
 
@@ -326,8 +327,38 @@ def doctor():
         alias = ALIASES[name]
         ok = util.find_spec(alias.module) is not None
         rows.append((f"model {name}", "installed" if ok else f"missing — {alias.install}"))
-    rows.append(("NDIF_API_KEY", "set" if os.environ.get("NDIF_API_KEY") else "not set"))
+    rows.append(("NDIF API key", "set (NDIF_API_KEY or nnsight config)" if api_key() else "not set — export NDIF_API_KEY=..."))
+    target = resolve_target(host or True)
+    rows.append(("NDIF host", target.host))
+    if not (remote or host):
+        rows.append(("reachable", "not checked (pass --remote)"))
+        console.print(key_value_table("vneuron doctor", rows))
+        return
+    found = probe(target.host)
+    rows.append(("reachable", "yes" if found.get("reachable") else f"no ({found.get('error', 'no answer')})"))
+    status = found.get("status")
+    server_version = status.get("nnsight_version") or status.get("version") if isinstance(status, dict) else None
+    if server_version:
+        same = str(server_version).split(".")[:2] == versions()["nnsight"].split(".")[:2]
+        rows.append(("server nnsight", f"{server_version} ({'compatible' if same else 'differs from the client: install it'})"))
     console.print(key_value_table("vneuron doctor", rows))
+
+
+@app.command()
+@handle_errors
+def models_status(host: Optional[str] = HostOpt):
+    """Which of the aliases NDIF is serving right now."""
+    from .models.registry import ALIASES
+    from .remote import probe, resolve_target, served_models
+    from .report import console, key_value_table
+
+    target = resolve_target(host or True)
+    found = probe(target.host)
+    if not found.get("reachable"):
+        raise VneuronError(f"NDIF host {target.host} is unreachable ({found.get('error', 'no answer')})", "check --host / NDIF_HOST and your network")
+    served = served_models(found.get("status"))
+    rows = [(name, served.get(alias.hub_id, "not running")) for name, alias in ALIASES.items() if name != "default" and not alias.package]
+    console.print(key_value_table(f"Served on {target.host}", rows))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -257,3 +257,39 @@ def call(model, submit: Callable[[], Any]) -> dict:
         return submit()
     collect = None if target.blocking else collector(model.model_key(), target.host)
     return run(target, model.source.model_id, submit, collect)
+
+
+def probe(host: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Reachability and what the server says about itself (for ``vneuron doctor`` and ``models``)."""
+    import urllib.error
+    import urllib.request
+
+    out: dict[str, Any] = {"host": host}
+    for path in ("/status", "/connected"):
+        try:
+            with urllib.request.urlopen(host.rstrip("/") + path, timeout=timeout) as response:
+                body = response.read(1 << 20).decode("utf-8", "replace")
+            out["reachable"] = True
+            try:
+                out[path.strip("/")] = json.loads(body)
+            except json.JSONDecodeError:
+                out[path.strip("/")] = body[:200]
+        except urllib.error.HTTPError as exc:
+            out["reachable"] = True
+            out[path.strip("/")] = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            out.setdefault("reachable", False)
+            out.setdefault("error", str(getattr(exc, "reason", exc)))
+    return out
+
+
+def served_models(status: Any) -> dict[str, str]:
+    """model id → state, from a /status answer (its shape differs between server versions)."""
+    found: dict[str, str] = {}
+    if isinstance(status, dict):
+        for value in status.values():
+            if isinstance(value, dict):
+                name = value.get("repo_id") or value.get("model_id") or value.get("name")
+                if name:
+                    found[str(name)] = str(value.get("status") or value.get("state") or "listed")
+    return found
