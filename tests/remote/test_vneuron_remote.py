@@ -114,3 +114,15 @@ def test_unreachable_host_is_one_line(ndif_server):
     model = load_model(ndif_server.model_dir, remote=target)
     with pytest.raises(VneuronError, match="unreachable"):
         continuation_logprobs(model, [("you", " choose")])
+
+
+def test_doctor_and_status_reach_the_server(ndif_server):
+    from typer.testing import CliRunner
+
+    from vneuron.cli import app
+
+    runner = CliRunner()
+    doctor = runner.invoke(app, ["doctor", "--host", ndif_server.url])
+    assert doctor.exit_code == 0 and "yes" in doctor.output, doctor.output
+    status = runner.invoke(app, ["models-status", "--host", ndif_server.url])
+    assert status.exit_code == 0 and "llama-70b" in status.output, status.output
