@@ -17,8 +17,13 @@ Per language, with one loaded model:
 Prints a Markdown table and writes OUT/quality.md and OUT/quality.json (plus one locate run per
 language under OUT/locate-LANG).
 
+``--describe`` loads no model: it prints the corpus's counts (per language, dimension, split,
+setting, value) and its lexical checks (option lengths, loaded words, pole-skewed words) as
+Markdown, the numbers in docs/DATA_CARD.md.
+
     python recipes/corpus_quality.py                                   # default model, en + zh
     python recipes/corpus_quality.py --languages zh --top-k 500 --out runs/cq-zh
+    python recipes/corpus_quality.py --describe                        # counts and lexical checks
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import datetime as dt
 import json
 import math
 import platform
+import re
 import shlex
 import sys
 import time
@@ -36,7 +42,7 @@ from pathlib import Path
 import torch
 
 import vneuron
-from vneuron.data.schema import DIMENSIONS
+from vneuron.data.schema import DIMENSIONS, OPPOSITE
 from vneuron.evaluate import forced_choice
 
 
@@ -117,6 +123,101 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- counts and lexical checks (no model) --------------------------------------------------------
+SETTINGS = ("everyday", "work", "family", "friends", "school", "public_life", "community", "money", "health", "travel", "online")
+VALUE19 = ("self_direction_thought", "self_direction_action", "stimulation", "hedonism", "achievement", "power_dominance",
+           "power_resources", "face", "security_personal", "security_societal", "tradition", "conformity_rules",
+           "conformity_interpersonal", "humility", "benevolence_caring", "benevolence_dependability",
+           "universalism_concern", "universalism_nature", "universalism_tolerance")
+STOP = set("the a an to of and or your you it its in on at for with from by as that this their them they his her him she he "
+           "be is are up out into about over so what do not no than then one own".split())
+LOADED = {
+    "en": r"\b(selfish\w*|selfless\w*|wise\w*|kind(ly)?|generous\w*|greed\w*|foolish\w*|reckless\w*|responsibl\w*|fair(ly)?|"
+          r"unfair\w*|right(ly)?|wrong\w*|good|bad|lazy|lazily|brave\w*|properly|honest\w*|dishonest\w*)\b",
+    "zh": r"(自私|无私|明智|善良|贪心|愚蠢|鲁莽|负责|公平|正确|错误|懒|勇敢|诚实|老实|盲目|草率)",
+}
+
+
+def _units(text: str, language: str) -> set[str]:
+    """Content words (EN) or character bigrams (ZH) of an option."""
+    if language == "zh":
+        text = re.sub(r"[，、；：“”（）！？,.\s]", "", text)
+        return {text[i:i + 2] for i in range(len(text) - 1)}
+    return {w for w in re.findall(r"[a-z']+", text.lower()) if w not in STOP}
+
+
+def describe(corpus) -> str:
+    from collections import Counter
+
+    items, out = corpus.items, []
+    languages = corpus.languages
+    n = lambda **kw: sum(all(getattr(i, k) == v for k, v in kw.items()) for i in items)  # noqa: E731
+    desc = {(lang, d): len(corpus.descriptions.get(lang, {}).get(d, [])) for lang in languages for d in DIMENSIONS}
+    out += ["| language | dimension (of option_pole) | train | test | total | descriptions |", "|---|---|---|---|---|---|"]
+    for lang in languages:
+        for d in DIMENSIONS:
+            out.append(f"| {lang} | {d} | {n(language=lang, dimension=d, split='train')} | {n(language=lang, dimension=d, split='test')} "
+                       f"| {n(language=lang, dimension=d)} | {desc[lang, d]} |")
+        out.append(f"| {lang} | **all** | {n(language=lang, split='train')} | {n(language=lang, split='test')} | {n(language=lang)} "
+                   f"| {sum(desc[lang, d] for d in DIMENSIONS)} |")
+    out.append(f"| **all** | **all** | {n(split='train')} | {n(split='test')} | {len(items)} | {sum(desc.values())} |")
+    head = " | ".join(languages)
+    out += ["", f"| setting | {head} |", "|---|" + "---|" * len(languages)]
+    out += [f"| {s} | " + " | ".join(str(n(setting=s, language=lang)) for lang in languages) + " |" for s in SETTINGS]
+    pair = " / ".join(languages)
+    out += ["", f"| dimension | value (of the option expressing it) | as option_pole ({pair}) | as option_opposite ({pair}) |",
+            "|---|---|---|---|"]
+    for d in DIMENSIONS:
+        pole = Counter((i.language, i.value) for i in items if i.dimension == d)
+        opp = Counter((i.language, i.opposite_value) for i in items if i.opposite == d)
+        for v in sorted({v for _, v in pole} | {v for _, v in opp}, key=lambda v: -(sum(c for (_, x), c in pole.items() if x == v))):
+            out.append(f"| {d} | {v} | " + " / ".join(str(pole[lang, v]) for lang in languages) + " | "
+                       + " / ".join(str(opp[lang, v]) for lang in languages) + " |")
+    out += ["", f"| value19 (of option_pole) | value | {head} |", "|---|---|" + "---|" * len(languages)]
+    for v in VALUE19 + tuple(sorted({i.value19 or "null" for i in items} - set(VALUE19))):
+        basic = ", ".join(sorted({i.value or "" for i in items if (i.value19 or "null") == v}))
+        out.append(f"| {v} | {basic} | " + " | ".join(str(sum((i.value19 or "null") == v and i.language == lang for i in items))
+                                                       for lang in languages) + " |")
+    out += ["", "| check | " + head + " |", "|---|" + "---|" * len(languages)]
+    rows: dict[str, list[str]] = {}
+    for lang in languages:
+        sub = [i for i in items if i.language == lang]
+        ratio = [max(len(i.option_pole), len(i.option_opposite)) / min(len(i.option_pole), len(i.option_opposite)) for i in sub]
+        rows.setdefault("options: mean length in characters, pole / opposite", []).append(
+            f"{sum(len(i.option_pole) for i in sub) / len(sub):.1f} / {sum(len(i.option_opposite) for i in sub) / len(sub):.1f}")
+        rows.setdefault("items whose longer option is > 1.4× the shorter (characters); largest ratio", []).append(
+            f"{sum(r > 1.4 for r in ratio)} of {len(sub)}; {max(ratio):.2f}")
+        rows.setdefault("items whose pole option is the longer one (characters)", []).append(
+            f"{sum(len(i.option_pole) > len(i.option_opposite) for i in sub)} of {len(sub)}")
+        loaded = Counter()
+        for i in sub:
+            for text, d in ((i.option_pole, i.dimension), (i.option_opposite, i.opposite)):
+                for m in re.finditer(LOADED.get(lang, LOADED["en"]), text, re.IGNORECASE):
+                    loaded[d] += 1
+        rows.setdefault("evaluative words in options (list in the recipe), per dimension expressed", []).append(
+            ", ".join(f"{d} {loaded[d]}" for d in DIMENSIONS) or "none")
+        units: dict[str, list[set[str]]] = {d: [] for d in DIMENSIONS}
+        for i in sub:
+            units[i.dimension].append(_units(i.option_pole, lang))
+            units[i.opposite].append(_units(i.option_opposite, lang))
+        best = (0.0, "", "", 0.0, 0.0)
+        for d in DIMENSIONS:
+            if not units[d] or not units[OPPOSITE[d]]:
+                continue
+            mine = Counter(w for u in units[d] for w in u)
+            theirs = Counter(w for u in units[OPPOSITE[d]] for w in u)
+            for w, c in mine.items():
+                a, b = c / len(units[d]), theirs[w] / len(units[OPPOSITE[d]])
+                if a - b > best[0]:
+                    best = (a - b, w, d, a, b)
+        rows.setdefault("most pole-skewed word (EN) / character bigram (ZH): share of that pole's options vs its opposite's", []).append(
+            f"“{best[1]}”: {best[2]} {best[3]:.1%} vs {best[4]:.1%}")
+        rows.setdefault("scenarios ending in a question mark", []).append(
+            f"{sum(i.scenario.rstrip().endswith(('?', '？')) for i in sub)} of {len(sub)}")
+    out += [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -128,7 +229,11 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/corpus-quality")
+    parser.add_argument("--describe", action="store_true", help="print counts and lexical checks of the corpus (no model)")
     args = parser.parse_args()
+    if args.describe:
+        print(describe(vneuron.load_corpus(args.dataset)), end="")
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.time()

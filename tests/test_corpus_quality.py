@@ -18,3 +18,8 @@ def test_corpus_quality_recipe(tmp_path, tiny_dir):
     assert fc["all"]["n"] == 8 and all(fc[d]["n"] == 2 for d in en["stability"])
     assert all(0 <= fc[d]["accuracy"] <= 1 for d in fc)
     assert "| en | self_transcendence |" in out and (tmp_path / "quality.md").read_text().startswith("Model ")
+
+
+def test_corpus_quality_describe_counts_the_builtin_corpus():
+    out = run("recipes/corpus_quality.py", "--describe")
+    assert "| en | **all** | 512 | 128 | 640 | 96 |" in out and "| zh | **all** | 512 | 128 | 640 | 96 |" in out
