@@ -73,7 +73,8 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
                                   "-k", "10", "--out", str(run_dir), "-q"])
     assert located.exit_code == 0, located.output
     ablated = runner.invoke(app, ["ablate", str(run_dir), "--controls", "3", "--split", "all", "--generations", "1", "-q",
-                                  "--dimension", "self_transcendence,conservation"])
+                                  "--dimension", "self_transcendence,conservation",
+                                  "--pvq", str(Path(__file__).parent / "fixtures" / "inventory.csv")])
     assert ablated.exit_code == 0, ablated.output
     out = run_dir / "ablate-zero-kall"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -81,6 +82,7 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     st = manifest["results"][0]
     assert st["controls"] == 3 and len(st["control_effects"]) == 3 and 1 <= st["rank"] <= 4 and st["neurons"] == 10
     assert st["items"] == 4  # the example corpus has 4 items on the ST/SE axis
+    assert set(st["pvq"]) >= {"before", "after", "controls_mean"} and st["pvq"]["before"].keys() == st["pvq"]["after"].keys()
     rows = list(csv.DictReader(open(out / "items.csv")))
     assert len(rows) == 4 + 2 and {"baseline", "after", "controls_mean"} <= set(rows[0])
     assert len(list(csv.DictReader(open(out / "controls.csv")))) == 6
@@ -100,3 +102,33 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     assert wrong.exit_code == 2 and "no neuron set for kindness" in wrong.stderr
     other_model = runner.invoke(app, ["ablate", str(run_dir), "--model", str(tiny_dir("qwen2")), "--controls", "1"])
     assert other_model.exit_code == 2 and "not the one the run located" in other_model.stderr
+
+
+def test_pvq_scores_are_centred_and_follow_edits(tiny_model):
+    from vneuron.data import load_inventory
+    from vneuron.edits import Edit
+    from vneuron.evaluate import PVQ_ANSWERS, pvq
+
+    inventory = load_inventory(Path(__file__).parent / "fixtures" / "inventory.csv")
+    model = tiny_model("llama")
+    result = pvq(model, inventory)
+    assert result.ratings.shape == (len(inventory),) and ((result.ratings >= 1) & (result.ratings <= 6)).all()
+    # centred value scores average (weighted by items) to zero around the mean rating
+    weights = {v: sum(1 for i in inventory if i.value == v) for v in result.values}
+    assert abs(sum(result.values[v] * weights[v] for v in result.values)) < 1e-9
+    assert set(result.dimensions) <= {"openness_to_change", "conservation", "self_enhancement", "self_transcendence"}
+    # a reverse-keyed item's rating is 7 − expected rating
+    assert len(PVQ_ANSWERS["en"]) == 6
+    neurons = NeuronSet.from_flat(torch.arange(0, 144, 2), torch.zeros(3, 48), "gate")
+    edited = pvq(model, inventory, Edit(neurons, "zero"))
+    assert not torch.allclose(edited.ratings, result.ratings)
+
+
+def test_pvq_on_the_shared_pvq40(shared_data, tiny_model):
+    from vneuron.data import load_inventory
+    from vneuron.evaluate import pvq
+
+    inventory = load_inventory(shared_data / "valuebench" / "value_orientation.csv")
+    assert len(inventory) == 40
+    result = pvq(tiny_model("gpt2"), inventory[:10])
+    assert len(result.ratings) == 10

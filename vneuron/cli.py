@@ -167,11 +167,11 @@ def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
     return result.run_dir
 
 
-def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens):
+def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq=None):
     from .validate import ValidateConfig
 
     return ValidateConfig(dimensions=_split_list(dimension), top_k=top_k, mode=mode, gamma=gamma, controls=controls,
-                          split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens)
+                          split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens, pvq=pvq)
 
 
 RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
@@ -192,6 +192,7 @@ def ablate(
     split: str = typer.Option("test", help="Evaluation items: test (held out), train or all."),
     limit: Optional[int] = typer.Option(None, help="At most this many evaluation items per pole side."),
     generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
+    pvq: Optional[str] = typer.Option(None, "--pvq", help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an item,value,key file."),
     seed: int = typer.Option(0, help="Seed of the random controls."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
@@ -211,7 +212,7 @@ def ablate(
     from .validate import ablate as run_ablate
 
     _threads(threads)
-    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens)
+    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq)
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)

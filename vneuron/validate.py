@@ -46,6 +46,7 @@ class ValidateConfig:
     bootstrap: int = 2000
     seed: int = 0
     batch_tokens: int = 4096
+    pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
@@ -169,6 +170,11 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     started = time.time()
     all_items = run.items(config.split)
     out = Path(out) if out else run.path / f"ablate-{config.mode}-k{config.top_k or 'all'}"
+    inventory = None
+    if config.pvq:
+        from .data import load_inventory
+
+        inventory = load_inventory(config.pvq)
     summaries, item_rows, control_rows, samples = [], [], [], []
     baselines: dict[tuple, ChoiceResult] = {}
     for pole in poles:
@@ -191,6 +197,9 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
         summary = _summary(pole, base, located, controls, items, config)
         summary["neurons"] = len(neurons)
+        if inventory:
+            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(config.seed * 1000 + s), pole, config)
+                                                                  for s in range(config.controls)], config, say, pole)
         summaries.append(summary)
         for n, item in enumerate(items):
             item_rows.append({"dimension": pole, "item": item.id, "item_pole": item.dimension, "baseline": round(float(base[n]), 6),
@@ -253,6 +262,22 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         write_json(tmp / "manifest.json", manifest)
         write_csv(tmp / "dose_response.csv", rows)
     return ValidationResult(out, manifest, summaries)
+
+
+def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: ValidateConfig, say, pole: str) -> dict:
+    """Centred PVQ scores per higher-order dimension: before, after the edit, and under the controls."""
+    from .evaluate import pvq
+
+    language = getattr(inventory[0], "language", "en")
+    before = pvq(model, inventory, language=language, batch_tokens=config.batch_tokens)
+    after = pvq(model, inventory, edit, language=language, batch_tokens=config.batch_tokens)
+    controls = []
+    for n, control in enumerate(control_edits):
+        controls.append(pvq(model, inventory, control, language=language, batch_tokens=config.batch_tokens).dimensions)
+        say(f"{pole}: PVQ under controls", n + 1, len(control_edits))
+    mean = {d: sum(c[d] for c in controls) / len(controls) for d in before.dimensions} if controls else {}
+    return {"before": before.dimensions, "after": after.dimensions, "controls_mean": mean,
+            "values_before": before.values, "values_after": after.values}
 
 
 def _poles(run: LocateRun, config: ValidateConfig) -> list[str]:
