@@ -81,6 +81,16 @@ def _target(remote: bool, host: Optional[str], timeout: float):
     return resolve_target("local" if host == "local" else (host or True), timeout=timeout)
 
 
+PolesOpt = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run.")
+ControlsOpt = typer.Option(20, help="Random neuron sets with the same per-layer counts (at every γ when steering).")
+EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.")
+EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per pole side.")
+SeedOpt = typer.Option(0, help="Seed of the random controls.")
+BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
+ThreadsOpt = typer.Option(None, help="torch CPU threads.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+FirstDatasetOpt = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR).")
+FirstLanguageOpt = typer.Option("en", help="Corpus language when locating first.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Alias (see `vneuron models`), model directory, .gguf file or hub id. Default: the embedded model.")
 
 
@@ -116,8 +126,8 @@ def locate(
     detach: bool = typer.Option(False, "--detach", help="Remote: submit every request and exit; collect later with --resume."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     show: int = typer.Option(10, help="Rows shown per pole."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -182,25 +192,25 @@ RunArg = typer.Argument(None, help="A locate run directory. Without it, --model 
 def ablate(
     run_dir: Optional[Path] = RunArg,
     model: Optional[str] = ModelOpt,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR)."),
-    language: str = typer.Option("en", help="Corpus language when locating first."),
-    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run."),
+    dataset: Optional[str] = FirstDatasetOpt,
+    language: str = FirstLanguageOpt,
+    dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Edit the top K of each located set (default: the whole set)."),
     mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set."),
     gamma: float = typer.Option(0.0, help="γ for --mode scale."),
-    controls: int = typer.Option(20, help="Random neuron sets with the same per-layer counts."),
-    split: str = typer.Option("test", help="Evaluation items: test (held out), train or all."),
-    limit: Optional[int] = typer.Option(None, help="At most this many evaluation items per pole side."),
+    controls: int = ControlsOpt,
+    split: str = EvalSplitOpt,
+    limit: Optional[int] = EvalLimitOpt,
     generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
     pvq: Optional[str] = typer.Option(None, "--pvq", help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an item,value,key file."),
-    seed: int = typer.Option(0, help="Seed of the random controls."),
-    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    seed: int = SeedOpt,
+    batch_tokens: int = BatchTokensOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
     remote: bool = RemoteOpt,
     host: Optional[str] = HostOpt,
     timeout: float = TimeoutOpt,
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -228,22 +238,22 @@ def steer(
     run_dir: Optional[Path] = RunArg,
     gamma: str = typer.Option("0,0.5,1,2,4", "--gamma", help="Comma-separated γ values (scale: multiply; add: boost, negative = away)."),
     model: Optional[str] = ModelOpt,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR)."),
-    language: str = typer.Option("en", help="Corpus language when locating first."),
-    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run."),
+    dataset: Optional[str] = FirstDatasetOpt,
+    language: str = FirstLanguageOpt,
+    dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Steer the top K of each located set."),
     mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
-    controls: int = typer.Option(20, help="Random neuron sets with the same per-layer counts, at every γ."),
-    split: str = typer.Option("test", help="Evaluation items: test, train or all."),
-    limit: Optional[int] = typer.Option(None, help="At most this many evaluation items per pole side."),
-    seed: int = typer.Option(0, help="Seed of the random controls."),
-    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch."),
+    controls: int = ControlsOpt,
+    split: str = EvalSplitOpt,
+    limit: Optional[int] = EvalLimitOpt,
+    seed: int = SeedOpt,
+    batch_tokens: int = BatchTokensOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK)."),
     remote: bool = RemoteOpt,
     host: Optional[str] = HostOpt,
     timeout: float = TimeoutOpt,
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 

@@ -163,13 +163,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
     config = (config or ValidateConfig()).check()
-    say = progress or (lambda stage, done, total: None)
-    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
-    poles = _poles(run, config)
-    loaded = _model_for(run, model, say, remote)
+    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
     started = time.time()
-    all_items = run.items(config.split)
-    out = Path(out) if out else run.path / f"ablate-{config.mode}-k{config.top_k or 'all'}"
     inventory = None
     if config.pvq:
         from .data import load_inventory
@@ -229,13 +224,8 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         raise VneuronError(f"Steering needs --mode scale or add, not {config.mode!r}", "scale multiplies, add boosts (ValueLocate)")
     if not gammas:
         raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
-    say = progress or (lambda stage, done, total: None)
-    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
-    poles = _poles(run, config)
-    loaded = _model_for(run, model, say, remote)
+    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer")
     started = time.time()
-    all_items = run.items(config.split)
-    out = Path(out) if out else run.path / f"steer-{config.mode}-k{config.top_k or 'all'}"
     rows, summaries = [], []
     for pole in poles:
         items = _items_for(all_items, pole, config.limit)
@@ -278,6 +268,16 @@ def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: Valid
     mean = {d: sum(c[d] for c in controls) / len(controls) for d in before.dimensions} if controls else {}
     return {"before": before.dimensions, "after": after.dimensions, "controls_mean": mean,
             "values_before": before.values, "values_after": after.values}
+
+
+def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str):
+    """What ablate and steer share: the run, its poles, the model it located in, the items, the output."""
+    say = progress or (lambda stage, done, total: None)
+    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
+    poles = _poles(run, config)
+    loaded = _model_for(run, model, say, remote)
+    out = Path(out) if out else run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}"
+    return say, run, poles, loaded, run.items(config.split), out
 
 
 def _poles(run: LocateRun, config: ValidateConfig) -> list[str]:
