@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 import vneuron
+from vneuron.capture import fold_of
 from vneuron.data.schema import DIMENSIONS, OPPOSITE
 from vneuron.evaluate import forced_choice
 
@@ -252,8 +253,6 @@ def main() -> None:
         # tokens / scenarios per half and pole, from the saved statistics (n is [label, fold])
         stats = located.stats
         train = corpus.select(split="train", language=language, limit=args.limit)
-        from vneuron.capture import fold_of
-
         halves = {}
         for dim in stats.labels:
             groups = {i.id for i in train.items if dim in (i.dimension, i.opposite)}

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=0.95)
     parser.add_argument("--top-rate", type=float, default=0.01)
     parser.add_argument("--amplify", type=float, default=5.0)
-    parser.add_argument("--controls", type=int, default=5)
+    parser.add_argument("--controls", type=int, default=20)
     parser.add_argument("--dimension", default="self_transcendence")
     parser.add_argument("--out", default="runs/recipe-valueexploration")
     args = parser.parse_args()

@@ -6,7 +6,7 @@
 3. Validation: the add-boost a ← a + γ·v·σ(10(Δp − 0.15)) over a γ sweep, beside matched
    random controls.
 
-    python recipes/valuelocate.py --limit 16 --controls 5          # minutes
+    python recipes/valuelocate.py --limit 16 --controls 5          # a quick look (minutes)
     python recipes/valuelocate.py --model smollm2-135m --gamma 0,1,2,4
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--gamma", default="0,1,2,4")
     parser.add_argument("--min-count", type=int, default=2000, help="ValueLocate keeps max(min-count, #{Δp ≥ threshold})")
     parser.add_argument("--threshold", type=float, default=0.1)
-    parser.add_argument("--controls", type=int, default=5)
+    parser.add_argument("--controls", type=int, default=20)
     parser.add_argument("--dimension", default="self_transcendence")
     parser.add_argument("--out", default="runs/recipe-valuelocate")
     args = parser.parse_args()
