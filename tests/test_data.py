@@ -111,7 +111,7 @@ def test_builtin_corpus_schema_and_uniqueness():
         assert r["dimension"] in DIMENSIONS and r["split"] in ("train", "test")
         assert r["option_pole"].strip() and r["option_opposite"].strip() and r["option_pole"] != r["option_opposite"]
     corpus = load_corpus()
-    for language in ("en",):
+    for language in ("en", "zh"):
         counts = Counter(i.dimension for i in corpus.items if i.language == language)
         assert all(counts[d] >= 30 for d in DIMENSIONS), counts
         for d in DIMENSIONS:

@@ -132,3 +132,31 @@ def test_pvq_on_the_shared_pvq40(shared_data, tiny_model):
     assert len(inventory) == 40
     result = pvq(tiny_model("gpt2"), inventory[:10])
     assert len(result.ratings) == 10
+
+
+def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypatch):
+    import vneuron.validate as validate
+
+    model = tiny_dir("llama")
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["locate", "--model", str(model), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
+                               "-k", "6", "--out", str(run_dir), "-q"]).exit_code == 0
+    config = ValidateConfig(controls=1, split="all", generations=0, dimensions=["conservation", "self_transcendence"])
+    real = validate._summary
+    calls = {"n": 0}
+
+    def interrupt_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "_summary", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        validate.ablate(run_dir, config)
+    partial = run_dir / ".ablate-zero-kall.partial.json"
+    assert list(json.loads(partial.read_text())["poles"]) == ["conservation"]
+    monkeypatch.setattr(validate, "_summary", real)
+    calls["n"] = 0
+    result = validate.ablate(run_dir, config)
+    assert [s["dimension"] for s in result.summaries] == ["conservation", "self_transcendence"] and not partial.exists()

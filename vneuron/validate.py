@@ -12,6 +12,7 @@ editing the s-th random control (same count per layer) c_si. Reported per pole:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
 from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
 from .models.loading import LoadedModel, load_model
-from .runs import NEURONS_DIR, STATS, base_manifest, read_manifest, staged, write_csv, write_json, write_jsonl
+from .runs import NEURONS_DIR, STATS, base_manifest, check_fresh, read_manifest, staged, write_csv, write_json, write_jsonl
 from .scoring import NeuronSet
 
 Progress = Callable[[str, int, int], None]
@@ -172,7 +173,18 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         inventory = load_inventory(config.pvq)
     summaries, item_rows, control_rows, samples = [], [], [], []
     baselines: dict[tuple, ChoiceResult] = {}
+    check_fresh(out)
+    partial = _Partial(out, {"config": asdict(config), "run": str(run.path), "revision": loaded.revision})
     for pole in poles:
+        if pole in partial.poles:  # finished before an interruption: nothing computed is lost
+            done = partial.poles[pole]
+            summaries.append(done["summary"])
+            item_rows += done["item_rows"]
+            control_rows += done["control_rows"]
+            samples += done["samples"]
+            say(f"{pole}: kept from the interrupted run", 1, 1)
+            continue
+        first_item, first_control, first_sample = len(item_rows), len(control_rows), len(samples)
         items = _items_for(all_items, pole, config.limit)
         if not items:
             raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use --split all")
@@ -204,6 +216,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             control_rows.append({"dimension": pole, "seed": config.seed * 1000 + seed, "effect": round(float((c - base).mean()), 6)})
         if config.generations:
             samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
+        partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
+                           "samples": samples[first_sample:]})
     manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(),
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
     with staged(out) as tmp:
@@ -212,7 +226,31 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         write_csv(tmp / "controls.csv", control_rows)
         if samples:
             write_jsonl(tmp / "generations.jsonl", samples)
+    partial.clear()
     return ValidationResult(out, manifest, summaries)
+
+
+class _Partial:
+    """Per-pole results of an unfinished ablation, beside its output, reused by a rerun."""
+
+    def __init__(self, out: Path, key: dict):
+        self.path = out.with_name(f".{out.name}.partial.json")
+        self.key, self.poles = key, {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("key") != key:
+                raise VneuronError(f"{self.path} holds an interrupted ablation with other settings",
+                                   "rerun with the same options to continue it, or delete that file")
+            self.poles = data["poles"]
+
+    def add(self, pole: str, record: dict) -> None:
+        self.poles[pole] = record
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "poles": self.poles}, default=str), encoding="utf-8")
+        tmp.replace(self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConfig | None = None, *,
