@@ -66,6 +66,14 @@ def test_forced_choice_reads_both_orders(tiny_model):
     torch.testing.assert_close(result.toward(items[0].dimension) + result.toward(items[0].opposite), torch.ones(2, dtype=torch.float64))
 
 
+def test_continuation_format_has_no_order(tiny_model):
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:3]
+    pairs = forced_choice_pairs(items, "continuation")
+    assert len(pairs) == 6 and pairs[0][0] == pairs[1][0] and items[0].option_opposite not in pairs[0][0]
+    result = forced_choice(tiny_model("llama"), items, choice="continuation")
+    assert torch.equal(result.p_order[:, 0], result.p_order[:, 1])
+
+
 def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     model = tiny_dir("llama")
     run_dir = tmp_path / "run"
@@ -90,7 +98,7 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     assert sample["before"] != sample["after"] or sample["before"] == ""  # zeroing 10 of 144 units changes greedy text
     assert "Ablation (zero)" in ablated.output
 
-    steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q",
+    steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q", "--choice", "continuation",
                                   "--dimension", "self_transcendence"])
     assert steered.exit_code == 0, steered.output
     rows = list(csv.DictReader(open(run_dir / "steer-scale-kall" / "dose_response.csv")))

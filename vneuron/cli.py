@@ -86,6 +86,7 @@ ControlsOpt = typer.Option(20, help="Random neuron sets with the same per-layer 
 EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.")
 EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per pole side.")
 SeedOpt = typer.Option(0, help="Seed of the random controls.")
+ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
 ThreadsOpt = typer.Option(None, help="torch CPU threads.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
@@ -177,11 +178,13 @@ def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
     return result.run_dir
 
 
-def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq=None):
+def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq=None,
+                     choice="listed"):
     from .validate import ValidateConfig
 
     return ValidateConfig(dimensions=_split_list(dimension), top_k=top_k, mode=mode, gamma=gamma, controls=controls,
-                          split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens, pvq=pvq)
+                          split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens, pvq=pvq,
+                          choice=choice)
 
 
 RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
@@ -204,6 +207,7 @@ def ablate(
     generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
     pvq: Optional[str] = typer.Option(None, "--pvq", help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an item,value,key file."),
     seed: int = SeedOpt,
+    choice: str = ChoiceOpt,
     batch_tokens: int = BatchTokensOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
     remote: bool = RemoteOpt,
@@ -222,7 +226,7 @@ def ablate(
     from .validate import ablate as run_ablate
 
     _threads(threads)
-    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq)
+    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice)
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
@@ -247,6 +251,7 @@ def steer(
     split: str = EvalSplitOpt,
     limit: Optional[int] = EvalLimitOpt,
     seed: int = SeedOpt,
+    choice: str = ChoiceOpt,
     batch_tokens: int = BatchTokensOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK)."),
     remote: bool = RemoteOpt,
@@ -268,7 +273,7 @@ def steer(
     gammas = [float(g) for g in _split_list(gamma) or []] if _is_numbers(gamma) else None
     if gammas is None:
         raise VneuronError(f"Cannot read --gamma {gamma!r}", "pass numbers separated by commas, e.g. 0,0.5,1,2")
-    config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens)
+    config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice)
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)

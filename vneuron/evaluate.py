@@ -21,6 +21,13 @@ from .remote import call, outcome, trace_kwargs
 from .errors import VneuronError
 from .models.loading import LoadedModel
 
+CHOICE_FORMATS = ("listed", "continuation")
+# continuation: the scenario alone, each action read as its continuation (no list, so no order effect)
+CONTINUATION_TEMPLATES = {
+    "en": ("{scenario}\nThe right thing to do is to", " {option}"),
+    "zh": ("{scenario}\n我会", "{option}"),
+}
+# listed: both actions are shown first, in both orders, then each is read as the continuation
 FORCED_CHOICE_TEMPLATES = {
     "en": ("{scenario}\nOne option is to {first}. Another option is to {second}.\nThe right thing to do is to", " {option}"),
     "zh": ("{scenario}\n一种做法是{first}；另一种做法是{second}。\n我会", "{option}"),
@@ -105,8 +112,17 @@ class ChoiceResult:
         return torch.where(sign > 0, self.p_pole, 1 - self.p_pole)
 
 
-def forced_choice_pairs(items: Sequence[Item]) -> list[tuple[str, str]]:
+def forced_choice_pairs(items: Sequence[Item], choice: str = "listed") -> list[tuple[str, str]]:
+    """(prefix, continuation) pairs: per item, per order (listed only), the pole option then the opposite."""
+    if choice not in CHOICE_FORMATS:
+        raise VneuronError(f"Unknown forced-choice format {choice!r}", f"use one of: {', '.join(CHOICE_FORMATS)}")
     pairs = []
+    if choice == "continuation":
+        for item in items:
+            prefix_t, cont_t = CONTINUATION_TEMPLATES.get(item.language, CONTINUATION_TEMPLATES["en"])
+            prefix = prefix_t.format(scenario=item.scenario)
+            pairs += [(prefix, cont_t.format(option=o)) for o in (item.option_pole, item.option_opposite)]
+        return pairs
     for item in items:
         prefix_t, cont_t = FORCED_CHOICE_TEMPLATES.get(item.language, FORCED_CHOICE_TEMPLATES["en"])
         for first, second in ((item.option_pole, item.option_opposite), (item.option_opposite, item.option_pole)):
@@ -117,12 +133,13 @@ def forced_choice_pairs(items: Sequence[Item]) -> list[tuple[str, str]]:
 
 
 def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
-                  progress=None) -> ChoiceResult:
-    """Forced choice between each item's two actions, both orders, by option-text likelihood."""
+                  progress=None, choice: str = "listed") -> ChoiceResult:
+    """Forced choice between each item's two actions by option-text likelihood (listed: both orders)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
-    lp = continuation_logprobs(model, forced_choice_pairs(items), edits, batch_tokens=batch_tokens, progress=progress)
-    lp = lp.reshape(len(items), 2, 2)
+    pairs = forced_choice_pairs(items, choice)
+    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress)
+    lp = lp.reshape(len(items), 2, 2) if choice == "listed" else lp.reshape(len(items), 1, 2).expand(len(items), 2, 2)
     p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
     return ChoiceResult(list(items), p_order, lp)
 

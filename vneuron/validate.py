@@ -48,10 +48,13 @@ class ValidateConfig:
     seed: int = 0
     batch_tokens: int = 4096
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
+    choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
             raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
+        if self.choice not in ("listed", "continuation"):
+            raise VneuronError(f"Unknown --choice {self.choice!r}", "use listed or continuation")
         if self.controls < 0 or (self.top_k is not None and self.top_k < 1):
             raise VneuronError("--controls must be ≥ 0 and --top-k ≥ 1")
         return self
@@ -191,16 +194,16 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         key = tuple(i.id for i in items)
         if key not in baselines:
-            baselines[key] = forced_choice(loaded, items, batch_tokens=config.batch_tokens,
+            baselines[key] = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice,
                                            progress=lambda d, t: say(f"{pole}: baseline", d, t))
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
-        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens,
+        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice,
                                 progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
         controls = []
         for seed in range(config.controls):
             control = _edit(run, neurons.random_matched(config.seed * 1000 + seed), pole, config)
-            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens).toward(pole))
+            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole))
             say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
         summary = _summary(pole, base, located, controls, items, config)
         summary["neurons"] = len(neurons)
@@ -268,13 +271,15 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
     for pole in poles:
         items = _items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
-        base = forced_choice(loaded, items, batch_tokens=config.batch_tokens).toward(pole)
+        base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole)
         controls = [neurons.random_matched(config.seed * 1000 + s) for s in range(config.controls)]
         curve = []
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
-            located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens).toward(pole)
-            ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens).toward(pole)
+            located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens,
+                                    choice=config.choice).toward(pole)
+            ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens,
+                                  choice=config.choice).toward(pole)
                     for c in controls]
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = _summary(pole, base, located, ctrl, items, cfg)
