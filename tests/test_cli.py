@@ -122,7 +122,7 @@ def test_info_commands():
     assert doctor.exit_code == 0 and "nnsight" in doctor.output and "not checked" in doctor.output
     unreachable = run("doctor", "--host", "http://127.0.0.1:9")
     assert unreachable.exit_code == 0 and "Connection refused" in unreachable.output
-    assert_one_line_error(run("models-status", "--host", "http://127.0.0.1:9"), "unreachable")
+    assert_one_line_error(run("models", "--host", "http://127.0.0.1:9"), "unreachable")
 
 
 def test_label_shuffle_null_is_reported(tmp_path, llama):

@@ -292,21 +292,35 @@ def _is_numbers(text: str) -> bool:
 
 @app.command()
 @handle_errors
-def models():
-    """Model aliases and where their weights come from."""
+def models(remote: bool = typer.Option(False, "--remote", help="Also ask NDIF which aliases it serves now."),
+           host: Optional[str] = HostOpt):
+    """Model aliases, where their weights come from, and (with --remote/--host) whether NDIF serves them now."""
     from rich.table import Table
 
     from .models.registry import ALIASES, DEFAULT_ALIAS
     from .report import console
 
+    served = None
+    if remote or host:
+        from .remote import probe, resolve_target, served_models
+
+        target = resolve_target(host or True)
+        found = probe(target.host)
+        if not found.get("reachable"):
+            raise VneuronError(f"NDIF host {target.host} is unreachable ({found.get('error', 'no answer')})",
+                               "check --host / NDIF_HOST and your network")
+        served = served_models(found.get("status"))
     table = Table(title="Model aliases", title_justify="left")
-    for column in ("alias", "model id", "source", "description"):
+    for column in ("alias", "model id", "source", "description") + (("NDIF now",) if served is not None else ()):
         table.add_column(column)
     for name, alias in ALIASES.items():
         if name == "default":
             continue
         source = f"packaged ({alias.package})" if alias.package else "hub / NDIF"
-        table.add_row(name + (" (default)" if name == DEFAULT_ALIAS else ""), alias.hub_id, source, alias.description)
+        row = [name + (" (default)" if name == DEFAULT_ALIAS else ""), alias.hub_id, source, alias.description]
+        if served is not None:
+            row.append("" if alias.package else served.get(alias.hub_id, "not running"))
+        table.add_row(*row)
     console.print(table)
 
 
@@ -358,23 +372,6 @@ def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the
         same = str(server_version).split(".")[:2] == versions()["nnsight"].split(".")[:2]
         rows.append(("server nnsight", f"{server_version} ({'compatible' if same else 'differs from the client: install it'})"))
     console.print(key_value_table("vneuron doctor", rows))
-
-
-@app.command()
-@handle_errors
-def models_status(host: Optional[str] = HostOpt):
-    """Which of the aliases NDIF is serving right now."""
-    from .models.registry import ALIASES
-    from .remote import probe, resolve_target, served_models
-    from .report import console, key_value_table
-
-    target = resolve_target(host or True)
-    found = probe(target.host)
-    if not found.get("reachable"):
-        raise VneuronError(f"NDIF host {target.host} is unreachable ({found.get('error', 'no answer')})", "check --host / NDIF_HOST and your network")
-    served = served_models(found.get("status"))
-    rows = [(name, served.get(alias.hub_id, "not running")) for name, alias in ALIASES.items() if name != "default" and not alias.package]
-    console.print(key_value_table(f"Served on {target.host}", rows))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -124,5 +124,5 @@ def test_doctor_and_status_reach_the_server(ndif_server):
     runner = CliRunner()
     doctor = runner.invoke(app, ["doctor", "--host", ndif_server.url])
     assert doctor.exit_code == 0 and "yes" in doctor.output, doctor.output
-    status = runner.invoke(app, ["models-status", "--host", ndif_server.url])
-    assert status.exit_code == 0 and "llama-70b" in status.output, status.output
+    status = runner.invoke(app, ["models", "--host", ndif_server.url])
+    assert status.exit_code == 0 and "NDIF now" in status.output and "not running" in status.output, status.output
