@@ -119,9 +119,10 @@ def locate(
     if from_run is not None:
         return _reselect(Path(from_run), config, say)
     corpus = prepare_corpus(config)
-    if remote is not None:
-        from .remote import check_key
+    if remote:
+        from .remote import check_key, resolve_target
 
+        remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
         check_key(remote)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0),
                                                                       remote=remote)

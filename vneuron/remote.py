@@ -52,8 +52,10 @@ class RemoteTarget:
         return {"host": self.host, "timeout_s": self.timeout, "retries": self.retries}
 
 
-def resolve_target(remote: bool | str | None, host: str | None = None, **options) -> RemoteTarget | None:
-    """``remote``: False/None (local), True (NDIF_HOST / nnsight config / public NDIF), "local", or a URL."""
+def resolve_target(remote: "bool | str | RemoteTarget | None", host: str | None = None, **options) -> RemoteTarget | None:
+    """``remote``: False/None (local), True (NDIF_HOST / nnsight config / public NDIF), "local", a URL, or a target."""
+    if isinstance(remote, RemoteTarget):
+        return remote
     if not remote:
         return None
     if remote == "local":

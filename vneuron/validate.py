@@ -104,9 +104,10 @@ def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None
     if isinstance(model, LoadedModel):
         loaded = model
     else:
-        if remote is not None:
-            from .remote import check_key
+        if remote:
+            from .remote import check_key, resolve_target
 
+            remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
             check_key(remote)
         loaded = load_model(model or recorded["spec"], dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0),
                             remote=remote)

@@ -56,6 +56,19 @@ def test_edited_scoring_and_generation_over_the_wire(models):
     assert generate(remote_model, prompts, edit, max_new_tokens=4) == generate(local_model, prompts, edit, max_new_tokens=4)
 
 
+def test_ablate_over_the_wire_equals_local(tmp_path, models, ndif_server):
+    from vneuron.validate import ValidateConfig, ablate
+
+    local_model, _ = models
+    run = locate(local_model, LocateConfig(**CONFIG), out=tmp_path / "run")
+    config = ValidateConfig(controls=2, split="all", generations=1, dimensions=["conservation"])
+    local = ablate(run.run_dir, config, model=local_model, out=tmp_path / "local")
+    remote = ablate(run.run_dir, config, out=tmp_path / "remote", remote=ndif_server.url)  # remote= as the API takes it
+    a, b = local.summaries[0], remote.summaries[0]
+    assert a["effect"] == pytest.approx(b["effect"], abs=1e-4)
+    assert a["control_effects"] == pytest.approx(b["control_effects"], abs=1e-4)
+
+
 def test_detached_requests_are_collected_later(tmp_path, models):
     _, remote_model = models
     out = tmp_path / "detached"
