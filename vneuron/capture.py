@@ -306,8 +306,7 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
             raise VneuronError("Detaching needs a real NDIF host and a run directory", "drop --detach")
         for index in range(checkpoint.done, len(requests)):
             if str(index) not in checkpoint.jobs:
-                checkpoint.jobs[str(index)] = _session(model, requests[index], config, stats)
-                checkpoint.save()
+                checkpoint.submitted(index, _session(model, requests[index], config, stats))
         raise ndif.Detached(len(checkpoint.jobs), checkpoint.path)
     if checkpoint is not None and checkpoint.done:
         stats.__dict__.update(ActivationStats.load(checkpoint.stats_path).__dict__)
@@ -319,34 +318,36 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
     for index in range(first, len(requests)):
         chunk = requests[index]
         started = time.time()
+        submissions = []
 
         def on_job(job_id: str, index=index) -> None:
+            submissions.append(job_id)
             if checkpoint is not None:
-                checkpoint.jobs[str(index)] = job_id
-                checkpoint.save()
+                checkpoint.submitted(index, job_id)
 
-        pending = checkpoint.jobs.get(str(index)) if checkpoint is not None else None
-        if pending and collect is not None:  # submitted before an interruption: collect, do not recompute
-            values = ndif.run(target, model.source.model_id, lambda job=pending: job, collect)
-        else:
+        # a job submitted before an interruption is collected, not recomputed (or resubmitted if lost)
+        pending = checkpoint.jobs.get(str(index)) if checkpoint is not None and collect is not None else None
+        try:
             values = ndif.run(target, model.source.model_id, lambda chunk=chunk: _session(model, chunk, config, stats),
-                              collect, on_job)
+                              collect, on_job, pending=pending)
+        except ndif.JobFailed:
+            if checkpoint is not None:  # its id is worth nothing now; a rerun submits the request afresh
+                checkpoint.jobs.pop(str(index), None)
+            raise
         totals, counts, tokens = values["totals"], values["counts"], values.get("tokens")
         before = len(generations) if generations is not None else 0
         _collect(model, stats, chunk, values, generations)
         log = {"request": index, "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
                "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in (p.ids, p.mask, p.weights, p.keep, p.slots)]),
                "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
-               "seconds": round(time.time() - started, 3)}
+               "seconds": round(time.time() - started, 3), "submissions": len(submissions)}
         if checkpoint is not None:
-            checkpoint.done = index + 1
-            checkpoint.jobs.pop(str(index), None)
-            checkpoint.log.append(log)
             if generations is not None:
+                checkpoint.path.mkdir(parents=True, exist_ok=True)
                 with open(checkpoint.path / "generations.jsonl", "a", encoding="utf-8") as fh:
                     for record in generations[before:]:
                         fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            checkpoint.save(stats)
+            checkpoint.collected(index, log, stats)
         if progress:
             progress(index + 1, len(requests))
 

@@ -66,6 +66,13 @@ def _threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+def _quiet(quiet: bool) -> None:
+    if quiet:
+        from .quiet import set_quiet
+
+        set_quiet()
+
+
 RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay on the server, only reduced tensors come back.")
 HostOpt = typer.Option(None, "--host", help="NDIF host URL (default: NDIF_HOST, nnsight's config, or the public NDIF); 'local' simulates the server in-process.")
 TimeoutOpt = typer.Option(1800.0, "--timeout", help="Remote: seconds one request may take (queue included).")
@@ -145,6 +152,7 @@ def locate(
     from .report import console, locate_tables, progress_bar
 
     _threads(threads)
+    _quiet(quiet)
     column_map = dict(_pairs(columns, "=", "column mapping", "ours=yours,ours=yours") or [])
     config = LocateConfig(dataset=dataset, columns=column_map or None, contrasts=_pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=_split_list(dimension), language=language, split=split, limit=limit,
                           site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
@@ -226,6 +234,7 @@ def ablate(
     from .validate import ablate as run_ablate
 
     _threads(threads)
+    _quiet(quiet)
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice)
     config.check()
     with progress_bar(not quiet) as bar:
@@ -270,6 +279,7 @@ def steer(
     from .validate import steer as run_steer
 
     _threads(threads)
+    _quiet(quiet)
     gammas = [float(g) for g in _split_list(gamma) or []] if _is_numbers(gamma) else None
     if gammas is None:
         raise VneuronError(f"Cannot read --gamma {gamma!r}", "pass numbers separated by commas, e.g. 0,0.5,1,2")

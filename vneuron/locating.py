@@ -151,9 +151,16 @@ def locate(
         prompts = corpus.action_prompts(config.span) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
         stage = "Capturing activations" if checkpoint is None else f"NDIF requests ({loaded.remote.host})"
-        stats = capture(loaded, prompts, config.capture_config(), labels=labels,
-                        progress=lambda d, t: say(stage, d, t),
-                        generations=generations if config.mode == "generate" else None, checkpoint=checkpoint, detach=detach)
+        if checkpoint is not None:
+            checkpoint.begin(started)
+        try:
+            stats = capture(loaded, prompts, config.capture_config(), labels=labels,
+                            progress=lambda d, t: say(stage, d, t),
+                            generations=generations if config.mode == "generate" else None, checkpoint=checkpoint, detach=detach)
+        except BaseException as exc:
+            if checkpoint is not None:
+                checkpoint.finish(_outcome(exc))
+            raise
         timings["capture_s"] = round(time.time() - t0, 2)
     manifest = {
         **base_manifest("locate"),
@@ -166,11 +173,13 @@ def locate(
         "selection": config.selection(),
         "timings": timings,
     }
-    if checkpoint is not None:
-        log = checkpoint.log
-        manifest["remote"] = {**loaded.remote.describe(), "requests": len(log),
-                              "sent_tensor_bytes": sum(r["sent_tensor_bytes"] for r in log),
-                              "received_tensor_bytes": sum(r["received_tensor_bytes"] for r in log), "log": log}
+    if checkpoint is not None:  # every invocation that worked on the run, not only this one
+        checkpoint.finish("complete")
+        totals = checkpoint.totals()
+        manifest["remote"] = {**loaded.remote.describe(), **{k: totals[k] for k in ("requests", "sent_tensor_bytes", "received_tensor_bytes")},
+                              "totals": totals, "invocations": checkpoint.invocations, "log": checkpoint.log}
+        timings["invocations"] = totals["invocations"]
+        timings["all_invocations_s"] = totals["seconds"]
     with staged(run_dir, replace=reused is not None) as tmp:
         if reused is None:
             stats.save(tmp / STATS)
@@ -187,6 +196,17 @@ def locate(
         checkpoint.clear()  # the run is complete; partial statistics are no longer needed
     result.run_dir = run_dir
     return result
+
+
+def _outcome(exc: BaseException) -> str:
+    """How an invocation of a remote run ended, for the run's history."""
+    from .remote import Detached
+
+    if isinstance(exc, Detached):
+        return "detached"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"failed: {str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}"
 
 
 def shuffled(corpus: Corpus, seed: int) -> Corpus:

@@ -5,7 +5,8 @@ forward batches whose statistics are reduced on the server, so only [layers × s
 tensors come back. Requests are submitted without blocking and polled with our own deadline
 (the client's websocket wait has none), retried with backoff on transport errors, and every
 finished request is checkpointed so ``--resume`` continues an interrupted run without
-recomputing or double counting. The API key comes from NDIF_API_KEY or nnsight's config and
+recomputing or double counting. A job the server no longer knows (it restarted: every poll
+answers 404) or that failed there is resubmitted once, with a note on the terminal. The API key comes from NDIF_API_KEY or nnsight's config and
 is never printed or written.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,17 @@ import torch
 from .errors import VneuronError
 
 PUBLIC_HOST = "https://api.ndif.us"
+
+
+class JobLost(Exception):
+    """The server has no record of a submitted job (it answers 404 for longer than ``lost_after``)."""
+
+
+class JobFailed(VneuronError):
+    """A job ran on the server and failed there: its id is worth nothing any more."""
+
+
+UNKNOWN = object()  # what a poll returns while the server answers 404 for the job
 
 
 class Detached(Exception):
@@ -43,6 +56,10 @@ class RemoteTarget:
     backoff: float = 2.0
     poll_interval: float = 0.5
     blocking: bool = False  # True: the client's own blocking wait (used for the simulation)
+    # A submitted job has no status on the server until its dispatcher queues it (404 until
+    # then); 404 for this long means the server lost it (restarted, or the result expired).
+    lost_after: float = 60.0
+    notify: Callable[[str], None] | None = field(default=None, repr=False, compare=False)  # terminal notes
 
     @property
     def simulated(self) -> bool:
@@ -117,6 +134,9 @@ def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> Vneuro
     text = str(exc)
     last = text.strip().splitlines()[-1] if text.strip() else exc.__class__.__name__
     lower = text.lower()
+    if isinstance(exc, JobLost):
+        return VneuronError(f"NDIF host {target.host} lost the request twice ({text})",
+                            "check the server with `vneuron doctor --host ...`; finished requests are kept, rerun with --resume")
     if _network_error(exc):
         return VneuronError(f"NDIF host {target.host} is unreachable ({exc.__class__.__name__})",
                             "check --host / NDIF_HOST and your network; finished requests are kept, rerun with --resume")
@@ -132,42 +152,84 @@ def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> Vneuro
 
 
 def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect: Callable[[Any], dict | None],
-        on_job: Callable[[str], None] | None = None) -> dict:
+        on_job: Callable[[str], None] | None = None, pending: str | None = None) -> dict:
     """Run one request with retries; returns the saved values by name.
 
     ``submit()`` runs the session (non-blocking: returns a job id; blocking: returns values);
-    ``collect(job_id)`` polls once (None while pending).
+    ``collect(job_id)`` polls once (None while pending, ``UNKNOWN`` on 404). ``pending`` is the
+    id of a job submitted earlier (before an interruption): it is collected, not recomputed.
+    A lost or failed job is resubmitted once; transport errors are retried with backoff and
+    never resubmit a job that the server has.
     """
     attempt = 0
+    resubmitted = False
+    job = pending
     while True:
+        polling = False
         try:
             if target.blocking:
                 return submit()
-            job = submit()
-            if on_job:
-                on_job(job)
+            if job is None:
+                job = submit()
+                if on_job:
+                    on_job(job)
+            polling = True
             return wait(target, model_id, job, collect)
         except VneuronError:
             raise
         except BaseException as exc:  # noqa: BLE001 - classify everything the client can raise
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            if _network_error(exc) and attempt < target.retries:
-                time.sleep(target.backoff * 2**attempt)
-                attempt += 1
+            if _network_error(exc) and not isinstance(exc, JobLost):
+                if attempt < target.retries:
+                    time.sleep(target.backoff * 2**attempt)
+                    attempt += 1
+                    continue  # the job (if any) is still the server's: poll it again
+            elif polling and not resubmitted:  # the server lost the job, or it failed there
+                why = "is unknown to the server (it may have restarted)" if isinstance(exc, JobLost) else \
+                    f"failed on the server ({_last_line(exc)[:120]})"
+                notice(target, f"NDIF job {job} {why}; resubmitting it once")
+                resubmitted, job = True, None
                 continue
             if os.environ.get("VNEURON_DEBUG") == "1":
                 raise
-            raise translate(exc, target, model_id) from None
+            error = translate(exc, target, model_id)
+            if isinstance(exc, JobLost) or (polling and not _network_error(exc)):
+                raise JobFailed(error.problem + (" (after one resubmission)" if resubmitted else ""), error.fix) from None
+            raise error from None
+
+
+def notice(target: RemoteTarget, message: str) -> None:
+    """A line on the terminal that the user should see even with --quiet."""
+    if target.notify is not None:
+        target.notify(message)
+        return
+    from rich.markup import escape
+
+    from .report import err_console
+
+    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else exc.__class__.__name__
 
 
 def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any], dict | None]) -> dict:
     deadline = time.monotonic() + target.timeout
     delay = target.poll_interval
+    unknown_since = None
     while time.monotonic() < deadline:
         result = collect(job)
-        if result is not None:
+        if result is UNKNOWN:
+            unknown_since = unknown_since or time.monotonic()
+            if time.monotonic() - unknown_since >= target.lost_after:
+                raise JobLost(f"the server has no record of job {job}")
+        elif result is not None:
             return result
+        else:
+            unknown_since = None
         time.sleep(delay)
         delay = min(delay * 1.5, 10.0)
     raise VneuronError(f"NDIF request {job} did not finish within {target.timeout:.0f} s",
@@ -178,7 +240,11 @@ def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
     from nnsight.intervention.backends.remote import RemoteBackend
 
     def collect(job_id: str):
-        return RemoteBackend(model_key, host=host, job_id=job_id, blocking=False)()
+        backend = RemoteBackend(model_key, host=host, job_id=job_id, blocking=False)
+        result = backend()
+        # poll() answers None both while the job waits and when the server answers 404; only
+        # an answer with a status sets backend.status
+        return UNKNOWN if result is None and backend.status is None else result
 
     return collect
 
@@ -186,13 +252,21 @@ def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
 # -- checkpoints ---------------------------------------------------------------------------------
 @dataclass
 class Checkpoint:
-    """Partial statistics of an unfinished run, beside its output directory."""
+    """Partial statistics of an unfinished run, beside its output directory.
+
+    It also keeps the history of every invocation that worked on the run (started, outcome,
+    seconds, requests collected, submissions), so the final manifest accounts for all of them.
+    Nothing is written before the first submission, and a checkpoint holding nothing to collect
+    (no finished request, no live job id) is removed when an invocation ends.
+    """
 
     path: Path
     key: dict
     done: int = 0  # requests finished and added to the statistics
     jobs: dict[str, str] = field(default_factory=dict)  # request index → job id (submitted, not yet collected)
     log: list[dict] = field(default_factory=list)
+    invocations: list[dict] = field(default_factory=list)
+    _started: float | None = field(default=None, repr=False)
 
     @classmethod
     def for_run(cls, run_dir: Path, key: dict, resume: bool) -> "Checkpoint":
@@ -200,31 +274,79 @@ class Checkpoint:
         state = path / "state.json"
         if state.is_file():
             data = json.loads(state.read_text())
+            if not data.get("done") and not data.get("jobs"):  # nothing to collect (killed before a submission)
+                shutil.rmtree(path, ignore_errors=True)
+                return cls(path, key)
             if not resume:
                 raise VneuronError(f"An interrupted run is waiting in {path}",
                                    "pass --resume to continue it, or delete that directory to start over")
             if data["key"] != key:
                 raise VneuronError(f"{path} belongs to a run with other settings", "rerun with the same options, or delete it")
-            return cls(path, key, data["done"], data.get("jobs", {}), data.get("log", []))
-        path.mkdir(parents=True, exist_ok=True)
+            return cls(path, key, data["done"], data.get("jobs", {}), data.get("log", []), data.get("invocations", []))
         return cls(path, key)
 
     @property
     def stats_path(self) -> Path:
         return self.path / "stats.safetensors"
 
+    @property
+    def invocation(self) -> dict:
+        return self.invocations[-1]
+
+    def begin(self, started: float | None = None) -> None:
+        """A new invocation works on the run (``started``: its wall-clock start, load included)."""
+        self._started = started or time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._started))
+        self.invocations.append({"started": stamp, "outcome": "running", "seconds": 0.0, "requests": 0, "submitted": 0})
+
+    def submitted(self, index: int, job: str) -> None:
+        self.jobs[str(index)] = job
+        if self.invocations:
+            self.invocation["submitted"] += 1
+        self.save()
+
+    def collected(self, index: int, log: dict, stats) -> None:
+        self.done = index + 1
+        self.jobs.pop(str(index), None)
+        self.log.append({**log, "invocation": len(self.invocations)})
+        if self.invocations:
+            self.invocation["requests"] += 1
+        self.save(stats)
+
+    def finish(self, outcome: str) -> None:
+        """End this invocation: keep what can be collected later, drop an empty checkpoint."""
+        if self.invocations:
+            self.invocation["outcome"] = outcome
+        if outcome != "complete" and not self.done and not self.jobs:
+            self.clear()
+        elif outcome != "complete":
+            self.save()
+        elif self.invocations and self._started is not None:
+            self.invocation["seconds"] = round(time.time() - self._started, 2)
+
+    def totals(self) -> dict[str, Any]:
+        """Requests, bytes and seconds over every invocation."""
+        return {"invocations": len(self.invocations), "requests": len(self.log),
+                "submitted": sum(i.get("submitted", 0) for i in self.invocations),
+                "sent_tensor_bytes": sum(r["sent_tensor_bytes"] for r in self.log),
+                "received_tensor_bytes": sum(r["received_tensor_bytes"] for r in self.log),
+                "seconds": round(sum(i.get("seconds", 0.0) for i in self.invocations), 2),
+                "request_seconds": round(sum(r["seconds"] for r in self.log), 3)}
+
     def save(self, stats=None) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.invocations and self._started is not None:
+            self.invocation["seconds"] = round(time.time() - self._started, 2)
         if stats is not None:
             tmp = self.path / "stats.tmp.safetensors"
             stats.save(tmp)
             os.replace(tmp, self.stats_path)
         tmp = self.path / "state.json.tmp"
-        tmp.write_text(json.dumps({"key": self.key, "done": self.done, "jobs": self.jobs, "log": self.log}, indent=1))
+        tmp.write_text(json.dumps({"key": self.key, "done": self.done, "jobs": self.jobs, "log": self.log,
+                                   "invocations": self.invocations}, indent=1))
         os.replace(tmp, self.path / "state.json")
 
     def clear(self) -> None:
-        import shutil
-
         shutil.rmtree(self.path, ignore_errors=True)
 
 

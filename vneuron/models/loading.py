@@ -153,8 +153,11 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
 
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    from ..quiet import library_bars
+
+    with library_bars():  # --quiet: no de-quantising bars
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded ("quantised") model until these are cleared.
     model.hf_quantizer = None
     model.is_quantized = False

@@ -1,0 +1,46 @@
+"""``--quiet`` for what other libraries print on their own: nnsight's job status lines
+(``◉ [id] RECEIVED …``) and result download bars, and transformers' bars while a GGUF file is
+converted. vneuron's own progress goes through its progress callback and is silenced there."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator
+
+_quiet = False
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """Silence (or not) the libraries' own output for the rest of this process."""
+    global _quiet
+    _quiet = quiet
+    import nnsight
+
+    # read by every RemoteBackend when it is built: status display and the download bar
+    nnsight.CONFIG.APP.REMOTE_LOGGING = not quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+@contextmanager
+def library_bars() -> Iterator[None]:
+    """Within: no tqdm bars from transformers' loading and its GGUF de-quantiser, when quiet."""
+    if not _quiet:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    original = gguf_utils.tqdm  # imported by name there, so it is replaced there
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if enabled:
+            hf_logging.enable_progress_bar()
