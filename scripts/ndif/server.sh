@@ -3,6 +3,7 @@
 #
 #   server.sh install [VENV_DIR]      venv + ndif 0.1.2 + deps, redis-server, moto (idempotent)
 #   server.sh start MODEL_DIR [PORT]  redis, moto, ray head, controller, API; deploys MODEL_DIR
+#                                     (PORT: the API's, default 8001, "auto" for a free one)
 #   server.sh stop                    kills every process this script started, by pid
 #   server.sh status                  what runs, the URL and the model key
 #
@@ -14,8 +15,10 @@
 #   NDIF_CLIENT_PYTHON python whose transformers/tokenizers/numpy versions the server copies
 #                      (default: the repo's .venv/bin/python if present, else python3)
 #   NDIF_START_TIMEOUT seconds to wait for the stack and the deployment (default: 180)
-#   NDIF_REDIS_PORT (26379) NDIF_S3_PORT (29000) NDIF_RAY_PORT (26385)
-#   NDIF_RAY_CLIENT_PORT (10001) NDIF_RAY_DASHBOARD_PORT (28265); the API port is start's 2nd arg (8001)
+#   NDIF_REDIS_PORT NDIF_S3_PORT NDIF_RAY_PORT NDIF_RAY_CLIENT_PORT NDIF_RAY_DASHBOARD_PORT
+#   NDIF_RAY_AGENT_PORT: the stack's internal ports (default: free ports picked at start, outside
+#                      Ray's worker and client-server ranges; written to $NDIF_STATE_DIR/ports)
+#   the API port is start's 2nd arg (default 8001; "auto" picks a free one)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,12 +35,14 @@ DEFAULT_TRANSFORMERS=5.23.0
 DEFAULT_TOKENIZERS=0.23.3
 DEFAULT_NUMPY=2.4.6
 
-# Outside Ray's worker (10002-19999) and client-server (23000-23999) port ranges.
-REDIS_PORT="${NDIF_REDIS_PORT:-26379}"
-S3_PORT="${NDIF_S3_PORT:-29000}"
-RAY_PORT="${NDIF_RAY_PORT:-26385}"
-RAY_CLIENT_PORT="${NDIF_RAY_CLIENT_PORT:-10001}"
-RAY_DASHBOARD_PORT="${NDIF_RAY_DASHBOARD_PORT:-28265}"
+# Empty: a free port is picked at start (free_ports), so a second stack or a leftover process
+# holding a port does not stop this one.
+REDIS_PORT="${NDIF_REDIS_PORT:-}"
+S3_PORT="${NDIF_S3_PORT:-}"
+RAY_PORT="${NDIF_RAY_PORT:-}"
+RAY_CLIENT_PORT="${NDIF_RAY_CLIENT_PORT:-}"
+RAY_DASHBOARD_PORT="${NDIF_RAY_DASHBOARD_PORT:-}"
+RAY_AGENT_PORT="${NDIF_RAY_AGENT_PORT:-}"
 
 log() { printf '[ndif] %s\n' "$*" >&2; }
 die() { printf '[ndif] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -227,6 +232,27 @@ kill_stack() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# free_ports N: N distinct ports free on 127.0.0.1 now, from the kernel's ephemeral range and
+# outside Ray's worker (10002-19999) and client-server (23000-23999) ranges. All N sockets are
+# held until every port is chosen, so the N differ; a port can still be taken before its service
+# binds it, and start then fails with "already in use" (rerun it).
+free_ports() {
+    "$VENV/bin/python" - "$1" <<'PY'
+import socket, sys
+held, ports = [], []
+while len(ports) < int(sys.argv[1]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+    port = s.getsockname()[1]
+    if not (10002 <= port <= 19999 or 23000 <= port <= 23999):
+        ports.append(port)
+print(" ".join(map(str, ports)))
+for s in held:
+    s.close()
+PY
+}
+
 DEADLINE=0
 remaining() { local r=$((DEADLINE - $(date +%s))); [ "$r" -gt 0 ] && echo "$r" || echo 1; }
 
@@ -295,7 +321,7 @@ audit_listeners() {
 }
 
 cmd_start() {
-    local model_dir="${1:-}" port="${2:-8001}" t0 spec model_key ray_tmp id p
+    local model_dir="${1:-}" port="${2:-8001}" t0 spec model_key ray_tmp id p free
     [ -n "$model_dir" ] || die "usage: $0 start MODEL_DIR [PORT]"
     [ -d "$model_dir" ] || die "MODEL_DIR $model_dir is not a directory"
     model_dir="$(cd "$model_dir" && pwd)"
@@ -311,7 +337,13 @@ cmd_start() {
         fi
         rm -rf "$(cat "$STATE/ray_tmp" 2>/dev/null || echo /nonexistent)" "$STATE"
     fi
-    for p in "$port" "$REDIS_PORT" "$S3_PORT" "$RAY_PORT" "$RAY_CLIENT_PORT" "$RAY_DASHBOARD_PORT" 52365; do
+    read -r -a free <<< "$(free_ports 7)"
+    [ "${#free[@]}" = 7 ] || die "picking free ports on 127.0.0.1 failed"
+    [ "$port" = auto ] && port="${free[0]}"
+    REDIS_PORT="${REDIS_PORT:-${free[1]}}" S3_PORT="${S3_PORT:-${free[2]}}" RAY_PORT="${RAY_PORT:-${free[3]}}"
+    RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-${free[4]}}" RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-${free[5]}}"
+    RAY_AGENT_PORT="${RAY_AGENT_PORT:-${free[6]}}"
+    for p in "$port" "$REDIS_PORT" "$S3_PORT" "$RAY_PORT" "$RAY_CLIENT_PORT" "$RAY_DASHBOARD_PORT" "$RAY_AGENT_PORT"; do
         if port_busy "$p"; then die "port $p on 127.0.0.1 is already in use (another stack? 'bash $0 stop')"; fi
     done
 
@@ -323,6 +355,9 @@ cmd_start() {
     id="ndif-$(date +%s%N)-$$"
     echo "$id" > "$STATE/stack_id"
     echo "http://127.0.0.1:$port" > "$STATE/url"
+    printf 'api=%s redis=%s s3=%s ray_gcs=%s ray_client=%s ray_dashboard=%s ray_agent=%s\n' "$port" "$REDIS_PORT" \
+        "$S3_PORT" "$RAY_PORT" "$RAY_CLIENT_PORT" "$RAY_DASHBOARD_PORT" "$RAY_AGENT_PORT" > "$STATE/ports"
+    log "ports: $(cat "$STATE/ports")"
 
     SVC_ENV=(
         "PATH=$VENV/bin:$PATH"
@@ -370,6 +405,7 @@ cmd_start() {
     svc ray ray start --head --block --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
         --ray-client-server-port="$RAY_CLIENT_PORT" \
         --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT" \
+        --dashboard-agent-listen-port="$RAY_AGENT_PORT" \
         --num-cpus=4 --num-gpus=1 \
         --resources='{"head": 10, "cuda_memory_bytes": 8000000000, "cpu_memory_bytes": 8000000000}' \
         --object-store-memory=200000000 --temp-dir="$ray_tmp" --disable-usage-stats
@@ -443,6 +479,7 @@ cmd_status() {
     echo "processes of the stack: $(stack_pids | wc -l)"
     url="$(cat "$STATE/url" 2>/dev/null || true)"
     [ -n "$url" ] && echo "url: $url ($(curl -sf --max-time 3 --noproxy '*' "$url/connected" || echo 'not connected'))"
+    [ -f "$STATE/ports" ] && echo "ports: $(cat "$STATE/ports")"
     [ -f "$STATE/model_key" ] && echo "model key: $(cat "$STATE/model_key")"
     [ -f "$STATE/start_seconds" ] && echo "started in $(cat "$STATE/start_seconds") s"
     return $rc
@@ -453,5 +490,5 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) shift; cmd_status "$@" ;;
-    *) echo "usage: $0 {install [VENV_DIR]|start MODEL_DIR [PORT]|stop|status}" >&2; exit 2 ;;
+    *) echo "usage: $0 {install [VENV_DIR]|start MODEL_DIR [PORT|auto]|stop|status}" >&2; exit 2 ;;
 esac

@@ -31,12 +31,28 @@ INSTALL_TIMEOUT = 900
 START_TIMEOUT = int(os.environ.get("NDIF_START_TIMEOUT", "180"))
 
 
-@dataclass(frozen=True)
+STATE = Path(os.environ.get("NDIF_STATE_DIR", REPO / ".ndif-state"))
+
+
+@dataclass
 class NDIFServer:
     url: str  # http://127.0.0.1:PORT, for remote=url
     model_dir: str  # the served model: LanguageModel(model_dir, tokenizer=model_dir)
     model_key: str  # what the server deployed it under
     start_seconds: float
+    ports: dict[str, int]  # every port of the stack, all picked free at start (api, redis, s3, ray_*)
+
+    def stop(self) -> None:
+        """Stop the whole stack (every job it knew is forgotten)."""
+        stopped = _server_sh("stop", timeout=120)
+        assert stopped.returncode == 0, _tail(stopped.stdout + stopped.stderr)
+
+    def start(self) -> None:
+        """Start it again at the same URL (the internal ports are picked afresh)."""
+        started = _start(self.model_dir, self.ports["api"])
+        if started.returncode != 0:
+            pytest.fail(f"restarting the loopback NDIF server failed:\n{_tail(started.stdout + started.stderr)}", pytrace=False)
+        self.ports = _ports()
 
 
 def build_tiny_llama(path: Path) -> Path:
@@ -73,6 +89,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ports() -> dict[str, int]:
+    """What server.sh picked: api=… redis=… s3=… ray_gcs=… ray_client=… ray_dashboard=… ray_agent=…"""
+    return {k: int(v) for k, v in (pair.split("=") for pair in (STATE / "ports").read_text().split())}
+
+
+def _start(model_dir: str, port: int) -> subprocess.CompletedProcess:
+    """server.sh start; once more if a port picked free was taken before its service bound it."""
+    for attempt in range(2):
+        started = _server_sh("start", str(model_dir), str(port), timeout=START_TIMEOUT + 60)
+        if started.returncode == 0 or "already in use" not in started.stderr or attempt:
+            return started
+        _server_sh("stop", timeout=120)
+    return started
+
+
 def _tail(text: "str | bytes | None", lines: int = 60) -> str:
     if isinstance(text, bytes):  # TimeoutExpired carries bytes even with text=True
         text = text.decode(errors="replace")
@@ -107,16 +138,15 @@ def ndif_server(tmp_path_factory):
     t0 = time.monotonic()
     try:
         try:
-            started = _server_sh("start", str(model_dir), str(port), timeout=START_TIMEOUT + 60)
+            started = _start(str(model_dir), port)
         except subprocess.TimeoutExpired as e:
             _give_up(f"start took more than {START_TIMEOUT + 60} s", _tail(e.stderr))
         if started.returncode != 0:
             _give_up(f"server.sh start exited {started.returncode}", started.stdout + started.stderr)
         url = started.stdout.strip().splitlines()[-1]
-        state = Path(os.environ.get("NDIF_STATE_DIR", REPO / ".ndif-state"))
-        model_key = (state / "model_key").read_text().strip()
+        model_key = (STATE / "model_key").read_text().strip()
         yield NDIFServer(url=url, model_dir=str(model_dir), model_key=model_key,
-                         start_seconds=time.monotonic() - t0)
+                         start_seconds=time.monotonic() - t0, ports=_ports())
     finally:
         stopped = _server_sh("stop", timeout=120)
         if stopped.returncode != 0:
