@@ -228,3 +228,53 @@ def test_transport_errors_while_polling_do_not_resubmit(monkeypatch):
     target = RemoteTarget("http://127.0.0.1:9", poll_interval=0.001, backoff=0.001, notify=lambda m: None)
     assert ndif.run(target, "m", lambda: submitted.append(1) or "job-0", collect) == {"ok": 1}
     assert submitted == [1]
+
+
+def test_a_killed_invocation_is_recorded_as_killed(tmp_path):
+    out = tmp_path / "run"
+    killed = Checkpoint(partial_of(out), {"k": 1})
+    killed.begin()
+    killed.submitted(0, "job-0")  # then SIGKILL: no outcome written
+    resumed = Checkpoint.for_run(out, {"k": 1}, resume=True)
+    resumed.begin()
+    assert [i["outcome"] for i in resumed.invocations] == ["killed", "running"]
+    assert resumed.jobs == {"0": "job-0"} and resumed.totals()["submitted"] == 1
+
+
+def test_unreachable_real_host_on_the_first_request_leaves_nothing(tmp_path, tiny_model, tiny_dir):
+    """Through nnsight's real client: the POST to a closed port fails, nothing is kept."""
+    import socket
+
+    from nnsight.modeling import huggingface as nnsight_hf
+
+    nnsight_hf._ID_CACHE[str(tiny_dir("llama"))] = str(tiny_dir("llama"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    target = RemoteTarget(f"http://127.0.0.1:{port}", retries=1, backoff=0.01, notify=lambda m: None)
+    with pytest.raises(VneuronError, match="unreachable"):
+        locate(replace(tiny_model("llama"), remote=target), LocateConfig(**CONFIG), out=tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_turns_off_nnsight_status_and_gguf_bars():
+    import nnsight
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    from vneuron.quiet import library_bars, set_quiet
+
+    original = gguf_utils.tqdm
+    try:
+        set_quiet(False)
+        assert RemoteBackend("key", host="http://127.0.0.1:9").display.enabled
+        with library_bars():
+            assert not gguf_utils.tqdm(range(2)).disable
+        set_quiet(True)
+        assert not RemoteBackend("key", host="http://127.0.0.1:9").display.enabled
+        with library_bars():
+            assert gguf_utils.tqdm(range(2)).disable
+        assert gguf_utils.tqdm is original
+    finally:
+        set_quiet(False)
+        assert nnsight.CONFIG.APP.REMOTE_LOGGING

@@ -282,7 +282,11 @@ class Checkpoint:
                                    "pass --resume to continue it, or delete that directory to start over")
             if data["key"] != key:
                 raise VneuronError(f"{path} belongs to a run with other settings", "rerun with the same options, or delete it")
-            return cls(path, key, data["done"], data.get("jobs", {}), data.get("log", []), data.get("invocations", []))
+            invocations = data.get("invocations", [])
+            for earlier in invocations:  # one that never recorded its end was killed
+                if earlier.get("outcome") == "running":
+                    earlier["outcome"] = "killed"
+            return cls(path, key, data["done"], data.get("jobs", {}), data.get("log", []), invocations)
         return cls(path, key)
 
     @property
