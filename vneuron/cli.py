@@ -45,7 +45,7 @@ class _one_line_usage_errors:
 
         from .report import err_console
 
-        where = exc.ctx.command_path if exc.ctx is not None else "vneuron"
+        where = " ".join(["vneuron", *exc.ctx.command_path.split()[1:]]) if exc.ctx is not None else "vneuron"
         message = " ".join(exc.format_message().split()).rstrip(".")
         err_console.print(f"[bold red]error:[/] {escape(message)}. See: {escape(where)} --help", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -17,7 +17,7 @@ from .capture import ActivationStats, CaptureConfig, capture
 from .data import load_corpus
 from .data.schema import Corpus
 from .errors import VneuronError
-from .models.loading import LoadedModel, load_model, peek_dims, resolve
+from .models.loading import DTYPES, LoadedModel, load_model, peek_dims, resolve
 from .runs import (MANIFEST, NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, check_space, default_run_dir, file_sha256,
                    read_manifest, require, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
 from .scoring import DIRECTIONS, METHODS, RULES, NeuronSet, contrast_scores, lape_select, select, stability
@@ -71,6 +71,8 @@ class LocateConfig:
             raise VneuronError(f"--limit must be at least 1 item per dimension, got {self.limit}", "drop --limit to use every item")
         if self.null_shuffles < 0:
             raise VneuronError(f"--null must be 0 or more label-shuffle runs, got {self.null_shuffles}", "pass e.g. --null 5, or drop it")
+        if self.span not in ("option", "all"):
+            raise VneuronError(f"Unknown span {self.span!r}", "use option or all")
         if self.request_batches < 1:
             raise VneuronError(f"--request-batches must be at least 1, got {self.request_batches}")
         self.capture_config()
@@ -136,6 +138,8 @@ def locate(
         if given is None:
             given = _given_from_api(config, model, remote, resume, detach, dtype)
         return reselect(Path(from_run), config, out=out, force=force, given=given, progress=say)
+    if not isinstance(model, LoadedModel) and dtype not in DTYPES:
+        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
     replacing = check_fresh(Path(out), force=force, fix=_exists_fix(Path(out))) if out is not None else None
     corpus = prepare_corpus(config)
     if remote:
@@ -367,16 +371,16 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
         raise VneuronError(f"--out {run_dir} would write over or inside the run it re-selects from ({parent})",
                            "--from never changes its run: pass another --out")
     replacing = check_fresh(run_dir, force=force, fix="choose another --out, or add --force to replace it")
-    source = stats_file(parent, manifest)
-    stats = ActivationStats.load(source)
-    if config.method != "lape":
-        select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
         unknown = set(config.dimensions) - {c[0] for c in contrasts}
         if unknown:
             raise VneuronError(f"Run {parent} has no dimension {', '.join(sorted(unknown))}", f"use: {', '.join(c[0] for c in contrasts)}")
         contrasts = [c for c in contrasts if c[0] in config.dimensions]
+    source = stats_file(parent, manifest)
+    stats = ActivationStats.load(source)
+    if config.method != "lape":
+        select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     check_space(run_dir, expected_bytes(0, 0, 0, 0, config.top_k, len(contrasts)))
     say(f"Re-selecting from {parent}", 1, 1)
     new = {key: manifest[key] for key in ("model", "dataset", "capture", "capture_key", "contrasts", "remote") if key in manifest}

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import import_module, util as importlib_util
 from pathlib import Path
@@ -236,6 +236,7 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
         progress(f"Converting {gguf.name} to a cached safetensors copy (first run only, about 2 minutes)")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    made_parent = not target.parent.exists()
     try:
         tmp.mkdir(parents=True)
         _convert_into(gguf, tmp)
@@ -244,6 +245,9 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
         os.replace(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:  # leave the cache as it was
+            with suppress(OSError):
+                target.parent.rmdir()
         if isinstance(exc, (VneuronError, KeyboardInterrupt)) or os.environ.get("VNEURON_DEBUG") == "1":
             raise
         if isinstance(exc, OSError):
