@@ -48,14 +48,45 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert len(rows) == 4 * 7 and {"layer", "unit", "score", "p_pole", "p_opposite", "mean_diff"} <= set(rows[0])
     assert "NDIF_API_KEY" not in (out / "manifest.json").read_text()
 
-    again = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out)
-    assert again.exit_code == 0 and "Reusing statistics" in again.output + again.stderr
-    assert json.loads((out / "manifest.json").read_text())["selection"]["top_k"] == 3
+    refused = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out)
+    assert_one_line_error(refused, rf"{out.name} already exists.*--from {out} --out NEW_DIR.*--force")
+    assert json.loads((out / "manifest.json").read_text())["selection"]["top_k"] == 7
 
-    reselect = run("locate", "--from", out, "--method", "cohen_d", "--rule", "per_layer", "-k", "2", "-q")
+    again = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out, "--force")
+    assert again.exit_code == 0 and "Reusing statistics" in again.output + again.stderr
+    assert "--force: replacing" in again.output
+    replaced = json.loads((out / "manifest.json").read_text())
+    assert replaced["selection"]["top_k"] == 3 and "locate of" in replaced["replaced"]
+
+    parent_files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    child = tmp_path / "cohen"
+    reselect = run("locate", "--from", out, "--method", "cohen_d", "--rule", "per_layer", "-k", "2", "-q", "--out", child)
     assert reselect.exit_code == 0, reselect.output
-    rows = list(csv.DictReader(open(out / "neurons.csv")))
+    assert f"Run written to {child}" in reselect.output.replace("\n", "")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == parent_files  # the parent is untouched
+    rows = list(csv.DictReader(open(child / "neurons.csv")))
     assert len(rows) == 4 * 3 * 2  # 4 poles × 3 layers × 2
+    manifest = json.loads((child / "manifest.json").read_text())
+    assert manifest["command"][1:3] == ["locate", "--from"] and manifest["parent_run"]["path"] == str(out)
+    assert manifest["selection"]["method"] == "cohen_d" and not (child / "stats.safetensors").exists()
+    assert manifest["statistics"]["file"] == "../run/stats.safetensors" and len(manifest["statistics"]["sha256"]) == 64
+
+    from vneuron.validate import LocateRun
+
+    opened = LocateRun.open(child)  # ablate and steer find the parent's statistics through the reference
+    assert torch.equal(opened.stats.sum, LocateRun.open(out).stats.sum) and len(opened.sets["conservation"]) == 6
+
+    grandchild = run("locate", "--from", child, "-k", "4", "-q", "--dimension", "conservation")  # default: a new name beside it
+    assert grandchild.exit_code == 0, grandchild.output
+    (made,) = [p for p in tmp_path.iterdir() if p.name.startswith("cohen-delta_p-k4-")]
+    assert json.loads((made / "manifest.json").read_text())["statistics"]["absolute"] == str((out / "stats.safetensors").resolve())
+    assert sorted(p.name for p in (made / "neurons").iterdir()) == ["conservation.safetensors"]
+
+    contradict = run("locate", "--from", out, "--site", "down_in", "-k", "5", "--out", tmp_path / "x")
+    assert_one_line_error(contradict, r"--site down_in contradicts --from .*captured with --site gate.*(?i:drop) --site.*vneuron locate --model .*llama --dataset .*corpus.jsonl --site down_in")
+    assert_one_line_error(run("locate", "--from", out, "--null", "3", "--out", tmp_path / "x"), "--null has no effect with --from")
+    assert_one_line_error(run("locate", "--from", out, "--out", out), "would write over or inside the run")
+    assert not (tmp_path / "x").exists()
 
 
 def test_locate_generation_mode_saves_generations(tmp_path, llama):

@@ -84,7 +84,7 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
                                   "--dimension", "self_transcendence,conservation",
                                   "--pvq", str(Path(__file__).parent / "fixtures" / "inventory.csv")])
     assert ablated.exit_code == 0, ablated.output
-    out = run_dir / "ablate-zero-kall"
+    (out,) = run_dir.glob("ablate-zero-kall-*")  # the settings' hash ends the default name
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["dimension"] for r in manifest["results"]] == ["self_transcendence", "conservation"]
     st = manifest["results"][0]
@@ -101,7 +101,8 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q", "--choice", "continuation",
                                   "--dimension", "self_transcendence"])
     assert steered.exit_code == 0, steered.output
-    rows = list(csv.DictReader(open(run_dir / "steer-scale-kall" / "dose_response.csv")))
+    (steer_dir,) = run_dir.glob("steer-scale-kall-*")
+    rows = list(csv.DictReader(open(steer_dir / "dose_response.csv")))
     assert [float(r["gamma"]) for r in rows] == [0.0, 2.0]
 
     bad = runner.invoke(app, ["steer", str(run_dir), "--gamma", "a,b"])
@@ -162,7 +163,7 @@ def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypat
     monkeypatch.setattr(validate, "_summary", interrupt_on_second)
     with pytest.raises(KeyboardInterrupt):
         validate.ablate(run_dir, config)
-    partial = run_dir / ".ablate-zero-kall.partial.json"
+    (partial,) = run_dir.glob(".ablate-zero-kall-*.partial.json")
     assert list(json.loads(partial.read_text())["poles"]) == ["conservation"]
     monkeypatch.setattr(validate, "_summary", real)
     calls["n"] = 0

@@ -10,7 +10,9 @@ The library API (what the CLI calls)::
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 
 __version__ = "0.1.0"
 
@@ -41,3 +43,17 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'vneuron' has no attribute {name!r}")
+
+
+class _Package(ModuleType):
+    """Keeps the documented API stable: importing the submodule ``vneuron.capture`` (which any
+    ``vneuron.locate`` call does) would otherwise make ``vneuron.capture`` that module instead of
+    the function. Submodules stay reachable through ``from vneuron.capture import ...``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, ModuleType) and _EXPORTS[name] == value.__name__:
+            return  # the import system binding a submodule over an exported function
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

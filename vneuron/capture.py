@@ -98,11 +98,15 @@ class ActivationStats:
     def load(cls, path: Path) -> "ActivationStats":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata()
-            t = {key: fh.get_tensor(key) for key in ("n", "sum", "sumsq", "active")}
-        return cls(meta["site"], json.loads(meta["labels"]), int(meta["folds"]), t["n"], t["sum"], t["sumsq"],
-                   t["active"], json.loads(meta.get("meta", "{}")))
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata()
+                t = {key: fh.get_tensor(key) for key in ("n", "sum", "sumsq", "active")}
+            return cls(meta["site"], json.loads(meta["labels"]), int(meta["folds"]), t["n"], t["sum"], t["sumsq"],
+                       t["active"], json.loads(meta.get("meta", "{}")))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on truncated files
+            raise VneuronError(f"{path} is not readable vneuron statistics ({exc.__class__.__name__}: {str(exc)[:80]})",
+                               "it is truncated or corrupt: restore it, or rerun vneuron locate") from None
 
 
 @dataclass

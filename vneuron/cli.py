@@ -12,7 +12,47 @@ import typer
 
 from .errors import VneuronError
 
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, `--top-k abc`, a missing value) as one `error:` line, exit 2.
+
+    Typer would draw a multi-line box; every other vneuron error is one line, so these are too.
+    `--help` and a bare `vneuron` still print the help.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        self._argv = ["vneuron", *args]
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        from .runs import recording_command
+
+        with _one_line_usage_errors(), recording_command(getattr(self, "_argv", ["vneuron"])):
+            return super().invoke(ctx)
+
+
+class _one_line_usage_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        # Typer ≥ 0.20 vendors its own click: take the classes from Typer, not from `import click`.
+        usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+        no_args = getattr(sys.modules[usage_error.__module__], "NoArgsIsHelpError", ())
+        if not isinstance(exc, usage_error) or isinstance(exc, no_args):
+            return False
+        from rich.markup import escape
+
+        from .report import err_console
+
+        where = " ".join(["vneuron", *exc.ctx.command_path.split()[1:]]) if exc.ctx is not None else "vneuron"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        err_console.print(f"[bold red]error:[/] {escape(message)}. See: {escape(where)} --help", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Find the neurons of a language model that encode human values, and test them causally.",
@@ -60,6 +100,8 @@ def _pairs(value: Optional[str], sep: str, what: str, example: str) -> Optional[
 
 
 def _threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise VneuronError(f"--threads must be at least 1, got {threads}")
     if threads:
         import torch
 
@@ -125,7 +167,7 @@ def locate(
     folds: int = typer.Option(2, help="Folds for the split-half stability estimate (1 turns it off)."),
     null: int = typer.Option(0, help="Label-shuffle null runs: how many neurons pass the cut by chance (each costs one capture)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: runs/locate-MODEL-TIME)."),
-    from_run: Optional[Path] = typer.Option(None, "--from", help="Re-select from a finished run's statistics, without the model."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Re-select from a finished run's statistics, without the model, into a new run (--out, or a name beside it); the finished run is never changed."),
     remote: bool = RemoteOpt,
     host: Optional[str] = HostOpt,
     timeout: float = TimeoutOpt,
@@ -136,6 +178,8 @@ def locate(
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out run (its statistics are reused if the capture settings match)."),
+    ctx: typer.Context = None,
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -143,7 +187,7 @@ def locate(
       vneuron locate                                  # embedded model, built-in corpus, 4 dimensions
       vneuron locate --dimension self_transcendence --top-k 500 --site down_in
       vneuron locate --mode generate --rule valuelocate
-      vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d
+      vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d --out runs/cohen   # a new run
       vneuron locate --remote --model llama-70b --out runs/llama70b     # on NDIF (NDIF_API_KEY)
       vneuron locate --remote --model llama-70b --out runs/llama70b --resume
     """
@@ -162,16 +206,32 @@ def locate(
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     from .remote import Detached
 
+    given = _given_options(ctx) if from_run is not None else None
+    if force and out is not None and from_run is None:
+        from .runs import describe_run
+
+        if out.is_dir() and any(out.iterdir()):
+            console.print(f"--force: replacing {describe_run(out)} when this run completes")
     try:
         with progress_bar(not quiet) as bar:
             result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar,
-                                remote=_target(remote, host, timeout), resume=resume, detach=detach)
+                                remote=_target(remote, host, timeout), resume=resume, detach=detach, force=force, given=given)
     except Detached as done:
         console.print(f"{done}. Collect them with the same command and --resume instead of --detach.")
         return
     for table in locate_tables(result, top=show):
         console.print(table)
     console.print(f"Run written to [bold]{result.run_dir}[/]")
+
+
+def _given_options(ctx) -> set[str]:
+    """The options typed on the command line (so --from can refuse the ones it cannot honour)."""
+    given = set()
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # an enum of click's, or of the click Typer vendors
+        if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(next((o for o in param.opts if o.startswith("--")), param.opts[0]))
+    return given
 
 
 def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
@@ -217,7 +277,7 @@ def ablate(
     seed: int = SeedOpt,
     choice: str = ChoiceOpt,
     batch_tokens: int = BatchTokensOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/ablate-MODE-kK-HASH, the hash of the settings)."),
     remote: bool = RemoteOpt,
     host: Optional[str] = HostOpt,
     timeout: float = TimeoutOpt,
@@ -262,7 +322,7 @@ def steer(
     seed: int = SeedOpt,
     choice: str = ChoiceOpt,
     batch_tokens: int = BatchTokensOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/steer-MODE-kK-HASH, the hash of the settings)."),
     remote: bool = RemoteOpt,
     host: Optional[str] = HostOpt,
     timeout: float = TimeoutOpt,

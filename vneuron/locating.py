@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,9 +17,10 @@ from .capture import ActivationStats, CaptureConfig, capture
 from .data import load_corpus
 from .data.schema import Corpus
 from .errors import VneuronError
-from .models.loading import LoadedModel, load_model
-from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
-from .scoring import METHODS, NeuronSet, contrast_scores, lape_select, select, stability
+from .models.loading import DTYPES, LoadedModel, load_model, peek_dims, resolve
+from .runs import (MANIFEST, NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, check_space, default_run_dir, file_sha256,
+                   read_manifest, require, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
+from .scoring import DIRECTIONS, METHODS, RULES, NeuronSet, contrast_scores, lape_select, select, stability
 
 Progress = Callable[[str, int, int], None]
 
@@ -59,8 +61,20 @@ class LocateConfig:
     def check(self) -> "LocateConfig":
         if self.method not in (*METHODS, "lape"):
             raise VneuronError(f"Unknown method {self.method!r}", f"use one of: {', '.join((*METHODS, 'lape'))}")
+        if self.rule not in RULES:
+            raise VneuronError(f"Unknown --rule {self.rule!r}", f"use one of: {', '.join(RULES)}")
+        if self.direction not in DIRECTIONS:
+            raise VneuronError(f"Unknown --direction {self.direction!r}", f"use one of: {', '.join(DIRECTIONS)}")
         if self.top_k < 1:
             raise VneuronError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.limit is not None and self.limit < 1:
+            raise VneuronError(f"--limit must be at least 1 item per dimension, got {self.limit}", "drop --limit to use every item")
+        if self.null_shuffles < 0:
+            raise VneuronError(f"--null must be 0 or more label-shuffle runs, got {self.null_shuffles}", "pass e.g. --null 5, or drop it")
+        if self.span not in ("option", "all"):
+            raise VneuronError(f"Unknown span {self.span!r}", "use option or all")
+        if self.request_batches < 1:
+            raise VneuronError(f"--request-batches must be at least 1, got {self.request_batches}")
         self.capture_config()
         return self
 
@@ -107,35 +121,47 @@ def locate(
     remote: Any = None,
     resume: bool = False,
     detach: bool = False,
+    force: bool = False,
+    given: set[str] | None = None,
 ) -> LocateResult:
-    """Rank neurons for every pole of the corpus; writes and returns a run.
+    """Rank neurons for every pole of the corpus; writes and returns a new run.
 
-    ``from_run`` re-selects from a finished run's statistics without loading the model; an
-    ``out`` directory holding statistics with the same capture key is reused the same way.
+    ``from_run`` re-selects from a finished run's statistics without loading the model, into a
+    new run that refers to them (see ``reselect``). An existing ``out`` is an error before any
+    work, unless ``force``: then it is replaced (its statistics reused if the capture matches).
+    ``given`` names the command-line options the user set (checked against ``from_run``).
     """
     config = (config or LocateConfig()).check()
     say = progress or (lambda stage, done, total: None)
     started = time.time()
     if from_run is not None:
-        return _reselect(Path(from_run), config, say)
+        if given is None:
+            given = _given_from_api(config, model, remote, resume, detach, dtype)
+        return reselect(Path(from_run), config, out=out, force=force, given=given, progress=say)
+    if not isinstance(model, LoadedModel) and dtype not in DTYPES:
+        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    replacing = check_fresh(Path(out), force=force, fix=_exists_fix(Path(out))) if out is not None else None
     corpus = prepare_corpus(config)
     if remote:
         from .remote import check_key, resolve_target
 
         remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
         check_key(remote)
+    source = model.source if isinstance(model, LoadedModel) else resolve(model)
+    run_dir = Path(out) if out else default_run_dir("locate", source.alias or source.model_id)
+    if out is None:
+        check_fresh(run_dir)
+    dims = (model.n_layers, model.width) if isinstance(model, LoadedModel) else peek_dims(source)
+    if dims:  # what can be checked before the weights load
+        _check_size(run_dir, corpus, config, *dims)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0),
                                                                       remote=remote)
-    if config.method != "lape":  # a bad --top-k fails before any work
-        select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)
+    _check_size(run_dir, corpus, config, loaded.n_layers, loaded.width)
     model_manifest = loaded.manifest()
     key = _capture_key(model_manifest, corpus, config)
-    run_dir = Path(out) if out else default_run_dir("locate", loaded.source.alias or loaded.source.model_id)
     contrasts = corpus.pole_contrasts()
     labels = corpus.labels
-    reused = _reusable(run_dir, key)
-    if reused is None:
-        check_fresh(run_dir)
+    reused = _reusable(run_dir, key) if replacing else None
     checkpoint = None
     if loaded.remote is not None and reused is None:
         from .remote import Checkpoint
@@ -180,18 +206,23 @@ def locate(
                               "totals": totals, "invocations": checkpoint.invocations, "log": checkpoint.log}
         timings["invocations"] = totals["invocations"]
         timings["all_invocations_s"] = totals["seconds"]
-    with staged(run_dir, replace=reused is not None) as tmp:
-        if reused is None:
-            stats.save(tmp / STATS)
+    if replacing:
+        manifest["replaced"] = replacing
+    result = _score(stats, contrasts, config, manifest)
+    if config.null_shuffles:
+        t0 = time.time()
+        manifest["null"] = label_shuffle_null(loaded, corpus, config, result, progress=say)
+        timings["null_s"] = round(time.time() - t0, 2)
+    timings["total_s"] = round(time.time() - started, 2)
+
+    def write(directory: Path) -> None:
+        stats.save(directory / STATS)
         if generations:
-            write_jsonl(tmp / "generations.jsonl", generations)
-        result = _score_and_write(tmp, stats, contrasts, config, manifest)
-        if config.null_shuffles:
-            t0 = time.time()
-            manifest["null"] = label_shuffle_null(loaded, corpus, config, result, progress=say)
-            timings["null_s"] = round(time.time() - t0, 2)
-        timings["total_s"] = round(time.time() - started, 2)
-        write_json(tmp / "manifest.json", manifest)
+            write_jsonl(directory / "generations.jsonl", generations)
+        _write_sets(directory, result)
+        write_json(directory / MANIFEST, manifest)
+
+    write_run(run_dir, write, replace=replacing is not None, what="statistics and neuron sets")
     if checkpoint is not None:
         checkpoint.clear()  # the run is complete; partial statistics are no longer needed
     result.run_dir = run_dir
@@ -207,6 +238,26 @@ def _outcome(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return f"failed: {str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}"
+
+
+def _exists_fix(run_dir: Path) -> str:
+    return (f"choose another --out; to re-select from its statistics without the model: vneuron locate --from {run_dir} "
+            f"--out NEW_DIR; to replace it: add --force")
+
+
+def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int) -> int:
+    """The size of a locate run directory: float64 sums dominate, neuron sets and tables are small."""
+    stats = 8 * (3 * labels * folds * n_layers * width + labels * folds)
+    kept = min(top_k, n_layers * width) * poles
+    return stats + kept * (12 + 160) + 64_000
+
+
+def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: int, width: int) -> None:
+    """Fail before any work: a --top-k the model cannot supply, or a disk that cannot hold the run."""
+    if config.method != "lape":
+        select(torch.zeros(n_layers, width), config.rule, config.top_k)
+    poles = len(config.dimensions or corpus.labels)
+    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, n_layers, width, config.top_k, poles))
 
 
 def shuffled(corpus: Corpus, seed: int) -> Corpus:
@@ -257,38 +308,124 @@ def _dataset_spec(dataset: str | None) -> str | None:
 
 
 def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:
-    if not (run_dir / "manifest.json").is_file() or not (run_dir / STATS).is_file():
+    if not (run_dir / MANIFEST).is_file():
         return None
-    if read_manifest(run_dir).get("capture_key") != key:
-        return None
-    return ActivationStats.load(run_dir / STATS)
-
-
-def _reselect(run_dir: Path, config: LocateConfig, say: Progress) -> LocateResult:
     manifest = read_manifest(run_dir)
-    if manifest.get("kind") != "locate" or not (run_dir / STATS).is_file():
-        raise VneuronError(f"{run_dir} holds no locate statistics", "pass a directory written by vneuron locate")
-    stats = ActivationStats.load(run_dir / STATS)
-    if config.method != "lape":
-        select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
+    if manifest.get("capture_key") != key:
+        return None
+    return ActivationStats.load(stats_file(run_dir, manifest))
+
+
+# Re-selection changes only these; every other option either must match the parent's capture or needs the model.
+SELECTION_OPTIONS = ("--method", "--rule", "--top-k", "--direction", "--dimension")
+CAPTURE_OPTIONS = {"--language": "language", "--split": "split", "--limit": "limit", "--site": "site", "--mode": "mode",
+                   "--span": "span", "--folds": "folds", "--max-new-tokens": "max_new_tokens"}
+MODEL_OPTIONS = ("--model", "--dataset", "--columns", "--contrast", "--null", "--remote", "--host", "--resume", "--detach",
+                 "--dtype", "--request-batches", "--batch-tokens", "--timeout")
+
+
+def _given_from_api(config: LocateConfig, model, remote, resume, detach, dtype) -> set[str]:
+    """For Python callers: the options whose values differ from the defaults."""
+    default = LocateConfig()
+    given = {flag for flag, name in CAPTURE_OPTIONS.items() if getattr(config, name) != getattr(default, name)}
+    for flag, value, unset in (("--model", model, None), ("--dataset", config.dataset, None), ("--columns", config.columns, None),
+                               ("--contrast", config.contrasts, None), ("--null", config.null_shuffles, 0),
+                               ("--remote", remote, None), ("--resume", resume, False), ("--detach", detach, False),
+                               ("--dtype", dtype, "float32")):
+        if value not in (unset, False, None):
+            given.add(flag)
+    return given
+
+
+def _check_reselect_options(parent: Path, manifest: dict, config: LocateConfig, given: set[str]) -> None:
+    """Refuse options that --from cannot honour, instead of silently ignoring them."""
+    recorded = manifest.get("capture_key") or {}
+    for flag in sorted(given & set(CAPTURE_OPTIONS)):
+        name = CAPTURE_OPTIONS[flag]
+        wanted, had = getattr(config, name), recorded.get(name)
+        if name == "span":
+            had = {True: "option", False: "all"}.get((manifest.get("capture") or {}).get("counted_span"), had)
+        if name == "max_new_tokens" and recorded.get("mode") != "generate":
+            raise VneuronError(f"--max-new-tokens has no effect with --from {parent}: its statistics come from prompt mode",
+                               "drop --max-new-tokens")
+        if name in recorded or name == "span":
+            if str(wanted) != str(had):
+                raise VneuronError(
+                    f"{flag} {wanted} contradicts --from {parent}, whose statistics were captured with {flag} {had}",
+                    f"drop {flag} (re-selection changes only {', '.join(SELECTION_OPTIONS)}), or capture anew without --from: "
+                    f"vneuron locate {_recapture(manifest)}{flag} {wanted} --out NEW_DIR")
+    for flag in MODEL_OPTIONS:
+        if flag in given:
+            raise VneuronError(f"{flag} has no effect with --from: re-selection reads the saved statistics and never runs the model",
+                               f"drop {flag}, or run vneuron locate without --from")
+
+
+def _recapture(manifest: dict) -> str:
+    """The model and dataset options that reproduce a run's capture, for messages."""
+    spec = (manifest.get("model") or {}).get("spec")
+    dataset = (manifest.get("dataset") or {}).get("spec")
+    return (f"--model {spec} " if spec and spec != "default" else "") + (f"--dataset {dataset} " if dataset else "")
+
+
+def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None = None, force: bool = False,
+             given: set[str] | None = None, progress: Progress | None = None) -> LocateResult:
+    """A new run with another selection from a finished run's statistics; the parent is never changed.
+
+    The new run refers to the parent's statistics (relative and absolute path, SHA-256) instead of
+    copying them, and records its own command and its parent.
+    """
+    say = progress or (lambda stage, done, total: None)
+    config = config.check()
+    started = time.time()
+    parent = Path(parent)
+    manifest = read_manifest(parent)
+    if manifest.get("kind") != "locate":
+        raise VneuronError(f"{parent} is not a locate run (it is a {manifest.get('kind', 'unknown')} run)",
+                           "pass a directory written by vneuron locate")
+    require(manifest, parent, "model", "capture_key", "contrasts")
+    _check_reselect_options(parent, manifest, config, set(given or ()))
+    tag = settings_tag({**config.selection(), "dimensions": config.dimensions})
+    run_dir = Path(out) if out else parent.parent / f"{parent.name}-{config.method}-k{config.top_k}-{tag}"
+    here, there = Path(os.path.abspath(run_dir)), Path(os.path.abspath(parent))
+    if here == there or there in here.parents or here in there.parents:
+        raise VneuronError(f"--out {run_dir} would write over or inside the run it re-selects from ({parent})",
+                           "--from never changes its run: pass another --out")
+    replacing = check_fresh(run_dir, force=force, fix="choose another --out, or add --force to replace it")
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
         unknown = set(config.dimensions) - {c[0] for c in contrasts}
         if unknown:
-            raise VneuronError(f"Run {run_dir} has no dimension {', '.join(sorted(unknown))}", f"use: {', '.join(c[0] for c in contrasts)}")
+            raise VneuronError(f"Run {parent} has no dimension {', '.join(sorted(unknown))}", f"use: {', '.join(c[0] for c in contrasts)}")
         contrasts = [c for c in contrasts if c[0] in config.dimensions]
-    say(f"Re-selecting from {run_dir}", 1, 1)
-    manifest["selection"] = config.selection()
-    with staged(run_dir, replace=True) as tmp:
-        for old in (tmp / NEURONS_DIR).glob("*.safetensors"):
-            old.unlink()
-        result = _score_and_write(tmp, stats, contrasts, config, manifest)
-        write_json(tmp / "manifest.json", manifest)
+    source = stats_file(parent, manifest)
+    stats = ActivationStats.load(source)
+    if config.method != "lape":
+        select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
+    check_space(run_dir, expected_bytes(0, 0, 0, 0, config.top_k, len(contrasts)))
+    say(f"Re-selecting from {parent}", 1, 1)
+    new = {key: manifest[key] for key in ("model", "dataset", "capture", "capture_key", "contrasts", "remote") if key in manifest}
+    new = {**base_manifest("locate"), **new,
+           "parent_run": {"path": str(parent), "absolute": str(there), "command": manifest.get("command"),
+                          "selection": manifest.get("selection")},
+           "statistics": {"run": str(source.parent.resolve()), "file": os.path.relpath(source.resolve(), here),
+                          "absolute": str(source.resolve()), "sha256": file_sha256(source), "bytes": source.stat().st_size},
+           "selection": config.selection()}
+    if replacing:
+        new["replaced"] = replacing
+    result = _score(stats, contrasts, config, new)
+    new["timings"] = {"total_s": round(time.time() - started, 2)}
+
+    def write(directory: Path) -> None:
+        _write_sets(directory, result)
+        write_json(directory / MANIFEST, new)
+
+    write_run(run_dir, write, replace=replacing is not None, what="neuron sets")
     result.run_dir = run_dir
     return result
 
 
-def _score_and_write(tmp: Path, stats: ActivationStats, contrasts, config: LocateConfig, manifest: dict) -> LocateResult:
+def _score(stats: ActivationStats, contrasts, config: LocateConfig, manifest: dict) -> LocateResult:
+    """Scores, selections and split-half stability, in memory (nothing is written here)."""
     sets: dict[str, NeuronSet] = {}
     rows: list[dict[str, Any]] = []
     stab: dict[str, dict] = {}
@@ -309,13 +446,16 @@ def _score_and_write(tmp: Path, stats: ActivationStats, contrasts, config: Locat
             stab[pole] = stability(stats, pole, opposite, config.method, len(flat))
     for label, neuron_set in sets.items():
         rows.extend(_rows(stats, neuron_set, label, opposite_of.get(label)))
-    (tmp / NEURONS_DIR).mkdir(exist_ok=True)
-    for label, neuron_set in sets.items():
-        neuron_set.save(tmp / NEURONS_DIR / f"{label}.safetensors")
-    write_csv(tmp / NEURONS_CSV, rows)
     manifest["stability"] = stab
     manifest["selected"] = {label: {"count": len(s), "per_layer": s.per_layer()} for label, s in sets.items()}
-    return LocateResult(tmp, manifest, stats, sets, stab, rows)
+    return LocateResult(Path(), manifest, stats, sets, stab, rows)
+
+
+def _write_sets(directory: Path, result: LocateResult) -> None:
+    (directory / NEURONS_DIR).mkdir(exist_ok=True)
+    for label, neuron_set in result.sets.items():
+        neuron_set.save(directory / NEURONS_DIR / f"{label}.safetensors")
+    write_csv(directory / NEURONS_CSV, result.rows)
 
 
 def _rows(stats: ActivationStats, neuron_set: NeuronSet, label: str, opposite: str | None) -> list[dict[str, Any]]:

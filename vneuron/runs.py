@@ -7,17 +7,19 @@ failure never leaves a half-written run behind. Secrets (API keys) never enter a
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
 import re
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import VneuronError
 
@@ -57,13 +59,19 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise VneuronError(f"Run directory {run_dir} does not exist", "pass a directory written by vneuron locate")
+    path = run_dir / MANIFEST
     if not path.is_file():
         raise VneuronError(f"{run_dir} is not a vneuron run (no {MANIFEST})", "pass a directory written by vneuron locate")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise VneuronError(f"{path} is not valid JSON ({exc.msg})", "restore it or rerun") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VneuronError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc.__class__.__name__)})", "restore it or rerun") from None
+    if not isinstance(data, dict):
+        raise VneuronError(f"{path} is not a vneuron manifest (not a JSON object)", "restore it or rerun")
+    return data
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -76,18 +84,88 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Fail before any work if ``run_dir`` would have to overwrite something."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise VneuronError(f"{run_dir} already exists and is not empty", "choose another --out, or pass --from to re-select from that run")
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(run_dir: Path, option: str = "--out") -> None:
+    """Fail before any work if ``run_dir`` could not be created: a file in the way, or a read-only place."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VneuronError(f"{option} {run_dir} is a file, not a directory", f"pass a new directory path as {option}")
+    base = _existing_ancestor(run_dir.parent if not run_dir.exists() else run_dir)
+    if not base.is_dir():
+        raise VneuronError(f"Cannot create {run_dir}: {base} is a file, not a directory", f"choose an {option} whose parent is a directory")
+    read_only = False
+    try:
+        read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs on this platform
+        pass
+    if read_only or not os.access(base, os.W_OK | os.X_OK):
+        raise VneuronError(f"Cannot write {run_dir}: {base} is read-only", f"choose an {option} on a writable disk")
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the disk that would hold ``path`` (its nearest existing ancestor)."""
+    return shutil.disk_usage(_existing_ancestor(path)).free
+
+
+def check_space(run_dir: Path, needed: int, option: str = "--out") -> None:
+    """Fail before the expensive part if the disk cannot hold the run (plus a margin for the staging copy)."""
+    free = disk_free(Path(run_dir))
+    if free < needed * 1.1 + (1 << 20):
+        raise VneuronError(f"Not enough disk space for {run_dir}: the run needs about {_mb(needed)}, "
+                           f"{_existing_ancestor(Path(run_dir))} has {_mb(free)} free",
+                           f"free some space, or choose an {option} on another disk")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} KB"
+
+
+def describe_run(run_dir: Path) -> str:
+    """A short description of an existing run, for messages about replacing or refusing it."""
+    try:
+        manifest = json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return str(run_dir)
+    model = (manifest.get("model") or {}).get("model_id", "?")
+    return f"{run_dir} ({manifest.get('kind', 'run')} of {model}, created {manifest.get('created', '?')})"
+
+
+def check_fresh(run_dir: Path, *, force: bool = False, fix: str | None = None, option: str = "--out") -> str | None:
+    """Fail before any work if ``run_dir`` would have to overwrite something.
+
+    With ``force`` an existing vneuron run may be replaced (never any other directory); the
+    return value then says what will be replaced, for the caller to show.
+    """
+    run_dir = Path(run_dir)
+    check_writable(run_dir, option)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    if not force:
+        raise VneuronError(f"{run_dir} already exists", fix or f"choose another {option}, or delete it first")
+    if not (run_dir / MANIFEST).is_file():
+        raise VneuronError(f"{run_dir} is not empty and is not a vneuron run, so --force will not replace it",
+                           f"choose another {option}")
+    return describe_run(run_dir)
+
+
+def settings_tag(settings: dict[str, Any]) -> str:
+    """A short, stable hash of the settings that decide a result, for default directory names."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 @contextmanager
 def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``run_dir`` only if the block succeeds.
 
-    With ``replace``, an existing run is swapped out atomically at the end (used when a run is
-    re-selected from its own statistics); otherwise an existing non-empty directory is an error.
+    With ``replace``, an existing run is swapped out atomically at the end (``--force``);
+    otherwise an existing non-empty directory is an error.
     """
     run_dir = Path(run_dir)
     if not replace:
@@ -95,10 +173,7 @@ def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = run_dir.with_name(f".{run_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if replace and run_dir.exists():
-        shutil.copytree(run_dir, tmp)
-    else:
-        tmp.mkdir()
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
@@ -107,15 +182,109 @@ def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
     old = run_dir.with_name(f".{run_dir.name}.old{os.getpid()}")
     if run_dir.exists():
         os.replace(run_dir, old)
-    os.replace(tmp, run_dir)
+    try:
+        os.replace(tmp, run_dir)
+    except BaseException:
+        if old.exists():
+            os.replace(old, run_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_run(run_dir: Path, writer: Callable[[Path], None], *, replace: bool = False, what: str = "results") -> None:
+    """Write a run through ``writer(directory)``; if the disk refuses, keep everything in a rescue copy.
+
+    A capture can take hours: a full disk or a directory made read-only meanwhile must not lose
+    it. The rescue copy is a complete run directory the message names, ready to be moved into place.
+    """
+    run_dir = Path(run_dir)
+    try:
+        with staged(run_dir, replace=replace) as tmp:
+            writer(tmp)
+        return
+    except VneuronError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    for base in (Path(tempfile.gettempdir()), _cache_base()):
+        rescue = None
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            rescue = Path(tempfile.mkdtemp(prefix=f"vneuron-rescued-{run_dir.name}-", dir=base))
+            writer(rescue)
+        except OSError:
+            if rescue is not None:
+                shutil.rmtree(rescue, ignore_errors=True)
+            continue
+        raise VneuronError(f"Could not write {run_dir} ({reason}); the {what} are kept in {rescue}",
+                           f"fix the disk problem, then move that directory into place: mv {rescue} {run_dir}")
+    raise VneuronError(f"Could not write {run_dir} ({reason}), nor a rescue copy in {tempfile.gettempdir()}",
+                       "free disk space and rerun")
+
+
+def _cache_base() -> Path:
+    from .models.loading import cache_dir
+
+    return cache_dir() / "rescued"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require(manifest: dict[str, Any], run_dir: Path, *keys: str) -> None:
+    """A manifest missing what a command needs is one line, not a KeyError."""
+    for key in keys:
+        value = manifest.get(key)
+        if value is None or (isinstance(value, dict) and not value) or not isinstance(value, (dict, list)):
+            raise VneuronError(f"{Path(run_dir) / MANIFEST} has no {key!r} entry",
+                               "restore the manifest vneuron wrote, or rerun vneuron locate")
+
+
+def stats_file(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The statistics of a run: its own file, or the file a re-selected run refers to (checked by hash)."""
+    run_dir = Path(run_dir)
+    own = run_dir / STATS
+    if own.is_file():
+        return own
+    ref = manifest.get("statistics")
+    if not isinstance(ref, dict) or not ref.get("file"):
+        raise VneuronError(f"{run_dir} has no {STATS}", "restore it, or rerun vneuron locate")
+    candidates = [run_dir / ref["file"], Path(ref.get("absolute") or ref["file"])]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise VneuronError(f"{run_dir} re-selects from statistics in {ref.get('run', ref['file'])}, which are missing",
+                           "restore that parent run next to this one, or rerun vneuron locate")
+    if ref.get("sha256") and file_sha256(found) != ref["sha256"]:
+        raise VneuronError(f"The statistics {found} that {run_dir} was selected from have changed since",
+                           "restore the parent run, or re-select again with vneuron locate --from")
+    return found
+
+
+_COMMAND: list[str] | None = None  # set by the CLI for the length of one invocation
+
+
+@contextmanager
+def recording_command(argv: list[str]) -> Iterator[None]:
+    """The command a manifest records: what the user typed, also when the CLI runs in-process."""
+    global _COMMAND
+    previous, _COMMAND = _COMMAND, list(argv)
+    try:
+        yield
+    finally:
+        _COMMAND = previous
 
 
 def base_manifest(kind: str) -> dict[str, Any]:
     return {
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": _COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]],
         "versions": versions(),
     }
 

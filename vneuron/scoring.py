@@ -204,8 +204,9 @@ class NeuronSet:
                 meta = fh.metadata()
                 return cls(meta["site"], int(meta["n_layers"]), int(meta["width"]), fh.get_tensor("flat"),
                            fh.get_tensor("scores"), json.loads(meta.get("meta", "{}")))
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise VneuronError(f"{path} is not a vneuron neuron set ({exc.__class__.__name__})", "pass a neurons/*.safetensors file from a locate run") from None
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on truncated files
+            raise VneuronError(f"{path} is not a readable vneuron neuron set ({exc.__class__.__name__}: {str(exc)[:80]})",
+                               "it is truncated or corrupt: restore it, or rerun vneuron locate") from None
 
 
 def stability(stats: ActivationStats, pole: str, opposite: str, method: str, k: int) -> dict:

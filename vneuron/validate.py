@@ -27,7 +27,8 @@ from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
 from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
 from .models.loading import LoadedModel, load_model
-from .runs import NEURONS_DIR, STATS, base_manifest, check_fresh, read_manifest, staged, write_csv, write_json, write_jsonl
+from .runs import (MANIFEST, NEURONS_DIR, base_manifest, check_fresh, check_space, read_manifest, require, settings_tag, stats_file,
+                   write_csv, write_json, write_jsonl, write_run)
 from .scoring import NeuronSet
 
 Progress = Callable[[str, int, int], None]
@@ -55,8 +56,12 @@ class ValidateConfig:
             raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
         if self.choice not in ("listed", "continuation"):
             raise VneuronError(f"Unknown --choice {self.choice!r}", "use listed or continuation")
-        if self.controls < 0 or (self.top_k is not None and self.top_k < 1):
-            raise VneuronError("--controls must be ≥ 0 and --top-k ≥ 1")
+        if self.split not in ("train", "test", "all"):
+            raise VneuronError(f"Unknown --split {self.split!r}", "use test (held out), train or all")
+        for flag, value, low in (("--controls", self.controls, 0), ("--top-k", self.top_k, 1), ("--limit", self.limit, 1),
+                                 ("--generations", self.generations, 0), ("--batch-tokens", self.batch_tokens, 1)):
+            if value is not None and value < low:
+                raise VneuronError(f"{flag} must be at least {low}, got {value}")
         return self
 
 
@@ -75,10 +80,13 @@ class LocateRun:
         manifest = read_manifest(path)
         if manifest.get("kind") != "locate":
             raise VneuronError(f"{path} is not a locate run", "pass a directory written by vneuron locate")
+        require(manifest, path, "model", "dataset")
+        if not isinstance(manifest["model"].get("revision"), str):
+            raise VneuronError(f"{path / MANIFEST} records no model revision", "restore the manifest vneuron wrote, or rerun vneuron locate")
         sets = {p.stem: NeuronSet.load(p) for p in sorted((path / NEURONS_DIR).glob("*.safetensors"))}
         if not sets:
             raise VneuronError(f"{path} holds no neuron sets", "rerun vneuron locate")
-        return cls(path, manifest, ActivationStats.load(path / STATS), sets)
+        return cls(path, manifest, ActivationStats.load(stats_file(path, manifest)), sets)
 
     def items(self, split: str) -> list[Item]:
         data = self.manifest["dataset"]
@@ -109,7 +117,7 @@ def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None
 
             remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
             check_key(remote)
-        loaded = load_model(model or recorded["spec"], dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0),
+        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0),
                             remote=remote)
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id} {loaded.revision[:24]}) is not the one the run located "
@@ -168,16 +176,15 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
     config = (config or ValidateConfig()).check()
-    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
-    started = time.time()
     inventory = None
-    if config.pvq:
+    if config.pvq:  # a bad questionnaire fails before the model loads
         from .data import load_inventory
 
         inventory = load_inventory(config.pvq)
+    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
+    started = time.time()
     summaries, item_rows, control_rows, samples = [], [], [], []
     baselines: dict[tuple, ChoiceResult] = {}
-    check_fresh(out)
     partial = _Partial(out, {"config": asdict(config), "run": str(run.path), "revision": loaded.revision})
     for pole in poles:
         if pole in partial.poles:  # finished before an interruption: nothing computed is lost
@@ -224,12 +231,15 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
                            "samples": samples[first_sample:]})
     manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(),
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
-    with staged(out) as tmp:
-        write_json(tmp / "manifest.json", manifest)
-        write_csv(tmp / "items.csv", item_rows)
-        write_csv(tmp / "controls.csv", control_rows)
+
+    def write(directory: Path) -> None:
+        write_json(directory / MANIFEST, manifest)
+        write_csv(directory / "items.csv", item_rows)
+        write_csv(directory / "controls.csv", control_rows)
         if samples:
-            write_jsonl(tmp / "generations.jsonl", samples)
+            write_jsonl(directory / "generations.jsonl", samples)
+
+    write_run(out, write, what="ablation results")
     partial.clear()
     return ValidationResult(out, manifest, summaries)
 
@@ -266,7 +276,7 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         raise VneuronError(f"Steering needs --mode scale or add, not {config.mode!r}", "scale multiplies, add boosts (ValueLocate)")
     if not gammas:
         raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
-    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer")
+    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
     started = time.time()
     rows, summaries = [], []
     for pole in poles:
@@ -292,9 +302,12 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
     manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "gammas": gammas,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
-    with staged(out) as tmp:
-        write_json(tmp / "manifest.json", manifest)
-        write_csv(tmp / "dose_response.csv", rows)
+
+    def write(directory: Path) -> None:
+        write_json(directory / MANIFEST, manifest)
+        write_csv(directory / "dose_response.csv", rows)
+
+    write_run(out, write, what="steering results")
     return ValidationResult(out, manifest, summaries)
 
 
@@ -314,14 +327,31 @@ def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: Valid
             "values_before": before.values, "values_after": after.values}
 
 
-def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str):
-    """What ablate and steer share: the run, its poles, the model it located in, the items, the output."""
+def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str, extra: dict | None = None):
+    """What ablate and steer share: the run, its poles, the model it located in, the items, the output.
+
+    Everything that can be checked without the model is checked first: the run's files, the
+    poles, --top-k against the located sets, the output directory and the evaluation items.
+    """
     say = progress or (lambda stage, done, total: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     poles = _poles(run, config)
+    if config.top_k is not None:
+        smallest = min(len(run.sets[p]) for p in poles)
+        if config.top_k > smallest:
+            raise VneuronError(f"--top-k {config.top_k} is more than the run located ({smallest} neurons in its smallest set)",
+                               f"pick 1..{smallest}, or locate more: vneuron locate --from {run.path} -k {config.top_k} --out NEW_DIR")
+    if out:
+        out = Path(out)
+    else:  # every setting that changes the result is in the name, so different studies never collide
+        settings = {k: v for k, v in asdict(config).items() if k != "batch_tokens"}
+        tag = settings_tag({**settings, **(extra or {}), "poles": poles})
+        out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}-{tag}"
+    check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
+    check_space(out, 1 << 20)
+    all_items = run.items(config.split)
     loaded = _model_for(run, model, say, remote)
-    out = Path(out) if out else run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}"
-    return say, run, poles, loaded, run.items(config.split), out
+    return say, run, poles, loaded, all_items, out
 
 
 def _poles(run: LocateRun, config: ValidateConfig) -> list[str]:

@@ -10,9 +10,11 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import import_module, util as importlib_util
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..errors import VneuronError
@@ -92,6 +94,7 @@ def resolve(spec: str | None) -> ModelSource:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise VneuronError(f"GGUF file {spec} does not exist", "check the path")
+        check_gguf_magic(path)
         return ModelSource(spec, path.stem, "gguf", path=path.resolve())
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -99,20 +102,97 @@ def resolve(spec: str | None) -> ModelSource:
                 f"Directory {spec} has no config.json",
                 "point --model at a directory written by save_pretrained, a .gguf file, an alias or a hub id",
             )
-        return ModelSource(spec, _dir_model_id(path), "directory", path=path.resolve())
+        model_id = _dir_model_id(path)
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise VneuronError(f"Model directory {spec} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})",
+                               f"save it beside the weights: tokenizer.save_pretrained({str(path)!r})")
+        return ModelSource(spec, model_id, "directory", path=path.resolve())
     if path.exists():
         raise VneuronError(f"{spec} is neither a model directory nor a .gguf file", "pass one of those, an alias or a hub id")
-    if "/" in spec and not spec.startswith((".", "/", "~")):
+    if spec.startswith((".", "/", "~")) or os.sep in spec and path.parent.is_dir() and not _looks_like_hub_id(spec):
+        raise VneuronError(f"Model path {spec} does not exist", "check the path, or pass an alias (see `vneuron models`)")
+    if "/" in spec:
         return ModelSource(spec, spec, "hub")
     known = ", ".join(sorted(a for a in ALIASES if a != "default"))
-    raise VneuronError(f"Unknown model {spec!r}", f"use an alias ({known}), a local directory, a .gguf file or a hub id like org/name")
+    raise VneuronError(f"Unknown model {spec!r}: no such alias, and no file or directory of that name exists",
+                       f"use an alias ({known}), a local directory, a .gguf file or a hub id like org/name")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.endswith("/")
+
+
+def check_gguf_magic(path: Path) -> None:
+    """A text file named .gguf is caught here, not deep inside transformers."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise VneuronError(f"Cannot read {path} ({exc.strerror})", "check the file's permissions") from None
+    if magic != b"GGUF":
+        raise VneuronError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                           "pass a real .gguf model file, a model directory, an alias or a hub id")
+
+
+def check_gguf(path: Path) -> None:
+    """Parse the header and tensor table, and check every tensor lies inside the file (truncation)."""
+    check_gguf_magic(path)
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        size = path.stat().st_size
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # noqa: BLE001 - the reader raises struct/Value/Index errors on damaged files
+        raise VneuronError(f"{path} is truncated or corrupt ({exc.__class__.__name__}: {str(exc)[:80]})",
+                           "download or copy the .gguf file again") from None
+    if end > size:
+        raise VneuronError(f"{path} is truncated ({size} bytes, its tensors need {end})", "download or copy the .gguf file again")
+
+
+def peek_dims(source: ModelSource) -> tuple[int, int] | None:
+    """Layers and MLP width from the config alone, when it is at hand without loading anything."""
+    directory = source.path if source.kind == "directory" else None
+    if source.kind == "packaged":
+        found = sorted((cache_dir() / "models").glob(f"*/.complete")) if (cache_dir() / "models").is_dir() else []
+        stem = (ALIASES[source.alias].gguf_name or "").removesuffix(".gguf")
+        directory = next((f.parent for f in found if stem and f.parent.name.startswith(stem)), None)
+    if directory is None:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(directory)
+        return num_layers(config), mlp_width(config)
+    except Exception:  # noqa: BLE001 - the real load reports config problems properly
+        return None
+
+
+@contextmanager
+def _readable(what: str, fix: str):
+    """Anything transformers/tokenizers/safetensors raise while reading model files becomes one line."""
+    try:
+        yield
+    except (VneuronError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("VNEURON_DEBUG") == "1":
+            raise
+        text = " ".join(str(exc).split())[:140] or exc.__class__.__name__
+        raise VneuronError(f"Cannot read {what} ({exc.__class__.__name__}: {text})", fix) from None
 
 
 def _dir_model_id(path: Path) -> str:
     try:
         cfg = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VneuronError(f"{path}/config.json is not valid JSON ({exc})", "re-save the model with save_pretrained") from None
+    if not isinstance(cfg, dict) or not cfg.get("model_type"):
+        raise VneuronError(f"{path}/config.json has no model_type", "re-save the model with save_pretrained")
+    architecture_for(SimpleNamespace(model_type=cfg["model_type"]))  # an unsupported family fails before anything loads
     return cfg.get("_name_or_path") or path.name
 
 
@@ -141,18 +221,47 @@ def packaged_gguf(alias: Alias) -> Path:
 
 
 def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
-    """Dequantise a GGUF file once into a safetensors directory; returns it and the file hash."""
+    """Dequantise a GGUF file once into a safetensors directory; returns it and the file hash.
+
+    The copy is built in ``NAME.tmpPID`` and renamed when complete; an interrupted conversion
+    removes its own directory, and stale ones left by a killed process are swept at the next start.
+    """
     digest = sha256_file(gguf)
     target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
     if (target / ".complete").is_file():
         return target, digest
+    check_gguf(gguf)
+    sweep_stale(target.parent)
     if progress:
         progress(f"Converting {gguf.name} to a cached safetensors copy (first run only, about 2 minutes)")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    made_parent = not target.parent.exists()
+    try:
+        tmp.mkdir(parents=True)
+        _convert_into(gguf, tmp)
+        (tmp / ".complete").write_text(json.dumps({"gguf": gguf.name, "sha256": digest}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:  # leave the cache as it was
+            with suppress(OSError):
+                target.parent.rmdir()
+        if isinstance(exc, (VneuronError, KeyboardInterrupt)) or os.environ.get("VNEURON_DEBUG") == "1":
+            raise
+        if isinstance(exc, OSError):
+            raise VneuronError(f"Cannot write the converted model to {cache_dir()} ({exc.strerror or exc})",
+                               "free disk space there, or set VNEURON_CACHE to a writable directory") from None
+        raise VneuronError(f"Cannot convert {gguf} ({exc.__class__.__name__}: {str(exc)[:140]})",
+                           "check the file is a complete GGUF model of a supported architecture") from None
+    return target, digest
+
+
+def _convert_into(gguf: Path, directory: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     from ..quiet import library_bars
 
     with library_bars():  # --quiet: no de-quantising bars
@@ -163,12 +272,33 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text(json.dumps({"gguf": gguf.name, "sha256": digest}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target, digest
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def sweep_stale(models: Path) -> list[Path]:
+    """Remove conversion directories whose process is gone (a Ctrl-C or kill during a first run)."""
+    removed = []
+    if not models.is_dir():
+        return removed
+    for tmp in models.glob("*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if tmp.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier, interrupted attempt in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _hub_snapshot(model_id: str) -> Path:
@@ -239,9 +369,11 @@ def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
     else:
         directory = _hub_snapshot_meta(source.model_id)
         name, revision = source.model_id, directory.name
-    config = AutoConfig.from_pretrained(directory)
+    with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
+        config = AutoConfig.from_pretrained(directory)
     arch = architecture_for(config)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    with _readable(f"the tokenizer of {source.spec}", "save a fast tokenizer beside the model (tokenizer.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
     from nnsight.modeling import huggingface as nnsight_hf
     from nnsight.modeling.transformers import TransformersModel
 
@@ -277,12 +409,15 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # vneuron shows its own progress; stderr stays for errors
-    config = AutoConfig.from_pretrained(directory)
+    with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
+        config = AutoConfig.from_pretrained(directory)
     arch = architecture_for(config)  # fail before loading weights
     if progress:
         progress(f"Loading {source.model_id}")
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+    with _readable(f"the tokenizer of {source.spec}", "save a fast tokenizer beside the model (tokenizer.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    with _readable(f"the weights of {source.spec}", "they are truncated or corrupt: save or download the model again"):
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
     model.eval()
     from nnsight.modeling.transformers import TransformersModel
 

@@ -1,0 +1,377 @@
+"""Every bad input and every fault ends cleanly: one `error:` line on stderr, exit code 2, no
+traceback, and nothing new or changed on disk (the working directory, the model cache, the runs
+and files the command was given).
+
+One row per case; a new command adds its rows as one line each. Placeholders in a row:
+  {tiny}    a tiny saved random Llama (tests/conftest.py)      {corpus}  examples/corpus.jsonl
+  {run}     a tiny finished locate run, made once per module   {bad}     a directory of broken files
+  {port}    a loopback port nobody listens on                  {texts}   examples/texts.csv
+A row may name a fault to inject (FAULTS) and may run in a subprocess through the console script.
+Cases run in-process (Typer's runner) in a fresh working directory with VNEURON_CACHE set to a
+module-wide temporary cache; nearly all fail before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+
+from .conftest import make_tokenizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: str  # the command line after `vneuron`, with {placeholders}
+    match: str  # a regular expression the error line must contain
+    fault: str | None = None  # a FAULTS entry injected for this case
+    subprocess: bool = False  # through the installed console script instead of in-process
+    xfail: str | None = None  # a known gap, with its reason
+
+
+L = "locate --model {tiny} --dataset {corpus} -q -k 5"
+A = "ablate {run} -q --controls 1 --split all"
+S = "steer {run} -q --controls 1 --split all"
+HOST = "--host http://127.0.0.1:{port}"
+REMOTE_PARTIAL = "the remote branch (issue 11, remote part) removes the .NAME.partial/ a failed first request leaves"
+
+CASES = [
+    # -- locate: the model -----------------------------------------------------------------------------------------
+    Case("locate/model-unknown-alias", "locate --model no-such-model -q", r"Unknown model 'no-such-model'.*no such alias.*use an alias"),
+    Case("locate/model-missing-path", "locate --model ./missing/model -q", r"Model path \./missing/model does not exist"),
+    Case("locate/model-missing-abs-path", "locate --model /nonexistent/model-dir -q", r"does not exist"),
+    Case("locate/model-missing-gguf", "locate --model {bad}/missing.gguf -q", r"GGUF file .*missing.gguf does not exist"),
+    Case("locate/model-text-gguf", "locate --model {bad}/text.gguf -q", r"not a GGUF file.*magic bytes"),
+    Case("locate/model-gguf-header-cut", "locate --model {bad}/header-cut.gguf -q", r"header-cut.gguf is truncated or corrupt"),
+    Case("locate/model-gguf-data-cut", "locate --model {bad}/data-cut.gguf -q", r"data-cut.gguf is truncated"),
+    Case("locate/model-gguf-not-a-model", "locate --model {bad}/tensor.gguf -q", r"Cannot convert .*tensor.gguf"),
+    Case("locate/model-dir-no-config", "locate --model {bad}/empty-dir -q", r"has no config.json"),
+    Case("locate/model-dir-no-tokenizer", "locate --model {bad}/no-tokenizer -q", r"no-tokenizer has no tokenizer.*save_pretrained"),
+    Case("locate/model-config-not-json", "locate --model {bad}/config-not-json -q", r"config.json is not valid JSON"),
+    Case("locate/model-config-no-type", "locate --model {bad}/config-no-type -q", r"config.json has no model_type"),
+    Case("locate/model-unsupported-arch", "locate --model {bad}/bert -q", r"Unsupported architecture 'bert'.*llama"),
+    Case("locate/model-weights-cut", L + " --model {bad}/weights-cut", r"Cannot read the weights of .*weights-cut.*download the model again"),
+    Case("locate/model-tokenizer-cut", L + " --model {bad}/tokenizer-cut", r"Cannot read the tokenizer of .*tokenizer-cut"),
+    Case("locate/model-plain-file", "locate --model {bad}/notes.txt -q", r"neither a model directory nor a .gguf file"),
+    Case("locate/model-hub-not-cached", "locate --model nobody/not-cached-model -q", r"not in the local Hugging Face cache"),
+    Case("locate/dtype", L + " --dtype float8", r"Unknown dtype 'float8'"),
+    # -- locate: the corpus ----------------------------------------------------------------------------------------
+    Case("locate/dataset-missing", L + " --dataset /nonexistent/corpus.jsonl", r"Corpus /nonexistent/corpus.jsonl does not exist"),
+    Case("locate/dataset-missing-columns", L + " --dataset {bad}/missing-columns.jsonl", r"missing columns"),
+    Case("locate/dataset-bad-json-line", L + " --dataset {bad}/bad-line.jsonl", r"line 2: not valid JSON"),
+    Case("locate/dataset-empty-file", L + " --dataset {bad}/empty.jsonl", r"holds no items"),
+    Case("locate/dataset-unknown-type", L + " --dataset {bad}/corpus.docx", r"unsupported file type '.docx'"),
+    Case("locate/dataset-csv-missing-columns", L + " --dataset {bad}/missing-columns.csv", r"missing columns"),
+    Case("locate/dataset-empty-dir", L + " --dataset {bad}/empty-dir", r"(holds no|no corpus|no items)"),
+    Case("locate/dataset-fake-xlsx", L + " --dataset {bad}/fake.xlsx", r"not a readable .xlsx workbook"),
+    Case("locate/dataset-unknown-split-cell", L + " --dataset {bad}/bad-split.jsonl", r"unknown split 'sometimes'"),
+    Case("locate/columns-unparsable", L + " --columns text", r"Cannot read column mapping 'text'.*ours=yours"),
+    Case("locate/contrast-unparsable", L + " --dataset {texts} --columns text=sentence,label=value_label --contrast kind", r"Cannot read contrast 'kind'"),
+    # -- locate: options -------------------------------------------------------------------------------------------
+    Case("locate/dimension-unknown", L + " --dimension kindness", r"has no label kindness"),
+    Case("locate/language-unknown", L + " --language xx", r"(language|no items)"),
+    Case("locate/split-unknown", L + " --split sometimes", r"Unknown split 'sometimes'"),
+    Case("locate/limit-negative", L + " --limit -1", r"--limit must be at least 1.*got -1"),
+    Case("locate/limit-zero", L + " --limit 0", r"--limit must be at least 1"),
+    Case("locate/top-k-zero", L + " -k 0", r"--top-k must be at least 1"),
+    Case("locate/top-k-too-large", L + " -k 100000", r"--top-k 100000 is out of range.*144 neurons"),
+    Case("locate/top-k-per-layer-too-large", L + " --rule per_layer -k 49", r"--top-k 49 per layer is out of range.*48"),
+    Case("locate/method-unknown", L + " --method magic", r"Unknown method 'magic'"),
+    Case("locate/rule-unknown", L + " --rule magic", r"Unknown --rule 'magic'"),
+    Case("locate/direction-unknown", L + " --direction foo", r"Unknown --direction 'foo'.*pole, opposite, both"),
+    Case("locate/site-unknown", L + " --site residual", r"Unknown neuron site"),
+    Case("locate/mode-unknown", L + " --mode dream", r"Unknown capture mode 'dream'"),
+    Case("locate/span-unknown", L + " --span middle", r"Unknown span 'middle'"),
+    Case("locate/folds-zero", L + " --folds 0", r"folds.*must be positive"),
+    Case("locate/null-negative", L + " --null -1", r"--null must be 0 or more"),
+    Case("locate/batch-tokens-zero", L + " --batch-tokens 0", r"batch_tokens.*must be positive"),
+    Case("locate/max-new-tokens-zero", L + " --mode generate --max-new-tokens 0", r"max_new_tokens must be positive"),
+    Case("locate/threads-zero", L + " --threads 0", r"--threads must be at least 1"),
+    Case("locate/request-batches-zero", L + " --request-batches 0", r"--request-batches must be at least 1"),
+    Case("locate/resume-without-out", L + " --resume", r"--resume and --detach need --out"),
+    Case("locate/detach-without-out", L + " --detach", r"--resume and --detach need --out"),
+    # -- locate: the output directory ------------------------------------------------------------------------------
+    Case("locate/out-not-empty", L + " --out {bad}/full-dir", r"full-dir already exists.*--force"),
+    Case("locate/out-existing-run", L + " --out {run}", r"run already exists.*vneuron locate --from .*run --out NEW_DIR.*--force"),
+    Case("locate/out-is-empty-file", L + " --out {bad}/empty.jsonl", r"--out .*empty.jsonl is a file, not a directory"),
+    Case("locate/out-parent-is-file", L + " --out {bad}/notes.txt/run", r"Cannot create .*: .*notes.txt is a file"),
+    Case("locate/out-read-only", L + " --out {bad}/read-only/run", r"Cannot write .*read-only/run: .*read-only is read-only", fault="read_only"),
+    Case("locate/out-disk-full", L + " --out fresh-run", r"Not enough disk space for fresh-run: the run needs about", fault="disk_full"),
+    Case("locate/force-on-foreign-dir", L + " --out {bad}/full-dir --force", r"not a vneuron run, so --force will not replace it"),
+    # -- locate --from: re-selection never changes its run ---------------------------------------------------------
+    Case("from/missing", "locate --from /nonexistent/run", r"Run directory /nonexistent/run does not exist"),
+    Case("from/not-a-run", "locate --from {bad}/empty-dir", r"is not a vneuron run \(no manifest.json\)"),
+    Case("from/manifest-not-json", "locate --from {bad}/run-manifest-not-json", r"manifest.json is not valid JSON"),
+    Case("from/manifest-no-model", "locate --from {bad}/run-no-model", r"manifest.json has no 'model' entry"),
+    Case("from/stats-cut", "locate --from {bad}/run-stats-cut -k 3 --out {bad}/never", r"stats.safetensors is not readable vneuron statistics.*truncated or corrupt"),
+    Case("from/stats-missing", "locate --from {bad}/orphan -k 3 --out {bad}/never", r"re-selects from statistics in .*, which are missing"),
+    Case("from/stats-changed", "locate --from {bad}/stale-child -k 3 --out {bad}/never", r"have changed since"),
+    Case("from/not-locate", "locate --from {bad}/ablate-run", r"is not a locate run \(it is a ablate run\)"),
+    Case("from/site-contradicts", "locate --from {run} --site down_in --out {bad}/never", r"--site down_in contradicts --from .*--site gate"),
+    Case("from/mode-contradicts", "locate --from {run} --mode generate --out {bad}/never", r"--mode generate contradicts"),
+    Case("from/language-contradicts", "locate --from {run} --language zh --out {bad}/never", r"--language zh contradicts"),
+    Case("from/split-contradicts", "locate --from {run} --split train --out {bad}/never", r"--split train contradicts"),
+    Case("from/folds-contradicts", "locate --from {run} --folds 3 --out {bad}/never", r"--folds 3 contradicts"),
+    Case("from/max-new-tokens-prompt-run", "locate --from {run} --max-new-tokens 8 --out {bad}/never", r"--max-new-tokens has no effect"),
+    Case("from/model-given", "locate --from {run} --model {tiny} --out {bad}/never", r"--model has no effect with --from"),
+    Case("from/dataset-given", "locate --from {run} --dataset {corpus} --out {bad}/never", r"--dataset has no effect with --from"),
+    Case("from/null-given", "locate --from {run} --null 2 --out {bad}/never", r"--null has no effect with --from"),
+    Case("from/remote-given", "locate --from {run} --host local --out {bad}/never", r"--host has no effect with --from"),
+    Case("from/dimension-unknown", "locate --from {run} --dimension kindness --out {bad}/never", r"has no dimension kindness"),
+    Case("from/top-k-too-large", "locate --from {run} -k 100000 --out {bad}/never", r"--top-k 100000 is out of range"),
+    Case("from/out-is-parent", "locate --from {run} -k 3 --out {run}", r"would write over or inside the run it re-selects from"),
+    Case("from/out-inside-parent", "locate --from {run} -k 3 --out {run}/sub", r"would write over or inside"),
+    Case("from/out-existing", "locate --from {run} -k 3 --out {bad}/full-dir", r"full-dir already exists.*--force"),
+    # -- usage errors: one line too --------------------------------------------------------------------------------
+    Case("usage/top-k-not-a-number", "locate --top-k abc", r"Invalid value for '--top-k'.*integer.*See: vneuron locate --help"),
+    Case("usage/unknown-option", "locate --frobnicate", r"No such option: --frobnicate"),
+    Case("usage/missing-value", "locate --out", r"Option '--out' requires an argument"),
+    Case("usage/extra-argument", "locate extra", r"unexpected extra argument.*\(extra\)"),
+    Case("usage/unknown-command", "frobnicate", r"No such command 'frobnicate'"),
+    Case("usage/console-script", "locate --limit many", r"Invalid value for '--limit'", subprocess=True),
+    Case("usage/ablate-top-k", "ablate {run} --top-k abc", r"Invalid value for '--top-k'"),
+    Case("usage/ablate-extra", "ablate {run} {run}", r"unexpected extra argument"),
+    Case("usage/steer-controls", "steer {run} --controls many", r"Invalid value for '--controls'"),
+    # -- ablate ----------------------------------------------------------------------------------------------------
+    Case("ablate/run-missing", "ablate /nonexistent/run -q", r"Run directory /nonexistent/run does not exist"),
+    Case("ablate/not-a-run", "ablate {bad}/empty-dir -q", r"not a vneuron run"),
+    Case("ablate/manifest-not-json", "ablate {bad}/run-manifest-not-json -q", r"not valid JSON"),
+    Case("ablate/manifest-no-model", "ablate {bad}/run-no-model -q", r"has no 'model' entry"),
+    Case("ablate/stats-cut", "ablate {bad}/run-stats-cut -q", r"stats.safetensors is not readable vneuron statistics"),
+    Case("ablate/neurons-cut", "ablate {bad}/run-neurons-cut -q", r"conservation.safetensors is not a readable vneuron neuron set"),
+    Case("ablate/no-neuron-sets", "ablate {bad}/run-no-sets -q", r"holds no neuron sets"),
+    Case("ablate/not-locate", "ablate {bad}/ablate-run -q", r"is not a locate run"),
+    Case("ablate/stats-missing", "ablate {bad}/orphan -q", r"which are missing"),
+    Case("ablate/top-k-huge", A + " --top-k 100000000", r"--top-k 100000000 is more than the run located \(5 neurons.*pick 1..5"),
+    Case("ablate/top-k-zero", A + " --top-k 0", r"--top-k must be at least 1"),
+    Case("ablate/mode-unknown", A + " --mode melt", r"Unknown edit mode 'melt'"),
+    Case("ablate/controls-negative", A + " --controls -1", r"--controls must be at least 0"),
+    Case("ablate/split-unknown", A + " --split later", r"Unknown --split 'later'"),
+    Case("ablate/limit-negative", A + " --limit -1", r"--limit must be at least 1"),
+    Case("ablate/generations-negative", A + " --generations -1", r"--generations must be at least 0"),
+    Case("ablate/dimension-unknown", A + " --dimension kindness", r"no neuron set for kindness"),
+    Case("ablate/choice-unknown", A + " --choice vibes", r"Unknown --choice 'vibes'"),
+    Case("ablate/out-not-empty", A + " --out {bad}/full-dir", r"full-dir already exists.*another --out"),
+    Case("ablate/out-file", A + " --out {bad}/notes.txt", r"notes.txt is a file, not a directory"),
+    Case("ablate/out-parent-file", A + " --out {bad}/notes.txt/x", r"notes.txt is a file"),
+    Case("ablate/out-disk-full", A, r"Not enough disk space", fault="disk_full"),
+    Case("ablate/pvq-missing", A + " --pvq /nonexistent/pvq.csv", r"Inventory /nonexistent/pvq.csv does not exist"),
+    Case("ablate/model-other", A + " --model {bad}/other-model", r"not the one the run located neurons in"),
+    Case("ablate/locate-first-bad-model", "ablate --model no-such-model -q", r"Unknown model 'no-such-model'"),
+    # -- steer -----------------------------------------------------------------------------------------------------
+    Case("steer/gamma-words", S + " --gamma a,b", r"Cannot read --gamma 'a,b'"),
+    Case("steer/gamma-empty", S + " --gamma ,", r"Cannot read --gamma"),
+    Case("steer/mode-zero", S + " --mode zero", r"Steering needs --mode scale or add"),
+    Case("steer/run-missing", "steer /nonexistent/run -q", r"does not exist"),
+    Case("steer/stats-cut", "steer {bad}/run-stats-cut -q", r"not readable vneuron statistics"),
+    Case("steer/neurons-cut", "steer {bad}/run-neurons-cut -q", r"not a readable vneuron neuron set"),
+    Case("steer/manifest-no-model", "steer {bad}/run-no-model -q", r"has no 'model' entry"),
+    Case("steer/top-k-huge", S + " --top-k 100000000", r"--top-k 100000000 is more than the run located"),
+    Case("steer/out-file", S + " --out {bad}/notes.txt", r"is a file, not a directory"),
+    Case("steer/controls-negative", S + " --controls -1", r"--controls must be at least 0"),
+    Case("steer/choice-unknown", S + " --choice vibes", r"Unknown --choice"),
+    # -- datasets, models, doctor ----------------------------------------------------------------------------------
+    Case("datasets/unknown-option", "datasets --all", r"No such option: --all"),
+    Case("datasets/extra-argument", "datasets builtin", r"unexpected extra argument"),
+    Case("models/host-closed-port", "models " + HOST, r"NDIF host http://127.0.0.1:\d+ is unreachable"),
+    Case("models/host-not-url", "models --host ndif.example", r"is not an http\(s\) URL"),
+    Case("models/unknown-option", "models --all", r"No such option"),
+    Case("doctor/host-not-url", "doctor --host ftp://127.0.0.1", r"is not an http\(s\) URL"),
+    Case("doctor/unknown-option", "doctor --verbose", r"No such option"),
+    Case("doctor/extra-argument", "doctor now", r"unexpected extra argument"),
+    # -- remote ----------------------------------------------------------------------------------------------------
+    Case("remote/locate-closed-port", L + " " + HOST + " --out {bad}/never", r"is unreachable", fault="no_backoff", xfail=REMOTE_PARTIAL),
+    Case("remote/ablate-closed-port", A + " " + HOST, r"is unreachable", fault="no_backoff"),
+    Case("remote/steer-closed-port", S + " " + HOST, r"is unreachable", fault="no_backoff"),
+    Case("remote/locate-host-not-url", L + " --host 127.0.0.1:80", r"is not an http\(s\) URL"),
+    Case("remote/no-api-key", L + " --remote", r"No NDIF API key", fault="public_ndif_no_key"),
+]
+
+
+# -- the world the cases run in ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dir):
+    """Broken files, a tiny finished run and its damaged copies; built once (a few seconds)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    bad = root / "bad"
+    bad.mkdir()
+    tiny = tiny_dir("llama")
+    cache = root / "cache"
+    cache.mkdir()
+    _broken_models(bad, tiny, tiny_dir("qwen2"))
+    _broken_corpora(bad)
+    run = root / "run"
+    made = runner.invoke(app, ["locate", "--model", str(tiny), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
+                               "-k", "5", "--out", str(run), "-q"])
+    assert made.exit_code == 0, made.output
+    _broken_runs(bad, run)
+    with socket.socket() as s:  # a free loopback port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    values = {"tiny": str(tiny), "corpus": str(EXAMPLES / "corpus.jsonl"), "texts": str(EXAMPLES / "texts.csv"),
+              "run": str(run), "bad": str(bad), "port": str(port)}
+    return {"values": values, "cache": cache, "watched": [root, tiny, EXAMPLES]}
+
+
+def _broken_models(bad: Path, tiny: Path, other: Path) -> None:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    (bad / "text.gguf").write_text("this is not a model\n")
+    writer = GGUFWriter(str(bad / "tensor.gguf"), "llama")  # a valid GGUF holding one tensor and no model
+    writer.add_tensor("blob", np.arange(4096, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = (bad / "tensor.gguf").read_bytes()
+    (bad / "header-cut.gguf").write_bytes(data[:40])
+    (bad / "data-cut.gguf").write_bytes(data[: len(data) - 1000])
+    (bad / "empty-dir").mkdir()
+    (bad / "notes.txt").write_text("notes\n")
+    for name in ("no-tokenizer", "config-not-json", "config-no-type", "bert", "weights-cut", "tokenizer-cut"):
+        (bad / name).mkdir()
+    shutil.copy(tiny / "config.json", bad / "no-tokenizer" / "config.json")
+    (bad / "config-not-json" / "config.json").write_text("{not json")
+    (bad / "config-no-type" / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    (bad / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    for name in ("weights-cut", "tokenizer-cut"):
+        for f in tiny.iterdir():
+            shutil.copy(f, bad / name / f.name)
+    weights = bad / "weights-cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    (bad / "tokenizer-cut" / "tokenizer.json").write_text('{"version": "1.0", "model": {')
+    shutil.copytree(other, bad / "other-model")
+    make_tokenizer().save_pretrained(bad / "other-model")
+
+
+def _broken_corpora(bad: Path) -> None:
+    (bad / "missing-columns.jsonl").write_text('{"scenario": "x", "option_pole": "a"}\n')
+    good = (EXAMPLES / "corpus.jsonl").read_text().splitlines()
+    (bad / "bad-line.jsonl").write_text(good[0] + "\n{oops\n")
+    (bad / "empty.jsonl").write_text("")
+    (bad / "corpus.docx").write_text("scenario\n")
+    (bad / "missing-columns.csv").write_text("scenario,option_pole\nx,a\n")
+    (bad / "fake.xlsx").write_text("not a workbook")
+    row = json.loads(good[0])
+    row["split"] = "sometimes"
+    (bad / "bad-split.jsonl").write_text(json.dumps(row) + "\n")
+    (bad / "full-dir").mkdir()
+    (bad / "full-dir" / "keep.txt").write_text("mine")
+    (bad / "read-only").mkdir()
+
+
+def _broken_runs(bad: Path, run: Path) -> None:
+    def copy(name: str) -> Path:
+        shutil.copytree(run, bad / name)
+        return bad / name
+
+    (copy("run-manifest-not-json") / "manifest.json").write_text("{")
+    manifest = json.loads((run / "manifest.json").read_text())
+    (copy("run-no-model") / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "model"}))
+    stats = copy("run-stats-cut") / "stats.safetensors"
+    stats.write_bytes(stats.read_bytes()[:3000])
+    neurons = copy("run-neurons-cut") / "neurons" / "conservation.safetensors"
+    neurons.write_bytes(neurons.read_bytes()[:100])
+    shutil.rmtree(copy("run-no-sets") / "neurons")
+    (copy("ablate-run") / "manifest.json").write_text(json.dumps({**manifest, "kind": "ablate"}))
+    for parent, child in (("gone-parent", "orphan"), ("changed-parent", "stale-child")):
+        copy(parent)
+        assert runner.invoke(app, ["locate", "--from", str(bad / parent), "-k", "3", "--out", str(bad / child), "-q"]).exit_code == 0
+    shutil.rmtree(bad / "gone-parent")
+    changed = bad / "changed-parent" / "stats.safetensors"
+    changed.write_bytes(changed.read_bytes()[:-8] + b"\x00" * 8)
+
+
+FAULTS = {
+    # root ignores permission bits, so the check is also told that the directory is not writable
+    "read_only": lambda mp, world: (os.chmod(Path(world["values"]["bad"]) / "read-only", 0o555),
+                                    mp.setattr("vneuron.runs.os.access", _deny_under(Path(world["values"]["bad"]) / "read-only"))),
+    "disk_full": lambda mp, world: mp.setattr("vneuron.runs.disk_free", lambda path: 10_000),
+    # unreachable-host retries back off 2 + 4 + 8 s; the count of retries is what matters here, not the wait
+    "no_backoff": lambda mp, world: mp.setattr("vneuron.remote.time.sleep", lambda seconds: None),
+    "public_ndif_no_key": lambda mp, world: (mp.delenv("NDIF_API_KEY", raising=False), mp.delenv("NDIF_HOST", raising=False),
+                                             mp.setattr("vneuron.remote.api_key", lambda: None)),
+}
+
+
+def _deny_under(directory: Path):
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) == directory or directory in Path(path).parents:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    return access
+
+
+def snapshot(roots) -> dict[str, tuple]:
+    """Every file and directory under the roots, with file sizes and modification times."""
+    seen = {}
+    for root in roots:
+        for path in [Path(root), *Path(root).rglob("*")]:
+            if "__pycache__" in path.parts:
+                continue
+            stat = path.lstat()
+            seen[str(path)] = ("dir",) if path.is_dir() else (stat.st_size, stat.st_mtime_ns)
+    return seen
+
+
+def _invoke(case: Case, argv: list[str], cwd: Path, env_cache: Path):
+    if not case.subprocess:
+        result = runner.invoke(app, argv)
+        return result.exit_code, result.stderr, result.output, result.exception
+    script = Path(sys.executable).with_name("vneuron")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "vneuron.cli"]
+    env = {**os.environ, "VNEURON_CACHE": str(env_cache)}
+    env.pop("VNEURON_DEBUG", None)
+    done = subprocess.run(command + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr, done.stdout + done.stderr, None
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else [])
+                                  for c in CASES])
+def test_bad_input_ends_cleanly(case: Case, world, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("VNEURON_CACHE", str(world["cache"]))
+    monkeypatch.delenv("VNEURON_DEBUG", raising=False)
+    if case.fault:
+        FAULTS[case.fault](monkeypatch, world)
+    watched = [cwd, world["cache"], *world["watched"]]
+    before = snapshot(watched)
+    argv = shlex.split(case.argv.format(**world["values"]))
+    code, stderr, output, exception = _invoke(case, argv, cwd, world["cache"])
+    os.chmod(Path(world["values"]["bad"]) / "read-only", 0o755)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, f"exit {code}: {output}\n{exception!r}"
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert "Traceback" not in output
+    assert re.search(case.match, lines[0], re.IGNORECASE), lines[0]
+    after = snapshot(watched)
+    assert after == before, {"new": sorted(set(after) - set(before)), "gone": sorted(set(before) - set(after)),
+                             "changed": sorted(k for k in before if k in after and before[k] != after[k])}
+
+
+def test_the_table_is_large_and_every_command_is_in_it():
+    assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
+    commands = {c.argv.split()[0] for c in CASES}
+    assert {"locate", "ablate", "steer", "datasets", "models", "doctor"} <= commands
