@@ -4,6 +4,7 @@ goes through the same faults in tests/remote/test_server_faults.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import vneuron.capture as capture_module
 import vneuron.remote as ndif
 from vneuron.errors import VneuronError
 from vneuron.locating import LocateConfig, locate
@@ -19,6 +19,7 @@ from vneuron.remote import Checkpoint, RemoteTarget
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = dict(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5, batch_tokens=40, request_batches=2)
+capture_module = importlib.import_module("vneuron.capture")  # the module: vneuron.capture is the function
 REAL_SESSION = capture_module._session
 
 
