@@ -14,10 +14,11 @@ import torch
 
 from .capture import ActivationStats, CaptureConfig, capture
 from .data import load_corpus
-from .data.schema import Corpus
+from .data.schema import DEFAULT_TEST_FRACTION, Corpus
 from .errors import VneuronError
 from .models.loading import LoadedModel, load_model
-from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
+from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, set_filenames, check_fresh, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
+from .templates import choice_template
 from .scoring import METHODS, NeuronSet, contrast_scores, lape_select, select, stability
 
 Progress = Callable[[str, int, int], None]
@@ -50,6 +51,9 @@ class LocateConfig:
     batch_tokens: int = 4096
     max_new_tokens: int = 32
     request_batches: int = 8  # remote: forward batches per NDIF request
+    test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
+    template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
+    whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
 
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
@@ -62,6 +66,7 @@ class LocateConfig:
         if self.top_k < 1:
             raise VneuronError(f"--top-k must be at least 1, got {self.top_k}")
         self.capture_config()
+        choice_template(self.template)  # a bad template fails before any work
         return self
 
     def selection(self) -> dict[str, Any]:
@@ -88,12 +93,22 @@ def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> 
         "dataset_hash": corpus.content_hash(),
         **{k: getattr(config, k) for k in ("language", "split", "limit", "site", "mode", "span", "folds")},
         "max_new_tokens": config.max_new_tokens if config.mode == "generate" else None,
+        # only a non-default template enters the key, so runs made before templates existed are still reused
+        **({"template": choice_template(config.template).describe()} if config.template and config.mode == "prompt" else {}),
     }
 
 
 def prepare_corpus(config: LocateConfig) -> Corpus:
-    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts)
-    return corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
+    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts, test_fraction=config.test_fraction)
+    if config.whole_values:
+        corpus = corpus.whole_values()
+    corpus = corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
+    if not corpus.pole_contrasts():
+        gone = ", ".join(f"{a}:{b}" for a, b in corpus.dropped[:4])
+        raise VneuronError(f"No pole pair of {corpus.name} has texts on both sides in split {config.split!r}"
+                           + (f" (left empty: {gone})" if gone else ""),
+                           "use --split all, a larger --limit, or a smaller --test-fraction")
+    return corpus
 
 
 def locate(
@@ -148,18 +163,22 @@ def locate(
         stats = reused
         say(f"Reusing statistics from {run_dir}", 1, 1)
     else:
-        prompts = corpus.action_prompts(config.span) if config.mode == "prompt" else corpus.conditioned_prompts()
+        prompts = corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
         stage = "Capturing activations" if checkpoint is None else f"NDIF requests ({loaded.remote.host})"
         stats = capture(loaded, prompts, config.capture_config(), labels=labels,
                         progress=lambda d, t: say(stage, d, t),
                         generations=generations if config.mode == "generate" else None, checkpoint=checkpoint, detach=detach)
         timings["capture_s"] = round(time.time() - t0, 2)
+    stats.groups = corpus.groups()  # whole-value poles: sums over their conflicts' labels
     manifest = {
         **base_manifest("locate"),
         "model": model_manifest,
         "dataset": {"name": corpus.name, "spec": _dataset_spec(config.dataset), "columns": config.columns, "sha256": key["dataset_hash"], "items": len(corpus.items), "texts": len(corpus.texts),
-                    "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit},
+                    "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit,
+                    "test_fraction": config.test_fraction, "split_source": corpus.split_source,
+                    "dropped_contrasts": corpus.dropped, "aggregates": stats.groups},
+        "template": choice_template(config.template).describe() if config.mode == "prompt" else None,
         "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i, l in enumerate(stats.labels)}},
         "capture_key": key,
         "contrasts": contrasts,
@@ -215,9 +234,10 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
     counts: dict[str, list[int]] = {pole: [] for pole in result.sets}
     for r in range(config.null_shuffles):
         null_corpus = shuffled(corpus, seed=10_000 + r)
-        prompts = null_corpus.action_prompts(config.span) if config.mode == "prompt" else null_corpus.conditioned_prompts()
+        prompts = null_corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
         stats = capture(model, prompts, config.capture_config(), labels=result.stats.labels,
                         progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
+        stats.groups = result.stats.groups
         for pole, neuron_set in result.sets.items():
             opposite = neuron_set.meta.get("opposite")
             scores = contrast_scores(stats, pole, opposite, config.method)
@@ -249,6 +269,7 @@ def _reselect(run_dir: Path, config: LocateConfig, say: Progress) -> LocateResul
     if manifest.get("kind") != "locate" or not (run_dir / STATS).is_file():
         raise VneuronError(f"{run_dir} holds no locate statistics", "pass a directory written by vneuron locate")
     stats = ActivationStats.load(run_dir / STATS)
+    stats.groups = manifest.get("dataset", {}).get("aggregates") or {}
     if config.method != "lape":
         select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     contrasts = [tuple(c) for c in manifest["contrasts"]]
@@ -290,8 +311,10 @@ def _score_and_write(tmp: Path, stats: ActivationStats, contrasts, config: Locat
     for label, neuron_set in sets.items():
         rows.extend(_rows(stats, neuron_set, label, opposite_of.get(label)))
     (tmp / NEURONS_DIR).mkdir(exist_ok=True)
+    files = set_filenames(list(sets))
     for label, neuron_set in sets.items():
-        neuron_set.save(tmp / NEURONS_DIR / f"{label}.safetensors")
+        neuron_set.save(tmp / NEURONS_DIR / files[label])
+    manifest["set_files"] = {label: f"{NEURONS_DIR}/{name}" for label, name in files.items()}
     write_csv(tmp / NEURONS_CSV, rows)
     manifest["stability"] = stab
     manifest["selected"] = {label: {"count": len(s), "per_layer": s.per_layer()} for label, s in sets.items()}
