@@ -260,7 +260,7 @@ def test_pvq_templates(tiny_model):
 
 # -- the README example ---------------------------------------------------------------------------
 def test_readme_example_runs(tmp_path, tiny_dir, monkeypatch):
-    """The commands of README's "Evaluate on your own benchmark", on a tiny model with 2 controls."""
+    """The commands of README's "Evaluate on your own benchmark", on a tiny model (2 controls, 2 items a side, 2 γ)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Evaluate on your own benchmark", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
@@ -275,5 +275,9 @@ def test_readme_example_runs(tmp_path, tiny_dir, monkeypatch):
         args += ["--model", str(tiny_dir("llama")), "-q"]
         if args[0] == "ablate":
             args += ["--generations", "0"]
+        if "--gamma" in args:
+            args[args.index("--gamma") + 1] = "0,2"
+        if args[0] in ("ablate", "steer"):
+            args += ["--limit", "2"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, f"{command}: {result.output} {result.exception}"
