@@ -281,3 +281,21 @@ def test_readme_example_runs(tmp_path, tiny_dir, monkeypatch):
             args += ["--limit", "2"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, f"{command}: {result.output} {result.exception}"
+
+
+def test_locate_first_then_evaluate_on_the_hash_held_out_split(tmp_path, tiny_dir, monkeypatch):
+    """A C-voice file without a split column: locate on its train part, ablate on its held-out part."""
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, ["ablate", "--model", str(tiny_dir("llama")), "--dataset", str(PER_VALUE), "--language", "zh",
+                               "--controls", "1", "--generations", "0", "-q", "--dimension", "友善|个人财富积累", "-k", "8"])
+    assert done.exit_code == 0, done.output + str(done.exception)
+    out = next((tmp_path / "runs").glob("locate-*/ablate-zero-k*"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = manifest["evaluation"]
+    assert data["source"] == "locate run" and data["split"] == "test" and data["split_source"]["kind"] == "hash"
+    held = {i.id for i in load_corpus(PER_VALUE).items if i.split == "test" and "个人财富积累" in i.dimension}
+    assert {r["item"] for r in csv.DictReader(open(out / "items.csv", encoding="utf-8"))} == held
+    located = json.loads((out.parent / "manifest.json").read_text())
+    assert located["dataset"]["split_source"]["kind"] == "hash" and located["dataset"]["test_fraction"] == 0.2
+    alias = runner.invoke(app, ["ablate", str(out.parent), "--dimension", "友善", "--controls", "1"])
+    assert alias.exit_code == 2 and "no neuron set for 友善" in alias.stderr  # located without --whole-values

@@ -177,15 +177,15 @@ def locate(
     console.print(f"Run written to [bold]{result.run_dir}[/]")
 
 
-def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
+def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, test_fraction=0.2, template=None):
     """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
     if run_dir is not None:
         return run_dir
     from .locating import LocateConfig
     from .locating import locate as run_locate
 
-    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1)), progress=say,
-                        remote=target)
+    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1),
+                                            test_fraction=test_fraction, template=template), progress=say, remote=target)
     return result.run_dir
 
 
@@ -293,7 +293,7 @@ def ablate(
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     console.print(ablate_table(result))
     _evaluation_note(result.manifest)
@@ -349,7 +349,7 @@ def steer(
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     console.print(steer_table(result))
     _evaluation_note(result.manifest)

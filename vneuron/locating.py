@@ -14,7 +14,7 @@ import torch
 
 from .capture import ActivationStats, CaptureConfig, capture
 from .data import load_corpus
-from .data.schema import DEFAULT_TEST_FRACTION, Corpus
+from .data.schema import DEFAULT_TEST_FRACTION, Corpus, aggregate_label
 from .errors import VneuronError
 from .models.loading import LoadedModel, load_model
 from .runs import NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, set_filenames, check_fresh, default_run_dir, read_manifest, staged, write_csv, write_json, write_jsonl
@@ -274,7 +274,9 @@ def _reselect(run_dir: Path, config: LocateConfig, say: Progress) -> LocateResul
         select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
-        unknown = set(config.dimensions) - {c[0] for c in contrasts}
+        poles = {c[0] for c in contrasts}
+        config.dimensions = [d if d in poles or aggregate_label(d) not in poles else aggregate_label(d) for d in config.dimensions]
+        unknown = set(config.dimensions) - poles
         if unknown:
             raise VneuronError(f"Run {run_dir} has no dimension {', '.join(sorted(unknown))}", f"use: {', '.join(c[0] for c in contrasts)}")
         contrasts = [c for c in contrasts if c[0] in config.dimensions]

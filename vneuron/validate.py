@@ -22,7 +22,7 @@ import torch
 
 from .capture import ActivationStats
 from .data import load_corpus
-from .data.schema import DEFAULT_TEST_FRACTION, OPPOSITE, Corpus, Item, expresses, pair_label
+from .data.schema import DEFAULT_TEST_FRACTION, OPPOSITE, Corpus, Item, aggregate_label, expresses, pair_label
 from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
 from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
@@ -435,7 +435,8 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str)
 
 
 def _poles(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
-    poles = config.dimensions or list(run.sets)
+    # a bare C-voice value ("友善") names its whole-value pole ("友善|*") when the run has one
+    poles = [p if p in run.sets or aggregate_label(p) not in run.sets else aggregate_label(p) for p in config.dimensions or run.sets]
     unknown = [p for p in poles if p not in run.sets]
     if unknown:
         raise VneuronError(f"The run has no neuron set for {', '.join(unknown)}", f"use: {', '.join(run.sets)}")
