@@ -299,3 +299,21 @@ def test_locate_first_then_evaluate_on_the_hash_held_out_split(tmp_path, tiny_di
     assert located["dataset"]["split_source"]["kind"] == "hash" and located["dataset"]["test_fraction"] == 0.2
     alias = runner.invoke(app, ["ablate", str(out.parent), "--dimension", "友善", "--controls", "1"])
     assert alias.exit_code == 2 and "no neuron set for 友善" in alias.stderr  # located without --whole-values
+
+
+def test_runs_made_before_this_change_still_open(tmp_path, tiny_dir):
+    """No template, no test fraction, no set_files in the manifest: third_person, and unsplit rows stay in train."""
+    source = tmp_path / "nosplit.jsonl"
+    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
+    source.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "split"}) + "\n" for r in rows))
+    run_dir, _ = _locate(tmp_path, tiny_dir, "--dataset", str(source), "--split", "all")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("test_fraction", "split_source", "aggregates", "dropped_contrasts"):
+        del manifest["dataset"][key]
+    del manifest["template"], manifest["set_files"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    run = LocateRun.open(run_dir)
+    assert run.template() == "third_person" and set(run.sets) == {c[0] for c in manifest["contrasts"]}
+    assert len(run.corpus("train").items) == len(rows)
+    with pytest.raises(VneuronError, match="--eval-dataset"):
+        run.corpus("test")

@@ -164,9 +164,10 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
     if not config.eval_dataset:
         corpus = run.corpus(config.split)
         data = run.manifest["dataset"]
+        spec = Path(data["spec"]) if data.get("spec") and Path(data["spec"]).exists() else None
         return Evaluation(corpus.items, {
             "source": "locate run", "name": corpus.name, "path": data.get("spec") or "builtin",
-            "content_sha256": corpus.content_hash(), "split": config.split, "split_source": corpus.split_source,
+            "file_sha256": file_sha256(spec) if spec else None, "content_sha256": corpus.content_hash(), "split": config.split, "split_source": corpus.split_source,
             "language": data.get("language"), "items": len(corpus.items)})
     spec = config.eval_dataset
     corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction)
