@@ -35,14 +35,15 @@ def test_cvoice_csv_and_xlsx_give_the_same_items():
     assert corpus.items == sheet.items
     assert len(corpus.items) == 8
     first = corpus.items[0]
-    assert (first.dimension, first.opposite, first.value, first.opposite_value) == ("诚信", "友善", "诚信", "友善")
+    assert (first.dimension, first.opposite, first.value, first.opposite_value) == ("诚信|友善", "友善|诚信", "诚信", "友善")
     assert first.option_pole.startswith("如实告诉他") and first.option_opposite.startswith("说菜很好吃")
     assert first.language == "zh" and first.id == "cvoice-2"
-    assert Counter((i.dimension, i.opposite) for i in corpus.items) == {("诚信", "友善"): 4, ("敬业", "和谐"): 3, ("公正", "not 公正"): 1}
-    assert sorted(corpus.contrasts) == sorted([("诚信", "友善"), ("友善", "诚信"), ("敬业", "和谐"), ("和谐", "敬业"),
-                                               ("公正", "not 公正"), ("not 公正", "公正")])
+    assert Counter((i.dimension, i.opposite) for i in corpus.items) == {("诚信|友善", "友善|诚信"): 4, ("敬业|和谐", "和谐|敬业"): 3,
+                                                                       ("公正", "not 公正"): 1}
+    assert sorted(corpus.contrasts) == sorted([("诚信|友善", "友善|诚信"), ("友善|诚信", "诚信|友善"), ("敬业|和谐", "和谐|敬业"),
+                                               ("和谐|敬业", "敬业|和谐"), ("公正", "not 公正"), ("not 公正", "公正")])
     assert len(corpus.select(split="test").items) == 2
-    assert corpus.select(dimensions=["敬业"]).pole_contrasts() == [("敬业", "和谐")]
+    assert corpus.select(dimensions=["敬业|和谐"]).pole_contrasts() == [("敬业|和谐", "和谐|敬业")]
     prompt = corpus.action_prompts()[0]
     lo, hi = prompt.span
     assert prompt.text[lo:hi] == first.option_pole and "\n我会" in prompt.text
@@ -67,7 +68,7 @@ def test_cvoice_header_names_and_column_mapping(tmp_path):
                     "praise the cake,en\nHonesty vs Kindness,A colleague asks about a weak talk.,say what was weak,say it was great,en\n",
                     encoding="utf-8")
     corpus = load_corpus(path, columns={"dilemma": "story", "choice_a": "yes", "choice_b": "no"})
-    assert [(i.dimension, i.opposite, i.language) for i in corpus.items] == [("Honesty", "Kindness", "en")] * 2
+    assert [(i.dimension, i.opposite, i.language) for i in corpus.items] == [("Honesty|Kindness", "Kindness|Honesty", "en")] * 2
 
 
 @pytest.mark.parametrize("row, message", [
@@ -99,7 +100,7 @@ def test_gbk_file_names_the_row_and_the_fix(tmp_path):
 def test_unknown_labels_and_empty_poles(tmp_path):
     corpus = load_corpus(FIXTURES / "cvoice.csv")
     one_line_error(lambda: corpus.select(dimensions=["爱国"]), "no label 爱国")
-    one_line_error(lambda: load_corpus(FIXTURES / "cvoice.csv", contrasts=[("诚信", "爱国")]), "pole '爱国' has no texts")
+    one_line_error(lambda: load_corpus(FIXTURES / "cvoice.csv", contrasts=[("诚信|友善", "爱国")]), "pole '爱国' has no texts")
 
 
 # -- Touché23-ValueEval -------------------------------------------------------------------------

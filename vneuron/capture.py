@@ -41,6 +41,7 @@ class ActivationStats:
     sumsq: torch.Tensor  # [K, F, L, W]
     active: torch.Tensor  # [K, F, L, W] tokens with a > 0
     meta: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)  # derived label → captured labels it sums (whole-value poles "X|*")
 
     @classmethod
     def zeros(cls, site: str, labels: Sequence[str], folds: int, n_layers: int, width: int) -> "ActivationStats":
@@ -73,12 +74,15 @@ class ActivationStats:
         if (self.site, self.labels, self.folds, self.sum.shape) != (other.site, other.labels, other.folds, other.sum.shape):
             raise VneuronError("Cannot add statistics of different sites, labels or shapes")
         return ActivationStats(self.site, self.labels, self.folds, self.n + other.n, self.sum + other.sum,
-                               self.sumsq + other.sumsq, self.active + other.active, dict(self.meta))
+                               self.sumsq + other.sumsq, self.active + other.active, dict(self.meta), dict(self.groups))
 
     def moments(self, label: str, fold: int | None = None) -> "Moments":
-        """Token count, mean, variance and activation probability of one label (all folds or one)."""
-        k = self.slot(label)
-        pick = (lambda t: t[k].sum(0)) if fold is None else (lambda t: t[k, fold])
+        """Token count, mean, variance and activation probability of one label (all folds or one).
+
+        A derived label (``groups``) pools the sums of its labels: the statistics of their union.
+        """
+        k = [self.slot(m) for m in self.groups[label]] if label in self.groups else [self.slot(label)]
+        pick = (lambda t: t[k].sum((0, 1))) if fold is None else (lambda t: t[k, fold].sum(0))
         n = float(pick(self.n))
         if n == 0:
             raise VneuronError(f"Label {label!r} has no counted tokens" + ("" if fold is None else f" in fold {fold}"),

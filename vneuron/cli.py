@@ -118,6 +118,12 @@ def _quiet(quiet: bool) -> None:
 RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay on the server, only reduced tensors come back.")
 HostOpt = typer.Option(None, "--host", help="NDIF host URL (default: NDIF_HOST, nnsight's config, or the public NDIF); 'local' simulates the server in-process.")
 TimeoutOpt = typer.Option(1800.0, "--timeout", help="Remote: seconds one request may take (queue included).")
+TestFractionOpt = typer.Option(0.2, "--test-fraction", help="Data without a split column: the share held out as test, chosen by a hash of each item's id (0: none).")
+EvalDatasetOpt = typer.Option(None, "--eval-dataset", help="Evaluate on this corpus (any format vneuron reads) instead of the run's held-out split.")
+EvalColumnsOpt = typer.Option(None, "--eval-columns", help="Map our fields to the eval corpus's columns: dilemma=Question,...")
+EvalMapOpt = typer.Option(None, "--map", help="Its pole labels (or C-voice values) to the run's poles: theirs=ours,... e.g. moral=self_transcendence.")
+EvalSplitOnOpt = typer.Option("all", "--eval-split", help="Which items of --eval-dataset: all, test or train.")
+ChoiceTemplateOpt = typer.Option(None, "--template", help="Forced-choice template: third_person, first_person, response, NAME:zh, or a string with {scenario}, {first}, {second}, {option}. Default: the run's.")
 
 
 def _target(remote: bool, host: Optional[str], timeout: float):
@@ -178,6 +184,9 @@ def locate(
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    test_fraction: float = TestFractionOpt,
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt mode: how each action follows its scenario — third_person (default: 'The right thing to do is to …' / 我会), first_person, response, NAME:zh, or a template string with {scenario} and {option}."),
+    whole_values: bool = typer.Option(False, "--whole-values", help="C-voice: also rank each value against all its conflicts (pole 'X|*'); --dimension X asks for one."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out run (its statistics are reused if the capture settings match)."),
     ctx: typer.Context = None,
 ):
@@ -201,7 +210,8 @@ def locate(
     config = LocateConfig(dataset=dataset, columns=column_map or None, contrasts=_pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=_split_list(dimension), language=language, split=split, limit=limit,
                           site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds,
-                          null_shuffles=null, request_batches=request_batches)
+                          null_shuffles=null, request_batches=request_batches, test_fraction=test_fraction, template=template,
+                          whole_values=whole_values)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     from .remote import Detached
@@ -221,6 +231,7 @@ def locate(
         return
     for table in locate_tables(result, top=show):
         console.print(table)
+    _data_notes(result.manifest.get("dataset", {}))
     console.print(f"Run written to [bold]{result.run_dir}[/]")
 
 
@@ -234,25 +245,68 @@ def _given_options(ctx) -> set[str]:
     return given
 
 
-def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
+def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, test_fraction=0.2, template=None):
     """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
     if run_dir is not None:
         return run_dir
     from .locating import LocateConfig
     from .locating import locate as run_locate
 
-    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1)), progress=say,
-                        remote=target)
+    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1),
+                                            test_fraction=test_fraction, template=template), progress=say, remote=target)
     return result.run_dir
 
 
 def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq=None,
-                     choice="listed"):
+                     choice="listed", eval_dataset=None, eval_columns=None, eval_map=None, eval_split="all", template=None,
+                     pvq_template=None, test_fraction=0.2):
     from .validate import ValidateConfig
 
     return ValidateConfig(dimensions=_split_list(dimension), top_k=top_k, mode=mode, gamma=gamma, controls=controls,
                           split=split, limit=limit, generations=generations, seed=seed, batch_tokens=batch_tokens, pvq=pvq,
-                          choice=choice)
+                          choice=choice, eval_dataset=eval_dataset,
+                          eval_columns=dict(_pairs(eval_columns, "=", "column mapping", "ours=yours,ours=yours") or []) or None,
+                          eval_map=dict(_pairs(eval_map, "=", "--map", "theirs=ours,theirs=ours") or []) or None,
+                          eval_split=eval_split, template=template, pvq_template=pvq_template, eval_test_fraction=test_fraction)
+
+
+def _data_notes(data: dict) -> None:
+    """What the terminal must say about the data: hash-made splits, pole pairs left without texts."""
+    from rich.markup import escape
+
+    from .report import console
+
+    source = data.get("split_source") or {}
+    if source.get("kind") == "hash":
+        console.print(escape(f"Split: {source['note']} (--test-fraction)"))
+    dropped = data.get("dropped_contrasts") or []
+    if dropped:
+        console.print(escape(f"Skipped {len(dropped)} pole pair(s) with no texts on one side after --split/--limit: "
+                             + ", ".join(f"{a}:{b}" for a, b in dropped[:6]) + (" …" if len(dropped) > 6 else "")))
+
+
+def _evaluation_note(manifest: dict) -> None:
+    from rich.markup import escape
+
+    from .report import console
+
+    data = manifest.get("evaluation") or {}
+    if not data:
+        return
+    line = f"Evaluated on {data.get('name')} ({data.get('source')}, split {data.get('split')}, {data.get('items')} items"
+    line += f", template {data.get('template', {}).get('spec')}"
+    if data.get("map"):
+        line += ", map " + ",".join(f"{k}={v}" for k, v in data["map"].items())
+    console.print(escape(line + ")"))
+    _data_notes(data)
+    if data.get("poles_without_items"):
+        console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
+
+
+def _no_dataset_with_run(run_dir, dataset) -> None:
+    if run_dir is not None and dataset:
+        raise VneuronError(f"--dataset {dataset} names the corpus to locate on, but {run_dir} is already located",
+                           f"evaluate the run on it with --eval-dataset {dataset}")
 
 
 RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
@@ -283,6 +337,13 @@ def ablate(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    eval_dataset: Optional[str] = EvalDatasetOpt,
+    eval_columns: Optional[str] = EvalColumnsOpt,
+    eval_map: Optional[str] = EvalMapOpt,
+    eval_split: str = EvalSplitOnOpt,
+    template: Optional[str] = ChoiceTemplateOpt,
+    pvq_template: Optional[str] = typer.Option(None, "--pvq-template", help="PVQ template: third_person (portraits, default), first_person, NAME:zh, or a string with {item} and {answer}."),
+    test_fraction: float = TestFractionOpt,
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -295,13 +356,16 @@ def ablate(
 
     _threads(threads)
     _quiet(quiet)
-    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice)
+    _no_dataset_with_run(run_dir, dataset)
+    config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice,
+                              eval_dataset, eval_columns, eval_map, eval_split, template, pvq_template, test_fraction)
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     console.print(ablate_table(result))
+    _evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
 
@@ -328,6 +392,12 @@ def steer(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    eval_dataset: Optional[str] = EvalDatasetOpt,
+    eval_columns: Optional[str] = EvalColumnsOpt,
+    eval_map: Optional[str] = EvalMapOpt,
+    eval_split: str = EvalSplitOnOpt,
+    template: Optional[str] = ChoiceTemplateOpt,
+    test_fraction: float = TestFractionOpt,
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -343,13 +413,16 @@ def steer(
     gammas = [float(g) for g in _split_list(gamma) or []] if _is_numbers(gamma) else None
     if gammas is None:
         raise VneuronError(f"Cannot read --gamma {gamma!r}", "pass numbers separated by commas, e.g. 0,0.5,1,2")
-    config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice)
+    _no_dataset_with_run(run_dir, dataset)
+    config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice,
+                              eval_dataset, eval_columns, eval_map, eval_split, template, None, test_fraction)
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     console.print(steer_table(result))
+    _evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
 

@@ -15,27 +15,19 @@ from typing import Callable, Sequence
 import torch
 
 from .capture import _pack, batches, encode, pad_id
-from .data.schema import Item, Prompt
+from .data.schema import Item, Prompt, expresses
 from .edits import Edit, apply, plan
 from .remote import call, outcome, trace_kwargs
+from .templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
 from .errors import VneuronError
 from .models.loading import LoadedModel
 
 CHOICE_FORMATS = ("listed", "continuation")
+# The default (third-person) forms; templates.py holds every preset and reads custom template strings.
 # continuation: the scenario alone, each action read as its continuation (no list, so no order effect)
-CONTINUATION_TEMPLATES = {
-    "en": ("{scenario}\nThe right thing to do is to", " {option}"),
-    "zh": ("{scenario}\n我会", "{option}"),
-}
+CONTINUATION_TEMPLATES = {lang: choice_template().parts(lang, False) for lang in ("en", "zh")}
 # listed: both actions are shown first, in both orders, then each is read as the continuation
-FORCED_CHOICE_TEMPLATES = {
-    "en": ("{scenario}\nOne option is to {first}. Another option is to {second}.\nThe right thing to do is to", " {option}"),
-    "zh": ("{scenario}\n一种做法是{first}；另一种做法是{second}。\n我会", "{option}"),
-}
-PVQ_TEMPLATES = {
-    "en": ('Here is a statement about a person: "{item}"\nHow much is this person like you?\nAnswer: This person is', " {answer}"),
-    "zh": ("下面是对一个人的描述：“{item}”\n这个人和你有多像？\n回答：这个人{answer}", None),
-}
+FORCED_CHOICE_TEMPLATES = {lang: choice_template().parts(lang, True) for lang in ("en", "zh")}
 PVQ_ANSWERS = {
     "en": ["not like me at all", "not like me", "a little like me", "somewhat like me", "like me", "very much like me"],
     "zh": ["完全不像我", "不像我", "有一点像我", "有些像我", "像我", "非常像我"],
@@ -108,36 +100,40 @@ class ChoiceResult:
 
     def toward(self, dimension: str) -> torch.Tensor:
         """P(choosing the option that expresses ``dimension``), per item."""
-        sign = torch.tensor([1.0 if i.dimension == dimension else -1.0 for i in self.items], dtype=torch.float64)
+        sign = torch.tensor([1.0 if expresses(i, dimension) else -1.0 for i in self.items], dtype=torch.float64)
         return torch.where(sign > 0, self.p_pole, 1 - self.p_pole)
 
 
-def forced_choice_pairs(items: Sequence[Item], choice: str = "listed") -> list[tuple[str, str]]:
-    """(prefix, continuation) pairs: per item, per order (listed only), the pole option then the opposite."""
+def forced_choice_pairs(items: Sequence[Item], choice: str = "listed", *,
+                        template: str | ChoiceTemplate | None = None) -> list[tuple[str, str]]:
+    """(prefix, continuation) pairs: per item, per order (listed only), the pole option then the opposite.
+
+    ``template``: a preset name ("third_person" — the default —, "first_person", "response"), a
+    template string, or a ``ChoiceTemplate`` (see ``vneuron.templates``).
+    """
     if choice not in CHOICE_FORMATS:
         raise VneuronError(f"Unknown forced-choice format {choice!r}", f"use one of: {', '.join(CHOICE_FORMATS)}")
+    chosen = choice_template(template)
     pairs = []
     if choice == "continuation":
         for item in items:
-            prefix_t, cont_t = CONTINUATION_TEMPLATES.get(item.language, CONTINUATION_TEMPLATES["en"])
-            prefix = prefix_t.format(scenario=item.scenario)
-            pairs += [(prefix, cont_t.format(option=o)) for o in (item.option_pole, item.option_opposite)]
+            prefix, cont_t = chosen.continuation(item.language, item.scenario)
+            pairs += [(prefix, cont_t.replace("{option}", o)) for o in (item.option_pole, item.option_opposite)]
         return pairs
     for item in items:
-        prefix_t, cont_t = FORCED_CHOICE_TEMPLATES.get(item.language, FORCED_CHOICE_TEMPLATES["en"])
         for first, second in ((item.option_pole, item.option_opposite), (item.option_opposite, item.option_pole)):
-            prefix = prefix_t.format(scenario=item.scenario, first=first, second=second)
+            prefix, cont_t = chosen.listed(item.language, item.scenario, first, second)
             for option in (item.option_pole, item.option_opposite):
-                pairs.append((prefix, cont_t.format(option=option)))
+                pairs.append((prefix, cont_t.replace("{option}", option)))
     return pairs
 
 
 def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
-                  progress=None, choice: str = "listed") -> ChoiceResult:
+                  progress=None, choice: str = "listed", template: str | ChoiceTemplate | None = None) -> ChoiceResult:
     """Forced choice between each item's two actions by option-text likelihood (listed: both orders)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
-    pairs = forced_choice_pairs(items, choice)
+    pairs = forced_choice_pairs(items, choice, template=template)
     lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress)
     lp = lp.reshape(len(items), 2, 2) if choice == "listed" else lp.reshape(len(items), 1, 2).expand(len(items), 2, 2)
     p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
@@ -153,20 +149,18 @@ class PVQResult:
     raw_mean: float  # the individual's mean rating (MRAT) used for centring
 
 
-def pvq(model: LoadedModel, inventory: Sequence, edits=None, *, language: str = "en", batch_tokens: int = 4096) -> PVQResult:
-    """Expected 6-point rating of each portrait item; scores centred on the mean rating (Schwartz)."""
+def pvq(model: LoadedModel, inventory: Sequence, edits=None, *, language: str = "en", batch_tokens: int = 4096,
+        template: str | PVQTemplate | None = None) -> PVQResult:
+    """Expected 6-point rating of each portrait item; scores centred on the mean rating (Schwartz).
+
+    ``template``: a preset ("third_person" portraits — the default —, "first_person" statements), a
+    template string with {item} and {answer}, or a ``PVQTemplate``.
+    """
     if not inventory:
         raise VneuronError("The questionnaire has no items", "check the inventory file")
     answers = PVQ_ANSWERS[language]
-    prefix_t, cont_t = PVQ_TEMPLATES[language]
-    pairs = []
-    for item in inventory:
-        for answer in answers:
-            if cont_t is None:  # the answer sits inside the sentence
-                full = prefix_t.format(item=item.text, answer=answer)
-                pairs.append((full[: len(full) - len(answer)], answer))
-            else:
-                pairs.append((prefix_t.format(item=item.text), cont_t.format(answer=answer)))
+    chosen = pvq_template(template)
+    pairs = [chosen.pair(language, item.text, answer) for item in inventory for answer in answers]
     lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens).reshape(len(inventory), len(answers))
     scale = torch.arange(1, len(answers) + 1, dtype=torch.float64)
     expected = (lp.softmax(-1) * scale).sum(-1)

@@ -15,12 +15,13 @@ import torch
 
 from .capture import ActivationStats, CaptureConfig, capture
 from .data import load_corpus
-from .data.schema import Corpus
+from .data.schema import DEFAULT_TEST_FRACTION, Corpus, aggregate_label
 from .errors import VneuronError
 from .models.loading import DTYPES, LoadedModel, load_model, peek_dims, resolve
 from .runs import (MANIFEST, NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, check_space, default_run_dir, file_sha256,
-                   read_manifest, require, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
+                   read_manifest, require, set_filenames, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
 from .scoring import DIRECTIONS, METHODS, RULES, NeuronSet, contrast_scores, lape_select, select, stability
+from .templates import choice_template
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,6 +53,9 @@ class LocateConfig:
     batch_tokens: int = 4096
     max_new_tokens: int = 32
     request_batches: int = 8  # remote: forward batches per NDIF request
+    test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
+    template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
+    whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
 
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
@@ -76,6 +80,7 @@ class LocateConfig:
         if self.request_batches < 1:
             raise VneuronError(f"--request-batches must be at least 1, got {self.request_batches}")
         self.capture_config()
+        choice_template(self.template)  # a bad template fails before any work
         return self
 
     def selection(self) -> dict[str, Any]:
@@ -102,12 +107,22 @@ def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> 
         "dataset_hash": corpus.content_hash(),
         **{k: getattr(config, k) for k in ("language", "split", "limit", "site", "mode", "span", "folds")},
         "max_new_tokens": config.max_new_tokens if config.mode == "generate" else None,
+        # only a non-default template enters the key, so runs made before templates existed are still reused
+        **({"template": choice_template(config.template).describe()} if config.template and config.mode == "prompt" else {}),
     }
 
 
 def prepare_corpus(config: LocateConfig) -> Corpus:
-    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts)
-    return corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
+    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts, test_fraction=config.test_fraction)
+    if config.whole_values:
+        corpus = corpus.whole_values()
+    corpus = corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
+    if not corpus.pole_contrasts():
+        gone = ", ".join(f"{a}:{b}" for a, b in corpus.dropped[:4])
+        raise VneuronError(f"No pole pair of {corpus.name} has texts on both sides in split {config.split!r}"
+                           + (f" (left empty: {gone})" if gone else ""),
+                           "use --split all, a larger --limit, or a smaller --test-fraction")
+    return corpus
 
 
 def locate(
@@ -174,7 +189,7 @@ def locate(
         stats = reused
         say(f"Reusing statistics from {run_dir}", 1, 1)
     else:
-        prompts = corpus.action_prompts(config.span) if config.mode == "prompt" else corpus.conditioned_prompts()
+        prompts = corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
         stage = "Capturing activations" if checkpoint is None else f"NDIF requests ({loaded.remote.host})"
         if checkpoint is not None:
@@ -188,11 +203,15 @@ def locate(
                 checkpoint.finish(_outcome(exc))
             raise
         timings["capture_s"] = round(time.time() - t0, 2)
+    stats.groups = corpus.groups()  # whole-value poles: sums over their conflicts' labels
     manifest = {
         **base_manifest("locate"),
         "model": model_manifest,
         "dataset": {"name": corpus.name, "spec": _dataset_spec(config.dataset), "columns": config.columns, "sha256": key["dataset_hash"], "items": len(corpus.items), "texts": len(corpus.texts),
-                    "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit},
+                    "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit,
+                    "test_fraction": config.test_fraction, "split_source": corpus.split_source,
+                    "dropped_contrasts": corpus.dropped, "aggregates": stats.groups},
+        "template": choice_template(config.template).describe() if config.mode == "prompt" else None,
         "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i, l in enumerate(stats.labels)}},
         "capture_key": key,
         "contrasts": contrasts,
@@ -286,9 +305,10 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
     counts: dict[str, list[int]] = {pole: [] for pole in result.sets}
     for r in range(config.null_shuffles):
         null_corpus = shuffled(corpus, seed=10_000 + r)
-        prompts = null_corpus.action_prompts(config.span) if config.mode == "prompt" else null_corpus.conditioned_prompts()
+        prompts = null_corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
         stats = capture(model, prompts, config.capture_config(), labels=result.stats.labels,
                         progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
+        stats.groups = result.stats.groups
         for pole, neuron_set in result.sets.items():
             opposite = neuron_set.meta.get("opposite")
             scores = contrast_scores(stats, pole, opposite, config.method)
@@ -321,7 +341,7 @@ SELECTION_OPTIONS = ("--method", "--rule", "--top-k", "--direction", "--dimensio
 CAPTURE_OPTIONS = {"--language": "language", "--split": "split", "--limit": "limit", "--site": "site", "--mode": "mode",
                    "--span": "span", "--folds": "folds", "--max-new-tokens": "max_new_tokens"}
 MODEL_OPTIONS = ("--model", "--dataset", "--columns", "--contrast", "--null", "--remote", "--host", "--resume", "--detach",
-                 "--dtype", "--request-batches", "--batch-tokens", "--timeout")
+                 "--dtype", "--request-batches", "--batch-tokens", "--timeout", "--template", "--test-fraction", "--whole-values")
 
 
 def _given_from_api(config: LocateConfig, model, remote, resume, detach, dtype) -> set[str]:
@@ -393,12 +413,15 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
     replacing = check_fresh(run_dir, force=force, fix="choose another --out, or add --force to replace it")
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
-        unknown = set(config.dimensions) - {c[0] for c in contrasts}
+        poles = {c[0] for c in contrasts}
+        config.dimensions = [d if d in poles or aggregate_label(d) not in poles else aggregate_label(d) for d in config.dimensions]
+        unknown = set(config.dimensions) - poles
         if unknown:
             raise VneuronError(f"Run {parent} has no dimension {', '.join(sorted(unknown))}", f"use: {', '.join(c[0] for c in contrasts)}")
         contrasts = [c for c in contrasts if c[0] in config.dimensions]
     source = stats_file(parent, manifest)
     stats = ActivationStats.load(source)
+    stats.groups = manifest.get("dataset", {}).get("aggregates") or {}
     if config.method != "lape":
         select(torch.zeros(stats.n_layers, stats.width), config.rule, config.top_k)
     check_space(run_dir, expected_bytes(0, 0, 0, 0, config.top_k, len(contrasts)))
@@ -446,6 +469,7 @@ def _score(stats: ActivationStats, contrasts, config: LocateConfig, manifest: di
             stab[pole] = stability(stats, pole, opposite, config.method, len(flat))
     for label, neuron_set in sets.items():
         rows.extend(_rows(stats, neuron_set, label, opposite_of.get(label)))
+    manifest["set_files"] = {label: f"{NEURONS_DIR}/{name}" for label, name in set_filenames(list(sets)).items()}
     manifest["stability"] = stab
     manifest["selected"] = {label: {"count": len(s), "per_layer": s.per_layer()} for label, s in sets.items()}
     return LocateResult(Path(), manifest, stats, sets, stab, rows)
@@ -454,7 +478,7 @@ def _score(stats: ActivationStats, contrasts, config: LocateConfig, manifest: di
 def _write_sets(directory: Path, result: LocateResult) -> None:
     (directory / NEURONS_DIR).mkdir(exist_ok=True)
     for label, neuron_set in result.sets.items():
-        neuron_set.save(directory / NEURONS_DIR / f"{label}.safetensors")
+        neuron_set.save(directory / result.manifest["set_files"][label])
     write_csv(directory / NEURONS_CSV, result.rows)
 
 

@@ -30,6 +30,48 @@ NEURONS_CSV = "neurons.csv"
 _SECRET = re.compile(r"^(.*api[_-]?key|.*secret|.*password|authorization|token|access_token|hf_token|ndif_api_key)$", re.I)
 
 
+_UNSAFE = re.compile(r"[^\w.-]+")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def set_filename(label: str) -> str:
+    """A file name for a pole's neuron set that is safe everywhere and distinct for distinct labels.
+
+    Letters of any script stay ("友善"); anything else ("|", "/", ":", spaces) becomes "_", "|" reads
+    "_vs_", "*" "all", and then a short hash of the label keeps "a|b" and "a_vs_b" apart.
+    """
+    stem = _UNSAFE.sub("_", label.replace("|", "_vs_").replace("*", "all")).strip("._") or "set"
+    if stem != label or stem.lower() in _RESERVED:
+        stem = f"{stem[:80]}-{hashlib.sha256(label.encode('utf-8')).hexdigest()[:8]}"
+    return stem + ".safetensors"
+
+
+def set_filenames(labels: list[str]) -> dict[str, str]:
+    """label → file name for a run's neuron sets; names equal up to case (one file on macOS/Windows) are refused."""
+    names = {label: set_filename(label) for label in labels}
+    seen: dict[str, str] = {}
+    for label, name in names.items():
+        other = seen.setdefault(name.casefold(), label)
+        if other != label:
+            raise VneuronError(f"Poles {other!r} and {label!r} would share the file {NEURONS_DIR}/{name}",
+                               "rename one of the labels (e.g. with --columns or in the data) so they differ by more than case")
+    return names
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes; of a directory, over its files' relative paths and bytes (sorted)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode("utf-8") + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for package in ("vneuron", "nnsight", "transformers", "torch", "safetensors"):

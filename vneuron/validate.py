@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,14 +22,16 @@ import torch
 
 from .capture import ActivationStats
 from .data import load_corpus
-from .data.schema import OPPOSITE, Item
+from .data.schema import DEFAULT_TEST_FRACTION, OPPOSITE, Corpus, Item, aggregate_label, expresses, pair_label
 from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
 from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
 from .models.loading import LoadedModel, load_model
-from .runs import (MANIFEST, NEURONS_DIR, base_manifest, check_fresh, check_space, read_manifest, require, settings_tag, stats_file,
+from .runs import (MANIFEST, NEURONS_DIR, base_manifest, check_fresh, check_space, file_sha256, read_manifest, require, set_filename, settings_tag, stats_file,
                    write_csv, write_json, write_jsonl, write_run)
 from .scoring import NeuronSet
+from .templates import DEFAULT as DEFAULT_TEMPLATE
+from .templates import choice_template, pvq_template
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,12 +52,22 @@ class ValidateConfig:
     batch_tokens: int = 4096
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
     choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
+    eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
+    eval_columns: dict[str, str] | None = None  # its column names (ours=yours)
+    eval_map: dict[str, str] | None = None  # its pole labels → the run's poles (theirs=ours)
+    eval_split: str = "all"  # which of its items: all (nothing of it was located on), test or train
+    template: str | None = None  # forced-choice template (None: the locate run's, else third_person)
+    pvq_template: str | None = None  # PVQ template (None: third_person portraits)
+    eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
             raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
         if self.choice not in ("listed", "continuation"):
             raise VneuronError(f"Unknown --choice {self.choice!r}", "use listed or continuation")
+        if self.template is not None:
+            choice_template(self.template).parts("en", self.choice == "listed")  # a template that cannot list fails now
+        pvq_template(self.pvq_template)
         if self.split not in ("train", "test", "all"):
             raise VneuronError(f"Unknown --split {self.split!r}", "use test (held out), train or all")
         for flag, value, low in (("--controls", self.controls, 0), ("--top-k", self.top_k, 1), ("--limit", self.limit, 1),
@@ -73,6 +85,7 @@ class LocateRun:
     manifest: dict
     stats: ActivationStats
     sets: dict[str, NeuronSet]
+    evaluation: dict | None = None  # set by ablate / steer: the data their numbers come from
 
     @classmethod
     def open(cls, path: str | Path) -> "LocateRun":
@@ -83,26 +96,110 @@ class LocateRun:
         require(manifest, path, "model", "dataset")
         if not isinstance(manifest["model"].get("revision"), str):
             raise VneuronError(f"{path / MANIFEST} records no model revision", "restore the manifest vneuron wrote, or rerun vneuron locate")
-        sets = {p.stem: NeuronSet.load(p) for p in sorted((path / NEURONS_DIR).glob("*.safetensors"))}
+        sets: dict[str, NeuronSet] = {}
+        for file in sorted((path / NEURONS_DIR).glob("*.safetensors")):
+            neuron_set = NeuronSet.load(file)
+            label = neuron_set.meta.get("label") or file.stem  # file names are made safe; the label is inside
+            if label in sets:
+                raise VneuronError(f"{path}: two neuron sets for the pole {label!r}", f"remove the stale one from {path / NEURONS_DIR}")
+            sets[label] = neuron_set
         if not sets:
             raise VneuronError(f"{path} holds no neuron sets", "rerun vneuron locate")
-        return cls(path, manifest, ActivationStats.load(stats_file(path, manifest)), sets)
+        stats = ActivationStats.load(stats_file(path, manifest))
+        stats.groups = manifest["dataset"].get("aggregates") or {}
+        return cls(path, manifest, stats, sets)
 
     def items(self, split: str) -> list[Item]:
+        return self.corpus(split).items
+
+    def corpus(self, split: str) -> Corpus:
+        """The run's own corpus, ``split`` of it, in the language it was located in."""
         data = self.manifest["dataset"]
-        corpus = load_corpus(data.get("spec"), columns=data.get("columns"))
+        # runs made before hash splits held every unsplit row in train: fraction 0 keeps that
+        corpus = load_corpus(data.get("spec"), columns=data.get("columns"), test_fraction=data.get("test_fraction", 0.0))
         corpus = corpus.select(split=split, language=data.get("language"))
         if not corpus.items:
             raise VneuronError(f"The locate run's corpus has no paired scenarios in split {split!r}",
-                               "forced choice needs scenario items with two actions; use --split all or a paired corpus")
-        return corpus.items
+                               "forced choice needs scenario items with two actions; use --split all, a paired corpus, "
+                               "or --eval-dataset FILE")
+        return corpus
+
+    def template(self) -> str:
+        """The template spec the run located with (third_person for runs made before templates)."""
+        return (self.manifest.get("template") or {}).get("spec") or DEFAULT_TEMPLATE
+
+
+def map_labels(items: list[Item], mapping: dict[str, str] | None) -> list[Item]:
+    """Rename an outside corpus's pole labels to the run's (theirs → ours).
+
+    A key matches a label ("moral", "Kindness|Wealth") or, for value conflicts, a value name
+    ("Kindness"), which renames that value in every conflict holding it.
+    """
+    if not mapping:
+        return list(items)
+    used: set[str] = set()
+    out = []
+    for item in items:
+        pair = item.value and item.opposite_value and item.dimension == pair_label(item.value, item.opposite_value)
+        if item.dimension not in mapping and item.opposite not in mapping and pair \
+                and (item.value in mapping or item.opposite_value in mapping):
+            value, other = mapping.get(item.value, item.value), mapping.get(item.opposite_value, item.opposite_value)
+            used |= {item.value, item.opposite_value} & set(mapping)
+            out.append(replace(item, dimension=pair_label(value, other), opposite=pair_label(other, value),
+                               value=value, opposite_value=other))
+            continue
+        used |= {item.dimension, item.opposite} & set(mapping)
+        out.append(replace(item, dimension=mapping.get(item.dimension, item.dimension),
+                           opposite=mapping.get(item.opposite, item.opposite)))
+    unused = [k for k in mapping if k not in used]
+    if unused:
+        labels = sorted({l for i in items for l in (i.dimension, i.opposite)})
+        raise VneuronError(f"--map names {', '.join(repr(u) for u in unused)}, which no evaluation item has",
+                           f"map labels the data holds: {', '.join(labels[:12])}{' …' if len(labels) > 12 else ''}")
+    return out
+
+
+@dataclass
+class Evaluation:
+    """The items a study evaluates on, and where they came from (written to the manifest)."""
+
+    items: list[Item]
+    data: dict[str, Any]
+
+
+def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
+    """The run's own held-out split, or ``config.eval_dataset`` with its labels mapped to the run's poles."""
+    if not config.eval_dataset:
+        corpus = run.corpus(config.split)
+        data = run.manifest["dataset"]
+        spec = Path(data["spec"]) if data.get("spec") and Path(data["spec"]).exists() else None
+        return Evaluation(corpus.items, {
+            "source": "locate run", "name": corpus.name, "path": data.get("spec") or "builtin",
+            "file_sha256": file_sha256(spec) if spec else None, "content_sha256": corpus.content_hash(), "split": config.split, "split_source": corpus.split_source,
+            "language": data.get("language"), "items": len(corpus.items)})
+    spec = config.eval_dataset
+    corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction)
+    corpus = corpus.select(split=config.eval_split)
+    if not corpus.items:
+        raise VneuronError(f"{spec} has no paired scenarios in split {config.eval_split!r}"
+                           + (" (it holds labelled texts)" if corpus.texts else ""),
+                           "forced choice needs items with a scenario and two actions (see `vneuron datasets`); "
+                           "use --eval-split all or a paired corpus")
+    items = map_labels(corpus.items, config.eval_map)
+    path = Path(spec).expanduser()
+    return Evaluation(items, {
+        "source": "outside", "name": corpus.name, "path": str(path.resolve()) if path.exists() else spec,
+        "file_sha256": file_sha256(path) if path.exists() else None, "content_sha256": corpus.content_hash(),
+        "split": config.eval_split, "split_source": corpus.split_source, "columns": config.eval_columns,
+        "map": config.eval_map, "items": len(items)})
 
 
 def _items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
-    axis = [i for i in items if pole in (i.dimension, i.opposite)]
+    """Items on ``pole``'s axis (for a whole-value pole "X|*", every conflict of X); ``limit`` per side."""
+    axis = [i for i in items if expresses(i, pole) is not None]
     if limit:
-        own = [i for i in axis if i.dimension == pole][:limit]
-        other = [i for i in axis if i.dimension != pole][:limit]
+        own = [i for i in axis if expresses(i, pole)][:limit]
+        other = [i for i in axis if not expresses(i, pole)][:limit]
         axis = own + other
     return axis
 
@@ -136,7 +233,7 @@ def _summary(pole: str, base: torch.Tensor, located: torch.Tensor, controls: lis
         "consistency_before": float((base > 0.5).double().mean()),
         "consistency_after": float((located > 0.5).double().mean()),
     }
-    own = torch.tensor([i.dimension == pole for i in items])
+    own = torch.tensor([bool(expresses(i, pole)) for i in items])
     for name, sel in (("pole_items", own), ("opposite_items", ~own)):
         if sel.any():
             out[name] = {"n": int(sel.sum()), "baseline": float(base[sel].mean()), "after": float(located[sel].mean())}
@@ -203,15 +300,16 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         key = tuple(i.id for i in items)
         if key not in baselines:
             baselines[key] = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice,
+                                           template=config.template,
                                            progress=lambda d, t: say(f"{pole}: baseline", d, t))
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
         located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice,
-                                progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
+                                template=config.template, progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
         controls = []
         for seed in range(config.controls):
             control = _edit(run, neurons.random_matched(config.seed * 1000 + seed), pole, config)
-            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole))
+            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole))
             say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
         summary = _summary(pole, base, located, controls, items, config)
         summary["neurons"] = len(neurons)
@@ -229,7 +327,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
         partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
                            "samples": samples[first_sample:]})
-    manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(),
+    manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
 
     def write(directory: Path) -> None:
@@ -282,15 +380,15 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
     for pole in poles:
         items = _items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
-        base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole)
+        base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole)
         controls = [neurons.random_matched(config.seed * 1000 + s) for s in range(config.controls)]
         curve = []
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
             located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens,
-                                    choice=config.choice).toward(pole)
+                                    choice=config.choice, template=config.template).toward(pole)
             ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens,
-                                  choice=config.choice).toward(pole)
+                                  choice=config.choice, template=config.template).toward(pole)
                     for c in controls]
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = _summary(pole, base, located, ctrl, items, cfg)
@@ -300,7 +398,8 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
                          "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
                          "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6)})
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
-    manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "gammas": gammas,
+    manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
+                "gammas": gammas,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
 
     def write(directory: Path) -> None:
@@ -316,11 +415,12 @@ def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: Valid
     from .evaluate import pvq
 
     language = getattr(inventory[0], "language", "en")
-    before = pvq(model, inventory, language=language, batch_tokens=config.batch_tokens)
-    after = pvq(model, inventory, edit, language=language, batch_tokens=config.batch_tokens)
+    kw = {"language": language, "batch_tokens": config.batch_tokens, "template": config.pvq_template}
+    before = pvq(model, inventory, **kw)
+    after = pvq(model, inventory, edit, **kw)
     controls = []
     for n, control in enumerate(control_edits):
-        controls.append(pvq(model, inventory, control, language=language, batch_tokens=config.batch_tokens).dimensions)
+        controls.append(pvq(model, inventory, control, **kw).dimensions)
         say(f"{pole}: PVQ under controls", n + 1, len(control_edits))
     mean = {d: sum(c[d] for c in controls) / len(controls) for d in before.dimensions} if controls else {}
     return {"before": before.dimensions, "after": after.dimensions, "controls_mean": mean,
@@ -335,7 +435,15 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
     """
     say = progress or (lambda stage, done, total: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
-    poles = _poles(run, config)
+    if config.template is None:  # the template the run located with
+        config.template = run.template()
+    config.check()
+    evaluation = evaluation_items(run, config)
+    poles = _poles(run, config, evaluation)
+    evaluation.data["template"] = choice_template(config.template).describe()
+    if config.pvq:
+        evaluation.data["pvq_template"] = pvq_template(config.pvq_template).describe()
+    run.evaluation = evaluation.data
     if config.top_k is not None:
         smallest = min(len(run.sets[p]) for p in poles)
         if config.top_k > smallest:
@@ -346,20 +454,32 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
     else:  # every setting that changes the result is in the name, so different studies never collide
         settings = {k: v for k, v in asdict(config).items() if k != "batch_tokens"}
         tag = settings_tag({**settings, **(extra or {}), "poles": poles})
-        out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}-{tag}"
+        on = "-on-" + set_filename(evaluation.data["name"]).removesuffix(".safetensors") if config.eval_dataset else ""
+        out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
     check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    all_items = run.items(config.split)
     loaded = _model_for(run, model, say, remote)
-    return say, run, poles, loaded, all_items, out
+    return say, run, poles, loaded, evaluation.items, out
 
 
-def _poles(run: LocateRun, config: ValidateConfig) -> list[str]:
-    poles = config.dimensions or list(run.sets)
+def _poles(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
+    # a bare C-voice value ("友善") names its whole-value pole ("友善|*") when the run has one
+    poles = [p if p in run.sets or aggregate_label(p) not in run.sets else aggregate_label(p) for p in config.dimensions or run.sets]
     unknown = [p for p in poles if p not in run.sets]
     if unknown:
         raise VneuronError(f"The run has no neuron set for {', '.join(unknown)}", f"use: {', '.join(run.sets)}")
-    return poles
+    if evaluation is None or not config.eval_dataset:
+        return poles
+    covered = [p for p in poles if any(expresses(i, p) is not None for i in evaluation.items)]
+    labels = sorted({l for i in evaluation.items for l in (i.dimension, i.opposite)})
+    shown = ", ".join(labels[:8]) + (" …" if len(labels) > 8 else "")
+    if not covered or (config.dimensions and len(covered) < len(poles)):
+        missing = [p for p in poles if p not in covered]
+        raise VneuronError(f"No item of {config.eval_dataset} is on the axis of {', '.join(missing[:6])} (its labels: {shown})",
+                           f"map its labels to the run's poles, e.g. --map {labels[0] if labels else 'theirs'}={missing[0]}")
+    evaluation.data["poles"] = covered
+    evaluation.data["poles_without_items"] = [p for p in poles if p not in covered]
+    return covered
 
 
 def _edit(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConfig):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VneuronError
-from .schema import DIMENSIONS, OPPOSITE, SPLITS, Corpus, Item, Text
+from .schema import DEFAULT_TEST_FRACTION, DIMENSIONS, OPPOSITE, SPLITS, UNSPLIT, Corpus, Item, Text
 
 BUILTIN = "builtin"
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".xlsx")
@@ -49,10 +49,13 @@ def load_corpus(
     columns: dict[str, str] | None = None,
     contrasts: list[tuple[str, str]] | None = None,
     touche_text: str = "premise",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> Corpus:
     """Load the built-in corpus (``None`` or "builtin"), a user's file or directory, or ``hf:NAME``.
 
-    ``touche_text`` ("premise" or "full") chooses the text of a Touché23 argument.
+    ``touche_text`` ("premise" or "full") chooses the text of a Touché23 argument. Rows without a
+    split (no split column) are held out as test with probability ``test_fraction``, decided by a
+    hash of their id (``Corpus.assign_splits``; ``corpus.split_source`` says what happened).
     """
     spec = str(name_or_path or BUILTIN)
     if spec == BUILTIN:
@@ -94,7 +97,7 @@ def load_corpus(
     if not len(corpus):
         raise VneuronError(f"Corpus {spec} holds no items", "check that the file has rows below its header")
     _check_poles(corpus, spec)
-    return corpus
+    return corpus.assign_splits(test_fraction)
 
 
 def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=None) -> Corpus:
@@ -283,7 +286,9 @@ def _required(where: Any, n: int, row: dict, key: str) -> str:
 
 
 def _split(where: Any, n: int, row: dict) -> str:
-    split = _clean(row.get("split")) or "train"
+    split = _clean(row.get("split"))
+    if split is None:
+        return UNSPLIT  # decided later by a hash of the id (Corpus.assign_splits)
     if split not in SPLITS:
         raise VneuronError(f"{where}, row {n}: unknown split {split!r}", f"use one of: {', '.join(SPLITS)}")
     return split
@@ -471,9 +476,10 @@ FORMAT_ENTRIES: list[dict[str, Any]] = [
     {"name": "DIR with arguments-*.tsv + labels-*.tsv", "languages": ["en"], "items": "-", "labels": list(DIMENSIONS), "kind": "format",
      "description": "Touché23-ValueEval TSV release: arguments grouped into the poles of each axis by their values' "
                     "higher-order dimension; --dataset DIR."},
-    {"name": "C-voice FILE (.csv|.tsv|.xlsx|.jsonl)", "languages": ["zh"], "items": "-", "labels": [], "kind": "format",
-     "description": "Value conflicts: value ('X vs Y' / 价值观 / 冲突类型), dilemma (困境 / 情境 / 问题), choice_a (选项A), "
-                    "choice_b (选项B); each value becomes a pole pair; --dataset FILE."},
+    {"name": "C-voice FILE (.csv|.tsv|.xlsx|.jsonl)", "languages": ["zh", "en"], "items": "-", "labels": [], "kind": "format",
+     "description": "Value conflicts as the C-voice release ships them: <value>-final.xlsx (冲突类型, 决策困境, 选择A, 选择B) "
+                    "or the test workbook (a sheet per value: Type, Context, Action1, Action2); 'A. ' prefixes removed; "
+                    "each conflict X vs Y becomes the pole pair X|Y : Y|X, and --dimension X the whole value X|*; --dataset FILE."},
     {"name": "hf:NAME[:SPLIT] or a save_to_disk DIR", "languages": [], "items": "-", "labels": [], "kind": "format",
      "description": "Hugging Face datasets (needs the datasets package, vneuron's 'datasets' extra): any of the layouts above as columns; "
                     "the hub only when online."},

@@ -28,12 +28,30 @@ AXES = {
 }
 SHORT = {"openness_to_change": "OC", "conservation": "CO", "self_enhancement": "SE", "self_transcendence": "ST"}
 SPLITS = ("train", "test")
+UNSPLIT = ""  # a loaded row without a split; ``assign_splits`` decides it by a hash of the id
+DEFAULT_TEST_FRACTION = 0.2
+PAIR, ANY = "|", "*"  # "X|Y": value X in its conflict with Y; "X|*": X against all its conflicts
 
-# Prompt-mode template: the option's text is read as the continuation of the scenario.
-ACTION_TEMPLATES = {
-    "en": "{scenario}\nThe right thing to do is to {option}.",
-    "zh": "{scenario}\n我会{option}。",
-}
+
+def pair_label(value: str, opposite: str) -> str:
+    """The pole label of ``value`` in its conflict with ``opposite``: "X|Y"."""
+    return f"{value}{PAIR}{opposite}"
+
+
+def aggregate_label(value: str) -> str:
+    """The derived pole of ``value`` against all its conflicts, "X|*"; its opposite is "*|X"."""
+    return f"{value}{PAIR}{ANY}"
+
+
+def aggregate_opposite(value: str) -> str:
+    return f"{ANY}{PAIR}{value}"
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Deterministic held-out membership: SHA-256 of ``key`` as a number in [0, 1) below ``fraction``."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 16**16 < fraction
+
+# Prompt-mode templates (the action read after the scenario) live in vneuron/templates.py.
 # Generation-mode template (ValueLocate / ValueInsight style value conditioning).
 CONDITIONED_TEMPLATES = {
     "en": (
@@ -94,6 +112,8 @@ class Corpus:
     texts: list[Text] = field(default_factory=list)
     descriptions: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # language → label → texts
     contrasts: list[tuple[str, str]] | None = None
+    split_source: dict | None = None  # how items got their split: a column, or a hash of the id (assign_splits)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # contrasts left without texts by select()
 
     # -- what it holds -------------------------------------------------------------------
     @property
@@ -130,6 +150,40 @@ class Corpus:
             f"Corpus {self.name!r} has labels {labels} and no way to pair them into poles",
             "pass contrasts, e.g. --contrast kind:unkind",
         )
+
+    def aggregates(self) -> dict[str, list[str]]:
+        """Derived poles of conflict-labelled ("X|Y") items: "X|*" → every label on X's side, "*|X" → every
+        label opposing X. Their statistics are sums over those labels (``ActivationStats.groups``)."""
+        out: dict[str, set] = {}
+        for item in self.items:
+            if item.value and item.opposite_value and item.dimension == pair_label(item.value, item.opposite_value):
+                for value, mine, theirs in ((item.value, item.dimension, item.opposite),
+                                            (item.opposite_value, item.opposite, item.dimension)):
+                    out.setdefault(aggregate_label(value), set()).add(mine)
+                    out.setdefault(aggregate_opposite(value), set()).add(theirs)
+        return {label: sorted(members) for label, members in sorted(out.items())}
+
+    def whole_values(self, values: Iterable[str] | None = None) -> "Corpus":
+        """The corpus with the contrast "X|*" vs "*|X" added for each value X (default: every value with
+        two or more conflicts): the value against all its conflicts, beside the per-conflict pairs."""
+        aggregates = self.aggregates()
+        if values is None:
+            wanted = [label for label, members in aggregates.items() if not label.startswith(ANY) and len(members) > 1]
+        else:
+            wanted = [v if v.endswith(PAIR + ANY) else aggregate_label(v) for v in values]
+            unknown = [w for w in wanted if w not in aggregates]
+            if unknown:
+                raise VneuronError(f"Corpus {self.name!r} has no value conflicts for {', '.join(unknown)}",
+                                   "whole-value poles need C-voice rows 'X vs Y'; check the value's spelling")
+        added = [(w, aggregate_opposite(w[: -len(PAIR + ANY)])) for w in wanted]
+        contrasts = list(self.pole_contrasts())
+        return replace(self, contrasts=contrasts + [c for c in added if c not in contrasts])
+
+    def groups(self) -> dict[str, list[str]]:
+        """The derived labels this corpus's contrasts use, with the labels they sum over."""
+        aggregates = self.aggregates()
+        used = {label for pair in (self.contrasts or []) for label in pair}
+        return {label: members for label, members in aggregates.items() if label in used}
 
     def content_hash(self) -> str:
         """SHA-256 of the corpus content (order-independent of file layout, not of item order)."""
@@ -182,35 +236,72 @@ class Corpus:
                     f"use one of: {', '.join(self.languages) or 'none'}",
                 )
         contrasts = self.contrasts
+        aggregates = self.aggregates()
         if dimensions:
-            wanted = set(dimensions)
-            unknown = wanted - set(self.labels)
+            wanted = set()
+            for d in dimensions:  # a bare value of conflict labels ("友善") means its whole-value pole "友善|*"
+                wanted.add(aggregate_label(d) if d not in self.labels and aggregate_label(d) in aggregates else d)
+            whole = {w for w in wanted if w in aggregates and w not in self.labels}
+            source = self.whole_values(whole) if whole else self
+            unknown = wanted - set(self.labels) - whole
             if unknown:
                 raise VneuronError(
                     f"Corpus {self.name!r} has no label {', '.join(sorted(unknown))}",
                     f"use one of: {', '.join(self.labels)}",
                 )
-            partners = {b for a, b in self.pole_contrasts() if a in wanted}
+            partners = {b for a, b in source.pole_contrasts() if a in wanted}
             keep = wanted | partners
+            keep |= {m for label in keep for m in aggregates.get(label, ())}
             items = [i for i in items if i.dimension in keep or i.opposite in keep]
             texts = [t for t in texts if t.label in keep]
-            contrasts = [c for c in self.pole_contrasts() if c[0] in wanted]
+            contrasts = [c for c in source.pole_contrasts() if c[0] in wanted]
         if limit:
             items = _per_label_head(items, lambda i: i.dimension, limit)
             texts = _per_label_head(texts, lambda t: t.label, limit)
-        return replace(self, items=list(items), texts=list(texts), contrasts=contrasts)
+        dropped = list(self.dropped)
+        if contrasts:  # a pole left without texts (split, language, limit) cannot be contrasted: drop it, say so
+            present = {l for i in items for l in (i.dimension, i.opposite)} | {t.label for t in texts}
+            has = lambda label: label in present or any(m in present for m in aggregates.get(label, ()))  # noqa: E731
+            kept = [c for c in contrasts if has(c[0]) and has(c[1])]
+            dropped += [c for c in contrasts if c not in kept]
+            contrasts = kept
+        return replace(self, items=list(items), texts=list(texts), contrasts=contrasts, dropped=dropped)
+
+    def assign_splits(self, fraction: float = DEFAULT_TEST_FRACTION) -> "Corpus":
+        """Items and texts loaded without a split go to test when a hash of their id (text: group) falls below
+        ``fraction``, else to train: the same held-out set on every machine and every run."""
+        if not 0 <= fraction < 1:
+            raise VneuronError(f"--test-fraction must be in [0, 1), got {fraction}", "e.g. --test-fraction 0.2")
+        pick = lambda key: "test" if held_out(key, fraction) else "train"  # noqa: E731
+        unsplit = sum(i.split == UNSPLIT for i in self.items) + sum(t.split == UNSPLIT for t in self.texts)
+        items = [replace(i, split=pick(i.id)) if i.split == UNSPLIT else i for i in self.items]
+        texts = [replace(t, split=pick(t.group or t.id)) if t.split == UNSPLIT else t for t in self.texts]
+        if not unsplit:
+            source = {"kind": "column", "note": "splits as given in the data"}
+        else:
+            test = sum(i.split == "test" for i, old in zip(items, self.items) if old.split == UNSPLIT)
+            test += sum(t.split == "test" for t, old in zip(texts, self.texts) if old.split == UNSPLIT)
+            source = {"kind": "hash", "test_fraction": fraction, "assigned": unsplit, "assigned_test": test,
+                      "note": f"{unsplit} rows had no split column: {test} held out as test by SHA-256 of their id "
+                              f"(test fraction {fraction:g})"}
+        return replace(self, items=items, texts=texts, split_source=source)
 
     # -- prompts -------------------------------------------------------------------------
-    def action_prompts(self, span: str = "option") -> list[Prompt]:
-        """Prompt mode: each item gives the scenario followed by each of its two actions."""
+    def action_prompts(self, span: str = "option", *, template=None) -> list[Prompt]:
+        """Prompt mode: each item gives the scenario followed by each of its two actions.
+
+        ``template`` (a preset name, a template string or a ``templates.ChoiceTemplate``; default
+        the third-person "The right thing to do is to …") frames the action.
+        """
+        from ..templates import choice_template
+
         if span not in ("option", "all"):
             raise VneuronError(f"Unknown span {span!r}", "use option or all")
+        chosen = choice_template(template)
         prompts = []
         for item in self.items:
-            template = ACTION_TEMPLATES.get(item.language, ACTION_TEMPLATES["en"])
             for label, option, side in ((item.dimension, item.option_pole, "pole"), (item.opposite, item.option_opposite, "opposite")):
-                head, _, tail = template.partition("{option}")
-                prefix = head.format(scenario=item.scenario)
+                prefix, tail = chosen.action(item.language, item.scenario)
                 text = prefix + option + tail
                 where = (len(prefix), len(prefix) + len(option)) if span == "option" else None
                 prompts.append(Prompt(text, label, item.id, f"{item.id}:{side}", where))
@@ -242,6 +333,21 @@ class Corpus:
                 "add descriptions (a *.descriptions.jsonl file beside the corpus) or use --mode prompt",
             )
         return options[n % len(options)]
+
+
+def expresses(item: Item, label: str) -> bool | None:
+    """True if ``item``'s pole option expresses ``label``, False if its opposite option does, None if neither.
+
+    A whole-value pole "X|*" is expressed by the side of every conflict that holds value X.
+    """
+    if label in (item.dimension, item.opposite):
+        return label == item.dimension
+    if label.endswith(PAIR + ANY) and item.value and item.opposite_value \
+            and item.dimension == pair_label(item.value, item.opposite_value):
+        value = label[: -len(PAIR + ANY)]
+        if value in (item.value, item.opposite_value):
+            return value == item.value
+    return None
 
 
 def _per_label_head(rows, key, limit):
