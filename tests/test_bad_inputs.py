@@ -375,3 +375,5 @@ def test_the_table_is_large_and_every_command_is_in_it():
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv.split()[0] for c in CASES}
     assert {"locate", "ablate", "steer", "datasets", "models", "doctor"} <= commands
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"{len(CASES)} bad inputs and faults" in readme, "state the number of rows in the README"

@@ -84,7 +84,12 @@ def versions() -> dict[str, str]:
 
 def default_run_dir(kind: str, model_name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.split("/")[-1]).strip("-")
-    return Path("runs") / f"{kind}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{kind}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists() or path.with_name(f".{path.name}.partial").exists():  # two runs within one second
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def scrub(value: Any) -> Any:
