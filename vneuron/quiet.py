@@ -31,16 +31,21 @@ def library_bars() -> Iterator[None]:
     if not _quiet:
         yield
         return
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - transformers without GGUF support
+        gguf_utils = None
     enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    original = gguf_utils.tqdm  # imported by name there, so it is replaced there
-    gguf_utils.tqdm = partial(original, disable=True)
+    hf_logging.disable_progress_bar()  # transformers' own bars: loading weights, writing shards
+    original = getattr(gguf_utils, "tqdm", None)  # imported by name there, so it is replaced there
+    if original is not None:
+        gguf_utils.tqdm = partial(original, disable=True)
     try:
         yield
     finally:
-        gguf_utils.tqdm = original
+        if original is not None:
+            gguf_utils.tqdm = original
         if enabled:
             hf_logging.enable_progress_bar()

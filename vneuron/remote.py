@@ -6,8 +6,8 @@ tensors come back. Requests are submitted without blocking and polled with our o
 (the client's websocket wait has none), retried with backoff on transport errors, and every
 finished request is checkpointed so ``--resume`` continues an interrupted run without
 recomputing or double counting. A job the server no longer knows (it restarted: every poll
-answers 404) or that failed there is resubmitted once, with a note on the terminal. The API key comes from NDIF_API_KEY or nnsight's config and
-is never printed or written.
+answers 404) or that failed there is resubmitted once, with a note on the terminal. The API
+key comes from NDIF_API_KEY or nnsight's config and is never printed or written.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class RemoteTarget:
         return self.host == "local"
 
     def describe(self) -> dict[str, Any]:
-        return {"host": self.host, "timeout_s": self.timeout, "retries": self.retries}
+        return {"host": self.host, "timeout_s": self.timeout, "retries": self.retries, "lost_after_s": self.lost_after}
 
 
 def resolve_target(remote: "bool | str | RemoteTarget | None", host: str | None = None, **options) -> RemoteTarget | None:
@@ -132,7 +132,7 @@ def _network_error(exc: BaseException) -> bool:
 def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> VneuronError:
     """A one-line, actionable message for what came back from the network or the server."""
     text = str(exc)
-    last = text.strip().splitlines()[-1] if text.strip() else exc.__class__.__name__
+    last = _last_line(exc)
     lower = text.lower()
     if isinstance(exc, JobLost):
         return VneuronError(f"NDIF host {target.host} lost the request twice ({text})",
@@ -195,7 +195,8 @@ def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect:
                 raise
             error = translate(exc, target, model_id)
             if isinstance(exc, JobLost) or (polling and not _network_error(exc)):
-                raise JobFailed(error.problem + (" (after one resubmission)" if resubmitted else ""), error.fix) from None
+                again = " (after one resubmission)" if resubmitted and not isinstance(exc, JobLost) else ""
+                raise JobFailed(error.problem + again, error.fix) from None
             raise error from None
 
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..errors import VneuronError
+from ..quiet import library_bars
 from .registry import ALIASES, Alias
 from .sites import Architecture, architecture_for, mlp_width, num_layers
 
@@ -220,6 +221,7 @@ def packaged_gguf(alias: Alias) -> Path:
     return Path(module.assemble(target))
 
 
+@library_bars()  # --quiet: no de-quantising, loading or shard-writing bars
 def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
     """Dequantise a GGUF file once into a safetensors directory; returns it and the file hash.
 
@@ -262,11 +264,8 @@ def _convert_into(gguf: Path, directory: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..quiet import library_bars
-
-    with library_bars():  # --quiet: no de-quantising bars
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded ("quantised") model until these are cleared.
     model.hf_quantizer = None
     model.is_quantized = False
