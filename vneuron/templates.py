@@ -97,11 +97,20 @@ def _check(form: str, required: tuple[str, ...], allowed: set[str], what: str) -
 
 
 @dataclass(frozen=True)
-class ChoiceTemplate:
-    """A forced-choice / action template: the spec the user gave and its form per language."""
+class _Template:
+    spec: str  # what the user gave: a preset name or a template string
+    forms: dict[str, str]  # language (or "*") → template string
 
-    spec: str
-    forms: dict[str, str]
+    def form(self, language: str) -> str:
+        return self.forms.get(EVERY) or self.forms.get(language) or self.forms["en"]
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "forms": dict(self.forms)}
+
+
+@dataclass(frozen=True)
+class ChoiceTemplate(_Template):
+    """A forced-choice / action template: the spec the user gave and its form per language."""
 
     def __post_init__(self) -> None:
         for form in self.forms.values():
@@ -110,9 +119,6 @@ class ChoiceTemplate:
             if "{first}" in form and ("{first}" not in head or "{second}" not in head):
                 raise VneuronError(f"The forced-choice template {form!r} lists {{first}} without {{second}} before {{option}}",
                                    "put both {first} and {second} before {option}, or neither")
-
-    def form(self, language: str) -> str:
-        return self.forms.get(EVERY) or self.forms.get(language) or self.forms["en"]
 
     def lists(self, language: str = "en") -> bool:
         return "{first}" in self.form(language)
@@ -144,30 +150,18 @@ class ChoiceTemplate:
         tail = self.form(language).partition("{option}")[2]
         return prefix + continuation.partition("{option}")[0], tail
 
-    def describe(self) -> dict:
-        return {"spec": self.spec, "forms": dict(self.forms)}
-
 
 @dataclass(frozen=True)
-class PVQTemplate:
+class PVQTemplate(_Template):
     """A questionnaire template: ``{item}`` the statement, ``{answer}`` each rating's text."""
-
-    spec: str
-    forms: dict[str, str]
 
     def __post_init__(self) -> None:
         for form in self.forms.values():
             _check(form, ("item", "answer"), {"item", "answer"}, "PVQ")
 
-    def form(self, language: str) -> str:
-        return self.forms.get(EVERY) or self.forms.get(language) or self.forms["en"]
-
     def pair(self, language: str, item: str, answer: str) -> tuple[str, str]:
         prefix, continuation, _ = _split_at(self.form(language), "answer")
         return _fill(prefix, item=item), _fill(continuation, answer=answer)
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "forms": dict(self.forms)}
 
 
 def choice_template(spec: "str | ChoiceTemplate | None" = None) -> ChoiceTemplate:
