@@ -129,6 +129,7 @@ def locate(
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the tables' numbers) on stdout instead of tables."),
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -159,7 +160,17 @@ def locate(
             result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar,
                                 remote=_target(remote, host, timeout), resume=resume, detach=detach)
     except Detached as done:
+        if json_out:
+            from .jsonout import emit
+
+            emit({"kind": "locate", "detached": str(done)})
+            return
         console.print(f"{done}. Collect them with the same command and --resume instead of --detach.")
+        return
+    if json_out:
+        from .jsonout import emit, locate_json
+
+        emit(locate_json(result, top=show))
         return
     for table in locate_tables(result, top=show):
         console.print(table)
@@ -215,6 +226,7 @@ def ablate(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -232,6 +244,11 @@ def ablate(
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
+    if json_out:
+        from .jsonout import emit, validation_json
+
+        emit(validation_json(result))
+        return
     console.print(ablate_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
@@ -259,6 +276,7 @@ def steer(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -279,6 +297,11 @@ def steer(
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
+    if json_out:
+        from .jsonout import emit, validation_json
+
+        emit(validation_json(result))
+        return
     console.print(steer_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
@@ -293,7 +316,8 @@ def _is_numbers(text: str) -> bool:
 @app.command()
 @handle_errors
 def models(remote: bool = typer.Option(False, "--remote", help="Also ask NDIF which aliases it serves now."),
-           host: Optional[str] = HostOpt):
+           host: Optional[str] = HostOpt,
+           json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Model aliases, where their weights come from, and (with --remote/--host) whether NDIF serves them now."""
     from rich.table import Table
 
@@ -313,20 +337,29 @@ def models(remote: bool = typer.Option(False, "--remote", help="Also ask NDIF wh
     table = Table(title="Model aliases", title_justify="left")
     for column in ("alias", "model id", "source", "description") + (("NDIF now",) if served is not None else ()):
         table.add_column(column)
+    records = []
     for name, alias in ALIASES.items():
         if name == "default":
             continue
         source = f"packaged ({alias.package})" if alias.package else "hub / NDIF"
         row = [name + (" (default)" if name == DEFAULT_ALIAS else ""), alias.hub_id, source, alias.description]
+        records.append({"alias": name, "default": name == DEFAULT_ALIAS, "model_id": alias.hub_id, "source": source,
+                        "description": alias.description})
         if served is not None:
             row.append("" if alias.package else served.get(alias.hub_id, "not running"))
+            records[-1]["ndif"] = row[-1] or None
         table.add_row(*row)
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "models", "models": records})
+        return
     console.print(table)
 
 
 @app.command()
 @handle_errors
-def datasets():
+def datasets(json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Corpora that ship with vneuron (any JSONL/CSV/TSV/XLSX file works too)."""
     from rich.table import Table
 
@@ -336,14 +369,21 @@ def datasets():
     table = Table(title="Datasets", title_justify="left")
     for column in ("name", "languages", "items", "labels", "description"):
         table.add_column(column)
-    for d in list_datasets():
+    found = list_datasets()
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "datasets", "datasets": found})
+        return
+    for d in found:
         table.add_row(d["name"], ", ".join(d["languages"]), str(d["items"]), ", ".join(d["labels"]), d["description"])
     console.print(table)
 
 
 @app.command()
 @handle_errors
-def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the NDIF host."), host: Optional[str] = HostOpt):
+def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the NDIF host."), host: Optional[str] = HostOpt,
+           json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Versions, installed models, API key presence; with --remote/--host also NDIF reachability and compatibility."""
     from importlib import util
 
@@ -362,7 +402,7 @@ def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the
     rows.append(("NDIF host", target.host))
     if not (remote or host):
         rows.append(("reachable", "not checked (pass --remote)"))
-        console.print(key_value_table("vneuron doctor", rows))
+        _doctor_out(rows, json_out)
         return
     found = probe(target.host)
     rows.append(("reachable", "yes" if found.get("reachable") else f"no ({found.get('error', 'no answer')})"))
@@ -371,7 +411,121 @@ def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the
     if server_version:
         same = str(server_version).split(".")[:2] == versions()["nnsight"].split(".")[:2]
         rows.append(("server nnsight", f"{server_version} ({'compatible' if same else 'differs from the client: install it'})"))
-    console.print(key_value_table("vneuron doctor", rows))
+    _doctor_out(rows, json_out)
+
+
+def _doctor_out(rows: list[tuple[str, str]], json_out: bool) -> None:
+    from .report import console, key_value_table
+
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "doctor", "checks": dict(rows)})
+    else:
+        console.print(key_value_table("vneuron doctor", rows))
+
+
+# -- report, compare, show, --version (see vneuron/html_report.py, compare.py, cards.py) ---------------
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"vneuron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """Find the neurons of a language model that encode human values, and test them causally."""
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: FIRST_RUN/report.html); OUT.md and OUT-figures/*.png go beside it."),
+    cards: int = typer.Option(1, help="Neuron cards per pole (top neurons; needs the run's model for one forward pass). 0: none."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the neuron cards (default: the run's own)."),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+):
+    """One self-contained HTML page with figures, the figures as PNG files, and a Markdown summary.
+
+    Examples:
+      vneuron report runs/locate-gemma-3-270m-20261124-101500
+      vneuron report runs/en runs/zh -o en-vs-zh.html --cards 0
+    """
+    from .html_report import ReportOptions, build_report
+    from .report import console, progress_bar
+
+    _threads(threads)
+    with progress_bar(not quiet) as bar:
+        written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, progress=bar))
+    console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
+                  f"{written.html.stem}-figures/)")
+
+
+@app.command()
+@handle_errors
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more locate run directories."),
+    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to compare; default: every pole (all runs must have it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write (default: runs/compare-TIME.csv); per-layer rows go to OUT-layers.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
+):
+    """Overlap of located sets across runs: languages, sites, methods or models.
+
+    Examples:
+      vneuron compare runs/en runs/zh
+      vneuron compare runs/gate runs/down_in runs/lape --dimension self_transcendence
+    """
+    from .compare import compare_runs, compare_table, default_csv
+    from .report import console, err_console
+
+    result = compare_runs(run_dirs, _split_list(dimension))
+    table_path, layers_path = result.write_csv(out or default_csv())
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "compare", **result.to_json(), "csv": str(table_path), "layers_csv": str(layers_path)})
+        return
+    console.print(compare_table(result))
+    if result.skipped:
+        err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
+    console.print(f"Written to [bold]{table_path}[/] and {layers_path.name}")
+
+
+@app.command()
+@handle_errors
+def show(
+    run_dir: Path = typer.Argument(..., help="A locate run directory."),
+    neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023."),
+    texts: int = typer.Option(5, help="Most and least activating texts shown."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the run's own)."),
+    batch_tokens: int = BatchTokensOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the card."),
+):
+    """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools.
+
+    Examples:
+      vneuron show runs/locate-gemma-3-270m-20261124-101500 11:1504
+    """
+    from .cards import neuron_cards, parse_neuron
+    from .report import console, progress_bar
+
+    _threads(threads)
+    layer, unit = parse_neuron(neuron)
+    with progress_bar(not quiet) as bar:
+        card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar)[0]
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "neuron", **card.to_json()})
+        return
+    for renderable in card.rich():
+        console.print(renderable)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
