@@ -233,6 +233,7 @@ def compare_runs(paths: Sequence[str | Path], dimensions: Sequence[str] | None =
         if names.count(r.name) > 1:
             r.name = f"{r.path.parent.name}/{r.path.name}"
     poles, skipped = _poles(runs, dimensions, strict)
+    bins = max(1, min(bins, *(r.n_layers for r in runs)))  # no bin without a layer in it
     result = Comparison(runs, poles, skipped=skipped, bins=bins)
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):

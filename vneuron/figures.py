@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from .data.schema import SHORT  # noqa: E402
 
@@ -57,7 +58,7 @@ def short(pole: str) -> str:
 def _grid(n: int, width: float = 7.5, height: float = 2.6, cols: int = 2):
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height * rows + 0.4), squeeze=False, layout="constrained")
     flat = [ax for row in axes for ax in row]
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -67,7 +68,7 @@ def _grid(n: int, width: float = 7.5, height: float = 2.6, cols: int = 2):
 # -- locate --------------------------------------------------------------------------------------
 def neurons_per_layer(per_layer: dict[str, list[int]], source: str) -> Figure:
     """Located neurons per layer for each pole, with relative depth on the top axis."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
     n_layers = max(len(v) for v in per_layer.values())
     layers = list(range(n_layers))
     for n, (pole, counts) in enumerate(per_layer.items()):
@@ -79,10 +80,10 @@ def neurons_per_layer(per_layer: dict[str, list[int]], source: str) -> Figure:
     ax.set_xlim(-0.5, n_layers - 0.5)
     ax.set_ylim(bottom=0)
     top = ax.secondary_xaxis("top", functions=(lambda x: x / max(n_layers - 1, 1), lambda d: d * max(n_layers - 1, 1)))
+    top.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     top.set_xlabel("relative depth (layer / last layer)")
     ax.legend(fontsize=7.5, loc="best", frameon=False)
     ax.grid(alpha=0.25)
-    fig.tight_layout()
     caption = (f"Located neurons in each of the {n_layers} layers, per pole (legend: total per pole); the dashed line is "
                f"the count per layer if the selection were spread evenly. Source: {source}.")
     return Figure("locate-neurons-per-layer", "Located neurons per layer", caption, fig)
@@ -93,10 +94,14 @@ def score_distributions(scores: dict[str, Sequence[float]], cuts: dict[str, floa
     """Histogram of every neuron's score per pole, with the selection cut marked."""
     fig, axes = _grid(len(scores))
     for n, (ax, (pole, values)) in enumerate(zip(axes, scores.items())):
-        ax.hist(values, bins=80, color=color(pole, n), alpha=0.8, log=True)
+        import torch
+
+        counts, edges = torch.histogram(torch.tensor(values, dtype=torch.float64), bins=80)
+        ax.stairs(counts.clamp_min(0.8).tolist(), edges.tolist(), fill=True, color=color(pole, n), alpha=0.8, baseline=0.8)
+        ax.set_yscale("log")
         cut = cuts.get(pole)
         if cut is not None:
-            kept = sum(1 for v in values if v >= cut)
+            kept = sum(1 for v in values if v >= cut - 1e-6)  # the CSV rounds scores to 6 decimals
             ax.axvline(cut, color="black", ls="--", lw=1.2)
             ax.text(cut, 0.95, f" cut {cut:+.4g}\n {kept} at or above", transform=ax.get_xaxis_transform(),
                     va="top", ha="left", fontsize=7.5)
@@ -104,7 +109,6 @@ def score_distributions(scores: dict[str, Sequence[float]], cuts: dict[str, floa
         ax.set_xlabel(f"score ({method})", fontsize=8)
         ax.set_ylabel("neurons (log scale)", fontsize=8)
         ax.tick_params(labelsize=7.5)
-    fig.tight_layout()
     caption = (f"Distribution of the {method} score over all neurons, per pole (pole minus opposite, signed by the run's "
                f"direction); the dashed line is the weakest selected score (the selection cut). {note}Scores recomputed "
                f"from {source}.")
@@ -116,7 +120,7 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
     """Scores from one half of the scenarios against the other, every neuron a dot."""
     fig, axes = _grid(len(halves), height=3.0)
     for n, (ax, (pole, (a, b))) in enumerate(zip(axes, halves.items())):
-        ax.scatter(a, b, s=2, alpha=0.35, color=color(pole, n), rasterized=True, linewidths=0)
+        ax.scatter(a, b, s=max(2.0, min(10.0, 3000 / max(len(a), 1))), alpha=0.45, color=color(pole, n), rasterized=True, linewidths=0)
         lo, hi = min(min(a), min(b)), max(max(a), max(b))
         ax.plot([lo, hi], [lo, hi], color=CONTROL, lw=0.8, ls=":")
         s = stab.get(pole) or {}
@@ -127,7 +131,6 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
         ax.set_xlabel(f"{method}, half 1 (fold 0)", fontsize=8)
         ax.set_ylabel(f"{method}, half 2 (fold 1)", fontsize=8)
         ax.tick_params(labelsize=7.5)
-    fig.tight_layout()
     caption = ("Split-half stability: each dot is one neuron, its score from one half of the scenarios against the other "
                "half (dotted: identity). r is the Pearson correlation over all neurons; the overlap counts neurons in the "
                "top-k of both halves, next to the overlap expected by chance (k²/N). Scores recomputed from "
@@ -137,7 +140,7 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
 
 def shuffle_null(null: dict[str, dict], source: str) -> Figure:
     """Neurons passing the real cut with shuffled labels, against the number selected."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.7 + 0.55 * len(null)))
+    fig, ax = plt.subplots(figsize=(7.5, 0.7 + 0.55 * len(null)), layout="constrained")
     poles = list(null)
     for y, pole in enumerate(poles):
         d = null[pole]
@@ -150,9 +153,8 @@ def shuffle_null(null: dict[str, dict], source: str) -> Figure:
     ax.set_xlabel("neurons at or above the selection cut (count)")
     ax.set_xlim(left=0, right=max(max(null[p]["selected"], *null[p]["passing_by_chance"]) for p in poles) * 1.45 + 1)
     ax.set_ylim(-0.6, len(poles) - 0.4)
-    ax.legend(fontsize=7.5, loc="lower right", frameon=False)
+    ax.legend(fontsize=7.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.25)
-    fig.tight_layout()
     caption = ("Label-shuffle null: pole labels flipped at random within scenarios and the corpus re-captured; grey dots "
                "count neurons that pass the real selection cut in each shuffle, the diamond the number selected with the "
                f"real labels. The share is the estimated false-discovery rate. Source: {source} (null).")
@@ -162,7 +164,7 @@ def shuffle_null(null: dict[str, dict], source: str) -> Figure:
 # -- ablate --------------------------------------------------------------------------------------
 def ablation_before_after(results: list[dict], mode: str, source: str) -> Figure:
     """P(choosing the pole's action) before and after editing, per pole, with the CI of the change."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(results)))
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(results)), layout="constrained")
     for y, s in enumerate(results):
         before, after = s["baseline"], s["after"]
         lo, hi = (before + s["effect_ci"][0], before + s["effect_ci"][1])
@@ -182,9 +184,8 @@ def ablation_before_after(results: list[dict], mode: str, source: str) -> Figure
     ax.set_ylim(-0.7, len(results) - 0.3)
     ax.invert_yaxis()
     ax.set_xlabel("P(choosing the pole's action), mean over held-out items")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.25)
-    fig.tight_layout()
     caption = (f"Forced choice before and after the {mode} edit of each pole's located neurons: black = unedited model, "
                "pink = edited (bar: bootstrap 95% CI of the change over items, placed on the after value), grey = mean ± sd "
                f"over the matched random controls. Source: {source} (results: baseline, after, effect_ci, control_effect, control_sd).")
@@ -193,7 +194,7 @@ def ablation_before_after(results: list[dict], mode: str, source: str) -> Figure
 
 def ablation_vs_controls(results: list[dict], source: str) -> Figure:
     """The located set's effect among the controls' effects: every control a dot."""
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.65 * len(results)))
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.65 * len(results)), layout="constrained")
     for y, s in enumerate(results):
         effects = s.get("control_effects") or []
         if effects:
@@ -208,9 +209,8 @@ def ablation_vs_controls(results: list[dict], source: str) -> Figure:
     ax.set_ylim(-0.7, len(results) - 0.3)
     ax.invert_yaxis()
     ax.set_xlabel("effect on P(pole's action): after − before")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.25)
-    fig.tight_layout()
     caption = ("Effect of editing the located set (diamond) against the same edit on each matched random control (dots: "
                "same number of neurons in every layer). Rank 1 = lower than every control; p = share of controls (plus the "
                f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, p_lower) "
@@ -231,11 +231,11 @@ def per_item_effects(items: dict[str, list[tuple[float, float | None]]], source:
         ax.axhline(0, color="black", lw=0.7)
         ax.set_title(short(pole), fontsize=9)
         ax.set_xlabel("held-out item (sorted by effect)", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("after − before (P)", fontsize=8)
         ax.tick_params(labelsize=7)
         if n == 0:
             ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     caption = ("Change in P(choosing the pole's action) per held-out item after editing the located set (bars), and the "
                f"mean change over the controls for the same item (dots). Source: {source} (after − baseline, controls_mean − baseline).")
     return Figure("ablate-per-item", "Per-item effects", caption, fig)
@@ -256,7 +256,6 @@ def pvq_circle(pvq: dict[str, dict], source: str) -> Figure:
         ax.tick_params(axis="y", labelsize=7.5)
         if n == 0:
             ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     caption = ("PVQ portrait ratings per basic value, centred on the mean rating (Schwartz), before and after editing each "
                "pole's located neurons; values in Schwartz's circular order (self-direction → universalism), so adjacent "
                f"values are motivationally compatible. Source: {source} (results: pvq.values_before, pvq.values_after).")
@@ -286,7 +285,6 @@ def dose_response(curves: dict[str, list[dict]], mode: str, source: str) -> Figu
         ax.tick_params(labelsize=7.5)
         ax.legend(fontsize=6.5, frameon=False)
         ax.grid(alpha=0.25)
-    fig.tight_layout()
     caption = (f"Dose–response: mean P(choosing the pole's action) on held-out items as the located neurons are edited "
                f"({mode}) with factor γ, beside the same edit of matched random controls at every γ (band: min–max, dashed: "
                f"mean). Source: {source} (after, control_effect) and manifest.json (control_effects).")
@@ -311,7 +309,6 @@ def overlap_heatmaps(matrices: dict[str, dict], names: list[str], source: str) -
         ax.set_ylabel("run", fontsize=8)
         ax.set_title(f"{short(pole)}: {m['measure']}", fontsize=8.5)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-    fig.tight_layout()
     legend = "; ".join(f"{k + 1} = {name}" for k, name in enumerate(names))
     caption = ("Agreement of the located sets between runs, per pole: Jaccard of the neuron sets where the runs share a "
                "neuron space (same model), else 1 − total variation distance of the sets' distributions over relative "
@@ -326,14 +323,13 @@ def depth_profiles(profiles: dict[str, dict[str, list[float]]], bins: int, sourc
     for ax, (pole, per_run) in zip(axes, profiles.items()):
         for n, (name, shares) in enumerate(per_run.items()):
             ax.plot(centres, shares, marker="o", ms=3, color=_CYCLE[n % len(_CYCLE)], label=name)
-        ax.axhline(1 / bins, color=CONTROL, ls="--", lw=1, label="uniform")
+        ax.axhline(1 / bins, color=CONTROL, ls="--", lw=1, label=f"even spread (1/{bins})")
         ax.set_title(short(pole), fontsize=9)
         ax.set_xlabel("relative depth (layer / last layer)", fontsize=8)
         ax.set_ylabel("share of located set", fontsize=8)
         ax.set_xlim(0, 1)
         ax.tick_params(labelsize=7.5)
         ax.legend(fontsize=6, frameon=False)
-    fig.tight_layout()
     caption = (f"Where each run's located neurons sit: share of the set in each of {bins} relative-depth bins "
                f"(0 = first layer, 1 = last); the dashed line is an even spread. Source: {source}.")
     return Figure("compare-depth", "Located neurons by relative depth", caption, fig)
@@ -341,7 +337,7 @@ def depth_profiles(profiles: dict[str, dict[str, list[float]]], bins: int, sourc
 
 def activation_histogram(per_label: dict[str, Sequence[float]], title: str, source: str) -> Figure:
     """One neuron's activations on counted tokens, per label (for neuron cards)."""
-    fig, ax = plt.subplots(figsize=(5.2, 2.4))
+    fig, ax = plt.subplots(figsize=(5.2, 2.4), layout="constrained")
     everything = [v for vs in per_label.values() for v in vs]
     lo, hi = (min(everything), max(everything)) if everything else (0, 1)
     bins = [lo + (hi - lo) * i / 40 for i in range(41)] if hi > lo else 10
@@ -355,6 +351,5 @@ def activation_histogram(per_label: dict[str, Sequence[float]], title: str, sour
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6.5, frameon=False)
-    fig.tight_layout()
     caption = f"Distribution of this neuron's activation over counted tokens, per label. Source: {source}."
     return Figure("card", title, caption, fig)

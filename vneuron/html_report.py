@@ -184,7 +184,8 @@ def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
         s.blocks.append(figures.neurons_per_layer(per_layer, src_csv))
     method = sel["method"] if sel["method"] != "lape" else "delta_p"
     signed, cuts, halves = {}, {}, {}
-    for pole, neuron_set in run.sets.items():
+    for pole in list(by_pole) + [p for p in run.sets if p not in by_pole]:
+        neuron_set = run.sets[pole]
         opposite = neuron_set.meta.get("opposite") or (by_pole.get(pole, [{}])[0].get("opposite") or None)
         if not opposite:
             continue
