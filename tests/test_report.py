@@ -295,3 +295,20 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     for f in figures:  # the figure regions of the real page, as painted
         region = pixels[int(f["y"]): int(f["y"] + f["h"]), int(f["x"]): int(f["x"] + f["w"])]
         assert region.numel() > 0 and float(region.std()) > 0.02, f
+
+
+def test_ablate_and_steer_tables_fit_80_columns(study):
+    from rich.console import Console
+
+    from vneuron.report import ablate_table, steer_table
+    from vneuron.validate import ValidationResult
+
+    for sub, table in (("ablate-zero-kall", ablate_table), ("steer-scale-kall", steer_table)):
+        manifest = json.loads((study["dir"] / sub / "manifest.json").read_text())
+        console = Console(width=80, record=True, file=open("/dev/null", "w"))
+        console.print(table(ValidationResult(study["dir"] / sub, manifest, manifest["results"])))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+        first = manifest["results"][0]
+        after = first["after"] if "after" in first else first["curve"][-1]["after"]
+        assert f"{after:.3f}" in text  # whole numbers, not split across lines
