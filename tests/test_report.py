@@ -312,3 +312,17 @@ def test_ablate_and_steer_tables_fit_80_columns(study):
         first = manifest["results"][0]
         after = first["after"] if "after" in first else first["curve"][-1]["after"]
         assert f"{after:.3f}" in text  # whole numbers, not split across lines
+
+
+def test_line_progress_prints_stage_starts_and_ends():
+    import io
+
+    from vneuron.report import line_progress
+
+    out = io.StringIO()
+    say = line_progress(out, every=3600)
+    for done in range(0, 5):
+        say("Capturing activations", done, 4)
+    say("Scoring", 1, 1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and "Capturing activations 0/4" in lines[0] and "4/4" in lines[1] and "Scoring 1/1" in lines[2]

@@ -83,10 +83,10 @@ def _target(remote: bool, host: Optional[str], timeout: float):
 
 PolesOpt = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run.")
 ControlsOpt = typer.Option(20, help="Random neuron sets with the same per-layer counts (at every γ when steering).")
-EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.")
+EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.", metavar="[test|train|all]")
 EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per pole side.")
 SeedOpt = typer.Option(0, help="Seed of the random controls.")
-ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).")
+ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).", metavar="[listed|continuation]")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
 ThreadsOpt = typer.Option(None, help="torch CPU threads.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
@@ -103,16 +103,16 @@ def locate(
     columns: Optional[str] = typer.Option(None, help="Map our fields to your columns: text=sentence,label=value_label."),
     contrast: Optional[str] = typer.Option(None, help="Pole:opposite label pairs for non-Schwartz labels, e.g. kind:unkind."),
     dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to rank, e.g. self_transcendence,conservation. Default: all."),
-    language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
-    split: str = typer.Option("train", help="Corpus split (train, test, all)."),
+    language: str = typer.Option("en", help="Corpus language (en, zh, all).", metavar="[en|zh|all]"),
+    split: str = typer.Option("train", help="Corpus split (train, test, all).", metavar="[train|test|all]"),
     limit: Optional[int] = typer.Option(None, help="At most this many items per dimension (for a quick look)."),
-    site: str = typer.Option("gate", help="gate: the activation function's output (the papers' site); down_in: the output projection's input (act·up)."),
-    mode: str = typer.Option("prompt", help="prompt: count the action's tokens; generate: count generated tokens under a value-conditioned prompt (ValueLocate)."),
-    span: str = typer.Option("option", help="Prompt mode: count the action's tokens (option) or the whole prompt (all)."),
-    method: str = typer.Option("delta_p", help="delta_p, mean_diff, cohen_d, welch_t or lape."),
-    rule: str = typer.Option("top_k", help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1}))."),
+    site: str = typer.Option("gate", help="gate: the activation function's output (the papers' site); down_in: the output projection's input (act·up).", metavar="[gate|down_in]"),
+    mode: str = typer.Option("prompt", help="prompt: count the action's tokens; generate: count generated tokens under a value-conditioned prompt (ValueLocate).", metavar="[prompt|generate]"),
+    span: str = typer.Option("option", help="Prompt mode: count the action's tokens (option) or the whole prompt (all).", metavar="[option|all]"),
+    method: str = typer.Option("delta_p", help="delta_p, mean_diff, cohen_d, welch_t or lape.", metavar="[delta_p|mean_diff|cohen_d|welch_t|lape]"),
+    rule: str = typer.Option("top_k", help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1})).", metavar="[top_k|per_layer|valuelocate]"),
     top_k: int = typer.Option(200, "--top-k", "-k", help="Neurons to keep per pole (per layer with --rule per_layer)."),
-    direction: str = typer.Option("pole", help="pole: higher for the pole; opposite: higher for its opposite; both: |score|."),
+    direction: str = typer.Option("pole", help="pole: higher for the pole; opposite: higher for its opposite; both: |score|.", metavar="[pole|opposite|both]"),
     max_new_tokens: int = typer.Option(32, help="Generate mode: generated tokens counted per prompt."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)."),
     folds: int = typer.Option(2, help="Folds for the split-half stability estimate (1 turns it off)."),
@@ -125,7 +125,7 @@ def locate(
     request_batches: int = typer.Option(8, help="Remote: forward batches per NDIF request."),
     resume: bool = typer.Option(False, "--resume", help="Remote: continue an interrupted run (needs the same --out)."),
     detach: bool = typer.Option(False, "--detach", help="Remote: submit every request and exit; collect later with --resume."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16.", metavar="[float32|bfloat16|float16]"),
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
@@ -210,7 +210,7 @@ def ablate(
     language: str = FirstLanguageOpt,
     dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Edit the top K of each located set (default: the whole set)."),
-    mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set."),
+    mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set.", metavar="[zero|clamp|mean|scale|set|add]"),
     gamma: float = typer.Option(0.0, help="γ for --mode scale."),
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
@@ -263,7 +263,7 @@ def steer(
     language: str = FirstLanguageOpt,
     dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Steer the top K of each located set."),
-    mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
+    mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15))).", metavar="[scale|add]"),
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
     limit: Optional[int] = EvalLimitOpt,

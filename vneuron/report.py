@@ -16,9 +16,49 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def hide_hf_progress() -> None:
+    """Hugging Face's own tqdm bars would interleave with vneuron's progress: switch them off."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - a missing or changed transformers API only means visible bars
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def line_progress(stream=None, every: float = 15.0):
+    """A ``(stage, done, total)`` callback for scripts and logs: a line when a stage starts, then at most
+    one every ``every`` seconds, and one when it completes."""
+    import sys
+    import time
+
+    out = stream or sys.stderr
+    state = {"stage": None, "last": 0.0, "start": 0.0}
+
+    def update(stage: str, done: int, total: int) -> None:
+        now = time.time()
+        new = stage != state["stage"]
+        if new:
+            state.update(stage=stage, start=now)
+        if new or (total and done >= total) or now - state["last"] >= every:
+            count = f" {done}/{total}" if total else ""
+            out.write(f"[{time.strftime('%H:%M:%S')}] {stage}{count} ({now - state['start']:.0f} s)\n")
+            out.flush()
+            state["last"] = now
+
+    return update
+
+
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator:
     """A ``(stage, done, total)`` callback that drives one rich progress bar per stage."""
+    hide_hf_progress()
     if not enabled:
         yield lambda stage, done, total: None
         return
