@@ -65,6 +65,7 @@ def runs(tmp_path_factory, tiny_dir):
     locate("gate")
     locate("down_in", "--site", "down_in")
     locate("cohen", "--method", "cohen_d")  # same statistics, another method
+    locate("lape", "--method", "lape")
     locate("qwen", model="qwen2")  # another model, same layer count
     locate("neox", model="gpt_neox")  # another model, 2 layers: compared by relative depth
     locate("st_only", "--dimension", "self_transcendence")
@@ -142,3 +143,16 @@ def test_bad_inputs(runs, tmp_path):
     assert not out.exists() and not (tmp_path / "bad-layers.csv").exists()
     ok = run("compare", runs["gate"], runs["st_only"], "--dimension", "self_transcendence", "-o", out)
     assert ok.exit_code == 0 and out.exists()
+
+
+def test_delta_p_against_lape_and_a_lape_report(runs, tmp_path):
+    res = run("compare", runs["gate"], runs["lape"], "-o", tmp_path / "l.csv", "--json")
+    assert res.exit_code == 0, res.output + res.stderr
+    data = json.loads(res.stdout)
+    assert [r["method"] for r in data["runs"]] == ["delta_p", "lape"]
+    for pair in data["pairs"]:  # LAPE runs are scored by Δp over all neurons: the same statistics, ρ = 1
+        assert pair["same_neurons"] and pair["spearman"] == pytest.approx(1.0)
+    out = tmp_path / "lape.html"
+    rep = run("report", runs["lape"], "-o", out, "--cards", "0", "-q")
+    assert rep.exit_code == 0, rep.output + rep.stderr
+    assert "LAPE selects by entropy" in out.read_text()

@@ -37,7 +37,7 @@ class Figure:
 
     def png(self) -> bytes:
         buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+        self.fig.savefig(buf, format="png", dpi=DPI)  # constrained layout keeps labels and legends inside
         plt.close(self.fig)
         self.fig = None
         self._png = buf.getvalue()

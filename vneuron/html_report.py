@@ -229,7 +229,7 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
         return []
     if run.manifest["model"].get("remote") and options.model is None:
         return [Text("Neuron cards need a forward pass over the corpus; this run was captured remotely, so they are "
-                     "skipped (run `vneuron show RUN L:U --remote` for one neuron).")]
+                     "skipped (pass --model with local weights of the same model to draw them).")]
     return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
                         progress=options.progress)
 
