@@ -287,7 +287,10 @@ def compare_table(result: Comparison):
 
     from .data.schema import SHORT
 
-    table = Table(title="Overlap of located sets", title_justify="left",
+    from rich import box
+
+    table = Table(title="Overlap of located sets", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, caption_justify="left",
                   caption="; ".join(f"{k + 1} = {r.name} ({r.describe()['site']}, {r.describe()['language']}, "
                                     f"{r.describe()['method']})" for k, r in enumerate(result.runs)) +
                   ". chance = |A|·|B|/N; p = hypergeometric P(≥ overlap); depth = mean relative depth.")
