@@ -44,9 +44,9 @@ def study(tmp_path_factory, tiny_dir):
     loc = root / "run"
     located = one_json(run("locate", "--model", tiny_dir("llama"), "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all",
                            "-k", "10", "--null", "1", "--out", loc, "--json"))
-    ablated = one_json(run("ablate", loc, "--controls", "3", "--split", "all", "--generations", "1", "-q",
+    ablated = one_json(run("ablate", loc, "--controls", "2", "--split", "all", "--generations", "1", "-q",
                            "--dimension", "self_transcendence,conservation", "--pvq", INVENTORY, "--json"))
-    steered = one_json(run("steer", loc, "--gamma", "0,1,2", "--controls", "2", "--split", "all", "-q",
+    steered = one_json(run("steer", loc, "--gamma", "0,2", "--controls", "2", "--split", "all", "-q",
                            "--dimension", "self_transcendence", "--json"))
     return {"dir": loc, "locate": located, "ablate": ablated, "steer": steered, "model": tiny_dir("llama")}
 
@@ -76,7 +76,7 @@ def test_ablate_and_steer_json_match_the_run_files(study):
     assert [round(e, 6) for e in ab["results"][0]["control_effects"]] == [float(r["effect"]) for r in controls]
     st = study["steer"]
     rows = list(csv.DictReader(open(Path(st["run_dir"]) / "dose_response.csv")))
-    assert st["gammas"] == [0.0, 1.0, 2.0]
+    assert st["gammas"] == [0.0, 2.0]
     for point, row in zip(st["results"][0]["curve"], rows):
         assert point["gamma"] == float(row["gamma"]) and point["after"] == pytest.approx(float(row["after"]), abs=1e-6)
 
@@ -175,7 +175,7 @@ def test_numbers_in_the_page_match_the_csvs(study, report):
         assert _f(cells[4]) == pytest.approx(float(row["p_pole"]), abs=5e-4)
     dose = list(csv.DictReader(open(run_dir / "steer-scale-kall" / "dose_response.csv")))
     table = parser.tables["steer-dose-response"][1:]
-    assert len(table) == len(dose) == 3
+    assert len(table) == len(dose) == 2
     for cells, row in zip(table, dose):
         assert _f(cells[1]) == float(row["gamma"])
         for k, key in ((2, "baseline"), (3, "after"), (4, "effect"), (5, "control_effect"), (6, "effect_minus_control")):
