@@ -442,7 +442,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 @app.command()
 @handle_errors
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs.", metavar="RUN_DIR..."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: FIRST_RUN/report.html); OUT.md and OUT-figures/*.png go beside it."),
     cards: int = typer.Option(1, help="Neuron cards per pole (top neurons; needs the run's model for one forward pass). 0: none."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the neuron cards (default: the run's own)."),
@@ -468,7 +468,7 @@ def report(
 @app.command()
 @handle_errors
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="Two or more locate run directories."),
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more locate run directories.", metavar="RUN_DIR..."),
     dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to compare; default: every pole (all runs must have it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write (default: runs/compare-TIME.csv); per-layer rows go to OUT-layers.csv."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
@@ -498,8 +498,8 @@ def compare(
 @app.command()
 @handle_errors
 def show(
-    run_dir: Path = typer.Argument(..., help="A locate run directory."),
-    neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023."),
+    run_dir: Path = typer.Argument(..., help="A locate run directory.", metavar="RUN_DIR"),
+    neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023.", metavar="LAYER:UNIT"),
     texts: int = typer.Option(5, help="Most and least activating texts shown."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the run's own)."),
     batch_tokens: int = BatchTokensOpt,
