@@ -510,7 +510,7 @@ def show(
     """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools.
 
     Examples:
-      vneuron show runs/locate-gemma-3-270m-20261124-101500 11:1504
+      vneuron show runs/locate-gemma-3-270m-20261124-101500 17:1070
     """
     from .cards import neuron_cards, parse_neuron
     from .report import console, progress_bar
