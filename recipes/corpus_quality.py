@@ -45,6 +45,7 @@ import vneuron
 from vneuron.capture import fold_of
 from vneuron.data.schema import DIMENSIONS, OPPOSITE
 from vneuron.evaluate import forced_choice
+from vneuron.report import line_progress
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -248,7 +249,7 @@ def main() -> None:
         t0 = time.time()
         config = vneuron.LocateConfig(dataset=args.dataset, language=language, split="train", top_k=args.top_k,
                                       folds=2, limit=args.limit, batch_tokens=args.batch_tokens)
-        located = vneuron.locate(model, config, out=out / f"locate-{language}")
+        located = vneuron.locate(model, config, out=out / f"locate-{language}", progress=line_progress())
         t1 = time.time()
         # tokens / scenarios per half and pole, from the saved statistics (n is [label, fold])
         stats = located.stats

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import vneuron
-from vneuron.report import markdown_summary
+from vneuron.report import line_progress, markdown_summary
 from vneuron.validate import ValidateConfig, ablate, steer
 
 
@@ -32,14 +32,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
+    say = line_progress()  # a line per stage on stderr, so a long run is never silent
 
     model = vneuron.load_model(args.model)
-    located = vneuron.locate(model, vneuron.LocateConfig(language=args.language, top_k=args.top_k, limit=args.locate_limit), out=out / "locate")
+    located = vneuron.locate(model, vneuron.LocateConfig(language=args.language, top_k=args.top_k, limit=args.locate_limit), out=out / "locate",
+                             progress=say)
     config = ValidateConfig(controls=args.controls, limit=args.limit, generations=2)
-    ablated = ablate(located.run_dir, config, model=model)
+    ablated = ablate(located.run_dir, config, model=model, progress=say)
     steer_config = ValidateConfig(mode="scale", controls=args.controls, limit=args.limit, generations=0,
                                   dimensions=[args.steer_dimension])
-    steered = steer(located.run_dir, [float(g) for g in args.gamma.split(",")], steer_config, model=model)
+    steered = steer(located.run_dir, [float(g) for g in args.gamma.split(",")], steer_config, model=model, progress=say)
     summary = markdown_summary(located, ablated, steered)
     (out / "summary.md").write_text(summary, encoding="utf-8")
     print(summary)

@@ -21,6 +21,7 @@ import torch
 import vneuron
 from vneuron.data.schema import OPPOSITE
 from vneuron.edits import Edit
+from vneuron.report import line_progress
 from vneuron.evaluate import bootstrap_ci, forced_choice
 from vneuron.validate import LocateRun, _items_for
 
@@ -40,11 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
+    say = line_progress()  # a line per stage on stderr, so a long run is never silent
 
     model = vneuron.load_model(args.model)
     config = vneuron.LocateConfig(language=args.language, limit=args.limit, method="lape", lape_quantile=args.quantile,
                                   lape_top_rate=args.top_rate)
-    located = vneuron.locate(model, config, out=out / "locate")
+    located = vneuron.locate(model, config, out=out / "locate", progress=say)
     print({pole: len(s) for pole, s in located.sets.items()}, f"LAPE neurons (q={args.quantile})")
 
     pole, opposite = args.dimension, OPPOSITE[args.dimension]
@@ -57,7 +59,10 @@ def main() -> None:
 
     base = forced_choice(model, items).toward(pole)
     edited = orientation(support, conflict)
-    controls = [orientation(support.random_matched(s), conflict.random_matched(10_000 + s)) for s in range(args.controls)]
+    controls = []
+    for s in range(args.controls):
+        controls.append(orientation(support.random_matched(s), conflict.random_matched(10_000 + s)))
+        say("random controls", s + 1, args.controls)
     control_effects = torch.stack([c - base for c in controls]).mean(1)
     diff = (edited - base) - torch.stack([c - base for c in controls]).mean(0)
     result = {"dimension": pole, "support_neurons": len(support), "conflict_neurons": len(conflict), "items": len(items),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import vneuron
-from vneuron.report import markdown_summary
+from vneuron.report import line_progress, markdown_summary
 from vneuron.validate import ValidateConfig, steer
 
 
@@ -38,15 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
+    say = line_progress()  # a line per stage on stderr, so a long run is never silent
 
     model = vneuron.load_model(args.model)
     config = vneuron.LocateConfig(language=args.language, limit=args.limit, mode="generate", max_new_tokens=args.max_new_tokens,
                                   method="delta_p", rule="valuelocate", threshold=args.threshold,
                                   min_count=args.min_count)
-    located = vneuron.locate(model, config, out=out / "locate")
+    located = vneuron.locate(model, config, out=out / "locate", progress=say)
     print({pole: len(s) for pole, s in located.sets.items()}, f"neurons selected by the {args.min_count} / {args.threshold} rule")
     steer_config = ValidateConfig(mode="add", controls=args.controls, limit=args.eval_limit, dimensions=[args.dimension])
-    steered = steer(located.run_dir, [float(g) for g in args.gamma.split(",")], steer_config, model=model)
+    steered = steer(located.run_dir, [float(g) for g in args.gamma.split(",")], steer_config, model=model, progress=say)
     summary = markdown_summary(located, None, steered)
     (out / "summary.md").write_text(summary, encoding="utf-8")
     print(summary)

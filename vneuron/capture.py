@@ -238,6 +238,8 @@ def capture(
     plan = [_prepare(model, batch, config) for batch in batches(encoded, config.batch_tokens)]
     size = 1 if model.remote is None else max(1, config.request_batches)
     requests = [plan[i: i + size] for i in range(0, len(plan), size)]
+    if progress:  # the bar shows its total before the first batch finishes
+        progress(0, len(prompts) if model.remote is None else len(requests))
     with torch.inference_mode():
         if model.remote is None:
             done = 0

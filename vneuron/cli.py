@@ -138,10 +138,10 @@ def _target(remote: bool, host: Optional[str], timeout: float):
 
 PolesOpt = typer.Option(None, "--dimension", help="Comma-separated poles; default: every pole of the run.")
 ControlsOpt = typer.Option(20, help="Random neuron sets with the same per-layer counts (at every γ when steering).")
-EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.")
+EvalSplitOpt = typer.Option("test", help="Evaluation items: test (held out), train or all.", metavar="[test|train|all]")
 EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per pole side.")
 SeedOpt = typer.Option(0, help="Seed of the random controls.")
-ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).")
+ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).", metavar="[listed|continuation]")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
 ThreadsOpt = typer.Option(None, help="torch CPU threads.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
@@ -158,16 +158,16 @@ def locate(
     columns: Optional[str] = typer.Option(None, help="Map our fields to your columns: text=sentence,label=value_label."),
     contrast: Optional[str] = typer.Option(None, help="Pole:opposite label pairs for non-Schwartz labels, e.g. kind:unkind."),
     dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to rank, e.g. self_transcendence,conservation. Default: all."),
-    language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
-    split: str = typer.Option("train", help="Corpus split (train, test, all)."),
+    language: str = typer.Option("en", help="Corpus language (en, zh, all).", metavar="[en|zh|all]"),
+    split: str = typer.Option("train", help="Corpus split (train, test, all).", metavar="[train|test|all]"),
     limit: Optional[int] = typer.Option(None, help="At most this many items per dimension (for a quick look)."),
-    site: str = typer.Option("gate", help="gate: the activation function's output (the papers' site); down_in: the output projection's input (act·up)."),
-    mode: str = typer.Option("prompt", help="prompt: count the action's tokens; generate: count generated tokens under a value-conditioned prompt (ValueLocate)."),
-    span: str = typer.Option("option", help="Prompt mode: count the action's tokens (option) or the whole prompt (all)."),
-    method: str = typer.Option("delta_p", help="delta_p, mean_diff, cohen_d, welch_t or lape."),
-    rule: str = typer.Option("top_k", help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1}))."),
+    site: str = typer.Option("gate", help="gate: the activation function's output (the papers' site); down_in: the output projection's input (act·up).", metavar="[gate|down_in]"),
+    mode: str = typer.Option("prompt", help="prompt: count the action's tokens; generate: count generated tokens under a value-conditioned prompt (ValueLocate).", metavar="[prompt|generate]"),
+    span: str = typer.Option("option", help="Prompt mode: count the action's tokens (option) or the whole prompt (all).", metavar="[option|all]"),
+    method: str = typer.Option("delta_p", help="delta_p, mean_diff, cohen_d, welch_t or lape.", metavar="[delta_p|mean_diff|cohen_d|welch_t|lape]"),
+    rule: str = typer.Option("top_k", help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1})).", metavar="[top_k|per_layer|valuelocate]"),
     top_k: int = typer.Option(200, "--top-k", "-k", help="Neurons to keep per pole (per layer with --rule per_layer)."),
-    direction: str = typer.Option("pole", help="pole: higher for the pole; opposite: higher for its opposite; both: |score|."),
+    direction: str = typer.Option("pole", help="pole: higher for the pole; opposite: higher for its opposite; both: |score|.", metavar="[pole|opposite|both]"),
     max_new_tokens: int = typer.Option(32, help="Generate mode: generated tokens counted per prompt."),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)."),
     folds: int = typer.Option(2, help="Folds for the split-half stability estimate (1 turns it off)."),
@@ -180,7 +180,7 @@ def locate(
     request_batches: int = typer.Option(8, help="Remote: forward batches per NDIF request."),
     resume: bool = typer.Option(False, "--resume", help="Remote: continue an interrupted run (needs the same --out)."),
     detach: bool = typer.Option(False, "--detach", help="Remote: submit every request and exit; collect later with --resume."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16.", metavar="[float32|bfloat16|float16]"),
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
@@ -189,6 +189,7 @@ def locate(
     whole_values: bool = typer.Option(False, "--whole-values", help="C-voice: also rank each value against all its conflicts (pole 'X|*'); --dimension X asks for one."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out run (its statistics are reused if the capture settings match)."),
     ctx: typer.Context = None,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the tables' numbers) on stdout instead of tables."),
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -202,7 +203,7 @@ def locate(
     """
     from .locating import LocateConfig
     from .locating import locate as run_locate
-    from .report import console, locate_tables, progress_bar
+    from .report import console, err_console, locate_tables, progress_bar
 
     _threads(threads)
     _quiet(quiet)
@@ -221,13 +222,23 @@ def locate(
         from .runs import describe_run
 
         if out.is_dir() and any(out.iterdir()):
-            console.print(f"--force: replacing {describe_run(out)} when this run completes")
+            err_console.print(f"--force: replacing {describe_run(out)} when this run completes")
     try:
         with progress_bar(not quiet) as bar:
             result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar,
                                 remote=_target(remote, host, timeout), resume=resume, detach=detach, force=force, given=given)
     except Detached as done:
+        if json_out:
+            from .jsonout import emit
+
+            emit({"kind": "locate", "detached": str(done)})
+            return
         console.print(f"{done}. Collect them with the same command and --resume instead of --detach.")
+        return
+    if json_out:
+        from .jsonout import emit, locate_json
+
+        emit(locate_json(result, top=show))
         return
     for table in locate_tables(result, top=show):
         console.print(table)
@@ -321,7 +332,7 @@ def ablate(
     language: str = FirstLanguageOpt,
     dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Edit the top K of each located set (default: the whole set)."),
-    mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set."),
+    mode: str = typer.Option("zero", help="zero, clamp (min(a,0)) or mean (the corpus mean); also scale, set.", metavar="[zero|clamp|mean|scale|set|add]"),
     gamma: float = typer.Option(0.0, help="γ for --mode scale."),
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
@@ -344,6 +355,7 @@ def ablate(
     template: Optional[str] = ChoiceTemplateOpt,
     pvq_template: Optional[str] = typer.Option(None, "--pvq-template", help="PVQ template: third_person (portraits, default), first_person, NAME:zh, or a string with {item} and {answer}."),
     test_fraction: float = TestFractionOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -364,6 +376,11 @@ def ablate(
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
+    if json_out:
+        from .jsonout import emit, validation_json
+
+        emit(validation_json(result))
+        return
     console.print(ablate_table(result))
     _evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
@@ -379,7 +396,7 @@ def steer(
     language: str = FirstLanguageOpt,
     dimension: Optional[str] = PolesOpt,
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Steer the top K of each located set."),
-    mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
+    mode: str = typer.Option("scale", help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15))).", metavar="[scale|add]"),
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
     limit: Optional[int] = EvalLimitOpt,
@@ -398,6 +415,7 @@ def steer(
     eval_split: str = EvalSplitOnOpt,
     template: Optional[str] = ChoiceTemplateOpt,
     test_fraction: float = TestFractionOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -421,6 +439,11 @@ def steer(
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
+    if json_out:
+        from .jsonout import emit, validation_json
+
+        emit(validation_json(result))
+        return
     console.print(steer_table(result))
     _evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
@@ -436,7 +459,8 @@ def _is_numbers(text: str) -> bool:
 @app.command()
 @handle_errors
 def models(remote: bool = typer.Option(False, "--remote", help="Also ask NDIF which aliases it serves now."),
-           host: Optional[str] = HostOpt):
+           host: Optional[str] = HostOpt,
+           json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Model aliases, where their weights come from, and (with --remote/--host) whether NDIF serves them now."""
     from rich.table import Table
 
@@ -456,20 +480,29 @@ def models(remote: bool = typer.Option(False, "--remote", help="Also ask NDIF wh
     table = Table(title="Model aliases", title_justify="left")
     for column in ("alias", "model id", "source", "description") + (("NDIF now",) if served is not None else ()):
         table.add_column(column)
+    records = []
     for name, alias in ALIASES.items():
         if name == "default":
             continue
         source = f"packaged ({alias.package})" if alias.package else "hub / NDIF"
         row = [name + (" (default)" if name == DEFAULT_ALIAS else ""), alias.hub_id, source, alias.description]
+        records.append({"alias": name, "default": name == DEFAULT_ALIAS, "model_id": alias.hub_id, "source": source,
+                        "description": alias.description})
         if served is not None:
             row.append("" if alias.package else served.get(alias.hub_id, "not running"))
+            records[-1]["ndif"] = row[-1] or None
         table.add_row(*row)
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "models", "models": records})
+        return
     console.print(table)
 
 
 @app.command()
 @handle_errors
-def datasets():
+def datasets(json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Corpora that ship with vneuron (any JSONL/CSV/TSV/XLSX file works too)."""
     from rich.table import Table
 
@@ -479,14 +512,21 @@ def datasets():
     table = Table(title="Datasets", title_justify="left")
     for column in ("name", "languages", "items", "labels", "description"):
         table.add_column(column)
-    for d in list_datasets():
+    found = list_datasets()
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "datasets", "datasets": found})
+        return
+    for d in found:
         table.add_row(d["name"], ", ".join(d["languages"]), str(d["items"]), ", ".join(d["labels"]), d["description"])
     console.print(table)
 
 
 @app.command()
 @handle_errors
-def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the NDIF host."), host: Optional[str] = HostOpt):
+def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the NDIF host."), host: Optional[str] = HostOpt,
+           json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table.")):
     """Versions, installed models, API key presence; with --remote/--host also NDIF reachability and compatibility."""
     from importlib import util
 
@@ -505,7 +545,7 @@ def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the
     rows.append(("NDIF host", target.host))
     if not (remote or host):
         rows.append(("reachable", "not checked (pass --remote)"))
-        console.print(key_value_table("vneuron doctor", rows))
+        _doctor_out(rows, json_out)
         return
     found = probe(target.host)
     rows.append(("reachable", "yes" if found.get("reachable") else f"no ({found.get('error', 'no answer')})"))
@@ -514,7 +554,121 @@ def doctor(remote: bool = typer.Option(False, "--remote", help="Also contact the
     if server_version:
         same = str(server_version).split(".")[:2] == versions()["nnsight"].split(".")[:2]
         rows.append(("server nnsight", f"{server_version} ({'compatible' if same else 'differs from the client: install it'})"))
-    console.print(key_value_table("vneuron doctor", rows))
+    _doctor_out(rows, json_out)
+
+
+def _doctor_out(rows: list[tuple[str, str]], json_out: bool) -> None:
+    from .report import console, key_value_table
+
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "doctor", "checks": dict(rows)})
+    else:
+        console.print(key_value_table("vneuron doctor", rows))
+
+
+# -- report, compare, show, --version (see vneuron/html_report.py, compare.py, cards.py) ---------------
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"vneuron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """Find the neurons of a language model that encode human values, and test them causally."""
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs.", metavar="RUN_DIR..."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: FIRST_RUN/report.html); OUT.md and OUT-figures/*.png go beside it."),
+    cards: int = typer.Option(1, help="Neuron cards per pole (top neurons; needs the run's model for one forward pass). 0: none."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for the neuron cards (default: the run's own)."),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+):
+    """One self-contained HTML page with figures, the figures as PNG files, and a Markdown summary.
+
+    Examples:
+      vneuron report runs/locate-gemma-3-270m-20261124-101500
+      vneuron report runs/en runs/zh -o en-vs-zh.html --cards 0
+    """
+    from .html_report import ReportOptions, build_report
+    from .report import console, progress_bar
+
+    _threads(threads)
+    with progress_bar(not quiet) as bar:
+        written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, progress=bar))
+    console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
+                  f"{written.html.stem}-figures/)")
+
+
+@app.command()
+@handle_errors
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more locate run directories.", metavar="RUN_DIR..."),
+    dimension: Optional[str] = typer.Option(None, "--dimension", help="Comma-separated poles to compare; default: every pole (all runs must have it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write (default: runs/compare-TIME.csv); per-layer rows go to OUT-layers.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the table."),
+):
+    """Overlap of located sets across runs: languages, sites, methods or models.
+
+    Examples:
+      vneuron compare runs/en runs/zh
+      vneuron compare runs/gate runs/down_in runs/lape --dimension self_transcendence
+    """
+    from .compare import compare_runs, compare_table, default_csv
+    from .report import console, err_console
+
+    result = compare_runs(run_dirs, _split_list(dimension))
+    table_path, layers_path = result.write_csv(out or default_csv())
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "compare", **result.to_json(), "csv": str(table_path), "layers_csv": str(layers_path)})
+        return
+    console.print(compare_table(result))
+    if result.skipped:
+        err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
+    console.print(f"Written to [bold]{table_path}[/] and {layers_path.name}")
+
+
+@app.command()
+@handle_errors
+def show(
+    run_dir: Path = typer.Argument(..., help="A locate run directory.", metavar="RUN_DIR"),
+    neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023.", metavar="LAYER:UNIT"),
+    texts: int = typer.Option(5, help="Most and least activating texts shown."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the run's own)."),
+    batch_tokens: int = BatchTokensOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the card."),
+):
+    """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools.
+
+    Examples:
+      vneuron show runs/locate-gemma-3-270m-20261124-101500 17:1070
+    """
+    from .cards import neuron_cards, parse_neuron
+    from .report import console, progress_bar
+
+    _threads(threads)
+    layer, unit = parse_neuron(neuron)
+    with progress_bar(not quiet) as bar:
+        card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar)[0]
+    if json_out:
+        from .jsonout import emit
+
+        emit({"kind": "neuron", **card.to_json()})
+        return
+    for renderable in card.rich():
+        console.print(renderable)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

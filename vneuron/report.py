@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -15,9 +16,49 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def hide_hf_progress() -> None:
+    """Hugging Face's own tqdm bars would interleave with vneuron's progress: switch them off."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - a missing or changed transformers API only means visible bars
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def line_progress(stream=None, every: float = 15.0):
+    """A ``(stage, done, total)`` callback for scripts and logs: a line when a stage starts, then at most
+    one every ``every`` seconds, and one when it completes."""
+    import sys
+    import time
+
+    out = stream or sys.stderr
+    state = {"stage": None, "last": 0.0, "start": 0.0}
+
+    def update(stage: str, done: int, total: int) -> None:
+        now = time.time()
+        new = stage != state["stage"]
+        if new:
+            state.update(stage=stage, start=now)
+        if new or (total and done >= total) or now - state["last"] >= every:
+            count = f" {done}/{total}" if total else ""
+            out.write(f"[{time.strftime('%H:%M:%S')}] {stage}{count} ({now - state['start']:.0f} s)\n")
+            out.flush()
+            state["last"] = now
+
+    return update
+
+
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator:
     """A ``(stage, done, total)`` callback that drives one rich progress bar per stage."""
+    hide_hf_progress()
     if not enabled:
         yield lambda stage, done, total: None
         return
@@ -77,45 +118,51 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
-def _ci(pair) -> str:
+def _ci3(pair) -> str:
     lo, hi = pair
-    return f"[{lo:+.3f}, {hi:+.3f}]"
+    return f"[{lo:+.3f},{hi:+.3f}]"
 
 
 def ablate_table(result) -> Table:
+    """One row per pole, then the controls and the located − control difference beneath it (fits 80 columns)."""
     cfg = result.manifest["config"]
-    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls",
-                  title_justify="left",
-                  caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; "
+    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; n = neurons/items; "
+                          "controls = the same edit of matched random sets; Δ−ctrl = Δ minus the controls' Δ; "
                           "rank 1 = lower than every control; p = share of controls at or below Δ")
-    for column in ("pole", "n", "P before→after", "Δ [95% CI]", "control Δ ± sd", "Δ − control [95% CI]", "rank", "p", "drop %"):
-        table.add_column(column, justify="right", overflow="fold")
+    for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
+        table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:
         has = "control_effect" in s
         table.add_row(
-            SHORT.get(s["dimension"], s["dimension"]), f"{s['neurons']}/{s['items']}",
-            f"{s['baseline']:.3f}→{s['after']:.3f}", f"{s['effect']:+.4f} {_ci(s['effect_ci'])}",
-            f"{s['control_effect']:+.4f}±{s['control_sd']:.4f}" if has else "—",
-            f"{s['effect_minus_control']:+.4f} {_ci(s['effect_minus_control_ci'])}" if has else "—",
-            f"{s['rank']}/{s['controls'] + 1}" if has else "—",
-            f"{s['p_lower']:.2f}" if has else "—",
+            SHORT.get(s["dimension"], s["dimension"][:12]), f"{s['neurons']}/{s['items']}",
+            f"{s['baseline']:.3f}→{s['after']:.3f}", f"{s['effect']:+.3f} {_ci3(s['effect_ci'])}",
+            f"{s['rank']}/{s['controls'] + 1}" if has else "—", f"{s['p_lower']:.2f}" if has else "—",
             f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
         )
+        if has:
+            table.add_row("[dim]controls[/]", "", "[dim]mean ± sd[/]", f"[dim]{s['control_effect']:+.3f} ± {s['control_sd']:.3f}[/]",
+                          "", "", "")
+            table.add_row("[dim]Δ−ctrl[/]", "", "", f"{s['effect_minus_control']:+.3f} {_ci3(s['effect_minus_control_ci'])}",
+                          "", "", "", end_section=True)
     return table
 
 
 def steer_table(result) -> Table:
     cfg = result.manifest["config"]
     table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
-                  caption=f"controls: {cfg['controls']} matched random sets at every γ")
-    for column in ("pole", "γ", "P before→after", "Δ", "control Δ", "Δ − control [95% CI]", "p (higher)"):
-        table.add_column(column, justify="right", overflow="fold")
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption=f"controls: {cfg['controls']} matched random sets at every γ; before = unedited model; "
+                          "p↑ = share of controls at or above Δ")
+    for column in ("pole", "γ", "before", "after", "Δ", "control Δ", "Δ − control [95% CI]", "p↑"):
+        table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:
         for point in s["curve"]:
             has = "control_effect" in point
-            table.add_row(SHORT.get(s["dimension"], s["dimension"]), f"{point['gamma']:g}",
-                          f"{point['baseline']:.3f}→{point['after']:.3f}", f"{point['effect']:+.4f}", f"{point['control_effect']:+.4f}" if has else "—",
-                          f"{point['effect_minus_control']:+.4f} {_ci(point['effect_minus_control_ci'])}" if has else "—",
+            table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), f"{point['gamma']:g}", f"{point['baseline']:.3f}",
+                          f"{point['after']:.3f}", f"{point['effect']:+.3f}", f"{point['control_effect']:+.3f}" if has else "—",
+                          f"{point['effect_minus_control']:+.3f} {_ci3(point['effect_minus_control_ci'])}" if has else "—",
                           f"{point['p_higher']:.2f}" if has else "—")
     return table
 
