@@ -157,6 +157,13 @@ def test_report_writes_every_promised_file(report):
     assert "Generations before / after" in page and "TransformerLens" in page and "blocks." in page
 
 
+def _sub(run_dir: Path, prefix: str) -> Path:
+    """The one study directory of a kind (default names end in a settings tag)."""
+    found = sorted(run_dir.glob(prefix + "*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def _f(text: str) -> float:
     return float(text.replace("−", "-"))
 
@@ -173,14 +180,14 @@ def test_numbers_in_the_page_match_the_csvs(study, report):
         assert cells[:3] == [row["rank"], row["layer"], row["unit"]]
         assert _f(cells[3]) == pytest.approx(float(row["score"]), abs=5e-5)
         assert _f(cells[4]) == pytest.approx(float(row["p_pole"]), abs=5e-4)
-    dose = list(csv.DictReader(open(run_dir / "steer-scale-kall" / "dose_response.csv")))
+    dose = list(csv.DictReader(open(_sub(run_dir, "steer-scale-kall") / "dose_response.csv")))
     table = parser.tables["steer-dose-response"][1:]
     assert len(table) == len(dose) == 2
     for cells, row in zip(table, dose):
         assert _f(cells[1]) == float(row["gamma"])
         for k, key in ((2, "baseline"), (3, "after"), (4, "effect"), (5, "control_effect"), (6, "effect_minus_control")):
             assert _f(cells[k]) == pytest.approx(float(row[key]), abs=5e-5)
-    ablate = json.loads((run_dir / "ablate-zero-kall" / "manifest.json").read_text())["results"]
+    ablate = json.loads((_sub(run_dir, "ablate-zero-kall") / "manifest.json").read_text())["results"]
     table = parser.tables["ablate-summary"][1:]
     for cells, r in zip(table, ablate):
         assert cells[0] == r["dimension"] and _f(cells[3]) == pytest.approx(r["baseline"], abs=5e-5)
@@ -304,9 +311,9 @@ def test_ablate_and_steer_tables_fit_80_columns(study):
     from vneuron.validate import ValidationResult
 
     for sub, table in (("ablate-zero-kall", ablate_table), ("steer-scale-kall", steer_table)):
-        manifest = json.loads((study["dir"] / sub / "manifest.json").read_text())
+        manifest = json.loads((_sub(study["dir"], sub) / "manifest.json").read_text())
         console = Console(width=80, record=True, file=open("/dev/null", "w"))
-        console.print(table(ValidationResult(study["dir"] / sub, manifest, manifest["results"])))
+        console.print(table(ValidationResult(_sub(study["dir"], sub), manifest, manifest["results"])))
         text = console.export_text()
         assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
         first = manifest["results"][0]

@@ -203,7 +203,7 @@ def locate(
     """
     from .locating import LocateConfig
     from .locating import locate as run_locate
-    from .report import console, err_console, locate_tables, progress_bar
+    from .report import console, locate_tables, progress_bar
 
     _threads(threads)
     _quiet(quiet)
@@ -218,11 +218,11 @@ def locate(
     from .remote import Detached
 
     given = _given_options(ctx) if from_run is not None else None
-    if force and out is not None and from_run is None:
+    if force and out is not None and from_run is None and not json_out:  # --json: the manifest says what it replaced
         from .runs import describe_run
 
         if out.is_dir() and any(out.iterdir()):
-            err_console.print(f"--force: replacing {describe_run(out)} when this run completes")
+            console.print(f"--force: replacing {describe_run(out)} when this run completes")
     try:
         with progress_bar(not quiet) as bar:
             result = run_locate(model, config, out=out, from_run=from_run, dtype=dtype, progress=bar,
