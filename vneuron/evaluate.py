@@ -50,25 +50,24 @@ def continuation_logprobs(
     *,
     batch_tokens: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    shared_prefix: bool = True,
 ) -> torch.Tensor:
     """Mean log-probability per token of each continuation after its prefix, under ``edits``.
 
-    Left padding puts every continuation at the end of its row, so only the last positions'
-    logits are computed (``logits_to_keep``): a 262k-token vocabulary costs little this way.
+    Pairs that share a prefix are computed once (``vneuron.prefix``: token tries with a 4-D
+    attention mask), and the LM head runs only where a continuation token is predicted.
+    ``shared_prefix=False``: every pair as its own padded row (the reference path).
     """
     if not pairs:
         return torch.zeros(0)
-    prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
-    encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
-    for e in encoded:
-        last = max(i for i, c in enumerate(e.counted) if c)
-        if last != len(e.ids) - 1:  # e.g. a tokenizer that appends EOS
-            e.ids, e.counted = e.ids[: last + 1], e.counted[: last + 1]
+    encoded = _encode_pairs(model, pairs)
+    steps = plan(model, edits)
+    if shared_prefix and tries_supported(model, encoded):
+        return _logprobs_tries(model, encoded, steps, batch_tokens, progress)
     vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
     longest = max(sum(e.counted) for e in encoded)
     max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
     out = torch.zeros(len(pairs), dtype=torch.float64)
-    steps = plan(model, edits)
     done = 0
     for batch in batches(encoded, batch_tokens, max_batch=max_rows):
         ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
@@ -79,6 +78,16 @@ def continuation_logprobs(
         if progress:
             progress(done, len(pairs))
     return out
+
+
+def _encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
+    prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
+    encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
+    for e in encoded:
+        last = max(i for i, c in enumerate(e.counted) if c)
+        if last != len(e.ids) - 1:  # e.g. a tokenizer that appends EOS
+            e.ids, e.counted = e.ids[: last + 1], e.counted[: last + 1]
+    return encoded
 
 
 def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
@@ -92,6 +101,92 @@ def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
         logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
     return outcome(model, tracer, lambda: {"scores": scores})
+
+
+# -- shared prefixes ---------------------------------------------------------------------------
+def tries_supported(model: LoadedModel, encoded) -> bool:
+    """Tries replace the model's own causal mask: not where a sliding window would cut a sequence."""
+    from .models.sites import text_config
+
+    cfg = text_config(model.lm.config)
+    window = getattr(cfg, "sliding_window", None)
+    longest = max(len(e.ids) for e in encoded)
+    return not (window and longest > int(window)) and model.arch.name in _LOGIT_POST and hasattr(model.lm, "lm_head")
+
+
+def _post_softcap(cfg):
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return ("softcap", float(cap)) if cap else None
+
+
+# how each family turns the head's output into logits (plain data, so it can travel to a server)
+_LOGIT_POST = {name: (lambda cfg: None) for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "gpt2",
+                                                      "gpt_neox", "phi3", "phi")}
+_LOGIT_POST.update({"gemma2": _post_softcap, "gemma3_text": _post_softcap, "gemma3": _post_softcap,
+                    "granite": lambda cfg: ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))})
+
+
+def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress) -> torch.Tensor:
+    from .models.sites import text_config
+    from .prefix import head_chunks, pack, row_batches, tensors
+
+    cfg = text_config(model.lm.config)
+    vocab = int(getattr(cfg, "vocab_size", 0) or len(model.tokenizer))
+    dtype = getattr(torch, model.extra.get("dtype", "float32"))
+    post = _LOGIT_POST[model.arch.name](cfg)
+    sums = torch.zeros(len(encoded), dtype=torch.float64)
+    counts = torch.zeros(len(encoded), dtype=torch.float64)
+    rows = pack(encoded)
+    done = 0
+    for batch in row_batches(rows, batch_tokens):
+        t = tensors(batch, pad_id(model.tokenizer), dtype)
+        chunks = _chunks(t, vocab)
+        logp = call(model, lambda: _score_tries(model, t, steps, chunks, post))["logp"]
+        sums.index_add_(0, t.pairs, logp.double())
+        counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
+        done += sum(len({s[2] for s in r.scored}) for r in batch)
+        if progress:
+            progress(done, len(encoded))
+    return sums / counts
+
+
+def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
+    """(first node, end node, first scored token, end scored token) per LM-head chunk."""
+    from .prefix import head_chunks
+
+    out = []
+    for lo, hi in head_chunks(len(t.rows), vocab):
+        sel = ((t.node_of >= lo) & (t.node_of < hi)).nonzero().squeeze(1)
+        out.append((lo, hi, int(sel[0]), int(sel[-1]) + 1))
+    return out
+
+
+def _score_tries(model: LoadedModel, t, steps, chunks, post):
+    """One request: log-prob of every scored token of a batch of tries (edited by ``steps``)."""
+    from .models.sites import base_path
+
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base = lm
+    for part in base_path(model.arch).split("."):
+        base = getattr(base, part)
+    head = lm.lm_head
+    rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
+    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
+        apply(lm, steps)
+        hidden = base.output[0][rows, cols]
+        parts = []
+        for lo, hi, s_lo, s_hi in chunks:
+            logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
+            if post is not None and post[0] == "softcap":
+                logits = torch.tanh(logits / post[1]) * post[1]
+            elif post is not None:
+                logits = logits / post[1]
+            logp = logits.float().log_softmax(-1)
+            parts.append(logp[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+        logp = torch.cat(parts).save()
+        tracer.stop()  # the model's own LM head is not needed
+    return outcome(model, tracer, lambda: {"logp": logp})
 
 
 @dataclass
