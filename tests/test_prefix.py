@@ -55,3 +55,18 @@ def test_trie_shares_prefix_tokens_and_keeps_every_scored_token(tiny_model):
     # a node sees exactly its ancestors: count of visible keys = depth + 1
     visible = (t.mask[0, 0] == 0).sum(-1)
     torch.testing.assert_close(visible, t.positions[0] + 1)
+
+
+def test_lower_layers_are_shared_and_change_nothing(tiny_model):
+    from vneuron.evaluate import LowerLayers, forced_choice
+
+    model = tiny_model("llama")
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:3]
+    located = NeuronSet.from_flat(torch.tensor([60, 70, 100, 130]), torch.zeros(model.n_layers, model.width), "gate")
+    reuse = LowerLayers()
+    for neurons in (located, located.random_matched(0), located.random_matched(1)):
+        edit = Edit(neurons, "zero")
+        plain = forced_choice(model, items, edit).logprob
+        shared = forced_choice(model, items, edit, reuse=reuse).logprob
+        torch.testing.assert_close(shared, plain, rtol=0, atol=1e-12)
+    assert reuse.misses >= 1 and reuse.hits == 2 * reuse.misses  # layer 0 ran once for all three sets

@@ -187,6 +187,7 @@ def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, gene
                           choice=choice)
 
 
+StopAfterOpt = typer.Option(3, "--stop-after", help="Sequential controls (Besag–Clifford): stop drawing once this many are at least as extreme as the located set; 0 draws all --controls.")
 RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
 
 
@@ -204,7 +205,7 @@ def ablate(
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
     limit: Optional[int] = EvalLimitOpt,
-    generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
+    generations: int = typer.Option(0, help="Scenarios whose generations before/after are saved (optional work, batched; off by default)."),
     pvq: Optional[str] = typer.Option(None, "--pvq", help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an item,value,key file."),
     seed: int = SeedOpt,
     choice: str = ChoiceOpt,
@@ -215,6 +216,7 @@ def ablate(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    stop_after: int = StopAfterOpt,
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -227,6 +229,7 @@ def ablate(
 
     _threads(threads)
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice)
+    config.stop_after = stop_after
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
@@ -259,6 +262,7 @@ def steer(
     timeout: float = TimeoutOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    stop_after: int = StopAfterOpt,
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -274,6 +278,7 @@ def steer(
     if gammas is None:
         raise VneuronError(f"Cannot read --gamma {gamma!r}", "pass numbers separated by commas, e.g. 0,0.5,1,2")
     config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice)
+    config.stop_after = stop_after
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)

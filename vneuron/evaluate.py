@@ -51,11 +51,14 @@ def continuation_logprobs(
     batch_tokens: int = 4096,
     progress: Callable[[int, int], None] | None = None,
     shared_prefix: bool = True,
+    reuse: "LowerLayers | None" = None,
 ) -> torch.Tensor:
     """Mean log-probability per token of each continuation after its prefix, under ``edits``.
 
     Pairs that share a prefix are computed once (``vneuron.prefix``: token tries with a 4-D
     attention mask), and the LM head runs only where a continuation token is predicted.
+    ``reuse``: a ``LowerLayers`` store shared by calls on the same pairs, so the layers below the
+    lowest edited one run once for a located set and all its matched controls (local models).
     ``shared_prefix=False``: every pair as its own padded row (the reference path).
     """
     if not pairs:
@@ -63,7 +66,7 @@ def continuation_logprobs(
     encoded = _encode_pairs(model, pairs)
     steps = plan(model, edits)
     if shared_prefix and tries_supported(model, encoded):
-        return _logprobs_tries(model, encoded, steps, batch_tokens, progress)
+        return _logprobs_tries(model, encoded, steps, batch_tokens, progress, reuse, pairs)
     vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
     longest = max(sum(e.counted) for e in encoded)
     max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
@@ -126,7 +129,43 @@ _LOGIT_POST.update({"gemma2": _post_softcap, "gemma3_text": _post_softcap, "gemm
                     "granite": lambda cfg: ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))})
 
 
-def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress) -> torch.Tensor:
+class LowerLayers:
+    """Hidden states entering the lowest edited layer, per batch of tries: an edit changes nothing
+    below its lowest layer, so these are computed once and shared by every edit set starting at or
+    above it (a located set and its matched controls have the same layer profile)."""
+
+    def __init__(self):
+        self.saved: dict[tuple, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def get(self, model: LoadedModel, key: tuple, t, layer: int) -> torch.Tensor:
+        if key not in self.saved:
+            self.misses += 1
+            self.saved[key] = _lower_hidden(model, t, layer)
+        else:
+            self.hits += 1
+        return self.saved[key]
+
+
+def _layers(lm, arch):
+    blocks = lm
+    for part in arch.layers.split("."):
+        blocks = getattr(blocks, part)
+    return blocks
+
+
+def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
+    """The output of block ``layer - 1`` (the input of ``layer``) for a batch of tries, unedited."""
+    lm = model.lm
+    block = _layers(lm, model.arch)[layer - 1]
+    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    with torch.inference_mode(), lm.trace(inputs) as tracer:
+        hidden = block.output.save()
+        tracer.stop()
+    return hidden
+
+
+def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
     from .models.sites import text_config
     from .prefix import head_chunks, pack, row_batches, tensors
 
@@ -137,11 +176,16 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
     rows = pack(encoded)
+    low = min((step[0] for step in steps), default=0)
+    if reuse is not None and (low == 0 or model.remote is not None):
+        reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
+    pairs_key = hash(tuple(pairs)) if reuse is not None else None
     done = 0
-    for batch in row_batches(rows, batch_tokens):
+    for index, batch in enumerate(row_batches(rows, batch_tokens)):
         t = tensors(batch, pad_id(model.tokenizer), dtype)
         chunks = _chunks(t, vocab)
-        logp = call(model, lambda: _score_tries(model, t, steps, chunks, post))["logp"]
+        below = reuse.get(model, (pairs_key, batch_tokens, index, low), t, low) if reuse is not None else None
+        logp = call(model, lambda: _score_tries(model, t, steps, chunks, post, below, low))["logp"]
         sums.index_add_(0, t.pairs, logp.double())
         counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
         done += sum(len({s[2] for s in r.scored}) for r in batch)
@@ -161,8 +205,9 @@ def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _score_tries(model: LoadedModel, t, steps, chunks, post):
-    """One request: log-prob of every scored token of a batch of tries (edited by ``steps``)."""
+def _score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0):
+    """One request: log-prob of every scored token of a batch of tries (edited by ``steps``);
+    ``below``: the saved input of block ``low``, which replaces the blocks under it."""
     from .models.sites import base_path
 
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
@@ -172,7 +217,11 @@ def _score_tries(model: LoadedModel, t, steps, chunks, post):
     head = lm.lm_head
     rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
     inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    blocks = _layers(lm, model.arch)
     with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
+        if below is not None:
+            for j in range(low):
+                blocks[j].skip(below)
         apply(lm, steps)
         hidden = base.output[0][rows, cols]
         parts = []
@@ -228,12 +277,14 @@ def forced_choice_pairs(items: Sequence[Item], choice: str = "listed") -> list[t
 
 
 def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
-                  progress=None, choice: str = "listed") -> ChoiceResult:
+                  progress=None, choice: str = "listed", reuse: "LowerLayers | None" = None,
+                  shared_prefix: bool = True) -> ChoiceResult:
     """Forced choice between each item's two actions by option-text likelihood (listed: both orders)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
     pairs = forced_choice_pairs(items, choice)
-    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress)
+    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress, reuse=reuse,
+                               shared_prefix=shared_prefix)
     lp = lp.reshape(len(items), 2, 2) if choice == "listed" else lp.reshape(len(items), 1, 2).expand(len(items), 2, 2)
     p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
     return ChoiceResult(list(items), p_order, lp)

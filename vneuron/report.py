@@ -84,11 +84,13 @@ def _ci(pair) -> str:
 
 def ablate_table(result) -> Table:
     cfg = result.manifest["config"]
-    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls",
+    table = Table(title=f"Ablation ({cfg['mode']}) vs up to {cfg['controls']} matched random controls",
                   title_justify="left",
                   caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; "
-                          "rank 1 = lower than every control; p = share of controls at or below Δ")
-    for column in ("pole", "n", "P before→after", "Δ [95% CI]", "control Δ ± sd", "Δ − control [95% CI]", "rank", "p", "drop %"):
+                          "rank 1 = lower than every control; p = sequential p (Besag–Clifford) of controls at or below Δ; "
+                          f"controls drawn one at a time until {cfg.get('stop_after', 0)} reach Δ (0: all)")
+    for column in ("pole", "n", "P before→after", "Δ [95% CI]", "control Δ ± sd", "Δ − control [95% CI]", "rank", "p",
+                   "controls", "drop %"):
         table.add_column(column, justify="right", overflow="fold")
     for s in result.summaries:
         has = "control_effect" in s
@@ -98,7 +100,8 @@ def ablate_table(result) -> Table:
             f"{s['control_effect']:+.4f}±{s['control_sd']:.4f}" if has else "—",
             f"{s['effect_minus_control']:+.4f} {_ci(s['effect_minus_control_ci'])}" if has else "—",
             f"{s['rank']}/{s['controls'] + 1}" if has else "—",
-            f"{s['p_lower']:.2f}" if has else "—",
+            f"{s.get('p_sequential', s.get('p_lower', 0)):.2f}" if has else "—",
+            f"{s.get('controls_drawn', s.get('controls', 0))}/{s.get('controls_max', s.get('controls', 0))}",
             f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
         )
     return table
@@ -107,8 +110,9 @@ def ablate_table(result) -> Table:
 def steer_table(result) -> Table:
     cfg = result.manifest["config"]
     table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
-                  caption=f"controls: {cfg['controls']} matched random sets at every γ")
-    for column in ("pole", "γ", "P before→after", "Δ", "control Δ", "Δ − control [95% CI]", "p (higher)"):
+                  caption=f"controls: up to {cfg['controls']} matched random sets at every γ, drawn until "
+                          f"{cfg.get('stop_after', 0)} match Δ (0: all); p = sequential p in the edit's direction")
+    for column in ("pole", "γ", "P before→after", "Δ", "control Δ", "Δ − control [95% CI]", "p", "controls"):
         table.add_column(column, justify="right", overflow="fold")
     for s in result.summaries:
         for point in s["curve"]:
@@ -116,7 +120,8 @@ def steer_table(result) -> Table:
             table.add_row(SHORT.get(s["dimension"], s["dimension"]), f"{point['gamma']:g}",
                           f"{point['baseline']:.3f}→{point['after']:.3f}", f"{point['effect']:+.4f}", f"{point['control_effect']:+.4f}" if has else "—",
                           f"{point['effect_minus_control']:+.4f} {_ci(point['effect_minus_control_ci'])}" if has else "—",
-                          f"{point['p_higher']:.2f}" if has else "—")
+                          f"{point.get('p_sequential', point.get('p_higher', 0)):.2f}" if has else "—",
+                          f"{point.get('controls_drawn', point.get('controls', 0))}")
     return table
 
 

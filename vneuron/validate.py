@@ -25,10 +25,11 @@ from .data import load_corpus
 from .data.schema import OPPOSITE, Item
 from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
-from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
+from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, generate
 from .models.loading import LoadedModel, load_model
 from .runs import NEURONS_DIR, STATS, base_manifest, check_fresh, read_manifest, staged, write_csv, write_json, write_jsonl
 from .scoring import NeuronSet
+from .sequential import Sequential, tail_for
 
 Progress = Callable[[str, int, int], None]
 
@@ -42,13 +43,14 @@ class ValidateConfig:
     controls: int = 20
     split: str = "test"
     limit: int | None = None  # evaluation items per pole (quick looks)
-    generations: int = 4  # scenarios whose before/after generations are saved
+    generations: int = 0  # scenarios whose before/after generations are saved (optional work: off by default)
     max_new_tokens: int = 40
     bootstrap: int = 2000
     seed: int = 0
     batch_tokens: int = 4096
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
     choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
+    stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
@@ -57,6 +59,8 @@ class ValidateConfig:
             raise VneuronError(f"Unknown --choice {self.choice!r}", "use listed or continuation")
         if self.controls < 0 or (self.top_k is not None and self.top_k < 1):
             raise VneuronError("--controls must be ≥ 0 and --top-k ≥ 1")
+        if self.stop_after < 0:
+            raise VneuronError("--stop-after must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
         return self
 
 
@@ -199,25 +203,31 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
                                            progress=lambda d, t: say(f"{pole}: baseline", d, t))
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
-        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice,
+        reuse = LowerLayers()  # the located set and its controls share everything below their lowest layer
+        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice, reuse=reuse,
                                 progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
-        controls = []
-        for seed in range(config.controls):
-            control = _edit(run, neurons.random_matched(config.seed * 1000 + seed), pole, config)
-            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole))
-            say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
+        rule = Sequential(float((located - base).mean()), tail_for(config.mode, config.gamma), config.stop_after, config.controls)
+        controls, seeds = [], []
+        while rule.more():
+            seeds.append(config.seed * 1000 + len(controls))
+            control = _edit(run, neurons.random_matched(seeds[-1]), pole, config)
+            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice,
+                                          reuse=reuse).toward(pole))
+            rule.add(float((controls[-1] - base).mean()))
+            say(f"{pole}: random controls (up to {config.controls}, sequential)", len(controls), config.controls)
         summary = _summary(pole, base, located, controls, items, config)
+        summary.update(rule.report())
         summary["neurons"] = len(neurons)
         if inventory:
-            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(config.seed * 1000 + s), pole, config)
-                                                                  for s in range(config.controls)], config, say, pole)
+            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(s), pole, config)
+                                                                  for s in seeds], config, say, pole)
         summaries.append(summary)
         for n, item in enumerate(items):
             item_rows.append({"dimension": pole, "item": item.id, "item_pole": item.dimension, "baseline": round(float(base[n]), 6),
                               "after": round(float(located[n]), 6),
                               "controls_mean": round(float(torch.stack(controls)[:, n].mean()), 6) if controls else ""})
-        for seed, c in enumerate(controls):
-            control_rows.append({"dimension": pole, "seed": config.seed * 1000 + seed, "effect": round(float((c - base).mean()), 6)})
+        for seed, c in zip(seeds, controls):
+            control_rows.append({"dimension": pole, "seed": seed, "effect": round(float((c - base).mean()), 6)})
         if config.generations:
             samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
         partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
@@ -273,22 +283,30 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         items = _items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice).toward(pole)
-        controls = [neurons.random_matched(config.seed * 1000 + s) for s in range(config.controls)]
+        controls: dict[int, NeuronSet] = {}
         curve = []
+        reuse = LowerLayers()  # one layer profile for every γ and control: the layers below it run once
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
             located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens,
-                                    choice=config.choice).toward(pole)
-            ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens,
-                                  choice=config.choice).toward(pole)
-                    for c in controls]
+                                    choice=config.choice, reuse=reuse).toward(pole)
+            rule = Sequential(float((located - base).mean()), tail_for(config.mode, gamma), config.stop_after, config.controls)
+            ctrl = []
+            while rule.more():
+                seed = config.seed * 1000 + len(ctrl)
+                control = controls.setdefault(seed, neurons.random_matched(seed))
+                ctrl.append(forced_choice(loaded, items, _edit(run, control, pole, cfg), batch_tokens=config.batch_tokens,
+                                          choice=config.choice, reuse=reuse).toward(pole))
+                rule.add(float((ctrl[-1] - base).mean()))
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = _summary(pole, base, located, ctrl, items, cfg)
+            s.update(rule.report())
             s["gamma"] = gamma
             curve.append(s)
             rows.append({"dimension": pole, "gamma": gamma, "baseline": round(s["baseline"], 6), "after": round(s["after"], 6),
                          "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
-                         "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6)})
+                         "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6),
+                         "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6)})
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
     manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "gammas": gammas,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
