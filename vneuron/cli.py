@@ -60,10 +60,9 @@ def _pairs(value: Optional[str], sep: str, what: str, example: str) -> Optional[
 
 
 def _threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
+    from .threads import pick
 
-        torch.set_num_threads(threads)
+    pick(threads)  # without --threads (or OMP_NUM_THREADS): the fastest count measured here
 
 
 RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay on the server, only reduced tensors come back.")
@@ -88,7 +87,7 @@ EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per p
 SeedOpt = typer.Option(0, help="Seed of the random controls.")
 ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
-ThreadsOpt = typer.Option(None, help="torch CPU threads.")
+ThreadsOpt = typer.Option(None, help="torch CPU threads (default: OMP_NUM_THREADS, else the fastest count measured at start; recorded in the manifest).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 FirstDatasetOpt = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = typer.Option("en", help="Corpus language when locating first.")

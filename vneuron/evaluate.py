@@ -17,7 +17,8 @@ import torch
 from .capture import _pack, batches, encode, pad_id
 from .data.schema import Item, Prompt
 from .edits import Edit, apply, plan
-from .remote import call, outcome, trace_kwargs
+from . import budget
+from .remote import call, nbytes, outcome, trace_kwargs
 from .errors import VneuronError
 from .models.loading import LoadedModel
 
@@ -76,6 +77,9 @@ def continuation_logprobs(
         ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
         k = int(counted.sum(1).max())
         scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
+        budget.current.add(budget.Work(forwards=1, requests=1, tokens=int(ids.numel()), layer_tokens=int(ids.numel()) * model.n_layers,
+                                       head_positions=len(batch) * (k + 1), bytes_down=nbytes(scores),
+                                       bytes_up=nbytes(ids, mask, counted, *_step_tensors(steps))))
         out[torch.tensor([e.slot for e in batch])] = scores.double()
         done += len(batch)
         if progress:
@@ -129,6 +133,10 @@ _LOGIT_POST.update({"gemma2": _post_softcap, "gemma3_text": _post_softcap, "gemm
                     "granite": lambda cfg: ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))})
 
 
+def _step_tensors(steps) -> list[torch.Tensor]:
+    return [x for step in steps for x in step[2:5]]
+
+
 class LowerLayers:
     """Hidden states entering the lowest edited layer, per batch of tries: an edit changes nothing
     below its lowest layer, so these are computed once and shared by every edit set starting at or
@@ -136,12 +144,14 @@ class LowerLayers:
 
     def __init__(self):
         self.saved: dict[tuple, torch.Tensor] = {}
+        self.prepared: dict[tuple, list] = {}  # the packed batches of a pair list, built once
         self.hits = self.misses = 0
 
     def get(self, model: LoadedModel, key: tuple, t, layer: int) -> torch.Tensor:
         if key not in self.saved:
             self.misses += 1
             self.saved[key] = _lower_hidden(model, t, layer)
+            budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * layer))
         else:
             self.hits += 1
         return self.saved[key]
@@ -167,7 +177,7 @@ def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
 
 def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
     from .models.sites import text_config
-    from .prefix import head_chunks, pack, row_batches, tensors
+    from .prefix import pack, row_batches, tensors
 
     cfg = text_config(model.lm.config)
     vocab = int(getattr(cfg, "vocab_size", 0) or len(model.tokenizer))
@@ -175,20 +185,30 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     post = _LOGIT_POST[model.arch.name](cfg)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
-    rows = pack(encoded)
     low = min((step[0] for step in steps), default=0)
+    pairs_key = (hash(tuple(pairs)), batch_tokens, str(dtype)) if reuse is not None else None
+    prepared = reuse.prepared.get(pairs_key) if reuse is not None else None
+    if prepared is None:
+        prepared = []
+        for batch in row_batches(pack(encoded), batch_tokens):
+            t = tensors(batch, pad_id(model.tokenizer), dtype)
+            prepared.append((t, _chunks(t, vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
+        if reuse is not None:
+            reuse.prepared[pairs_key] = prepared
     if reuse is not None and (low == 0 or model.remote is not None):
         reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
-    pairs_key = hash(tuple(pairs)) if reuse is not None else None
     done = 0
-    for index, batch in enumerate(row_batches(rows, batch_tokens)):
-        t = tensors(batch, pad_id(model.tokenizer), dtype)
-        chunks = _chunks(t, vocab)
-        below = reuse.get(model, (pairs_key, batch_tokens, index, low), t, low) if reuse is not None else None
+    layers = model.n_layers
+    for index, (t, chunks, n_pairs) in enumerate(prepared):
+        below = reuse.get(model, (pairs_key, index, low), t, low) if reuse is not None else None
         logp = call(model, lambda: _score_tries(model, t, steps, chunks, post, below, low))["logp"]
+        budget.current.add(budget.Work(
+            forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
+            head_positions=len(t.rows), bytes_down=nbytes(logp),
+            bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of, *_step_tensors(steps))))
         sums.index_add_(0, t.pairs, logp.double())
         counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
-        done += sum(len({s[2] for s in r.scored}) for r in batch)
+        done += n_pairs
         if progress:
             progress(done, len(encoded))
     return sums / counts

@@ -29,6 +29,7 @@ from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, ge
 from .models.loading import LoadedModel, load_model
 from .runs import NEURONS_DIR, STATS, base_manifest, check_fresh, read_manifest, staged, write_csv, write_json, write_jsonl
 from .scoring import NeuronSet
+from . import budget, threads
 from .sequential import Sequential, tail_for
 
 Progress = Callable[[str, int, int], None]
@@ -174,6 +175,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     config = (config or ValidateConfig()).check()
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
     started = time.time()
+    work = budget.reset()
     inventory = None
     if config.pvq:
         from .data import load_inventory
@@ -233,7 +235,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
                            "samples": samples[first_sample:]})
     manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(),
-                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
+                "threads": threads.describe(), "work": work.report(), "results": summaries}
     with staged(out) as tmp:
         write_json(tmp / "manifest.json", manifest)
         write_csv(tmp / "items.csv", item_rows)
@@ -278,6 +281,7 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer")
     started = time.time()
+    work = budget.reset()
     rows, summaries = [], []
     for pole in poles:
         items = _items_for(all_items, pole, config.limit)
@@ -309,7 +313,8 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
                          "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6)})
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
     manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "gammas": gammas,
-                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
+                "threads": threads.describe(), "work": work.report(), "results": summaries}
     with staged(out) as tmp:
         write_json(tmp / "manifest.json", manifest)
         write_csv(tmp / "dose_response.csv", rows)
