@@ -88,6 +88,7 @@ SeedOpt = typer.Option(0, help="Seed of the random controls.")
 ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
 ThreadsOpt = typer.Option(None, help="torch CPU threads (default: OMP_NUM_THREADS, else the fastest count measured at start; recorded in the manifest).")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan (forward passes, tokens, requests, bytes each way, memory per batch, a time estimate from a one-batch calibration) and exit without writing anything.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 FirstDatasetOpt = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = typer.Option("en", help="Corpus language when locating first.")
@@ -128,6 +129,7 @@ def locate(
     show: int = typer.Option(10, help="Rows shown per pole."),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    dry_run: bool = DryRunOpt,
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -151,6 +153,13 @@ def locate(
                           null_shuffles=null, request_batches=request_batches)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
+    if dry_run:
+        from .dryrun import locate_plan, render
+
+        with progress_bar(not quiet) as bar:
+            plan = locate_plan(model, config.check(), remote=_target(remote, host, timeout), dtype=dtype, progress=bar)
+        console.print(render(plan), markup=False, highlight=False, soft_wrap=True)
+        return
     from .remote import Detached
 
     try:
@@ -216,6 +225,7 @@ def ablate(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     stop_after: int = StopAfterOpt,
+    dry_run: bool = DryRunOpt,
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -230,6 +240,8 @@ def ablate(
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice)
     config.stop_after = stop_after
     config.check()
+    if dry_run:
+        return _dry_run(run_dir, config, "ablate", None, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
@@ -262,6 +274,7 @@ def steer(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     stop_after: int = StopAfterOpt,
+    dry_run: bool = DryRunOpt,
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -279,12 +292,26 @@ def steer(
     config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice)
     config.stop_after = stop_after
     config.check()
+    if dry_run:
+        return _dry_run(run_dir, config, "steer", gammas, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     console.print(steer_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
+
+
+def _dry_run(run_dir, config, kind, gammas, model, target, quiet) -> None:
+    """ablate/steer --dry-run: the plan of an existing locate run's validation."""
+    from .dryrun import render, validation_plan
+    from .report import console, progress_bar
+
+    if run_dir is None:
+        raise VneuronError("--dry-run needs a locate run directory", "locate first (vneuron locate --dry-run plans that step)")
+    with progress_bar(not quiet) as bar:
+        plan = validation_plan(run_dir, config, kind, gammas, model=model, remote=target, progress=bar)
+    console.print(render(plan), markup=False, highlight=False, soft_wrap=True)
 
 
 def _is_numbers(text: str) -> bool:
