@@ -175,24 +175,35 @@ def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
     return hidden
 
 
-def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
+def _prepare_tries(model: LoadedModel, encoded, batch_tokens: int) -> list[tuple]:
+    """(batch tensors, head chunks, pairs in it) per batch of tries."""
     from .models.sites import text_config
     from .prefix import pack, row_batches, tensors
 
-    cfg = text_config(model.lm.config)
-    vocab = int(getattr(cfg, "vocab_size", 0) or len(model.tokenizer))
+    vocab = int(getattr(text_config(model.lm.config), "vocab_size", 0) or len(model.tokenizer))
     dtype = getattr(torch, model.extra.get("dtype", "float32"))
-    post = _LOGIT_POST[model.arch.name](cfg)
+    prepared = []
+    for batch in row_batches(pack(encoded), batch_tokens):
+        t = tensors(batch, pad_id(model.tokenizer), dtype)
+        prepared.append((t, _chunks(t, vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
+    return prepared
+
+
+def _post(model: LoadedModel):
+    from .models.sites import text_config
+
+    return _LOGIT_POST[model.arch.name](text_config(model.lm.config))
+
+
+def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
+    post = _post(model)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
     low = min((step[0] for step in steps), default=0)
-    pairs_key = (hash(tuple(pairs)), batch_tokens, str(dtype)) if reuse is not None else None
+    pairs_key = (hash(tuple(pairs)), batch_tokens) if reuse is not None else None
     prepared = reuse.prepared.get(pairs_key) if reuse is not None else None
     if prepared is None:
-        prepared = []
-        for batch in row_batches(pack(encoded), batch_tokens):
-            t = tensors(batch, pad_id(model.tokenizer), dtype)
-            prepared.append((t, _chunks(t, vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
+        prepared = _prepare_tries(model, encoded, batch_tokens)
         if reuse is not None:
             reuse.prepared[pairs_key] = prepared
     if reuse is not None and (low == 0 or model.remote is not None):
@@ -212,6 +223,67 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
         if progress:
             progress(done, len(encoded))
     return sums / counts
+
+
+def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, str]], edit_sets: list, *,
+                               batch_tokens: int = 4096, reuse: "LowerLayers | None" = None) -> list[torch.Tensor]:
+    """``continuation_logprobs`` under each of several edit sets (each an Edit, a list of them, or None).
+
+    Remote: every set and every batch in one request (one NDIF session), so a located set and its
+    first controls cost one round trip. Local: one set after the other, sharing ``reuse``.
+    """
+    encoded = _encode_pairs(model, pairs) if pairs else []
+    if model.remote is None or not encoded or not tries_supported(model, encoded):
+        return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse) for e in edit_sets]
+    prepared = _prepare_tries(model, encoded, batch_tokens)
+    steps_list = [plan(model, e) for e in edit_sets]
+    values = call(model, lambda: _score_session(model, prepared, steps_list, _post(model)))["logp"]
+    out = []
+    for s, steps in enumerate(steps_list):
+        sums = torch.zeros(len(encoded), dtype=torch.float64)
+        counts = torch.zeros(len(encoded), dtype=torch.float64)
+        for b, (t, _, _) in enumerate(prepared):
+            logp = values[s * len(prepared) + b]
+            sums.index_add_(0, t.pairs, logp.double())
+            counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
+            budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * model.n_layers,
+                                           head_positions=len(t.rows), bytes_down=nbytes(logp),
+                                           bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of)))
+        budget.current.bytes_up += nbytes(*_step_tensors(steps))
+        out.append(sums / counts)
+    budget.current.requests += 1
+    return out
+
+
+def _score_session(model: LoadedModel, prepared, steps_list, post):
+    """One request: every batch of tries under every edit set, in one session."""
+    from .models.sites import base_path
+
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base = lm
+    for part in base_path(model.arch).split("."):
+        base = getattr(base, part)
+    head = lm.lm_head
+    work = [(t.ids, t.mask, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
+    with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        results = []
+        for steps in steps_list:
+            for ids, mask, positions, rows, cols, targets, node_of, chunks in work:
+                with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
+                    apply(lm, steps)
+                    hidden = base.output[0][rows, cols]
+                    parts = []
+                    for lo, hi, s_lo, s_hi in chunks:
+                        logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
+                        if post is not None and post[0] == "softcap":
+                            logits = torch.tanh(logits / post[1]) * post[1]
+                        elif post is not None:
+                            logits = logits / post[1]
+                        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+                    results.append(torch.cat(parts))
+                    tracer.stop()
+        results.save()
+    return outcome(model, session, lambda: {"logp": results})
 
 
 def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
@@ -305,6 +377,20 @@ def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batc
     pairs = forced_choice_pairs(items, choice)
     lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress, reuse=reuse,
                                shared_prefix=shared_prefix)
+    return _choice_result(items, lp, choice)
+
+
+def forced_choice_sets(model: LoadedModel, items: Sequence[Item], edit_sets: list, *, batch_tokens: int = 4096,
+                       choice: str = "listed", reuse: "LowerLayers | None" = None) -> list[ChoiceResult]:
+    """``forced_choice`` under several edit sets (remote: in one request)."""
+    if not items:
+        raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
+    pairs = forced_choice_pairs(items, choice)
+    return [_choice_result(items, lp, choice)
+            for lp in continuation_logprobs_sets(model, pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse)]
+
+
+def _choice_result(items, lp: torch.Tensor, choice: str) -> ChoiceResult:
     lp = lp.reshape(len(items), 2, 2) if choice == "listed" else lp.reshape(len(items), 1, 2).expand(len(items), 2, 2)
     p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
     return ChoiceResult(list(items), p_order, lp)

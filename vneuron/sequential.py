@@ -36,6 +36,10 @@ class Sequential:
     def stopped_early(self) -> bool:
         return self.h > 0 and self.hits >= self.h
 
+    def first(self) -> int:
+        """Controls that are always drawn (the rule cannot stop before h): sent with the located set."""
+        return min(self.h, self.maximum) if self.h > 0 else self.maximum
+
     def more(self) -> bool:
         """Draw another control?"""
         return len(self.effects) < self.maximum and not self.stopped_early

@@ -25,7 +25,7 @@ from .data import load_corpus
 from .data.schema import OPPOSITE, Item
 from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
-from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, generate
+from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from .models.loading import LoadedModel, load_model
 from .runs import NEURONS_DIR, STATS, base_manifest, check_fresh, read_manifest, staged, write_csv, write_json, write_jsonl
 from .scoring import NeuronSet
@@ -206,10 +206,16 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
         reuse = LowerLayers()  # the located set and its controls share everything below their lowest layer
-        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice, reuse=reuse,
-                                progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
-        rule = Sequential(float((located - base).mean()), tail_for(config.mode, config.gamma), config.stop_after, config.controls)
-        controls, seeds = [], []
+        rule = Sequential(0.0, tail_for(config.mode, config.gamma), config.stop_after, config.controls)
+        seeds = [config.seed * 1000 + s for s in range(rule.first())]
+        say(f"{pole}: located {len(neurons)} and {len(seeds)} controls", 0, 1 + len(seeds))
+        first = forced_choice_sets(loaded, items, [edit] + [_edit(run, neurons.random_matched(s), pole, config) for s in seeds],
+                                   batch_tokens=config.batch_tokens, choice=config.choice, reuse=reuse)
+        located = first[0].toward(pole)
+        rule.effect = float((located - base).mean())
+        controls = [r.toward(pole) for r in first[1:]]
+        for c in controls:
+            rule.add(float((c - base).mean()))
         while rule.more():
             seeds.append(config.seed * 1000 + len(controls))
             control = _edit(run, neurons.random_matched(seeds[-1]), pole, config)
@@ -292,10 +298,17 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         reuse = LowerLayers()  # one layer profile for every γ and control: the layers below it run once
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
-            located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens,
-                                    choice=config.choice, reuse=reuse).toward(pole)
-            rule = Sequential(float((located - base).mean()), tail_for(config.mode, gamma), config.stop_after, config.controls)
-            ctrl = []
+            rule = Sequential(0.0, tail_for(config.mode, gamma), config.stop_after, config.controls)
+            for seed in range(config.seed * 1000, config.seed * 1000 + rule.first()):
+                controls.setdefault(seed, neurons.random_matched(seed))
+            first = forced_choice_sets(loaded, items, [_edit(run, neurons, pole, cfg)] +
+                                       [_edit(run, controls[config.seed * 1000 + n], pole, cfg) for n in range(rule.first())],
+                                       batch_tokens=config.batch_tokens, choice=config.choice, reuse=reuse)
+            located = first[0].toward(pole)
+            rule.effect = float((located - base).mean())
+            ctrl = [r.toward(pole) for r in first[1:]]
+            for c in ctrl:
+                rule.add(float((c - base).mean()))
             while rule.more():
                 seed = config.seed * 1000 + len(ctrl)
                 control = controls.setdefault(seed, neurons.random_matched(seed))
