@@ -96,6 +96,12 @@ def prepare_corpus(config: LocateConfig) -> Corpus:
     return corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
 
 
+def _threads_used() -> dict:
+    from .threads import describe
+
+    return describe()
+
+
 def locate(
     model: str | LoadedModel | None = None,
     config: LocateConfig | None = None,
@@ -165,6 +171,7 @@ def locate(
         "contrasts": contrasts,
         "selection": config.selection(),
         "timings": timings,
+        "threads": _threads_used(),
     }
     if checkpoint is not None:
         log = checkpoint.log
