@@ -74,3 +74,13 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
                    model=model, out=tmp_path / "early").summaries[0]
     assert early["control_effects"] == fast["control_effects"][: early["controls_drawn"]]  # the same controls, in order
     assert early["controls_drawn"] <= 4 and early["stop_reason"] and "p_sequential" in early
+
+    # --dry-run: counted plan, nothing written
+    before = sorted(p.name for p in run_dir.iterdir())
+    dry = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "5", "--dry-run", "-q", "--threads", "1"])
+    assert dry.exit_code == 0, dry.output
+    assert "forward passes:" in dry.output and "requests:" in dry.output and "nothing was run or written" in dry.output
+    assert "controls per located set: 3 – 5" in dry.output
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    steer_dry = runner.invoke(app, ["steer", str(run_dir), "--split", "all", "--gamma", "0,2", "--dry-run", "-q", "--threads", "1"])
+    assert steer_dry.exit_code == 0 and "time (from a one-batch calibration now)" in steer_dry.output
