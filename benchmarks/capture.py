@@ -1,9 +1,12 @@
 """Capture speed and memory, measured side by side in one run.
 
 Compares vneuron's capture (nnsight trace, reduction inside, stop after the last MLP) with bare
-PyTorch forward hooks doing the same reduction on the same batches, (a) over a full forward and
-(b) stopping after the last MLP as a careful hand-written loop would. Prints time ratios, and
-the peak RSS of a capture at 1x and 8x the prompts (each in a fresh process).
+PyTorch forward hooks doing the same reduction on the same batches, (a) over a full forward with
+``logits_to_keep=1`` (the fair baseline: nobody computes a 262k-token LM head at every position
+to read MLP activations) and (b) stopping after the last MLP as a careful hand-written loop
+would. Prints time ratios, and the peak RSS of each configuration in a fresh process: VmHWM of
+that process (ru_maxrss would include the parent's peak, inherited through fork/exec), and the
+peak minus the RSS right after loading the model.
 
     python benchmarks/capture.py                       # embedded default model, built-in corpus
     python benchmarks/capture.py --model smollm2-135m --prompts 32 --repeats 3
@@ -50,7 +53,7 @@ def hook_capture(loaded, prompts, config, stop_early: bool):
             lambda m, a, o, last=(i == len(blocks) - 1): hook(m, a, o, last)) for i, b in enumerate(blocks)]
         try:
             with torch.inference_mode():
-                loaded.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+                loaded.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
         except _Stop:
             pass
         finally:
@@ -69,8 +72,17 @@ def _prompts(n: int):
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
+def _proc_status_mb(field: str) -> float:
+    """VmHWM (peak) or VmRSS of this process, in MB; both start afresh at exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
+
+
 def child(args) -> None:
-    """One measured capture in a fresh process; prints JSON."""
+    """One measured capture (vneuron or hooks) in a fresh process; prints JSON."""
     from vneuron.capture import CaptureConfig, capture
     from vneuron.models.loading import load_model
 
@@ -78,13 +90,14 @@ def child(args) -> None:
     loaded = load_model(args.model)
     prompts = _prompts(args.prompts)
     config = CaptureConfig(batch_tokens=args.batch_tokens)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    capture(loaded, prompts[: min(8, len(prompts))], config)  # warm-up
+    run = (lambda p: capture(loaded, p, config)) if args.child == "vneuron" else \
+        (lambda p: hook_capture(loaded, p, config, stop_early=True))
+    after_load = _proc_status_mb("VmRSS")
+    run(prompts[: min(8, len(prompts))])  # warm-up
     start = time.perf_counter()
-    capture(loaded, prompts, config)
+    run(prompts)
     elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_after_load_mb": base_rss / 1024}))
+    print(json.dumps({"seconds": elapsed, "peak_rss_mb": _proc_status_mb("VmHWM"), "rss_after_load_mb": after_load}))
 
 
 def main() -> None:
@@ -92,9 +105,9 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("vneuron", "hooks"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -107,7 +120,7 @@ def main() -> None:
     prompts = _prompts(args.prompts)
     config = CaptureConfig(batch_tokens=args.batch_tokens)
     runs = {"vneuron (nnsight, stops after last MLP)": lambda: capture(loaded, prompts, config),
-            "hooks, full forward": lambda: hook_capture(loaded, prompts, config, stop_early=False),
+            "hooks, full forward (logits_to_keep=1)": lambda: hook_capture(loaded, prompts, config, stop_early=False),
             "hooks, stop after last MLP": lambda: hook_capture(loaded, prompts, config, stop_early=True)}
     for fn in runs.values():  # warm-up, and check all three agree
         fn()
@@ -126,15 +139,17 @@ def main() -> None:
     for name, t in best.items():
         print(f"  {name:42s} {t:8.3f} s   vneuron / this = {ours / t:.3f}")
     peaks = {}
-    for scale in (1, 8):
-        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--prompts", str(args.prompts * scale),
+    for who, scale in (("vneuron", 1), ("vneuron", 8), ("hooks", 8)):
+        cmd = [sys.executable, __file__, "--child", who, "--model", args.model, "--prompts", str(args.prompts * scale),
                "--threads", str(args.threads), "--batch-tokens", str(args.batch_tokens)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        peaks[scale] = json.loads(out)
-        print(f"  capture of {args.prompts * scale:5d} prompts: peak RSS {peaks[scale]['peak_rss_mb']:.0f} MB "
-              f"(after load {peaks[scale]['rss_after_load_mb']:.0f} MB), {peaks[scale]['seconds']:.1f} s")
-    print(f"  peak memory 8x / 1x = {peaks[8]['peak_rss_mb'] / peaks[1]['peak_rss_mb']:.3f}")
-
+        peaks[who, scale] = p = json.loads(out)
+        print(f"  {who:8s} capture of {args.prompts * scale:5d} prompts (fresh process): peak RSS {p['peak_rss_mb']:.0f} MB, "
+              f"{p['peak_rss_mb'] - p['rss_after_load_mb']:.0f} MB above the RSS after loading, {p['seconds']:.1f} s")
+    grow = lambda p: p["peak_rss_mb"] - p["rss_after_load_mb"]  # noqa: E731
+    print(f"  peak RSS 8x / 1x prompts = {peaks['vneuron', 8]['peak_rss_mb'] / peaks['vneuron', 1]['peak_rss_mb']:.3f}; "
+          f"vneuron − hooks at 8x: {peaks['vneuron', 8]['peak_rss_mb'] - peaks['hooks', 8]['peak_rss_mb']:+.0f} MB peak, "
+          f"{grow(peaks['vneuron', 8]) - grow(peaks['hooks', 8]):+.0f} MB above load")
 
 if __name__ == "__main__":
     main()

@@ -66,3 +66,20 @@ def test_target_resolution(monkeypatch):
     assert resolve_target("http://127.0.0.1:8001/").host == "http://127.0.0.1:8001"
     with pytest.raises(Exception, match="not an http"):
         resolve_target("ftp://x")
+
+
+def test_remote_edit_sets_in_one_request_equal_local(tiny_model, simulated):
+    from vneuron import budget
+    from vneuron.evaluate import continuation_logprobs_sets
+
+    model = tiny_model("llama")
+    neurons = NeuronSet.from_flat(torch.tensor([1, 50, 100]), torch.zeros(model.n_layers, model.width), "gate")
+    sets = [Edit(neurons, "zero"), Edit(neurons.random_matched(0), "zero"), None]
+    pairs = [("you choose to", " help the community"), ("you choose to", " save money"), ("what would you", " do ?")]
+    local = continuation_logprobs_sets(model, pairs, sets, batch_tokens=16)
+    work = budget.reset()
+    remote = continuation_logprobs_sets(simulated("llama"), pairs, sets, batch_tokens=16)
+    assert work.requests == 1 and work.forwards == 3 * work.forwards // 3 >= 3 and work.bytes_up > 0 and work.bytes_down > 0
+    for r, l in zip(remote, local):
+        torch.testing.assert_close(r, l)
+    assert not torch.allclose(local[0], local[2])

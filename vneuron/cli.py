@@ -102,10 +102,9 @@ def _pairs(value: Optional[str], sep: str, what: str, example: str) -> Optional[
 def _threads(threads: Optional[int]) -> None:
     if threads is not None and threads < 1:
         raise VneuronError(f"--threads must be at least 1, got {threads}")
-    if threads:
-        import torch
+    from .threads import pick
 
-        torch.set_num_threads(threads)
+    pick(threads)  # without --threads (or OMP_NUM_THREADS): the fastest count measured here
 
 
 def _quiet(quiet: bool) -> None:
@@ -143,7 +142,8 @@ EvalLimitOpt = typer.Option(None, help="At most this many evaluation items per p
 SeedOpt = typer.Option(0, help="Seed of the random controls.")
 ChoiceOpt = typer.Option("listed", "--choice", help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after the scenario alone).", metavar="[listed|continuation]")
 BatchTokensOpt = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed).")
-ThreadsOpt = typer.Option(None, help="torch CPU threads.")
+ThreadsOpt = typer.Option(None, help="torch CPU threads (default: OMP_NUM_THREADS, else the fastest count measured at start; recorded in the manifest).")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan (forward passes, tokens, requests, bytes each way, memory per batch, a time estimate from a one-batch calibration) and exit without writing anything.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 FirstDatasetOpt = typer.Option(None, "--dataset", "-d", help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = typer.Option("en", help="Corpus language when locating first.")
@@ -190,6 +190,7 @@ def locate(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out run (its statistics are reused if the capture settings match)."),
     ctx: typer.Context = None,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the tables' numbers) on stdout instead of tables."),
+    dry_run: bool = DryRunOpt,
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
@@ -215,6 +216,13 @@ def locate(
                           whole_values=whole_values)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
+    if dry_run:
+        from .dryrun import locate_plan, render
+
+        with progress_bar(not quiet) as bar:
+            plan = locate_plan(model, config.check(), remote=_target(remote, host, timeout), dtype=dtype, progress=bar)
+        console.print(render(plan), markup=False, highlight=False, soft_wrap=True)
+        return
     from .remote import Detached
 
     given = _given_options(ctx) if from_run is not None else None
@@ -320,6 +328,7 @@ def _no_dataset_with_run(run_dir, dataset) -> None:
                            f"evaluate the run on it with --eval-dataset {dataset}")
 
 
+StopAfterOpt = typer.Option(3, "--stop-after", help="Sequential controls (Besag–Clifford): stop drawing once this many are at least as extreme as the located set; 0 draws all --controls.")
 RunArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).")
 
 
@@ -337,7 +346,7 @@ def ablate(
     controls: int = ControlsOpt,
     split: str = EvalSplitOpt,
     limit: Optional[int] = EvalLimitOpt,
-    generations: int = typer.Option(4, help="Scenarios whose generations before/after are saved."),
+    generations: int = typer.Option(0, help="Scenarios whose generations before/after are saved (optional work, batched; off by default)."),
     pvq: Optional[str] = typer.Option(None, "--pvq", help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an item,value,key file."),
     seed: int = SeedOpt,
     choice: str = ChoiceOpt,
@@ -356,6 +365,8 @@ def ablate(
     pvq_template: Optional[str] = typer.Option(None, "--pvq-template", help="PVQ template: third_person (portraits, default), first_person, NAME:zh, or a string with {item} and {answer}."),
     test_fraction: float = TestFractionOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
+    stop_after: int = StopAfterOpt,
+    dry_run: bool = DryRunOpt,
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -371,7 +382,10 @@ def ablate(
     _no_dataset_with_run(run_dir, dataset)
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice,
                               eval_dataset, eval_columns, eval_map, eval_split, template, pvq_template, test_fraction)
+    config.stop_after = stop_after
     config.check()
+    if dry_run:
+        return _dry_run(run_dir, config, "ablate", None, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
@@ -416,6 +430,8 @@ def steer(
     template: Optional[str] = ChoiceTemplateOpt,
     test_fraction: float = TestFractionOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
+    stop_after: int = StopAfterOpt,
+    dry_run: bool = DryRunOpt,
 ):
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
@@ -434,7 +450,10 @@ def steer(
     _no_dataset_with_run(run_dir, dataset)
     config = _validate_config(dimension, top_k, mode, 1.0, controls, split, limit, 0, seed, batch_tokens, None, choice,
                               eval_dataset, eval_columns, eval_map, eval_split, template, None, test_fraction)
+    config.stop_after = stop_after
     config.check()
+    if dry_run:
+        return _dry_run(run_dir, config, "steer", gammas, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
         run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
@@ -447,6 +466,18 @@ def steer(
     console.print(steer_table(result))
     _evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
+
+
+def _dry_run(run_dir, config, kind, gammas, model, target, quiet) -> None:
+    """ablate/steer --dry-run: the plan of an existing locate run's validation."""
+    from .dryrun import render, validation_plan
+    from .report import console, progress_bar
+
+    if run_dir is None:
+        raise VneuronError("--dry-run needs a locate run directory", "locate first (vneuron locate --dry-run plans that step)")
+    with progress_bar(not quiet) as bar:
+        plan = validation_plan(run_dir, config, kind, gammas, model=model, remote=target, progress=bar)
+    console.print(render(plan), markup=False, highlight=False, soft_wrap=True)
 
 
 def _is_numbers(text: str) -> bool:

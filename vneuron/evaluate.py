@@ -17,7 +17,8 @@ import torch
 from .capture import _pack, batches, encode, pad_id
 from .data.schema import Item, Prompt, expresses
 from .edits import Edit, apply, plan
-from .remote import call, outcome, trace_kwargs
+from . import budget
+from .remote import call, nbytes, outcome, trace_kwargs
 from .templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
 from .errors import VneuronError
 from .models.loading import LoadedModel
@@ -42,35 +43,50 @@ def continuation_logprobs(
     *,
     batch_tokens: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    shared_prefix: bool = True,
+    reuse: "LowerLayers | None" = None,
 ) -> torch.Tensor:
     """Mean log-probability per token of each continuation after its prefix, under ``edits``.
 
-    Left padding puts every continuation at the end of its row, so only the last positions'
-    logits are computed (``logits_to_keep``): a 262k-token vocabulary costs little this way.
+    Pairs that share a prefix are computed once (``vneuron.prefix``: token tries with a 4-D
+    attention mask), and the LM head runs only where a continuation token is predicted.
+    ``reuse``: a ``LowerLayers`` store shared by calls on the same pairs, so the layers below the
+    lowest edited one run once for a located set and all its matched controls (local models).
+    ``shared_prefix=False``: every pair as its own padded row (the reference path).
     """
     if not pairs:
         return torch.zeros(0)
+    encoded = _encode_pairs(model, pairs)
+    steps = plan(model, edits)
+    if shared_prefix and tries_supported(model, encoded):
+        return _logprobs_tries(model, encoded, steps, batch_tokens, progress, reuse, pairs)
+    vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
+    longest = max(sum(e.counted) for e in encoded)
+    max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
+    out = torch.zeros(len(pairs), dtype=torch.float64)
+    done = 0
+    for batch in batches(encoded, batch_tokens, max_batch=max_rows):
+        ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
+        k = int(counted.sum(1).max())
+        scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
+        budget.current.add(budget.Work(forwards=1, requests=1, tokens=int(ids.numel()), layer_tokens=int(ids.numel()) * model.n_layers,
+                                       head_positions=len(batch) * (k + 1), bytes_down=nbytes(scores),
+                                       bytes_up=nbytes(ids, mask, counted, *_step_tensors(steps))))
+        out[torch.tensor([e.slot for e in batch])] = scores.double()
+        done += len(batch)
+        if progress:
+            progress(done, len(pairs))
+    return out
+
+
+def _encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
     prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
     for e in encoded:
         last = max(i for i, c in enumerate(e.counted) if c)
         if last != len(e.ids) - 1:  # e.g. a tokenizer that appends EOS
             e.ids, e.counted = e.ids[: last + 1], e.counted[: last + 1]
-    vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
-    longest = max(sum(e.counted) for e in encoded)
-    max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
-    out = torch.zeros(len(pairs), dtype=torch.float64)
-    steps = plan(model, edits)
-    done = 0
-    for batch in batches(encoded, batch_tokens, max_batch=max_rows):
-        ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
-        k = int(counted.sum(1).max())
-        scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
-        out[torch.tensor([e.slot for e in batch])] = scores.double()
-        done += len(batch)
-        if progress:
-            progress(done, len(pairs))
-    return out
+    return encoded
 
 
 def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
@@ -84,6 +100,226 @@ def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
         logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
     return outcome(model, tracer, lambda: {"scores": scores})
+
+
+# -- shared prefixes ---------------------------------------------------------------------------
+def tries_supported(model: LoadedModel, encoded) -> bool:
+    """Tries replace the model's own causal mask: not where a sliding window would cut a sequence."""
+    from .models.sites import text_config
+
+    cfg = text_config(model.lm.config)
+    window = getattr(cfg, "sliding_window", None)
+    longest = max(len(e.ids) for e in encoded)
+    return not (window and longest > int(window)) and model.arch.name in _LOGIT_POST and hasattr(model.lm, "lm_head")
+
+
+def _post_softcap(cfg):
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return ("softcap", float(cap)) if cap else None
+
+
+# how each family turns the head's output into logits (plain data, so it can travel to a server)
+_LOGIT_POST = {name: (lambda cfg: None) for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "gpt2",
+                                                      "gpt_neox", "phi3", "phi")}
+_LOGIT_POST.update({"gemma2": _post_softcap, "gemma3_text": _post_softcap, "gemma3": _post_softcap,
+                    "granite": lambda cfg: ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))})
+
+
+def _step_tensors(steps) -> list[torch.Tensor]:
+    return [x for step in steps for x in step[2:5]]
+
+
+class LowerLayers:
+    """Hidden states entering the lowest edited layer, per batch of tries: an edit changes nothing
+    below its lowest layer, so these are computed once and shared by every edit set starting at or
+    above it (a located set and its matched controls have the same layer profile)."""
+
+    def __init__(self):
+        self.saved: dict[tuple, torch.Tensor] = {}
+        self.prepared: dict[tuple, list] = {}  # the packed batches of a pair list, built once
+        self.hits = self.misses = 0
+
+    def get(self, model: LoadedModel, key: tuple, t, layer: int) -> torch.Tensor:
+        if key not in self.saved:
+            self.misses += 1
+            self.saved[key] = _lower_hidden(model, t, layer)
+            budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * layer))
+        else:
+            self.hits += 1
+        return self.saved[key]
+
+
+def _layers(lm, arch):
+    blocks = lm
+    for part in arch.layers.split("."):
+        blocks = getattr(blocks, part)
+    return blocks
+
+
+def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
+    """The output of block ``layer - 1`` (the input of ``layer``) for a batch of tries, unedited."""
+    lm = model.lm
+    block = _layers(lm, model.arch)[layer - 1]
+    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    with torch.inference_mode(), lm.trace(inputs) as tracer:
+        hidden = block.output.save()
+        tracer.stop()
+    return hidden
+
+
+def _prepare_tries(model: LoadedModel, encoded, batch_tokens: int) -> list[tuple]:
+    """(batch tensors, head chunks, pairs in it) per batch of tries."""
+    from .models.sites import text_config
+    from .prefix import pack, row_batches, tensors
+
+    vocab = int(getattr(text_config(model.lm.config), "vocab_size", 0) or len(model.tokenizer))
+    dtype = getattr(torch, model.extra.get("dtype", "float32"))
+    prepared = []
+    for batch in row_batches(pack(encoded), batch_tokens):
+        t = tensors(batch, pad_id(model.tokenizer), dtype)
+        prepared.append((t, _chunks(t, vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
+    return prepared
+
+
+def _post(model: LoadedModel):
+    from .models.sites import text_config
+
+    return _LOGIT_POST[model.arch.name](text_config(model.lm.config))
+
+
+def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
+    post = _post(model)
+    sums = torch.zeros(len(encoded), dtype=torch.float64)
+    counts = torch.zeros(len(encoded), dtype=torch.float64)
+    low = min((step[0] for step in steps), default=0)
+    pairs_key = (hash(tuple(pairs)), batch_tokens) if reuse is not None else None
+    prepared = reuse.prepared.get(pairs_key) if reuse is not None else None
+    if prepared is None:
+        prepared = _prepare_tries(model, encoded, batch_tokens)
+        if reuse is not None:
+            reuse.prepared[pairs_key] = prepared
+    if reuse is not None and (low == 0 or model.remote is not None):
+        reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
+    done = 0
+    layers = model.n_layers
+    for index, (t, chunks, n_pairs) in enumerate(prepared):
+        below = reuse.get(model, (pairs_key, index, low), t, low) if reuse is not None else None
+        logp = call(model, lambda: _score_tries(model, t, steps, chunks, post, below, low))["logp"]
+        budget.current.add(budget.Work(
+            forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
+            head_positions=len(t.rows), bytes_down=nbytes(logp),
+            bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of, *_step_tensors(steps))))
+        sums.index_add_(0, t.pairs, logp.double())
+        counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
+        done += n_pairs
+        if progress:
+            progress(done, len(encoded))
+    return sums / counts
+
+
+def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, str]], edit_sets: list, *,
+                               batch_tokens: int = 4096, reuse: "LowerLayers | None" = None) -> list[torch.Tensor]:
+    """``continuation_logprobs`` under each of several edit sets (each an Edit, a list of them, or None).
+
+    Remote: every set and every batch in one request (one NDIF session), so a located set and its
+    first controls cost one round trip. Local: one set after the other, sharing ``reuse``.
+    """
+    encoded = _encode_pairs(model, pairs) if pairs else []
+    if model.remote is None or not encoded or not tries_supported(model, encoded):
+        return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse) for e in edit_sets]
+    prepared = _prepare_tries(model, encoded, batch_tokens)
+    steps_list = [plan(model, e) for e in edit_sets]
+    values = call(model, lambda: _score_session(model, prepared, steps_list, _post(model)))["logp"]
+    out = []
+    for s, steps in enumerate(steps_list):
+        sums = torch.zeros(len(encoded), dtype=torch.float64)
+        counts = torch.zeros(len(encoded), dtype=torch.float64)
+        for b, (t, _, _) in enumerate(prepared):
+            logp = values[s * len(prepared) + b]
+            sums.index_add_(0, t.pairs, logp.double())
+            counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
+            budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * model.n_layers,
+                                           head_positions=len(t.rows), bytes_down=nbytes(logp),
+                                           bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of)))
+        budget.current.bytes_up += nbytes(*_step_tensors(steps))
+        out.append(sums / counts)
+    budget.current.requests += 1
+    return out
+
+
+def _score_session(model: LoadedModel, prepared, steps_list, post):
+    """One request: every batch of tries under every edit set, in one session."""
+    from .models.sites import base_path
+
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base = lm
+    for part in base_path(model.arch).split("."):
+        base = getattr(base, part)
+    head = lm.lm_head
+    work = [(t.ids, t.mask, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
+    with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        results = []
+        for steps in steps_list:
+            for ids, mask, positions, rows, cols, targets, node_of, chunks in work:
+                with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
+                    apply(lm, steps)
+                    hidden = base.output[0][rows, cols]
+                    parts = []
+                    for lo, hi, s_lo, s_hi in chunks:
+                        logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
+                        if post is not None and post[0] == "softcap":
+                            logits = torch.tanh(logits / post[1]) * post[1]
+                        elif post is not None:
+                            logits = logits / post[1]
+                        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+                    results.append(torch.cat(parts))
+                    tracer.stop()
+        results.save()
+    return outcome(model, session, lambda: {"logp": results})
+
+
+def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
+    """(first node, end node, first scored token, end scored token) per LM-head chunk."""
+    from .prefix import head_chunks
+
+    out = []
+    for lo, hi in head_chunks(len(t.rows), vocab):
+        sel = ((t.node_of >= lo) & (t.node_of < hi)).nonzero().squeeze(1)
+        out.append((lo, hi, int(sel[0]), int(sel[-1]) + 1))
+    return out
+
+
+def _score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0):
+    """One request: log-prob of every scored token of a batch of tries (edited by ``steps``);
+    ``below``: the saved input of block ``low``, which replaces the blocks under it."""
+    from .models.sites import base_path
+
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base = lm
+    for part in base_path(model.arch).split("."):
+        base = getattr(base, part)
+    head = lm.lm_head
+    rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
+    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    blocks = _layers(lm, model.arch)
+    with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
+        if below is not None:
+            for j in range(low):
+                blocks[j].skip(below)
+        apply(lm, steps)
+        hidden = base.output[0][rows, cols]
+        parts = []
+        for lo, hi, s_lo, s_hi in chunks:
+            logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
+            if post is not None and post[0] == "softcap":
+                logits = torch.tanh(logits / post[1]) * post[1]
+            elif post is not None:
+                logits = logits / post[1]
+            logp = logits.float().log_softmax(-1)
+            parts.append(logp[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+        logp = torch.cat(parts).save()
+        tracer.stop()  # the model's own LM head is not needed
+    return outcome(model, tracer, lambda: {"logp": logp})
 
 
 @dataclass
@@ -129,12 +365,29 @@ def forced_choice_pairs(items: Sequence[Item], choice: str = "listed", *,
 
 
 def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
-                  progress=None, choice: str = "listed", template: str | ChoiceTemplate | None = None) -> ChoiceResult:
+                  progress=None, choice: str = "listed", template: str | ChoiceTemplate | None = None,
+                  reuse: "LowerLayers | None" = None, shared_prefix: bool = True) -> ChoiceResult:
     """Forced choice between each item's two actions by option-text likelihood (listed: both orders)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
     pairs = forced_choice_pairs(items, choice, template=template)
-    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress)
+    lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress, reuse=reuse,
+                               shared_prefix=shared_prefix)
+    return _choice_result(items, lp, choice)
+
+
+def forced_choice_sets(model: LoadedModel, items: Sequence[Item], edit_sets: list, *, batch_tokens: int = 4096,
+                       choice: str = "listed", template: str | ChoiceTemplate | None = None,
+                       reuse: "LowerLayers | None" = None) -> list[ChoiceResult]:
+    """``forced_choice`` under several edit sets (remote: in one request)."""
+    if not items:
+        raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
+    pairs = forced_choice_pairs(items, choice, template=template)
+    return [_choice_result(items, lp, choice)
+            for lp in continuation_logprobs_sets(model, pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse)]
+
+
+def _choice_result(items, lp: torch.Tensor, choice: str) -> ChoiceResult:
     lp = lp.reshape(len(items), 2, 2) if choice == "listed" else lp.reshape(len(items), 1, 2).expand(len(items), 2, 2)
     p_order = torch.sigmoid(lp[..., 0] - lp[..., 1])  # softmax over the two options
     return ChoiceResult(list(items), p_order, lp)

@@ -125,6 +125,12 @@ def prepare_corpus(config: LocateConfig) -> Corpus:
     return corpus
 
 
+def _threads_used() -> dict:
+    from .threads import describe
+
+    return describe()
+
+
 def locate(
     model: str | LoadedModel | None = None,
     config: LocateConfig | None = None,
@@ -217,6 +223,7 @@ def locate(
         "contrasts": contrasts,
         "selection": config.selection(),
         "timings": timings,
+        "threads": _threads_used(),
     }
     if checkpoint is not None:  # every invocation that worked on the run, not only this one
         checkpoint.finish("complete")

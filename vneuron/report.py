@@ -126,11 +126,12 @@ def _ci3(pair) -> str:
 def ablate_table(result) -> Table:
     """One row per pole, then the controls and the located − control difference beneath it (fits 80 columns)."""
     cfg = result.manifest["config"]
-    table = Table(title=f"Ablation ({cfg['mode']}) vs {cfg['controls']} matched random controls", title_justify="left",
+    table = Table(title=f"Ablation ({cfg['mode']}) vs up to {cfg['controls']} matched random controls", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
                   caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; n = neurons/items; "
                           "controls = the same edit of matched random sets; Δ−ctrl = Δ minus the controls' Δ; "
-                          "rank 1 = lower than every control; p = share of controls at or below Δ")
+                          "rank 1 = lower than every control (rank r/N+1: N controls drawn); p = sequential p (Besag–Clifford) of controls "
+                          f"at or below Δ, controls drawn one at a time until {cfg.get('stop_after', 0)} reach Δ (0: all)")
     for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
         table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:
@@ -138,7 +139,7 @@ def ablate_table(result) -> Table:
         table.add_row(
             SHORT.get(s["dimension"], s["dimension"][:12]), f"{s['neurons']}/{s['items']}",
             f"{s['baseline']:.3f}→{s['after']:.3f}", f"{s['effect']:+.3f} {_ci3(s['effect_ci'])}",
-            f"{s['rank']}/{s['controls'] + 1}" if has else "—", f"{s['p_lower']:.2f}" if has else "—",
+            f"{s['rank']}/{s['controls'] + 1}" if has else "—", f"{s.get('p_sequential', s.get('p_lower', 0)):.2f}" if has else "—",
             f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
         )
         if has:
@@ -153,9 +154,9 @@ def steer_table(result) -> Table:
     cfg = result.manifest["config"]
     table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
-                  caption=f"controls: {cfg['controls']} matched random sets at every γ; before = unedited model; "
-                          "p↑ = share of controls at or above Δ")
-    for column in ("pole", "γ", "before", "after", "Δ", "control Δ", "Δ − control [95% CI]", "p↑"):
+                  caption=f"controls: up to {cfg['controls']} matched random sets at every γ, drawn until {cfg.get('stop_after', 0)} "
+                          "match Δ (0: all); before = unedited model; p = sequential p in the edit's direction; ctl = controls drawn")
+    for column in ("pole", "γ", "before", "after", "Δ", "control Δ", "Δ − control [95% CI]", "p", "ctl"):
         table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:
         for point in s["curve"]:
@@ -163,7 +164,8 @@ def steer_table(result) -> Table:
             table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), f"{point['gamma']:g}", f"{point['baseline']:.3f}",
                           f"{point['after']:.3f}", f"{point['effect']:+.3f}", f"{point['control_effect']:+.3f}" if has else "—",
                           f"{point['effect_minus_control']:+.3f} {_ci3(point['effect_minus_control_ci'])}" if has else "—",
-                          f"{point['p_higher']:.2f}" if has else "—")
+                          f"{point.get('p_sequential', point.get('p_higher', 0)):.2f}" if has else "—",
+                          f"{point.get('controls_drawn', point.get('controls', 0))}")
     return table
 
 

@@ -25,13 +25,15 @@ from .data import load_corpus
 from .data.schema import DEFAULT_TEST_FRACTION, OPPOSITE, Corpus, Item, aggregate_label, expresses, pair_label
 from .edits import EDIT_MODES, edit_from_stats
 from .errors import VneuronError
-from .evaluate import ChoiceResult, bootstrap_ci, forced_choice, generate
+from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from .models.loading import LoadedModel, load_model
 from .runs import (MANIFEST, NEURONS_DIR, base_manifest, check_fresh, check_space, file_sha256, read_manifest, require, set_filename, settings_tag, stats_file,
                    write_csv, write_json, write_jsonl, write_run)
 from .scoring import NeuronSet
 from .templates import DEFAULT as DEFAULT_TEMPLATE
 from .templates import choice_template, pvq_template
+from . import budget, threads
+from .sequential import Sequential, tail_for
 
 Progress = Callable[[str, int, int], None]
 
@@ -45,7 +47,7 @@ class ValidateConfig:
     controls: int = 20
     split: str = "test"
     limit: int | None = None  # evaluation items per pole (quick looks)
-    generations: int = 4  # scenarios whose before/after generations are saved
+    generations: int = 0  # scenarios whose before/after generations are saved (optional work: off by default)
     max_new_tokens: int = 40
     bootstrap: int = 2000
     seed: int = 0
@@ -59,6 +61,7 @@ class ValidateConfig:
     template: str | None = None  # forced-choice template (None: the locate run's, else third_person)
     pvq_template: str | None = None  # PVQ template (None: third_person portraits)
     eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
+    stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
@@ -74,6 +77,8 @@ class ValidateConfig:
                                  ("--generations", self.generations, 0), ("--batch-tokens", self.batch_tokens, 1)):
             if value is not None and value < low:
                 raise VneuronError(f"{flag} must be at least {low}, got {value}")
+        if self.stop_after < 0:
+            raise VneuronError("--stop-after must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
         return self
 
 
@@ -273,6 +278,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
     config = (config or ValidateConfig()).check()
+    work = budget.reset()
     inventory = None
     if config.pvq:  # a bad questionnaire fails before the model loads
         from .data import load_inventory
@@ -304,31 +310,44 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
                                            progress=lambda d, t: say(f"{pole}: baseline", d, t))
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
-        located = forced_choice(loaded, items, edit, batch_tokens=config.batch_tokens, choice=config.choice,
-                                template=config.template, progress=lambda d, t: say(f"{pole}: located {len(neurons)}", d, t)).toward(pole)
-        controls = []
-        for seed in range(config.controls):
-            control = _edit(run, neurons.random_matched(config.seed * 1000 + seed), pole, config)
-            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole))
-            say(f"{pole}: {config.controls} random controls", seed + 1, config.controls)
+        reuse = LowerLayers()  # the located set and its controls share everything below their lowest layer
+        rule = Sequential(0.0, tail_for(config.mode, config.gamma), config.stop_after, config.controls)
+        seeds = [config.seed * 1000 + s for s in range(rule.first())]
+        say(f"{pole}: located {len(neurons)} and {len(seeds)} controls", 0, 1 + len(seeds))
+        first = forced_choice_sets(loaded, items, [edit] + [_edit(run, neurons.random_matched(s), pole, config) for s in seeds],
+                                   batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
+        located = first[0].toward(pole)
+        rule.effect = float((located - base).mean())
+        controls = [r.toward(pole) for r in first[1:]]
+        for c in controls:
+            rule.add(float((c - base).mean()))
+        while rule.more():
+            seeds.append(config.seed * 1000 + len(controls))
+            control = _edit(run, neurons.random_matched(seeds[-1]), pole, config)
+            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice,
+                                          template=config.template, reuse=reuse).toward(pole))
+            rule.add(float((controls[-1] - base).mean()))
+            say(f"{pole}: random controls (up to {config.controls}, sequential)", len(controls), config.controls)
         summary = _summary(pole, base, located, controls, items, config)
+        summary.update(rule.report())
         summary["neurons"] = len(neurons)
         if inventory:
-            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(config.seed * 1000 + s), pole, config)
-                                                                  for s in range(config.controls)], config, say, pole)
+            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(s), pole, config)
+                                                                  for s in seeds], config, say, pole)
         summaries.append(summary)
         for n, item in enumerate(items):
             item_rows.append({"dimension": pole, "item": item.id, "item_pole": item.dimension, "baseline": round(float(base[n]), 6),
                               "after": round(float(located[n]), 6),
                               "controls_mean": round(float(torch.stack(controls)[:, n].mean()), 6) if controls else ""})
-        for seed, c in enumerate(controls):
-            control_rows.append({"dimension": pole, "seed": config.seed * 1000 + seed, "effect": round(float((c - base).mean()), 6)})
+        for seed, c in zip(seeds, controls):
+            control_rows.append({"dimension": pole, "seed": seed, "effect": round(float((c - base).mean()), 6)})
         if config.generations:
             samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
         partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
                            "samples": samples[first_sample:]})
     manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
-                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
+                "threads": threads.describe(), "work": work.report(), "results": summaries}
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)
@@ -376,31 +395,48 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
     started = time.time()
+    work = budget.reset()
     rows, summaries = [], []
     for pole in poles:
         items = _items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole)
-        controls = [neurons.random_matched(config.seed * 1000 + s) for s in range(config.controls)]
+        controls: dict[int, NeuronSet] = {}
         curve = []
+        reuse = LowerLayers()  # one layer profile for every γ and control: the layers below it run once
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
-            located = forced_choice(loaded, items, _edit(run, neurons, pole, cfg), batch_tokens=config.batch_tokens,
-                                    choice=config.choice, template=config.template).toward(pole)
-            ctrl = [forced_choice(loaded, items, _edit(run, c, pole, cfg), batch_tokens=config.batch_tokens,
-                                  choice=config.choice, template=config.template).toward(pole)
-                    for c in controls]
+            rule = Sequential(0.0, tail_for(config.mode, gamma), config.stop_after, config.controls)
+            for seed in range(config.seed * 1000, config.seed * 1000 + rule.first()):
+                controls.setdefault(seed, neurons.random_matched(seed))
+            first = forced_choice_sets(loaded, items, [_edit(run, neurons, pole, cfg)] +
+                                       [_edit(run, controls[config.seed * 1000 + n], pole, cfg) for n in range(rule.first())],
+                                       batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
+            located = first[0].toward(pole)
+            rule.effect = float((located - base).mean())
+            ctrl = [r.toward(pole) for r in first[1:]]
+            for c in ctrl:
+                rule.add(float((c - base).mean()))
+            while rule.more():
+                seed = config.seed * 1000 + len(ctrl)
+                control = controls.setdefault(seed, neurons.random_matched(seed))
+                ctrl.append(forced_choice(loaded, items, _edit(run, control, pole, cfg), batch_tokens=config.batch_tokens,
+                                          choice=config.choice, template=config.template, reuse=reuse).toward(pole))
+                rule.add(float((ctrl[-1] - base).mean()))
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = _summary(pole, base, located, ctrl, items, cfg)
+            s.update(rule.report())
             s["gamma"] = gamma
             curve.append(s)
             rows.append({"dimension": pole, "gamma": gamma, "baseline": round(s["baseline"], 6), "after": round(s["after"], 6),
                          "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
-                         "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6)})
+                         "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6),
+                         "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6)})
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
     manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
                 "gammas": gammas,
-                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)}, "results": summaries}
+                "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
+                "threads": threads.describe(), "work": work.report(), "results": summaries}
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)

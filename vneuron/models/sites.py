@@ -127,6 +127,11 @@ def site_path(arch: Architecture, site: str) -> tuple[str, str, str, bool]:
     return (arch.layers, arch.mlp, arch.act if site == "gate" else arch.down, site == "gate")
 
 
+def base_path(arch: Architecture) -> str:
+    """The decoder stack without its head (whose first output is the final-normed hidden state)."""
+    return arch.layers.rsplit(".", 1)[0]
+
+
 def site_tensors(lm, path: tuple[str, str, str, bool]):
     """The neuron tensor of every layer, in forward order (inside a trace; no vneuron objects needed)."""
     layers_path, mlp, name, output = path

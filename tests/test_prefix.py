@@ -1,0 +1,72 @@
+"""Shared-prefix scoring (token tries, LM head at scored positions) equals one padded row per pair."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from vneuron.data import load_corpus
+from vneuron.edits import Edit
+from vneuron.evaluate import continuation_logprobs, forced_choice_pairs
+from vneuron.scoring import NeuronSet
+
+from .conftest import ARCHS, make_tokenizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tries_equal_one_row_per_pair(tiny_model, arch):
+    # the conftest tokenizer itself: transformers rebuilds some families' saved tokenizers differently
+    model = replace(tiny_model(arch), tokenizer=make_tokenizer())
+    # forced choice's shape in the tiny vocabulary: per scenario and order, one prefix and two options
+    pairs = []
+    for scenario in ("your team would break the rules .", "a friend would spend money ? what would you do"):
+        for first, second in (("save money", "help others"), ("help others", "save money")):
+            prefix = f"{scenario} the right thing is to {first} or to {second} . you choose to"
+            pairs += [(prefix, " save money"), (prefix, " help the community and others")]
+    pairs += [("you", " choose to help"), ("what would you do ?", " keep tradition")]
+    neurons = NeuronSet.from_flat(torch.tensor([1, 50, 100]), torch.zeros(model.n_layers, model.width), "gate")
+    for edit in (None, Edit(neurons, "scale", gamma=-3.0)):
+        # the reference: each pair alone (batched left padding gives NaN in Gemma-2's sliding window)
+        old = continuation_logprobs(model, pairs, edit, shared_prefix=False, batch_tokens=1)
+        new = continuation_logprobs(model, pairs, edit, batch_tokens=64)  # several batches and rows
+        torch.testing.assert_close(new, old, rtol=0, atol=2e-6)
+        if arch == "llama":  # and the batched reference path
+            torch.testing.assert_close(new, continuation_logprobs(model, pairs, edit, shared_prefix=False), rtol=0, atol=2e-6)
+
+
+def test_trie_shares_prefix_tokens_and_keeps_every_scored_token(tiny_model):
+    from vneuron.evaluate import _encode_pairs
+    from vneuron.prefix import pack, tensors
+
+    model = tiny_model("llama")
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:2]
+    encoded = _encode_pairs(model, forced_choice_pairs(items))
+    rows = pack(encoded, row_tokens=10_000)
+    assert len(rows) == 1
+    flat = sum(len(e.ids) for e in encoded)
+    assert len(rows[0].ids) < flat * 0.6  # the scenario once per item, each listing once per order
+    t = tensors(rows, 0, torch.float32)
+    assert len(t.targets) == sum(sum(e.counted[1:]) for e in encoded)
+    # a node sees exactly its ancestors: count of visible keys = depth + 1
+    visible = (t.mask[0, 0] == 0).sum(-1)
+    torch.testing.assert_close(visible, t.positions[0] + 1)
+
+
+def test_lower_layers_are_shared_and_change_nothing(tiny_model):
+    from vneuron.evaluate import LowerLayers, forced_choice
+
+    model = tiny_model("llama")
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:3]
+    located = NeuronSet.from_flat(torch.tensor([60, 70, 100, 130]), torch.zeros(model.n_layers, model.width), "gate")
+    reuse = LowerLayers()
+    for neurons in (located, located.random_matched(0), located.random_matched(1)):
+        edit = Edit(neurons, "zero")
+        plain = forced_choice(model, items, edit).logprob
+        shared = forced_choice(model, items, edit, reuse=reuse).logprob
+        torch.testing.assert_close(shared, plain, rtol=0, atol=1e-12)
+    assert reuse.misses >= 1 and reuse.hits == 2 * reuse.misses  # layer 0 ran once for all three sets

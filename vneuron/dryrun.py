@@ -1,0 +1,204 @@
+"""``--dry-run``: what a locate, ablate or steer would cost, before anything runs.
+
+The batches are built exactly as the run would build them (tokenised, packed), so forward
+passes, tokens, requests and bytes are counts, not guesses; the time comes from a short
+calibration (one batch) on a local model. Server memory per batch is an estimate: the largest
+transient activations of one block, the attention mask and the logits chunk. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from .budget import Work
+
+MB = 1 << 20
+
+
+def _bytes_of(dtype: str) -> int:
+    return torch.finfo(getattr(torch, dtype)).bits // 8
+
+
+def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float:
+    from .models.sites import text_config
+
+    cfg = text_config(model.lm.config)
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    b = _bytes_of(dtype)
+    activations = tokens * (4 * hidden + 3 * model.width) * b  # residual, attention in/out, MLP gate/up/act
+    mask = tokens * width * b
+    vocab = int(getattr(cfg, "vocab_size", 0))
+    from .prefix import LOGIT_BUDGET
+
+    logits = min(scored * vocab, max(vocab, LOGIT_BUDGET)) * 4 * 2 if scored else 0
+    return (activations + mask + logits) / MB
+
+
+def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
+    """Per evaluation of ``items`` under one edit set: batches and their counts."""
+    from .capture import pad_id
+    from .evaluate import _encode_pairs, forced_choice_pairs
+    from .prefix import pack, row_batches, tensors
+
+    encoded = _encode_pairs(model, forced_choice_pairs(items, choice))
+    first = None
+    per_set, lower, peak = Work(), Work(), 0.0
+    for batch in row_batches(pack(encoded), batch_tokens):
+        t = tensors(batch, pad_id(model.tokenizer), getattr(torch, dtype))
+        first = first or t
+        layers = model.n_layers - (low if model.remote is None else 0)
+        per_set.add(Work(forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * layers,
+                         head_positions=len(t.rows), bytes_down=4 * len(t.targets),
+                         bytes_up=sum(x.numel() * x.element_size() for x in (t.ids, t.positions, t.mask, t.rows, t.cols,
+                                                                             t.targets, t.node_of))))
+        if model.remote is None and low:
+            lower.add(Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * low))
+        peak = max(peak, _server_mb(model, t.tokens, t.ids.shape[1], len(t.rows), dtype))
+    return per_set, lower, peak, first
+
+
+def _scaled(work: Work, times: int) -> Work:
+    return Work(**{k: v * times for k, v in asdict(work).items()})
+
+
+def _calibrate(model, t, steps) -> float:
+    """Seconds per token-block of one forward of batch ``t`` (local models only)."""
+    from .evaluate import _LOGIT_POST, _chunks, _score_tries
+    from .models.sites import text_config
+
+    cfg = text_config(model.lm.config)
+    post = _LOGIT_POST[model.arch.name](cfg)
+    chunks = _chunks(t, int(cfg.vocab_size))
+    _score_tries(model, t, steps, chunks, post)  # warm-up
+    start = time.perf_counter()
+    _score_tries(model, t, steps, chunks, post)
+    return (time.perf_counter() - start) / (t.tokens * model.n_layers)
+
+
+def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *, model=None, remote=None,
+                    progress=None) -> dict[str, Any]:
+    """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it."""
+    from .edits import plan
+    from .validate import LocateRun, _edit, _items_for, _model_for, _poles
+
+    say = progress or (lambda *a: None)
+    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
+    loaded = _model_for(run, model, say, remote)
+    dtype = loaded.extra.get("dtype", "float32")
+    all_items = run.items(config.split)
+    points = gammas if kind == "steer" else [config.gamma]
+    low_h, high_h = min(config.stop_after, config.controls) if config.stop_after else config.controls, config.controls
+    least, most, peak, seen, calibration = Work(), Work(), 0.0, set(), None
+    poles = []
+    for pole in _poles(run, config):
+        items = _items_for(all_items, pole, config.limit)
+        neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
+        low = int(neurons.layers.min()) if len(neurons) else 0
+        per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, config.batch_tokens, low, dtype)
+        peak = max(peak, mb)
+        key = tuple(i.id for i in items)
+        baseline = 0 if (kind == "ablate" and key in seen) else 1
+        seen.add(key)
+        base_work = Work(**{**asdict(per_set), "layer_tokens": per_set.layer_tokens + (per_set.tokens * low
+                                                                                      if loaded.remote is None else 0)})
+        for bound, controls in ((least, low_h), (most, high_h)):
+            bound.add(_scaled(base_work, baseline))
+            bound.add(_scaled(per_set, len(points) * (1 + controls)))
+            bound.add(lower)
+        if calibration is None and loaded.remote is None and first is not None:
+            say("Calibrating on one batch", 0, 0)
+            calibration = _calibrate(loaded, first, plan(loaded, _edit(run, neurons, pole, config)))
+        poles.append({"dimension": pole, "items": len(items), "neurons": len(neurons), "lowest_layer": low,
+                      "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
+    out: dict[str, Any] = {
+        "kind": kind, "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
+        "poles": poles, "gammas": points if kind == "steer" else None,
+        "controls": {"max": config.controls, "stop_after": config.stop_after, "at_least": low_h},
+        "least": least.report(), "most": most.report(), "server_mb_per_batch": round(peak, 1),
+    }
+    if calibration is not None:
+        out["seconds_per_token_block"] = calibration
+        out["estimate_s"] = [round(least.layer_tokens * calibration), round(most.layer_tokens * calibration)]
+    if config.generations:
+        out["note"] = "generations before/after are not in the estimate"
+    return out
+
+
+def locate_plan(model_spec, config, *, remote=None, dtype: str = "float32", progress=None) -> dict[str, Any]:
+    """The plan of ``locate`` without running it: capture batches, requests, bytes, a time estimate."""
+    from .capture import batches, capture, encode, fold_of
+    from .locating import prepare_corpus
+    from .models.loading import load_model
+
+    say = progress or (lambda *a: None)
+    corpus = prepare_corpus(config)
+    loaded = load_model(model_spec, dtype=dtype, progress=lambda m: say(m, 0, 0), remote=remote)
+    cap = config.capture_config()
+    prompts = corpus.action_prompts(config.span) if cap.mode == "prompt" else corpus.conditioned_prompts()
+    labels = corpus.labels
+    slots = [labels.index(p.label) * cap.folds + fold_of(p.group, cap.folds) for p in prompts]
+    encoded = encode(loaded.tokenizer, prompts, slots, counted_span=cap.counted_span and cap.mode == "prompt")
+    plan = batches(encoded, cap.batch_tokens)
+    tokens = sum(len(b) * max(len(e.ids) for e in b) for b in plan)
+    per_request = 1 if loaded.remote is None else max(1, cap.request_batches)
+    requests = math.ceil(len(plan) / per_request)
+    b = _bytes_of(dtype)
+    slots_n = len(labels) * cap.folds
+    down = requests * loaded.n_layers * 3 * slots_n * loaded.width * 4  # reduced sums per request (float32)
+    up = sum(len(bt) * max(len(e.ids) for e in bt) * 8 * 3 for bt in plan)  # ids, mask, positions (int64)
+    out: dict[str, Any] = {
+        "kind": "locate", "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
+        "prompts": len(prompts), "least": Work(forwards=len(plan), requests=requests, tokens=tokens,
+                                               layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
+        "server_mb_per_batch": round(max(_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), 0, 0, dtype)
+                                         for bt in plan) + 3 * slots_n * loaded.width * loaded.n_layers * b / MB, 1),
+    }
+    out["most"] = out["least"]
+    if loaded.remote is None and plan:
+        say("Calibrating on one batch", 0, 0)
+        sample = [e.prompt for e in plan[len(plan) // 2]]
+        capture(loaded, sample[:2], cap, labels=labels)  # warm-up
+        start = time.perf_counter()
+        capture(loaded, sample, cap, labels=labels)
+        per_token = (time.perf_counter() - start) / (len(sample) * max(len(e.ids) for e in plan[len(plan) // 2]))
+        out["estimate_s"] = [round(per_token * tokens)] * 2
+    return out
+
+
+def render(plan: dict[str, Any]) -> str:
+    """The plan as a few plain lines."""
+    least, most = plan["least"], plan["most"]
+
+    def span(key: str, fmt=lambda v: f"{v:,}") -> str:
+        a, b = fmt(least[key]), fmt(most[key])
+        return a if a == b else f"{a} – {b}"
+
+    mb = lambda v: f"{v / MB:,.1f} MB"  # noqa: E731
+    where = f"NDIF {plan['remote']['host']}" if plan.get("remote") else "this machine"
+    lines = [f"Dry run of {plan['kind']} on {plan['model']} ({where}); nothing was run or written."]
+    if plan["kind"] != "locate":
+        c = plan["controls"]
+        lines.append(f"  controls per located set: {c['at_least']} – {c['max']} (sequential, stop after {c['stop_after']}; "
+                     "the low end if every pole is a null result)")
+        for p in plan["poles"]:
+            lines.append(f"  {p['dimension']}: {p['items']} items, {p['neurons']} neurons (lowest layer {p['lowest_layer']}), "
+                         f"{p['batches_per_set']} batches / {p['tokens_per_set']:,} tokens per edit set")
+    else:
+        lines.append(f"  {plan['prompts']:,} prompts")
+    lines += [f"  forward passes: {span('forwards')}", f"  tokens: {span('tokens')} (token × block: {span('layer_tokens')})",
+              f"  requests: {span('requests')}", f"  bytes sent: {span('bytes_up', mb)}; received: {span('bytes_down', mb)}",
+              f"  memory per batch beyond the weights (estimate): {plan['server_mb_per_batch']:,.0f} MB"]
+    if "estimate_s" in plan:
+        lo, hi = plan["estimate_s"]
+        fmt = lambda s: f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"  # noqa: E731
+        lines.append(f"  time (from a one-batch calibration now): {fmt(lo)}" + ("" if lo == hi else f" – {fmt(hi)}"))
+    elif plan.get("remote"):
+        lines.append("  time: not estimated for a remote server (queue and hardware unknown)")
+    if plan.get("note"):
+        lines.append(f"  note: {plan['note']}")
+    return "\n".join(lines)

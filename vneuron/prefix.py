@@ -1,0 +1,133 @@
+"""Scoring many continuations of shared prefixes at once: token tries packed into rows.
+
+The (prefix, continuation) pairs of forced choice share most of their tokens: both options of
+an item and order share one prefix, both orders share the scenario, and PVQ answers share the
+portrait. A row of a batch holds the token trie of consecutive pairs (each shared token once); a
+4-D attention mask lets every token attend only to its ancestors and the position ids are the
+depths, so every path computes what its own unpadded sequence would. The LM head runs only at the
+nodes whose next token is scored, and nothing after the final norm is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .capture import Encoded
+
+ROW_TOKENS = 256  # trie nodes per row: attention over a row is dense, so rows stay short
+LOGIT_BUDGET = 48_000_000  # floats of [scored positions, vocab] logits held at once
+
+
+@dataclass
+class Row:
+    """One trie: nodes in creation order (a parent always precedes its children)."""
+
+    ids: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    children: dict[tuple[int, int], int] = field(default_factory=dict)  # (parent node, token) → node
+    scored: list[tuple[int, int, int]] = field(default_factory=list)  # (predicting node, target token, pair)
+
+    def new_nodes(self, ids: Sequence[int]) -> int:
+        node = -1
+        for n, token in enumerate(ids):
+            child = self.children.get((node, token))
+            if child is None:
+                return len(ids) - n
+            node = child
+        return 0
+
+    def insert(self, e: Encoded, pair: int) -> None:
+        node, path = -1, []
+        for token in e.ids:
+            child = self.children.get((node, token))
+            if child is None:
+                child = len(self.ids)
+                self.children[(node, token)] = child
+                self.ids.append(token)
+                self.parent.append(node)
+                self.depth.append(self.depth[node] + 1 if node >= 0 else 0)
+            path.append(child)
+            node = child
+        for j in range(1, len(e.ids)):  # the token at j is predicted by the node at j - 1
+            if e.counted[j]:
+                self.scored.append((path[j - 1], e.ids[j], pair))
+
+
+def pack(encoded: Sequence[Encoded], row_tokens: int = ROW_TOKENS) -> list[Row]:
+    """Consecutive sequences share a row (and their common prefix) while it stays under ``row_tokens``."""
+    rows: list[Row] = []
+    for e in encoded:
+        if not rows or len(rows[-1].ids) + rows[-1].new_nodes(e.ids) > max(row_tokens, len(e.ids)):
+            rows.append(Row())
+        rows[-1].insert(e, e.slot)
+    return rows
+
+
+def row_batches(rows: list[Row], batch_tokens: int, max_batch: int = 64) -> list[list[Row]]:
+    """Length-sorted batches of rows whose padded size stays under ``batch_tokens``."""
+    out: list[list[Row]] = []
+    current: list[Row] = []
+    for row in sorted(rows, key=lambda r: len(r.ids)):
+        if current and ((len(current) + 1) * len(row.ids) > batch_tokens or len(current) >= max_batch):
+            out.append(current)
+            current = []
+        current.append(row)
+    if current:
+        out.append(current)
+    return out
+
+
+@dataclass
+class Batch:
+    """Model inputs of a batch of tries and where its scored tokens are."""
+
+    ids: torch.Tensor  # [B, T]
+    positions: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, 1, T, T] additive (0: attend, dtype min: not)
+    rows: torch.Tensor  # [N] row of each distinct predicting node
+    cols: torch.Tensor  # [N] its column
+    targets: torch.Tensor  # [S] scored tokens
+    node_of: torch.Tensor  # [S] which of the N nodes predicts each
+    pairs: torch.Tensor  # [S] the pair each scored token belongs to
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.numel())
+
+
+def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
+    width = max(len(r.ids) for r in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    allowed = torch.zeros((len(batch), width, width), dtype=torch.bool)
+    allowed[:, torch.arange(width), torch.arange(width)] = True  # padding attends to itself (never read)
+    nodes: dict[tuple[int, int], int] = {}
+    targets, node_of, pairs = [], [], []
+    for b, row in enumerate(batch):
+        n = len(row.ids)
+        ids[b, :n] = torch.tensor(row.ids)
+        positions[b, :n] = torch.tensor(row.depth)
+        parent = torch.tensor(row.parent)
+        for i in range(n):  # ancestors of i: its parent's ancestors and itself
+            if parent[i] >= 0:
+                allowed[b, i] = allowed[b, parent[i]]
+            allowed[b, i, i] = True
+        for node, target, pair in row.scored:
+            targets.append(target)
+            node_of.append(nodes.setdefault((b, node), len(nodes)))
+            pairs.append(pair)
+    where = torch.tensor(list(nodes), dtype=torch.long).reshape(-1, 2)
+    order = torch.argsort(torch.tensor(node_of, dtype=torch.long), stable=True)  # head chunks take contiguous runs
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    return Batch(ids, positions, mask, where[:, 0], where[:, 1], torch.tensor(targets, dtype=torch.long)[order],
+                 torch.tensor(node_of, dtype=torch.long)[order], torch.tensor(pairs, dtype=torch.long)[order])
+
+
+def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int]]:
+    """Slices of the scored nodes whose logits fit the budget together."""
+    step = max(1, budget // max(vocab, 1))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]

@@ -1,0 +1,68 @@
+"""Sequential Monte-Carlo p-values for random controls (Besag & Clifford 1991).
+
+Controls are drawn one at a time. Once ``h`` of them are at least as extreme as the located set,
+drawing stops: the p-value is then h / drawn, exact under the null, and no later control could
+have made it small. If the located set stays ahead, controls are drawn up to the maximum and the
+p-value is (g + 1) / (drawn + 1) with g the extreme ones, as with a fixed number of controls. A
+null result, the common case, so costs a few controls; a strong one costs all of them. With at
+most 20 controls and h = 3, every p ≤ 3/21 is reached exactly as by drawing all 20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TAILS = ("lower", "higher")
+
+
+@dataclass
+class Sequential:
+    """The stopping rule for one located effect; ``h = 0`` draws every control."""
+
+    effect: float
+    tail: str  # "lower": the located set lowers orientation more than chance; "higher": raises it
+    h: int
+    maximum: int
+    effects: list[float] = field(default_factory=list)
+
+    def extreme(self, control_effect: float) -> bool:
+        return control_effect <= self.effect if self.tail == "lower" else control_effect >= self.effect
+
+    @property
+    def hits(self) -> int:
+        return sum(self.extreme(e) for e in self.effects)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.h > 0 and self.hits >= self.h
+
+    def first(self) -> int:
+        """Controls that are always drawn (the rule cannot stop before h): sent with the located set."""
+        return min(self.h, self.maximum) if self.h > 0 else self.maximum
+
+    def more(self) -> bool:
+        """Draw another control?"""
+        return len(self.effects) < self.maximum and not self.stopped_early
+
+    def add(self, control_effect: float) -> None:
+        self.effects.append(float(control_effect))
+
+    def report(self) -> dict:
+        drawn, hits = len(self.effects), self.hits
+        if self.stopped_early:
+            reason, p = f"{hits} controls at least as extreme as the located set", hits / drawn
+        elif self.h > 0:
+            reason, p = "the located set stayed ahead: every control drawn", (hits + 1) / (drawn + 1)
+        else:
+            reason, p = "all controls requested (no early stop)", (hits + 1) / (drawn + 1)
+        return {"controls_drawn": drawn, "controls_max": self.maximum, "stop_h": self.h, "tail": self.tail,
+                "stop_reason": reason, "p_sequential": p}
+
+
+def tail_for(mode: str, gamma: float) -> str:
+    """The direction an edit is expected to move orientation toward its pole."""
+    if mode == "scale":
+        return "higher" if gamma > 1 else "lower"
+    if mode == "add":
+        return "higher" if gamma > 0 else "lower"
+    return "lower"  # zero, clamp, mean, set: switching the pole's neurons off
