@@ -226,10 +226,14 @@ def _given_options(ctx) -> set[str]:
     return given
 
 
-def _locate_first(run_dir, model, dataset, top_k, language, say, target=None):
+def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, out=None):
     """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
     if run_dir is not None:
         return run_dir
+    if out is not None:  # an --out that cannot be used fails before the locate run, not after it
+        from .runs import check_fresh
+
+        check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
     from .locating import LocateConfig
     from .locating import locate as run_locate
 
@@ -290,7 +294,7 @@ def ablate(
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, out)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     console.print(ablate_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
@@ -337,7 +341,7 @@ def steer(
     config.check()
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, out)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     console.print(steer_table(result))
     console.print(f"Results written to [bold]{result.run_dir}[/]")
