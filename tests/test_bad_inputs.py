@@ -174,6 +174,8 @@ CASES = [
     Case("ablate/pvq-missing", A + " --pvq /nonexistent/pvq.csv", r"Inventory /nonexistent/pvq.csv does not exist"),
     Case("ablate/model-other", A + " --model {bad}/other-model", r"not the one the run located neurons in"),
     Case("ablate/locate-first-bad-model", "ablate --model no-such-model -q", r"Unknown model 'no-such-model'"),
+    Case("ablate/locate-first-out-exists", "ablate --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
+    Case("steer/locate-first-out-file", "steer --model {tiny} --out {bad}/notes.txt -q", r"notes.txt is a file, not a directory"),
     # -- steer -----------------------------------------------------------------------------------------------------
     Case("steer/gamma-words", S + " --gamma a,b", r"Cannot read --gamma 'a,b'"),
     Case("steer/gamma-empty", S + " --gamma ,", r"Cannot read --gamma"),

@@ -264,10 +264,14 @@ def _given_options(ctx) -> set[str]:
     return given
 
 
-def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, test_fraction=0.2, template=None):
+def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, test_fraction=0.2, template=None, out=None):
     """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
     if run_dir is not None:
         return run_dir
+    if out is not None:  # an --out that cannot be used fails before the locate run, not after it
+        from .runs import check_fresh
+
+        check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
     from .locating import LocateConfig
     from .locating import locate as run_locate
 
@@ -388,7 +392,7 @@ def ablate(
         return _dry_run(run_dir, config, "ablate", None, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     if json_out:
         from .jsonout import emit, validation_json
@@ -456,7 +460,7 @@ def steer(
         return _dry_run(run_dir, config, "steer", gammas, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template)
+        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     if json_out:
         from .jsonout import emit, validation_json

@@ -63,10 +63,14 @@ def progress_bar(enabled: bool = True) -> Iterator:
         yield lambda stage, done, total: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    # started on the first update, so an error found before any work stays the only line on stderr
+    bar = Progress(*columns, console=err_console, transient=False)
+    try:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int) -> None:
+            if not bar.live.is_started:
+                bar.start()
             if stage not in tasks:
                 for task in tasks.values():  # a new stage means earlier ones are over
                     if not bar.tasks[task].finished:
@@ -75,6 +79,9 @@ def progress_bar(enabled: bool = True) -> Iterator:
             bar.update(tasks[stage], completed=done, total=total or None)
 
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def locate_tables(result, top: int = 10) -> list[Table]:

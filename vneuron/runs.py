@@ -153,6 +153,11 @@ def check_writable(run_dir: Path, option: str = "--out") -> None:
         pass
     if read_only or not os.access(base, os.W_OK | os.X_OK):
         raise VneuronError(f"Cannot write {run_dir}: {base} is read-only", f"choose an {option} on a writable disk")
+    try:  # permissions are not the whole story (root, special file systems): try, and leave nothing
+        os.rmdir(tempfile.mkdtemp(prefix=".vneuron-probe-", dir=base))
+    except OSError as exc:
+        raise VneuronError(f"Cannot write {run_dir}: {base} does not accept new files ({exc.strerror or exc})",
+                           f"choose an {option} on a writable disk") from None
 
 
 def disk_free(path: Path) -> int:

@@ -157,10 +157,8 @@ def check_gguf(path: Path) -> None:
 def peek_dims(source: ModelSource) -> tuple[int, int] | None:
     """Layers and MLP width from the config alone, when it is at hand without loading anything."""
     directory = source.path if source.kind == "directory" else None
-    if source.kind == "packaged":
-        found = sorted((cache_dir() / "models").glob(f"*/.complete")) if (cache_dir() / "models").is_dir() else []
-        stem = (ALIASES[source.alias].gguf_name or "").removesuffix(".gguf")
-        directory = next((f.parent for f in found if stem and f.parent.name.startswith(stem)), None)
+    if source.kind == "packaged":  # its converted copy, if an earlier run made one
+        directory = _converted_copy(ALIASES[source.alias])
     if directory is None:
         return None
     try:
@@ -170,6 +168,20 @@ def peek_dims(source: ModelSource) -> tuple[int, int] | None:
         return num_layers(config), mlp_width(config)
     except Exception:  # noqa: BLE001 - the real load reports config problems properly
         return None
+
+
+def _converted_copy(alias: Alias) -> Path | None:
+    try:
+        name = alias.gguf_name or import_module(alias.module).MODEL_NAME
+    except Exception:  # noqa: BLE001 - not installed, or a package without that attribute
+        return None
+    for marker in sorted((cache_dir() / "models").glob("*/.complete")):
+        try:
+            if json.loads(marker.read_text()).get("gguf") == name:
+                return marker.parent
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 @contextmanager
