@@ -201,15 +201,16 @@ def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect:
 
 
 def notice(target: RemoteTarget, message: str) -> None:
-    """A line on the terminal that the user should see even with --quiet."""
+    """A line on the terminal that the user should see even with --quiet. It goes to stdout, beside
+    the results (above a live progress bar), so that stderr keeps one line per error."""
     if target.notify is not None:
         target.notify(message)
         return
     from rich.markup import escape
 
-    from .report import err_console
+    from .report import console
 
-    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _last_line(exc: BaseException) -> str:
