@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import VneuronError
+from .quiet import nnsight_logging
 
 PUBLIC_HOST = "https://api.ndif.us"
 
@@ -241,6 +242,8 @@ def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any],
 def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
     from nnsight.intervention.backends.remote import RemoteBackend
 
+    nnsight_logging()
+
     def collect(job_id: str):
         backend = RemoteBackend(model_key, host=host, job_id=job_id, blocking=False)
         result = backend()
@@ -366,6 +369,7 @@ def trace_kwargs(model) -> dict:
     target = model.remote
     if target is None:
         return {}
+    nnsight_logging()
     kwargs: dict = {"remote": "local" if target.simulated else target.host}
     if not target.blocking:
         kwargs["blocking"] = False
