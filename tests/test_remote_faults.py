@@ -8,6 +8,7 @@ import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -272,6 +273,9 @@ def test_quiet_turns_off_nnsight_status_and_gguf_bars():
         with library_bars():
             assert not gguf_utils.tqdm(range(2)).disable
         set_quiet(True)
+        assert not RemoteBackend("key", host="http://127.0.0.1:9").display.enabled
+        nnsight.CONFIG.APP.REMOTE_LOGGING = True  # as if nnsight were imported only after -q
+        ndif.trace_kwargs(SimpleNamespace(remote=RemoteTarget("http://127.0.0.1:9")))  # building a remote request
         assert not RemoteBackend("key", host="http://127.0.0.1:9").display.enabled
         with library_bars():
             assert gguf_utils.tqdm(range(2)).disable

@@ -4,6 +4,7 @@ converted. vneuron's own progress goes through its progress callback and is sile
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
@@ -14,11 +15,21 @@ _quiet = False
 def set_quiet(quiet: bool = True) -> None:
     """Silence (or not) the libraries' own output for the rest of this process."""
     global _quiet
-    _quiet = quiet
-    import nnsight
+    was, _quiet = _quiet, quiet
+    if "nnsight" in sys.modules:  # else when a remote request is built (no nnsight import for nothing)
+        if quiet:
+            nnsight_logging()
+        elif was:
+            sys.modules["nnsight"].CONFIG.APP.REMOTE_LOGGING = True
 
-    # read by every RemoteBackend when it is built: status display and the download bar
-    nnsight.CONFIG.APP.REMOTE_LOGGING = not quiet
+
+def nnsight_logging() -> None:
+    """When quiet, nnsight's status display and download bar are off (read when a RemoteBackend is
+    built); otherwise the user's nnsight configuration stands."""
+    if _quiet:
+        import nnsight
+
+        nnsight.CONFIG.APP.REMOTE_LOGGING = False
 
 
 def is_quiet() -> bool:

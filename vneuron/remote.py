@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import VneuronError
+from .quiet import nnsight_logging
 
 PUBLIC_HOST = "https://api.ndif.us"
 
@@ -201,15 +202,16 @@ def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect:
 
 
 def notice(target: RemoteTarget, message: str) -> None:
-    """A line on the terminal that the user should see even with --quiet."""
+    """A line on the terminal that the user should see even with --quiet. It goes to stdout, beside
+    the results (above a live progress bar), so that stderr keeps one line per error."""
     if target.notify is not None:
         target.notify(message)
         return
     from rich.markup import escape
 
-    from .report import err_console
+    from .report import console
 
-    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -239,6 +241,8 @@ def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any],
 
 def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
     from nnsight.intervention.backends.remote import RemoteBackend
+
+    nnsight_logging()
 
     def collect(job_id: str):
         backend = RemoteBackend(model_key, host=host, job_id=job_id, blocking=False)
@@ -365,6 +369,7 @@ def trace_kwargs(model) -> dict:
     target = model.remote
     if target is None:
         return {}
+    nnsight_logging()
     kwargs: dict = {"remote": "local" if target.simulated else target.host}
     if not target.blocking:
         kwargs["blocking"] = False

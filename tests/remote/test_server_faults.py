@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,13 +136,21 @@ def test_unserved_model_fails_in_one_line_and_leaves_nothing(tmp_path, ndif_serv
         locate(model, LocateConfig(**CONFIG), out=out)
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([str(Path(sys.executable).parent / "vneuron"), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_quiet_silences_nnsight_and_an_unreachable_host_leaves_nothing(tmp_path, ndif_server):
+def test_cli_quiet_unserved_model_and_unreachable_host(tmp_path, ndif_server):
+    """-q silences nnsight; a failed first request says so on stdout, errs in one line and leaves nothing."""
     common = ["locate", "--model", ndif_server.model_dir, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all",
               "-k", "5", "--batch-tokens", "40", "--request-batches", "4", "--threads", "1", "--host", ndif_server.url]
     loud = _cli(*common, "--out", tmp_path / "loud", cwd=tmp_path)
@@ -152,24 +161,19 @@ def test_quiet_silences_nnsight_and_an_unreachable_host_leaves_nothing(tmp_path,
     assert "RECEIVED" not in quiet.stdout + quiet.stderr and "COMPLETED" not in quiet.stdout + quiet.stderr
     assert "Downloading" not in quiet.stderr and quiet.stderr.strip() == "", quiet.stderr
     assert "Run written to" in quiet.stdout
+    unserved = tmp_path / "models" / "unserved"  # another model key: the server cannot deploy it
+    shutil.copytree(ndif_server.model_dir, unserved)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with socket_closed_port() as port:
-        down = _cli(*[a if a != ndif_server.url else f"http://127.0.0.1:{port}" for a in common], "--out",
-                    tmp_path / "down", "-q", "--timeout", "5", cwd=tmp_path)
+    failed = _cli(*[a if a != ndif_server.model_dir else unserved for a in common], "--out", tmp_path / "unserved",
+                  "-q", cwd=tmp_path)
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert failed.stdout.startswith("note: NDIF job ") and "failed on the server" in failed.stdout
+    assert "resubmitting it once" in failed.stdout and "RECEIVED" not in failed.stdout
+    assert failed.stderr.startswith("error: Model ") and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "is not served" in failed.stderr and "after one resubmission" in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .unserved.partial, no unserved/
+    down = _cli(*[a if a != ndif_server.url else f"http://127.0.0.1:{closed_port()}" for a in common], "--out",
+                tmp_path / "down", "-q", "--timeout", "5", cwd=tmp_path)
     assert down.returncode == 2 and down.stderr.startswith("error:") and "unreachable" in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1, down.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .down.partial, no down/
-
-
-class socket_closed_port:
-    """A port on 127.0.0.1 that nothing listens on."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        return None
