@@ -333,3 +333,13 @@ def test_line_progress_prints_stage_starts_and_ends():
     say("Scoring", 1, 1)
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and "Capturing activations 0/4" in lines[0] and "4/4" in lines[1] and "Scoring 1/1" in lines[2]
+
+
+def test_capture_reports_progress_before_the_first_batch(tiny_model):
+    from vneuron.capture import CaptureConfig, capture
+    from vneuron.data import load_corpus
+
+    calls = []
+    prompts = load_corpus(EXAMPLES / "corpus.jsonl").action_prompts()
+    capture(tiny_model("llama"), prompts, CaptureConfig(batch_tokens=64), progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, len(prompts)) and calls[-1] == (len(prompts), len(prompts)) and len(calls) > 2

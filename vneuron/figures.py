@@ -120,10 +120,17 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
     """Scores from one half of the scenarios against the other, every neuron a dot."""
     fig, axes = _grid(len(halves), height=3.0)
     for n, (ax, (pole, (a, b))) in enumerate(zip(axes, halves.items())):
-        ax.scatter(a, b, s=max(2.0, min(10.0, 3000 / max(len(a), 1))), alpha=0.45, color=color(pole, n), rasterized=True, linewidths=0)
+        if len(a) > 5000:  # tens of thousands of neurons: density, not dots
+            ax.hexbin(a, b, gridsize=70, bins="log", cmap="Greys", mincnt=1, linewidths=0)
+        else:
+            ax.scatter(a, b, s=max(2.0, min(10.0, 3000 / max(len(a), 1))), alpha=0.45, color=color(pole, n), linewidths=0)
         lo, hi = min(min(a), min(b)), max(max(a), max(b))
         ax.plot([lo, hi], [lo, hi], color=CONTROL, lw=0.8, ls=":")
         s = stab.get(pole) or {}
+        if s and 0 < s["k"] <= len(a):  # each half's top-k cut: the upper-right corner holds the overlap
+            cut_a, cut_b = sorted(a)[-s["k"]], sorted(b)[-s["k"]]
+            ax.axvline(cut_a, color=color(pole, n), lw=1, ls="--")
+            ax.axhline(cut_b, color=color(pole, n), lw=1, ls="--")
         if s:
             ax.text(0.03, 0.97, f"r = {s['pearson_r']:.2f}\ntop-{s['k']} overlap {s['overlap']}\n(chance ≈ {s['chance_overlap']:.1f})",
                     transform=ax.transAxes, va="top", fontsize=7.5, bbox=dict(fc="white", ec="none", alpha=0.8))
@@ -132,7 +139,8 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
         ax.set_ylabel(f"{method}, half 2 (fold 1)", fontsize=8)
         ax.tick_params(labelsize=7.5)
     caption = ("Split-half stability: each dot is one neuron, its score from one half of the scenarios against the other "
-               "half (dotted: identity). r is the Pearson correlation over all neurons; the overlap counts neurons in the "
+               "half (dotted: identity; shaded by log count where there are many). Dashed lines: each half's top-k cut, "
+               "so the upper-right corner holds the neurons in both top-k. r is the Pearson correlation over all neurons; the overlap counts neurons in the "
                "top-k of both halves, next to the overlap expected by chance (k²/N). Scores recomputed from "
                f"{source}; r and overlap as recorded in manifest.json (stability).")
     return Figure("locate-split-half", "Split-half stability", caption, fig)

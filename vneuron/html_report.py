@@ -146,6 +146,7 @@ def sub_runs(run_dir: Path) -> list[tuple[Path, dict]]:
 @section("locate")
 def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list[Section]:
     from . import figures
+    from .scoring import contrast_scores
     from .validate import LocateRun
 
     run = LocateRun.open(run_dir)
@@ -189,13 +190,11 @@ def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
         opposite = neuron_set.meta.get("opposite") or (by_pole.get(pole, [{}])[0].get("opposite") or None)
         if not opposite:
             continue
-        from .scoring import contrast_scores
-
-        scores = contrast_scores(run.stats, pole, opposite, method)
-        flip = {"pole": 1, "opposite": -1}.get(sel.get("direction", "pole"))
-        signed[pole] = (scores * flip if flip else scores.abs()).reshape(-1).tolist()
+        # the selection ranks score, −score or |score| (direction); show the same quantity and its weakest kept value
+        orient = {"pole": lambda x: x, "opposite": lambda x: -x, "both": abs}[sel.get("direction", "pole")]
+        signed[pole] = orient(contrast_scores(run.stats, pole, opposite, method)).reshape(-1).tolist()
         if sel["method"] != "lape" and by_pole.get(pole):
-            cuts[pole] = float(by_pole[pole][-1]["score"]) * (flip or 1) if flip else abs(float(by_pole[pole][-1]["score"]))
+            cuts[pole] = orient(float(by_pole[pole][-1]["score"]))
         if run.stats.folds >= 2:
             try:
                 halves[pole] = tuple(contrast_scores(run.stats, pole, opposite, method, fold=f).reshape(-1).tolist() for f in (0, 1))

@@ -17,7 +17,14 @@ err_console = Console(stderr=True)
 
 
 def hide_hf_progress() -> None:
-    """Hugging Face's own tqdm bars would interleave with vneuron's progress: switch them off."""
+    """Hugging Face's own tqdm bars would interleave with vneuron's progress: switch them off.
+
+    Some (the GGUF conversion) call tqdm directly, which only tqdm's environment switch reaches,
+    and tqdm reads it when first imported: so set it before anything imports tqdm.
+    """
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         from transformers.utils import logging as hf_logging
 
