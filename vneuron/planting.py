@@ -697,7 +697,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
         if config.kl_weight > 0 and neutral:
             kl = _kl_to_original(model, planter, gen.sample(neutral, min(config.kl_texts, len(neutral))), config.kl_positions)
             (config.kl_weight * kl).backward()
-            kl_value = round(float(kl), 6)
+            kl_value = round(float(kl.detach()), 6)
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         say("Planting", step, config.steps)
