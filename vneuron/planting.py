@@ -95,7 +95,8 @@ class PlantConfig:
             raise VneuronError(f"Unknown --init {self.init!r}", "use read or none")
         if self.kl_weight < 0:
             raise VneuronError("--kl-weight must be ≥ 0")
-        layer_counts(self.profile, 1, 1, 1, torch.Generator()) if self.profile in PROFILES else _profile_weights(self.profile)
+        if self.profile not in PROFILES:
+            _profile_weights(self.profile)
         return self
 
 
