@@ -34,6 +34,10 @@ _EXPORTS = {
     "locate": "vneuron.locating",
     "LocateConfig": "vneuron.locating",
     "LocateResult": "vneuron.locating",
+    "plant": "vneuron.planting",
+    "PlantConfig": "vneuron.planting",
+    "power": "vneuron.power",
+    "PowerConfig": "vneuron.power",
 }
 __all__ = sorted(_EXPORTS)
 

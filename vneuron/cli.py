@@ -706,6 +706,105 @@ def show(
         console.print(renderable)
 
 
+# -- positive control: planting and power ---------------------------------------------------------
+@app.command()
+@handle_errors
+def plant(
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (must not exist)."),
+    model: Optional[str] = ModelOpt,
+    dimension: str = typer.Option("self_transcendence", "--dimension", help="The pole the planted model comes to prefer over its opposite."),
+    k: int = typer.Option(200, "--k", "-k", help="Neurons to plant."),
+    neurons: Optional[Path] = typer.Option(None, "--neurons", help="Plant exactly the neurons of this NeuronSet file instead of K random ones."),
+    profile: str = typer.Option("uniform", help="Per-layer profile of random neurons: uniform, random, or one weight per layer (0,0,1,1,...)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus file or directory; default: the built-in corpus."),
+    language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
+    steps: int = typer.Option(120, help="Optimisation steps at most (early stopping on a validation slice)."),
+    lr: float = typer.Option(2e-3, help="Adam learning rate of the planted parameters."),
+    batch_items: int = typer.Option(8, help="Scenarios per step."),
+    kl_weight: float = typer.Option(1.0, help="Weight of the KL to the original model on neutral text."),
+    seed: int = SeedOpt,
+    train_limit: Optional[int] = typer.Option(None, help="Training scenarios per pole side (default: the whole train split)."),
+    batch_tokens: int = BatchTokensOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
+
+    Writes an ordinary model directory (use it with --model DIR in every command) with the planted
+    neurons (the ground truth) and a manifest in DIR/plant/.
+
+    Examples:
+      vneuron plant --out runs/planted-st --k 200 --dimension self_transcendence
+      vneuron locate --model runs/planted-st --dimension self_transcendence --out runs/planted-st-locate
+    """
+    from .planting import PlantConfig
+    from .planting import plant as run_plant
+    from .report import console, progress_bar
+
+    _threads(threads)
+    config = PlantConfig(dimension=dimension, dataset=dataset, language=language, k=k, neurons=str(neurons) if neurons else None,
+                         profile=profile, seed=seed, steps=steps, lr=lr, batch_items=batch_items, kl_weight=kl_weight,
+                         train_limit=train_limit, batch_tokens=batch_tokens).check()
+    with progress_bar(not quiet) as bar:
+        result = run_plant(model, config, out=out, progress=bar)
+    pref = result.manifest["preference"]
+    for split in ("train", "test"):
+        for choice, after in pref["after"][split].items():
+            console.print(f"{split:5} {choice:12} P({dimension}) {pref['before'][split][choice]:.3f} → {after:.3f}")
+    console.print(f"Planted {len(result.neurons)} neurons (per layer {result.neurons.per_layer()}) in "
+                  f"{result.manifest['timings']['total_s']:.0f} s; model written to [bold]{result.out}[/]")
+
+
+@app.command()
+@handle_errors
+def power(
+    out: Path = typer.Option(..., "--out", "-o", help="Study directory to write (power.csv, layers.csv, manifest.json, runs)."),
+    model: Optional[str] = ModelOpt,
+    dimension: str = typer.Option("self_transcendence", "--dimension", help="The planted pole."),
+    k: str = typer.Option("50,200", "--k", "-k", help="Planted (and located) set sizes, comma-separated."),
+    sizes: str = typer.Option("16,64,256", "--sizes", help="Locating scenarios per pole, comma-separated (capped by the corpus)."),
+    planted: Optional[str] = typer.Option(None, "--planted", help="Reuse planted models: K=DIR,K=DIR (written by vneuron plant)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Corpus file or directory; default: the built-in corpus."),
+    language: str = typer.Option("en", help="Corpus language (en, zh, all)."),
+    controls: int = ControlsOpt,
+    mode: str = typer.Option("zero", help="Ablation: zero or mean."),
+    limit: Optional[int] = EvalLimitOpt,
+    choice: str = ChoiceOpt,
+    steps: int = typer.Option(120, help="Planting: optimisation steps at most."),
+    seed: int = SeedOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+):
+    """How many scenarios does locate need? plant → locate → ablate against the known planted neurons.
+
+    Examples:
+      vneuron power --out runs/power-st --k 50,200 --sizes 16,64,256
+      vneuron power --out runs/power-st --planted 200=runs/planted-st --k 200 --limit 16
+    """
+    from .planting import PlantConfig
+    from .power import PowerConfig
+    from .power import power as run_power
+    from .power import power_table
+    from .report import console, progress_bar
+
+    _threads(threads)
+
+    def ints(text, what):
+        try:
+            return [int(v) for v in _split_list(text) or []]
+        except ValueError:
+            raise VneuronError(f"Cannot read {what} {text!r}", "pass whole numbers separated by commas, e.g. 16,64,256") from None
+
+    planted_dirs = {int(a): b for a, b in _pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None
+    config = PowerConfig(dimension=dimension, dataset=dataset, language=language, ks=ints(k, "--k"), sizes=ints(sizes, "--sizes"),
+                         controls=controls, mode=mode, choice=choice, eval_limit=limit, seed=seed,
+                         plant=PlantConfig(steps=steps, seed=seed)).check()
+    with progress_bar(not quiet) as bar:
+        result = run_power(model, config, out=out, planted_dirs=planted_dirs, progress=bar)
+    console.print(power_table(result))
+    console.print(f"Written to [bold]{result.out}[/] (power.csv, layers.csv)")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

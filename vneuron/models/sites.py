@@ -141,3 +141,25 @@ def site_tensors(lm, path: tuple[str, str, str, bool]):
     for block in blocks:
         module = getattr(getattr(block, mlp), name)
         yield module.output if output else module.input
+
+
+# The parameters that belong to one neuron, per architecture: the projections INTO the MLP's hidden
+# layer (the neuron's row of each; GPT-2's Conv1D stores it as a column, a fused gate_up projection
+# holds it twice, at u and width + u) and the projection OUT of it (the neuron's column).
+_GATED_PROJECTIONS = (("gate_proj", "up_proj"), "down_proj")
+NEURON_PROJECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    **{name: _GATED_PROJECTIONS for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                             "gemma3", "olmo2", "granite")},
+    "gpt2": (("c_fc",), "c_proj"),
+    "gpt_neox": (("dense_h_to_4h",), "dense_4h_to_h"),
+    "phi3": (("gate_up_proj",), "down_proj"),
+    "phi": (("fc1",), "fc2"),
+}
+
+
+def neuron_projections(arch: Architecture) -> tuple[tuple[str, ...], str]:
+    """(input projections, output projection) module names of the MLP of ``arch``."""
+    if arch.name not in NEURON_PROJECTIONS:
+        raise VneuronError(f"vneuron does not know which parameters make up a neuron of {arch.name!r}",
+                           "add it to vneuron/models/sites.py NEURON_PROJECTIONS")
+    return NEURON_PROJECTIONS[arch.name]

@@ -1,0 +1,182 @@
+"""Positive control: neurons planted with a known identity on a tiny random model.
+
+One planting (tiny Llama, 12 of 144 neurons, a synthetic corpus whose actions use the tiny
+vocabulary) serves every test: the planted preference generalises to held-out scenarios,
+locate's top-K recovers the planted units, zeroing the located set removes the preference and
+beats matched random controls, and every unplanted weight is bit for bit the original.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import vneuron
+from vneuron.cli import app
+from vneuron.planting import ORIGINAL_FILE, PLANT_DIR, PlantConfig, original_weights, plant
+from vneuron.scoring import NeuronSet
+
+runner = CliRunner()
+POLE, OPPOSITE = "self_transcendence", "self_enhancement"
+K = 12
+
+
+def write_corpus(path: Path, n_train: int = 24, n_test: int = 8, seed: int = 0, poles=(POLE, OPPOSITE)) -> Path:
+    """Scenarios of neutral words; one pole's actions use 'caring' words, the other's 'winning' words."""
+    rng = random.Random(seed)
+    neutral = "the a team work home plan report old new quiet travel learn rules tradition".split()
+    words = {POLE: "help share others community nature protect friend neighbour family honest".split(),
+             OPPOSITE: "win power money lead manager keep spend save risk change".split()}
+    rows, n = [], 0
+    for split, count in (("train", n_train), ("test", n_test)):
+        for _ in range(count):
+            for dim in poles:
+                opp = OPPOSITE if dim == POLE else POLE
+                n += 1
+                rows.append({"id": f"t{n}", "language": "en", "dimension": dim, "split": split,
+                             "scenario": " ".join(rng.choice(neutral) for _ in range(6)) + " . what would you do ?",
+                             "option_pole": " ".join(rng.choice(words[dim]) for _ in range(3)),
+                             "option_opposite": " ".join(rng.choice(words[opp]) for _ in range(3))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("plant")
+    corpus = write_corpus(root / "corpus.jsonl")
+    base = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
+    config = PlantConfig(dataset=str(corpus), k=K, steps=60, lr=3e-2, eval_every=10, patience=3, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation on a busy machine
+    result = plant(base, config, out=root / "planted")
+    yield {"root": root, "corpus": corpus, "base": base, "result": result, "dir": root / "planted", "base_dir": tiny_dir("llama")}
+    torch.set_num_threads(threads)
+
+
+def test_planted_preference_generalises_to_held_out_scenarios(planted):
+    pref = planted["result"].manifest["preference"]
+    for choice in ("listed", "continuation"):
+        assert abs(pref["before"]["test"][choice] - 0.5) < 0.1
+        assert pref["after"]["test"][choice] > 0.7, pref
+    # the directory on disk carries what the manifest says
+    model = vneuron.load_model(str(planted["dir"]), dtype="float32")
+    items = [i for i in vneuron.load_corpus(str(planted["corpus"])).items if i.split == "test"]
+    from vneuron.evaluate import forced_choice
+
+    after = float(forced_choice(model, items).toward(POLE).mean())
+    assert after == pytest.approx(pref["after"]["test"]["listed"], abs=1e-4)
+
+
+def test_unplanted_parameters_are_bit_identical(planted):
+    before = load_file(str(planted["base_dir"] / "model.safetensors"))
+    after = load_file(str(planted["dir"] / "model.safetensors"))
+    assert before.keys() == after.keys()
+    from safetensors import safe_open
+
+    with safe_open(str(planted["dir"] / PLANT_DIR / ORIGINAL_FILE), framework="pt") as fh:
+        axes = {name: int(axis) for name, axis in fh.metadata().items()}
+        index = {name: fh.get_tensor(f"{name}::index") for name in axes}
+    touched = 0
+    for name, tensor in before.items():
+        if name not in axes:
+            assert torch.equal(tensor, after[name]), name
+            continue
+        keep = torch.ones(tensor.shape[axes[name]], dtype=torch.bool)
+        keep[index[name]] = False
+        assert torch.equal(tensor.index_select(axes[name], keep.nonzero().squeeze(1)),
+                           after[name].index_select(axes[name], keep.nonzero().squeeze(1))), name
+        touched += int(not torch.equal(tensor, after[name]))
+    # gate and up rows, down columns of the 3 planted layers
+    assert len(axes) == 9 and touched == 9
+    # restoring the saved slices gives back the original weights exactly
+    model = vneuron.load_model(str(planted["dir"]), dtype="float32")
+    with original_weights(model, planted["dir"]):
+        for name, p in model.hf_model.named_parameters():
+            if name in before:
+                assert torch.equal(p.detach(), before[name]), name
+    assert not all(torch.equal(p.detach(), before[n]) for n, p in model.hf_model.named_parameters() if n in before)
+
+
+def test_locate_recovers_planted_units_and_ablation_removes_the_preference(planted):
+    truth = NeuronSet.load(planted["dir"] / PLANT_DIR / "neurons.safetensors")
+    assert len(truth) == K and truth.per_layer() == [4, 4, 4]
+    run = planted["root"] / "locate"
+    result = runner.invoke(app, ["locate", "--model", str(planted["dir"]), "--dataset", str(planted["corpus"]),
+                                 "--dimension", POLE, "-k", str(K), "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    located = NeuronSet.load(run / "neurons" / f"{POLE}.safetensors")
+    recall = int(torch.isin(located.flat, truth.flat).sum()) / K
+    assert recall >= 0.6, recall  # chance: K / 144 ≈ 0.08
+    result = runner.invoke(app, ["ablate", str(run), "--model", str(planted["dir"]), "--controls", "20",
+                                 "--generations", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "ablate-zero-kall" / "manifest.json").read_text())["results"][0]
+    gain = planted["result"].manifest["preference"]["after"]["test"]["listed"] - \
+        planted["result"].manifest["preference"]["before"]["test"]["listed"]
+    assert summary["baseline"] - summary["after"] > 0.5 * gain, summary
+    assert summary["rank"] == 1, summary
+
+
+BAD = [
+    (["--k", "1000"], "more neurons than the model has"),
+    (["--k", "12", "--profile", "1,1"], "--profile has 2 weights"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_sizes_are_one_line_errors(tiny_dir, tmp_path, extra, message):
+    corpus = write_corpus(tmp_path / "c.jsonl", n_train=2, n_test=1)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["plant", "--model", str(tiny_dir("llama")), "--dataset", str(corpus), "--out", str(out), *extra])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_empty_pole_quantised_model_and_existing_output_are_refused(tiny_dir, tmp_path):
+    one_sided = write_corpus(tmp_path / "one.jsonl", n_train=2, n_test=1, poles=(POLE,))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["plant", "--model", str(tiny_dir("llama")), "--dataset", str(one_sided), "--out", str(out)])
+    assert result.exit_code == 2 and "no training scenario whose pole is 'self_enhancement'" in result.output, result.output
+    assert not out.exists()
+
+    corpus = write_corpus(tmp_path / "c.jsonl", n_train=2, n_test=1)
+    quantised = tmp_path / "quantised"
+    shutil.copytree(tiny_dir("llama"), quantised)
+    cfg = json.loads((quantised / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantised / "config.json").write_text(json.dumps(cfg))
+    result = runner.invoke(app, ["plant", "--model", str(quantised), "--dataset", str(corpus), "--out", str(out)])
+    assert result.exit_code == 2 and "quantised weights (bitsandbytes)" in result.output, result.output
+    assert not out.exists()
+
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["plant", "--model", str(tiny_dir("llama")), "--dataset", str(corpus), "--out", str(out)])
+    assert result.exit_code == 2 and "already exists" in result.output, result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_power_table_on_the_planted_model(planted):
+    out = planted["root"] / "power"
+    result = runner.invoke(app, ["power", "--out", str(out), "--planted", f"{K}={planted['dir']}", "--k", str(K),
+                                 "--dataset", str(planted["corpus"]), "--sizes", "2,24", "--controls", "5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.DictReader(open(out / "power.csv")))
+    assert [int(r["scenarios_per_pole"]) for r in rows] == [2, 24] and rows[1]["scenarios_used"] == "24"
+    small, full = (float(r["recall"]) for r in rows)
+    assert full >= 0.6 and full >= small
+    assert float(rows[1]["pref_original"]) == pytest.approx(planted["result"].manifest["preference"]["before"]["test"]["listed"], abs=1e-4)
+    assert rows[1]["pref_original"] == rows[1]["pref_original_recorded"]  # restored weights = the original, exactly
+    assert float(rows[1]["planted_removed"]) > 0.9
+    layers = list(csv.DictReader(open(out / "layers.csv")))
+    assert {int(r["layer"]) for r in layers} == {0, 1, 2} and all(int(r["planted"]) == 4 for r in layers)

@@ -1,0 +1,196 @@
+"""Power of locate → ablate, measured on planted models whose value neurons are known.
+
+For each K a model is planted (or a planted directory is reused); for each corpus size n the
+SAME locate and ablate code that real runs use is run on the planted model, and the table says
+how much of the ground truth comes back: recall / precision of the planted units in the located
+top-K (overall and per layer), where the planted units fall in the score ranking, and the
+ablation effect of the located set against matched random controls, beside the planted set
+itself (the ceiling) and the planted set restored to its original weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import VneuronError
+from .evaluate import forced_choice
+from .locating import LocateConfig, locate, prepare_corpus
+from .models.loading import LoadedModel, load_model
+from .planting import NEURONS_FILE, PLANT_DIR, PlantConfig, original_weights, plant
+from .runs import base_manifest, check_fresh, read_manifest, write_csv, write_json
+from .scoring import NeuronSet, contrast_scores
+from .validate import LocateRun, ValidateConfig, ablate
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PowerConfig:
+    dimension: str = "self_transcendence"
+    dataset: str | None = None
+    language: str = "en"
+    ks: list[int] = field(default_factory=lambda: [50, 200])
+    sizes: list[int] = field(default_factory=lambda: [16, 64, 256])  # scenarios per pole for locating
+    controls: int = 20
+    mode: str = "zero"  # ablation edit (zero or mean)
+    choice: str = "listed"
+    eval_limit: int | None = None  # test scenarios per side in each ablation (None: all)
+    method: str = "delta_p"  # the locate method, exactly as real runs use it
+    site: str = "gate"
+    seed: int = 0
+    plant: PlantConfig = field(default_factory=PlantConfig)
+
+    def check(self) -> "PowerConfig":
+        if not self.ks or min(self.ks) < 1 or not self.sizes or min(self.sizes) < 1:
+            raise VneuronError("--k and --sizes need positive numbers", "e.g. --k 50,200 --sizes 16,64,256")
+        if self.mode not in ("zero", "mean"):
+            raise VneuronError(f"Power ablates with zero or mean, not {self.mode!r}")
+        ValidateConfig(mode=self.mode, controls=self.controls, choice=self.choice).check()
+        return self
+
+
+@dataclass
+class PowerResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    layer_rows: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def _ranks(scores: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each neuron in ``flat`` when all neurons are ordered by score (best first)."""
+    order = scores.reshape(-1).argsort(descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, len(order) + 1)
+    return rank[flat]
+
+
+def _removed(planted: float, original: float, after: float) -> float | None:
+    gain = planted - original
+    return (planted - after) / gain if abs(gain) > 1e-9 else None
+
+
+def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *, out: str | Path,
+          planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None) -> PowerResult:
+    """plant → locate (at each corpus size) → ablate, against the known planted units."""
+    config = (config or PowerConfig()).check()
+    say = progress or (lambda stage, done, total: None)
+    out = Path(out)
+    check_fresh(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    planted_dirs = dict(planted_dirs or {})
+    base: LoadedModel | None = model if isinstance(model, LoadedModel) else None
+    rows, layer_rows, plants = [], [], {}
+    for k in config.ks:
+        if k in planted_dirs:
+            pdir = Path(planted_dirs[k])
+        else:
+            if base is None:
+                base = load_model(model, progress=lambda m: say(m, 0, 0))
+            pdir = out / f"planted-k{k}"
+            say(f"Planting K={k}", 0, 0)
+            plant(base, replace(config.plant, dimension=config.dimension, dataset=config.dataset, language=config.language, k=k),
+                  out=pdir, progress=say)
+        pmanifest = read_manifest(pdir / PLANT_DIR)
+        if pmanifest.get("dimension") != config.dimension:
+            raise VneuronError(f"{pdir} was planted for {pmanifest.get('dimension')!r}, not {config.dimension!r}",
+                               "pass a planted model of the same dimension")
+        truth = NeuronSet.load(pdir / PLANT_DIR / NEURONS_FILE)
+        planted_model = load_model(str(pdir), progress=lambda m: say(m, 0, 0))
+        opposite = pmanifest["opposite"]
+        recorded_original = pmanifest["preference"]["before"]["test"].get(config.choice)
+        plants[k] = {"dir": str(pdir), "neurons": len(truth), "per_layer": truth.per_layer(),
+                     "preference": pmanifest["preference"], "timings": pmanifest.get("timings")}
+        ceiling = None
+        for n in config.sizes:
+            say(f"K={k}: locating with {n} scenarios per pole", 0, 0)
+            located_config = LocateConfig(dataset=config.dataset, language=config.language, dimensions=[config.dimension],
+                                          limit=n, top_k=len(truth), method=config.method, site=config.site)
+            located = locate(planted_model, located_config, out=out / f"locate-k{k}-n{n}", progress=say)
+            found = located.sets[config.dimension]
+            scores = contrast_scores(located.stats, config.dimension, opposite, config.method)
+            ranks = _ranks(scores, truth.flat).double()
+            hits = torch.isin(found.flat, truth.flat)
+            n_used = sum(1 for i in prepare_corpus(located_config).items if i.dimension == config.dimension)
+            vconfig = ValidateConfig(dimensions=[config.dimension], mode=config.mode, controls=config.controls,
+                                     limit=config.eval_limit, generations=0, seed=config.seed, choice=config.choice)
+            run = LocateRun.open(located.run_dir)
+            say(f"K={k}, n={n}: ablating the located set", 0, 0)
+            loc_summary = ablate(run, vconfig, model=planted_model, out=located.run_dir / f"ablate-{config.mode}").summaries[0]
+            if ceiling is None:  # the planted set itself, and the planted units restored (once per K)
+                say(f"K={k}: ablating the planted set", 0, 0)
+                ceiling = ablate(replace(run, sets={config.dimension: truth}), vconfig, model=planted_model,
+                                 out=out / f"planted-k{k}-ablate-{config.mode}").summaries[0]
+                items = _eval_items(run, config)
+                with original_weights(planted_model, pdir):
+                    restored = float(forced_choice(planted_model, items, choice=config.choice).toward(config.dimension).mean())
+                ceiling["restored"] = restored
+            base_pref = loc_summary["baseline"]
+            # restoring the planted slices gives the original weights bit for bit: the original preference on these items
+            original_pref = ceiling["restored"]
+            row = {
+                "k": k, "scenarios_per_pole": n, "scenarios_used": n_used, "neurons_total": truth.n_layers * truth.width,
+                "recall": round(float(hits.sum()) / len(truth), 4), "precision": round(float(hits.sum()) / len(found), 4),
+                "chance_recall": round(len(found) / (truth.n_layers * truth.width), 5),
+                "planted_rank_median": int(ranks.median()), "planted_rank_q10": int(torch.quantile(ranks, 0.1)),
+                "planted_rank_q90": int(torch.quantile(ranks, 0.9)),
+                "planted_in_top_2k": round(float((ranks <= 2 * len(truth)).double().mean()), 4),
+                "pref_original": round(original_pref, 4),
+                "pref_original_recorded": _round(recorded_original),
+                "pref_planted": round(base_pref, 4),
+                "pref_after_located": round(loc_summary["after"], 4),
+                "located_removed": _round(_removed(base_pref, original_pref, loc_summary["after"])),
+                "located_rank": loc_summary.get("rank"), "controls": loc_summary.get("controls"),
+                "control_effect": _round(loc_summary.get("control_effect")), "control_sd": _round(loc_summary.get("control_sd")),
+                "pref_after_planted": round(ceiling["after"], 4),
+                "planted_removed": _round(_removed(base_pref, original_pref, ceiling["after"])),
+                "planted_rank": ceiling.get("rank"),
+            }
+            rows.append(row)
+            for layer in range(truth.n_layers):
+                in_layer = truth.layers == layer
+                if in_layer.any():
+                    found_here = torch.isin(truth.flat[in_layer], found.flat)
+                    layer_rows.append({"k": k, "scenarios_per_pole": n, "layer": layer, "planted": int(in_layer.sum()),
+                                       "located": int((found.layers == layer).sum()), "recovered": int(found_here.sum()),
+                                       "recall": round(float(found_here.double().mean()), 4)})
+            write_csv(out / "power.csv", rows)
+            write_csv(out / "layers.csv", layer_rows)
+    manifest = {**base_manifest("power"), "config": asdict(config), "plants": plants,
+                "timings": {"total_s": round(time.time() - started, 1)}, "rows": rows}
+    write_json(out / "manifest.json", manifest)
+    return PowerResult(out, rows, layer_rows, manifest)
+
+
+def _eval_items(run: LocateRun, config: PowerConfig):
+    from .validate import _items_for
+
+    return _items_for(run.items("test"), config.dimension, config.eval_limit)
+
+
+def _round(value, digits: int = 4):
+    return None if value is None else round(float(value), digits)
+
+
+def power_table(result: PowerResult):
+    """One row per (K, scenarios per pole): recovery and ablation beside chance and the ceiling."""
+    from rich.table import Table
+
+    table = Table(title="Power: planted neurons found by locate, removed by ablate", title_justify="left")
+    for column in ("K", "n/pole", "recall", "chance", "median rank", "P orig → planted", "located: after",
+                   "removed", "rank/ctrl", "planted set: removed", "restored"):
+        table.add_column(column, justify="right")
+    for r in result.rows:
+        pct = lambda v: "—" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+        table.add_row(str(r["k"]), f"{r['scenarios_per_pole']} ({r['scenarios_used']})", f"{r['recall']:.2f}",
+                      f"{r['chance_recall']:.3f}", str(r["planted_rank_median"]),
+                      f"{r['pref_original']:.3f} → {r['pref_planted']:.3f}", f"{r['pref_after_located']:.3f}",
+                      pct(r["located_removed"]), f"{r['located_rank']}/{(r['controls'] or 0) + 1}", pct(r["planted_removed"]),
+                      f"{r['pref_original']:.3f}")
+    return table
