@@ -4,8 +4,8 @@ Substituted to keep this cheap and offline (and nothing else):
 - the model: the default (embedded Gemma-3-270M) and every alias named → a tiny random Llama with
   3 × 1024 MLP neurons, enough for the README's -k 500 and for matched random controls of 200
   located neurons (`--model TINY`);
-- `locate` gets `--limit 2` (two items per dimension); `ablate`/`steer` get `--controls 2 --limit 2`
-  (and `--controls 20` in the text becomes 2); `ablate` gets `--generations 0` (greedy generations
+- `locate` gets `--limit 2` (two items per dimension); `ablate`/`steer` get `--controls 1 --limit 2`
+  (and `--controls 20` in the text becomes 1); `ablate` gets `--generations 0` (greedy generations
   before/after edits are what most of its time goes to; tests/test_validate.py covers them);
 - `--remote` on locate/ablate/steer → `--host local` (nnsight's in-process server simulation);
   on `models`/`doctor` → a stub HTTP server on 127.0.0.1 (a real NDIF server is tests/remote/);
@@ -117,9 +117,9 @@ def substitute(command: str, ws: dict) -> list[str]:
         argv += ["--limit", "2"]
     if sub in ("ablate", "steer"):
         if "--controls" in argv:
-            argv[argv.index("--controls") + 1] = "2"
+            argv[argv.index("--controls") + 1] = "1"
         else:
-            argv += ["--controls", "2"]
+            argv += ["--controls", "1"]
         argv += ["--limit", "2"] + (["--generations", "0"] if sub == "ablate" else [])
     return argv + (["-q"] if sub in ("locate", "ablate", "steer") else [])
 

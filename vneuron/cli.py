@@ -12,6 +12,7 @@ import typer
 
 from .errors import VneuronError
 
+
 class OneLineErrors(typer.core.TyperGroup):
     """Usage errors (an unknown option, `--top-k abc`, a missing value) as one `error:` line, exit 2.
 

@@ -282,11 +282,9 @@ def _cache_base() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .models.loading import sha256_file
+
+    return sha256_file(path)
 
 
 def require(manifest: dict[str, Any], run_dir: Path, *keys: str) -> None:
