@@ -343,3 +343,17 @@ def test_capture_reports_progress_before_the_first_batch(tiny_model):
     prompts = load_corpus(EXAMPLES / "corpus.jsonl").action_prompts()
     capture(tiny_model("llama"), prompts, CaptureConfig(batch_tokens=64), progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, len(prompts)) and calls[-1] == (len(prompts), len(prompts)) and len(calls) > 2
+
+
+def test_a_report_without_the_model_keeps_its_figures(study, tmp_path):
+    import shutil as sh
+
+    copy = tmp_path / "run"
+    sh.copytree(study["dir"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["spec"] = str(tmp_path / "gone")  # the model directory was deleted since
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "r.html"
+    result = run("report", copy, "-o", out, "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) >= 8

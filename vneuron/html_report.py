@@ -229,8 +229,11 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
     if run.manifest["model"].get("remote") and options.model is None:
         return [Text("Neuron cards need a forward pass over the corpus; this run was captured remotely, so they are "
                      "skipped (pass --model with local weights of the same model to draw them).")]
-    return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
-                        progress=options.progress)
+    try:
+        return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
+                            progress=options.progress)
+    except VneuronError as exc:  # the figures and tables do not need the model: keep them
+        return [Text(f"Neuron cards skipped: {exc.one_line()} (--cards 0 skips them without trying.)")]
 
 
 # -- ablate --------------------------------------------------------------------------------------
