@@ -3,8 +3,9 @@
 Each item pairs a statement of one higher-order pole with one of its opposite pole (self-transcendence
 × self-enhancement: universalism/benevolence × power/achievement; openness × conservation:
 self-direction/stimulation × security/conformity/tradition). Hedonism, which Schwartz places between
-openness and self-enhancement, is left out. The scenario asks which statement describes you better;
-the pole side alternates from pair to pair so half the items list each pole as option A.
+openness and self-enhancement, is left out. The scenario asks for one statement about yourself; the
+pole side alternates from pair to pair, and the rows are shuffled (seed 0) so that ``--limit N``
+takes a spread of statements rather than the first few.
 
     python scripts/valuebench_pairs.py ../shared/data/valuebench/value_orientation.csv runs/pvq40-pairs.csv
     vneuron ablate RUN --eval-dataset runs/pvq40-pairs.csv --template first_person
@@ -16,13 +17,14 @@ keep it outside the repository.
 from __future__ import annotations
 
 import csv
+import random
 import sys
 from pathlib import Path
 
 from vneuron.data import load_inventory
 from vneuron.data.schema import AXES
 
-SCENARIO = "Which of these two statements describes you better?"
+SCENARIO = "Describe yourself in one statement."  # reads with both actions listed and with one alone
 
 
 def pairs(path: Path) -> list[dict[str, str]]:
@@ -39,6 +41,7 @@ def pairs(path: Path) -> list[dict[str, str]]:
                              "option_opposite": second.text.strip(), "dimension": first.dimension,
                              "opposite": second.dimension, "value": first.value, "opposite_value": second.value,
                              "language": "en"})
+    random.Random(0).shuffle(rows)
     return rows
 
 

@@ -124,7 +124,7 @@ def test_cvoice_conflicts_whole_values_and_outside_test_book(tmp_path, tiny_dir)
     ablated = runner.invoke(app, ["ablate", str(run_dir), "--model", str(tiny_dir("llama")), "--eval-dataset", str(TEST_BOOK),
                                   "--controls", "2", "--generations", "0", "-q", "--out", str(out)])
     assert ablated.exit_code == 0, ablated.output + str(ablated.exception)
-    assert "Evaluated on test.xlsx (outside, split all, 5 items" in ablated.output
+    assert "Evaluated on test.xlsx (outside, split all, 5 items read" in ablated.output
     manifest = json.loads((out / "manifest.json").read_text())
     data = manifest["evaluation"]
     assert data["source"] == "outside" and data["path"] == str(TEST_BOOK) and len(data["file_sha256"]) == 64

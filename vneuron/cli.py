@@ -317,12 +317,13 @@ def _evaluation_note(manifest: dict) -> None:
     data = manifest.get("evaluation") or {}
     if not data:
         return
-    line = f"Evaluated on {data.get('name')} ({data.get('source')}, split {data.get('split')}, {data.get('items')} items"
+    line = f"Evaluated on {data.get('name')} ({data.get('source')}, split {data.get('split')}, {data.get('items')} items read"
     line += f", template {data.get('template', {}).get('spec')}"
     if data.get("map"):
         line += ", map " + ",".join(f"{k}={v}" for k, v in data["map"].items())
     console.print(escape(line + ")"))
-    _data_notes(data)
+    if data.get("split") != "all":  # how the split was made matters only when one part of the data is read
+        _data_notes(data)
     if data.get("poles_without_items"):
         console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
 
