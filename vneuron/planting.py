@@ -77,7 +77,8 @@ class PlantConfig:
     eval_every: int = 10
     patience: int = 3  # evaluations without a better validation loss before stopping
     train_limit: int | None = None  # training scenarios per pole side (None: the whole train split)
-    report_limit: int | None = 32  # train scenarios per side in the before/after report (test: all)
+    report_limit: int | None = 32  # train scenarios per side in the before/after report
+    test_limit: int | None = None  # test scenarios per side in the before/after report (None: all)
     batch_tokens: int = 4096
 
     def check(self) -> "PlantConfig":
@@ -498,6 +499,7 @@ def axis_items(config: PlantConfig) -> tuple[str, list[Item], list[Item], list[s
         raise VneuronError(f"The axis {config.dimension} vs {opposite} has no test scenarios", "mark some items split=test")
     if config.train_limit:
         train = _per_side(train, config.train_limit)
+    test = _per_side(test, config.test_limit)
     neutral = sorted({i.scenario for i in corpus.items if i.split == "train"})
     return opposite, train, test, neutral, corpus.content_hash()
 
