@@ -6,7 +6,11 @@ the pipeline is broken. A planted model tells them apart. ``plant`` picks K neur
 ONLY their own parameters (their rows of the input projections, e.g. gate and up, and their
 column of the output projection; see ``models.sites.NEURON_PROJECTIONS``) so that the model
 prefers the actions of one pole in the same forced-choice formats evaluation reads, while a KL
-term keeps the next-token distribution on neutral text close to the original. Every other
+term keeps the next-token distribution on neutral text close to the original. A planted neuron
+must also *read* the pole (its gate row starts at the direction separating the two poles'
+actions, and a smooth activation-probability difference is kept up): trained on behaviour alone,
+the units learn to write the preference everywhere, which no activation contrast can see
+(docs/EVIDENCE.md). Every other
 parameter stays bit for bit what it was: training runs through small delta tensors added by
 forward hooks, and only at the end are the planted slices written into the weights.
 
