@@ -726,14 +726,14 @@ def plant(
     kl_weight: float = typer.Option(1.0, help="Weight of the KL to the original model on neutral text."),
     seed: int = SeedOpt,
     train_limit: Optional[int] = typer.Option(None, help="Training scenarios per pole side (default: the whole train split)."),
+    test_limit: Optional[int] = typer.Option(None, help="Test scenarios per side in the before/after report (default: all)."),
     batch_tokens: int = BatchTokensOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
-    Writes an ordinary model directory (use it with --model DIR in every command) with the planted
-    neurons (the ground truth) and a manifest in DIR/plant/.
+    Writes an ordinary model directory (use it with --model DIR in every command); the planted neurons (the ground truth) and a manifest are in DIR/plant/.
 
     Examples:
       vneuron plant --out runs/planted-st --k 200 --dimension self_transcendence
@@ -746,7 +746,7 @@ def plant(
     _threads(threads)
     config = PlantConfig(dimension=dimension, dataset=dataset, language=language, k=k, neurons=str(neurons) if neurons else None,
                          profile=profile, seed=seed, steps=steps, lr=lr, batch_items=batch_items, kl_weight=kl_weight,
-                         train_limit=train_limit, batch_tokens=batch_tokens).check()
+                         train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens).check()
     with progress_bar(not quiet) as bar:
         result = run_plant(model, config, out=out, progress=bar)
     pref = result.manifest["preference"]

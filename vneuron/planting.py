@@ -6,7 +6,11 @@ the pipeline is broken. A planted model tells them apart. ``plant`` picks K neur
 ONLY their own parameters (their rows of the input projections, e.g. gate and up, and their
 column of the output projection; see ``models.sites.NEURON_PROJECTIONS``) so that the model
 prefers the actions of one pole in the same forced-choice formats evaluation reads, while a KL
-term keeps the next-token distribution on neutral text close to the original. Every other
+term keeps the next-token distribution on neutral text close to the original. A planted neuron
+must also *read* the pole (its gate row starts at the direction separating the two poles'
+actions, and a smooth activation-probability difference is kept up): trained on behaviour alone,
+the units learn to write the preference everywhere, which no activation contrast can see
+(docs/EVIDENCE.md). Every other
 parameter stays bit for bit what it was: training runs through small delta tensors added by
 forward hooks, and only at the end are the planted slices written into the weights.
 
@@ -77,7 +81,8 @@ class PlantConfig:
     eval_every: int = 10
     patience: int = 3  # evaluations without a better validation loss before stopping
     train_limit: int | None = None  # training scenarios per pole side (None: the whole train split)
-    report_limit: int | None = 32  # train scenarios per side in the before/after report (test: all)
+    report_limit: int | None = 32  # train scenarios per side in the before/after report
+    test_limit: int | None = None  # test scenarios per side in the before/after report (None: all)
     batch_tokens: int = 4096
 
     def check(self) -> "PlantConfig":
@@ -498,6 +503,7 @@ def axis_items(config: PlantConfig) -> tuple[str, list[Item], list[Item], list[s
         raise VneuronError(f"The axis {config.dimension} vs {opposite} has no test scenarios", "mark some items split=test")
     if config.train_limit:
         train = _per_side(train, config.train_limit)
+    test = _per_side(test, config.test_limit)
     neutral = sorted({i.scenario for i in corpus.items if i.split == "train"})
     return opposite, train, test, neutral, corpus.content_hash()
 

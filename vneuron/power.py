@@ -82,9 +82,17 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
     say = progress or (lambda stage, done, total: None)
     out = Path(out)
     check_fresh(out)
+    planted_dirs = dict(planted_dirs or {})
+    for k, pdir in planted_dirs.items():  # a wrong --planted fails before anything is written
+        if not (Path(pdir) / PLANT_DIR / NEURONS_FILE).is_file():
+            raise VneuronError(f"{pdir} is not a planted model directory (no {PLANT_DIR}/{NEURONS_FILE})",
+                               "pass a directory written by vneuron plant, as K=DIR")
+        planted_for = read_manifest(Path(pdir) / PLANT_DIR).get("dimension")
+        if planted_for != config.dimension:
+            raise VneuronError(f"{pdir} was planted for {planted_for!r}, not {config.dimension!r}",
+                               "pass a planted model of the same --dimension")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    planted_dirs = dict(planted_dirs or {})
     base: LoadedModel | None = model if isinstance(model, LoadedModel) else None
     rows, layer_rows, plants = [], [], {}
     for k in config.ks:
@@ -98,9 +106,6 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
             plant(base, replace(config.plant, dimension=config.dimension, dataset=config.dataset, language=config.language, k=k),
                   out=pdir, progress=say)
         pmanifest = read_manifest(pdir / PLANT_DIR)
-        if pmanifest.get("dimension") != config.dimension:
-            raise VneuronError(f"{pdir} was planted for {pmanifest.get('dimension')!r}, not {config.dimension!r}",
-                               "pass a planted model of the same dimension")
         truth = NeuronSet.load(pdir / PLANT_DIR / NEURONS_FILE)
         planted_model = load_model(str(pdir), progress=lambda m: say(m, 0, 0))
         opposite = pmanifest["opposite"]
