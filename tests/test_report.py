@@ -349,11 +349,11 @@ def test_a_report_without_the_model_keeps_its_figures(study, tmp_path):
     import shutil as sh
 
     copy = tmp_path / "run"
-    sh.copytree(study["dir"], copy)
+    sh.copytree(study["dir"], copy, ignore=sh.ignore_patterns("ablate-*", "steer-*", "report*"))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["model"]["spec"] = str(tmp_path / "gone")  # the model directory was deleted since
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "r.html"
     result = run("report", copy, "-o", out, "-q")
     assert result.exit_code == 0, result.output + result.stderr
-    assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) >= 8
+    assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) == 4
