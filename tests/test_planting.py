@@ -116,9 +116,9 @@ def test_locate_recovers_planted_units_and_ablation_removes_the_preference(plant
     recall = int(torch.isin(located.flat, truth.flat).sum()) / K
     assert recall >= 0.6, recall  # chance: K / 144 ≈ 0.08
     result = runner.invoke(app, ["ablate", str(run), "--model", str(planted["dir"]), "--controls", "20",
-                                 "--generations", "0", "--quiet"])
+                                 "--generations", "0", "--quiet", "--out", str(run / "ablate-zero")])
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "ablate-zero-kall" / "manifest.json").read_text())["results"][0]
+    summary = json.loads((run / "ablate-zero" / "manifest.json").read_text())["results"][0]
     gain = planted["result"].manifest["preference"]["after"]["test"]["listed"] - \
         planted["result"].manifest["preference"]["before"]["test"]["listed"]
     assert summary["baseline"] - summary["after"] > 0.5 * gain, summary
