@@ -49,7 +49,6 @@ L = "locate --model {tiny} --dataset {corpus} -q -k 5"
 A = "ablate {run} -q --controls 1 --split all"
 S = "steer {run} -q --controls 1 --split all"
 HOST = "--host http://127.0.0.1:{port}"
-REMOTE_PARTIAL = "the remote branch (issue 11, remote part) removes the .NAME.partial/ a failed first request leaves"
 
 CASES = [
     # -- locate: the model -----------------------------------------------------------------------------------------
@@ -188,6 +187,91 @@ CASES = [
     Case("steer/out-file", S + " --out {bad}/notes.txt", r"is a file, not a directory"),
     Case("steer/controls-negative", S + " --controls -1", r"--controls must be at least 0"),
     Case("steer/choice-unknown", S + " --choice vibes", r"Unknown --choice"),
+    # -- ablate/steer: outside evaluation data, templates, sequential controls, --dry-run, --json -------------------
+    Case("ablate/eval-dataset-missing", A + " --eval-dataset /nonexistent/bench.csv", r"/nonexistent/bench.csv does not exist"),
+    Case("ablate/eval-dataset-fake-xlsx", A + " --eval-dataset {bad}/fake.xlsx", r"not a readable .xlsx workbook"),
+    Case("ablate/eval-columns-unparsable", A + " --eval-dataset {corpus} --eval-columns scenario", r"Cannot read .*'scenario'.*ours=yours"),
+    Case("ablate/map-unparsable", A + " --eval-dataset {corpus} --map caring", r"Cannot read --map 'caring'"),
+    Case("ablate/map-without-eval-dataset", A + " --map caring=self_transcendence", r"--map describes an outside evaluation file, but no --eval-dataset was given"),
+    Case("ablate/eval-split-unknown", A + " --eval-dataset {corpus} --eval-split later", r"Unknown --eval-split 'later'"),
+    Case("ablate/dataset-with-run", A + " --dataset {corpus}", r"names the corpus to locate on.*--eval-dataset"),
+    Case("ablate/template-unknown", A + " --template fancy", r"template 'fancy'"),
+    Case("ablate/template-no-option", A + " --template 'Q: {{scenario}}'", r"option"),
+    Case("ablate/pvq-template-unknown", A + " --pvq-template fancy", r"template 'fancy'"),
+    Case("ablate/test-fraction-too-large", A + " --test-fraction 1.5", r"--test-fraction must be in \[0, 1\), got 1.5"),
+    Case("ablate/stop-after-negative", A + " --stop-after -1", r"--stop-after must be ≥ 0"),
+    Case("ablate/dry-run-without-run", "ablate --model {tiny} --dry-run -q", r"--dry-run needs a locate run directory"),
+    Case("ablate/dry-run-bad-option", A + " --dry-run --mode melt", r"Unknown edit mode 'melt'"),
+    Case("ablate/json-bad-option", A + " --json --top-k 100000000", r"--top-k 100000000 is more than the run located"),
+    Case("steer/stop-after-negative", S + " --stop-after -1", r"--stop-after must be ≥ 0"),
+    Case("steer/template-unknown", S + " --template fancy", r"template 'fancy'"),
+    Case("steer/map-unparsable", S + " --eval-dataset {corpus} --map caring", r"Cannot read --map 'caring'"),
+    Case("steer/eval-dataset-missing", S + " --eval-dataset /nonexistent/bench.jsonl", r"does not exist"),
+    Case("steer/dry-run-gamma-words", S + " --dry-run --gamma a,b", r"Cannot read --gamma 'a,b'"),
+    Case("steer/json-mode-zero", S + " --json --mode zero", r"Steering needs --mode scale or add"),
+    Case("locate/template-unknown", L + " --template fancy", r"template 'fancy'"),
+    Case("locate/dry-run-top-k-zero", L + " --dry-run -k 0", r"--top-k must be at least 1"),
+    Case("locate/json-out-existing-run", L + " --json --out {run}", r"run already exists"),
+    # -- report ----------------------------------------------------------------------------------------------------
+    Case("report/no-run", "report", r"Missing argument 'RUN_DIR...'"),
+    Case("report/run-missing", "report /nonexistent/run -q", r"/nonexistent/run does not exist"),
+    Case("report/not-a-run", "report {bad}/empty-dir -q", r"not a vneuron run"),
+    Case("report/manifest-not-json", "report {bad}/run-manifest-not-json -q --cards 0", r"not valid JSON"),
+    Case("report/unknown-kind", "report {bad}/unknown-kind -q --cards 0", r"is a 'mystery' run, which vneuron report cannot show"),
+    Case("report/out-not-html", "report {run} -o {bad}/report.txt -q --cards 0", r"should end in .html"),
+    Case("report/out-is-dir", "report {run} -o {bad}/dir.html -q --cards 0", r"dir.html is a directory"),
+    Case("report/out-parent-file", "report {run} -o {bad}/notes.txt/report.html -q --cards 0", r"notes.txt is a file"),
+    Case("report/cards-negative", "report {run} --cards -1 -q", r"--cards must be at least 0"),
+    Case("report/threads-zero", "report {run} --threads 0 -q", r"--threads must be at least 1"),
+    Case("report/model-other", "report {run} --model {bad}/other-model -q -o {bad}/never.html", r"not the one the run located neurons in"),
+    # -- compare ---------------------------------------------------------------------------------------------------
+    Case("compare/one-run", "compare {run}", r"compare needs at least two runs"),
+    Case("compare/run-missing", "compare {run} /nonexistent/run", r"/nonexistent/run does not exist"),
+    Case("compare/not-locate", "compare {run} {bad}/ablate-run", r"is a 'ablate' run; compare takes locate runs"),
+    Case("compare/manifest-not-json", "compare {run} {bad}/run-manifest-not-json", r"not valid JSON"),
+    Case("compare/pole-in-one-run", "compare {run} {bad}/run-st", r"Pole 'conservation' is only in .*run.*--dimension"),
+    Case("compare/dimension-in-one-run", "compare {run} {bad}/run-st --dimension conservation", r"Pole 'conservation' is not in run .*run-st"),
+    Case("compare/dimension-unknown", "compare {run} {bad}/run-st --dimension kindness", r"Pole 'kindness' is not in run"),
+    Case("compare/out-is-dir", "compare {run} {bad}/run-st --dimension self_transcendence -o {bad}/full-dir", r"full-dir is a directory"),
+    Case("compare/out-parent-file", "compare {run} {bad}/run-st --dimension self_transcendence -o {bad}/notes.txt/c.csv", r"notes.txt is a file"),
+    Case("compare/json-bad-run", "compare {run} /nonexistent/run --json", r"does not exist"),
+    # -- show ------------------------------------------------------------------------------------------------------
+    Case("show/neuron-unparsable", "show {run} abc -q", r"Cannot read neuron 'abc'.*LAYER:UNIT"),
+    Case("show/neuron-missing", "show {run}", r"Missing argument 'LAYER:UNIT'"),
+    Case("show/layer-outside", "show {run} 99:0 -q", r"Neuron 99:0 is outside the model \(3 layers × 48\)"),
+    Case("show/unit-outside", "show {run} 0:48 -q", r"Neuron 0:48 is outside the model"),
+    Case("show/run-missing", "show /nonexistent/run 0:1 -q", r"does not exist"),
+    Case("show/not-locate", "show {bad}/ablate-run 0:1 -q", r"not a locate run"),
+    Case("show/texts-zero", "show {run} 0:1 --texts 0 -q", r"--texts must be at least 1"),
+    Case("show/batch-tokens-zero", "show {run} 0:1 --batch-tokens 0 -q", r"--batch-tokens must be at least 1"),
+    Case("show/model-other", "show {run} 0:1 --model {bad}/other-model -q", r"not the one the run located neurons in"),
+    Case("show/json-bad-neuron", "show {run} 0-1 --json -q", r"Cannot read neuron"),
+    # -- plant -----------------------------------------------------------------------------------------------------
+    Case("plant/no-out", "plant --model {tiny} -q", r"Missing option '--out'"),
+    Case("plant/out-existing", "plant --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
+    Case("plant/out-file", "plant --model {tiny} --out {bad}/notes.txt -q", r"notes.txt .*(is a file|already exists)"),
+    Case("plant/k-too-large", "plant --model {tiny} --out {bad}/never --k 100000 -q", r"100000.*144"),
+    Case("plant/k-zero", "plant --model {tiny} --out {bad}/never --k 0 -q", r"--k must be at least 1"),
+    Case("plant/dimension-unknown", "plant --model {tiny} --out {bad}/never --dimension kindness -q", r"kindness"),
+    Case("plant/neurons-missing", "plant --model {tiny} --out {bad}/never --neurons /nonexistent/set.safetensors -q", r"does not exist"),
+    Case("plant/neurons-cut", "plant --model {tiny} --out {bad}/never --neurons {bad}/run-neurons-cut/neurons/conservation.safetensors -q",
+         r"not a readable vneuron neuron set"),
+    Case("plant/profile-unknown", "plant --model {tiny} --out {bad}/never --profile magic -q", r"--profile 'magic'"),
+    Case("plant/profile-wrong-length", "plant --model {tiny} --out {bad}/never --profile 1,1 --k 5 -q", r"--profile"),
+    Case("plant/steps-zero", "plant --model {tiny} --out {bad}/never --steps 0 -q", r"steps"),
+    Case("plant/lr-negative", "plant --model {tiny} --out {bad}/never --lr -1 -q", r"lr"),
+    Case("plant/dataset-missing", "plant --model {tiny} --out {bad}/never --dataset /nonexistent/c.jsonl -q", r"does not exist"),
+    Case("plant/model-unknown", "plant --model no-such-model --out {bad}/never -q", r"Unknown model 'no-such-model'"),
+    # -- power -----------------------------------------------------------------------------------------------------
+    Case("power/k-words", "power --model {tiny} --out {bad}/never --k a,b -q", r"Cannot read --k 'a,b'"),
+    Case("power/sizes-zero", "power --model {tiny} --out {bad}/never --sizes 0 -q", r"--k and --sizes need positive numbers"),
+    Case("power/k-too-large", "power --model {tiny} --out {bad}/never --k 100000 -q", r"100000.*144"),
+    Case("power/mode-clamp", "power --model {tiny} --out {bad}/never --mode clamp -q", r"Power ablates with zero or mean"),
+    Case("power/controls-negative", "power --model {tiny} --out {bad}/never --controls -1 -q", r"--controls must be at least 0"),
+    Case("power/out-existing", "power --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
+    Case("power/planted-unparsable", "power --model {tiny} --out {bad}/never --planted 200 -q", r"Cannot read --planted '200'"),
+    Case("power/planted-missing", "power --model {tiny} --out {bad}/never --planted 5=/nonexistent/planted --k 5 -q", r"does not exist"),
+    Case("power/planted-not-planted", "power --model {tiny} --out {bad}/never --planted 5={tiny} --k 5 -q", r"is not a planted model \(no plant/manifest.json\).*vneuron plant"),
     # -- datasets, models, doctor ----------------------------------------------------------------------------------
     Case("datasets/unknown-option", "datasets --all", r"No such option: --all"),
     Case("datasets/extra-argument", "datasets builtin", r"unexpected extra argument"),
@@ -198,7 +282,7 @@ CASES = [
     Case("doctor/unknown-option", "doctor --verbose", r"No such option"),
     Case("doctor/extra-argument", "doctor now", r"unexpected extra argument"),
     # -- remote ----------------------------------------------------------------------------------------------------
-    Case("remote/locate-closed-port", L + " " + HOST + " --out {bad}/never", r"is unreachable", fault="no_backoff", xfail=REMOTE_PARTIAL),
+    Case("remote/locate-closed-port", L + " " + HOST + " --out {bad}/never", r"is unreachable", fault="no_backoff"),
     Case("remote/ablate-closed-port", A + " " + HOST, r"is unreachable", fault="no_backoff"),
     Case("remote/steer-closed-port", S + " " + HOST, r"is unreachable", fault="no_backoff"),
     Case("remote/locate-host-not-url", L + " --host 127.0.0.1:80", r"is not an http\(s\) URL"),
@@ -277,6 +361,7 @@ def _broken_corpora(bad: Path) -> None:
     (bad / "full-dir").mkdir()
     (bad / "full-dir" / "keep.txt").write_text("mine")
     (bad / "read-only").mkdir()
+    (bad / "dir.html").mkdir()
 
 
 def _broken_runs(bad: Path, run: Path) -> None:
@@ -293,6 +378,9 @@ def _broken_runs(bad: Path, run: Path) -> None:
     neurons.write_bytes(neurons.read_bytes()[:100])
     shutil.rmtree(copy("run-no-sets") / "neurons")
     (copy("ablate-run") / "manifest.json").write_text(json.dumps({**manifest, "kind": "ablate"}))
+    (copy("unknown-kind") / "manifest.json").write_text(json.dumps({**manifest, "kind": "mystery"}))
+    assert runner.invoke(app, ["locate", "--from", str(run), "--dimension", "self_transcendence", "-k", "3",
+                               "--out", str(bad / "run-st"), "-q"]).exit_code == 0  # one pole of the run's four
     for parent, child in (("gone-parent", "orphan"), ("changed-parent", "stale-child")):
         copy(parent)
         assert runner.invoke(app, ["locate", "--from", str(bad / parent), "-k", "3", "--out", str(bad / child), "-q"]).exit_code == 0
@@ -376,6 +464,6 @@ def test_bad_input_ends_cleanly(case: Case, world, tmp_path, monkeypatch):
 def test_the_table_is_large_and_every_command_is_in_it():
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv.split()[0] for c in CASES}
-    assert {"locate", "ablate", "steer", "datasets", "models", "doctor"} <= commands
+    assert {"locate", "ablate", "steer", "datasets", "models", "doctor", "report", "compare", "show", "plant", "power"} <= commands
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert f"{len(CASES)} bad inputs and faults" in readme, "state the number of rows in the README"

@@ -269,6 +269,9 @@ def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: 
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     recorded = run.manifest["model"]
     say = progress or (lambda stage, done, total: None)
+    for flag, value in (("--texts", texts), ("--batch-tokens", batch_tokens)):
+        if value < 1:
+            raise VneuronError(f"{flag} must be at least 1, got {value}")
     n_layers, width = recorded.get("n_layers"), recorded.get("width")
     for layer, unit in neurons:  # before the model is loaded
         if n_layers and width and not (0 <= layer < n_layers and 0 <= unit < width):

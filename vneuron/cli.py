@@ -661,9 +661,12 @@ def compare(
     """
     from .compare import compare_runs, compare_table, default_csv
     from .report import console, err_console
+    from .runs import check_output_file
 
+    out = out or default_csv()
+    check_output_file(out)
     result = compare_runs(run_dirs, _split_list(dimension))
-    table_path, layers_path = result.write_csv(out or default_csv())
+    table_path, layers_path = result.write_csv(out)
     if json_out:
         from .jsonout import emit
 

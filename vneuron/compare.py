@@ -71,7 +71,7 @@ def open_run(path: str | Path) -> RunInfo:
 
     path = Path(path)
     if not path.is_dir():
-        raise VneuronError(f"{path} is not a directory", "pass locate run directories")
+        raise VneuronError(f"{path} {'is not a directory' if path.exists() else 'does not exist'}", "pass locate run directories")
     manifest = read_manifest(path)
     if manifest.get("kind") != "locate":
         raise VneuronError(f"{path} is a {manifest.get('kind')!r} run; compare takes locate runs",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import VneuronError
-from .runs import MANIFEST, NEURONS_CSV, STATS, read_manifest
+from .runs import MANIFEST, NEURONS_CSV, STATS, check_output_file, read_manifest
 
 Progress = Callable[[str, int, int], None]
 
@@ -118,7 +118,8 @@ def rel(path: Path, run_dir: Path) -> str:
 
 def _kind_of(path: Path) -> tuple[dict, str]:
     if not Path(path).is_dir():
-        raise VneuronError(f"{path} is not a directory", "pass a run directory written by vneuron locate, ablate or steer")
+        raise VneuronError(f"{path} {'is not a directory' if Path(path).exists() else 'does not exist'}",
+                           "pass a run directory written by vneuron locate, ablate or steer")
     manifest = read_manifest(path)
     kind = manifest.get("kind")
     if kind not in SECTIONS:
@@ -422,8 +423,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     out = Path(out) if out else default_output(run_dirs)
     if out.suffix.lower() not in (".html", ".htm"):
         raise VneuronError(f"Report file {out} should end in .html", "pass e.g. -o report.html")
-    if out.is_dir():
-        raise VneuronError(f"{out} is a directory", "pass a file name, e.g. -o report.html")
+    if options.cards < 0:
+        raise VneuronError(f"--cards must be at least 0, got {options.cards}", "0: no neuron cards (no model needed)")
+    check_output_file(out, "-o")
     sections = build_sections(run_dirs, options)
     fig_dir = out.with_name(out.stem + "-figures")
     names: list[tuple[Any, str]] = []  # (figure, file name)

@@ -90,6 +90,8 @@ class PlantConfig:
         unknown = [c for c in self.choices if c not in CHOICE_FORMATS]
         if unknown or not self.choices:
             raise VneuronError(f"Unknown forced-choice format {', '.join(unknown) or '(none)'}", f"use {', '.join(CHOICE_FORMATS)}")
+        if self.neurons is not None and not Path(self.neurons).is_file():
+            raise VneuronError(f"--neurons {self.neurons} does not exist", "pass a NeuronSet file, e.g. RUN/neurons/self_transcendence.safetensors")
         if self.neurons is None and self.k < 1:
             raise VneuronError(f"--k must be at least 1, got {self.k}")
         if self.steps < 1 or self.batch_items < 1 or self.micro_items < 1 or self.eval_every < 1 or self.lr <= 0:

@@ -75,6 +75,35 @@ def _removed(planted: float, original: float, after: float) -> float | None:
     return (planted - after) / gain if abs(gain) > 1e-9 else None
 
 
+def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_dirs: dict, say) -> LoadedModel | None:
+    """The planted models given, the corpus axis and each K to plant: checked before anything is written."""
+    from .planting import _check_loaded, axis_items, check_trainable, choose_neurons
+
+    for k, pdir in planted_dirs.items():
+        pdir = Path(pdir)
+        if not pdir.is_dir():
+            raise VneuronError(f"--planted {k}={pdir}: {pdir} does not exist", "pass a model directory written by vneuron plant")
+        if not (pdir / PLANT_DIR / "manifest.json").is_file():
+            raise VneuronError(f"--planted {k}={pdir}: {pdir} is not a planted model (no {PLANT_DIR}/manifest.json)",
+                               "pass a model directory written by vneuron plant")
+        pmanifest = read_manifest(pdir / PLANT_DIR)
+        if pmanifest.get("dimension") != config.dimension:
+            raise VneuronError(f"{pdir} was planted for {pmanifest.get('dimension')!r}, not {config.dimension!r}",
+                               "pass a planted model of the same dimension")
+    to_plant = [k for k in config.ks if k not in planted_dirs]
+    if not to_plant:
+        return base
+    plant_config = replace(config.plant, dimension=config.dimension, dataset=config.dataset, language=config.language)
+    axis_items(plant_config)
+    if base is None:
+        check_trainable(model)
+        base = load_model(model, progress=lambda m: say(m, 0, 0))
+    _check_loaded(base)
+    for k in to_plant:
+        choose_neurons(base, replace(plant_config, k=k).check())
+    return base
+
+
 def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *, out: str | Path,
           planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None) -> PowerResult:
     """plant → locate (at each corpus size) → ablate, against the known planted units."""
@@ -83,17 +112,10 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
     out = Path(out)
     check_fresh(out)
     planted_dirs = dict(planted_dirs or {})
-    for k, pdir in planted_dirs.items():  # a wrong --planted fails before anything is written
-        if not (Path(pdir) / PLANT_DIR / NEURONS_FILE).is_file():
-            raise VneuronError(f"{pdir} is not a planted model directory (no {PLANT_DIR}/{NEURONS_FILE})",
-                               "pass a directory written by vneuron plant, as K=DIR")
-        planted_for = read_manifest(Path(pdir) / PLANT_DIR).get("dimension")
-        if planted_for != config.dimension:
-            raise VneuronError(f"{pdir} was planted for {planted_for!r}, not {config.dimension!r}",
-                               "pass a planted model of the same --dimension")
+    base: LoadedModel | None = model if isinstance(model, LoadedModel) else None
+    base = _check_inputs(model, base, config, planted_dirs, say)  # every bad input fails before out/ is made
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    base: LoadedModel | None = model if isinstance(model, LoadedModel) else None
     rows, layer_rows, plants = [], [], {}
     for k in config.ks:
         if k in planted_dirs:

@@ -160,6 +160,14 @@ def check_writable(run_dir: Path, option: str = "--out") -> None:
                            f"choose an {option} on a writable disk") from None
 
 
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """Fail before any work if the file ``path`` could not be written: a directory in its place, a file above it."""
+    path = Path(path)
+    if path.is_dir():
+        raise VneuronError(f"{option} {path} is a directory", f"pass a file name as {option}")
+    check_writable(path.parent, option)
+
+
 def disk_free(path: Path) -> int:
     """Free bytes on the disk that would hold ``path`` (its nearest existing ancestor)."""
     return shutil.disk_usage(_existing_ancestor(path)).free

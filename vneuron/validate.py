@@ -79,6 +79,14 @@ class ValidateConfig:
                 raise VneuronError(f"{flag} must be at least {low}, got {value}")
         if self.stop_after < 0:
             raise VneuronError("--stop-after must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
+        if self.eval_dataset is None and (self.eval_map or self.eval_columns):
+            flag = "--map" if self.eval_map else "--eval-columns"
+            raise VneuronError(f"{flag} describes an outside evaluation file, but no --eval-dataset was given",
+                               f"add --eval-dataset FILE, or drop {flag}")
+        if self.eval_split not in ("train", "test", "all"):
+            raise VneuronError(f"Unknown --eval-split {self.eval_split!r}", "use all (default), test or train")
+        if not 0 <= self.eval_test_fraction < 1:
+            raise VneuronError(f"--test-fraction must be in [0, 1), got {self.eval_test_fraction}", "e.g. --test-fraction 0.2")
         return self
 
 
