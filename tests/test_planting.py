@@ -185,5 +185,5 @@ def test_power_table_on_the_planted_model(planted):
 def test_power_refuses_a_directory_that_was_not_planted(tiny_dir, tmp_path):
     out = tmp_path / "power"
     result = runner.invoke(app, ["power", "--out", str(out), "--planted", f"12={tiny_dir('llama')}", "--k", "12"])
-    assert result.exit_code == 2 and "is not a planted model directory" in result.output, result.output
+    assert result.exit_code == 2 and "is not a planted model" in result.output, result.output
     assert not out.exists()

@@ -210,7 +210,7 @@ def ablation_vs_controls(results: list[dict], source: str) -> Figure:
             ax.scatter(effects, [y + j for j in jitter], color=CONTROL, s=14, alpha=0.8, zorder=2,
                        label="matched random control" if y == 0 else None)
         ax.scatter([s["effect"]], [y], marker="D", color=LOCATED, s=48, zorder=3, label="located set" if y == 0 else None)
-        note = f"rank {s['rank']}/{s['controls'] + 1}, p = {s['p_lower']:.2f}" if "rank" in s else "no controls"
+        note = f"rank {s['rank']}/{s['controls'] + 1}, p = {s.get('p_sequential', s.get('p_lower')):.2f}" if "rank" in s else "no controls"
         ax.text(1.0, y, "  " + note, transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(results)), [short(s["dimension"]) for s in results], fontsize=8)
@@ -221,7 +221,7 @@ def ablation_vs_controls(results: list[dict], source: str) -> Figure:
     ax.grid(axis="x", alpha=0.25)
     caption = ("Effect of editing the located set (diamond) against the same edit on each matched random control (dots: "
                "same number of neurons in every layer). Rank 1 = lower than every control; p = share of controls (plus the "
-               f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, p_lower) "
+               f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, p_sequential — Besag–Clifford, or p_lower for runs before sequential controls) "
                "and controls.csv.")
     return Figure("ablate-vs-controls", "Located effect vs controls", caption, fig)
 

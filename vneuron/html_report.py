@@ -234,6 +234,8 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
         return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
                             progress=options.progress)
     except VneuronError as exc:  # the figures and tables do not need the model: keep them
+        if options.model is not None:  # ...unless the user named a model: that one must be right
+            raise
         return [Text(f"Neuron cards skipped: {exc.one_line()} (--cards 0 skips them without trying.)")]
 
 
@@ -257,7 +259,7 @@ def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
                      f"{fnum(r['control_effect'], '+.4f')} ± {fnum(r['control_sd'], '.4f')}" if has else "—",
                      f"{fnum(r['effect_minus_control'], '+.4f')} [{fnum(r['effect_minus_control_ci'][0], '+.4f')}, "
                      f"{fnum(r['effect_minus_control_ci'][1], '+.4f')}]" if has else "—",
-                     f"{r['rank']}/{r['controls'] + 1}" if has else "—", fnum(r.get("p_lower"), ".3f"),
+                     f"{r['rank']}/{r['controls'] + 1}" if has else "—", fnum(r.get("p_sequential", r.get("p_lower")), ".3f"),
                      fnum(r.get("drop_percent"), ".1f")])
     s.blocks.append(Table("Ablation against matched random controls",
                           ["pole", "neurons", "items", "P before", "P after", "Δ [95% CI]", "control Δ ± sd",
@@ -348,7 +350,7 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
                                             "control_effects": extra.get("control_effects") or []})
     table = [[r["dimension"], f"{float(r['gamma']):g}", fnum(r["baseline"], ".4f"), fnum(r["after"], ".4f"),
               fnum(r["effect"], "+.4f"), fnum(r["control_effect"], "+.4f"), fnum(r["effect_minus_control"], "+.4f"),
-              fnum(next((p.get("p_higher") for p in curves_manifest.get(r["dimension"], []) if p["gamma"] == float(r["gamma"])), None), ".3f")]
+              fnum(next((p.get("p_sequential", p.get("p_higher")) for p in curves_manifest.get(r["dimension"], []) if p["gamma"] == float(r["gamma"])), None), ".3f")]
              for r in rows]
     s.blocks.append(Table("Dose–response", ["pole", "γ", "P before", "P after", "Δ", "control Δ", "Δ − control",
                                             "p (higher)"], table, f"From {src_csv} (p from {rel(run_dir / MANIFEST, run_dir)}).",

@@ -208,7 +208,7 @@ def markdown_summary(located=None, ablated=None, steered=None) -> str:
                          f"{s['effect']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {s.get('control_effect', float('nan')):+.4f} "
                          f"({s.get('control_sd', float('nan')):.4f}) | {s.get('effect_minus_control', float('nan')):+.4f} "
                          f"[{clo:+.4f}, {chi:+.4f}] | {s.get('rank', '—')}/{s.get('controls', 0) + 1} | "
-                         f"{s.get('p_lower', float('nan')):.3f} | {s['drop_percent']:.1f} |")
+                         f"{s.get('p_sequential', s.get('p_lower', float('nan'))):.3f} | {s['drop_percent']:.1f} |")
         lines.append("")
     if steered is not None:
         cfg = steered.manifest["config"]
@@ -219,6 +219,6 @@ def markdown_summary(located=None, ablated=None, steered=None) -> str:
                 clo, chi = point.get("effect_minus_control_ci", (float("nan"),) * 2)
                 lines.append(f"| {s['dimension']} | {point['gamma']:g} | {point['after']:.3f} | {point['effect']:+.4f} | "
                              f"{point.get('control_effect', float('nan')):+.4f} | {point.get('effect_minus_control', float('nan')):+.4f} "
-                             f"[{clo:+.4f}, {chi:+.4f}] | {point.get('p_higher', float('nan')):.3f} |")
+                             f"[{clo:+.4f}, {chi:+.4f}] | {point.get('p_sequential', point.get('p_higher', float('nan'))):.3f} |")
         lines.append("")
     return "\n".join(lines)
