@@ -187,3 +187,30 @@ def test_power_refuses_a_directory_that_was_not_planted(tiny_dir, tmp_path):
     result = runner.invoke(app, ["power", "--out", str(out), "--planted", f"12={tiny_dir('llama')}", "--k", "12"])
     assert result.exit_code == 2 and "is not a planted model" in result.output, result.output
     assert not out.exists()
+
+
+def test_shared_prefix_and_cached_references_give_the_same_numbers(tiny_dir, tmp_path):
+    """The speed-ups of training are exact: token tries = padded rows, cached KL reference = recomputed."""
+    from vneuron.evaluate import _encode_pairs, forced_choice_pairs
+    from vneuron.planting import Planter, _kl_to_original, _mean_logprobs, _padded_logprobs, choose_neurons
+
+    corpus = write_corpus(tmp_path / "c.jsonl", n_train=3, n_test=1)
+    model = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
+    items = [i for i in vneuron.load_corpus(str(corpus)).items if i.split == "train"][:3]
+    planter = Planter(model, choose_neurons(model, PlantConfig(k=K)))
+    with torch.no_grad():
+        for s in planter.slices:
+            s.delta.normal_(0, 0.05)
+    try:
+        for choice in ("listed", "continuation"):
+            pairs = forced_choice_pairs(items, choice)
+            with torch.no_grad():
+                assert torch.allclose(_mean_logprobs(model, pairs), _padded_logprobs(model, _encode_pairs(model, pairs)), atol=1e-5)
+        texts = [i.scenario for i in items]
+        cache: dict = {}
+        fresh = _kl_to_original(model, planter, texts, 4)
+        assert float(fresh) > 0
+        assert torch.allclose(_kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6) and len(cache) == 3
+        assert torch.allclose(_kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6)
+    finally:
+        planter.remove()

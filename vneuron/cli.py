@@ -733,6 +733,12 @@ def plant(
     batch_tokens: int = BatchTokensOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    train_choice: Optional[str] = typer.Option(None, "--train-choice", help="Formats optimised each step, comma-separated (default: listed,continuation); both are still validated and reported."),
+    eval_every: int = typer.Option(10, help="Steps between validation evaluations (early stopping)."),
+    patience: int = typer.Option(3, help="Validation evaluations without improvement before stopping."),
+    micro_items: int = typer.Option(2, help="Scenarios per forward pass."),
+    val_fraction: float = typer.Option(0.2, help="Share of the training scenarios held out for early stopping."),
+    report_limit: Optional[int] = typer.Option(32, help="Train scenarios per side in the before/after report."),
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
@@ -749,7 +755,10 @@ def plant(
     _threads(threads)
     config = PlantConfig(dimension=dimension, dataset=dataset, language=language, k=k, neurons=str(neurons) if neurons else None,
                          profile=profile, seed=seed, steps=steps, lr=lr, batch_items=batch_items, kl_weight=kl_weight,
-                         train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens).check()
+                         train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens,
+                         train_choices=tuple(c.strip() for c in train_choice.split(",") if c.strip()) if train_choice else None,
+                         eval_every=eval_every, patience=patience, micro_items=micro_items,
+                         val_fraction=val_fraction, report_limit=report_limit).check()
     with progress_bar(not quiet) as bar:
         result = run_plant(model, config, out=out, progress=bar)
     pref = result.manifest["preference"]

@@ -84,11 +84,13 @@ class PlantConfig:
     report_limit: int | None = 32  # train scenarios per side in the before/after report
     test_limit: int | None = None  # test scenarios per side in the before/after report (None: all)
     batch_tokens: int = 4096
+    train_choices: tuple[str, ...] | None = None  # formats optimised each step (None: all of ``choices``); all are validated and reported
+    kl_pool: int = 8  # neutral texts whose original next-token distributions are computed once and reused (0: a fresh sample each step)
 
     def check(self) -> "PlantConfig":
         check_site(self.site)
-        unknown = [c for c in self.choices if c not in CHOICE_FORMATS]
-        if unknown or not self.choices:
+        unknown = [c for c in (*self.choices, *(self.train_choices or ())) if c not in CHOICE_FORMATS]
+        if unknown or not self.choices or (self.train_choices is not None and not self.train_choices):
             raise VneuronError(f"Unknown forced-choice format {', '.join(unknown) or '(none)'}", f"use {', '.join(CHOICE_FORMATS)}")
         if self.neurons is not None and not Path(self.neurons).is_file():
             raise VneuronError(f"--neurons {self.neurons} does not exist", "pass a NeuronSet file, e.g. RUN/neurons/self_transcendence.safetensors")
@@ -399,12 +401,46 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
 
 # -- objective -------------------------------------------------------------------------------
 def _mean_logprobs(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """Differentiable mean log-probability of each continuation (the quantity forced choice reads)."""
-    prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
-    encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
-    for e in encoded:  # a tokenizer that appends EOS: the continuation must end the row
-        last = max(i for i, c in enumerate(e.counted) if c)
-        e.ids, e.counted = e.ids[: last + 1], e.counted[: last + 1]
+    """Differentiable mean log-probability of each continuation (the quantity forced choice reads).
+
+    Pairs that share a prefix share its tokens (the token tries of ``vneuron.prefix``, the same
+    packing forced choice evaluates with), and the LM head runs only where a continuation token is
+    predicted: the same numbers as one padded row per pair, at a fraction of the tokens.
+    """
+    from .evaluate import _encode_pairs, _post, tries_supported
+
+    encoded = _encode_pairs(model, pairs)
+    if tries_supported(model, encoded):
+        return _trie_logprobs(model, encoded, _post(model))
+    return _padded_logprobs(model, encoded)
+
+
+def _trie_logprobs(model: LoadedModel, encoded, post) -> torch.Tensor:
+    from .models.sites import base_path
+    from .prefix import pack, tensors
+
+    base = model.hf_model
+    for part in base_path(model.arch).split("."):
+        base = getattr(base, part)
+    head = model.hf_model.lm_head
+    dtype = next(model.hf_model.parameters()).dtype
+    sums = torch.zeros(len(encoded), dtype=torch.float32)
+    counts = torch.zeros(len(encoded), dtype=torch.float32)
+    for row in pack(encoded):  # one trie per forward: rows are short, and a step holds few scenarios
+        t = tensors([row], pad_id(model.tokenizer), dtype)
+        hidden = base(input_ids=t.ids, attention_mask=t.mask, position_ids=t.positions, use_cache=False)[0][t.rows, t.cols]
+        logits = torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None))
+        if post is not None and post[0] == "softcap":
+            logits = torch.tanh(logits / post[1]) * post[1]
+        elif post is not None:
+            logits = logits / post[1]
+        logp = logits.float().log_softmax(-1)[t.node_of, t.targets]
+        sums = sums.index_add(0, t.pairs, logp)
+        counts = counts.index_add(0, t.pairs, torch.ones_like(logp))
+    return sums / counts
+
+
+def _padded_logprobs(model: LoadedModel, encoded) -> torch.Tensor:
     ids, mask, counted = _pack(encoded, pad_id(model.tokenizer), left=True)
     k = int(counted.sum(1).max())
     logits = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
@@ -427,8 +463,7 @@ def _margins(model: LoadedModel, items: Sequence[Item], choice: str, pole: str) 
     return lp[..., 0] - lp[..., 1]
 
 
-def _kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], positions: int) -> torch.Tensor:
-    """KL(original ‖ planted) of the next-token distribution at the last positions of neutral texts."""
+def _kl_inputs(model: LoadedModel, texts: Sequence[str], positions: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     enc = model.tokenizer(list(texts), add_special_tokens=True)
     ids_list = [list(i) for i in enc["input_ids"]]
     width = max(len(i) for i in ids_list)
@@ -438,10 +473,35 @@ def _kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], 
     p = min(positions, width)
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0), logits_to_keep=p,
                   use_cache=False)
+    return kwargs, mask[:, -p:].float()
+
+
+def _kl_reference(model: LoadedModel, planter: Planter, text: str, positions: int) -> torch.Tensor:
+    """The original model's next-token log-probabilities at the last positions of one neutral text (computed once)."""
+    kwargs, _ = _kl_inputs(model, [text], positions)
     with torch.no_grad(), planter.disabled():
-        ref = model.hf_model(**kwargs).logits.float().log_softmax(-1)
+        return model.hf_model(**kwargs).logits.float().log_softmax(-1)[0]
+
+
+def _kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], positions: int,
+                    reference: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """KL(original ‖ planted) of the next-token distribution at the last positions of neutral texts.
+
+    ``reference``: a cache text → the original's log-probabilities (filled on first use; the
+    original model never changes, so a cached reference is the same number as a recomputed one).
+    """
+    kwargs, keep = _kl_inputs(model, texts, positions)
+    p = keep.shape[1]
+    if reference is None:
+        with torch.no_grad(), planter.disabled():
+            ref = model.hf_model(**kwargs).logits.float().log_softmax(-1)
+    else:
+        for t in texts:
+            if t not in reference:
+                reference[t] = _kl_reference(model, planter, t, positions)
+        ref = torch.stack([torch.cat([reference[t].new_zeros(p - len(reference[t]), reference[t].shape[-1]), reference[t]])
+                           for t in texts])
     new = model.hf_model(**kwargs).logits.float().log_softmax(-1)
-    keep = mask[:, -p:].float()
     kl = (ref.exp() * (ref - new)).sum(-1)
     return (kl * keep).sum() / keep.sum()
 
@@ -660,6 +720,10 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
     best = (math.inf, 0, planter.state())
     evals_without_gain, stop = 0, "steps"
     order: list[Item] = []
+    train_choices = tuple(config.train_choices or config.choices)
+    keep_ref: dict[tuple[str, str], torch.Tensor] = {}  # (item id, format) → the original's log-likelihood of the opposite's action
+    kl_ref: dict[str, torch.Tensor] = {}  # neutral text → the original's next-token log-probabilities
+    pool = random.Random(config.seed + 2).sample(neutral, min(config.kl_pool, len(neutral))) if config.kl_pool else neutral
 
     def evaluate(step: int, train_loss: float | None, kl: float | None, sel: float | None = None) -> float:
         with torch.no_grad():
@@ -684,16 +748,21 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
         batch, order = order[: config.batch_items], order[config.batch_items:]
         opt.zero_grad()
         total = 0.0
-        for choice in config.choices:
+        for choice in train_choices:
             for i in range(0, len(batch), config.micro_items):
                 chunk = batch[i: i + config.micro_items]
+                if config.keep_weight > 0:  # the original's likelihoods never change: computed once per scenario and format
+                    missing = [it for it in chunk if (it.id, choice) not in keep_ref]
+                    if missing:
+                        with torch.no_grad(), planter.disabled():
+                            ref_lp = _choice_logprobs(model, missing, choice, config.dimension)[..., 1]
+                        keep_ref.update({(it.id, choice): r for it, r in zip(missing, ref_lp)})
                 lp = _choice_logprobs(model, chunk, choice, config.dimension)
                 loss = torch.nn.functional.softplus(-(lp[..., 0] - lp[..., 1])).mean()
                 if config.keep_weight > 0:  # the opposite's action keeps its likelihood: the neurons must read the pole
-                    with torch.no_grad(), planter.disabled():
-                        ref = _choice_logprobs(model, chunk, choice, config.dimension)[..., 1]
+                    ref = torch.stack([keep_ref[(it.id, choice)] for it in chunk])
                     loss = loss + config.keep_weight * (lp[..., 1] - ref).pow(2).mean()
-                loss = loss * len(chunk) / len(batch) / len(config.choices)
+                loss = loss * len(chunk) / len(batch) / len(train_choices)
                 loss.backward()
                 total += float(loss.detach())
         sel_value = None
@@ -704,7 +773,8 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
             sel_value = round(float(sel.detach().mean()), 4)
         kl_value = None
         if config.kl_weight > 0 and neutral:
-            kl = _kl_to_original(model, planter, gen.sample(neutral, min(config.kl_texts, len(neutral))), config.kl_positions)
+            kl = _kl_to_original(model, planter, gen.sample(pool, min(config.kl_texts, len(pool))), config.kl_positions,
+                                 kl_ref if config.kl_pool else None)
             (config.kl_weight * kl).backward()
             kl_value = round(float(kl.detach()), 6)
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
