@@ -258,7 +258,7 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
     head = lm.lm_head
     work = [(t.ids, t.mask, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
-        results = []
+        logp = []  # the name is the key of the collected result: it must match outcome's
         for steps in steps_list:
             for ids, mask, positions, rows, cols, targets, node_of, chunks in work:
                 with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
@@ -272,10 +272,10 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
                         elif post is not None:
                             logits = logits / post[1]
                         parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
-                    results.append(torch.cat(parts))
+                    logp.append(torch.cat(parts))
                     tracer.stop()
-        results.save()
-    return outcome(model, session, lambda: {"logp": results})
+        logp.save()
+    return outcome(model, session, lambda: {"logp": logp})
 
 
 def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
