@@ -319,23 +319,15 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         base = baselines[key].toward(pole)
         edit = _edit(run, neurons, pole, config)
         reuse = LowerLayers()  # the located set and its controls share everything below their lowest layer
-        rule = Sequential(0.0, tail_for(config.mode, config.gamma), config.stop_after, config.controls)
-        seeds = [config.seed * 1000 + s for s in range(rule.first())]
-        say(f"{pole}: located {len(neurons)} and {len(seeds)} controls", 0, 1 + len(seeds))
-        first = forced_choice_sets(loaded, items, [edit] + [_edit(run, neurons.random_matched(s), pole, config) for s in seeds],
-                                   batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
-        located = first[0].toward(pole)
-        rule.effect = float((located - base).mean())
-        controls = [r.toward(pole) for r in first[1:]]
-        for c in controls:
-            rule.add(float((c - base).mean()))
-        while rule.more():
-            seeds.append(config.seed * 1000 + len(controls))
-            control = _edit(run, neurons.random_matched(seeds[-1]), pole, config)
-            controls.append(forced_choice(loaded, items, control, batch_tokens=config.batch_tokens, choice=config.choice,
-                                          template=config.template, reuse=reuse).toward(pole))
-            rule.add(float((controls[-1] - base).mean()))
-            say(f"{pole}: random controls (up to {config.controls}, sequential)", len(controls), config.controls)
+        seeds = []
+
+        def control_edit(n: int):
+            seeds.append(config.seed * 1000 + n)
+            return _edit(run, neurons.random_matched(seeds[-1]), pole, config)
+
+        say(f"{pole}: located {len(neurons)} and random controls (up to {config.controls}, sequential)", 0, 1)
+        located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail_for(config.mode, config.gamma),
+                                              config, reuse)
         summary = _summary(pole, base, located, controls, items, config)
         summary.update(rule.report())
         summary["neurons"] = len(neurons)
@@ -414,23 +406,13 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
         reuse = LowerLayers()  # one layer profile for every γ and control: the layers below it run once
         for g, gamma in enumerate(gammas):
             cfg = ValidateConfig(**{**asdict(config), "gamma": gamma})
-            rule = Sequential(0.0, tail_for(config.mode, gamma), config.stop_after, config.controls)
-            for seed in range(config.seed * 1000, config.seed * 1000 + rule.first()):
-                controls.setdefault(seed, neurons.random_matched(seed))
-            first = forced_choice_sets(loaded, items, [_edit(run, neurons, pole, cfg)] +
-                                       [_edit(run, controls[config.seed * 1000 + n], pole, cfg) for n in range(rule.first())],
-                                       batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
-            located = first[0].toward(pole)
-            rule.effect = float((located - base).mean())
-            ctrl = [r.toward(pole) for r in first[1:]]
-            for c in ctrl:
-                rule.add(float((c - base).mean()))
-            while rule.more():
-                seed = config.seed * 1000 + len(ctrl)
-                control = controls.setdefault(seed, neurons.random_matched(seed))
-                ctrl.append(forced_choice(loaded, items, _edit(run, control, pole, cfg), batch_tokens=config.batch_tokens,
-                                          choice=config.choice, template=config.template, reuse=reuse).toward(pole))
-                rule.add(float((ctrl[-1] - base).mean()))
+
+            def control_edit(n: int):
+                seed = config.seed * 1000 + n
+                return _edit(run, controls.setdefault(seed, neurons.random_matched(seed)), pole, cfg)
+
+            located, ctrl, rule = _sequential(loaded, items, pole, base, _edit(run, neurons, pole, cfg), control_edit,
+                                              tail_for(config.mode, gamma), config, reuse)
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = _summary(pole, base, located, ctrl, items, cfg)
             s.update(rule.report())
@@ -452,6 +434,25 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
 
     write_run(out, write, what="steering results")
     return ValidationResult(out, manifest, summaries)
+
+
+def _sequential(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse):
+    """The located set and its first controls in one go, then controls one at a time until the
+    sequential rule (Besag–Clifford) stops: returns P toward the pole after the located edit, per
+    control, and the rule (its report says how many were drawn and why it stopped)."""
+    rule = Sequential(0.0, tail, config.stop_after, config.controls)
+    first = forced_choice_sets(loaded, items, [edit] + [control_edit(n) for n in range(rule.first())],
+                               batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
+    located = first[0].toward(pole)
+    rule.effect = float((located - base).mean())
+    controls = [r.toward(pole) for r in first[1:]]
+    for c in controls:
+        rule.add(float((c - base).mean()))
+    while rule.more():
+        controls.append(forced_choice(loaded, items, control_edit(len(controls)), batch_tokens=config.batch_tokens,
+                                      choice=config.choice, template=config.template, reuse=reuse).toward(pole))
+        rule.add(float((controls[-1] - base).mean()))
+    return located, controls, rule
 
 
 def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: ValidateConfig, say, pole: str) -> dict:
