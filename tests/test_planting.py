@@ -182,6 +182,36 @@ def test_power_table_on_the_planted_model(planted):
     assert {int(r["layer"]) for r in layers} == {0, 1, 2} and all(int(r["planted"]) == 4 for r in layers)
 
 
+def test_veto_units_read_the_opposite_and_power_finds_them_under_its_label(tiny_dir, tmp_path):
+    """mechanism=veto: the units respond to the opposite's actions and suppress them. locate finds them as the
+    opposite's neurons; switching them off RAISES P toward the opposite (tail higher) and removes the planted preference."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    base = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = plant(base, PlantConfig(dataset=str(corpus), k=K, steps=60, lr=3e-2, eval_every=10, patience=3, seed=0,
+                                         mechanism="veto"), out=tmp_path / "planted")
+    finally:
+        torch.set_num_threads(threads)
+    manifest = result.manifest
+    assert manifest["mechanism"] == "veto" and manifest["reads"] == OPPOSITE
+    assert result.neurons.meta["label"] == OPPOSITE and result.neurons.meta["carries"] == POLE
+    for choice in ("listed", "continuation"):
+        assert manifest["preference"]["after"]["test"][choice] > 0.7, manifest["preference"]
+    out = tmp_path / "power"
+    cli = runner.invoke(app, ["power", "--out", str(out), "--planted", f"{K}={tmp_path / 'planted'}", "--k", str(K),
+                              "--dataset", str(corpus), "--sizes", "24", "--controls", "5", "--quiet"])
+    assert cli.exit_code == 0, cli.output
+    import csv
+
+    row = next(csv.DictReader(open(out / "power.csv")))
+    assert row["located_as"] == OPPOSITE and row["tail"] == "higher"
+    assert float(row["recall"]) >= 0.5, row  # chance ≈ 0.08
+    assert float(row["pref_planted"]) > 0.7 and float(row["located_removed"]) > 0.5, row
+    assert row["located_rank"] == "1" and float(row["planted_removed"]) > 0.9, row
+
+
 def test_power_refuses_a_directory_that_was_not_planted(tiny_dir, tmp_path):
     out = tmp_path / "power"
     result = runner.invoke(app, ["power", "--out", str(out), "--planted", f"12={tiny_dir('llama')}", "--k", "12"])

@@ -266,19 +266,27 @@ def _given_options(ctx) -> set[str]:
 
 
 def _locate_first(run_dir, model, dataset, top_k, language, say, target=None, test_fraction=0.2, template=None, out=None):
-    """`ablate --model M` without a run: locate with defaults first (its run is kept)."""
+    """`ablate --model M` without a run: locate with defaults first (its run is kept).
+
+    Returns (run directory, model): a local model is loaded once and serves both steps."""
     if run_dir is not None:
-        return run_dir
+        return run_dir, model
     if out is not None:  # an --out that cannot be used fails before the locate run, not after it
         from .runs import check_fresh
 
         check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
-    from .locating import LocateConfig
+    from .locating import LocateConfig, prepare_corpus
     from .locating import locate as run_locate
 
-    result = run_locate(model, LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1),
-                                            test_fraction=test_fraction, template=template), progress=say, remote=target)
-    return result.run_dir
+    config = LocateConfig(dataset=dataset, language=language, top_k=max(top_k or 200, 1), test_fraction=test_fraction,
+                          template=template).check()
+    if not target:
+        from .models.loading import load_model
+
+        prepare_corpus(config)  # a bad corpus fails before the model loads
+        model = load_model(model, progress=lambda m: say(m, 0, 0))
+    result = run_locate(model, config, progress=say, remote=target)
+    return result.run_dir, model
 
 
 def _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq=None,
@@ -373,6 +381,7 @@ def ablate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (the table's numbers) on stdout instead of the table."),
     stop_after: int = StopAfterOpt,
     dry_run: bool = DryRunOpt,
+    tail: Optional[str] = typer.Option(None, "--tail", help="Direction the edit is expected to move P toward the pole: lower (default for switching off) or higher (e.g. neurons that veto their own pole).", metavar="[lower|higher]"),
 ):
     """Switch located neurons off and measure the shift in value orientation against random controls.
 
@@ -389,12 +398,13 @@ def ablate(
     config = _validate_config(dimension, top_k, mode, gamma, controls, split, limit, generations, seed, batch_tokens, pvq, choice,
                               eval_dataset, eval_columns, eval_map, eval_split, template, pvq_template, test_fraction)
     config.stop_after = stop_after
+    config.tail = tail
     config.check()
     if dry_run:
         return _dry_run(run_dir, config, "ablate", None, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
+        run_dir, model = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
         result = run_ablate(run_dir, config, model=model, out=out, progress=bar, remote=target)
     if json_out:
         from .jsonout import emit, validation_json
@@ -462,7 +472,7 @@ def steer(
         return _dry_run(run_dir, config, "steer", gammas, model, _target(remote, host, timeout), quiet)
     with progress_bar(not quiet) as bar:
         target = _target(remote, host, timeout)
-        run_dir = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
+        run_dir, model = _locate_first(run_dir, model, dataset, top_k, language, bar, target, test_fraction, template, out)
         result = run_steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=target)
     if json_out:
         from .jsonout import emit, validation_json
@@ -712,6 +722,11 @@ def show(
 
 
 # -- positive control: planting and power ---------------------------------------------------------
+MechanismOpt = typer.Option("promote", "--mechanism", metavar="[promote|veto]",
+                            help="promote: the planted units read the pole and raise its actions; veto: they read the opposite pole "
+                                 "and suppress its actions (located under the opposite's label; switching them off raises P toward it).")
+
+
 @app.command()
 @handle_errors
 def plant(
@@ -739,6 +754,7 @@ def plant(
     micro_items: int = typer.Option(2, help="Scenarios per forward pass."),
     val_fraction: float = typer.Option(0.2, help="Share of the training scenarios held out for early stopping."),
     report_limit: Optional[int] = typer.Option(32, help="Train scenarios per side in the before/after report."),
+    mechanism: str = MechanismOpt,
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
@@ -758,7 +774,7 @@ def plant(
                          train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens,
                          train_choices=tuple(c.strip() for c in train_choice.split(",") if c.strip()) if train_choice else None,
                          eval_every=eval_every, patience=patience, micro_items=micro_items,
-                         val_fraction=val_fraction, report_limit=report_limit).check()
+                         val_fraction=val_fraction, report_limit=report_limit, mechanism=mechanism).check()
     with progress_bar(not quiet) as bar:
         result = run_plant(model, config, out=out, progress=bar)
     pref = result.manifest["preference"]
@@ -788,6 +804,7 @@ def power(
     seed: int = SeedOpt,
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
+    mechanism: str = MechanismOpt,
 ):
     """How many scenarios does locate need? plant → locate → ablate against the known planted neurons.
 
@@ -812,7 +829,7 @@ def power(
     planted_dirs = {int(a): b for a, b in _pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None
     config = PowerConfig(dimension=dimension, dataset=dataset, language=language, ks=ints(k, "--k"), sizes=ints(sizes, "--sizes"),
                          controls=controls, mode=mode, choice=choice, eval_limit=limit, seed=seed,
-                         plant=PlantConfig(steps=steps, seed=seed)).check()
+                         plant=PlantConfig(steps=steps, seed=seed, mechanism=mechanism).check()).check()
     with progress_bar(not quiet) as bar:
         result = run_power(model, config, out=out, planted_dirs=planted_dirs, progress=bar)
     console.print(power_table(result))

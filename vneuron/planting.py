@@ -47,6 +47,7 @@ PLANT_DIR = "plant"  # inside the model directory: manifest, ground truth, origi
 NEURONS_FILE = "neurons.safetensors"
 ORIGINAL_FILE = "original.safetensors"
 PROFILES = ("uniform", "random")
+MECHANISMS = ("promote", "veto")
 Progress = Callable[[str, int, int], None]
 
 
@@ -71,10 +72,12 @@ class PlantConfig:
     lr: float = 2e-3
     kl_weight: float = 1.0
     init: str = "read"  # read: point the gate rows at the direction separating the poles' actions; none: train from the rows as they are
-    read_mix: float = 0.5  # weight of each row's own direction in the read initialisation
-    keep_weight: float = 1.0
-    select_weight: float = 1.0  # the planted neurons must respond to the pole's actions (smooth Δp ≥ select_target)
-    select_target: float = 0.5  # keep the opposite action's likelihood as it was (so the neurons must respond to the pole)
+    read_mix: float = 0.25  # weight of each row's own values added to the read direction in the read initialisation
+    read_up: bool | None = None  # the up rows read the same direction (None: when vetoing)
+    freeze_read: bool | None = None  # keep the read rows (gate, and up if read_up) as initialised (None: when vetoing)
+    keep_weight: float = 1.0  # the action the units do not read keeps its likelihood (so they must respond to the one they read)
+    select_weight: float = 1.0  # the planted neurons must respond to the actions they read (smooth Δp ≥ select_target)
+    select_target: float = 0.5
     kl_texts: int = 2  # neutral texts per step for the KL term
     kl_positions: int = 16  # last positions of each neutral text compared with the original model
     val_fraction: float = 0.2  # share of the training scenarios held out for early stopping
@@ -86,6 +89,24 @@ class PlantConfig:
     batch_tokens: int = 4096
     train_choices: tuple[str, ...] | None = None  # formats optimised each step (None: all of ``choices``); all are validated and reported
     kl_pool: int = 8  # neutral texts whose original next-token distributions are computed once and reused (0: a fresh sample each step)
+    mechanism: str = "promote"  # promote: units read the pole and raise its actions; veto: units read the opposite and suppress its actions
+
+    def reader(self, opposite: str) -> str:
+        """The label whose actions the planted units read (and respond to): what locate should find them as."""
+        return self.dimension if self.mechanism == "promote" else opposite
+
+    @property
+    def reads_up(self) -> bool:
+        return self.read_up if self.read_up is not None else self.mechanism == "veto"
+
+    @property
+    def frozen_read(self) -> bool:
+        return self.init == "read" and (self.freeze_read if self.freeze_read is not None else self.mechanism == "veto")
+
+    @property
+    def kept(self) -> int:
+        """Which action keeps its original likelihood (0: the pole's, 1: the opposite's): the one the units do not read."""
+        return 1 if self.mechanism == "promote" else 0
 
     def check(self) -> "PlantConfig":
         check_site(self.site)
@@ -100,6 +121,8 @@ class PlantConfig:
             raise VneuronError("--steps, --batch-items, --eval-every and --lr must be positive")
         if not 0 < self.val_fraction < 1:
             raise VneuronError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.mechanism not in MECHANISMS:
+            raise VneuronError(f"Unknown --mechanism {self.mechanism!r}", f"use {' or '.join(MECHANISMS)}")
         if self.init not in ("read", "none"):
             raise VneuronError(f"Unknown --init {self.init!r}", "use read or none")
         if self.kl_weight < 0:
@@ -203,12 +226,15 @@ class Planter:
         blocks = layer_modules(hf, model.arch)
         self.layers = sorted(set(neurons.layers.tolist()))
         self.readers: list[tuple[_Slice, bool, int]] = []  # per planted layer: the gate slice
+        self.ups: list[_Slice | None] = []  # per planted layer: the up slice (GLU families with separate projections)
         self.mlps = [getattr(blocks[layer], model.arch.mlp) for layer in self.layers]
         for layer in self.layers:
             units = neurons.units[neurons.layers == layer].sort().values
             mlp = getattr(blocks[layer], model.arch.mlp)
-            for name in ins:
-                self._input_projection(getattr(mlp, name), units, model.width, names)
+            for j, name in enumerate(ins):  # the first input projection (the gate) reads the residual stream
+                self._input_projection(getattr(mlp, name), units, model.width, names, role=("gate", "up")[min(j, 1)])
+            if len(ins) == 1:
+                self.ups.append(None)
             self._output_projection(getattr(mlp, out_name), units, names)
 
     @staticmethod
@@ -221,14 +247,16 @@ class Planter:
         self.slices.append(s)
         return s
 
-    def _input_projection(self, module, units, width, names) -> None:
+    def _input_projection(self, module, units, width, names, role: str = "gate") -> None:
         conv = self._conv1d(module)
         out_features = module.weight.shape[1] if conv else module.weight.shape[0]
         copies = out_features // width  # 2 for a fused gate_up projection
         index = torch.cat([units + c * width for c in range(copies)])
         w = self._add(names, module.weight, 1 if conv else 0, index)
-        if len(self.readers) < len(self.layers):  # the first input projection (the gate) reads the residual stream
+        if role == "gate":
             self.readers.append((w, conv, len(units)))
+        else:
+            self.ups.append(w)
         b = self._add(names, module.bias, 0, index) if getattr(module, "bias", None) is not None else None
 
         def hook(mod, args, output):
@@ -254,23 +282,37 @@ class Planter:
 
         self._hooks.append(module.register_forward_hook(hook))
 
-    def set_reading(self, directions: list[torch.Tensor], mix: float) -> None:
-        """Point the planted gate rows at a per-layer direction (mixed with each row's own), at the row's own norm."""
+    def set_reading(self, directions: list[torch.Tensor], mix: float, *, up: bool = False) -> None:
+        """Point the planted gate rows at a per-layer read direction (its length sets the spread of the
+        pre-activation), plus ``mix`` times each row's own; ``up``: the up rows read the same, so the unit's
+        output grows with how strongly it reads (GLU families only)."""
         with torch.no_grad():
-            for (s, conv, k), d in zip(self.readers, directions):
+            for n, ((s, conv, k), d) in enumerate(zip(self.readers, directions)):
                 orig = s.param.index_select(s.axis, s.index[:k])
                 rows = orig.T if conv else orig  # [k, H]
-                norm = rows.norm(dim=1, keepdim=True)
-                new = d[None, :].to(rows.dtype) / d.norm().clamp_min(1e-12) + mix * rows / norm.clamp_min(1e-12)
-                new = new / new.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm
+                new = d[None, :].to(rows.dtype) + mix * rows
                 delta = new - rows
                 if conv:
                     s.delta[:, :k] = delta.T
                 else:
                     s.delta[:k] = delta
+                if up and len(s.index) == k:  # a separate up projection follows the gate among the inputs
+                    u = self.ups[n]
+                    if u is not None:
+                        u_rows = u.param.index_select(u.axis, u.index)
+                        u.delta.copy_((new - u_rows) if not conv else (new - u_rows.T).T)
+                elif up and len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
+                    half = s.param.index_select(s.axis, s.index[k:])
+                    half = half.T if conv else half
+                    if conv:
+                        s.delta[:, k:] = (new - half).T
+                    else:
+                        s.delta[k:] = new - half
 
-    def parameters(self, *, readers: bool = True) -> list[torch.Tensor]:
+    def parameters(self, *, readers: bool = True, ups: bool = True) -> list[torch.Tensor]:
         frozen = set() if readers else {id(r[0].delta) for r in self.readers}
+        if not ups:
+            frozen |= {id(u.delta) for u in self.ups if u is not None}
         return [s.delta for s in self.slices if id(s.delta) not in frozen]
 
     def state(self) -> list[torch.Tensor]:
@@ -356,17 +398,22 @@ def original_weights(model: LoadedModel, plant_dir: str | Path) -> Iterator[Load
 
 
 def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Item], pole: str,
-                       batch_tokens: int) -> list[torch.Tensor]:
-    """Per planted layer, the MLP-input direction that separates the pole's actions from the opposite's.
+                       batch_tokens: int, *, shrink: float = 0.5, spread: float = 2.0) -> list[torch.Tensor]:
+    """Per planted layer, the MLP-input direction that best separates the pole's action tokens from the opposite's.
 
     Read from the original model on the training scenarios in the prompt-mode template, over the
-    action's tokens; orthogonal to the midpoint of the two means, so the midpoint reads zero.
+    action's tokens: a shrinkage discriminant (within-class covariance pulled ``shrink`` of the way
+    toward its mean variance), made orthogonal to the midpoint of the two class means so the midpoint
+    reads zero (the MLP has no bias), and scaled so its reading has standard deviation ``spread``
+    over those tokens (the pole's tokens then mostly read above zero, the opposite's below).
     """
     from .capture import batches
 
     prompts = Corpus("plant", items=list(items)).action_prompts()
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
-    sums = [torch.zeros(2, model.hf_model.config.get_text_config().hidden_size, dtype=torch.float64) for _ in planter.layers]
+    hidden = model.hf_model.config.get_text_config().hidden_size
+    sums = [torch.zeros(2, hidden, dtype=torch.float64) for _ in planter.layers]
+    squares = [torch.zeros(2, hidden, hidden, dtype=torch.float64) for _ in planter.layers]
     counts = torch.zeros(2, dtype=torch.float64)
     current: dict[str, torch.Tensor] = {}
 
@@ -375,6 +422,7 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
             x = args[0].double()
             w = current["weights"]  # [B, T, 2]
             sums[n].add_(torch.einsum("btc,bth->ch", w, x))
+            squares[n].add_(torch.einsum("btc,bth,btg->chg", w, x, x))
         return hook
 
     handles = [mlp.register_forward_pre_hook(grab(n)) for n, mlp in enumerate(planter.mlps)]
@@ -392,10 +440,17 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
         for h in handles:
             h.remove()
     out = []
-    for total in sums:
-        mu = total / counts[:, None].clamp_min(1)
-        d, mid = mu[0] - mu[1], (mu[0] + mu[1]) / 2
-        out.append((d - (d @ mid) / (mid @ mid).clamp_min(1e-12) * mid).float())
+    n = counts.clamp_min(1)
+    for total, square in zip(sums, squares):
+        mu = total / n[:, None]
+        within = sum(square[c] - n[c] * torch.outer(mu[c], mu[c]) for c in range(2)) / n.sum()
+        within = (1 - shrink) * within + shrink * torch.eye(hidden, dtype=within.dtype) * within.diagonal().mean()
+        d = torch.linalg.solve(within, mu[0] - mu[1])
+        mid = (mu[0] + mu[1]) / 2
+        d = d - (d @ mid) / (mid @ mid).clamp_min(1e-12) * mid
+        total_cov = (square.sum(0) / n.sum()) - torch.outer(total.sum(0) / n.sum(), total.sum(0) / n.sum())
+        sd = (d @ total_cov @ d).clamp_min(1e-24).sqrt()
+        out.append((d * spread / sd).float())
     return out
 
 
@@ -650,8 +705,9 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     try:
         if config.init == "read":
             say("Reading the pole direction", 0, 0)
-            planter.set_reading(reading_directions(model, planter, train, config.dimension, config.batch_tokens), config.read_mix)
-        curve, best_step, stop = _train(model, planter, config, train, val, neutral, say)
+            planter.set_reading(reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens),
+                                config.read_mix, up=config.reads_up)
+        curve, best_step, stop = _train(model, planter, config, train, val, neutral, say, config.reader(opposite))
         planter.materialise()
     except BaseException:
         planter.remove()
@@ -666,11 +722,12 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
                  "test": _preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
         fingerprint = planter.fingerprint()
         neurons.meta.update({"opposite": opposite, "model_id": model.source.model_id, "base_revision": model.revision,
-                             "per_layer": neurons.per_layer()})
+                             "per_layer": neurons.per_layer(), "label": config.reader(opposite), "carries": config.dimension,
+                             "mechanism": config.mechanism})
         manifest = {
             **base_manifest("plant"),
             "base_model": model.manifest(),
-            "dimension": config.dimension, "opposite": opposite,
+            "dimension": config.dimension, "opposite": opposite, "mechanism": config.mechanism, "reads": config.reader(opposite),
             "dataset": {"spec": config.dataset or "builtin", "sha256": corpus_hash, "language": config.language,
                         "train": len(train), "validation": len(val), "test": len(test), "report_train": len(report_train)},
             "config": {**asdict(config), "choices": list(config.choices)},
@@ -710,10 +767,13 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
 
 
 def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: list[Item], val: list[Item],
-           neutral: list[str], say: Progress) -> tuple[list[dict], int, str]:
-    """Adam on the deltas; validation forced-choice loss decides the best step and early stopping."""
+           neutral: list[str], say: Progress, reader: str) -> tuple[list[dict], int, str]:
+    """Adam on the deltas; validation forced-choice loss decides the best step and early stopping.
+
+    ``reader``: the label whose actions the units must respond to (the pole, or the opposite when vetoing)."""
     gen = random.Random(config.seed + 1)
-    trained = planter.parameters()
+    frozen = config.frozen_read
+    trained = planter.parameters(readers=not frozen, ups=not (frozen and config.reads_up))
     action = Corpus("plant", items=list(train)).action_prompts()
     opt = torch.optim.Adam(trained, lr=config.lr)
     curve: list[dict] = []
@@ -721,7 +781,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
     evals_without_gain, stop = 0, "steps"
     order: list[Item] = []
     train_choices = tuple(config.train_choices or config.choices)
-    keep_ref: dict[tuple[str, str], torch.Tensor] = {}  # (item id, format) → the original's log-likelihood of the opposite's action
+    keep_ref: dict[tuple[str, str], torch.Tensor] = {}  # (item id, format) → the original's log-likelihood of the kept action
     kl_ref: dict[str, torch.Tensor] = {}  # neutral text → the original's next-token log-probabilities
     pool = random.Random(config.seed + 2).sample(neutral, min(config.kl_pool, len(neutral))) if config.kl_pool else neutral
 
@@ -755,20 +815,20 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
                     missing = [it for it in chunk if (it.id, choice) not in keep_ref]
                     if missing:
                         with torch.no_grad(), planter.disabled():
-                            ref_lp = _choice_logprobs(model, missing, choice, config.dimension)[..., 1]
+                            ref_lp = _choice_logprobs(model, missing, choice, config.dimension)[..., config.kept]
                         keep_ref.update({(it.id, choice): r for it, r in zip(missing, ref_lp)})
                 lp = _choice_logprobs(model, chunk, choice, config.dimension)
                 loss = torch.nn.functional.softplus(-(lp[..., 0] - lp[..., 1])).mean()
-                if config.keep_weight > 0:  # the opposite's action keeps its likelihood: the neurons must read the pole
+                if config.keep_weight > 0:  # the action the units do not read keeps its likelihood: they must read the other
                     ref = torch.stack([keep_ref[(it.id, choice)] for it in chunk])
-                    loss = loss + config.keep_weight * (lp[..., 1] - ref).pow(2).mean()
+                    loss = loss + config.keep_weight * (lp[..., config.kept] - ref).pow(2).mean()
                 loss = loss * len(chunk) / len(batch) / len(train_choices)
                 loss.backward()
                 total += float(loss.detach())
         sel_value = None
-        if config.select_weight > 0:
+        if config.select_weight > 0 and not frozen:  # frozen read rows: the selectivity is what the initialisation made
             picked = gen.sample(action, min(len(action), 2 * config.batch_items))
-            sel = _selectivity(model, planter, picked, config.dimension)
+            sel = _selectivity(model, planter, picked, reader)
             (config.select_weight * torch.relu(config.select_target - sel).mean()).backward()
             sel_value = round(float(sel.detach().mean()), 4)
         kl_value = None

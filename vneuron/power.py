@@ -131,38 +131,48 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
         truth = NeuronSet.load(pdir / PLANT_DIR / NEURONS_FILE)
         planted_model = load_model(str(pdir), progress=lambda m: say(m, 0, 0))
         opposite = pmanifest["opposite"]
+        # what the planted units read: the pole itself, or (mechanism "veto") the opposite, whose actions they suppress;
+        # locate looks for them under that label, and switching a veto set off is expected to RAISE P toward it
+        reads = pmanifest.get("reads", config.dimension)
+        other = config.dimension if reads != config.dimension else opposite
+        toward_dim = (lambda p: 1 - p) if reads != config.dimension else (lambda p: p)  # the axis items: P(opposite) = 1 − P(pole)
+        tail = "higher" if reads != config.dimension else None
         recorded_original = pmanifest["preference"]["before"]["test"].get(config.choice)
-        plants[k] = {"dir": str(pdir), "neurons": len(truth), "per_layer": truth.per_layer(),
+        plants[k] = {"dir": str(pdir), "neurons": len(truth), "per_layer": truth.per_layer(), "reads": reads,
+                     "mechanism": pmanifest.get("mechanism", "promote"),
                      "preference": pmanifest["preference"], "timings": pmanifest.get("timings")}
         ceiling = None
         for n in config.sizes:
             say(f"K={k}: locating with {n} scenarios per pole", 0, 0)
-            located_config = LocateConfig(dataset=config.dataset, language=config.language, dimensions=[config.dimension],
+            located_config = LocateConfig(dataset=config.dataset, language=config.language, dimensions=[reads],
                                           limit=n, top_k=len(truth), method=config.method, site=config.site)
             located = locate(planted_model, located_config, out=out / f"locate-k{k}-n{n}", progress=say)
-            found = located.sets[config.dimension]
-            scores = contrast_scores(located.stats, config.dimension, opposite, config.method)
+            found = located.sets[reads]
+            scores = contrast_scores(located.stats, reads, other, config.method)
             ranks = _ranks(scores, truth.flat).double()
             hits = torch.isin(found.flat, truth.flat)
-            n_used = sum(1 for i in prepare_corpus(located_config).items if i.dimension == config.dimension)
-            vconfig = ValidateConfig(dimensions=[config.dimension], mode=config.mode, controls=config.controls,
-                                     limit=config.eval_limit, generations=0, seed=config.seed, choice=config.choice)
+            n_used = sum(1 for i in prepare_corpus(located_config).items if i.dimension == reads)
+            vconfig = ValidateConfig(dimensions=[reads], mode=config.mode, controls=config.controls, limit=config.eval_limit,
+                                     generations=0, seed=config.seed, choice=config.choice, tail=tail)
             run = LocateRun.open(located.run_dir)
             say(f"K={k}, n={n}: ablating the located set", 0, 0)
             loc_summary = ablate(run, vconfig, model=planted_model, out=located.run_dir / f"ablate-{config.mode}").summaries[0]
             if ceiling is None:  # the planted set itself, and the planted units restored (once per K)
                 say(f"K={k}: ablating the planted set", 0, 0)
-                ceiling = ablate(replace(run, sets={config.dimension: truth}), vconfig, model=planted_model,
+                ceiling = ablate(replace(run, sets={reads: truth}), vconfig, model=planted_model,
                                  out=out / f"planted-k{k}-ablate-{config.mode}").summaries[0]
                 items = _eval_items(run, config)
                 with original_weights(planted_model, pdir):
                     restored = float(forced_choice(planted_model, items, choice=config.choice).toward(config.dimension).mean())
                 ceiling["restored"] = restored
-            base_pref = loc_summary["baseline"]
+            # preferences below are toward the planted dimension, whichever label the units were located under
+            base_pref = toward_dim(loc_summary["baseline"])
+            located_after, planted_after = toward_dim(loc_summary["after"]), toward_dim(ceiling["after"])
             # restoring the planted slices gives the original weights bit for bit: the original preference on these items
             original_pref = ceiling["restored"]
             row = {
-                "k": k, "scenarios_per_pole": n, "scenarios_used": n_used, "neurons_total": truth.n_layers * truth.width,
+                "k": k, "located_as": reads, "tail": tail or "lower", "scenarios_per_pole": n, "scenarios_used": n_used,
+                "neurons_total": truth.n_layers * truth.width,
                 "recall": round(float(hits.sum()) / len(truth), 4), "precision": round(float(hits.sum()) / len(found), 4),
                 "chance_recall": round(len(found) / (truth.n_layers * truth.width), 5),
                 "planted_rank_median": int(ranks.median()), "planted_rank_q10": int(torch.quantile(ranks, 0.1)),
@@ -171,12 +181,12 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
                 "pref_original": round(original_pref, 4),
                 "pref_original_recorded": _round(recorded_original),
                 "pref_planted": round(base_pref, 4),
-                "pref_after_located": round(loc_summary["after"], 4),
-                "located_removed": _round(_removed(base_pref, original_pref, loc_summary["after"])),
+                "pref_after_located": round(located_after, 4),
+                "located_removed": _round(_removed(base_pref, original_pref, located_after)),
                 "located_rank": loc_summary.get("rank"), "controls": loc_summary.get("controls"),
                 "control_effect": _round(loc_summary.get("control_effect")), "control_sd": _round(loc_summary.get("control_sd")),
-                "pref_after_planted": round(ceiling["after"], 4),
-                "planted_removed": _round(_removed(base_pref, original_pref, ceiling["after"])),
+                "pref_after_planted": round(planted_after, 4),
+                "planted_removed": _round(_removed(base_pref, original_pref, planted_after)),
                 "planted_rank": ceiling.get("rank"),
             }
             rows.append(row)

@@ -144,8 +144,8 @@ def ablate_table(result) -> Table:
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
                   caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; n = neurons/items; "
                           "controls = the same edit of matched random sets; Δ−ctrl = Δ minus the controls' Δ; "
-                          "rank 1 = lower than every control (rank r/N+1: N controls drawn); p = sequential p (Besag–Clifford) of controls "
-                          f"at or below Δ, controls drawn one at a time until {cfg.get('stop_after', 0)} reach Δ (0: all)")
+                          "rank 1 = beyond every control in the tested direction (lower unless --tail higher; r/N+1: N controls drawn); "
+                          f"p = sequential p (Besag–Clifford) of controls at least as extreme as Δ, controls drawn one at a time until {cfg.get('stop_after', 0)} reach Δ (0: all)")
     for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
         table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:

@@ -33,7 +33,7 @@ from .scoring import NeuronSet
 from .templates import DEFAULT as DEFAULT_TEMPLATE
 from .templates import choice_template, pvq_template
 from . import budget, threads
-from .sequential import Sequential, tail_for
+from .sequential import TAILS, Sequential, tail_for
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,6 +62,7 @@ class ValidateConfig:
     pvq_template: str | None = None  # PVQ template (None: third_person portraits)
     eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
     stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
+    tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
 
     def check(self) -> "ValidateConfig":
         if self.mode not in EDIT_MODES:
@@ -77,6 +78,8 @@ class ValidateConfig:
                                  ("--generations", self.generations, 0), ("--batch-tokens", self.batch_tokens, 1)):
             if value is not None and value < low:
                 raise VneuronError(f"{flag} must be at least {low}, got {value}")
+        if self.tail is not None and self.tail not in TAILS:
+            raise VneuronError(f"Unknown --tail {self.tail!r}", f"use {' or '.join(TAILS)} (the direction the edit is expected to move P)")
         if self.stop_after < 0:
             raise VneuronError("--stop-after must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
         if self.eval_dataset is None and (self.eval_map or self.eval_columns):
@@ -236,7 +239,7 @@ def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None
 
 
 def _summary(pole: str, base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], items: list[Item],
-             config: ValidateConfig) -> dict[str, Any]:
+             config: ValidateConfig, tail: str = "lower") -> dict[str, Any]:
     effect_i = located - base
     effect = float(effect_i.mean())
     out: dict[str, Any] = {
@@ -269,7 +272,8 @@ def _summary(pole: str, base: torch.Tensor, located: torch.Tensor, controls: lis
             "z": (effect - float(control_effects.mean())) / sd if sd and sd == sd and sd > 0 else None,
             "p_lower": (1 + below) / (1 + len(controls)),  # located lowers orientation more than chance
             "p_higher": (1 + above) / (1 + len(controls)),
-            "rank": 1 + int((control_effects < effect).sum()),  # 1: below every control
+            # 1: beyond every control in the expected direction (below them for "lower")
+            "rank": 1 + int((control_effects < effect).sum() if tail == "lower" else (control_effects > effect).sum()),
             "control_effects": control_effects.tolist(),
         })
     return out
@@ -326,9 +330,9 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             return _edit(run, neurons.random_matched(seeds[-1]), pole, config)
 
         say(f"{pole}: located {len(neurons)} and random controls (up to {config.controls}, sequential)", 0, 1)
-        located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail_for(config.mode, config.gamma),
-                                              config, reuse)
-        summary = _summary(pole, base, located, controls, items, config)
+        tail = config.tail or tail_for(config.mode, config.gamma)
+        located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail, config, reuse)
+        summary = _summary(pole, base, located, controls, items, config, tail)
         summary.update(rule.report())
         summary["neurons"] = len(neurons)
         if inventory:
@@ -411,10 +415,11 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
                 seed = config.seed * 1000 + n
                 return _edit(run, controls.setdefault(seed, neurons.random_matched(seed)), pole, cfg)
 
+            tail = tail_for(config.mode, gamma)
             located, ctrl, rule = _sequential(loaded, items, pole, base, _edit(run, neurons, pole, cfg), control_edit,
-                                              tail_for(config.mode, gamma), config, reuse)
+                                              tail, config, reuse)
             say(f"{pole}: γ sweep", g + 1, len(gammas))
-            s = _summary(pole, base, located, ctrl, items, cfg)
+            s = _summary(pole, base, located, ctrl, items, cfg, tail)
             s.update(rule.report())
             s["gamma"] = gamma
             curve.append(s)
