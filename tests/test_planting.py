@@ -183,7 +183,7 @@ def test_power_table_on_the_planted_model(planted):
 
 
 def test_veto_units_read_the_opposite_and_power_finds_them_under_its_label(tiny_dir, tmp_path):
-    """mechanism=veto: the units respond to the opposite's actions and suppress them. locate finds them as the
+    """mechanism=veto (read rows trained here: on a random tiny model there is little to discriminate): the units respond to the opposite's actions and suppress them. locate finds them as the
     opposite's neurons; switching them off RAISES P toward the opposite (tail higher) and removes the planted preference."""
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     base = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
@@ -191,7 +191,7 @@ def test_veto_units_read_the_opposite_and_power_finds_them_under_its_label(tiny_
     torch.set_num_threads(1)
     try:
         result = plant(base, PlantConfig(dataset=str(corpus), k=K, steps=60, lr=3e-2, eval_every=10, patience=3, seed=0,
-                                         mechanism="veto"), out=tmp_path / "planted")
+                                         mechanism="veto", freeze_read=False), out=tmp_path / "planted")
     finally:
         torch.set_num_threads(threads)
     manifest = result.manifest

@@ -755,6 +755,8 @@ def plant(
     val_fraction: float = typer.Option(0.2, help="Share of the training scenarios held out for early stopping."),
     report_limit: Optional[int] = typer.Option(32, help="Train scenarios per side in the before/after report."),
     mechanism: str = MechanismOpt,
+    read_spread: float = typer.Option(2.0, help="Spread (sd) of the planted units' read pre-activation over the action tokens."),
+    read_quantile: Optional[float] = typer.Option(None, help="Share of the other pole's action tokens a unit may fire on (default: split at the midpoint)."),
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
@@ -774,7 +776,8 @@ def plant(
                          train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens,
                          train_choices=tuple(c.strip() for c in train_choice.split(",") if c.strip()) if train_choice else None,
                          eval_every=eval_every, patience=patience, micro_items=micro_items,
-                         val_fraction=val_fraction, report_limit=report_limit, mechanism=mechanism).check()
+                         val_fraction=val_fraction, report_limit=report_limit, mechanism=mechanism,
+                         read_spread=read_spread, read_quantile=read_quantile).check()
     with progress_bar(not quiet) as bar:
         result = run_plant(model, config, out=out, progress=bar)
     pref = result.manifest["preference"]

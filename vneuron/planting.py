@@ -73,6 +73,8 @@ class PlantConfig:
     kl_weight: float = 1.0
     init: str = "read"  # read: point the gate rows at the direction separating the poles' actions; none: train from the rows as they are
     read_mix: float = 0.25  # weight of each row's own values added to the read direction in the read initialisation
+    read_spread: float = 2.0  # standard deviation of the read direction's pre-activation over the action tokens
+    read_quantile: float | None = None  # share of the other pole's action tokens on which a unit fires (None: split at the midpoint)
     read_up: bool | None = None  # the up rows read the same direction (None: when vetoing)
     freeze_read: bool | None = None  # keep the read rows (gate, and up if read_up) as initialised (None: when vetoing)
     keep_weight: float = 1.0  # the action the units do not read keeps its likelihood (so they must respond to the one they read)
@@ -121,6 +123,8 @@ class PlantConfig:
             raise VneuronError("--steps, --batch-items, --eval-every and --lr must be positive")
         if not 0 < self.val_fraction < 1:
             raise VneuronError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.read_spread <= 0 or (self.read_quantile is not None and not 0 < self.read_quantile < 1):
+            raise VneuronError("--read-spread must be positive and --read-quantile strictly between 0 and 1")
         if self.mechanism not in MECHANISMS:
             raise VneuronError(f"Unknown --mechanism {self.mechanism!r}", f"use {' or '.join(MECHANISMS)}")
         if self.init not in ("read", "none"):
@@ -398,7 +402,8 @@ def original_weights(model: LoadedModel, plant_dir: str | Path) -> Iterator[Load
 
 
 def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Item], pole: str,
-                       batch_tokens: int, *, shrink: float = 0.5, spread: float = 2.0) -> list[torch.Tensor]:
+                       batch_tokens: int, *, shrink: float = 0.5, spread: float = 2.0,
+                       quantile: float | None = None) -> list[torch.Tensor]:
     """Per planted layer, the MLP-input direction that best separates the pole's action tokens from the opposite's.
 
     Read from the original model on the training scenarios in the prompt-mode template, over the
@@ -406,6 +411,9 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     toward its mean variance), made orthogonal to the midpoint of the two class means so the midpoint
     reads zero (the MLP has no bias), and scaled so its reading has standard deviation ``spread``
     over those tokens (the pole's tokens then mostly read above zero, the opposite's below).
+    ``quantile``: move the threshold up so that only this share of the opposite's tokens reads above
+    zero (Gaussian approximation); the MLP has no bias, so the shift rides on the mean input, which
+    every token carries.
     """
     from .capture import batches
 
@@ -422,7 +430,10 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
             x = args[0].double()
             w = current["weights"]  # [B, T, 2]
             sums[n].add_(torch.einsum("btc,bth->ch", w, x))
-            squares[n].add_(torch.einsum("btc,bth,btg->chg", w, x, x))
+            flat = x.reshape(-1, x.shape[-1])
+            for c in range(2):
+                rows = flat[w[..., c].reshape(-1) > 0]  # the weights are 0/1
+                squares[n][c].add_(rows.T @ rows)
         return hook
 
     handles = [mlp.register_forward_pre_hook(grab(n)) for n, mlp in enumerate(planter.mlps)]
@@ -450,7 +461,14 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
         d = d - (d @ mid) / (mid @ mid).clamp_min(1e-12) * mid
         total_cov = (square.sum(0) / n.sum()) - torch.outer(total.sum(0) / n.sum(), total.sum(0) / n.sum())
         sd = (d @ total_cov @ d).clamp_min(1e-24).sqrt()
-        out.append((d * spread / sd).float())
+        d = d * spread / sd
+        if quantile is not None:
+            other = square[1] / n[1] - torch.outer(mu[1], mu[1])
+            z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - quantile, dtype=torch.float64))
+            tau = d @ mu[1] + z * (d @ other @ d).clamp_min(0).sqrt()
+            mean = total.sum(0) / n.sum()
+            d = d - tau * mean / (mean @ mean)
+        out.append(d.float())
     return out
 
 
@@ -705,7 +723,8 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     try:
         if config.init == "read":
             say("Reading the pole direction", 0, 0)
-            planter.set_reading(reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens),
+            planter.set_reading(reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens,
+                                                   spread=config.read_spread, quantile=config.read_quantile),
                                 config.read_mix, up=config.reads_up)
         curve, best_step, stop = _train(model, planter, config, train, val, neutral, say, config.reader(opposite))
         planter.materialise()
@@ -794,7 +813,12 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
                                for i in range(0, len(val), config.micro_items * 2)])
                 losses.append(float(torch.nn.functional.softplus(-m).mean()))
                 row[f"val_pref_{choice}"] = round(float(torch.sigmoid(m).mean()), 4)
-            row["val_loss"] = round(sum(losses) / len(losses), 5)
+            margin_loss = sum(losses) / len(losses)
+            if config.kl_weight > 0 and pool:  # the validation objective weighs what training weighs: the KL on the fixed pool
+                row["val_kl"] = round(float(_kl_to_original(model, planter, pool[: max(config.kl_pool, 8)], config.kl_positions,
+                                                            kl_ref if config.kl_pool else None)), 6)
+                margin_loss += config.kl_weight * row["val_kl"]
+            row["val_loss"] = round(margin_loss, 5)
         curve.append(row)
         return row["val_loss"]
 
