@@ -84,3 +84,18 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
     assert sorted(p.name for p in run_dir.iterdir()) == before
     steer_dry = runner.invoke(app, ["steer", str(run_dir), "--split", "all", "--gamma", "0,2", "--dry-run", "-q", "--threads", "1"])
     assert steer_dry.exit_code == 0 and "time (from a one-batch calibration now)" in steer_dry.output
+
+
+def test_rank_counts_controls_beyond_the_located_effect_in_the_tested_direction():
+    from vneuron.data.schema import Item
+    from vneuron.validate import ValidateConfig, _summary
+
+    items = [Item(id=str(i), language="en", dimension="a", opposite="b", scenario="s", option_pole="x", option_opposite="y",
+                  split="test") for i in range(4)]
+    base = torch.full((4,), 0.5, dtype=torch.float64)
+    located = base + 0.2  # the located set raises P more than every control
+    controls = [base + d for d in (0.0, 0.05, -0.1)]
+    config = ValidateConfig(bootstrap=50)
+    assert _summary("a", base, located, controls, items, config, "higher")["rank"] == 1
+    assert _summary("a", base, located, controls, items, config, "lower")["rank"] == 4
+    assert _summary("a", base, base - 0.2, controls, items, config, "lower")["rank"] == 1
