@@ -216,18 +216,22 @@ def _round(value, digits: int = 4):
 
 
 def power_table(result: PowerResult):
-    """One row per (K, scenarios per pole): recovery and ablation beside chance and the ceiling."""
+    """One row per (K, scenarios per pole): recovery and ablation beside chance and the ceiling (fits 80 columns)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Power: planted neurons found by locate, removed by ablate", title_justify="left")
-    for column in ("K", "n/pole", "recall", "chance", "median rank", "P orig → planted", "located: after",
-                   "removed", "rank/ctrl", "planted set: removed", "restored"):
-        table.add_column(column, justify="right")
+    table = Table(title="Power: planted neurons found by locate, removed by ablate", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption="n = scenarios per pole used to locate; recall = planted units in the located top-K (chance in "
+                          "brackets); rank = median rank of the planted units by score; P = preference for the planted pole "
+                          "(original → planted); loc / plant: P after zeroing the located / planted set, share of the planted preference "
+                          "removed (rm), rank among matched random controls (1 = beyond all)")
+    for column in ("K", "n", "recall", "rank", "P orig→plant", "loc P", "rm", "rank", "plant rm", "rank"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in result.rows:
         pct = lambda v: "—" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-        table.add_row(str(r["k"]), f"{r['scenarios_per_pole']} ({r['scenarios_used']})", f"{r['recall']:.2f}",
-                      f"{r['chance_recall']:.3f}", str(r["planted_rank_median"]),
-                      f"{r['pref_original']:.3f} → {r['pref_planted']:.3f}", f"{r['pref_after_located']:.3f}",
-                      pct(r["located_removed"]), f"{r['located_rank']}/{(r['controls'] or 0) + 1}", pct(r["planted_removed"]),
-                      f"{r['pref_original']:.3f}")
+        table.add_row(str(r["k"]), str(r["scenarios_used"]), f"{r['recall']:.2f} ({r['chance_recall']:.3f})",
+                      str(r["planted_rank_median"]), f"{r['pref_original']:.3f}→{r['pref_planted']:.3f}",
+                      f"{r['pref_after_located']:.3f}", pct(r["located_removed"]), f"{r['located_rank']}/{(r['controls'] or 0) + 1}",
+                      pct(r["planted_removed"]), str(r["planted_rank"]))
     return table
