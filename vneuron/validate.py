@@ -51,7 +51,7 @@ class ValidateConfig:
     max_new_tokens: int = 40
     bootstrap: int = 2000
     seed: int = 0
-    batch_tokens: int = 4096
+    batch_tokens: int = 1024  # evaluation batches: fastest per token on a small CPU (cli.EvalBatchTokensOpt)
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
     choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
     eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
