@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8, help="test items per side of the pole's axis")
     parser.add_argument("--controls", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--batch-tokens", type=int, default=1024, help="as ablate's default")
     parser.add_argument("--split", default="test")
     parser.add_argument("--skip-ablate", action="store_true", help="only the per-set comparison")
     args = parser.parse_args()
@@ -143,7 +143,7 @@ def main() -> None:
 
     # a whole pole: baseline, located and up to 20 sequential controls, against the old code's 22 sets
     config = ValidateConfig(dimensions=[pole], top_k=args.top_k, controls=20, stop_after=3, limit=args.limit, split=args.split,
-                            bootstrap=2000)
+                            bootstrap=2000, batch_tokens=args.batch_tokens)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
