@@ -213,6 +213,21 @@ class _Slice:
     delta: torch.Tensor  # laid out like the slice
 
 
+def _rows(s: _Slice, cols: slice, conv: bool) -> torch.Tensor:
+    """The original rows [k, H] of a slice's units (Conv1D stores them as columns)."""
+    values = s.param.index_select(s.axis, s.index[cols])
+    return values.T if conv else values
+
+
+def _set_rows(s: _Slice, cols: slice, new: torch.Tensor, conv: bool) -> None:
+    """Make ``original + delta`` equal ``new`` ([k, H]) for those units."""
+    delta = new - _rows(s, cols, conv)
+    if conv:
+        s.delta[:, cols] = delta.T
+    else:
+        s.delta[cols] = delta
+
+
 class Planter:
     """Delta tensors for the planted neurons' own parameters, added by forward hooks.
 
@@ -292,26 +307,12 @@ class Planter:
         output grows with how strongly it reads (GLU families only)."""
         with torch.no_grad():
             for n, ((s, conv, k), d) in enumerate(zip(self.readers, directions)):
-                orig = s.param.index_select(s.axis, s.index[:k])
-                rows = orig.T if conv else orig  # [k, H]
-                new = d[None, :].to(rows.dtype) + mix * rows
-                delta = new - rows
-                if conv:
-                    s.delta[:, :k] = delta.T
-                else:
-                    s.delta[:k] = delta
-                if up and len(s.index) == k:  # a separate up projection follows the gate among the inputs
-                    u = self.ups[n]
-                    if u is not None:
-                        u_rows = u.param.index_select(u.axis, u.index)
-                        u.delta.copy_((new - u_rows) if not conv else (new - u_rows.T).T)
-                elif up and len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
-                    half = s.param.index_select(s.axis, s.index[k:])
-                    half = half.T if conv else half
-                    if conv:
-                        s.delta[:, k:] = (new - half).T
-                    else:
-                        s.delta[k:] = new - half
+                new = d[None, :].to(s.delta.dtype) + mix * _rows(s, slice(0, k), conv)
+                _set_rows(s, slice(0, k), new, conv)
+                if up and len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
+                    _set_rows(s, slice(k, 2 * k), new, conv)
+                elif up and self.ups[n] is not None:  # a separate up projection
+                    _set_rows(self.ups[n], slice(0, k), new, conv)
 
     def parameters(self, *, readers: bool = True, ups: bool = True) -> list[torch.Tensor]:
         frozen = set() if readers else {id(r[0].delta) for r in self.readers}
