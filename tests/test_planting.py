@@ -244,3 +244,42 @@ def test_shared_prefix_and_cached_references_give_the_same_numbers(tiny_dir, tmp
         assert torch.allclose(_kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6)
     finally:
         planter.remove()
+
+
+def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_scenario(tiny_dir, tmp_path):
+    """read_context: measured through the model's own projections (not the planter's bookkeeping), the planted
+    units' up output averages 0 on scenario tokens and the requested level on action tokens, and the gate threshold
+    holds the share of scenario and pole tokens that fire near the requested quantile."""
+    from vneuron.capture import _pack, encode, pad_id
+    from vneuron.data.schema import Corpus
+    from vneuron.planting import Planter, choose_neurons, reading_directions
+
+    corpus = write_corpus(tmp_path / "c.jsonl", n_train=40)
+    model = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
+    items = [i for i in vneuron.load_corpus(str(corpus)).items if i.split == "train"]
+    planter = Planter(model, choose_neurons(model, PlantConfig(k=K, profile="uniform")))
+    try:
+        gates, ups = reading_directions(model, planter, items, OPPOSITE, 4096, spread=2.0, quantile=0.2, context=2.0)
+        planter.set_reading(gates, 0.0, up_directions=ups)
+        prompts = Corpus("c", items=items).action_prompts()
+        ids, mask, counted = _pack(encode(model.tokenizer, prompts, list(range(len(prompts)))), pad_id(model.tokenizer), left=False)
+        reads = torch.tensor([p.label == OPPOSITE for p in prompts])[:, None]
+        scenario = mask.bool() & ~counted
+        scenario[:, 0] = False
+        grabbed = {"up": [], "gate": []}
+        units = [planter.neurons.units[planter.neurons.layers == l].sort().values for l in planter.layers]
+        handles = [getattr(mlp, name).register_forward_hook(lambda mod, a, out, u=u, key=name.split("_")[0]: grabbed[key].append(out[..., u]))
+                   for mlp, u in zip(planter.mlps, units) for name in ("gate_proj", "up_proj")]
+        with torch.no_grad():
+            model.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False)
+        for h in handles:
+            h.remove()
+        # the first planted layer sees the original model's inputs (later ones also see what earlier planted units write)
+        for up, gate in zip(grabbed["up"][:1], grabbed["gate"][:1]):
+            assert abs(float(up[scenario].mean())) < 0.05, float(up[scenario].mean())
+            assert float(up[counted].mean()) == pytest.approx(2.0, abs=0.05)
+            fire = lambda where: float((gate[where] > 0).float().mean())  # noqa: E731
+            assert fire(counted & ~reads) < 0.35 and fire(scenario) < 0.35, (fire(counted & ~reads), fire(scenario))
+            assert fire(counted & reads) > fire(counted & ~reads), (fire(counted & reads), fire(counted & ~reads))
+    finally:
+        planter.remove()

@@ -760,6 +760,8 @@ def plant(
     mechanism: str = MechanismOpt,
     read_spread: float = typer.Option(2.0, help="Spread (sd) of the planted units' read pre-activation over the action tokens."),
     read_quantile: Optional[float] = typer.Option(None, help="Share of the other pole's action tokens a unit may fire on (default: split at the midpoint)."),
+    read_passes: int = typer.Option(1, help="Passes of the read setting: after the first, each layer's read is fitted to what earlier planted layers write."),
+    read_context: Optional[float] = typer.Option(None, help="Gated MLPs: the up rows read 'an action, not the scenario' (0 on scenario tokens, this value on actions), so units fire only inside actions."),
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
@@ -780,7 +782,7 @@ def plant(
                          train_choices=tuple(c.strip() for c in train_choice.split(",") if c.strip()) if train_choice else None,
                          eval_every=eval_every, patience=patience, micro_items=micro_items,
                          val_fraction=val_fraction, report_limit=report_limit, mechanism=mechanism,
-                         read_spread=read_spread, read_quantile=read_quantile).check()
+                         read_spread=read_spread, read_quantile=read_quantile, read_context=read_context, read_passes=read_passes).check()
     with progress_bar(not quiet) as bar:
         result = run_plant(model, config, out=out, progress=bar)
     pref = result.manifest["preference"]

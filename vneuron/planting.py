@@ -26,7 +26,7 @@ import json
 import math
 import random
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -75,7 +75,9 @@ class PlantConfig:
     read_mix: float = 0.25  # weight of each row's own values added to the read direction in the read initialisation
     read_spread: float = 2.0  # standard deviation of the read direction's pre-activation over the action tokens
     read_quantile: float | None = None  # share of the other pole's action tokens on which a unit fires (None: split at the midpoint)
-    read_up: bool | None = None  # the up rows read the same direction (None: when vetoing)
+    read_up: bool | None = None  # the up rows read the same direction (None: when vetoing, unless read_context)
+    read_passes: int = 1  # passes of the read setting; after the first, each layer is fitted to the inputs the planted units of earlier layers shape
+    read_context: float | None = None  # GLU: the up rows read "an action, not the scenario" (0 on scenario tokens, this on actions), and the threshold holds on scenario tokens too
     freeze_read: bool | None = None  # keep the read rows (gate, and up if read_up) as initialised (None: when vetoing)
     keep_weight: float = 1.0  # the action the units do not read keeps its likelihood (so they must respond to the one they read)
     select_weight: float = 1.0  # the planted neurons must respond to the actions they read (smooth Δp ≥ select_target)
@@ -99,7 +101,7 @@ class PlantConfig:
 
     @property
     def reads_up(self) -> bool:
-        return self.read_up if self.read_up is not None else self.mechanism == "veto"
+        return self.read_up if self.read_up is not None else (self.mechanism == "veto" and self.read_context is None)
 
     @property
     def frozen_read(self) -> bool:
@@ -125,6 +127,10 @@ class PlantConfig:
             raise VneuronError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.read_spread <= 0 or (self.read_quantile is not None and not 0 < self.read_quantile < 1):
             raise VneuronError("--read-spread must be positive and --read-quantile strictly between 0 and 1")
+        if self.read_passes < 1:
+            raise VneuronError(f"--read-passes must be at least 1, got {self.read_passes}")
+        if self.read_context is not None and (self.read_context <= 0 or not math.isfinite(self.read_context)):
+            raise VneuronError(f"--read-context must be a positive number, got {self.read_context}", "e.g. --read-context 2")
         if self.mechanism not in MECHANISMS:
             raise VneuronError(f"Unknown --mechanism {self.mechanism!r}", f"use {' or '.join(MECHANISMS)}")
         if self.init not in ("read", "none"):
@@ -255,6 +261,8 @@ class Planter:
             if len(ins) == 1:
                 self.ups.append(None)
             self._output_projection(getattr(mlp, out_name), units, names)
+        # gated MLP: a separate up projection, or the fused gate_up slice holds both halves
+        self.glu = any(u is not None for u in self.ups) or any(len(s.index) == 2 * k for s, _, k in self.readers)
 
     @staticmethod
     def _conv1d(module) -> bool:
@@ -301,17 +309,23 @@ class Planter:
 
         self._hooks.append(module.register_forward_hook(hook))
 
-    def set_reading(self, directions: list[torch.Tensor], mix: float, *, up: bool = False) -> None:
+    def set_reading(self, directions: list[torch.Tensor], mix: float, *, up: bool = False,
+                    up_directions: list[torch.Tensor] | None = None) -> None:
         """Point the planted gate rows at a per-layer read direction (its length sets the spread of the
         pre-activation), plus ``mix`` times each row's own; ``up``: the up rows read the same, so the unit's
-        output grows with how strongly it reads (GLU families only)."""
+        output grows with how strongly it reads; ``up_directions``: the up rows read these instead
+        (GLU families only)."""
         with torch.no_grad():
             for n, ((s, conv, k), d) in enumerate(zip(self.readers, directions)):
                 new = d[None, :].to(s.delta.dtype) + mix * _rows(s, slice(0, k), conv)
                 _set_rows(s, slice(0, k), new, conv)
-                if up and len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
+                if up_directions is not None:
+                    new = up_directions[n][None, :].to(s.delta.dtype).expand(k, -1)
+                elif not up:
+                    continue
+                if len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
                     _set_rows(s, slice(k, 2 * k), new, conv)
-                elif up and self.ups[n] is not None:  # a separate up projection
+                elif self.ups[n] is not None:  # a separate up projection
                     _set_rows(self.ups[n], slice(0, k), new, conv)
 
     def parameters(self, *, readers: bool = True, ups: bool = True) -> list[torch.Tensor]:
@@ -404,7 +418,8 @@ def original_weights(model: LoadedModel, plant_dir: str | Path) -> Iterator[Load
 
 def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Item], pole: str,
                        batch_tokens: int, *, shrink: float = 0.5, spread: float = 2.0,
-                       quantile: float | None = None) -> list[torch.Tensor]:
+                       quantile: float | None = None, context: float | None = None, planted: bool = False
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Per planted layer, the MLP-input direction that best separates the pole's action tokens from the opposite's.
 
     Read from the original model on the training scenarios in the prompt-mode template, over the
@@ -413,37 +428,53 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     reads zero (the MLP has no bias), and scaled so its reading has standard deviation ``spread``
     over those tokens (the pole's tokens then mostly read above zero, the opposite's below).
     ``quantile``: move the threshold up so that only this share of the opposite's tokens reads above
-    zero (Gaussian approximation); the MLP has no bias, so the shift rides on the mean input, which
-    every token carries.
+    zero (Gaussian approximation); the MLP has no bias, so the shift rides on the input direction that
+    every token reads as 1 (``_constant_direction``).
+
+    ``context`` (GLU models): also return, per layer, an up direction that reads zero on the
+    scenario's own tokens and ``context`` on an action's, and hold the threshold so that at most
+    ``quantile`` of the scenario tokens read above it too. A unit's output (gate × up) is then a
+    conjunction, "an action, and of this pole": read on actions alone, the same units fire on
+    pole-flavoured words of any text, and their writes disturb everything that follows.
+
+    ``planted``: read the inputs with the planted units as they are now, so a layer's direction fits
+    what the planted units of earlier layers write into its input (a second pass after a first
+    setting; the first layer's direction does not change).
     """
     from .capture import batches
 
     prompts = Corpus("plant", items=list(items)).action_prompts()
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
     hidden = model.hf_model.config.get_text_config().hidden_size
-    sums = [torch.zeros(2, hidden, dtype=torch.float64) for _ in planter.layers]
-    squares = [torch.zeros(2, hidden, hidden, dtype=torch.float64) for _ in planter.layers]
-    counts = torch.zeros(2, dtype=torch.float64)
+    classes = 3 if context is not None else 2  # the pole's action tokens, the opposite's, the scenario's (not the first)
+    sums = [torch.zeros(classes, hidden, dtype=torch.float64) for _ in planter.layers]
+    squares = [torch.zeros(classes, hidden, hidden, dtype=torch.float64) for _ in planter.layers]
+    counts = torch.zeros(classes, dtype=torch.float64)
     current: dict[str, torch.Tensor] = {}
 
     def grab(n):
         def hook(mod, args):
             x = args[0].double()
-            w = current["weights"]  # [B, T, 2]
+            w = current["weights"]  # [B, T, classes]
             sums[n].add_(torch.einsum("btc,bth->ch", w, x))
             flat = x.reshape(-1, x.shape[-1])
-            for c in range(2):
+            for c in range(classes):
                 rows = flat[w[..., c].reshape(-1) > 0]  # the weights are 0/1
                 squares[n][c].add_(rows.T @ rows)
         return hook
 
     handles = [mlp.register_forward_pre_hook(grab(n)) for n, mlp in enumerate(planter.mlps)]
     try:
-        with torch.no_grad(), planter.disabled():
+        with torch.no_grad(), (nullcontext() if planted else planter.disabled()):
             for batch in batches(encoded, batch_tokens):
                 ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=False)
                 side = torch.tensor([e.prompt.label == pole for e in batch])
-                w = torch.stack([counted & side[:, None], counted & ~side[:, None]], -1).double()
+                parts = [counted & side[:, None], counted & ~side[:, None]]
+                if context is not None:
+                    scenario = mask.bool() & ~counted
+                    scenario[:, 0] = False  # the first token (BOS) carries the model's outsized attention-sink state
+                    parts.append(scenario)
+                w = torch.stack(parts, -1).double()
                 current["weights"] = w
                 counts += w.sum((0, 1))
                 model.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
@@ -451,26 +482,44 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     finally:
         for h in handles:
             h.remove()
-    out = []
+    gates, ups = [], []
     n = counts.clamp_min(1)
+    eye = torch.eye(hidden, dtype=torch.float64)
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - (quantile or 0.5), dtype=torch.float64)))
     for total, square in zip(sums, squares):
         mu = total / n[:, None]
-        within = sum(square[c] - n[c] * torch.outer(mu[c], mu[c]) for c in range(2)) / n.sum()
-        within = (1 - shrink) * within + shrink * torch.eye(hidden, dtype=within.dtype) * within.diagonal().mean()
+        cov = [square[c] / n[c] - torch.outer(mu[c], mu[c]) for c in range(classes)]
+        within = (n[0] * cov[0] + n[1] * cov[1]) / (n[0] + n[1])
+        within = (1 - shrink) * within + shrink * eye * within.diagonal().mean()
         d = torch.linalg.solve(within, mu[0] - mu[1])
         mid = (mu[0] + mu[1]) / 2
         d = d - (d @ mid) / (mid @ mid).clamp_min(1e-12) * mid
-        total_cov = (square.sum(0) / n.sum()) - torch.outer(total.sum(0) / n.sum(), total.sum(0) / n.sum())
-        sd = (d @ total_cov @ d).clamp_min(1e-24).sqrt()
-        d = d * spread / sd
-        if quantile is not None:
-            other = square[1] / n[1] - torch.outer(mu[1], mu[1])
-            z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - quantile, dtype=torch.float64))
-            tau = d @ mu[1] + z * (d @ other @ d).clamp_min(0).sqrt()
-            mean = total.sum(0) / n.sum()
-            d = d - tau * mean / (mean @ mean)
-        out.append(d.float())
-    return out
+        actions = (total[0] + total[1]) / (n[0] + n[1])
+        action_cov = (square[0] + square[1]) / (n[0] + n[1]) - torch.outer(actions, actions)
+        d = d * spread / (d @ action_cov @ d).clamp_min(1e-24).sqrt()
+        if quantile is not None or context is not None:
+            others = range(1, classes)  # the threshold holds on the opposite's tokens, and on the scenario's
+            tau = max(float(d @ mu[c]) + z * float((d @ cov[c] @ d).clamp_min(0).sqrt()) for c in others)
+            d = d - tau * _constant_direction(total.sum(0) / n.sum(), square.sum(0) / n.sum())
+        gates.append(d.float())
+        if context is not None:  # actions vs the scenario: the scenario's mean reads 0, an action's mean reads ``context``
+            pooled = sum(n[c] * cov[c] for c in range(3)) / n.sum()
+            pooled = (1 - shrink) * pooled + shrink * eye * pooled.diagonal().mean()
+            u = torch.linalg.solve(pooled, actions - mu[2])
+            u = u - (u @ mu[2]) / (mu[2] @ mu[2]).clamp_min(1e-12) * mu[2]
+            ups.append((u * context / (u @ actions)).float())
+    return gates, (ups if context is not None else None)
+
+
+def _constant_direction(mean: torch.Tensor, second: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """The input direction c with c·x ≈ 1 on every token (least squares): the bias the MLP does not have.
+
+    Shifting a threshold by ``tau * mean / |mean|²`` is exact only where a token's projection on the
+    mean equals the mean's; on Gemma that ratio varies with sd 0.08–0.27 across tokens, the least-
+    squares direction with sd 0.01–0.03, so a unit's threshold is what was asked for.
+    """
+    eye = torch.eye(len(mean), dtype=second.dtype)
+    return torch.linalg.solve(second + ridge * second.diagonal().mean() * eye, mean)
 
 
 # -- objective -------------------------------------------------------------------------------
@@ -724,9 +773,11 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     try:
         if config.init == "read":
             say("Reading the pole direction", 0, 0)
-            planter.set_reading(reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens,
-                                                   spread=config.read_spread, quantile=config.read_quantile),
-                                config.read_mix, up=config.reads_up)
+            for n in range(config.read_passes):
+                gates, ups = reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens,
+                                                spread=config.read_spread, quantile=config.read_quantile,
+                                                context=config.read_context if planter.glu else None, planted=n > 0)
+                planter.set_reading(gates, config.read_mix, up=config.reads_up, up_directions=ups)
         curve, best_step, stop = _train(model, planter, config, train, val, neutral, say, config.reader(opposite))
         planter.materialise()
     except BaseException:
@@ -793,7 +844,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
     ``reader``: the label whose actions the units must respond to (the pole, or the opposite when vetoing)."""
     gen = random.Random(config.seed + 1)
     frozen = config.frozen_read
-    trained = planter.parameters(readers=not frozen, ups=not (frozen and config.reads_up))
+    trained = planter.parameters(readers=not frozen, ups=not (frozen and (config.reads_up or config.read_context is not None)))
     action = Corpus("plant", items=list(train)).action_prompts()
     opt = torch.optim.Adam(trained, lr=config.lr)
     curve: list[dict] = []
