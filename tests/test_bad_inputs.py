@@ -261,6 +261,8 @@ CASES = [
          r"not a readable vneuron neuron set"),
     Case("plant/profile-unknown", "plant --model {tiny} --out {bad}/never --profile magic -q", r"--profile 'magic'"),
     Case("plant/profile-wrong-length", "plant --model {tiny} --out {bad}/never --profile 1,1 --k 5 -q", r"--profile"),
+    Case("plant/read-context-negative", "plant --model {tiny} --out {bad}/never --read-context -1 -q", r"--read-context must be a positive number"),
+    Case("plant/read-passes-zero", "plant --model {tiny} --out {bad}/never --read-passes 0 -q", r"--read-passes must be at least 1"),
     Case("plant/steps-zero", "plant --model {tiny} --out {bad}/never --steps 0 -q", r"steps"),
     Case("plant/lr-negative", "plant --model {tiny} --out {bad}/never --lr -1 -q", r"lr"),
     Case("plant/dataset-missing", "plant --model {tiny} --out {bad}/never --dataset /nonexistent/c.jsonl -q", r"does not exist"),
