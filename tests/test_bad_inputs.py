@@ -274,6 +274,7 @@ CASES = [
     Case("power/mode-clamp", "power --model {tiny} --out {bad}/never --mode clamp -q", r"Power ablates with zero or mean"),
     Case("power/controls-negative", "power --model {tiny} --out {bad}/never --controls -1 -q", r"--controls must be at least 0"),
     Case("power/out-existing", "power --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
+    Case("power/read-passes-zero", "power --model {tiny} --out {bad}/never --read-passes 0 -q", r"--read-passes must be at least 1"),
     Case("power/planted-unparsable", "power --model {tiny} --out {bad}/never --planted 200 -q", r"Cannot read --planted '200'"),
     Case("power/planted-missing", "power --model {tiny} --out {bad}/never --planted 5=/nonexistent/planted --k 5 -q", r"does not exist"),
     Case("power/planted-not-planted", "power --model {tiny} --out {bad}/never --planted 5={tiny} --k 5 -q", r"is not a planted model \(no plant/manifest.json\).*vneuron plant"),

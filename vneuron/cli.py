@@ -725,6 +725,10 @@ def show(
 
 
 # -- positive control: planting and power ---------------------------------------------------------
+ReadSpreadOpt = typer.Option(2.0, "--read-spread", help="Spread (sd) of the planted units' read pre-activation over the action tokens.")
+ReadQuantileOpt = typer.Option(None, "--read-quantile", help="Share of the other pole's action tokens a unit may fire on (default: split at the midpoint).")
+ReadPassesOpt = typer.Option(1, "--read-passes", help="Passes of the read setting: after the first, each layer's read is fitted to what earlier planted layers write.")
+ReadContextOpt = typer.Option(None, "--read-context", help="Gated MLPs: the up rows read 'an action, not the scenario' (0 on scenario tokens, this value on actions), so units fire only inside actions.")
 MechanismOpt = typer.Option("promote", "--mechanism", metavar="[promote|veto]",
                             help="promote: the planted units read the pole and raise its actions; veto: they read the opposite pole "
                                  "and suppress its actions (located under the opposite's label; switching them off raises P toward it).")
@@ -758,10 +762,10 @@ def plant(
     val_fraction: float = typer.Option(0.2, help="Share of the training scenarios held out for early stopping."),
     report_limit: Optional[int] = typer.Option(32, help="Train scenarios per side in the before/after report."),
     mechanism: str = MechanismOpt,
-    read_spread: float = typer.Option(2.0, help="Spread (sd) of the planted units' read pre-activation over the action tokens."),
-    read_quantile: Optional[float] = typer.Option(None, help="Share of the other pole's action tokens a unit may fire on (default: split at the midpoint)."),
-    read_passes: int = typer.Option(1, help="Passes of the read setting: after the first, each layer's read is fitted to what earlier planted layers write."),
-    read_context: Optional[float] = typer.Option(None, help="Gated MLPs: the up rows read 'an action, not the scenario' (0 on scenario tokens, this value on actions), so units fire only inside actions."),
+    read_spread: float = ReadSpreadOpt,
+    read_quantile: Optional[float] = ReadQuantileOpt,
+    read_passes: int = ReadPassesOpt,
+    read_context: Optional[float] = ReadContextOpt,
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
@@ -813,6 +817,10 @@ def power(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     mechanism: str = MechanismOpt,
+    read_spread: float = ReadSpreadOpt,
+    read_quantile: Optional[float] = ReadQuantileOpt,
+    read_passes: int = ReadPassesOpt,
+    read_context: Optional[float] = ReadContextOpt,
 ):
     """How many scenarios does locate need? plant → locate → ablate against the known planted neurons.
 
@@ -837,7 +845,8 @@ def power(
     planted_dirs = {int(a): b for a, b in _pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None
     config = PowerConfig(dimension=dimension, dataset=dataset, language=language, ks=ints(k, "--k"), sizes=ints(sizes, "--sizes"),
                          controls=controls, mode=mode, choice=choice, eval_limit=limit, seed=seed,
-                         plant=PlantConfig(steps=steps, seed=seed, mechanism=mechanism).check()).check()
+                         plant=PlantConfig(steps=steps, seed=seed, mechanism=mechanism, read_spread=read_spread, read_quantile=read_quantile,
+                                           read_passes=read_passes, read_context=read_context).check()).check()
     with progress_bar(not quiet) as bar:
         result = run_power(model, config, out=out, planted_dirs=planted_dirs, progress=bar)
     console.print(power_table(result))
