@@ -283,3 +283,18 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
             assert fire(counted & reads) > fire(counted & ~reads), (fire(counted & reads), fire(counted & ~reads))
     finally:
         planter.remove()
+
+
+@pytest.mark.parametrize("arch, gated", [("llama", True), ("gpt2", False)])
+def test_read_context_needs_a_gated_mlp(tiny_dir, tmp_path, arch, gated):
+    """--read-context on a model with one input projection per neuron is a one-line error before anything is written."""
+    from vneuron.errors import VneuronError
+    from vneuron.planting import _gated
+
+    model = vneuron.load_model(str(tiny_dir(arch)), dtype="float32")
+    assert _gated(model) is gated
+    if not gated:
+        corpus = write_corpus(tmp_path / "c.jsonl", n_train=4, n_test=2)
+        with pytest.raises(VneuronError, match="needs a gated MLP"):
+            plant(model, PlantConfig(dataset=str(corpus), k=K, mechanism="veto", read_context=2.0), out=tmp_path / "never")
+        assert not (tmp_path / "never").exists()

@@ -261,8 +261,6 @@ class Planter:
             if len(ins) == 1:
                 self.ups.append(None)
             self._output_projection(getattr(mlp, out_name), units, names)
-        # gated MLP: a separate up projection, or the fused gate_up slice holds both halves
-        self.glu = any(u is not None for u in self.ups) or any(len(s.index) == 2 * k for s, _, k in self.readers)
 
     @staticmethod
     def _conv1d(module) -> bool:
@@ -736,6 +734,16 @@ def _check_loaded(model: LoadedModel) -> None:
                                "load a dequantised copy of the model")
 
 
+def _gated(model: LoadedModel) -> bool:
+    """Does each neuron have both a gate and an up row (separate projections, or one fused gate_up)?"""
+    ins, _ = neuron_projections(model.arch)
+    if len(ins) > 1:
+        return True
+    module = getattr(getattr(layer_modules(model.hf_model, model.arch)[0], model.arch.mlp), ins[0])
+    out_features = module.weight.shape[1] if Planter._conv1d(module) else module.weight.shape[0]
+    return out_features == 2 * model.width
+
+
 def _preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch_tokens: int) -> dict[str, float]:
     return {c: float(forced_choice(model, items, choice=c, batch_tokens=batch_tokens).toward(pole).mean()) for c in choices}
 
@@ -752,6 +760,9 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
         check_trainable(model)
         model = load_model(model, dtype=dtype, progress=lambda m: say(m, 0, 0))
     _check_loaded(model)
+    if config.read_context is not None and not _gated(model):
+        raise VneuronError(f"--read-context needs a gated MLP (separate gate and up rows); {model.source.model_id} has one "
+                           "input projection per neuron", "leave --read-context out for this model")
     neurons = choose_neurons(model, config)
     started = time.time()
     rng = random.Random(config.seed)
@@ -776,7 +787,7 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
             for n in range(config.read_passes):
                 gates, ups = reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens,
                                                 spread=config.read_spread, quantile=config.read_quantile,
-                                                context=config.read_context if planter.glu else None, planted=n > 0)
+                                                context=config.read_context, planted=n > 0)
                 planter.set_reading(gates, config.read_mix, up=config.reads_up, up_directions=ups)
         curve, best_step, stop = _train(model, planter, config, train, val, neutral, say, config.reader(opposite))
         planter.materialise()
