@@ -104,6 +104,11 @@ class PlantConfig:
         return self.read_up if self.read_up is not None else (self.mechanism == "veto" and self.read_context is None)
 
     @property
+    def sets_up(self) -> bool:
+        """The read initialisation sets the up rows too (to the read direction, or to the context direction)."""
+        return self.reads_up or self.read_context is not None
+
+    @property
     def frozen_read(self) -> bool:
         return self.init == "read" and (self.freeze_read if self.freeze_read is not None else self.mechanism == "veto")
 
@@ -272,10 +277,14 @@ class Planter:
         self.slices.append(s)
         return s
 
+    @classmethod
+    def _copies(cls, module, width: int) -> int:
+        """Rows per neuron in an input projection: 2 for a fused gate_up, else 1."""
+        return (module.weight.shape[1] if cls._conv1d(module) else module.weight.shape[0]) // width
+
     def _input_projection(self, module, units, width, names, role: str = "gate") -> None:
         conv = self._conv1d(module)
-        out_features = module.weight.shape[1] if conv else module.weight.shape[0]
-        copies = out_features // width  # 2 for a fused gate_up projection
+        copies = self._copies(module, width)
         index = torch.cat([units + c * width for c in range(copies)])
         w = self._add(names, module.weight, 1 if conv else 0, index)
         if role == "gate":
@@ -740,8 +749,7 @@ def _gated(model: LoadedModel) -> bool:
     if len(ins) > 1:
         return True
     module = getattr(getattr(layer_modules(model.hf_model, model.arch)[0], model.arch.mlp), ins[0])
-    out_features = module.weight.shape[1] if Planter._conv1d(module) else module.weight.shape[0]
-    return out_features == 2 * model.width
+    return Planter._copies(module, model.width) == 2
 
 
 def _preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch_tokens: int) -> dict[str, float]:
@@ -855,7 +863,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
     ``reader``: the label whose actions the units must respond to (the pole, or the opposite when vetoing)."""
     gen = random.Random(config.seed + 1)
     frozen = config.frozen_read
-    trained = planter.parameters(readers=not frozen, ups=not (frozen and (config.reads_up or config.read_context is not None)))
+    trained = planter.parameters(readers=not frozen, ups=not (frozen and config.sets_up))
     action = Corpus("plant", items=list(train)).action_prompts()
     opt = torch.optim.Adam(trained, lr=config.lr)
     curve: list[dict] = []
