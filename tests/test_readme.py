@@ -1,4 +1,11 @@
-r"""Every example in README.md runs: each `vneuron …` command of its bash blocks and each python block.
+r"""Every example in README.md and in docs/*.md runs: each `vneuron …` command of their bash blocks and
+each python block, and docs/cli.md is what scripts/cli_reference.py makes of the CLI today.
+
+Pages run in the order of PAGES (the README first), one temporary working directory for all; a
+command that an earlier page already showed (the same text) is that example, run once. The
+records docs/EVIDENCE.md and docs/DATA_CARD.md are not run (RECORDS says why); a new page under
+docs/ fails here until it is listed in one of the two. Relative links between the pages must
+point at a file that exists and, with `#anchor`, at a heading it has (GitHub's slugs).
 
 Substituted to keep this cheap and offline (and nothing else):
 - the model: the default (embedded Gemma-3-270M) and every alias named → a tiny random Llama with
@@ -12,8 +19,9 @@ Substituted to keep this cheap and offline (and nothing else):
   that works); every command that draws a progress bar gets `-q`;
 - `--remote` on locate/ablate/steer → `--host local` (nnsight's in-process server simulation);
   on `models`/`doctor` → a stub HTTP server on 127.0.0.1 (a real NDIF server is tests/remote/);
-- the python block: `load_model("default")` → the tiny model, and `limit=4` (items per dimension)
-  added to its `LocateConfig(...)` and its corpus `.select(...)`;
+- python blocks: `load_model("default")` → the tiny model (every `load_model` must name "default"),
+  `limit=4` (items per dimension) added to `LocateConfig(...)` and a corpus's `.select(...)`, and
+  `ValidateConfig(...)` gets `limit=2` and `controls=2`;
 - `RUN_DIR` → the first run an earlier example wrote (built-in corpus, which has a test split), a
   second `RUN_DIR` on the same line → the second; `RUN_DIR …` and `[…]` (a syntax line): the optional
   parts are run, the ellipsis dropped; `LAYER:UNIT` such as 17:1070 (a Gemma neuron) → the top
@@ -26,9 +34,9 @@ Substituted to keep this cheap and offline (and nothing else):
 - `| jq PATH`: the command's stdout parsed as JSON and PATH (`.a.b.c`) looked up in it.
 Continuation lines (`\`) are joined; `# …` comments (whole lines too: output shown as comments) are
 dropped. Every `--json` example must print exactly one JSON object on stdout.
-The examples run in README order in one temporary working directory. Lines that install or run
-the test suite are skipped with their reason; any other line the README gains fails here until
-it is either runnable or given a reason.
+Lines that install, run the test suite, a benchmark, a script or a recipe are skipped with their
+reason (SKIPPED); any other line a page gains fails here until it is either runnable or given a
+reason. A block that only shows output is fenced as `text` and not run.
 """
 
 from __future__ import annotations
@@ -51,7 +59,14 @@ from .conftest import GATED, SHARED, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = ("README.md", "docs/index.md", "docs/getting-started.md", "docs/evaluation.md", "docs/reports.md",
+         "docs/remote.md", "docs/planting.md", "docs/python-api.md", "docs/developing.md", "docs/extending.md",
+         "docs/cli.md")  # the order they run in
+RECORDS = {  # pages whose commands are records of what was run on real models, not examples
+    "docs/EVIDENCE.md": "the lab notebook: its commands are what was run on Gemma and SmolLM2, reproduced by hand",
+    "docs/DATA_CARD.md": "the data card: its command (recipes/corpus_quality.py) is run by tests/test_corpus_quality.py",
+}
+TEXT = {page: (ROOT / page).read_text(encoding="utf-8") for page in PAGES}
 runner = CliRunner()
 
 SKIPPED = {  # a command's start → why it is not run here
@@ -60,6 +75,12 @@ SKIPPED = {  # a command's start → why it is not run here
     "pip install": "installs packages (CI runs the README's install)",
     ".venv/bin/python -m pytest": "runs the test suite this test belongs to",
     "bash scripts/ndif/server.sh": "starts a real NDIF server: .ci/run runs that tier (pytest -m remote)",
+    "bash .ci/run": "is CI: a fresh install and every test tier",
+    ".venv/bin/ruff": "lints the code (not an example of vneuron)",
+    "python recipes/": "tests/test_recipes.py and tests/test_corpus_quality.py run the recipes on a tiny model",
+    "python examples/recipe_locate.py": "tests/test_recipes.py runs it (on the embedded model: marker realmodel)",
+    "python benchmarks/": "a benchmark on the embedded model, minutes long: run by hand (docs/EVIDENCE.md#benchmarks)",
+    "python scripts/cli_reference.py": "rewrites docs/cli.md: test_cli_reference_is_current checks its output",
 }
 ALIASES = ("gemma-3-270m", "smollm2-135m", "llama-8b", "llama-70b", "llama-405b", "llama-8b-instruct", "llama-70b-instruct",
            "llama-405b-instruct")
@@ -76,16 +97,27 @@ MODEL_COMMANDS = ("locate", "ablate", "steer", "plant", "power")  # those that l
 QUIET = MODEL_COMMANDS + ("report", "show")  # those that draw a progress bar
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def blocks(language: str, page: str = "README.md") -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", TEXT[page], flags=re.S)
 
 
-def commands() -> list[str]:
+def commands(page: str = "README.md") -> list[str]:
     out = []
-    for block in blocks("bash"):
+    for block in blocks("bash", page):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"(^|\s+)#.*$", "", line).strip()
             out.extend(part.strip() for part in line.split("&&") if part.strip())
+    return out
+
+
+def examples() -> list[tuple[str, str]]:
+    """(page, command) in the order they run; a command an earlier page showed runs once."""
+    seen, out = set(), []
+    for page in PAGES:
+        for command in commands(page):
+            if command not in seen:
+                seen.add(command)
+                out.append((page, command))
     return out
 
 
@@ -93,7 +125,8 @@ def _skip_reason(command: str) -> str | None:
     return next((why for start, why in SKIPPED.items() if command.startswith(start)), None)
 
 
-CLI = [c for c in commands() if not _skip_reason(c)]
+CLI = [(page, c) for page, c in examples() if not _skip_reason(c)]
+PYTHON = [(page, i) for page in PAGES for i in range(len(blocks("python", page)))]
 
 
 @pytest.fixture(scope="module")
@@ -192,41 +225,110 @@ def jq_path(data, path: str):
     return data
 
 
-def test_the_readme_has_examples_to_run():
-    assert len(CLI) >= 15 and len(blocks("python")) >= 1
-    assert any(c.startswith("vneuron locate --from") for c in CLI) and any(c.startswith("vneuron steer") for c in CLI)
-    assert not any(c.startswith("-") or c.startswith("#") or c.startswith('"') for c in CLI), "a continuation or output line read as a command"
+def test_every_page_is_run_or_a_record():
+    pages = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
+    assert pages == {p for p in PAGES if p.startswith("docs/")} | set(RECORDS), (
+        "list a new docs page in PAGES (its examples run here) or RECORDS (with the reason they do not)")
 
 
-@pytest.mark.parametrize("command", CLI)
-def test_readme_cli_example(command, workspace, monkeypatch):
+@pytest.mark.parametrize("page", sorted(RECORDS))
+def test_records_not_run_here(page):
+    pytest.skip(RECORDS[page])
+
+
+def test_the_pages_have_examples_to_run():
+    cli = [c for _, c in CLI]
+    assert len(cli) >= 15 and len(PYTHON) >= 1 and len(commands("README.md")) >= 5
+    assert any(c.startswith("vneuron locate --from") for c in cli) and any(c.startswith("vneuron steer") for c in cli)
+    assert not any(c.startswith("-") or c.startswith("#") or c.startswith('"') for c in cli), "a continuation or output line read as a command"
+
+
+def _id(example) -> str:
+    page, command = example
+    return f"{Path(page).name}: {command}"
+
+
+@pytest.mark.parametrize("example", CLI, ids=[_id(e) for e in CLI])
+def test_cli_example(example, workspace, monkeypatch):
+    page, command = example
     monkeypatch.chdir(workspace["root"] / "cwd")
     command, *pipe = [part.strip() for part in command.split(" | ")]
     argv = substitute(command, workspace)
     result = runner.invoke(app, argv)
-    assert result.exit_code == 0, f"{command}\n→ vneuron {shlex.join(argv)}\n{result.output}\n{result.exception!r}"
+    assert result.exit_code == 0, f"{page}: {command}\n→ vneuron {shlex.join(argv)}\n{result.output}\n{result.exception!r}"
     if "--json" in argv:
         data = json.loads(result.stdout)  # exactly one object: anything else on stdout fails here
         assert isinstance(data, dict) and data.get("kind"), result.stdout[:300]
     for stage in pipe:
         tool, *args = shlex.split(stage)
-        assert tool == "jq" and len(args) == 1, f"unhandled pipe in a README example: {stage}"
+        assert tool == "jq" and len(args) == 1, f"unhandled pipe in an example of {page}: {stage}"
         assert jq_path(data, args[0]) is not None
 
 
-@pytest.mark.parametrize("command", [c for c in commands() if _skip_reason(c)])
-def test_readme_commands_not_run_here(command):
-    pytest.skip(_skip_reason(command))
+SKIPPED_EXAMPLES = [e for e in examples() if _skip_reason(e[1])]
 
 
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_readme_python_example(index, workspace, monkeypatch, tmp_path):
+@pytest.mark.parametrize("example", SKIPPED_EXAMPLES, ids=[_id(e) for e in SKIPPED_EXAMPLES])
+def test_commands_not_run_here(example):
+    pytest.skip(_skip_reason(example[1]))
+
+
+PYTHON_SWAPS = {'vneuron.load_model("default")': lambda ws: f'vneuron.load_model({ws["tiny"]!r})',
+                'vneuron.LocateConfig(': lambda ws: 'vneuron.LocateConfig(limit=4, ',
+                '.select(split=': lambda ws: '.select(limit=4, split=',
+                'ValidateConfig(top_k=': lambda ws: 'ValidateConfig(limit=2, top_k=',
+                'controls=20': lambda ws: 'controls=2'}
+PYTHON_WRITES = {'out="runs/st"': "runs/st/manifest.json", 'save("cons.safetensors")': "cons.safetensors"}
+
+
+@pytest.mark.parametrize("example", PYTHON, ids=[f"{Path(p).name}: python block {i + 1}" for p, i in PYTHON])
+def test_python_example(example, workspace, monkeypatch, tmp_path):
+    page, index = example
     monkeypatch.chdir(tmp_path)
-    code = blocks("python")[index]
-    swaps = {'vneuron.load_model("default")': f'vneuron.load_model({workspace["tiny"]!r})',
-             'vneuron.LocateConfig(': 'vneuron.LocateConfig(limit=4, ', '.select(split=': '.select(limit=4, split='}
-    for old, new in swaps.items():
-        assert old in code, f"the README's python example changed: update the substitutions ({old})"
-        code = code.replace(old, new)
-    exec(compile(code, f"README.md python block {index + 1}", "exec"), {"__name__": "readme_example"})
-    assert (tmp_path / "runs" / "st" / "manifest.json").is_file() and (tmp_path / "cons.safetensors").is_file()
+    code = blocks("python", page)[index]
+    assert code.count("load_model(") == code.count('load_model("default")'), (
+        f"{page}: a python example loads a model other than \"default\": add its substitution here")
+    for old, new in PYTHON_SWAPS.items():
+        code = code.replace(old, new(workspace))
+    exec(compile(code, f"{page} python block {index + 1}", "exec"), {"__name__": "readme_example"})
+    for marker, written in PYTHON_WRITES.items():
+        if marker in blocks("python", page)[index]:
+            assert (tmp_path / written).is_file(), f"{page}: the example did not write {written}"
+
+
+def test_cli_reference_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert module.render(app) == committed, "docs/cli.md is stale: run python scripts/cli_reference.py"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", lambda m: "_" if m.group() == "_" else "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+@pytest.mark.parametrize("page", [*PAGES, *sorted(RECORDS)])
+def test_links_resolve(page):
+    source = ROOT / page
+    text = re.sub(r"```.*?```", "", source.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto
+        file, _, anchor = target.partition("#")
+        path = (source.parent / file).resolve() if file else source
+        if not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            broken.append(target)
+    assert not broken, f"{page}: links to nothing: {broken}"
