@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 import vneuron
 from vneuron.cli import app
-from vneuron.planting import ORIGINAL_FILE, PLANT_DIR, PlantConfig, original_weights, plant
+from vneuron.config import PlantConfig
+from vneuron.planting import ORIGINAL_FILE, PLANT_DIR, original_weights, plant
 from vneuron.scoring import NeuronSet
 
 runner = CliRunner()
@@ -221,8 +222,9 @@ def test_power_refuses_a_directory_that_was_not_planted(tiny_dir, tmp_path):
 
 def test_shared_prefix_and_cached_references_give_the_same_numbers(tiny_dir, tmp_path):
     """The speed-ups of training are exact: token tries = padded rows, cached KL reference = recomputed."""
-    from vneuron.evaluate import _encode_pairs, forced_choice_pairs
-    from vneuron.planting import Planter, _kl_to_original, _mean_logprobs, _padded_logprobs, choose_neurons
+    from vneuron.evaluate import encode_pairs, forced_choice_pairs
+    from vneuron.planting import Planter, choose_neurons
+    from vneuron.planting.objective import kl_to_original, mean_logprobs, padded_logprobs
 
     corpus = write_corpus(tmp_path / "c.jsonl", n_train=3, n_test=1)
     model = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
@@ -235,13 +237,13 @@ def test_shared_prefix_and_cached_references_give_the_same_numbers(tiny_dir, tmp
         for choice in ("listed", "continuation"):
             pairs = forced_choice_pairs(items, choice)
             with torch.no_grad():
-                assert torch.allclose(_mean_logprobs(model, pairs), _padded_logprobs(model, _encode_pairs(model, pairs)), atol=1e-5)
+                assert torch.allclose(mean_logprobs(model, pairs), padded_logprobs(model, encode_pairs(model, pairs)), atol=1e-5)
         texts = [i.scenario for i in items]
         cache: dict = {}
-        fresh = _kl_to_original(model, planter, texts, 4)
+        fresh = kl_to_original(model, planter, texts, 4)
         assert float(fresh) > 0
-        assert torch.allclose(_kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6) and len(cache) == 3
-        assert torch.allclose(_kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6)
+        assert torch.allclose(kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6) and len(cache) == 3
+        assert torch.allclose(kl_to_original(model, planter, texts, 4, cache), fresh, atol=1e-6)
     finally:
         planter.remove()
 
@@ -250,7 +252,7 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
     """read_context: measured through the model's own projections (not the planter's bookkeeping), the planted
     units' up output averages 0 on scenario tokens and the requested level on action tokens, and the gate threshold
     holds the share of scenario and pole tokens that fire near the requested quantile."""
-    from vneuron.capture import _pack, encode, pad_id
+    from vneuron.tokens import encode, pack, pad_id
     from vneuron.data.schema import Corpus
     from vneuron.planting import Planter, choose_neurons, reading_directions
 
@@ -262,7 +264,7 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
         gates, ups = reading_directions(model, planter, items, OPPOSITE, 4096, spread=2.0, quantile=0.2, context=2.0)
         planter.set_reading(gates, 0.0, up_directions=ups)
         prompts = Corpus("c", items=items).action_prompts()
-        ids, mask, counted = _pack(encode(model.tokenizer, prompts, list(range(len(prompts)))), pad_id(model.tokenizer), left=False)
+        ids, mask, counted = pack(encode(model.tokenizer, prompts, list(range(len(prompts)))), pad_id(model.tokenizer), left=False)
         reads = torch.tensor([p.label == OPPOSITE for p in prompts])[:, None]
         scenario = mask.bool() & ~counted
         scenario[:, 0] = False
@@ -289,10 +291,10 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
 def test_read_context_needs_a_gated_mlp(tiny_dir, tmp_path, arch, gated):
     """--read-context on a model with one input projection per neuron is a one-line error before anything is written."""
     from vneuron.errors import VneuronError
-    from vneuron.planting import _gated
+    from vneuron.planting.surgery import is_gated
 
     model = vneuron.load_model(str(tiny_dir(arch)), dtype="float32")
-    assert _gated(model) is gated
+    assert is_gated(model) is gated
     if not gated:
         corpus = write_corpus(tmp_path / "c.jsonl", n_train=4, n_test=2)
         with pytest.raises(VneuronError, match="needs a gated MLP"):

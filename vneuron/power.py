@@ -11,47 +11,25 @@ itself (the ceiling) and the planted set restored to its original weights.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .config import PowerConfig
 from .errors import VneuronError
 from .evaluate import forced_choice
 from .locating import LocateConfig, locate, prepare_corpus
 from .models.loading import LoadedModel, load_model
-from .planting import NEURONS_FILE, PLANT_DIR, PlantConfig, original_weights, plant
+from .planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights,
+                       plant)
 from .runs import base_manifest, check_fresh, read_manifest, write_csv, write_json
 from .scoring import NeuronSet, contrast_scores
-from .validate import LocateRun, ValidateConfig, ablate
+from .runs import LocateRun
+from .validate import ValidateConfig, ablate
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class PowerConfig:
-    dimension: str = "self_transcendence"
-    dataset: str | None = None
-    language: str = "en"
-    ks: list[int] = field(default_factory=lambda: [50, 200])
-    sizes: list[int] = field(default_factory=lambda: [16, 64, 256])  # scenarios per pole for locating
-    controls: int = 20
-    mode: str = "zero"  # ablation edit (zero or mean)
-    choice: str = "listed"
-    eval_limit: int | None = None  # test scenarios per side in each ablation (None: all)
-    method: str = "delta_p"  # the locate method, exactly as real runs use it
-    site: str = "gate"
-    seed: int = 0
-    plant: PlantConfig = field(default_factory=PlantConfig)
-
-    def check(self) -> "PowerConfig":
-        if not self.ks or min(self.ks) < 1 or not self.sizes or min(self.sizes) < 1:
-            raise VneuronError("--k and --sizes need positive numbers", "e.g. --k 50,200 --sizes 16,64,256")
-        if self.mode not in ("zero", "mean"):
-            raise VneuronError(f"Power ablates with zero or mean, not {self.mode!r}")
-        ValidateConfig(mode=self.mode, controls=self.controls, choice=self.choice).check()
-        return self
 
 
 @dataclass
@@ -77,14 +55,12 @@ def _removed(planted: float, original: float, after: float) -> float | None:
 
 def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_dirs: dict, say) -> LoadedModel | None:
     """The planted models given, the corpus axis and each K to plant: checked before anything is written."""
-    from .planting import _check_loaded, axis_items, check_trainable, choose_neurons
-
     for k, pdir in planted_dirs.items():
         pdir = Path(pdir)
         if not pdir.is_dir():
-            raise VneuronError(f"--planted {k}={pdir}: {pdir} does not exist", "pass a model directory written by vneuron plant")
+            raise VneuronError(f"`planted_dirs` {k}={pdir}: {pdir} does not exist", "pass a model directory written by vneuron plant")
         if not (pdir / PLANT_DIR / "manifest.json").is_file():
-            raise VneuronError(f"--planted {k}={pdir}: {pdir} is not a planted model (no {PLANT_DIR}/manifest.json)",
+            raise VneuronError(f"`planted_dirs` {k}={pdir}: {pdir} is not a planted model (no {PLANT_DIR}/manifest.json)",
                                "pass a model directory written by vneuron plant")
         pmanifest = read_manifest(pdir / PLANT_DIR)
         if pmanifest.get("dimension") != config.dimension:
@@ -98,7 +74,7 @@ def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_
     if base is None:
         check_trainable(model)
         base = load_model(model, progress=lambda m: say(m, 0, 0))
-    _check_loaded(base)
+    check_loaded(base)
     for k in to_plant:
         choose_neurons(base, replace(plant_config, k=k).check())
     return base
@@ -206,9 +182,9 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
 
 
 def _eval_items(run: LocateRun, config: PowerConfig):
-    from .validate import _items_for
+    from .validate import items_for
 
-    return _items_for(run.items("test"), config.dimension, config.eval_limit)
+    return items_for(run.items("test"), config.dimension, config.eval_limit)
 
 
 def _round(value, digits: int = 4):

@@ -1,0 +1,27 @@
+"""Positive control: plant value neurons with a known identity.
+
+When every located set is indistinguishable from random controls, the model may hold no value
+preference, the method may lack power at this corpus size, or a step of the pipeline may be
+broken; a planted model tells them apart. ``plant`` trains ONLY K chosen neurons' own parameters
+(their rows of the input projections, their column of the output projection:
+``Architecture.inputs`` and ``.down``) so that the model prefers one pole's actions in the
+forced-choice formats evaluation reads. The units must also *read* the pole (trained on behaviour
+alone they write the preference everywhere, which no activation contrast can see), and a KL term
+keeps neutral text close to the original. Every other parameter stays bit for bit.
+
+Written: an ordinary model directory (``--model DIR``), the planted NeuronSet (the ground truth),
+the original weights of the planted slices (to restore them exactly), a manifest and the curve.
+
+One module per step: neurons, surgery (the only one touching parameters), reads, objective, train.
+"""
+
+from .neurons import choose_neurons, layer_counts
+from .reads import reading_directions
+from .surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, check_loaded, check_trainable, is_gated,
+                      original_weights)
+from .train import PlantResult, axis_items, plant
+
+__all__ = [
+    "NEURONS_FILE", "ORIGINAL_FILE", "PLANT_DIR", "PlantResult", "Planter", "axis_items", "check_loaded",
+    "check_trainable", "choose_neurons", "is_gated", "layer_counts", "original_weights", "plant", "reading_directions",
+]
