@@ -28,8 +28,9 @@ GATED = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_atte
 
 
 def _configs():
-    from transformers import (Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
-                              MistralConfig, Qwen2Config, Qwen3Config)
+    from transformers import (Gemma2Config, Gemma3Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTNeoXConfig,
+                              GraniteConfig, LlamaConfig, MistralConfig, Olmo2Config, Phi3Config, PhiConfig, Qwen2Config,
+                              Qwen3Config, SiglipVisionConfig)
 
     return {
         "llama": LlamaConfig(**GATED, **SHARED),
@@ -40,10 +41,23 @@ def _configs():
         # windows above the longest test prompt: a padded query whose whole window is padding gets
         # NaN in eager attention, which then leaks through 0-weighted values (a model property)
         "gemma2": Gemma2Config(**GATED, head_dim=8, sliding_window=32, **SHARED),
-        "gemma3": Gemma3TextConfig(**GATED, head_dim=8, sliding_window=32, **SHARED),
+        # Gemma-3 checkpoints ship without a logit soft-cap; the tiny ones set one so `post` is exercised
+        "gemma3": Gemma3TextConfig(**GATED, head_dim=8, sliding_window=32, final_logit_softcapping=30.0, **SHARED),
         "gpt2": GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, activation_function="gelu_new", **SHARED),
         "gpt_neox": GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   max_position_embeddings=128, hidden_act="gelu", **SHARED),
+        "olmo2": Olmo2Config(**GATED, **SHARED),
+        # multipliers away from 1 and logits divided by 4: the "divide" post-processing is exercised
+        "granite": GraniteConfig(**GATED, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.25,
+                                 logits_scaling=4.0, **SHARED),
+        "phi": PhiConfig(**GATED, **SHARED),  # partial_rotary_factor 0.5 (default); biased fc1/fc2 and LM head
+        "phi3": Phi3Config(**GATED, **SHARED),  # one fused gate_up_proj
+        # the multimodal Gemma-3 (Gemma3ForConditionalGeneration): the text model one level deeper, a tiny vision tower
+        "gemma3_mm": Gemma3Config(
+            text_config=Gemma3TextConfig(**GATED, head_dim=8, sliding_window=32, final_logit_softcapping=30.0, **SHARED),
+            vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=16, patch_size=4),
+            mm_tokens_per_image=4, **SHARED),
     }
 
 
