@@ -9,7 +9,7 @@ point at a file that exists and, with `#anchor`, at a heading it has (GitHub's s
 
 Substituted to keep this cheap and offline (and nothing else):
 - the model: the default (embedded Gemma-3-270M) and every alias named → a tiny random Llama with
-  3 × 1024 MLP neurons, enough for the README's -k 500 and for matched random controls of 200
+  3 × 1024 MLP neurons, enough for the examples' -k 500 and for matched random controls of 200
   located neurons (`--model TINY`; `plant` and `power` get it too);
 - `locate` gets `--limit 2` (two items per dimension; a `--limit` in the text becomes 2);
   `ablate`/`steer` get `--controls 2 --limit 2` (and `--controls 20` in the text becomes 2);
@@ -86,7 +86,7 @@ ALIASES = ("gemma-3-270m", "smollm2-135m", "llama-8b", "llama-70b", "llama-405b"
            "llama-405b-instruct")
 USER_FILES = {"my_items.csv": ROOT / "examples" / "corpus.csv", "texts.csv": ROOT / "examples" / "texts.csv",
               "友善-final.xlsx": FIXTURES / "cvoice" / "友善-final.xlsx", "test.xlsx": FIXTURES / "cvoice" / "test.xlsx"}
-CHEAP = {  # command → options that keep it cheap (replacing the README's value when it gives one)
+CHEAP = {  # command → options that keep it cheap (replacing the page's value when it gives one)
     "locate": {"--limit": "2"},
     "ablate": {"--controls": "2", "--limit": "2", "--generations": "0"},
     "steer": {"--controls": "2", "--limit": "2"},
@@ -186,7 +186,7 @@ def _top_neuron(run_dir: str) -> str:
 
 def substitute(command: str, ws: dict) -> list[str]:
     argv = shlex.split(command)
-    assert Path(argv[0]).name == "vneuron", f"unhandled README command (run it here or give it a reason in SKIPPED): {command}"
+    assert Path(argv[0]).name == "vneuron", f"unhandled command in a page (run it here or give it a reason in SKIPPED): {command}"
     argv = [a.strip("[]") for a in argv[1:] if a.strip("[]") not in ("…", "...")]  # `doctor [--remote]`: run the optional part too
     sub = argv[0]
     runs = iter(_runs()) if "RUN_DIR" in argv else None
@@ -276,7 +276,7 @@ def test_commands_not_run_here(example):
 PYTHON_SWAPS = {'vneuron.load_model("default")': lambda ws: f'vneuron.load_model({ws["tiny"]!r})',
                 'vneuron.LocateConfig(': lambda ws: 'vneuron.LocateConfig(limit=4, ',
                 '.select(split=': lambda ws: '.select(limit=4, split=',
-                'ValidateConfig(top_k=': lambda ws: 'ValidateConfig(limit=2, top_k=',
+                'ValidateConfig(': lambda ws: 'ValidateConfig(limit=2, ',
                 'controls=20': lambda ws: 'controls=2'}
 PYTHON_WRITES = {'out="runs/st"': "runs/st/manifest.json", 'save("cons.safetensors")': "cons.safetensors"}
 
