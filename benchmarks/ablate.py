@@ -49,11 +49,11 @@ def timed(fn):
 
 def hooks_logprobs(loaded, pairs, edit, batch_tokens: int) -> torch.Tensor:
     """The baseline a careful user would write by hand (no nnsight)."""
-    from vneuron.capture import _pack, batches, pad_id
-    from vneuron.evaluate import LOGIT_BUDGET, _encode_pairs
+    from vneuron.tokens import batches, pack, pad_id
+    from vneuron.evaluate import LOGIT_BUDGET, encode_pairs
     from vneuron.models.sites import layer_modules, site_module
 
-    encoded = _encode_pairs(loaded, pairs)
+    encoded = encode_pairs(loaded, pairs)
     blocks = list(layer_modules(loaded.hf_model, loaded.arch))
     handles = []
     for layer in (edit.layers if edit is not None else []):
@@ -67,7 +67,7 @@ def hooks_logprobs(loaded, pairs, edit, batch_tokens: int) -> torch.Tensor:
     try:
         with torch.inference_mode():
             for batch in batches(encoded, batch_tokens, max_batch=max(1, LOGIT_BUDGET // ((longest + 1) * vocab))):
-                ids, mask, counted_tokens = _pack(batch, pad_id(loaded.tokenizer), left=True)
+                ids, mask, counted_tokens = pack(batch, pad_id(loaded.tokenizer), left=True)
                 k = int(counted_tokens.sum(1).max())
                 logits = loaded.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
                                          logits_to_keep=k + 1).logits[:, :-1].float()
@@ -95,13 +95,14 @@ def main() -> None:
 
     from vneuron.edits import Edit
     from vneuron.evaluate import LowerLayers, forced_choice, forced_choice_pairs
-    from vneuron.validate import LocateRun, ValidateConfig, _items_for, _model_for, ablate
+    from vneuron.runs import LocateRun
+    from vneuron.validate import ValidateConfig, items_for, model_for, ablate
 
     torch.set_num_threads(args.threads)
     run = LocateRun.open(args.run)
     pole = args.pole or next(iter(run.sets))
-    items = _items_for(run.items(args.split), pole, args.limit)
-    loaded = _model_for(run, None, lambda *a: None)
+    items = items_for(run.items(args.split), pole, args.limit)
+    loaded = model_for(run, None, lambda *a: None)
     neurons = run.sets[pole].top(args.top_k)
     sets = [None, Edit(neurons, "zero")] + [Edit(neurons.random_matched(s), "zero") for s in range(args.controls)]
     pairs = forced_choice_pairs(items)

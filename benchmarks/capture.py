@@ -30,7 +30,8 @@ class _Stop(Exception):
 
 def hook_capture(loaded, prompts, config, stop_early: bool):
     """The baseline: the same batches and weights, reduced in forward hooks, no nnsight."""
-    from vneuron.capture import ActivationStats, _pack, _reduce, _slot_matrix, batches, encode, fold_of, pad_id, position_ids
+    from vneuron.capture import ActivationStats, fold_of, reduce_sums, slot_matrix
+    from vneuron.tokens import batches, encode, pack, pad_id, position_ids
     from vneuron.models.sites import layer_modules, site_module
 
     labels = sorted({p.label for p in prompts})
@@ -38,14 +39,14 @@ def hook_capture(loaded, prompts, config, stop_early: bool):
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     blocks = list(layer_modules(loaded.hf_model, loaded.arch))
     for batch in batches(encode(loaded.tokenizer, prompts, slots), config.batch_tokens):
-        ids, mask, counted = _pack(batch, pad_id(loaded.tokenizer), left=False)
-        slot_ids, onehot = _slot_matrix(batch)
+        ids, mask, counted = pack(batch, pad_id(loaded.tokenizer), left=False)
+        slot_ids, onehot = slot_matrix(batch)
         weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slot_ids), -1)
         keep = weights.sum(0).nonzero().squeeze(1)
         sums = []
 
         def hook(module, args, output, last=False):
-            sums.append(_reduce(weights, output, loaded.width, keep))
+            sums.append(reduce_sums(weights, output, loaded.width, keep))
             if last and stop_early:
                 raise _Stop
 

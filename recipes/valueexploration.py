@@ -23,7 +23,8 @@ from vneuron.data.schema import OPPOSITE
 from vneuron.edits import Edit
 from vneuron.report import line_progress
 from vneuron.evaluate import bootstrap_ci, forced_choice
-from vneuron.validate import LocateRun, _items_for
+from vneuron.runs import LocateRun
+from vneuron.validate import items_for
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
 
     pole, opposite = args.dimension, OPPOSITE[args.dimension]
     support, conflict = located.sets[pole], located.sets[opposite]
-    items = _items_for(LocateRun.open(located.run_dir).items("test"), pole, args.eval_limit)
+    items = items_for(LocateRun.open(located.run_dir).items("test"), pole, args.eval_limit)
 
     def orientation(sup, con):
         edits = [Edit(sup, "scale", gamma=args.amplify), Edit(conflict if con is None else con, "zero")]

@@ -91,23 +91,23 @@ CASES = [
     Case("locate/top-k-zero", L + " -k 0", r"--top-k must be at least 1"),
     Case("locate/top-k-too-large", L + " -k 100000", r"--top-k 100000 is out of range.*144 neurons"),
     Case("locate/top-k-per-layer-too-large", L + " --rule per_layer -k 49", r"--top-k 49 per layer is out of range.*48"),
-    Case("locate/method-unknown", L + " --method magic", r"Unknown method 'magic'"),
+    Case("locate/method-unknown", L + " --method magic", r"Unknown --method 'magic'"),
     Case("locate/rule-unknown", L + " --rule magic", r"Unknown --rule 'magic'"),
     Case("locate/direction-unknown", L + " --direction foo", r"Unknown --direction 'foo'.*pole, opposite, both"),
     Case("locate/site-unknown", L + " --site residual", r"Unknown neuron site"),
-    Case("locate/mode-unknown", L + " --mode dream", r"Unknown capture mode 'dream'"),
-    Case("locate/span-unknown", L + " --span middle", r"Unknown span 'middle'"),
+    Case("locate/mode-unknown", L + " --mode dream", r"Unknown --mode 'dream'"),
+    Case("locate/span-unknown", L + " --span middle", r"Unknown --span 'middle'"),
     Case("locate/folds-zero", L + " --folds 0", r"folds.*must be positive"),
     Case("locate/null-negative", L + " --null -1", r"--null must be 0 or more"),
-    Case("locate/batch-tokens-zero", L + " --batch-tokens 0", r"batch_tokens.*must be positive"),
-    Case("locate/max-new-tokens-zero", L + " --mode generate --max-new-tokens 0", r"max_new_tokens must be positive"),
+    Case("locate/batch-tokens-zero", L + " --batch-tokens 0", r"--batch-tokens.*must be positive"),
+    Case("locate/max-new-tokens-zero", L + " --mode generate --max-new-tokens 0", r"--max-new-tokens must be positive"),
     Case("locate/threads-zero", L + " --threads 0", r"--threads must be at least 1"),
     Case("locate/request-batches-zero", L + " --request-batches 0", r"--request-batches must be at least 1"),
     Case("locate/resume-without-out", L + " --resume", r"--resume and --detach need --out"),
     Case("locate/detach-without-out", L + " --detach", r"--resume and --detach need --out"),
     # -- locate: the output directory ------------------------------------------------------------------------------
     Case("locate/out-not-empty", L + " --out {bad}/full-dir", r"full-dir already exists.*--force"),
-    Case("locate/out-existing-run", L + " --out {run}", r"run already exists.*vneuron locate --from .*run --out NEW_DIR.*--force"),
+    Case("locate/out-existing-run", L + " --out {run}", r"run already exists.*--from .*run with a new --out.*--force"),
     Case("locate/out-is-empty-file", L + " --out {bad}/empty.jsonl", r"--out .*empty.jsonl is a file, not a directory"),
     Case("locate/out-parent-is-file", L + " --out {bad}/notes.txt/run", r"Cannot create .*: .*notes.txt is a file"),
     Case("locate/out-read-only", L + " --out {bad}/read-only/run", r"Cannot write .*read-only/run: .*read-only is read-only", fault="read_only"),
@@ -159,7 +159,7 @@ CASES = [
     Case("ablate/stats-missing", "ablate {bad}/orphan -q", r"which are missing"),
     Case("ablate/top-k-huge", A + " --top-k 100000000", r"--top-k 100000000 is more than the run located \(5 neurons.*pick 1..5"),
     Case("ablate/top-k-zero", A + " --top-k 0", r"--top-k must be at least 1"),
-    Case("ablate/mode-unknown", A + " --mode melt", r"Unknown edit mode 'melt'"),
+    Case("ablate/mode-unknown", A + " --mode melt", r"Unknown edit --mode 'melt'"),
     Case("ablate/controls-negative", A + " --controls -1", r"--controls must be at least 0"),
     Case("ablate/split-unknown", A + " --split later", r"Unknown --split 'later'"),
     Case("ablate/limit-negative", A + " --limit -1", r"--limit must be at least 1"),
@@ -202,7 +202,7 @@ CASES = [
     Case("ablate/stop-after-negative", A + " --stop-after -1", r"--stop-after must be ≥ 0"),
     Case("ablate/tail-unknown", A + " --tail sideways", r"Unknown --tail 'sideways'"),
     Case("ablate/dry-run-without-run", "ablate --model {tiny} --dry-run -q", r"--dry-run needs a locate run directory"),
-    Case("ablate/dry-run-bad-option", A + " --dry-run --mode melt", r"Unknown edit mode 'melt'"),
+    Case("ablate/dry-run-bad-option", A + " --dry-run --mode melt", r"Unknown edit --mode 'melt'"),
     Case("ablate/json-bad-option", A + " --json --top-k 100000000", r"--top-k 100000000 is more than the run located"),
     Case("steer/stop-after-negative", S + " --stop-after -1", r"--stop-after must be ≥ 0"),
     Case("steer/template-unknown", S + " --template fancy", r"template 'fancy'"),
@@ -271,7 +271,7 @@ CASES = [
     Case("power/k-words", "power --model {tiny} --out {bad}/never --k a,b -q", r"Cannot read --k 'a,b'"),
     Case("power/sizes-zero", "power --model {tiny} --out {bad}/never --sizes 0 -q", r"--k and --sizes need positive numbers"),
     Case("power/k-too-large", "power --model {tiny} --out {bad}/never --k 100000 -q", r"100000.*144"),
-    Case("power/mode-clamp", "power --model {tiny} --out {bad}/never --mode clamp -q", r"Power ablates with zero or mean"),
+    Case("power/mode-clamp", "power --model {tiny} --out {bad}/never --mode clamp -q", r"Power ablates with --mode zero or mean"),
     Case("power/controls-negative", "power --model {tiny} --out {bad}/never --controls -1 -q", r"--controls must be at least 0"),
     Case("power/out-existing", "power --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
     Case("power/read-passes-zero", "power --model {tiny} --out {bad}/never --read-passes 0 -q", r"--read-passes must be at least 1"),
@@ -471,5 +471,7 @@ def test_the_table_is_large_and_every_command_is_in_it():
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv.split()[0] for c in CASES}
     assert {"locate", "ablate", "steer", "datasets", "models", "doctor", "report", "compare", "show", "plant", "power"} <= commands
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert f"{len(CASES)} bad inputs and faults" in readme, "state the number of rows in the README"
+    root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    assert any(f"{len(CASES)} bad inputs and faults" in p.read_text(encoding="utf-8") for p in docs), \
+        "state the number of rows in the README or docs/"

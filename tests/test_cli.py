@@ -49,7 +49,7 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert "NDIF_API_KEY" not in (out / "manifest.json").read_text()
 
     refused = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out)
-    assert_one_line_error(refused, rf"{out.name} already exists.*--from {out} --out NEW_DIR.*--force")
+    assert_one_line_error(refused, rf"{out.name} already exists.*--from {out} with a new --out.*--force")
     assert json.loads((out / "manifest.json").read_text())["selection"]["top_k"] == 7
 
     again = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "3", "--out", out, "--force")
@@ -71,7 +71,7 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert manifest["selection"]["method"] == "cohen_d" and not (child / "stats.safetensors").exists()
     assert manifest["statistics"]["file"] == "../run/stats.safetensors" and len(manifest["statistics"]["sha256"]) == 64
 
-    from vneuron.validate import LocateRun
+    from vneuron.runs import LocateRun
 
     opened = LocateRun.open(child)  # ablate and steer find the parent's statistics through the reference
     assert torch.equal(opened.stats.sum, LocateRun.open(out).stats.sum) and len(opened.sets["conservation"]) == 6
@@ -83,7 +83,7 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert sorted(p.name for p in (made / "neurons").iterdir()) == ["conservation.safetensors"]
 
     contradict = run("locate", "--from", out, "--site", "down_in", "-k", "5", "--out", tmp_path / "x")
-    assert_one_line_error(contradict, r"--site down_in contradicts --from .*captured with --site gate.*(?i:drop) --site.*vneuron locate --model .*llama --dataset .*corpus.jsonl --site down_in")
+    assert_one_line_error(contradict, r"--site down_in contradicts --from .*captured with --site gate.*(?i:drop) --site.*with --model .*llama --dataset .*corpus.jsonl --site down_in and a new --out")
     assert_one_line_error(run("locate", "--from", out, "--null", "3", "--out", tmp_path / "x"), "--null has no effect with --from")
     assert_one_line_error(run("locate", "--from", out, "--out", out), "would write over or inside the run")
     assert not (tmp_path / "x").exists()
@@ -109,7 +109,7 @@ def test_texts_with_column_mapping(tmp_path, llama):
     (["--model", "no-such-model"], "Unknown model 'no-such-model'.*alias"),
     (["--dataset", "/nonexistent/corpus.jsonl"], "does not exist"),
     (["-k", "100000"], r"--top-k 100000 is out of range.*144 neurons"),
-    (["--method", "magic"], "Unknown method 'magic'"),
+    (["--method", "magic"], "Unknown --method 'magic'"),
     (["--site", "residual"], "Unknown neuron site"),
     (["--dimension", "kindness"], "has no label kindness"),
     (["--columns", "text"], "Cannot read column mapping"),

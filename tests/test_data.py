@@ -42,7 +42,7 @@ def test_column_mapping_for_labelled_texts():
     corpus = load_corpus(EXAMPLES / "texts.csv", columns={"text": "sentence", "label": "value_label"})
     assert len(corpus.texts) == 4
     assert corpus.pole_contrasts() == [("self_enhancement", "self_transcendence"), ("self_transcendence", "self_enhancement")]
-    with pytest.raises(VneuronError, match="missing columns.*--columns"):
+    with pytest.raises(VneuronError, match="missing columns.*`columns`"):
         load_corpus(EXAMPLES / "texts.csv")
 
 

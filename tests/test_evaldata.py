@@ -20,7 +20,8 @@ from vneuron.errors import VneuronError
 from vneuron.evaluate import forced_choice_pairs, pvq
 from vneuron.runs import set_filename, set_filenames
 from vneuron.templates import choice_template, pvq_template
-from vneuron.validate import LocateRun, ValidateConfig, evaluation_items, map_labels
+from vneuron.runs import LocateRun
+from vneuron.validate import ValidateConfig, evaluation_items, map_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -77,7 +78,7 @@ def test_hash_split_is_deterministic_and_configurable():
     assert {i.id for i in a.items if i.split == "test"} <= {i.id for i in half.items if i.split == "test"}  # nested
     given = load_corpus(FIXTURES / "cvoice.csv")  # has a split column: untouched
     assert given.split_source["kind"] == "column" and sum(i.split == "test" for i in given.items) == 2
-    with pytest.raises(VneuronError, match="--test-fraction"):
+    with pytest.raises(VneuronError, match="`test_fraction`"):
         load_corpus(PER_VALUE, test_fraction=1.5)
 
 
@@ -240,7 +241,7 @@ def test_presets_custom_strings_and_languages():
                          ("{scenario} {foo} {option}", "unknown placeholders"), ("{scenario} {first} {option}", "without {second}")):
         with pytest.raises(VneuronError, match=message):
             choice_template(bad)
-    with pytest.raises(VneuronError, match="--choice continuation"):
+    with pytest.raises(VneuronError, match="`choice` continuation"):
         forced_choice_pairs([item], "listed", template="{scenario}\\nI would {option}")
 
 
@@ -260,8 +261,8 @@ def test_pvq_templates(tiny_model):
 
 # -- the README example ---------------------------------------------------------------------------
 def test_readme_example_runs(tmp_path, tiny_dir, monkeypatch):
-    """The commands of README's "Evaluate on your own benchmark", on a tiny model (2 controls, 2 items a side, 2 γ)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The commands of docs/evaluation.md's "Evaluate on your own benchmark", on a tiny model (2 controls, 2 items a side, 2 γ)."""
+    text = (ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8")
     section = text.split("## Evaluate on your own benchmark", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line.split("#")[0]) for line in block.replace("\\\n", " ").splitlines() if line.startswith("vneuron ")]
@@ -315,5 +316,5 @@ def test_runs_made_before_this_change_still_open(tmp_path, tiny_dir):
     run = LocateRun.open(run_dir)
     assert run.template() == "third_person" and set(run.sets) == {c[0] for c in manifest["contrasts"]}
     assert len(run.corpus("train").items) == len(rows)
-    with pytest.raises(VneuronError, match="--eval-dataset"):
+    with pytest.raises(VneuronError, match="`eval_dataset`"):
         run.corpus("test")

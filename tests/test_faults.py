@@ -152,7 +152,7 @@ def test_reselection_from_python_refuses_contradictions(tmp_path, tiny_dir):
 
     run = tmp_path / "run"
     locate(str(tiny_dir("llama")), LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5), out=run)
-    with pytest.raises(VneuronError, match="--site down_in contradicts"):
+    with pytest.raises(VneuronError, match="`site` down_in contradicts"):
         locate(config=LocateConfig(site="down_in", top_k=5), from_run=run, out=tmp_path / "x")
     child = locate(config=LocateConfig(split="all", top_k=4, method="mean_diff"), from_run=run, out=tmp_path / "child")
     assert child.run_dir == tmp_path / "child" and len(child.sets["conservation"]) == 4

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vneuron.capture import CaptureConfig, capture, encode
+from vneuron.capture import CaptureConfig, capture
+from vneuron.tokens import encode
 from vneuron.data.schema import Prompt
 
 from .reference import hook_stats

@@ -87,7 +87,7 @@ def test_missing_columns_name_the_file_and_all_layouts(tmp_path):
     path = tmp_path / "half.csv"
     path.write_text("value,dilemma\n诚信,情境\n", encoding="utf-8")
     text = one_line_error(lambda: load_corpus(path), "missing columns.*choice_a, choice_b \\(C-voice\\)")
-    assert str(path) in text and "--columns" in text
+    assert str(path) in text and "`columns`" in text
 
 
 def test_gbk_file_names_the_row_and_the_fix(tmp_path):

@@ -40,12 +40,12 @@ def test_tries_equal_one_row_per_pair(tiny_model, arch):
 
 
 def test_trie_shares_prefix_tokens_and_keeps_every_scored_token(tiny_model):
-    from vneuron.evaluate import _encode_pairs
+    from vneuron.evaluate import encode_pairs
     from vneuron.prefix import pack, tensors
 
     model = tiny_model("llama")
     items = load_corpus(EXAMPLES / "corpus.jsonl").items[:2]
-    encoded = _encode_pairs(model, forced_choice_pairs(items))
+    encoded = encode_pairs(model, forced_choice_pairs(items))
     rows = pack(encoded, row_tokens=10_000)
     assert len(rows) == 1
     flat = sum(len(e.ids) for e in encoded)

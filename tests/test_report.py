@@ -222,12 +222,12 @@ def test_neuron_card_matches_the_run_statistics(study):
 
 
 def test_tool_names_per_site_and_architecture():
-    from vneuron.cards import tool_names
-    from vneuron.models.sites import ARCHITECTURES
+    from vneuron.models.architectures import ARCHITECTURES
 
-    assert tool_names(ARCHITECTURES["llama"], "down_in", 3, 7, 100)["TransformerLens"] == "blocks.3.mlp.hook_post[..., 7]"
-    assert tool_names(ARCHITECTURES["gpt2"], "gate", 1, 2, 100)["TransformerLens"] == "blocks.1.mlp.hook_post[..., 2]"
-    assert tool_names(ARCHITECTURES["gpt2"], "down_in", 1, 2, 100)["nnsight"] == "model.transformer.h[1].mlp.c_proj.input[..., 2]"
+    assert ARCHITECTURES["llama"].neuron_names("down_in", 3, 7, 100)["TransformerLens"] == "blocks.3.mlp.hook_post[..., 7]"
+    assert ARCHITECTURES["gpt2"].neuron_names("gate", 1, 2, 100)["TransformerLens"] == "blocks.1.mlp.hook_post[..., 2]"
+    assert ARCHITECTURES["gpt2"].neuron_names("down_in", 1, 2, 100)["nnsight"] == "model.transformer.h[1].mlp.c_proj.input[..., 2]"
+    assert ARCHITECTURES["llama"].neuron_names("gate", 0, 1, 100)["TransformerLens"].startswith("act(blocks.0.mlp.hook_pre")
 
 
 def test_bad_inputs_write_nothing(study, tmp_path):

@@ -45,7 +45,8 @@ def test_tails_follow_the_edit():
 def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny_model):
     """Tries, shared lower layers and sequential bookkeeping change no number when every control is drawn."""
     from vneuron.evaluate import forced_choice
-    from vneuron.validate import LocateRun, ValidateConfig, _edit, _items_for, _summary, ablate
+    from vneuron.runs import LocateRun
+    from vneuron.validate import ValidateConfig, edit_for, items_for, summarize, ablate
 
     run_dir = tmp_path / "run"
     located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
@@ -57,12 +58,12 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
 
     run = LocateRun.open(run_dir)  # the reference: every pair its own row, every layer every time
     pole = "self_transcendence"
-    items = _items_for(run.items("all"), pole, None)
+    items = items_for(run.items("all"), pole, None)
     neurons = run.sets[pole]
     score = lambda edit: forced_choice(model, items, edit, shared_prefix=False).toward(pole)  # noqa: E731
-    base, after = score(None), score(_edit(run, neurons, pole, config))
-    controls = [score(_edit(run, neurons.random_matched(s), pole, config)) for s in range(4)]
-    reference = _summary(pole, base, after, controls, items, config)
+    base, after = score(None), score(edit_for(run, neurons, pole, config))
+    controls = [score(edit_for(run, neurons.random_matched(s), pole, config)) for s in range(4)]
+    reference = summarize(pole, base, after, controls, items, config)
     assert fast["controls_drawn"] == 4
     for key in ("baseline", "after", "effect", "control_effect", "effect_minus_control", "p_lower", "p_higher", "rank"):
         assert fast[key] == pytest.approx(reference[key], abs=1e-6), key
@@ -88,7 +89,7 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
 
 def test_rank_counts_controls_beyond_the_located_effect_in_the_tested_direction():
     from vneuron.data.schema import Item
-    from vneuron.validate import ValidateConfig, _summary
+    from vneuron.validate import ValidateConfig, summarize
 
     items = [Item(id=str(i), language="en", dimension="a", opposite="b", scenario="s", option_pole="x", option_opposite="y",
                   split="test") for i in range(4)]
@@ -96,6 +97,6 @@ def test_rank_counts_controls_beyond_the_located_effect_in_the_tested_direction(
     located = base + 0.2  # the located set raises P more than every control
     controls = [base + d for d in (0.0, 0.05, -0.1)]
     config = ValidateConfig(bootstrap=50)
-    assert _summary("a", base, located, controls, items, config, "higher")["rank"] == 1
-    assert _summary("a", base, located, controls, items, config, "lower")["rank"] == 4
-    assert _summary("a", base, base - 0.2, controls, items, config, "lower")["rank"] == 1
+    assert summarize("a", base, located, controls, items, config, "higher")["rank"] == 1
+    assert summarize("a", base, located, controls, items, config, "lower")["rank"] == 4
+    assert summarize("a", base, base - 0.2, controls, items, config, "lower")["rank"] == 1

@@ -14,7 +14,7 @@ from vneuron.cli import app
 from vneuron.data import load_corpus
 from vneuron.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
 from vneuron.scoring import NeuronSet
-from vneuron.validate import ValidateConfig, _summary
+from vneuron.validate import ValidateConfig, summarize
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -25,7 +25,7 @@ def test_summary_ranks_the_located_effect_among_controls():
     base = torch.tensor([0.6, 0.5, 0.7, 0.4], dtype=torch.float64)
     located = base - 0.2
     controls = [base + d for d in (-0.05, 0.0, 0.01, 0.3, -0.25)]  # one control beats the located set
-    s = _summary("self_transcendence", base, located, controls, items, ValidateConfig(bootstrap=500))
+    s = summarize("self_transcendence", base, located, controls, items, ValidateConfig(bootstrap=500))
     assert s["effect"] == pytest.approx(-0.2)
     assert s["control_effect"] == pytest.approx(sum((-0.05, 0.0, 0.01, 0.3, -0.25)) / 5)
     assert s["rank"] == 2 and s["p_lower"] == pytest.approx(2 / 6)
@@ -151,7 +151,7 @@ def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypat
     assert runner.invoke(app, ["locate", "--model", str(model), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
                                "-k", "6", "--out", str(run_dir), "-q"]).exit_code == 0
     config = ValidateConfig(controls=1, split="all", generations=0, dimensions=["conservation", "self_transcendence"])
-    real = validate._summary
+    real = validate.summarize
     calls = {"n": 0}
 
     def interrupt_on_second(*args, **kwargs):
@@ -160,12 +160,12 @@ def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(validate, "_summary", interrupt_on_second)
+    monkeypatch.setattr(validate, "summarize", interrupt_on_second)
     with pytest.raises(KeyboardInterrupt):
         validate.ablate(run_dir, config)
     (partial,) = run_dir.glob(".ablate-zero-kall-*.partial.json")
     assert list(json.loads(partial.read_text())["poles"]) == ["conservation"]
-    monkeypatch.setattr(validate, "_summary", real)
+    monkeypatch.setattr(validate, "summarize", real)
     calls["n"] = 0
     result = validate.ablate(run_dir, config)
     assert [s["dimension"] for s in result.summaries] == ["conservation", "self_transcendence"] and not partial.exists()

@@ -22,11 +22,12 @@ from typing import Callable, Sequence
 import torch
 
 from .data.schema import Prompt
+from .config import CaptureConfig
 from .errors import VneuronError
 from .models.loading import LoadedModel
-from .models.sites import check_site, site_path, site_tensors
+from .models.sites import site_path, site_tensors
+from .tokens import Encoded, batches, encode, pack, pad_id, position_ids
 
-MODES = ("prompt", "generate")
 
 
 @dataclass
@@ -128,88 +129,7 @@ def fold_of(group: str, folds: int) -> int:
     return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) % folds
 
 
-# -- tokenisation ----------------------------------------------------------------------------
-@dataclass
-class Encoded:
-    ids: list[int]
-    counted: list[bool]  # per token: does it count
-    prompt: Prompt
-    slot: int
-
-
-def encode(tokenizer, prompts: Sequence[Prompt], slots: Sequence[int], *, counted_span: bool = True) -> list[Encoded]:
-    """Tokenise and mark counted tokens from character offsets (special tokens never count)."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise VneuronError("vneuron needs a fast tokenizer (character offsets)", "load the model with a tokenizer.json")
-    enc = tokenizer([p.text for p in prompts], return_offsets_mapping=True, add_special_tokens=True)
-    out = []
-    for prompt, slot, ids, offsets in zip(prompts, slots, enc["input_ids"], enc["offset_mapping"]):
-        lo, hi = prompt.span if (prompt.span and counted_span) else (0, len(prompt.text))
-        counted = [end > start and start < hi and end > lo for start, end in offsets]
-        if counted_span and not any(counted):
-            raise VneuronError(f"Prompt {prompt.id!r} has no token in its counted span", "check the item's text is not empty")
-        out.append(Encoded(list(ids), counted, prompt, slot))
-    return out
-
-
-def batches(encoded: list[Encoded], batch_tokens: int, max_batch: int = 64) -> list[list[Encoded]]:
-    """Length-sorted batches whose padded size stays under ``batch_tokens``."""
-    ordered = sorted(encoded, key=lambda e: len(e.ids))
-    out: list[list[Encoded]] = []
-    current: list[Encoded] = []
-    for e in ordered:
-        if current and (len(current) + 1) * len(e.ids) > batch_tokens or len(current) >= max_batch:
-            out.append(current)
-            current = []
-        current.append(e)
-    if current:
-        out.append(current)
-    return out
-
-
-def pad_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def _pack(batch: list[Encoded], pad: int, left: bool):
-    width = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    counted = torch.zeros((len(batch), width), dtype=torch.bool)
-    for row, e in enumerate(batch):
-        cols = slice(width - len(e.ids), width) if left else slice(0, len(e.ids))
-        ids[row, cols] = torch.tensor(e.ids)
-        mask[row, cols] = 1
-        counted[row, cols] = torch.tensor(e.counted)
-    return ids, mask, counted
-
-
 # -- capture ---------------------------------------------------------------------------------
-@dataclass
-class CaptureConfig:
-    site: str = "gate"
-    mode: str = "prompt"
-    folds: int = 2
-    batch_tokens: int = 4096
-    max_new_tokens: int = 32
-    counted_span: bool = True
-    padding: str = "right"  # prompt mode; generation always pads left
-    request_batches: int = 8  # remote: forward batches per NDIF request (one session)
-
-    def check(self) -> "CaptureConfig":
-        check_site(self.site)
-        if self.mode not in MODES:
-            raise VneuronError(f"Unknown capture mode {self.mode!r}", f"use one of: {', '.join(MODES)}")
-        if self.padding not in ("left", "right"):
-            raise VneuronError(f"Unknown padding side {self.padding!r}", "use left or right")
-        if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
-            raise VneuronError("folds, batch_tokens and max_new_tokens must be positive")
-        return self
-
-
 def capture(
     model: LoadedModel,
     prompts: Sequence[Prompt],
@@ -268,13 +188,13 @@ class Prepared:
 
 def _prepare(model: LoadedModel, batch: list[Encoded], config: CaptureConfig) -> Prepared:
     pad = pad_id(model.tokenizer)
-    slots, onehot = _slot_matrix(batch)
+    slots, onehot = slot_matrix(batch)
     if config.mode == "prompt":
-        ids, mask, counted = _pack(batch, pad, left=config.padding == "left")
+        ids, mask, counted = pack(batch, pad, left=config.padding == "left")
         weights = (onehot[:, :, None] * (counted & mask.bool()).float()[None]).reshape(len(slots), -1)
         keep = weights.sum(0).nonzero().squeeze(1)
     else:
-        ids, mask, _ = _pack(batch, pad, left=True)
+        ids, mask, _ = pack(batch, pad, left=True)
         weights, keep = onehot, torch.zeros(0, dtype=torch.long)
     return Prepared(batch, ids, mask, weights, keep, slots)
 
@@ -291,7 +211,7 @@ def _add_sums(model: LoadedModel, stats: ActivationStats, slots: torch.Tensor, c
         raise VneuronError(
             f"{model.source.model_id} produced non-finite activations on counted tokens "
             f"(seen with Gemma-2's eager attention on left-padded batches)",
-            "use right padding, or --batch-tokens 1 to run one prompt at a time without padding",
+            "use right padding, or `batch_tokens` 1 to run one prompt at a time without padding",
         )
     reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
     stats.add_(slots, counts, reduced[0], reduced[1], reduced[2])
@@ -313,7 +233,7 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
 
     if detach:
         if checkpoint is None or model.remote.blocking:
-            raise VneuronError("Detaching needs a real NDIF host and a run directory", "drop --detach")
+            raise VneuronError("Detaching needs a real NDIF host and a run directory", "drop `detach`")
         for index in range(checkpoint.done, len(requests)):
             if str(index) not in checkpoint.jobs:
                 checkpoint.submitted(index, _session(model, requests[index], config, stats))
@@ -387,7 +307,7 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
             for ids, mask, positions, weights, keep, slots in work:
                 if prompt_mode:  # count the marked tokens of each prompt
                     with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
-                        reduced = torch.stack([_reduce(weights, v, width, keep) for v in site_tensors(lm, path)])
+                        reduced = torch.stack([reduce_sums(weights, v, width, keep) for v in site_tensors(lm, path)])
                         tracer.stop()  # nothing after the last MLP is needed (no LM head)
                     totals[:, :, slots] += reduced.to(dtype)
                     counts[slots] += weights.sum(1).to(dtype)
@@ -406,7 +326,7 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                             w = weights * alive.float()[None]
                             counts[slots] += w.sum(1).to(dtype)
                             for layer, v in enumerate(site_tensors(lm, path)):
-                                totals[layer, :, slots] += _reduce(w, v[:, -1, :], width).to(dtype)
+                                totals[layer, :, slots] += reduce_sums(w, v[:, -1, :], width).to(dtype)
                     tokens.append(generated)
             totals.save()
             counts.save()
@@ -414,7 +334,7 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
     return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None})
 
 
-def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+def slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct slots of a batch and the [S, B] one-hot that routes each row to its slot."""
     slots = sorted({e.slot for e in batch})
     onehot = torch.zeros(len(slots), len(batch))
@@ -423,7 +343,7 @@ def _slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(slots, dtype=torch.long), onehot
 
 
-def _reduce(weights: torch.Tensor, value: torch.Tensor, width: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+def reduce_sums(weights: torch.Tensor, value: torch.Tensor, width: int, keep: torch.Tensor | None = None) -> torch.Tensor:
     """[3, S, W]: Σa, Σa², count(a>0) per slot (float64 models keep float64).
 
     ``keep`` lists the token rows that count: padding rows are dropped before any arithmetic
@@ -435,11 +355,6 @@ def _reduce(weights: torch.Tensor, value: torch.Tensor, width: int, keep: torch.
     a = a if a.dtype == torch.float64 else a.float()
     w = weights.to(a.dtype)
     return torch.stack([w @ a, w @ (a * a), w @ (a > 0).to(a.dtype)])
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions that ignore left padding (GPT-2 mispredicts without them)."""
-    return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 def _eos_ids(model: LoadedModel) -> list[int]:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .capture import _pack, batches, encode, pad_id, position_ids
+from .runs import LocateRun, read_csv, read_jsonl
+from .tokens import batches, encode, pack, pad_id, position_ids
 from .data.schema import Prompt
+from .config import CardOptions
 from .errors import VneuronError
-from .models.sites import Architecture, site_path, site_tensors
+from .models.sites import site_path, site_tensors
 
 Progress = Callable[[str, int, int], None]
-NON_GATED = ("gpt2", "gpt_neox", "phi")  # act output is what the output projection reads
 
 
 def parse_neuron(text: str) -> tuple[int, int]:
@@ -33,27 +33,12 @@ def parse_neuron(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def tool_names(arch: Architecture, site: str, layer: int, unit: int, width: int) -> dict[str, str]:
-    """The same unit in nnsight and TransformerLens (and as vneuron's flat index)."""
-    layers, mlp, module, output = site_path(arch, site)
-    names = {"vneuron": f"{site} L{layer}:U{unit} (flat index {layer * width + unit})",
-             "nnsight": f"model.{layers}[{layer}].{mlp}.{module}.{'output' if output else 'input'}[..., {unit}]"}
-    if site == "down_in" or arch.name in NON_GATED:
-        names["TransformerLens"] = f"blocks.{layer}.mlp.hook_post[..., {unit}]"
-    else:
-        names["TransformerLens"] = (f"act(blocks.{layer}.mlp.hook_pre[..., {unit}]) — TransformerLens has no hook for the "
-                                    f"gate activation of a gated MLP (its hook_post is act·up, vneuron's down_in)")
-    return names
-
-
 # -- the corpus the run counted --------------------------------------------------------------------
 def run_prompts(run) -> tuple[list[Prompt], str]:
     """The run's prompts with the spans it counted; the note says how they were rebuilt."""
     manifest = run.manifest
     key = manifest.get("capture_key", {})
     if key.get("mode") == "generate":
-        from .html_report import read_jsonl
-
         rows = read_jsonl(run.path / "generations.jsonl")
         if not rows:
             raise VneuronError(f"{run.path} is a generate-mode run without generations.jsonl", "rerun vneuron locate")
@@ -89,7 +74,7 @@ def neuron_activations(model, prompts: Sequence[Prompt], neurons: Sequence[tuple
                        counted_span: bool = True, batch_tokens: int = 4096, progress: Progress | None = None) -> Activations:
     """Per-token activations of a few neurons over ``prompts`` (one forward pass, stopped after the deepest layer)."""
     if model.remote is not None:
-        raise VneuronError("Neuron cards run the model locally", "drop --remote, or pass --model with local weights")
+        raise VneuronError("Neuron cards run the model locally", "drop `remote`, or pass a `model` with local weights")
     for layer, unit in neurons:
         if not (0 <= layer < model.n_layers and 0 <= unit < model.width):
             raise VneuronError(f"Neuron {layer}:{unit} is outside the model ({model.n_layers} layers × {model.width})",
@@ -109,7 +94,7 @@ def neuron_activations(model, prompts: Sequence[Prompt], neurons: Sequence[tuple
     done = 0
     with torch.inference_mode():
         for batch in plan:
-            ids, mask, _ = _pack(batch, pad_id(model.tokenizer), left=False)
+            ids, mask, _ = pack(batch, pad_id(model.tokenizer), left=False)
             saved = {}
             with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}) as tracer:
                 for layer, v in enumerate(site_tensors(lm, path)):
@@ -258,18 +243,16 @@ def _pieces(tokenizer, prompt: Prompt, acts: list[float], counted: list[bool]) -
     return pieces
 
 
-def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: int = 4, batch_tokens: int = 4096,
+def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: int = CardOptions.texts, batch_tokens: int = CardOptions.batch_tokens,
                  progress: Progress | None = None) -> list[NeuronCard]:
     """Cards for ``neurons`` of a locate run (``run``: a validate.LocateRun or its path)."""
     from . import figures
-    from .html_report import read_csv
     from .models.loading import LoadedModel, load_model
-    from .validate import LocateRun
 
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     recorded = run.manifest["model"]
     say = progress or (lambda stage, done, total: None)
-    for flag, value in (("--texts", texts), ("--batch-tokens", batch_tokens)):
+    for flag, value in (("`texts`", texts), ("`batch_tokens`", batch_tokens)):
         if value < 1:
             raise VneuronError(f"{flag} must be at least 1, got {value}")
     n_layers, width = recorded.get("n_layers"), recorded.get("width")
@@ -281,7 +264,7 @@ def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: 
                                                                     progress=lambda m: say(m, 0, 0))
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id}) is not the one the run located neurons in ({recorded['model_id']})",
-                           "pass the same --model")
+                           "pass the same `model`")
     prompts, note = run_prompts(run)
     site = run.manifest["capture"]["site"]
     neurons = list(dict.fromkeys(neurons))
@@ -302,7 +285,7 @@ def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: 
         pick = lambda chosen: [Sample(p, _pieces(loaded.tokenizer, p, v, c), s) for s, p, v, c in chosen]  # noqa: E731
         labels = {l: {"tokens": len(v), "mean": sum(v) / len(v) if v else float("nan"),
                       "p_active": sum(a > 0 for a in v) / len(v) if v else float("nan")} for l, v in per_label.items()}
-        card = NeuronCard(layer, unit, site, tool_names(loaded.arch, site, layer, unit, loaded.width), labels,
+        card = NeuronCard(layer, unit, site, loaded.arch.neuron_names(site, layer, unit, loaded.width), labels,
                           pick(scored[:texts]), pick(scored[::-1][:texts]),
                           [r for r in rows if int(r["layer"]) == layer and int(r["unit"]) == unit], source)
         hist = figures.activation_histogram(per_label, card.title, source)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import VneuronError
-from .runs import NEURONS_CSV, read_manifest, write_csv
+from .runs import read_manifest, write_csv
 
 BINS = 10
 
@@ -206,7 +206,7 @@ def _poles(runs: list[RunInfo], dimensions: Sequence[str] | None, strict: bool) 
             for r in runs:
                 if pole not in r.sets:
                     raise VneuronError(f"Pole {pole!r} is not in run {r.path} (it has: {', '.join(r.sets)})",
-                                       "pass --dimension with poles every run has")
+                                       "pass `dimensions` with poles every run has")
         return list(dimensions), []
     order = list(runs[0].sets) + [p for r in runs[1:] for p in r.sets if p not in runs[0].sets]
     shared = [p for p in order if all(p in r.sets for r in runs)]
@@ -218,7 +218,7 @@ def _poles(runs: list[RunInfo], dimensions: Sequence[str] | None, strict: bool) 
         pole = partial[0]
         have = [str(r.path) for r in runs if pole in r.sets]
         raise VneuronError(f"Pole {pole!r} is only in {', '.join(have)}",
-                           f"pass --dimension with poles every run has: {','.join(shared)}")
+                           f"pass `dimensions` with poles every run has: {','.join(shared)}")
     return shared, partial
 
 

@@ -16,6 +16,10 @@ from typing import Any
 import torch
 
 from .budget import Work
+from .evaluate import encode_pairs, forced_choice_pairs, score_tries
+from .models.architectures import text_config
+from .prefix import LOGIT_BUDGET, pack, row_batches, tensors
+from .tokens import batches, encode, pad_id
 
 MB = 1 << 20
 
@@ -25,27 +29,19 @@ def _bytes_of(dtype: str) -> int:
 
 
 def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float:
-    from .models.sites import text_config
-
     cfg = text_config(model.lm.config)
     hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
     b = _bytes_of(dtype)
     activations = tokens * (4 * hidden + 3 * model.width) * b  # residual, attention in/out, MLP gate/up/act
     mask = tokens * width * b
     vocab = int(getattr(cfg, "vocab_size", 0))
-    from .prefix import LOGIT_BUDGET
-
     logits = min(scored * vocab, max(vocab, LOGIT_BUDGET)) * 4 * 2 if scored else 0
     return (activations + mask + logits) / MB
 
 
 def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
     """Per evaluation of ``items`` under one edit set: batches and their counts."""
-    from .capture import pad_id
-    from .evaluate import _encode_pairs, forced_choice_pairs
-    from .prefix import pack, row_batches, tensors
-
-    encoded = _encode_pairs(model, forced_choice_pairs(items, choice))
+    encoded = encode_pairs(model, forced_choice_pairs(items, choice))
     first = None
     per_set, lower, peak = Work(), Work(), 0.0
     for batch in row_batches(pack(encoded), batch_tokens):
@@ -68,15 +64,11 @@ def _scaled(work: Work, times: int) -> Work:
 
 def _calibrate(model, t, steps) -> float:
     """Seconds per token-block of one forward of batch ``t`` (local models only)."""
-    from .evaluate import _LOGIT_POST, _chunks, _score_tries
-    from .models.sites import text_config
-
-    cfg = text_config(model.lm.config)
-    post = _LOGIT_POST[model.arch.name](cfg)
-    chunks = _chunks(t, int(cfg.vocab_size))
-    _score_tries(model, t, steps, chunks, post)  # warm-up
+    chunks = t.head_chunks(int(text_config(model.lm.config).vocab_size))
+    post = model.arch.post(model.lm.config)
+    score_tries(model, t, steps, chunks, post)  # warm-up
     start = time.perf_counter()
-    _score_tries(model, t, steps, chunks, post)
+    score_tries(model, t, steps, chunks, post)
     return (time.perf_counter() - start) / (t.tokens * model.n_layers)
 
 
@@ -84,19 +76,20 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
                     progress=None) -> dict[str, Any]:
     """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it."""
     from .edits import plan
-    from .validate import LocateRun, _edit, _items_for, _model_for, _poles
+    from .runs import LocateRun
+    from .validate import edit_for, items_for, model_for, poles_for
 
     say = progress or (lambda *a: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
-    loaded = _model_for(run, model, say, remote)
+    loaded = model_for(run, model, say, remote)
     dtype = loaded.extra.get("dtype", "float32")
     all_items = run.items(config.split)
     points = gammas if kind == "steer" else [config.gamma]
     low_h, high_h = min(config.stop_after, config.controls) if config.stop_after else config.controls, config.controls
     least, most, peak, seen, calibration = Work(), Work(), 0.0, set(), None
     poles = []
-    for pole in _poles(run, config):
-        items = _items_for(all_items, pole, config.limit)
+    for pole in poles_for(run, config):
+        items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         low = int(neurons.layers.min()) if len(neurons) else 0
         per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, config.batch_tokens, low, dtype)
@@ -112,7 +105,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
             bound.add(lower)
         if calibration is None and loaded.remote is None and first is not None:
             say("Calibrating on one batch", 0, 0)
-            calibration = _calibrate(loaded, first, plan(loaded, _edit(run, neurons, pole, config)))
+            calibration = _calibrate(loaded, first, plan(loaded, edit_for(run, neurons, pole, config)))
         poles.append({"dimension": pole, "items": len(items), "neurons": len(neurons), "lowest_layer": low,
                       "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
     out: dict[str, Any] = {
@@ -131,7 +124,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
 
 def locate_plan(model_spec, config, *, remote=None, dtype: str = "float32", progress=None) -> dict[str, Any]:
     """The plan of ``locate`` without running it: capture batches, requests, bytes, a time estimate."""
-    from .capture import batches, capture, encode, fold_of
+    from .capture import capture, fold_of
     from .locating import prepare_corpus
     from .models.loading import load_model
 

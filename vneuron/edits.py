@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .capture import ActivationStats
+from .config import EDIT_MODES
 from .errors import VneuronError
 from .models.loading import LoadedModel
-from .models.sites import site_path
+from .models.sites import resolve_path, site_path, site_tensor
 from .scoring import NeuronSet, contrast_scores
 
-EDIT_MODES = ("zero", "clamp", "mean", "scale", "add", "set")
 P95_Z = 1.6449  # add-boost magnitude: mean + z·sd, a Gaussian stand-in for the 95th percentile
 
 
@@ -106,12 +106,8 @@ def plan(model: LoadedModel, edits: list[Edit] | Edit | None) -> list[tuple]:
 
 def apply(lm, steps: list[tuple]) -> None:
     """Edit the site tensors in place; call inside a trace (once per generation step)."""
-    for layer, (layers_path, mlp, name, output), units, alpha, beta, clamp in steps:
-        blocks = lm
-        for part in layers_path.split("."):
-            blocks = getattr(blocks, part)
-        module = getattr(getattr(blocks[layer], mlp), name)
-        tensor = module.output if output else module.input
+    for layer, path, units, alpha, beta, clamp in steps:
+        tensor = site_tensor(resolve_path(lm, path[0])[layer], path)
         current = tensor[..., units]
         tensor[..., units] = current.clamp(max=0) if clamp else current * alpha.to(current.dtype) + beta.to(current.dtype)
 

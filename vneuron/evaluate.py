@@ -14,16 +14,20 @@ from typing import Callable, Sequence
 
 import torch
 
-from .capture import _pack, batches, encode, pad_id
 from .data.schema import Item, Prompt, expresses
+from .prefix import LOGIT_BUDGET, head_logprobs, row_batches, tensors
+from .prefix import pack as pack_tries
 from .edits import Edit, apply, plan
 from . import budget
 from .remote import call, nbytes, outcome, trace_kwargs
 from .templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
+from .config import CHOICE_FORMATS
 from .errors import VneuronError
+from .models.architectures import text_config
 from .models.loading import LoadedModel
+from .models.sites import layer_modules, resolve_path
+from .tokens import batches, encode, pack, pad_id, position_ids
 
-CHOICE_FORMATS = ("listed", "continuation")
 # The default (third-person) forms; templates.py holds every preset and reads custom template strings.
 # continuation: the scenario alone, each action read as its continuation (no list, so no order effect)
 CONTINUATION_TEMPLATES = {lang: choice_template().parts(lang, False) for lang in ("en", "zh")}
@@ -33,7 +37,6 @@ PVQ_ANSWERS = {
     "en": ["not like me at all", "not like me", "a little like me", "somewhat like me", "like me", "very much like me"],
     "zh": ["完全不像我", "不像我", "有一点像我", "有些像我", "像我", "非常像我"],
 }
-LOGIT_BUDGET = 48_000_000  # floats of [batch, kept positions, vocab] logits per forward pass
 
 
 def continuation_logprobs(
@@ -56,7 +59,7 @@ def continuation_logprobs(
     """
     if not pairs:
         return torch.zeros(0)
-    encoded = _encode_pairs(model, pairs)
+    encoded = encode_pairs(model, pairs)
     steps = plan(model, edits)
     if shared_prefix and tries_supported(model, encoded):
         return _logprobs_tries(model, encoded, steps, batch_tokens, progress, reuse, pairs)
@@ -66,7 +69,7 @@ def continuation_logprobs(
     out = torch.zeros(len(pairs), dtype=torch.float64)
     done = 0
     for batch in batches(encoded, batch_tokens, max_batch=max_rows):
-        ids, mask, counted = _pack(batch, pad_id(model.tokenizer), left=True)
+        ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
         k = int(counted.sum(1).max())
         scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
         budget.current.add(budget.Work(forwards=1, requests=1, tokens=int(ids.numel()), layer_tokens=int(ids.numel()) * model.n_layers,
@@ -79,7 +82,8 @@ def continuation_logprobs(
     return out
 
 
-def _encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
+def encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
+    """Each (prefix, continuation) tokenised with the continuation's tokens counted."""
     prompts = [Prompt(p + c, "x", str(i), str(i), (len(p), len(p + c))) for i, (p, c) in enumerate(pairs)]
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
     for e in encoded:
@@ -92,7 +96,7 @@ def _encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
 def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
     """One request: mean log-prob of the last tokens marked in ``tmask`` ([B, k]) of each row."""
     targets = ids[:, -k:]
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     with torch.inference_mode(), lm.trace(inputs, logits_to_keep=k + 1, **trace_kwargs(model)) as tracer:
         apply(lm, steps)
@@ -105,24 +109,10 @@ def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
 # -- shared prefixes ---------------------------------------------------------------------------
 def tries_supported(model: LoadedModel, encoded) -> bool:
     """Tries replace the model's own causal mask: not where a sliding window would cut a sequence."""
-    from .models.sites import text_config
-
     cfg = text_config(model.lm.config)
     window = getattr(cfg, "sliding_window", None)
     longest = max(len(e.ids) for e in encoded)
-    return not (window and longest > int(window)) and model.arch.name in _LOGIT_POST and hasattr(model.lm, "lm_head")
-
-
-def _post_softcap(cfg):
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    return ("softcap", float(cap)) if cap else None
-
-
-# how each family turns the head's output into logits (plain data, so it can travel to a server)
-_LOGIT_POST = {name: (lambda cfg: None) for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "gpt2",
-                                                      "gpt_neox", "phi3", "phi")}
-_LOGIT_POST.update({"gemma2": _post_softcap, "gemma3_text": _post_softcap, "gemma3": _post_softcap,
-                    "granite": lambda cfg: ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))})
+    return not (window and longest > int(window)) and hasattr(model.lm, "lm_head")
 
 
 def _step_tensors(steps) -> list[torch.Tensor]:
@@ -149,17 +139,10 @@ class LowerLayers:
         return self.saved[key]
 
 
-def _layers(lm, arch):
-    blocks = lm
-    for part in arch.layers.split("."):
-        blocks = getattr(blocks, part)
-    return blocks
-
-
 def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
     """The output of block ``layer - 1`` (the input of ``layer``) for a batch of tries, unedited."""
     lm = model.lm
-    block = _layers(lm, model.arch)[layer - 1]
+    block = layer_modules(lm, model.arch)[layer - 1]
     inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
     with torch.inference_mode(), lm.trace(inputs) as tracer:
         hidden = block.output.save()
@@ -169,26 +152,17 @@ def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
 
 def _prepare_tries(model: LoadedModel, encoded, batch_tokens: int) -> list[tuple]:
     """(batch tensors, head chunks, pairs in it) per batch of tries."""
-    from .models.sites import text_config
-    from .prefix import pack, row_batches, tensors
-
     vocab = int(getattr(text_config(model.lm.config), "vocab_size", 0) or len(model.tokenizer))
     dtype = getattr(torch, model.extra.get("dtype", "float32"))
     prepared = []
-    for batch in row_batches(pack(encoded), batch_tokens):
+    for batch in row_batches(pack_tries(encoded), batch_tokens):
         t = tensors(batch, pad_id(model.tokenizer), dtype)
-        prepared.append((t, _chunks(t, vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
+        prepared.append((t, t.head_chunks(vocab), sum(len({s[2] for s in r.scored}) for r in batch)))
     return prepared
 
 
-def _post(model: LoadedModel):
-    from .models.sites import text_config
-
-    return _LOGIT_POST[model.arch.name](text_config(model.lm.config))
-
-
 def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
-    post = _post(model)
+    post = model.arch.post(model.lm.config)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
     low = min((step[0] for step in steps), default=0)
@@ -204,7 +178,7 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     layers = model.n_layers
     for index, (t, chunks, n_pairs) in enumerate(prepared):
         below = reuse.get(model, (pairs_key, index, low), t, low) if reuse is not None else None
-        logp = call(model, lambda: _score_tries(model, t, steps, chunks, post, below, low))["logp"]
+        logp = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low))["logp"]
         budget.current.add(budget.Work(
             forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
             head_positions=len(t.rows), bytes_down=nbytes(logp),
@@ -224,12 +198,12 @@ def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, st
     Remote: every set and every batch in one request (one NDIF session), so a located set and its
     first controls cost one round trip. Local: one set after the other, sharing ``reuse``.
     """
-    encoded = _encode_pairs(model, pairs) if pairs else []
+    encoded = encode_pairs(model, pairs) if pairs else []
     if model.remote is None or not encoded or not tries_supported(model, encoded):
         return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse) for e in edit_sets]
     prepared = _prepare_tries(model, encoded, batch_tokens)
     steps_list = [plan(model, e) for e in edit_sets]
-    values = call(model, lambda: _score_session(model, prepared, steps_list, _post(model)))["logp"]
+    values = call(model, lambda: _score_session(model, prepared, steps_list, model.arch.post(model.lm.config)))["logp"]
     out = []
     for s, steps in enumerate(steps_list):
         sums = torch.zeros(len(encoded), dtype=torch.float64)
@@ -249,12 +223,8 @@ def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, st
 
 def _score_session(model: LoadedModel, prepared, steps_list, post):
     """One request: every batch of tries under every edit set, in one session."""
-    from .models.sites import base_path
-
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
-    base = lm
-    for part in base_path(model.arch).split("."):
-        base = getattr(base, part)
+    base = resolve_path(lm, model.arch.base)
     head = lm.lm_head
     work = [(t.ids, t.mask, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
@@ -264,60 +234,28 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
                 with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
                     apply(lm, steps)
                     hidden = base.output[0][rows, cols]
-                    parts = []
-                    for lo, hi, s_lo, s_hi in chunks:
-                        logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
-                        if post is not None and post[0] == "softcap":
-                            logits = torch.tanh(logits / post[1]) * post[1]
-                        elif post is not None:
-                            logits = logits / post[1]
-                        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
-                    logp.append(torch.cat(parts))
+                    logp.append(head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets))
                     tracer.stop()
         logp.save()
     return outcome(model, session, lambda: {"logp": logp})
 
 
-def _chunks(t, vocab: int) -> list[tuple[int, int, int, int]]:
-    """(first node, end node, first scored token, end scored token) per LM-head chunk."""
-    from .prefix import head_chunks
-
-    out = []
-    for lo, hi in head_chunks(len(t.rows), vocab):
-        sel = ((t.node_of >= lo) & (t.node_of < hi)).nonzero().squeeze(1)
-        out.append((lo, hi, int(sel[0]), int(sel[-1]) + 1))
-    return out
-
-
-def _score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0):
+def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0):
     """One request: log-prob of every scored token of a batch of tries (edited by ``steps``);
     ``below``: the saved input of block ``low``, which replaces the blocks under it."""
-    from .models.sites import base_path
-
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
-    base = lm
-    for part in base_path(model.arch).split("."):
-        base = getattr(base, part)
+    base = resolve_path(lm, model.arch.base)
     head = lm.lm_head
     rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
     inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
-    blocks = _layers(lm, model.arch)
+    blocks = layer_modules(lm, model.arch)
     with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
         if below is not None:
             for j in range(low):
                 blocks[j].skip(below)
         apply(lm, steps)
         hidden = base.output[0][rows, cols]
-        parts = []
-        for lo, hi, s_lo, s_hi in chunks:
-            logits = torch.nn.functional.linear(hidden[lo:hi], head.weight, head.bias)
-            if post is not None and post[0] == "softcap":
-                logits = torch.tanh(logits / post[1]) * post[1]
-            elif post is not None:
-                logits = logits / post[1]
-            logp = logits.float().log_softmax(-1)
-            parts.append(logp[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
-        logp = torch.cat(parts).save()
+        logp = head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets).save()
         tracer.stop()  # the model's own LM head is not needed
     return outcome(model, tracer, lambda: {"logp": logp})
 
@@ -442,7 +380,7 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
         chunk = list(prompts[start: start + batch_size])
         enc = encode(model.tokenizer, [Prompt(t, "x", str(i), str(i)) for i, t in enumerate(chunk)], [0] * len(chunk),
                      counted_span=False)
-        ids, mask, _ = _pack(enc, pad, left=True)
+        ids, mask, _ = pack(enc, pad, left=True)
         result = call(model, lambda: _generate_request(model, ids, mask, steps, max_new_tokens, pad))["result"]
         for row in result[:, ids.shape[1]:]:
             out.append(model.tokenizer.decode([t for t in row.tolist() if t != pad], skip_special_tokens=True).strip())

@@ -18,7 +18,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from .data.schema import SHORT  # noqa: E402
 
 POLE_COLORS = {"openness_to_change": "#1f77b4", "conservation": "#ff7f0e", "self_enhancement": "#d62728",
                "self_transcendence": "#2ca02c"}

@@ -10,7 +10,6 @@ number on the page is one a user can find in those files.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import os
@@ -20,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .config import ReportOptions
+from .data.inventories import circular_order
 from .errors import VneuronError
-from .runs import MANIFEST, NEURONS_CSV, STATS, check_output_file, read_manifest
+from .runs import MANIFEST, NEURONS_CSV, STATS, LocateRun, check_output_file, read_csv, read_jsonl, read_manifest
 
 Progress = Callable[[str, int, int], None]
 
@@ -71,16 +72,6 @@ def section(kind: str):
 
 
 @dataclass
-class ReportOptions:
-    cards: int = 1  # neuron cards per pole (0: no model needed)
-    card_texts: int = 4  # most and least activating texts per card
-    model: Any = None  # a LoadedModel or spec for the cards (default: the run's own)
-    generations: int = 2  # before/after generations shown per pole
-    top_rows: int = 10  # rows of each pole's top-neuron table
-    progress: Progress | None = None
-
-
-@dataclass
 class Report:
     html: Path
     markdown: Path
@@ -89,19 +80,6 @@ class Report:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def fnum(value: Any, fmt: str) -> str:
     if value in (None, ""):
         return "—"
@@ -148,7 +126,6 @@ def sub_runs(run_dir: Path) -> list[tuple[Path, dict]]:
 def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list[Section]:
     from . import figures
     from .scoring import contrast_scores
-    from .validate import LocateRun
 
     run = LocateRun.open(run_dir)
     rows = read_csv(run_dir / NEURONS_CSV)
@@ -312,22 +289,6 @@ def _generations(run_dir: Path, options: ReportOptions) -> list:
     return [Generations("Generations before / after the edit (greedy)", shown, rel(run_dir / "generations.jsonl", run_dir))]
 
 
-# Schwartz's circle, 19 refined values and the 10 basic ones interleaved where they sit
-CIRCLE = ("Self-Direction", "Self-direction: thought", "Self-direction: action", "Stimulation", "Hedonism", "Achievement",
-          "Power", "Power: dominance", "Power: resources", "Face", "Security", "Security: personal", "Security: societal",
-          "Tradition", "Conformity", "Conformity: rules", "Conformity: interpersonal", "Humility", "Benevolence",
-          "Benevolence: caring", "Benevolence: dependability", "Universalism", "Universalism: concern",
-          "Universalism: nature", "Universalism: tolerance", "Universalism: objectivity")
-
-
-def circular_order(values: list[str]) -> list[str]:
-    """Values in Schwartz's circular order (self-direction → universalism); unknown names last, as given."""
-    from .data.inventories import _norm
-
-    place = {_norm(v): i for i, v in enumerate(CIRCLE)}
-    return sorted(values, key=lambda v: (place.get(_norm(v), len(place)), values.index(v)))
-
-
 # -- steer ---------------------------------------------------------------------------------------
 @section("steer")
 def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list[Section]:
@@ -426,7 +387,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     if out.suffix.lower() not in (".html", ".htm"):
         raise VneuronError(f"Report file {out} should end in .html", "pass e.g. -o report.html")
     if options.cards < 0:
-        raise VneuronError(f"--cards must be at least 0, got {options.cards}", "0: no neuron cards (no model needed)")
+        raise VneuronError(f"`cards` must be at least 0, got {options.cards}", "0: no neuron cards (no model needed)")
     check_output_file(out, "-o")
     sections = build_sections(run_dirs, options)
     fig_dir = out.with_name(out.stem + "-figures")

@@ -13,79 +13,18 @@ from typing import Any, Callable
 
 import torch
 
-from .capture import ActivationStats, CaptureConfig, capture
+from .capture import ActivationStats, capture
 from .data import load_corpus
-from .data.schema import DEFAULT_TEST_FRACTION, Corpus, aggregate_label
+from .data.schema import Corpus, aggregate_label
+from .config import LocateConfig
 from .errors import VneuronError
 from .models.loading import DTYPES, LoadedModel, load_model, peek_dims, resolve
 from .runs import (MANIFEST, NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, check_space, default_run_dir, file_sha256,
                    read_manifest, require, set_filenames, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
-from .scoring import DIRECTIONS, METHODS, RULES, NeuronSet, contrast_scores, lape_select, select, stability
+from .scoring import NeuronSet, contrast_scores, lape_select, select, stability
 from .templates import choice_template
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class LocateConfig:
-    """Everything that decides a locate run (recorded in the manifest)."""
-
-    dataset: str | None = None  # None: the built-in corpus
-    columns: dict[str, str] | None = None  # our field → the user's column name
-    contrasts: list[tuple[str, str]] | None = None  # (pole, opposite) label pairs; default: Schwartz partners
-    dimensions: list[str] | None = None  # pole labels to rank; None: all
-    language: str = "en"
-    split: str = "train"
-    limit: int | None = None  # at most this many items per dimension (quick looks, tests)
-    site: str = "gate"
-    mode: str = "prompt"  # prompt | generate
-    span: str = "option"  # prompt mode: count the action's tokens, or all of the prompt
-    method: str = "delta_p"  # delta_p | mean_diff | cohen_d | welch_t | lape
-    rule: str = "top_k"  # top_k | per_layer | valuelocate
-    top_k: int = 200
-    direction: str = "pole"
-    threshold: float = 0.1  # valuelocate rule
-    min_count: int = 2000  # valuelocate rule
-    lape_top_rate: float = 0.01
-    lape_quantile: float = 0.95
-    folds: int = 2
-    null_shuffles: int = 0  # label-shuffle null runs (each is one more capture)
-    batch_tokens: int = 4096
-    max_new_tokens: int = 32
-    request_batches: int = 8  # remote: forward batches per NDIF request
-    test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
-    template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
-    whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
-
-    def capture_config(self) -> CaptureConfig:
-        return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
-                             max_new_tokens=self.max_new_tokens, counted_span=self.span == "option",
-                             request_batches=self.request_batches).check()
-
-    def check(self) -> "LocateConfig":
-        if self.method not in (*METHODS, "lape"):
-            raise VneuronError(f"Unknown method {self.method!r}", f"use one of: {', '.join((*METHODS, 'lape'))}")
-        if self.rule not in RULES:
-            raise VneuronError(f"Unknown --rule {self.rule!r}", f"use one of: {', '.join(RULES)}")
-        if self.direction not in DIRECTIONS:
-            raise VneuronError(f"Unknown --direction {self.direction!r}", f"use one of: {', '.join(DIRECTIONS)}")
-        if self.top_k < 1:
-            raise VneuronError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.limit is not None and self.limit < 1:
-            raise VneuronError(f"--limit must be at least 1 item per dimension, got {self.limit}", "drop --limit to use every item")
-        if self.null_shuffles < 0:
-            raise VneuronError(f"--null must be 0 or more label-shuffle runs, got {self.null_shuffles}", "pass e.g. --null 5, or drop it")
-        if self.span not in ("option", "all"):
-            raise VneuronError(f"Unknown span {self.span!r}", "use option or all")
-        if self.request_batches < 1:
-            raise VneuronError(f"--request-batches must be at least 1, got {self.request_batches}")
-        self.capture_config()
-        choice_template(self.template)  # a bad template fails before any work
-        return self
-
-    def selection(self) -> dict[str, Any]:
-        keys = ("method", "rule", "top_k", "direction", "threshold", "min_count", "lape_top_rate", "lape_quantile")
-        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -121,7 +60,7 @@ def prepare_corpus(config: LocateConfig) -> Corpus:
         gone = ", ".join(f"{a}:{b}" for a, b in corpus.dropped[:4])
         raise VneuronError(f"No pole pair of {corpus.name} has texts on both sides in split {config.split!r}"
                            + (f" (left empty: {gone})" if gone else ""),
-                           "use --split all, a larger --limit, or a smaller --test-fraction")
+                           "use `split` all, a larger `limit`, or a smaller `test_fraction`")
     return corpus
 
 
@@ -267,8 +206,8 @@ def _outcome(exc: BaseException) -> str:
 
 
 def _exists_fix(run_dir: Path) -> str:
-    return (f"choose another --out; to re-select from its statistics without the model: vneuron locate --from {run_dir} "
-            f"--out NEW_DIR; to replace it: add --force")
+    return (f"choose another `out`; to re-select from its statistics without the model: `from_run` {run_dir} "
+            f"with a new `out`; to replace it: add `force`")
 
 
 def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int) -> int:
@@ -279,7 +218,7 @@ def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: in
 
 
 def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: int, width: int) -> None:
-    """Fail before any work: a --top-k the model cannot supply, or a disk that cannot hold the run."""
+    """Fail before any work: a `top_k` the model cannot supply, or a disk that cannot hold the run."""
     if config.method != "lape":
         select(torch.zeros(n_layers, width), config.rule, config.top_k)
     poles = len(config.dimensions or corpus.labels)
@@ -343,55 +282,54 @@ def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:
     return ActivationStats.load(stats_file(run_dir, manifest))
 
 
-# Re-selection changes only these; every other option either must match the parent's capture or needs the model.
-SELECTION_OPTIONS = ("--method", "--rule", "--top-k", "--direction", "--dimension")
-CAPTURE_OPTIONS = {"--language": "language", "--split": "split", "--limit": "limit", "--site": "site", "--mode": "mode",
-                   "--span": "span", "--folds": "folds", "--max-new-tokens": "max_new_tokens"}
-MODEL_OPTIONS = ("--model", "--dataset", "--columns", "--contrast", "--null", "--remote", "--host", "--resume", "--detach",
-                 "--dtype", "--request-batches", "--batch-tokens", "--timeout", "--template", "--test-fraction", "--whole-values")
+# Re-selection changes only these; every other setting either must match the parent's capture or needs the model.
+SELECTION_SETTINGS = ("method", "rule", "top_k", "direction", "dimensions")
+CAPTURE_SETTINGS = ("language", "split", "limit", "site", "mode", "span", "folds", "max_new_tokens")
+MODEL_SETTINGS = ("model", "dataset", "columns", "contrasts", "null_shuffles", "remote", "host", "resume", "detach",
+                  "dtype", "request_batches", "batch_tokens", "timeout", "template", "test_fraction", "whole_values")
 
 
 def _given_from_api(config: LocateConfig, model, remote, resume, detach, dtype) -> set[str]:
-    """For Python callers: the options whose values differ from the defaults."""
+    """For Python callers: the settings whose values differ from the defaults."""
     default = LocateConfig()
-    given = {flag for flag, name in CAPTURE_OPTIONS.items() if getattr(config, name) != getattr(default, name)}
-    for flag, value, unset in (("--model", model, None), ("--dataset", config.dataset, None), ("--columns", config.columns, None),
-                               ("--contrast", config.contrasts, None), ("--null", config.null_shuffles, 0),
-                               ("--remote", remote, None), ("--resume", resume, False), ("--detach", detach, False),
-                               ("--dtype", dtype, "float32")):
+    given = {name for name in CAPTURE_SETTINGS if getattr(config, name) != getattr(default, name)}
+    for name, value, unset in (("model", model, None), ("dataset", config.dataset, None), ("columns", config.columns, None),
+                               ("contrasts", config.contrasts, None), ("null_shuffles", config.null_shuffles, 0),
+                               ("remote", remote, None), ("resume", resume, False), ("detach", detach, False),
+                               ("dtype", dtype, "float32")):
         if value not in (unset, False, None):
-            given.add(flag)
+            given.add(name)
     return given
 
 
 def _check_reselect_options(parent: Path, manifest: dict, config: LocateConfig, given: set[str]) -> None:
-    """Refuse options that --from cannot honour, instead of silently ignoring them."""
+    """Refuse settings that `from_run` cannot honour, instead of silently ignoring them."""
     recorded = manifest.get("capture_key") or {}
-    for flag in sorted(given & set(CAPTURE_OPTIONS)):
-        name = CAPTURE_OPTIONS[flag]
+    for name in [n for n in CAPTURE_SETTINGS if n in given]:
         wanted, had = getattr(config, name), recorded.get(name)
         if name == "span":
             had = {True: "option", False: "all"}.get((manifest.get("capture") or {}).get("counted_span"), had)
         if name == "max_new_tokens" and recorded.get("mode") != "generate":
-            raise VneuronError(f"--max-new-tokens has no effect with --from {parent}: its statistics come from prompt mode",
-                               "drop --max-new-tokens")
+            raise VneuronError(f"`max_new_tokens` has no effect with `from_run` {parent}: its statistics come from prompt mode",
+                               "drop `max_new_tokens`")
         if name in recorded or name == "span":
             if str(wanted) != str(had):
+                shown = ", ".join(f"`{n}`" for n in SELECTION_SETTINGS)
                 raise VneuronError(
-                    f"{flag} {wanted} contradicts --from {parent}, whose statistics were captured with {flag} {had}",
-                    f"drop {flag} (re-selection changes only {', '.join(SELECTION_OPTIONS)}), or capture anew without --from: "
-                    f"vneuron locate {_recapture(manifest)}{flag} {wanted} --out NEW_DIR")
-    for flag in MODEL_OPTIONS:
-        if flag in given:
-            raise VneuronError(f"{flag} has no effect with --from: re-selection reads the saved statistics and never runs the model",
-                               f"drop {flag}, or run vneuron locate without --from")
+                    f"`{name}` {wanted} contradicts `from_run` {parent}, whose statistics were captured with `{name}` {had}",
+                    f"drop `{name}` (re-selection changes only {shown}), or capture anew without `from_run`, with"
+                    f"{_recapture(manifest)} `{name}` {wanted} and a new `out`")
+    for name in MODEL_SETTINGS:
+        if name in given:
+            raise VneuronError(f"`{name}` has no effect with `from_run`: re-selection reads the saved statistics and never runs "
+                               "the model", f"drop `{name}`, or locate without `from_run`")
 
 
 def _recapture(manifest: dict) -> str:
-    """The model and dataset options that reproduce a run's capture, for messages."""
+    """The model and dataset that reproduce a run's capture, for messages."""
     spec = (manifest.get("model") or {}).get("spec")
     dataset = (manifest.get("dataset") or {}).get("spec")
-    return (f"--model {spec} " if spec and spec != "default" else "") + (f"--dataset {dataset} " if dataset else "")
+    return (f" `model` {spec}" if spec and spec != "default" else "") + (f" `dataset` {dataset}" if dataset else "")
 
 
 def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None = None, force: bool = False,
@@ -415,9 +353,9 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
     run_dir = Path(out) if out else parent.parent / f"{parent.name}-{config.method}-k{config.top_k}-{tag}"
     here, there = Path(os.path.abspath(run_dir)), Path(os.path.abspath(parent))
     if here == there or there in here.parents or here in there.parents:
-        raise VneuronError(f"--out {run_dir} would write over or inside the run it re-selects from ({parent})",
-                           "--from never changes its run: pass another --out")
-    replacing = check_fresh(run_dir, force=force, fix="choose another --out, or add --force to replace it")
+        raise VneuronError(f"`out` {run_dir} would write over or inside the run it re-selects from ({parent})",
+                           "`from_run` never changes its run: pass another `out`")
+    replacing = check_fresh(run_dir, force=force, fix="choose another `out`, or add `force` to replace it")
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:
         poles = {c[0] for c in contrasts}

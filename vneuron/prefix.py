@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .capture import Encoded
+from .tokens import Encoded, token_batches
 
 ROW_TOKENS = 256  # trie nodes per row: attention over a row is dense, so rows stay short
 LOGIT_BUDGET = 48_000_000  # floats of [scored positions, vocab] logits held at once
@@ -69,16 +69,7 @@ def pack(encoded: Sequence[Encoded], row_tokens: int = ROW_TOKENS) -> list[Row]:
 
 def row_batches(rows: list[Row], batch_tokens: int, max_batch: int = 64) -> list[list[Row]]:
     """Length-sorted batches of rows whose padded size stays under ``batch_tokens``."""
-    out: list[list[Row]] = []
-    current: list[Row] = []
-    for row in sorted(rows, key=lambda r: len(r.ids)):
-        if current and ((len(current) + 1) * len(row.ids) > batch_tokens or len(current) >= max_batch):
-            out.append(current)
-            current = []
-        current.append(row)
-    if current:
-        out.append(current)
-    return out
+    return token_batches(rows, lambda r: len(r.ids), batch_tokens, max_batch)
 
 
 @dataclass
@@ -97,6 +88,14 @@ class Batch:
     @property
     def tokens(self) -> int:
         return int(self.ids.numel())
+
+    def head_chunks(self, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int, int, int]]:
+        """(first node, end node, first scored token, end scored token) per LM-head chunk."""
+        out = []
+        for lo, hi in head_chunks(len(self.rows), vocab, budget):
+            sel = ((self.node_of >= lo) & (self.node_of < hi)).nonzero().squeeze(1)
+            out.append((lo, hi, int(sel[0]), int(sel[-1]) + 1))
+        return out
 
 
 def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
@@ -131,3 +130,23 @@ def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[in
     """Slices of the scored nodes whose logits fit the budget together."""
     step = max(1, budget // max(vocab, 1))
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def head_logprobs(hidden: torch.Tensor, weight, bias, post: tuple[str, float] | None,
+                  chunks: list[tuple[int, int, int, int]], node_of: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of every scored token, from the final-normed hidden state of its predicting node.
+
+    The one LM-head scorer of vneuron (evaluation, planting, dry-run calibration): the head runs
+    chunk by chunk (``Batch.head_chunks``) so [nodes, vocab] logits never exceed the budget; ``post``
+    is the family's logit post-processing (``Architecture.post``). Only tensors and plain data go
+    in, so it also runs inside a (remote) trace body; it is differentiable.
+    """
+    parts = []
+    for lo, hi, s_lo, s_hi in chunks:
+        logits = torch.nn.functional.linear(hidden[lo:hi], weight, bias)
+        if post is not None and post[0] == "softcap":
+            logits = torch.tanh(logits / post[1]) * post[1]
+        elif post is not None:
+            logits = logits / post[1]
+        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+    return torch.cat(parts)

@@ -18,12 +18,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import VneuronError
 from .quiet import nnsight_logging
+
+if TYPE_CHECKING:
+    import torch
 
 PUBLIC_HOST = "https://api.ndif.us"
 
@@ -80,7 +81,7 @@ def resolve_target(remote: "bool | str | RemoteTarget | None", host: str | None 
         return RemoteTarget("local", blocking=True, **options)
     chosen = remote if isinstance(remote, str) else (host or os.environ.get("NDIF_HOST") or _configured_host())
     if not chosen.startswith(("http://", "https://")):
-        raise VneuronError(f"NDIF host {chosen!r} is not an http(s) URL", "pass e.g. --host https://api.ndif.us or set NDIF_HOST")
+        raise VneuronError(f"NDIF host {chosen!r} is not an http(s) URL", "pass e.g. `host` https://api.ndif.us or set NDIF_HOST")
     return RemoteTarget(chosen.rstrip("/"), **options)
 
 
@@ -137,10 +138,10 @@ def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> Vneuro
     lower = text.lower()
     if isinstance(exc, JobLost):
         return VneuronError(f"NDIF host {target.host} lost the request twice ({text})",
-                            "check the server with `vneuron doctor --host ...`; finished requests are kept, rerun with --resume")
+                            "check the server with `vneuron doctor --host ...`; finished requests are kept, rerun with `resume`")
     if _network_error(exc):
         return VneuronError(f"NDIF host {target.host} is unreachable ({exc.__class__.__name__})",
-                            "check --host / NDIF_HOST and your network; finished requests are kept, rerun with --resume")
+                            "check `host` / NDIF_HOST and your network; finished requests are kept, rerun with `resume`")
     if "api key" in lower or "401" in lower or "unauthori" in lower or "forbidden" in lower:
         return VneuronError("NDIF rejected the API key", "check NDIF_API_KEY (a key is personal; get one at ndif.us)")
     if any(phrase in lower for phrase in ("could not deploy", "not deployed", "is not running", "model not found",
@@ -236,7 +237,7 @@ def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any],
         time.sleep(delay)
         delay = min(delay * 1.5, 10.0)
     raise VneuronError(f"NDIF request {job} did not finish within {target.timeout:.0f} s",
-                       "raise --timeout, or collect it later with --resume (results are kept about a day)")
+                       "raise `timeout`, or collect it later with `resume` (results are kept about a day)")
 
 
 def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
@@ -284,7 +285,7 @@ class Checkpoint:
                 return cls(path, key)
             if not resume:
                 raise VneuronError(f"An interrupted run is waiting in {path}",
-                                   "pass --resume to continue it, or delete that directory to start over")
+                                   "pass `resume` to continue it, or delete that directory to start over")
             if data["key"] != key:
                 raise VneuronError(f"{path} belongs to a run with other settings", "rerun with the same options, or delete it")
             invocations = data.get("invocations", [])

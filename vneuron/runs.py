@@ -17,11 +17,17 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .capture import ActivationStats
+from .data import load_corpus
+from .data.schema import Corpus, Item
 from .errors import VneuronError
+from .scoring import NeuronSet
+from .templates import DEFAULT as DEFAULT_TEMPLATE
 
 MANIFEST = "manifest.json"
 STATS = "stats.safetensors"
@@ -54,7 +60,7 @@ def set_filenames(labels: list[str]) -> dict[str, str]:
         other = seen.setdefault(name.casefold(), label)
         if other != label:
             raise VneuronError(f"Poles {other!r} and {label!r} would share the file {NEURONS_DIR}/{name}",
-                               "rename one of the labels (e.g. with --columns or in the data) so they differ by more than case")
+                               "rename one of the labels (e.g. with `columns` or in the data) so they differ by more than case")
     return names
 
 
@@ -138,7 +144,7 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_writable(run_dir: Path, option: str = "--out") -> None:
+def check_writable(run_dir: Path, option: str = "`out`") -> None:
     """Fail before any work if ``run_dir`` could not be created: a file in the way, or a read-only place."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -160,7 +166,7 @@ def check_writable(run_dir: Path, option: str = "--out") -> None:
                            f"choose an {option} on a writable disk") from None
 
 
-def check_output_file(path: Path, option: str = "--out") -> None:
+def check_output_file(path: Path, option: str = "`out`") -> None:
     """Fail before any work if the file ``path`` could not be written: a directory in its place, a file above it."""
     path = Path(path)
     if path.is_dir():
@@ -173,7 +179,7 @@ def disk_free(path: Path) -> int:
     return shutil.disk_usage(_existing_ancestor(path)).free
 
 
-def check_space(run_dir: Path, needed: int, option: str = "--out") -> None:
+def check_space(run_dir: Path, needed: int, option: str = "`out`") -> None:
     """Fail before the expensive part if the disk cannot hold the run (plus a margin for the staging copy)."""
     free = disk_free(Path(run_dir))
     if free < needed * 1.1 + (1 << 20):
@@ -196,7 +202,7 @@ def describe_run(run_dir: Path) -> str:
     return f"{run_dir} ({manifest.get('kind', 'run')} of {model}, created {manifest.get('created', '?')})"
 
 
-def check_fresh(run_dir: Path, *, force: bool = False, fix: str | None = None, option: str = "--out") -> str | None:
+def check_fresh(run_dir: Path, *, force: bool = False, fix: str | None = None, option: str = "`out`") -> str | None:
     """Fail before any work if ``run_dir`` would have to overwrite something.
 
     With ``force`` an existing vneuron run may be replaced (never any other directory); the
@@ -209,7 +215,7 @@ def check_fresh(run_dir: Path, *, force: bool = False, fix: str | None = None, o
     if not force:
         raise VneuronError(f"{run_dir} already exists", fix or f"choose another {option}, or delete it first")
     if not (run_dir / MANIFEST).is_file():
-        raise VneuronError(f"{run_dir} is not empty and is not a vneuron run, so --force will not replace it",
+        raise VneuronError(f"{run_dir} is not empty and is not a vneuron run, so `force` will not replace it",
                            f"choose another {option}")
     return describe_run(run_dir)
 
@@ -289,12 +295,6 @@ def _cache_base() -> Path:
     return cache_dir() / "rescued"
 
 
-def file_sha256(path: Path) -> str:
-    from .models.loading import sha256_file
-
-    return sha256_file(path)
-
-
 def require(manifest: dict[str, Any], run_dir: Path, *keys: str) -> None:
     """A manifest missing what a command needs is one line, not a KeyError."""
     for key in keys:
@@ -320,7 +320,7 @@ def stats_file(run_dir: Path, manifest: dict[str, Any]) -> Path:
                            "restore that parent run next to this one, or rerun vneuron locate")
     if ref.get("sha256") and file_sha256(found) != ref["sha256"]:
         raise VneuronError(f"The statistics {found} that {run_dir} was selected from have changed since",
-                           "restore the parent run, or re-select again with vneuron locate --from")
+                           "restore the parent run, or re-select again from it (`from_run`)")
     return found
 
 
@@ -351,3 +351,68 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(scrub(row), ensure_ascii=False) + "\n")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class LocateRun:
+    """What validation needs from a locate run."""
+
+    path: Path
+    manifest: dict
+    stats: ActivationStats
+    sets: dict[str, NeuronSet]
+    evaluation: dict | None = None  # set by ablate / steer: the data their numbers come from
+
+    @classmethod
+    def open(cls, path: str | Path) -> "LocateRun":
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest.get("kind") != "locate":
+            raise VneuronError(f"{path} is not a locate run", "pass a directory written by vneuron locate")
+        require(manifest, path, "model", "dataset")
+        if not isinstance(manifest["model"].get("revision"), str):
+            raise VneuronError(f"{path / MANIFEST} records no model revision", "restore the manifest vneuron wrote, or rerun vneuron locate")
+        sets: dict[str, NeuronSet] = {}
+        for file in sorted((path / NEURONS_DIR).glob("*.safetensors")):
+            neuron_set = NeuronSet.load(file)
+            label = neuron_set.meta.get("label") or file.stem  # file names are made safe; the label is inside
+            if label in sets:
+                raise VneuronError(f"{path}: two neuron sets for the pole {label!r}", f"remove the stale one from {path / NEURONS_DIR}")
+            sets[label] = neuron_set
+        if not sets:
+            raise VneuronError(f"{path} holds no neuron sets", "rerun vneuron locate")
+        stats = ActivationStats.load(stats_file(path, manifest))
+        stats.groups = manifest["dataset"].get("aggregates") or {}
+        return cls(path, manifest, stats, sets)
+
+    def items(self, split: str) -> list[Item]:
+        return self.corpus(split).items
+
+    def corpus(self, split: str) -> Corpus:
+        """The run's own corpus, ``split`` of it, in the language it was located in."""
+        data = self.manifest["dataset"]
+        # runs made before hash splits held every unsplit row in train: fraction 0 keeps that
+        corpus = load_corpus(data.get("spec"), columns=data.get("columns"), test_fraction=data.get("test_fraction", 0.0))
+        corpus = corpus.select(split=split, language=data.get("language"))
+        if not corpus.items:
+            raise VneuronError(f"The locate run's corpus has no paired scenarios in split {split!r}",
+                               "forced choice needs scenario items with two actions; use `split` all, a paired corpus, "
+                               "or an `eval_dataset` FILE")
+        return corpus
+
+    def template(self) -> str:
+        """The template spec the run located with (third_person for runs made before templates)."""
+        return (self.manifest.get("template") or {}).get("spec") or DEFAULT_TEMPLATE

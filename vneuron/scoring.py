@@ -20,11 +20,9 @@ from typing import Sequence
 import torch
 
 from .capture import ActivationStats
+from .config import DIRECTIONS, METHODS, RULES
 from .errors import VneuronError
 
-METHODS = ("delta_p", "mean_diff", "cohen_d", "welch_t")
-RULES = ("top_k", "per_layer", "valuelocate")
-DIRECTIONS = ("pole", "opposite", "both")
 
 
 def contrast_scores(stats: ActivationStats, pole: str, opposite: str, method: str = "delta_p", fold: int | None = None) -> torch.Tensor:
@@ -66,14 +64,14 @@ def select(
     flat = signed.reshape(-1)
     if rule == "per_layer":
         if not 0 < k <= width:
-            raise VneuronError(f"--top-k {k} per layer is out of range", f"this model has {width} neurons per layer; pick 1..{width}")
+            raise VneuronError(f"`top_k` {k} per layer is out of range", f"this model has {width} neurons per layer; pick 1..{width}")
         top = signed.topk(k, dim=1).indices + torch.arange(n_layers)[:, None] * width
         top = top.reshape(-1)
         return top[flat[top].argsort(descending=True, stable=True)]
     if rule == "valuelocate":
         k = min(max(min_count, int((flat >= threshold).sum())), flat.numel())
     if not 0 < k <= flat.numel():
-        raise VneuronError(f"--top-k {k} is out of range", f"this model has {flat.numel()} neurons ({n_layers} layers x {width}); pick 1..{flat.numel()}")
+        raise VneuronError(f"`top_k` {k} is out of range", f"this model has {flat.numel()} neurons ({n_layers} layers x {width}); pick 1..{flat.numel()}")
     return flat.topk(k).indices
 
 
@@ -157,7 +155,7 @@ class NeuronSet:
             if count:
                 free = (~taken[layer]).nonzero().squeeze(1)
                 if len(free) < count:
-                    raise VneuronError(f"Layer {layer} has too few free neurons for a matched control", "use a smaller --top-k")
+                    raise VneuronError(f"Layer {layer} has too few free neurons for a matched control", "use a smaller `top_k`")
                 picks.append(free[torch.randperm(len(free), generator=gen)[:count]] + layer * self.width)
         flat = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
         return NeuronSet(self.site, self.n_layers, self.width, flat, torch.zeros(len(flat), dtype=torch.float64),

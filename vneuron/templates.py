@@ -128,7 +128,7 @@ class ChoiceTemplate(_Template):
         form = self.form(language)
         if listed and not self.lists(language):
             raise VneuronError(f"The template {self.spec!r} does not list the two actions ({{first}}, {{second}})",
-                               "add a line with {first} and {second} before {option}, or use --choice continuation")
+                               "add a line with {first} and {second} before {option}, or use `choice` continuation")
         if not listed:
             form = "\n".join(line for line in form.split("\n") if "{first}" not in line and "{second}" not in line)
         prefix, continuation, _ = _split_at(form, "option")

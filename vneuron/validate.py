@@ -16,133 +16,45 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .capture import ActivationStats
 from .data import load_corpus
-from .data.schema import DEFAULT_TEST_FRACTION, OPPOSITE, Corpus, Item, aggregate_label, expresses, pair_label
-from .edits import EDIT_MODES, edit_from_stats
+from .data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
+from .edits import edit_from_stats
+from .config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
 from .errors import VneuronError
 from .evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from .models.loading import LoadedModel, load_model
-from .runs import (MANIFEST, NEURONS_DIR, base_manifest, check_fresh, check_space, file_sha256, read_manifest, require, set_filename, settings_tag, stats_file,
+from .runs import (MANIFEST, LocateRun, base_manifest, check_fresh, check_space, file_sha256, set_filename, settings_tag,
                    write_csv, write_json, write_jsonl, write_run)
 from .scoring import NeuronSet
-from .templates import DEFAULT as DEFAULT_TEMPLATE
 from .templates import choice_template, pvq_template
 from . import budget, threads
-from .sequential import TAILS, Sequential, tail_for
+from .sequential import Sequential, tail_for
 
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass
-class ValidateConfig:
-    dimensions: list[str] | None = None
-    top_k: int | None = None  # truncate each located set (None: as located)
-    mode: str = "zero"
-    gamma: float = 1.0
-    controls: int = 20
-    split: str = "test"
-    limit: int | None = None  # evaluation items per pole (quick looks)
-    generations: int = 0  # scenarios whose before/after generations are saved (optional work: off by default)
-    max_new_tokens: int = 40
-    bootstrap: int = 2000
-    seed: int = 0
-    batch_tokens: int = 1024  # evaluation batches: fastest per token on a small CPU (cli.EvalBatchTokensOpt)
-    pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
-    choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
-    eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
-    eval_columns: dict[str, str] | None = None  # its column names (ours=yours)
-    eval_map: dict[str, str] | None = None  # its pole labels → the run's poles (theirs=ours)
-    eval_split: str = "all"  # which of its items: all (nothing of it was located on), test or train
-    template: str | None = None  # forced-choice template (None: the locate run's, else third_person)
-    pvq_template: str | None = None  # PVQ template (None: third_person portraits)
-    eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
-    stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
-    tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
+def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | None = None, *, out: str | Path | None = None,
+                 progress: Progress | None = None, remote=None) -> tuple[Path, LoadedModel | str | None]:
+    """Ablate or steer without a locate run: locate with ``config`` first (its run is kept).
 
-    def check(self) -> "ValidateConfig":
-        if self.mode not in EDIT_MODES:
-            raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
-        if self.choice not in ("listed", "continuation"):
-            raise VneuronError(f"Unknown --choice {self.choice!r}", "use listed or continuation")
-        if self.template is not None:
-            choice_template(self.template).parts("en", self.choice == "listed")  # a template that cannot list fails now
-        pvq_template(self.pvq_template)
-        if self.split not in ("train", "test", "all"):
-            raise VneuronError(f"Unknown --split {self.split!r}", "use test (held out), train or all")
-        for flag, value, low in (("--controls", self.controls, 0), ("--top-k", self.top_k, 1), ("--limit", self.limit, 1),
-                                 ("--generations", self.generations, 0), ("--batch-tokens", self.batch_tokens, 1)):
-            if value is not None and value < low:
-                raise VneuronError(f"{flag} must be at least {low}, got {value}")
-        if self.tail is not None and self.tail not in TAILS:
-            raise VneuronError(f"Unknown --tail {self.tail!r}", f"use {' or '.join(TAILS)} (the direction the edit is expected to move P)")
-        if self.stop_after < 0:
-            raise VneuronError("--stop-after must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
-        if self.eval_dataset is None and (self.eval_map or self.eval_columns):
-            flag = "--map" if self.eval_map else "--eval-columns"
-            raise VneuronError(f"{flag} describes an outside evaluation file, but no --eval-dataset was given",
-                               f"add --eval-dataset FILE, or drop {flag}")
-        if self.eval_split not in ("train", "test", "all"):
-            raise VneuronError(f"Unknown --eval-split {self.eval_split!r}", "use all (default), test or train")
-        if not 0 <= self.eval_test_fraction < 1:
-            raise VneuronError(f"--test-fraction must be in [0, 1), got {self.eval_test_fraction}", "e.g. --test-fraction 0.2")
-        return self
+    Returns (run directory, model): a local model is loaded once and serves both steps. ``out``
+    (the study's output) is checked before the locate run, so a bad one fails first.
+    """
+    from .locating import locate, prepare_corpus
 
-
-@dataclass
-class LocateRun:
-    """What validation needs from a locate run."""
-
-    path: Path
-    manifest: dict
-    stats: ActivationStats
-    sets: dict[str, NeuronSet]
-    evaluation: dict | None = None  # set by ablate / steer: the data their numbers come from
-
-    @classmethod
-    def open(cls, path: str | Path) -> "LocateRun":
-        path = Path(path)
-        manifest = read_manifest(path)
-        if manifest.get("kind") != "locate":
-            raise VneuronError(f"{path} is not a locate run", "pass a directory written by vneuron locate")
-        require(manifest, path, "model", "dataset")
-        if not isinstance(manifest["model"].get("revision"), str):
-            raise VneuronError(f"{path / MANIFEST} records no model revision", "restore the manifest vneuron wrote, or rerun vneuron locate")
-        sets: dict[str, NeuronSet] = {}
-        for file in sorted((path / NEURONS_DIR).glob("*.safetensors")):
-            neuron_set = NeuronSet.load(file)
-            label = neuron_set.meta.get("label") or file.stem  # file names are made safe; the label is inside
-            if label in sets:
-                raise VneuronError(f"{path}: two neuron sets for the pole {label!r}", f"remove the stale one from {path / NEURONS_DIR}")
-            sets[label] = neuron_set
-        if not sets:
-            raise VneuronError(f"{path} holds no neuron sets", "rerun vneuron locate")
-        stats = ActivationStats.load(stats_file(path, manifest))
-        stats.groups = manifest["dataset"].get("aggregates") or {}
-        return cls(path, manifest, stats, sets)
-
-    def items(self, split: str) -> list[Item]:
-        return self.corpus(split).items
-
-    def corpus(self, split: str) -> Corpus:
-        """The run's own corpus, ``split`` of it, in the language it was located in."""
-        data = self.manifest["dataset"]
-        # runs made before hash splits held every unsplit row in train: fraction 0 keeps that
-        corpus = load_corpus(data.get("spec"), columns=data.get("columns"), test_fraction=data.get("test_fraction", 0.0))
-        corpus = corpus.select(split=split, language=data.get("language"))
-        if not corpus.items:
-            raise VneuronError(f"The locate run's corpus has no paired scenarios in split {split!r}",
-                               "forced choice needs scenario items with two actions; use --split all, a paired corpus, "
-                               "or --eval-dataset FILE")
-        return corpus
-
-    def template(self) -> str:
-        """The template spec the run located with (third_person for runs made before templates)."""
-        return (self.manifest.get("template") or {}).get("spec") or DEFAULT_TEMPLATE
+    say = progress or (lambda stage, done, total: None)
+    if out is not None:
+        check_fresh(Path(out), fix="choose another `out`, or delete that directory to redo the study")
+    config = (config or LocateConfig()).check()
+    if not remote:
+        prepare_corpus(config)  # a bad corpus fails before the model loads
+        if not isinstance(model, LoadedModel):
+            model = load_model(model, progress=lambda m: say(m, 0, 0))
+    return locate(model, config, progress=say, remote=remote).run_dir, model
 
 
 def map_labels(items: list[Item], mapping: dict[str, str] | None) -> list[Item]:
@@ -170,7 +82,7 @@ def map_labels(items: list[Item], mapping: dict[str, str] | None) -> list[Item]:
     unused = [k for k in mapping if k not in used]
     if unused:
         labels = sorted({l for i in items for l in (i.dimension, i.opposite)})
-        raise VneuronError(f"--map names {', '.join(repr(u) for u in unused)}, which no evaluation item has",
+        raise VneuronError(f"`eval_map` names {', '.join(repr(u) for u in unused)}, which no evaluation item has",
                            f"map labels the data holds: {', '.join(labels[:12])}{' …' if len(labels) > 12 else ''}")
     return out
 
@@ -200,7 +112,7 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
         raise VneuronError(f"{spec} has no paired scenarios in split {config.eval_split!r}"
                            + (" (it holds labelled texts)" if corpus.texts else ""),
                            "forced choice needs items with a scenario and two actions (see `vneuron datasets`); "
-                           "use --eval-split all or a paired corpus")
+                           "use `eval_split` all or a paired corpus")
     items = map_labels(corpus.items, config.eval_map)
     path = Path(spec).expanduser()
     return Evaluation(items, {
@@ -210,7 +122,7 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
         "map": config.eval_map, "items": len(items)})
 
 
-def _items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
+def items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
     """Items on ``pole``'s axis (for a whole-value pole "X|*", every conflict of X); ``limit`` per side."""
     axis = [i for i in items if expresses(i, pole) is not None]
     if limit:
@@ -220,7 +132,7 @@ def _items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
     return axis
 
 
-def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None) -> LoadedModel:
+def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None) -> LoadedModel:
     recorded = run.manifest["model"]
     if isinstance(model, LoadedModel):
         loaded = model
@@ -234,11 +146,11 @@ def _model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None
                             remote=remote)
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id} {loaded.revision[:24]}) is not the one the run located "
-                           f"neurons in ({recorded['model_id']} {recorded['revision'][:24]})", "pass the same --model")
+                           f"neurons in ({recorded['model_id']} {recorded['revision'][:24]})", "pass the same `model`")
     return loaded
 
 
-def _summary(pole: str, base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], items: list[Item],
+def summarize(pole: str, base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], items: list[Item],
              config: ValidateConfig, tail: str = "lower") -> dict[str, Any]:
     effect_i = located - base
     effect = float(effect_i.mean())
@@ -289,7 +201,7 @@ class ValidationResult:
 def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *, model: LoadedModel | str | None = None,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
-    config = (config or ValidateConfig()).check()
+    config = (config or ValidateConfig()).check_ablation()
     work = budget.reset()
     inventory = None
     if config.pvq:  # a bad questionnaire fails before the model loads
@@ -311,9 +223,9 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             say(f"{pole}: kept from the interrupted run", 1, 1)
             continue
         first_item, first_control, first_sample = len(item_rows), len(control_rows), len(samples)
-        items = _items_for(all_items, pole, config.limit)
+        items = items_for(all_items, pole, config.limit)
         if not items:
-            raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use --split all")
+            raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use `split` all")
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         key = tuple(i.id for i in items)
         if key not in baselines:
@@ -321,22 +233,22 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
                                            template=config.template,
                                            progress=lambda d, t: say(f"{pole}: baseline", d, t))
         base = baselines[key].toward(pole)
-        edit = _edit(run, neurons, pole, config)
+        edit = edit_for(run, neurons, pole, config)
         reuse = LowerLayers()  # the located set and its controls share everything below their lowest layer
         seeds = []
 
         def control_edit(n: int):
             seeds.append(config.seed * 1000 + n)
-            return _edit(run, neurons.random_matched(seeds[-1]), pole, config)
+            return edit_for(run, neurons.random_matched(seeds[-1]), pole, config)
 
         say(f"{pole}: located {len(neurons)} and random controls (up to {config.controls}, sequential)", 0, 1)
-        tail = config.tail or tail_for(config.mode, config.gamma)
+        tail = config.tail or tail_for(config.mode, 1.0 if config.gamma is None else config.gamma)
         located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail, config, reuse)
-        summary = _summary(pole, base, located, controls, items, config, tail)
+        summary = summarize(pole, base, located, controls, items, config, tail)
         summary.update(rule.report())
         summary["neurons"] = len(neurons)
         if inventory:
-            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [_edit(run, neurons.random_matched(s), pole, config)
+            summary["pvq"] = _pvq_shift(loaded, inventory, edit, [edit_for(run, neurons.random_matched(s), pole, config)
                                                                   for s in seeds], config, say, pole)
         summaries.append(summary)
         for n, item in enumerate(items):
@@ -388,21 +300,20 @@ class _Partial:
         self.path.unlink(missing_ok=True)
 
 
-def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConfig | None = None, *,
+def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, config: ValidateConfig | None = None, *,
           model: LoadedModel | str | None = None, out: str | Path | None = None, progress: Progress | None = None,
           remote=None) -> ValidationResult:
     """Dose–response: orientation toward each pole as its located neurons are scaled (or boosted) by γ."""
-    config = (config or ValidateConfig(mode="scale")).check()
-    if config.mode not in ("scale", "add"):
-        raise VneuronError(f"Steering needs --mode scale or add, not {config.mode!r}", "scale multiplies, add boosts (ValueLocate)")
+    config = (config or ValidateConfig(mode=STEER_MODES[0])).check_steering()
     if not gammas:
-        raise VneuronError("No --gamma values", "pass e.g. --gamma 0,0.5,1,2,4")
+        raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
+    gammas = [float(g) for g in gammas]
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
     started = time.time()
     work = budget.reset()
     rows, summaries = [], []
     for pole in poles:
-        items = _items_for(all_items, pole, config.limit)
+        items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole)
         controls: dict[int, NeuronSet] = {}
@@ -413,13 +324,13 @@ def steer(run: str | Path | LocateRun, gammas: list[float], config: ValidateConf
 
             def control_edit(n: int):
                 seed = config.seed * 1000 + n
-                return _edit(run, controls.setdefault(seed, neurons.random_matched(seed)), pole, cfg)
+                return edit_for(run, controls.setdefault(seed, neurons.random_matched(seed)), pole, cfg)
 
             tail = tail_for(config.mode, gamma)
-            located, ctrl, rule = _sequential(loaded, items, pole, base, _edit(run, neurons, pole, cfg), control_edit,
+            located, ctrl, rule = _sequential(loaded, items, pole, base, edit_for(run, neurons, pole, cfg), control_edit,
                                               tail, config, reuse)
             say(f"{pole}: γ sweep", g + 1, len(gammas))
-            s = _summary(pole, base, located, ctrl, items, cfg, tail)
+            s = summarize(pole, base, located, ctrl, items, cfg, tail)
             s.update(rule.report())
             s["gamma"] = gamma
             curve.append(s)
@@ -489,7 +400,7 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
         config.template = run.template()
     config.check()
     evaluation = evaluation_items(run, config)
-    poles = _poles(run, config, evaluation)
+    poles = poles_for(run, config, evaluation)
     evaluation.data["template"] = choice_template(config.template).describe()
     if config.pvq:
         evaluation.data["pvq_template"] = pvq_template(config.pvq_template).describe()
@@ -497,8 +408,8 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
     if config.top_k is not None:
         smallest = min(len(run.sets[p]) for p in poles)
         if config.top_k > smallest:
-            raise VneuronError(f"--top-k {config.top_k} is more than the run located ({smallest} neurons in its smallest set)",
-                               f"pick 1..{smallest}, or locate more: vneuron locate --from {run.path} -k {config.top_k} --out NEW_DIR")
+            raise VneuronError(f"`top_k` {config.top_k} is more than the run located ({smallest} neurons in its smallest set)",
+                               f"pick 1..{smallest}, or locate more: re-select with `from_run` {run.path} and `top_k` {config.top_k} into a new `out`")
     if out:
         out = Path(out)
     else:  # every setting that changes the result is in the name, so different studies never collide
@@ -506,13 +417,13 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
         tag = settings_tag({**settings, **(extra or {}), "poles": poles})
         on = "-on-" + set_filename(evaluation.data["name"]).removesuffix(".safetensors") if config.eval_dataset else ""
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
-    check_fresh(out, fix="choose another --out, or delete that directory to redo the study")
+    check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    loaded = _model_for(run, model, say, remote)
+    loaded = model_for(run, model, say, remote)
     return say, run, poles, loaded, evaluation.items, out
 
 
-def _poles(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
+def poles_for(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
     # a bare C-voice value ("友善") names its whole-value pole ("友善|*") when the run has one
     poles = [p if p in run.sets or aggregate_label(p) not in run.sets else aggregate_label(p) for p in config.dimensions or run.sets]
     unknown = [p for p in poles if p not in run.sets]
@@ -526,15 +437,16 @@ def _poles(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None
     if not covered or (config.dimensions and len(covered) < len(poles)):
         missing = [p for p in poles if p not in covered]
         raise VneuronError(f"No item of {config.eval_dataset} is on the axis of {', '.join(missing[:6])} (its labels: {shown})",
-                           f"map its labels to the run's poles, e.g. --map {labels[0] if labels else 'theirs'}={missing[0]}")
+                           f"map its labels to the run's poles, e.g. `eval_map` {labels[0] if labels else 'theirs'}={missing[0]}")
     evaluation.data["poles"] = covered
     evaluation.data["poles_without_items"] = [p for p in poles if p not in covered]
     return covered
 
 
-def _edit(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConfig):
+def edit_for(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConfig):
     opposite = dict(map(tuple, run.manifest.get("contrasts", []))).get(pole, OPPOSITE.get(pole))
-    return edit_from_stats(neurons, config.mode, run.stats, gamma=config.gamma, pole=pole, opposite=opposite)
+    gamma = 1.0 if config.gamma is None else config.gamma  # modes without a dose ignore it
+    return edit_from_stats(neurons, config.mode, run.stats, gamma=gamma, pole=pole, opposite=opposite)
 
 
 def _samples(model: LoadedModel, items: list[Item], edit, pole: str, config: ValidateConfig) -> list[dict]:

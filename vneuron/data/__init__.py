@@ -1,7 +1,8 @@
 """Value corpora: schema, loaders, the built-in scenarios, and questionnaires for evaluation."""
 
 from .inventories import InventoryItem, load_inventory
-from .loaders import BUILTIN, list_datasets, load_corpus, read_rows
+from .files import read_rows
+from .loaders import BUILTIN, list_datasets, load_corpus
 from .schema import AXES, DIMENSIONS, OPPOSITE, Corpus, Item, Prompt, Text
 
 __all__ = [

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VneuronError
+from .files import DATA_ENV, VALUEBENCH_FILE, read_rows, rename_columns, valuebench_files
 from .schema import DIMENSIONS
 
 OC, CO, SE, ST = "openness_to_change", "conservation", "self_enhancement", "self_transcendence"
 VALUEBENCH_COLUMNS = ("questionnaire", "item", "value", "agreement")
 GENERIC_REQUIRED = ("item", "value", "key")
 DEFAULT_QUESTIONNAIRE = "PVQ40"
-VALUEBENCH_FILE = "value_orientation.csv"
 
 
 def _norm(name: Any) -> str:
@@ -60,6 +60,20 @@ SHARED_WITH = {"hedonism": SE}  # Hedonism is also part of self_enhancement (Sch
 def value_dimension(value: str) -> str | None:
     """The higher-order dimension of a basic value's name, or None (unknown or boundary value)."""
     return VALUE_DIMENSION.get(_norm(value))
+
+
+# Schwartz's circle, 19 refined values and the 10 basic ones interleaved where they sit
+CIRCLE = ("Self-Direction", "Self-direction: thought", "Self-direction: action", "Stimulation", "Hedonism", "Achievement",
+          "Power", "Power: dominance", "Power: resources", "Face", "Security", "Security: personal", "Security: societal",
+          "Tradition", "Conformity", "Conformity: rules", "Conformity: interpersonal", "Humility", "Benevolence",
+          "Benevolence: caring", "Benevolence: dependability", "Universalism", "Universalism: concern",
+          "Universalism: nature", "Universalism: tolerance", "Universalism: objectivity")
+
+
+def circular_order(values: list[str]) -> list[str]:
+    """Values in Schwartz's circular order (self-direction → universalism); unknown names last, as given."""
+    place = {_norm(v): i for i, v in enumerate(CIRCLE)}
+    return sorted(values, key=lambda v: (place.get(_norm(v), len(place)), values.index(v)))
 
 
 @dataclass(frozen=True)
@@ -94,9 +108,7 @@ def _key(where: Path, n: int, raw: Any) -> int:
 
 
 def _rows(path: Path, columns: dict[str, str] | None) -> list[dict[str, Any]]:
-    from .loaders import _rename, read_rows
-
-    return [_rename(r, columns) for r in read_rows(path)]
+    return [rename_columns(r, columns) for r in read_rows(path)]
 
 
 def _is_valuebench(header) -> bool:
@@ -113,9 +125,7 @@ def questionnaires(path: str | Path) -> dict[str, int]:
 
 
 def _find_valuebench(name: str) -> Path:
-    from .loaders import DATA_ENV, find_data
-
-    found = find_data()["valuebench"]
+    found = valuebench_files()
     if not found:
         raise VneuronError(
             f"Inventory {name!r} is not a file, and no ValueBench copy ({VALUEBENCH_FILE}) was found under ${DATA_ENV} or ../shared/data",

@@ -20,23 +20,19 @@ their data. Every defect is one ``VneuronError`` line naming the file, the row a
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import VneuronError
+from .files import FORMATS, data_roots, read_rows, read_sheets, rename_columns, valuebench_files
 from .schema import DEFAULT_TEST_FRACTION, DIMENSIONS, OPPOSITE, SPLITS, UNSPLIT, Corpus, Item, Text
 
 BUILTIN = "builtin"
-FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".xlsx")
 PAIRED_REQUIRED = ("scenario", "option_pole", "option_opposite", "dimension")
 TEXT_REQUIRED = ("text", "label")
 HF_PREFIX = "hf:"
-DATA_ENV = "VNEURON_DATA"
 
 
 def builtin_dir() -> Path:
@@ -70,7 +66,7 @@ def load_corpus(
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise VneuronError(f"Corpus {spec} does not exist", "pass an existing file or directory, or omit --dataset for the built-in corpus")
+            raise VneuronError(f"Corpus {spec} does not exist", "pass an existing file or directory, or omit `dataset` for the built-in corpus")
         if path.is_dir():
             from . import hf, touche
 
@@ -118,103 +114,13 @@ def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=N
     return corpus
 
 
-# -- reading files ------------------------------------------------------------------------------
-def _guess_encoding(data: bytes) -> str:
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return "UTF-16"
-    for codec, name in (("gbk", "GBK"), ("gb18030", "GB18030"), ("big5", "Big5"), ("shift_jis", "Shift-JIS")):
-        try:
-            data.decode(codec)
-            return name
-        except UnicodeDecodeError:
-            pass
-    return "Windows-1252"
-
-
-def read_text(path: Path) -> str:
-    """A file's text as UTF-8 (a BOM is fine); anything else is a one-line error naming the line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        codec = _guess_encoding(data)
-        raise VneuronError(
-            f"{path}, row {line}: not UTF-8 text (byte {data[exc.start]:#04x}; it looks like {codec})",
-            f"re-save it as UTF-8, e.g. iconv -f {codec} -t UTF-8 {path.name} > utf8-{path.name}",
-        ) from None
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL / JSON / CSV / TSV / XLSX file as dicts; any defect is a one-line error.
-
-    For an .xlsx this is the active sheet (``read_sheets`` gives all of them).
-    """
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        text = read_text(path)
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise VneuronError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})", "fix that line") from None
-        else:
-            rows = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise VneuronError(f"{path}, line {n}: not valid JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
-        if not all(isinstance(r, dict) for r in rows):
-            raise VneuronError(f"{path}: every record must be a JSON object", "write one {...} per line")
-        return rows
-    if suffix in (".csv", ".tsv"):
-        text = read_text(path)
-        return [dict(r) for r in csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")]
-    if suffix == ".xlsx":
-        sheets = read_sheets(path)
-        return sheets[0][1] if sheets else []
-    raise VneuronError(f"{path}: unsupported file type {suffix!r}", f"use one of: {', '.join(FORMATS)}")
-
-
-def read_sheets(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(title, rows) of every sheet of an .xlsx workbook, the active sheet first."""
-    try:
-        from openpyxl import load_workbook
-    except ImportError:
-        raise VneuronError("Reading .xlsx needs openpyxl", "pip install openpyxl") from None
-    try:
-        book = load_workbook(path, read_only=True, data_only=True)
-        active = book.active
-        sheets = [active] + [s for s in book.worksheets if s is not active]
-        result = []
-        for sheet in sheets:
-            rows = list(sheet.iter_rows(values_only=True))
-            if not rows:
-                result.append((sheet.title, []))
-                continue
-            header = [str(h).strip() if h is not None else "" for h in rows[0]]
-            result.append((sheet.title, [dict(zip(header, row)) for row in rows[1:] if any(v not in (None, "") for v in row)]))
-        book.close()
-        return result
-    except VneuronError:
-        raise
-    except Exception as exc:  # openpyxl raises many types for a broken file
-        raise VneuronError(f"{path} is not a readable .xlsx workbook ({exc.__class__.__name__})", "re-save it from a spreadsheet program") from None
-
-
-def _read_xlsx(path: Path) -> list[dict[str, Any]]:
-    return read_rows(path)
-
-
 # -- rows → items / texts -----------------------------------------------------------------------
 def _load_file(path: Path, corpus: Corpus, columns: dict[str, str] | None) -> None:
     if path.suffix.lower() == ".xlsx":
         from .cvoice import cvoice_columns
 
         sheets = read_sheets(path)
-        voiced = [(title, rows) for title, rows in sheets if rows and cvoice_columns(_rename(rows[0], columns))]
+        voiced = [(title, rows) for title, rows in sheets if rows and cvoice_columns(rename_columns(rows[0], columns))]
         if voiced:  # every sheet with a C-voice header; the other sheets (notes, read-me) are skipped
             for title, rows in voiced:
                 stem = path.stem if len(voiced) == 1 else f"{path.stem}-{title}"
@@ -240,7 +146,7 @@ def _load_rows(
         return
     from .cvoice import cvoice_columns, cvoice_item
 
-    rows = [_rename(r, columns) for r in rows]
+    rows = [rename_columns(r, columns) for r in rows]
     if default_split:
         rows = [r if _clean(r.get("split")) else {**r, "split": default_split} for r in rows]
     header = set(rows[0])
@@ -259,16 +165,8 @@ def _load_rows(
         raise VneuronError(
             f"{where}: missing columns {', '.join(missing_pair)} (paired scenarios) or {', '.join(missing_text)} (labelled texts) "
             f"or value, dilemma, choice_a, choice_b (C-voice); found {', '.join(sorted(map(str, header)))}",
-            "rename them or map them with --columns ours=yours,...",
+            "rename them or map them with `columns` ours=yours,...",
         )
-
-
-def _rename(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, Any]:
-    row = {str(k).strip(): v for k, v in row.items() if k is not None}
-    for ours, theirs in (columns or {}).items():
-        if theirs in row:
-            row[ours] = row.pop(theirs)
-    return row
 
 
 def _clean(value: Any) -> str | None:
@@ -354,37 +252,15 @@ def _check_poles(corpus: Corpus, spec: str) -> None:
 
 
 # -- what is available --------------------------------------------------------------------------
-def data_roots() -> list[Path]:
-    """Where copies of public data sets are looked for: $VNEURON_DATA, then ../shared/data from here."""
-    roots = []
-    for entry in os.environ.get(DATA_ENV, "").split(os.pathsep):
-        if entry.strip():
-            roots.append(Path(entry.strip()).expanduser())
-    roots.append(Path.cwd().parent / "shared" / "data")
-    seen, unique = set(), []
-    for root in roots:
-        try:
-            key = root.resolve()
-        except OSError:
-            continue
-        if key not in seen and root.is_dir():
-            seen.add(key)
-            unique.append(root)
-    return unique
-
-
 def find_data() -> dict[str, list[Path]]:
     """Touché23 directories and ValueBench value_orientation.csv files in ``data_roots()`` (one level deep)."""
     from .touche import is_touche_dir
 
-    found: dict[str, list[Path]] = {"touche23": [], "valuebench": []}
+    found: dict[str, list[Path]] = {"touche23": [], "valuebench": valuebench_files()}
     for root in data_roots():
         for directory in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
             if is_touche_dir(directory) and directory not in found["touche23"]:
                 found["touche23"].append(directory)
-            candidate = directory / "value_orientation.csv"
-            if candidate.is_file() and candidate not in found["valuebench"]:
-                found["valuebench"].append(candidate)
     return found
 
 

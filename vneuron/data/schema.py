@@ -148,7 +148,7 @@ class Corpus:
             return [(labels[0], labels[1]), (labels[1], labels[0])]
         raise VneuronError(
             f"Corpus {self.name!r} has labels {labels} and no way to pair them into poles",
-            "pass contrasts, e.g. --contrast kind:unkind",
+            "pass `contrasts`, e.g. kind:unkind",
         )
 
     def aggregates(self) -> dict[str, list[str]]:
@@ -271,7 +271,7 @@ class Corpus:
         """Items and texts loaded without a split go to test when a hash of their id (text: group) falls below
         ``fraction``, else to train: the same held-out set on every machine and every run."""
         if not 0 <= fraction < 1:
-            raise VneuronError(f"--test-fraction must be in [0, 1), got {fraction}", "e.g. --test-fraction 0.2")
+            raise VneuronError(f"`test_fraction` must be in [0, 1), got {fraction}", "e.g. 0.2")
         pick = lambda key: "test" if held_out(key, fraction) else "train"  # noqa: E731
         unsplit = sum(i.split == UNSPLIT for i in self.items) + sum(t.split == UNSPLIT for t in self.texts)
         items = [replace(i, split=pick(i.id)) if i.split == UNSPLIT else i for i in self.items]
@@ -321,7 +321,7 @@ class Corpus:
         if self.texts and not self.items:
             raise VneuronError(
                 f"Corpus {self.name!r} holds labelled texts, not scenarios",
-                "generation mode needs scenario items; use --mode prompt for labelled texts",
+                "generation mode needs scenario items; use `mode` prompt for labelled texts",
             )
         return prompts
 
@@ -330,7 +330,7 @@ class Corpus:
         if not options:
             raise VneuronError(
                 f"Corpus {self.name!r} has no value description for {label!r} in {language!r}",
-                "add descriptions (a *.descriptions.jsonl file beside the corpus) or use --mode prompt",
+                "add descriptions (a *.descriptions.jsonl file beside the corpus) or use `mode` prompt",
             )
         return options[n % len(options)]
 

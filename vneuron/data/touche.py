@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VneuronError
+from .files import read_text
 from .schema import AXES, SHORT, Corpus, Text
 
 ID = "Argument ID"
@@ -90,8 +91,6 @@ def is_touche_dir(path: Path) -> bool:
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
-    from .loaders import read_text
-
     rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..errors import VneuronError
 from ..quiet import library_bars
 from .registry import ALIASES, Alias
-from .sites import Architecture, architecture_for, mlp_width, num_layers
+from .architectures import Architecture, architecture_for, num_layers
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -101,7 +101,7 @@ def resolve(spec: str | None) -> ModelSource:
         if not (path / "config.json").is_file():
             raise VneuronError(
                 f"Directory {spec} has no config.json",
-                "point --model at a directory written by save_pretrained, a .gguf file, an alias or a hub id",
+                "point `model` at a directory written by save_pretrained, a .gguf file, an alias or a hub id",
             )
         model_id = _dir_model_id(path)
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -165,7 +165,7 @@ def peek_dims(source: ModelSource) -> tuple[int, int] | None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(directory)
-        return num_layers(config), mlp_width(config)
+        return num_layers(config), architecture_for(config).width(config)
     except Exception:  # noqa: BLE001 - the real load reports config problems properly
         return None
 
@@ -321,11 +321,11 @@ def _hub_snapshot(model_id: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError):
         raise VneuronError(
             f"Model {model_id!r} is not in the local Hugging Face cache",
-            "download it where you are online (hf download ID), pass a local directory, or run it on NDIF with --remote",
+            "download it where you are online (hf download ID), pass a local directory, or run it on NDIF with `remote`",
         ) from None
 
 
-def _dir_revision(path: Path) -> str:
+def dir_revision(path: Path) -> str:
     """A content fingerprint of a model directory: config plus weight file names and sizes."""
     digest = hashlib.sha256((path / "config.json").read_bytes())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
@@ -358,7 +358,7 @@ def load_model(
         directory, digest = convert_gguf(source.path, progress)
         revision = f"gguf-sha256:{digest}"
     elif source.kind == "directory":
-        directory, revision = source.path, f"dir:{_dir_revision(source.path)}"
+        directory, revision = source.path, f"dir:{dir_revision(source.path)}"
     else:
         directory = _hub_snapshot(source.model_id)
         revision = directory.name  # the snapshot's commit hash
@@ -372,7 +372,7 @@ def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
     if source.kind == "directory":
-        directory, name, revision = source.path, str(source.path), f"dir:{_dir_revision(source.path)}"
+        directory, name, revision = source.path, str(source.path), f"dir:{dir_revision(source.path)}"
     elif source.kind in ("packaged", "gguf"):
         gguf = packaged_gguf(ALIASES[source.alias]) if source.kind == "packaged" else source.path
         directory, digest = convert_gguf(gguf, progress)
@@ -392,7 +392,7 @@ def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
     if progress:
         progress(f"Connecting {source.model_id} to {remote.host}")
     lm = TransformersModel(name, task="text-generation", tokenizer=tokenizer)
-    return LoadedModel(lm=lm, source=source, arch=arch, n_layers=num_layers(config), width=mlp_width(config),
+    return LoadedModel(lm=lm, source=source, arch=arch, n_layers=num_layers(config), width=arch.width(config),
                        revision=revision, tokenizer=tokenizer, extra={"dtype": dtype}, remote=remote)
 
 
@@ -439,7 +439,7 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         source=source,
         arch=arch,
         n_layers=num_layers(config),
-        width=mlp_width(config),
+        width=arch.width(config),
         revision=revision,
         tokenizer=tokenizer,
         hf_model=model,

@@ -55,3 +55,17 @@ ALIASES: dict[str, Alias] = {
     )
 }
 ALIASES["default"] = ALIASES[DEFAULT_ALIAS]
+
+
+def alias_records(served: dict[str, str] | None = None) -> list[dict]:
+    """One record per alias (``vneuron models``); ``served``: model id → what NDIF says of it now."""
+    records = []
+    for name, alias in ALIASES.items():
+        if name == "default":
+            continue
+        record = {"alias": name, "default": name == DEFAULT_ALIAS, "model_id": alias.hub_id,
+                  "source": f"packaged ({alias.package})" if alias.package else "hub / NDIF", "description": alias.description}
+        if served is not None:
+            record["ndif"] = None if alias.package else served.get(alias.hub_id, "not running")
+        records.append(record)
+    return records

@@ -1,0 +1,124 @@
+"""The ``vneuron`` command: one root that makes the app, turns every error into one line, and
+registers the commands of each group (one module per group, each a thin layer over the library)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+
+import typer
+
+from ..errors import VneuronError
+from . import locate, planting, results, system, validate
+from .options import flags_of
+
+GROUPS = (locate, validate, planting, results, system)
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, `--top-k abc`, a missing value) as one `error:` line, exit 2.
+
+    Typer would draw a multi-line box; every other vneuron error is one line, so these are too.
+    `--help` and a bare `vneuron` still print the help.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        self._argv = ["vneuron", *args]
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        from ..runs import recording_command
+
+        with _one_line_usage_errors(), recording_command(getattr(self, "_argv", ["vneuron"])):
+            return super().invoke(ctx)
+
+
+class _one_line_usage_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        # Typer ≥ 0.20 vendors its own click: take the classes from Typer, not from `import click`.
+        usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+        no_args = getattr(sys.modules[usage_error.__module__], "NoArgsIsHelpError", ())
+        if not isinstance(exc, usage_error) or isinstance(exc, no_args):
+            return False
+        where = " ".join(["vneuron", *exc.ctx.command_path.split()[1:]]) if exc.ctx is not None else "vneuron"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        _say_error(f"{message}. See: {where} --help")
+        raise typer.Exit(2) from None
+
+
+def _say_error(line: str) -> None:
+    from rich.markup import escape
+
+    from ..report import err_console
+
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message for the terminal: each `setting` becomes the flag that sets it here."""
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return flags.get(name) or match.group(0)
+
+    return _SETTING.sub(flag, message)
+
+
+def handle_errors(fn):
+    """One line and exit code 2 for anything the user can fix; tracebacks only with VNEURON_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VneuronError as exc:
+            if os.environ.get("VNEURON_DEBUG") == "1":
+                raise
+            _say_error(as_flags(exc.one_line(), flags_of(fn)))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            from ..report import err_console
+
+            err_console.print("[bold red]interrupted[/] (nothing half-written was kept)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find the neurons of a language model that encode human values, and test them causally.",
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"vneuron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """Find the neurons of a language model that encode human values, and test them causally."""
+
+
+for _group in GROUPS:
+    for _command in _group.COMMANDS:
+        app.command()(handle_errors(_command))
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()

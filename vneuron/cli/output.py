@@ -1,0 +1,44 @@
+"""What several commands print beside their tables: notes on the data they read."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+
+
+def data_notes(data: dict) -> None:
+    """What the terminal must say about the data: hash-made splits, pole pairs left without texts."""
+    from ..report import console
+
+    source = data.get("split_source") or {}
+    if source.get("kind") == "hash":
+        console.print(escape(f"Split: {source['note']} (--test-fraction)"))
+    dropped = data.get("dropped_contrasts") or []
+    if dropped:
+        console.print(escape(f"Skipped {len(dropped)} pole pair(s) with no texts on one side after --split/--limit: "
+                             + ", ".join(f"{a}:{b}" for a, b in dropped[:6]) + (" …" if len(dropped) > 6 else "")))
+
+
+def evaluation_note(manifest: dict) -> None:
+    """Which data an ablation or steering sweep was evaluated on."""
+    from ..report import console
+
+    data = manifest.get("evaluation") or {}
+    if not data:
+        return
+    line = f"Evaluated on {data.get('name')} ({data.get('source')}, split {data.get('split')}, {data.get('items')} items read"
+    line += f", template {data.get('template', {}).get('spec')}"
+    if data.get("map"):
+        line += ", map " + ",".join(f"{k}={v}" for k, v in data["map"].items())
+    console.print(escape(line + ")"))
+    if data.get("split") != "all":  # how the split was made matters only when one part of the data is read
+        data_notes(data)
+    if data.get("poles_without_items"):
+        console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
+
+
+def plan(plan: dict) -> None:
+    """A dry run's plan."""
+    from ..dryrun import render
+    from ..report import console
+
+    console.print(render(plan), markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,107 @@
+"""``vneuron report``, ``compare`` and ``show``: reading finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import CardOptions, ReportOptions
+from .options import RUN, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
+
+CardModelOpt = typer.Option(None, "--model", "-m", help="Model for the neuron cards (default: the run's own).")
+
+
+def report(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...",
+                                          help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs."),
+    out: Optional[Path] = out_option("HTML file to write (default: FIRST_RUN/report.html); OUT.md and OUT-figures/*.png go beside it."),
+    cards: int = setting(ReportOptions, "cards", "--cards",
+                         help="Neuron cards per pole (top neurons; needs the run's model for one forward pass). 0: none."),
+    model: Optional[str] = CardModelOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+):
+    """One self-contained HTML page with figures, the figures as PNG files, and a Markdown summary.
+
+    Examples:
+      vneuron report runs/locate-gemma-3-270m-20261124-101500
+      vneuron report runs/en runs/zh -o en-vs-zh.html --cards 0
+    """
+    from ..html_report import build_report
+    from ..report import console, progress_bar
+
+    setup(threads)
+    with progress_bar(not quiet) as bar:
+        written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, progress=bar))
+    console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
+                  f"{written.html.stem}-figures/)")
+
+
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more locate run directories.", metavar="RUN_DIR..."),
+    dimension: Optional[str] = named(typer.Option(None, "--dimension",
+                                                  help="Comma-separated poles to compare; default: every pole (all runs must have it)."),
+                                     "dimensions"),
+    out: Optional[Path] = out_option("CSV to write (default: runs/compare-TIME.csv); per-layer rows go to OUT-layers.csv."),
+    json_out: bool = JsonOpt,
+):
+    """Overlap of located sets across runs: languages, sites, methods or models.
+
+    Examples:
+      vneuron compare runs/en runs/zh
+      vneuron compare runs/gate runs/down_in runs/lape --dimension self_transcendence
+    """
+    from ..compare import compare_runs, compare_table, default_csv
+    from ..report import console, err_console
+    from ..runs import check_output_file
+
+    out = out or default_csv()
+    check_output_file(out)
+    result = compare_runs(run_dirs, split_list(dimension))
+    table_path, layers_path = result.write_csv(out)
+    if json_out:
+        from ..jsonout import emit
+
+        emit({"kind": "compare", **result.to_json(), "csv": str(table_path), "layers_csv": str(layers_path)})
+        return
+    console.print(compare_table(result))
+    if result.skipped:
+        err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
+    console.print(f"Written to [bold]{table_path}[/] and {layers_path.name}")
+
+
+def show(
+    run_dir: Path = typer.Argument(..., help="A locate run directory.", metavar="RUN_DIR"),
+    neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023.", metavar="LAYER:UNIT"),
+    texts: int = setting(CardOptions, "texts", "--texts", help="Most and least activating texts shown."),
+    model: Optional[str] = CardModelOpt,
+    batch_tokens: int = setting(CardOptions, "batch_tokens", "--batch-tokens", panel=RUN,
+                                help="Padded tokens per forward batch (memory vs speed)."),
+    threads: Optional[int] = ThreadsOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+):
+    """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools.
+
+    Examples:
+      vneuron show runs/locate-gemma-3-270m-20261124-101500 17:1070
+    """
+    from ..cards import neuron_cards, parse_neuron
+    from ..report import console, progress_bar
+
+    setup(threads)
+    layer, unit = parse_neuron(neuron)
+    with progress_bar(not quiet) as bar:
+        card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar)[0]
+    if json_out:
+        from ..jsonout import emit
+
+        emit({"kind": "neuron", **card.to_json()})
+        return
+    for renderable in card.rich():
+        console.print(renderable)
+
+
+COMMANDS = (report, compare, show)

@@ -1,0 +1,186 @@
+"""``vneuron ablate`` and ``vneuron steer``: edit located neurons beside matched random controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
+from ..errors import VneuronError
+from . import output
+from .options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
+                      RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option, setting, setup, split_list,
+                      target, with_options)
+
+V = ValidateConfig
+
+# options both commands take
+DimensionOpt = setting(V, "dimensions", "--dimension", panel=SELECTION, help="Comma-separated poles; default: every pole of the run.")
+ControlsOpt = setting(V, "controls", "--controls", panel=EVALUATION,
+                      help="Random neuron sets with the same per-layer counts (at every γ when steering): the most drawn.")
+StopAfterOpt = setting(V, "stop_after", "--stop-after", panel=EVALUATION,
+                       help="Sequential controls (Besag–Clifford): stop drawing once this many are at least as extreme as "
+                            "the located set; 0 draws all --controls.")
+SplitOpt = setting(V, "split", "--split", panel=EVALUATION, metavar="[test|train|all]",
+                   help="Evaluation items of the run's corpus: test (held out), train or all.")
+LimitOpt = setting(V, "limit", "--limit", panel=EVALUATION, help="At most this many evaluation items per pole side.")
+SeedOpt = setting(V, "seed", "--seed", panel=EVALUATION, help="Seed of the random controls.")
+ChoiceOpt = setting(V, "choice", "--choice", panel=EVALUATION, metavar="[listed|continuation]",
+                    help="Forced choice: listed (both actions shown, both orders) or continuation (each action read after "
+                         "the scenario alone).")
+TemplateOpt = setting(V, "template", "--template", panel=EVALUATION,
+                      help="Forced-choice template: third_person, first_person, response, NAME:zh, or a string with "
+                           "{scenario}, {first}, {second}, {option}. Default: the run's.")
+EvalDatasetOpt = setting(V, "eval_dataset", "--eval-dataset", panel=EVALUATION,
+                         help="Evaluate on this corpus (any format vneuron reads) instead of the run's held-out split.")
+EvalColumnsOpt = setting(V, "eval_columns", "--eval-columns", panel=EVALUATION,
+                         help="Map our fields to the eval corpus's columns: dilemma=Question,...")
+EvalMapOpt = setting(V, "eval_map", "--map", panel=EVALUATION,
+                     help="Its pole labels (or C-voice values) to the run's poles: theirs=ours,... e.g. moral=self_transcendence.")
+EvalSplitOpt = setting(V, "eval_split", "--eval-split", panel=EVALUATION, metavar="[all|test|train]",
+                       help="Which items of --eval-dataset: all, test or train.")
+TestFractionOpt = setting(V, "eval_test_fraction", "--test-fraction", panel=DATA,
+                          help="Data without a split column: the share held out as test, chosen by a hash of each item's id.")
+BatchTokensOpt = setting(V, "batch_tokens", "--batch-tokens", panel=RUN,
+                         help="Padded tokens per forward batch (1,024 is fastest on a small CPU; raise it on a GPU or NDIF).")
+FirstDatasetOpt = setting(LocateConfig, "dataset", "--dataset", "-d", panel=DATA, help="Corpus for locating first (no RUN_DIR).")
+FirstLanguageOpt = setting(LocateConfig, "language", "--language", panel=DATA, help="Corpus language when locating first.")
+
+
+# what both commands take, declared once
+STUDY_OPTIONS = {
+    "model": (Optional[str], ModelOpt),
+    "dataset": (Optional[str], FirstDatasetOpt),
+    "language": (str, FirstLanguageOpt),
+    "test_fraction": (float, TestFractionOpt),
+    "dimension": (Optional[str], DimensionOpt),
+    "controls": (int, ControlsOpt),
+    "stop_after": (int, StopAfterOpt),
+    "split": (str, SplitOpt),
+    "limit": (Optional[int], LimitOpt),
+    "seed": (int, SeedOpt),
+    "choice": (str, ChoiceOpt),
+    "template": (Optional[str], TemplateOpt),
+    "eval_dataset": (Optional[str], EvalDatasetOpt),
+    "eval_columns": (Optional[str], EvalColumnsOpt),
+    "eval_map": (Optional[str], EvalMapOpt),
+    "eval_split": (str, EvalSplitOpt),
+    "remote": (bool, RemoteOpt),
+    "host": (Optional[str], HostOpt),
+    "timeout": (float, TimeoutOpt),
+    "batch_tokens": (int, BatchTokensOpt),
+    "threads": (Optional[int], ThreadsOpt),
+    "dry_run": (bool, DryRunOpt),
+    "json_out": (bool, JsonOpt),
+    "quiet": (bool, QuietOpt),
+}
+EVALUATION_SETTINGS = ("controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
+                       "eval_split", "batch_tokens")
+
+
+def _config(study: dict, **settings) -> ValidateConfig:
+    """The ValidateConfig of a command's options."""
+    return ValidateConfig(dimensions=split_list(study["dimension"]),
+                          eval_columns=mapping(study["eval_columns"], "column mapping", "ours=yours,ours=yours"),
+                          eval_map=mapping(study["eval_map"], "--map", "theirs=ours,theirs=ours"),
+                          eval_test_fraction=study["test_fraction"], **{k: study[k] for k in EVALUATION_SETTINGS}, **settings)
+
+
+def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, gammas=None) -> None:
+    """What ablate and steer share: a dry run, or locate-first, the study and its printout."""
+    from ..report import ablate_table, console, progress_bar, steer_table
+    from ..validate import ablate, locate_first, steer
+
+    remote = target(study["remote"], study["host"], study["timeout"])
+    model, dataset = study["model"], study["dataset"]
+    if study["dry_run"]:
+        from ..dryrun import validation_plan
+
+        if run_dir is None:
+            raise VneuronError("--dry-run needs a locate run directory", "locate first (vneuron locate --dry-run plans that step)")
+        with progress_bar(not study["quiet"]) as bar:
+            output.plan(validation_plan(run_dir, config, kind, gammas, model=model, remote=remote, progress=bar))
+        return
+    if run_dir is not None and dataset:
+        raise VneuronError(f"--dataset {dataset} names the corpus to locate on, but {run_dir} is already located",
+                           f"evaluate the run on it with --eval-dataset {dataset}")
+    with progress_bar(not study["quiet"]) as bar:
+        if run_dir is None:  # locate first, with the same model
+            first = LocateConfig(dataset=dataset, language=study["language"], top_k=max(top_k or LocateConfig.top_k, 1),
+                                 test_fraction=study["test_fraction"], template=study["template"])
+            run_dir, model = locate_first(model, first, out=out, progress=bar, remote=remote)
+        if kind == "ablate":
+            result = ablate(run_dir, config, model=model, out=out, progress=bar, remote=remote)
+        else:
+            result = steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=remote)
+    if study["json_out"]:
+        from ..jsonout import emit, validation_json
+
+        emit(validation_json(result))
+        return
+    console.print(ablate_table(result) if kind == "ablate" else steer_table(result))
+    output.evaluation_note(result.manifest)
+    console.print(f"Results written to [bold]{result.run_dir}[/]")
+
+
+@with_options(STUDY_OPTIONS)
+def ablate(
+    run_dir: Optional[Path] = RunDirArg,
+    top_k: Optional[int] = setting(V, "top_k", "--top-k", "-k", panel=SELECTION,
+                                   help="Edit the top K of each located set (default: the whole set)."),
+    mode: str = setting(V, "mode", "--mode", panel=SELECTION, metavar="[zero|clamp|mean|scale|set|add]",
+                        help="zero, clamp (min(a,0)), mean (the corpus mean), scale (a ← γ·a), add (a ← a + γ·v, "
+                             "ValueLocate's boost) or set (a ← 0)."),
+    gamma: Optional[float] = setting(V, "gamma", "--gamma", panel=SELECTION, help="γ for --mode scale and add (needed there)."),
+    tail: Optional[str] = setting(V, "tail", "--tail", panel=SELECTION, metavar="[lower|higher]",
+                                  help="Direction the edit is expected to move P toward the pole: lower (default for switching "
+                                       "off) or higher (e.g. neurons that veto their own pole)."),
+    generations: int = setting(V, "generations", "--generations", panel=EVALUATION,
+                               help="Scenarios whose generations before/after are saved (optional work, batched; off by default)."),
+    pvq: Optional[str] = setting(V, "pvq", "--pvq", panel=EVALUATION,
+                                 help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an "
+                                      "item,value,key file."),
+    pvq_template: Optional[str] = setting(V, "pvq_template", "--pvq-template", panel=EVALUATION,
+                                          help="PVQ template: third_person (portraits, default), first_person, NAME:zh, or a "
+                                               "string with {item} and {answer}."),
+    out: Optional[Path] = out_option("Output directory (default: RUN_DIR/ablate-MODE-kK-HASH, the hash of the settings)."),
+    **study,
+):
+    """Switch located neurons off and measure the shift in value orientation against random controls.
+
+    Examples:
+      vneuron ablate runs/locate-gemma-3-270m-20261124-101500 --top-k 200
+      vneuron ablate --model smollm2-135m --top-k 200 --mode mean --controls 20
+    """
+    setup(study["threads"], study["quiet"])
+    config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, generations=generations, pvq=pvq,
+                     pvq_template=pvq_template).check_ablation()
+    _run("ablate", run_dir, config, top_k, out, study)
+
+
+@with_options(STUDY_OPTIONS)
+def steer(
+    run_dir: Optional[Path] = RunDirArg,
+    gamma: str = typer.Option(joined(STEER_GAMMAS), "--gamma", rich_help_panel=SELECTION,
+                              help="Comma-separated γ values (scale: multiply, 1 = unedited; add: boost, negative = away)."),
+    top_k: Optional[int] = setting(V, "top_k", "--top-k", "-k", panel=SELECTION, help="Steer the top K of each located set."),
+    mode: str = typer.Option(STEER_MODES[0], "--mode", metavar="[scale|add]", rich_help_panel=SELECTION,
+                             help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
+    out: Optional[Path] = out_option("Output directory (default: RUN_DIR/steer-MODE-kK-HASH, the hash of the settings)."),
+    **study,
+):
+    """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
+
+    Examples:
+      vneuron steer runs/locate-gemma-3-270m-20261124-101500 --gamma 0,0.5,1,2,4 -k 200
+      vneuron steer RUN --mode add --gamma -4,-2,0,2,4 --dimension self_transcendence
+    """
+    setup(study["threads"], study["quiet"])
+    gammas = numbers(gamma, "--gamma")
+    config = _config(study, top_k=top_k, mode=mode).check_steering()
+    _run("steer", run_dir, config, top_k, out, study, gammas)
+
+
+COMMANDS = (ablate, steer)

@@ -1,0 +1,346 @@
+"""Every setting of a study and its default, one dataclass per step, each checked before any work.
+
+The library functions take these configs; the CLI takes its option defaults from them
+(``vneuron.cli.options.setting``), so the two can never disagree. Nothing here imports torch,
+so ``vneuron --help`` stays fast. Errors name a setting as `field` (the CLI shows its flag).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .data.schema import DEFAULT_TEST_FRACTION
+from .errors import VneuronError
+from .models.sites import check_site
+from .sequential import TAILS
+from .templates import choice_template, pvq_template
+
+MODES = ("prompt", "generate")  # capture: the action's tokens, or tokens generated under a value-conditioned prompt
+METHODS = ("delta_p", "mean_diff", "cohen_d", "welch_t")  # contrast scores (LAPE is the entropy selection beside them)
+RULES = ("top_k", "per_layer", "valuelocate")
+DIRECTIONS = ("pole", "opposite", "both")
+EDIT_MODES = ("zero", "clamp", "mean", "scale", "add", "set")
+CHOICE_FORMATS = ("listed", "continuation")
+PROFILES = ("uniform", "random")
+MECHANISMS = ("promote", "veto")
+SPLITS = ("train", "test", "all")
+STEER_MODES = ("scale", "add")  # the edits with a dose γ
+STEER_GAMMAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # steer's default sweep (γ = 1 is the unedited model in scale mode)
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class CaptureConfig:
+    """How activations are read and reduced (a part of ``LocateConfig``)."""
+
+    site: str = "gate"
+    mode: str = "prompt"
+    folds: int = 2
+    batch_tokens: int = 4096
+    max_new_tokens: int = 32
+    counted_span: bool = True
+    padding: str = "right"  # prompt mode; generation always pads left
+    request_batches: int = 8  # remote: forward batches per NDIF request (one session)
+
+    def check(self) -> "CaptureConfig":
+        check_site(self.site)
+        if self.mode not in MODES:
+            raise VneuronError(f"Unknown `mode` {self.mode!r}", f"use one of: {', '.join(MODES)}")
+        if self.padding not in ("left", "right"):
+            raise VneuronError(f"Unknown `padding` {self.padding!r}", "use left or right")
+        if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
+            raise VneuronError("`folds`, `batch_tokens` and `max_new_tokens` must be positive")
+        return self
+
+
+@dataclass
+class LocateConfig:
+    """Everything that decides a locate run (recorded in the manifest)."""
+
+    dataset: str | None = None  # None: the built-in corpus
+    columns: dict[str, str] | None = None  # our field → the user's column name
+    contrasts: list[tuple[str, str]] | None = None  # (pole, opposite) label pairs; default: Schwartz partners
+    dimensions: list[str] | None = None  # pole labels to rank; None: all
+    language: str = "en"
+    split: str = "train"
+    limit: int | None = None  # at most this many items per dimension (quick looks, tests)
+    site: str = "gate"
+    mode: str = "prompt"  # prompt | generate
+    span: str = "option"  # prompt mode: count the action's tokens, or all of the prompt
+    method: str = "delta_p"  # delta_p | mean_diff | cohen_d | welch_t | lape
+    rule: str = "top_k"  # top_k | per_layer | valuelocate
+    top_k: int = 200
+    direction: str = "pole"
+    threshold: float = 0.1  # valuelocate rule
+    min_count: int = 2000  # valuelocate rule
+    lape_top_rate: float = 0.01
+    lape_quantile: float = 0.95
+    folds: int = 2
+    null_shuffles: int = 0  # label-shuffle null runs (each is one more capture)
+    batch_tokens: int = 4096
+    max_new_tokens: int = 32
+    request_batches: int = 8  # remote: forward batches per NDIF request
+    test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
+    template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
+    whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
+
+    def capture_config(self) -> CaptureConfig:
+        return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
+                             max_new_tokens=self.max_new_tokens, counted_span=self.span == "option",
+                             request_batches=self.request_batches).check()
+
+    def check(self) -> "LocateConfig":
+        if self.method not in (*METHODS, "lape"):
+            raise VneuronError(f"Unknown `method` {self.method!r}", f"use one of: {', '.join((*METHODS, 'lape'))}")
+        if self.rule not in RULES:
+            raise VneuronError(f"Unknown `rule` {self.rule!r}", f"use one of: {', '.join(RULES)}")
+        if self.direction not in DIRECTIONS:
+            raise VneuronError(f"Unknown `direction` {self.direction!r}", f"use one of: {', '.join(DIRECTIONS)}")
+        if self.top_k < 1:
+            raise VneuronError(f"`top_k` must be at least 1, got {self.top_k}")
+        if self.limit is not None and self.limit < 1:
+            raise VneuronError(f"`limit` must be at least 1 item per dimension, got {self.limit}", "drop `limit` to use every item")
+        if self.null_shuffles < 0:
+            raise VneuronError(f"`null_shuffles` must be 0 or more label-shuffle runs, got {self.null_shuffles}", "pass e.g. 5, or 0 for none")
+        if self.span not in ("option", "all"):
+            raise VneuronError(f"Unknown `span` {self.span!r}", "use option or all")
+        if self.request_batches < 1:
+            raise VneuronError(f"`request_batches` must be at least 1, got {self.request_batches}")
+        self.capture_config()
+        choice_template(self.template)  # a bad template fails before any work
+        return self
+
+    def selection(self) -> dict[str, Any]:
+        keys = ("method", "rule", "top_k", "direction", "threshold", "min_count", "lape_top_rate", "lape_quantile")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class ValidateConfig:
+    """Everything that decides an ablation or a steering sweep (recorded in the manifest)."""
+
+    dimensions: list[str] | None = None
+    top_k: int | None = None  # truncate each located set (None: as located)
+    mode: str = "zero"
+    gamma: float | None = None  # scale/add: the factor or boost (ablate needs it for those modes; steer sets it per γ)
+    controls: int = 20
+    split: str = "test"
+    limit: int | None = None  # evaluation items per pole (quick looks)
+    generations: int = 0  # scenarios whose before/after generations are saved (optional work: off by default)
+    max_new_tokens: int = 40
+    bootstrap: int = 2000
+    seed: int = 0
+    batch_tokens: int = 1024  # evaluation batches: 1,024 ran 17 % faster per token than 4,096 on 2 CPU cores (benchmarks/ablate.py); raise on a GPU or NDIF
+    pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
+    choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
+    eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
+    eval_columns: dict[str, str] | None = None  # its column names (ours=yours)
+    eval_map: dict[str, str] | None = None  # its pole labels → the run's poles (theirs=ours)
+    eval_split: str = "all"  # which of its items: all (nothing of it was located on), test or train
+    template: str | None = None  # forced-choice template (None: the locate run's, else third_person)
+    pvq_template: str | None = None  # PVQ template (None: third_person portraits)
+    eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
+    stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
+    tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
+
+    def check_ablation(self) -> "ValidateConfig":
+        """An ablation with a dosed edit needs its dose (steer sets γ per point of its sweep)."""
+        if self.mode in STEER_MODES and self.gamma is None:
+            raise VneuronError(f"Ablating with `mode` {self.mode} needs `gamma` (scale: a ← γ·a, so 0.5 halves the located "
+                               "activations; add: the boost)", "set it, e.g. 0.5, or use mode zero")
+        return self.check()
+
+    def check_steering(self) -> "ValidateConfig":
+        """A steering sweep edits with a dose: scale or add."""
+        if self.mode not in STEER_MODES:
+            raise VneuronError(f"Steering needs `mode` scale or add, not {self.mode!r}", "scale multiplies, add boosts (ValueLocate)")
+        return self.check()
+
+    def check(self) -> "ValidateConfig":
+        if self.mode not in EDIT_MODES:
+            raise VneuronError(f"Unknown edit `mode` {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
+        if self.choice not in CHOICE_FORMATS:
+            raise VneuronError(f"Unknown `choice` {self.choice!r}", f"use {' or '.join(CHOICE_FORMATS)}")
+        if self.template is not None:
+            choice_template(self.template).parts("en", self.choice == "listed")  # a template that cannot list fails now
+        pvq_template(self.pvq_template)
+        if self.split not in SPLITS:
+            raise VneuronError(f"Unknown `split` {self.split!r}", "use test (held out), train or all")
+        for name, low in (("controls", 0), ("top_k", 1), ("limit", 1), ("generations", 0), ("batch_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise VneuronError(f"`{name}` must be at least {low}, got {value}")
+        if self.tail is not None and self.tail not in TAILS:
+            raise VneuronError(f"Unknown `tail` {self.tail!r}", f"use {' or '.join(TAILS)} (the direction the edit is expected to move P)")
+        if self.stop_after < 0:
+            raise VneuronError("`stop_after` must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
+        if self.eval_dataset is None and (self.eval_map or self.eval_columns):
+            name = "`eval_map`" if self.eval_map else "`eval_columns`"
+            raise VneuronError(f"{name} describes an outside evaluation file, but no `eval_dataset` was given",
+                               f"add `eval_dataset` FILE, or drop {name}")
+        if self.gamma is not None and not math.isfinite(self.gamma):
+            raise VneuronError(f"`gamma` must be a finite number, got {self.gamma}")
+        if self.eval_split not in SPLITS:
+            raise VneuronError(f"Unknown `eval_split` {self.eval_split!r}", "use all (default), test or train")
+        if not 0 <= self.eval_test_fraction < 1:
+            raise VneuronError(f"`eval_test_fraction` must be in [0, 1), got {self.eval_test_fraction}", "e.g. 0.2")
+        return self
+
+
+def profile_weights(profile: str) -> list[float]:
+    try:
+        weights = [float(w) for w in profile.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+        raise VneuronError(f"Cannot read `profile` {profile!r}",
+                           f"use {' or '.join(PROFILES)}, or one non-negative weight per layer, e.g. 0,0,1,1,2,2")
+    return weights
+
+
+@dataclass
+class PlantConfig:
+    """Everything that decides a planting (recorded in the manifest)."""
+
+    dimension: str = "self_transcendence"  # the pole the planted model comes to prefer over its opposite
+    dataset: str | None = None  # None: the built-in corpus
+    columns: dict[str, str] | None = None
+    contrasts: list[tuple[str, str]] | None = None
+    language: str = "en"
+    k: int = 200
+    neurons: str | None = None  # a NeuronSet file: plant exactly these (k and profile are then ignored)
+    profile: str = "uniform"  # uniform (equal count per layer), random (uniform over all neurons) or per-layer weights "w0,w1,..."
+    site: str = "gate"  # site recorded in the planted NeuronSet (the units are the same at both sites)
+    seed: int = 0
+    choices: tuple[str, ...] = CHOICE_FORMATS  # forced-choice formats trained on (and reported)
+    steps: int = 120
+    batch_items: int = 8  # scenarios per optimisation step
+    micro_items: int = 2  # scenarios per forward pass (memory)
+    lr: float = 2e-3
+    kl_weight: float = 1.0
+    init: str = "read"  # read: point the gate rows at the direction separating the poles' actions; none: train from the rows as they are
+    read_mix: float = 0.25  # weight of each row's own values added to the read direction in the read initialisation
+    read_spread: float = 2.0  # standard deviation of the read direction's pre-activation over the action tokens
+    read_quantile: float | None = None  # share of the other pole's action tokens on which a unit fires (None: split at the midpoint)
+    read_up: bool | None = None  # the up rows read the same direction (None: when vetoing, unless read_context)
+    read_passes: int = 1  # passes of the read setting; after the first, each layer is fitted to the inputs the planted units of earlier layers shape
+    read_context: float | None = None  # GLU: the up rows read "an action, not the scenario" (0 on scenario tokens, this on actions), and the threshold holds on scenario tokens too
+    freeze_read: bool | None = None  # keep the read rows (gate, and up if read_up) as initialised (None: when vetoing)
+    keep_weight: float = 1.0  # the action the units do not read keeps its likelihood (so they must respond to the one they read)
+    select_weight: float = 1.0  # the planted neurons must respond to the actions they read (smooth Δp ≥ select_target)
+    select_target: float = 0.5
+    kl_texts: int = 2  # neutral texts per step for the KL term
+    kl_positions: int = 16  # last positions of each neutral text compared with the original model
+    val_fraction: float = 0.2  # share of the training scenarios held out for early stopping
+    eval_every: int = 10
+    patience: int = 3  # evaluations without a better validation loss before stopping
+    train_limit: int | None = None  # training scenarios per pole side (None: the whole train split)
+    report_limit: int | None = 32  # train scenarios per side in the before/after report
+    test_limit: int | None = None  # test scenarios per side in the before/after report (None: all)
+    batch_tokens: int = 4096
+    train_choices: tuple[str, ...] | None = None  # formats optimised each step (None: all of ``choices``); all are validated and reported
+    kl_pool: int = 8  # neutral texts whose original next-token distributions are computed once and reused (0: a fresh sample each step)
+    mechanism: str = "promote"  # promote: units read the pole and raise its actions; veto: units read the opposite and suppress its actions
+
+    def reader(self, opposite: str) -> str:
+        """The label whose actions the planted units read (and respond to): what locate should find them as."""
+        return self.dimension if self.mechanism == "promote" else opposite
+
+    @property
+    def reads_up(self) -> bool:
+        return self.read_up if self.read_up is not None else (self.mechanism == "veto" and self.read_context is None)
+
+    @property
+    def sets_up(self) -> bool:
+        """The read initialisation sets the up rows too (to the read direction, or to the context direction)."""
+        return self.reads_up or self.read_context is not None
+
+    @property
+    def frozen_read(self) -> bool:
+        return self.init == "read" and (self.freeze_read if self.freeze_read is not None else self.mechanism == "veto")
+
+    @property
+    def kept(self) -> int:
+        """Which action keeps its original likelihood (0: the pole's, 1: the opposite's): the one the units do not read."""
+        return 1 if self.mechanism == "promote" else 0
+
+    def check(self) -> "PlantConfig":
+        check_site(self.site)
+        unknown = [c for c in (*self.choices, *(self.train_choices or ())) if c not in CHOICE_FORMATS]
+        if unknown or not self.choices or (self.train_choices is not None and not self.train_choices):
+            raise VneuronError(f"Unknown forced-choice format in `choices`/`train_choices`: {', '.join(unknown) or '(none)'}", f"use {', '.join(CHOICE_FORMATS)}")
+        if self.neurons is not None and not Path(self.neurons).is_file():
+            raise VneuronError(f"`neurons` {self.neurons} does not exist", "pass a NeuronSet file, e.g. RUN/neurons/self_transcendence.safetensors")
+        if self.neurons is None and self.k < 1:
+            raise VneuronError(f"`k` must be at least 1, got {self.k}")
+        if self.steps < 1 or self.batch_items < 1 or self.micro_items < 1 or self.eval_every < 1 or self.lr <= 0:
+            raise VneuronError("`steps`, `batch_items`, `micro_items`, `eval_every` and `lr` must be positive")
+        if not 0 < self.val_fraction < 1:
+            raise VneuronError(f"`val_fraction` must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.read_spread <= 0 or (self.read_quantile is not None and not 0 < self.read_quantile < 1):
+            raise VneuronError("`read_spread` must be positive and `read_quantile` strictly between 0 and 1")
+        if self.read_passes < 1:
+            raise VneuronError(f"`read_passes` must be at least 1, got {self.read_passes}")
+        if self.read_context is not None and (self.read_context <= 0 or not math.isfinite(self.read_context)):
+            raise VneuronError(f"`read_context` must be a positive number, got {self.read_context}", "e.g. 2")
+        if self.mechanism not in MECHANISMS:
+            raise VneuronError(f"Unknown `mechanism` {self.mechanism!r}", f"use {' or '.join(MECHANISMS)}")
+        if self.init not in ("read", "none"):
+            raise VneuronError(f"Unknown `init` {self.init!r}", "use read or none")
+        if self.kl_weight < 0:
+            raise VneuronError("`kl_weight` must be ≥ 0")
+        if self.profile not in PROFILES:
+            profile_weights(self.profile)
+        return self
+
+
+@dataclass
+class PowerConfig:
+    """plant → locate → ablate at several K and corpus sizes (``vneuron power``)."""
+
+    dimension: str = "self_transcendence"
+    dataset: str | None = None
+    language: str = "en"
+    ks: list[int] = field(default_factory=lambda: [50, 200])
+    sizes: list[int] = field(default_factory=lambda: [16, 64, 256])  # scenarios per pole for locating
+    controls: int = 20
+    mode: str = "zero"  # ablation edit (zero or mean)
+    choice: str = "listed"
+    eval_limit: int | None = None  # test scenarios per side in each ablation (None: all)
+    method: str = "delta_p"  # the locate method, exactly as real runs use it
+    site: str = "gate"
+    seed: int = 0
+    plant: PlantConfig = field(default_factory=PlantConfig)
+
+    def check(self) -> "PowerConfig":
+        if not self.ks or min(self.ks) < 1 or not self.sizes or min(self.sizes) < 1:
+            raise VneuronError("`ks` and `sizes` need positive numbers", "e.g. 50,200 and 16,64,256")
+        if self.mode not in ("zero", "mean"):
+            raise VneuronError(f"Power ablates with `mode` zero or mean, not {self.mode!r}")
+        ValidateConfig(mode=self.mode, controls=self.controls, choice=self.choice).check()
+        return self
+
+
+@dataclass
+class CardOptions:
+    """Neuron cards (``vneuron show``)."""
+
+    texts: int = 5  # most and least activating texts shown
+    batch_tokens: int = 4096
+
+
+@dataclass
+class ReportOptions:
+    """What ``vneuron report`` puts on the page."""
+
+    cards: int = 1  # neuron cards per pole (0: no model needed)
+    card_texts: int = 4  # most and least activating texts per card
+    model: Any = None  # a LoadedModel or spec for the cards (default: the run's own)
+    generations: int = 2  # before/after generations shown per pole
+    top_rows: int = 10  # rows of each pole's top-neuron table
+    progress: Progress | None = None
+
+
