@@ -169,6 +169,17 @@ def shuffle_null(null: dict[str, dict], source: str) -> Figure:
 
 
 # -- ablate --------------------------------------------------------------------------------------
+
+def _pole_rows(ax, results: list[dict], xlabel: str) -> None:
+    """One row per pole, top to bottom, with the legend above the plot."""
+    ax.set_yticks(range(len(results)), [short(s["dimension"]) for s in results], fontsize=8)
+    ax.set_ylim(-0.7, len(results) - 0.3)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.grid(axis="x", alpha=0.25)
+
+
 def ablation_before_after(results: list[dict], mode: str, source: str) -> Figure:
     """P(choosing the pole's action) before and after editing, per pole, with the CI of the change."""
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(results)), layout="constrained")
@@ -187,12 +198,7 @@ def ablation_before_after(results: list[dict], mode: str, source: str) -> Figure
                         label="after editing controls (mean ± sd)" if y == 0 else None)
         ax.text(1.0, y, f"  {before:.3f} → {after:.3f}", transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
     ax.axvline(0.5, color=CONTROL, ls="--", lw=1, label="no preference (0.5)")
-    ax.set_yticks(range(len(results)), [short(s["dimension"]) for s in results], fontsize=8)
-    ax.set_ylim(-0.7, len(results) - 0.3)
-    ax.invert_yaxis()
-    ax.set_xlabel("P(choosing the pole's action), mean over held-out items")
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
-    ax.grid(axis="x", alpha=0.25)
+    _pole_rows(ax, results, "P(choosing the pole's action), mean over held-out items")
     caption = (f"Forced choice before and after the {mode} edit of each pole's located neurons: black = unedited model, "
                "pink = edited (bar: bootstrap 95% CI of the change over items, placed on the after value), grey = mean ± sd "
                f"over the matched random controls. Source: {source} (results: baseline, after, effect_ci, control_effect, control_sd).")
@@ -212,12 +218,7 @@ def ablation_vs_controls(results: list[dict], source: str) -> Figure:
         note = f"rank {s['rank']}/{s['controls'] + 1}, p = {s.get('p_sequential', s.get('p_lower')):.2f}" if "rank" in s else "no controls"
         ax.text(1.0, y, "  " + note, transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(results)), [short(s["dimension"]) for s in results], fontsize=8)
-    ax.set_ylim(-0.7, len(results) - 0.3)
-    ax.invert_yaxis()
-    ax.set_xlabel("effect on P(pole's action): after − before")
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
-    ax.grid(axis="x", alpha=0.25)
+    _pole_rows(ax, results, "effect on P(pole's action): after − before")
     caption = ("Effect of editing the located set (diamond) against the same edit on each matched random control (dots: "
                "same number of neurons in every layer). Rank 1 = lower than every control; p = share of controls (plus the "
                f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, p_sequential — Besag–Clifford, or p_lower for runs before sequential controls) "

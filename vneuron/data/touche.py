@@ -115,6 +115,13 @@ def _split_of(path: Path, part: str) -> str:
     return split
 
 
+def _argument_id(row: list[str], where: dict[str, int], path: Path, n: int) -> str:
+    argument = row[where[ID]].strip()
+    if not argument:
+        raise VneuronError(f"{path}, row {n}: empty {ID!r}", "fill in the argument id or drop the row")
+    return argument
+
+
 def _read_labels(path: Path) -> dict[str, set[str]]:
     header, rows = _read_tsv(path)
     if ID not in header:
@@ -131,9 +138,7 @@ def _read_labels(path: Path) -> dict[str, set[str]]:
     where = {h: i for i, h in enumerate(header)}
     labels: dict[str, set[str]] = {}
     for n, row in enumerate(rows, 2):
-        argument = row[where[ID]].strip()
-        if not argument:
-            raise VneuronError(f"{path}, row {n}: empty {ID!r}", "fill in the argument id or drop the row")
+        argument = _argument_id(row, where, path, n)
         if argument in labels:
             raise VneuronError(f"{path}, row {n}: argument {argument} is listed twice", "keep one row per argument")
         present = set()
@@ -179,9 +184,7 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
         where = {h: i for i, h in enumerate(header)}
         in_file = set()
         for n, row in enumerate(rows, 2):
-            argument = row[where[ID]].strip()
-            if not argument:
-                raise VneuronError(f"{argument_file}, row {n}: empty {ID!r}", "fill in the argument id or drop the row")
+            argument = _argument_id(row, where, argument_file, n)
             if argument in seen:
                 raise VneuronError(f"{argument_file}, row {n}: argument {argument} also appears in {seen[argument].name}", "keep each argument in one file")
             seen[argument] = argument_file
