@@ -187,7 +187,8 @@ def _top_neuron(run_dir: str) -> str:
 def substitute(command: str, ws: dict) -> list[str]:
     argv = shlex.split(command)
     assert Path(argv[0]).name == "vneuron", f"unhandled command in a page (run it here or give it a reason in SKIPPED): {command}"
-    argv = [a.strip("[]") for a in argv[1:] if a.strip("[]") not in ("…", "...")]  # `doctor [--remote]`: run the optional part too
+    # `doctor [--remote]`: run the optional part too
+    argv = [a.strip("[]") for a in argv[1:] if a.strip("[]") not in ("…", "...")]
     sub = argv[0]
     runs = iter(_runs()) if "RUN_DIR" in argv else None
     for i, a in enumerate(argv):
@@ -200,12 +201,14 @@ def substitute(command: str, ws: dict) -> list[str]:
         elif sub == "show" and re.fullmatch(r"\d+:\d+", a):
             argv[i] = _top_neuron(argv[1])
     if "--remote" in argv:
-        argv[argv.index("--remote"): argv.index("--remote") + 1] = ["--host", "local" if sub in ("locate", "ablate", "steer") else ws["host"]]
+        host = "local" if sub in ("locate", "ablate", "steer") else ws["host"]
+        argv[argv.index("--remote"): argv.index("--remote") + 1] = ["--host", host]
     for flag in ("--model", "-m"):
         if flag in argv and argv[argv.index(flag) + 1] in ALIASES:
             argv[argv.index(flag) + 1] = ws["tiny"]
     located_first = sub in ("ablate", "steer") and (len(argv) == 1 or argv[1].startswith("-"))  # no RUN_DIR
-    if "--model" not in argv and "-m" not in argv and "--from" not in argv and (sub in ("locate", "plant", "power") or located_first):
+    needs_model = sub in ("locate", "plant", "power") or located_first
+    if "--model" not in argv and "-m" not in argv and "--from" not in argv and needs_model:
         argv += ["--model", ws["tiny"]]
     for option, value in CHEAP.get(sub, {}).items():
         if sub == "locate" and "--from" in argv:
@@ -218,9 +221,10 @@ def substitute(command: str, ws: dict) -> list[str]:
 
 
 def jq_path(data, path: str):
-    """The value at a jq path such as `.poles.conservation.stability` (the subset README examples use)."""
+    """The value at a jq path such as `.poles.conservation.stability` (the subset the examples use)."""
     for key in filter(None, path.split(".")):
-        assert isinstance(data, dict) and key in data, f"jq {path}: no {key!r} in {sorted(data) if isinstance(data, dict) else data!r}"
+        shown = sorted(data) if isinstance(data, dict) else data
+        assert isinstance(data, dict) and key in data, f"jq {path}: no {key!r} in {shown!r}"
         data = data[key]
     return data
 
@@ -240,7 +244,7 @@ def test_the_pages_have_examples_to_run():
     cli = [c for _, c in CLI]
     assert len(cli) >= 15 and len(PYTHON) >= 1 and len(commands("README.md")) >= 5
     assert any(c.startswith("vneuron locate --from") for c in cli) and any(c.startswith("vneuron steer") for c in cli)
-    assert not any(c.startswith("-") or c.startswith("#") or c.startswith('"') for c in cli), "a continuation or output line read as a command"
+    assert not any(c.startswith(("-", "#", '"')) for c in cli), "a continuation or output line read as a command"
 
 
 def _id(example) -> str:
