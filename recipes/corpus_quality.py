@@ -194,7 +194,7 @@ def describe(corpus) -> str:
         loaded = Counter()
         for i in sub:
             for text, d in ((i.option_pole, i.dimension), (i.option_opposite, i.opposite)):
-                for m in re.finditer(LOADED.get(lang, LOADED["en"]), text, re.IGNORECASE):
+                for _ in re.finditer(LOADED.get(lang, LOADED["en"]), text, re.IGNORECASE):
                     loaded[d] += 1
         rows.setdefault("evaluative words in options (list in the recipe), per dimension expressed", []).append(
             ", ".join(f"{d} {loaded[d]}" for d in DIMENSIONS) or "none")

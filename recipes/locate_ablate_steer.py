@@ -35,7 +35,8 @@ def main() -> None:
     say = line_progress()  # a line per stage on stderr, so a long run is never silent
 
     model = vneuron.load_model(args.model)
-    located = vneuron.locate(model, vneuron.LocateConfig(language=args.language, top_k=args.top_k, limit=args.locate_limit), out=out / "locate",
+    located = vneuron.locate(model, vneuron.LocateConfig(language=args.language, top_k=args.top_k, limit=args.locate_limit),
+                             out=out / "locate",
                              progress=say)
     config = ValidateConfig(controls=args.controls, limit=args.limit, generations=2)
     ablated = ablate(located.run_dir, config, model=model, progress=say)

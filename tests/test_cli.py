@@ -37,7 +37,7 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     out = tmp_path / "run"
     result = run("locate", "--model", llama, "--dataset", EXAMPLES / "corpus.jsonl", "--split", "all", "-k", "7", "--out", out, "-q")
     assert result.exit_code == 0, result.output
-    assert "self_transcendence vs self_enhancement" in result.output and f"Run written to" in result.output
+    assert "self_transcendence vs self_enhancement" in result.output and "Run written to" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["architecture"] == "llama" and manifest["model"]["revision"].startswith("dir:")
     assert len(manifest["dataset"]["sha256"]) == 64 and manifest["versions"]["nnsight"]
@@ -83,7 +83,9 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert sorted(p.name for p in (made / "neurons").iterdir()) == ["conservation.safetensors"]
 
     contradict = run("locate", "--from", out, "--site", "down_in", "-k", "5", "--out", tmp_path / "x")
-    assert_one_line_error(contradict, r"--site down_in contradicts --from .*captured with --site gate.*(?i:drop) --site.*with --model .*llama --dataset .*corpus.jsonl --site down_in and a new --out")
+    assert_one_line_error(contradict,
+                          r"--site down_in contradicts --from .*captured with --site gate.*(?i:drop) --site.*with --model .*llama "
+                          r"--dataset .*corpus.jsonl --site down_in and a new --out")
     assert_one_line_error(run("locate", "--from", out, "--null", "3", "--out", tmp_path / "x"), "--null has no effect with --from")
     assert_one_line_error(run("locate", "--from", out, "--out", out), "would write over or inside the run")
     assert not (tmp_path / "x").exists()

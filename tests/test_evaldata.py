@@ -198,7 +198,8 @@ def test_own_split_is_the_default_and_is_recorded(tmp_path, tiny_dir):
     assert run.template() == "first_person"
     config = ValidateConfig(split="all")
     evaluation = evaluation_items(run, config)
-    assert evaluation.data["source"] == "locate run" and evaluation.data["items"] == len(evaluation.items) == len(load_corpus(EXAMPLES / "corpus.jsonl").items)
+    assert evaluation.data["source"] == "locate run"
+    assert evaluation.data["items"] == len(evaluation.items) == len(load_corpus(EXAMPLES / "corpus.jsonl").items)
     assert len(evaluation.data["content_sha256"]) == 64
 
 

@@ -137,7 +137,8 @@ def test_touche_counts_match_the_raw_tsv(shared_data):
     labels_of = {}
     for t in corpus.texts:
         labels_of.setdefault(t.group, set()).add(t.label)
-    assert not any({"openness_to_change", "conservation"} <= s or {"self_enhancement", "self_transcendence"} <= s for s in labels_of.values())
+    assert not any({"openness_to_change", "conservation"} <= s or {"self_enhancement",
+                                                                   "self_transcendence"} <= s for s in labels_of.values())
 
 
 def test_touche_text_styles_and_boundary_values(shared_data):
@@ -166,7 +167,8 @@ HEADER = "Argument ID\t" + "\t".join(CATEGORIES)
 def _touche(tmp_path: Path, arguments: list[str], labels: list[str], part: str = "training") -> Path:
     root = tmp_path / "touche"
     root.mkdir(exist_ok=True)
-    (root / f"arguments-{part}.tsv").write_text("\n".join(["Argument ID\tConclusion\tStance\tPremise", *arguments]) + "\n", encoding="utf-8")
+    (root / f"arguments-{part}.tsv").write_text("\n".join(["Argument ID\tConclusion\tStance\tPremise", *arguments]) + "\n",
+                                                encoding="utf-8")
     (root / f"labels-{part}.tsv").write_text("\n".join([HEADER, *labels]) + "\n", encoding="utf-8")
     return root
 
@@ -230,7 +232,8 @@ def test_pvq40_from_valuebench(shared_data, monkeypatch, tmp_path):
     assert all(isinstance(i, InventoryItem) and i.questionnaire == "PVQ40" and i.key == 1 for i in items)
     assert [i.text for i in items] == [r["item"].strip() for r in raw]
     assert len({i.value for i in items}) == 10 and all(i.dimension in DIMENSIONS for i in items)
-    assert Counter(i.dimension for i in items) == {"conservation": 13, "openness_to_change": 10, "self_transcendence": 10, "self_enhancement": 7}
+    assert Counter(i.dimension for i in items) == {"conservation": 13, "openness_to_change": 10, "self_transcendence": 10,
+                                                   "self_enhancement": 7}
     assert items[0].id == "PVQ40-1"
     mft = load_inventory(path, "MFT23")
     assert len(mft) == 36 and all(i.dimension is None for i in mft)
@@ -250,7 +253,8 @@ def test_generic_inventory_and_value_dimensions():
                                             "openness_to_change", None]
     assert items[0].questionnaire == "inventory" and items[0].id == "inventory-1"
     assert value_dimension("Hedonism") == "openness_to_change" and value_dimension("self direction – action") == "openness_to_change"
-    assert value_dimension("Face") is None and value_dimension("Humility") is None and value_dimension("Universalism: nature") == "self_transcendence"
+    assert value_dimension("Face") is None and value_dimension("Humility") is None
+    assert value_dimension("Universalism: nature") == "self_transcendence"
 
 
 @pytest.mark.parametrize("content, message", [
@@ -297,10 +301,12 @@ def test_save_to_disk_round_trip(tmp_path):
     with open(FIXTURES / "cvoice.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "cvoice"))
-    assert [i.dimension for i in load_corpus(tmp_path / "cvoice").items] == [i.dimension for i in load_corpus(FIXTURES / "cvoice.csv").items]
+    expected = [i.dimension for i in load_corpus(FIXTURES / "cvoice.csv").items]
+    assert [i.dimension for i in load_corpus(tmp_path / "cvoice").items] == expected
     # a split that is neither train nor test
     datasets.DatasetDict({"other": dd["train"]}).save_to_disk(str(tmp_path / "other"))
-    one_line_error(lambda: load_corpus(tmp_path / "other", columns={"text": "sentence", "label": "value_label"}), r"split 'other'.*hf:NAME:SPLIT")
+    one_line_error(lambda: load_corpus(tmp_path / "other", columns={"text": "sentence", "label": "value_label"}),
+                   r"split 'other'.*hf:NAME:SPLIT")
 
 
 def test_hub_offline_and_missing_datasets_package(tmp_path, monkeypatch):

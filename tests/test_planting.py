@@ -184,8 +184,9 @@ def test_power_table_on_the_planted_model(planted):
 
 
 def test_veto_units_read_the_opposite_and_power_finds_them_under_its_label(tiny_dir, tmp_path):
-    """mechanism=veto (read rows trained here: on a random tiny model there is little to discriminate): the units respond to the opposite's actions and suppress them. locate finds them as the
-    opposite's neurons; switching them off RAISES P toward the opposite (tail higher) and removes the planted preference."""
+    """mechanism=veto (read rows trained here: on a random tiny model there is little to discriminate): the units respond
+    to the opposite's actions and suppress them. locate finds them as the opposite's neurons; switching them off RAISES P
+    toward the opposite (tail higher) and removes the planted preference."""
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     base = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
     threads = torch.get_num_threads()
@@ -270,7 +271,8 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
         scenario[:, 0] = False
         grabbed = {"up": [], "gate": []}
         units = [planter.neurons.units[planter.neurons.layers == l].sort().values for l in planter.layers]
-        handles = [getattr(mlp, name).register_forward_hook(lambda mod, a, out, u=u, key=name.split("_")[0]: grabbed[key].append(out[..., u]))
+        handles = [getattr(mlp, name).register_forward_hook(lambda mod, a, out, u=u, key=name.split("_")[0]: grabbed[key].append(out[...,
+                                                                                                                                     u]))
                    for mlp, u in zip(planter.mlps, units) for name in ("gate_proj", "up_proj")]
         with torch.no_grad():
             model.hf_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False)

@@ -20,7 +20,8 @@ def run(script: str, *args) -> str:
 
 
 def test_locate_ablate_steer_recipe(tmp_path, tiny_dir):
-    out = run("recipes/locate_ablate_steer.py", "--model", tiny_dir("llama"), "--top-k", "8", "--controls", "2", "--limit", "2", "--locate-limit", "6",
+    out = run("recipes/locate_ablate_steer.py", "--model", tiny_dir("llama"), "--top-k", "8", "--controls", "2", "--limit", "2",
+              "--locate-limit", "6",
               "--gamma", "0,2", "--out", tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     assert "## Ablation (zero) against 2 matched random controls" in summary and "| self_transcendence | 0 |" in summary

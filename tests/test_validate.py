@@ -98,7 +98,8 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     assert sample["before"] != sample["after"] or sample["before"] == ""  # zeroing 10 of 144 units changes greedy text
     assert "Ablation (zero)" in ablated.output
 
-    steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q", "--choice", "continuation",
+    steered = runner.invoke(app, ["steer", str(run_dir), "--gamma", "0,2", "--controls", "2", "--split", "all", "-q", "--choice",
+                                  "continuation",
                                   "--dimension", "self_transcendence"])
     assert steered.exit_code == 0, steered.output
     (steer_dir,) = run_dir.glob("steer-scale-kall-*")

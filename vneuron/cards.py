@@ -141,8 +141,10 @@ class NeuronCard:
         return f"Neuron L{self.layer}:U{self.unit} ({self.site})"
 
     def to_json(self) -> dict:
-        sample = lambda s: {"id": s.prompt.id, "label": s.prompt.label, "mean_activation": s.score,  # noqa: E731
-                            "text": s.prompt.text, "tokens": [[t, a] for t, a in s.pieces]}
+        def sample(s: Sample) -> dict:
+            return {"id": s.prompt.id, "label": s.prompt.label, "mean_activation": s.score, "text": s.prompt.text,
+                    "tokens": [[t, a] for t, a in s.pieces]}
+
         return {"layer": self.layer, "unit": self.unit, "site": self.site, "names": self.names, "labels": self.labels,
                 "located": self.located, "most": [sample(s) for s in self.top], "least": [sample(s) for s in self.bottom],
                 "source": self.source}
@@ -165,11 +167,13 @@ class NeuronCard:
             return "".join(out)
 
         def rows(samples: list[Sample]) -> str:
-            return "".join(f"<tr><td>{s.score:+.4f}</td><td>{html.escape(s.prompt.label)}</td><td style='text-align:left'>{shade(s)}</td></tr>"
+            return "".join(f"<tr><td>{s.score:+.4f}</td><td>{html.escape(s.prompt.label)}</td><td "
+                           f"style='text-align:left'>{shade(s)}</td></tr>"
                            for s in samples)
 
         names = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in self.names.items())
-        located = "; ".join(f"{r['dimension']} rank {r['rank']} (score {float(r['score']):+.4f})" for r in self.located) or "not in a located set"
+        located = "; ".join(f"{r['dimension']} rank {r['rank']} (score {float(r['score']):+.4f})" for r in self.located)
+        located = located or "not in a located set"
         labels = "".join(f"<tr><td>{html.escape(l)}</td><td>{d['tokens']}</td><td>{d['mean']:+.4f}</td><td>{d['p_active']:.3f}</td></tr>"
                          for l, d in self.labels.items())
         head = "<tr><th>mean a</th><th>label</th><th>text (counted tokens shaded: red a&gt;0, blue a&lt;0; grey = not counted)</th></tr>"
@@ -222,7 +226,8 @@ class NeuronCard:
                         text.append(piece.replace("\n", " "), style="dim")
                     else:
                         level = int(255 - 155 * min(1.0, abs(a) / scale))
-                        text.append(piece.replace("\n", " "), style=f"on rgb(255,{level},{level})" if a > 0 else f"on rgb({level},{level},255)")
+                        text.append(piece.replace("\n", " "),
+                                    style=f"on rgb(255,{level},{level})" if a > 0 else f"on rgb({level},{level},255)")
                 out.append(text)
         return out
 
@@ -243,7 +248,8 @@ def _pieces(tokenizer, prompt: Prompt, acts: list[float], counted: list[bool]) -
     return pieces
 
 
-def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: int = CardOptions.texts, batch_tokens: int = CardOptions.batch_tokens,
+def neuron_cards(run, neurons: Sequence[tuple[int, int]], *, model=None, texts: int = CardOptions.texts,
+                 batch_tokens: int = CardOptions.batch_tokens,
                  progress: Progress | None = None) -> list[NeuronCard]:
     """Cards for ``neurons`` of a locate run (``run``: a validate.LocateRun or its path)."""
     from . import figures

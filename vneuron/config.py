@@ -104,7 +104,8 @@ class LocateConfig:
         if self.limit is not None and self.limit < 1:
             raise VneuronError(f"`limit` must be at least 1 item per dimension, got {self.limit}", "drop `limit` to use every item")
         if self.null_shuffles < 0:
-            raise VneuronError(f"`null_shuffles` must be 0 or more label-shuffle runs, got {self.null_shuffles}", "pass e.g. 5, or 0 for none")
+            raise VneuronError(f"`null_shuffles` must be 0 or more label-shuffle runs, got {self.null_shuffles}",
+                               "pass e.g. 5, or 0 for none")
         if self.span not in ("option", "all"):
             raise VneuronError(f"Unknown `span` {self.span!r}", "use option or all")
         if self.request_batches < 1:
@@ -133,7 +134,8 @@ class ValidateConfig:
     max_new_tokens: int = 40
     bootstrap: int = 2000
     seed: int = 0
-    batch_tokens: int = 1024  # evaluation batches: 1,024 ran 17 % faster per token than 4,096 on 2 CPU cores (benchmarks/ablate.py); raise on a GPU or NDIF
+    # evaluation batches: 1,024 ran 17 % faster per token than 4,096 on 2 CPU cores (benchmarks/ablate.py); raise on a GPU or NDIF
+    batch_tokens: int = 1024
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
     choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
     eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
@@ -226,8 +228,11 @@ class PlantConfig:
     read_spread: float = 2.0  # standard deviation of the read direction's pre-activation over the action tokens
     read_quantile: float | None = None  # share of the other pole's action tokens on which a unit fires (None: split at the midpoint)
     read_up: bool | None = None  # the up rows read the same direction (None: when vetoing, unless read_context)
-    read_passes: int = 1  # passes of the read setting; after the first, each layer is fitted to the inputs the planted units of earlier layers shape
-    read_context: float | None = None  # GLU: the up rows read "an action, not the scenario" (0 on scenario tokens, this on actions), and the threshold holds on scenario tokens too
+    # passes of the read setting; after the first, each layer is fitted to the inputs the planted units of earlier layers shape
+    read_passes: int = 1
+    # GLU: the up rows read "an action, not the scenario" (0 on scenario tokens, this on actions), and the threshold holds on
+    # scenario tokens too
+    read_context: float | None = None
     freeze_read: bool | None = None  # keep the read rows (gate, and up if read_up) as initialised (None: when vetoing)
     keep_weight: float = 1.0  # the action the units do not read keeps its likelihood (so they must respond to the one they read)
     select_weight: float = 1.0  # the planted neurons must respond to the actions they read (smooth Δp ≥ select_target)
@@ -271,9 +276,11 @@ class PlantConfig:
         check_site(self.site)
         unknown = [c for c in (*self.choices, *(self.train_choices or ())) if c not in CHOICE_FORMATS]
         if unknown or not self.choices or (self.train_choices is not None and not self.train_choices):
-            raise VneuronError(f"Unknown forced-choice format in `choices`/`train_choices`: {', '.join(unknown) or '(none)'}", f"use {', '.join(CHOICE_FORMATS)}")
+            raise VneuronError(f"Unknown forced-choice format in `choices`/`train_choices`: {', '.join(unknown) or '(none)'}",
+                               f"use {', '.join(CHOICE_FORMATS)}")
         if self.neurons is not None and not Path(self.neurons).is_file():
-            raise VneuronError(f"`neurons` {self.neurons} does not exist", "pass a NeuronSet file, e.g. RUN/neurons/self_transcendence.safetensors")
+            raise VneuronError(f"`neurons` {self.neurons} does not exist",
+                               "pass a NeuronSet file, e.g. RUN/neurons/self_transcendence.safetensors")
         if self.neurons is None and self.k < 1:
             raise VneuronError(f"`k` must be at least 1, got {self.k}")
         if self.steps < 1 or self.batch_items < 1 or self.micro_items < 1 or self.eval_every < 1 or self.lr <= 0:

@@ -139,7 +139,8 @@ def split_half(halves: dict[str, tuple[Sequence[float], Sequence[float]]], stab:
         ax.tick_params(labelsize=7.5)
     caption = ("Split-half stability: each dot is one neuron, its score from one half of the scenarios against the other "
                "half (dotted: identity; shaded by log count where there are many). Dashed lines: each half's top-k cut, "
-               "so the upper-right corner holds the neurons in both top-k. r is the Pearson correlation over all neurons; the overlap counts neurons in the "
+               "so the upper-right corner holds the neurons in both top-k. r is the Pearson correlation over all neurons; the overlap "
+               "counts neurons in the "
                "top-k of both halves, next to the overlap expected by chance (k²/N). Scores recomputed from "
                f"{source}; r and overlap as recorded in manifest.json (stability).")
     return Figure("locate-split-half", "Split-half stability", caption, fig)
@@ -221,7 +222,8 @@ def ablation_vs_controls(results: list[dict], source: str) -> Figure:
     _pole_rows(ax, results, "effect on P(pole's action): after − before")
     caption = ("Effect of editing the located set (diamond) against the same edit on each matched random control (dots: "
                "same number of neurons in every layer). Rank 1 = lower than every control; p = share of controls (plus the "
-               f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, p_sequential — Besag–Clifford, or p_lower for runs before sequential controls) "
+               f"located set) at or below the located effect. Source: {source} (results: effect, control_effects, rank, "
+               "p_sequential — Besag–Clifford, or p_lower for runs before sequential controls) "
                "and controls.csv.")
     return Figure("ablate-vs-controls", "Located effect vs controls", caption, fig)
 

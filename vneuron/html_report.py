@@ -311,7 +311,7 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
                                             "control_effects": extra.get("control_effects") or []})
     table = [[r["dimension"], f"{float(r['gamma']):g}", fnum(r["baseline"], ".4f"), fnum(r["after"], ".4f"),
               fnum(r["effect"], "+.4f"), fnum(r["control_effect"], "+.4f"), fnum(r["effect_minus_control"], "+.4f"),
-              fnum(next((p.get("p_sequential", p.get("p_higher")) for p in curves_manifest.get(r["dimension"], []) if p["gamma"] == float(r["gamma"])), None), ".3f")]
+              fnum(_steer_p(curves_manifest, r), ".3f")]
              for r in rows]
     s.blocks.append(Table("Dose–response", ["pole", "γ", "P before", "P after", "Δ", "control Δ", "Δ − control",
                                             "p (higher)"], table, f"From {src_csv} (p from {rel(run_dir / MANIFEST, run_dir)}).",
@@ -426,15 +426,23 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     return Report(out, out.with_suffix(".md"), [fig_dir / name for _, name in names], sections)
 
 
+def _steer_p(curves: dict, row: dict) -> float | None:
+    """The sequential p of one dose–response row (older runs: the one-sided p)."""
+    points = [p for p in curves.get(row["dimension"], []) if p["gamma"] == float(row["gamma"])]
+    return next((p.get("p_sequential", p.get("p_higher")) for p in points), None)
+
+
 def _is_figure(block) -> bool:
     return hasattr(block, "png_bytes")
 
 
 # -- rendering -----------------------------------------------------------------------------------
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em;margin-bottom:.3em}
-table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.85em}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.85em}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:.82em;margin-top:-.8em}
 figure{margin:1em 0 1.6em}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444}
 .gen td{text-align:left;white-space:pre-wrap;max-width:300px}.card{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}

@@ -152,12 +152,14 @@ def locate(
     manifest = {
         **base_manifest("locate"),
         "model": model_manifest,
-        "dataset": {"name": corpus.name, "spec": _dataset_spec(config.dataset), "columns": config.columns, "sha256": key["dataset_hash"], "items": len(corpus.items), "texts": len(corpus.texts),
+        "dataset": {"name": corpus.name, "spec": _dataset_spec(config.dataset), "columns": config.columns, "sha256": key["dataset_hash"],
+                    "items": len(corpus.items), "texts": len(corpus.texts),
                     "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit,
                     "test_fraction": config.test_fraction, "split_source": corpus.split_source,
                     "dropped_contrasts": corpus.dropped, "aggregates": stats.groups},
         "template": choice_template(config.template).describe() if config.mode == "prompt" else None,
-        "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i, l in enumerate(stats.labels)}},
+        "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i,
+                                                                                l in enumerate(stats.labels)}},
         "capture_key": key,
         "contrasts": contrasts,
         "selection": config.selection(),
@@ -167,7 +169,8 @@ def locate(
     if checkpoint is not None:  # every invocation that worked on the run, not only this one
         checkpoint.finish("complete")
         totals = checkpoint.totals()
-        manifest["remote"] = {**loaded.remote.describe(), **{k: totals[k] for k in ("requests", "sent_tensor_bytes", "received_tensor_bytes")},
+        manifest["remote"] = {**loaded.remote.describe(), **{k: totals[k] for k in ("requests", "sent_tensor_bytes",
+                                                                                    "received_tensor_bytes")},
                               "totals": totals, "invocations": checkpoint.invocations, "log": checkpoint.log}
         timings["invocations"] = totals["invocations"]
         timings["all_invocations_s"] = totals["seconds"]
@@ -251,7 +254,8 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
     counts: dict[str, list[int]] = {pole: [] for pole in result.sets}
     for r in range(config.null_shuffles):
         null_corpus = shuffled(corpus, seed=10_000 + r)
-        prompts = null_corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
+        prompts = null_corpus.action_prompts(config.span,
+                                             template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
         stats = capture(model, prompts, config.capture_config(), labels=result.stats.labels,
                         progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
         stats.groups = result.stats.groups
@@ -259,7 +263,8 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
             opposite = neuron_set.meta.get("opposite")
             scores = contrast_scores(stats, pole, opposite, config.method)
             signed = {"pole": scores, "opposite": -scores, "both": scores.abs()}[config.direction]
-            cut = float({"pole": neuron_set.scores, "opposite": -neuron_set.scores, "both": neuron_set.scores.abs()}[config.direction].min())
+            cut = float({"pole": neuron_set.scores, "opposite": -neuron_set.scores,
+                         "both": neuron_set.scores.abs()}[config.direction].min())
             counts[pole].append(int((signed >= cut).sum()))
     return {pole: {"shuffles": config.null_shuffles, "selected": len(result.sets[pole]), "passing_by_chance": c,
                    "mean": sum(c) / len(c), "false_discovery_estimate": min(1.0, (sum(c) / len(c)) / len(result.sets[pole]))}

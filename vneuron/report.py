@@ -145,7 +145,8 @@ def ablate_table(result) -> Table:
                   caption="P = mean P(choosing the pole's action) on held-out items; Δ = after − before; n = neurons/items; "
                           "controls = the same edit of matched random sets; Δ−ctrl = Δ minus the controls' Δ; "
                           "rank 1 = beyond every control in the tested direction (lower unless --tail higher; r/N+1: N controls drawn); "
-                          f"p = sequential p (Besag–Clifford) of controls at least as extreme as Δ, controls drawn one at a time until {cfg.get('stop_after', 0)} reach Δ (0: all)")
+                          f"p = sequential p (Besag–Clifford) of controls at least as extreme as Δ, controls drawn one at a time until "
+                          f"{cfg.get('stop_after', 0)} reach Δ (0: all)")
     for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
         table.add_column(column, justify="right", no_wrap=True)
     for s in result.summaries:
@@ -199,7 +200,8 @@ def markdown_summary(located=None, ablated=None, steered=None) -> str:
         cfg = ablated.manifest["config"]
         lines += [f"## Ablation ({cfg['mode']}) against {cfg['controls']} matched random controls", "",
                   "P = mean probability of choosing the pole's action on held-out scenarios (both option orders).", "",
-                  "| pole | neurons | items | P before | P after | Δ [95% CI] | control Δ (sd) | Δ − control [95% CI] | rank | p | drop % |",
+                  "| pole | neurons | items | P before | P after | Δ [95% CI] | control Δ (sd) | Δ − control [95% CI] "
+                  "| rank | p | drop % |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in ablated.summaries:
             lo, hi = s["effect_ci"]

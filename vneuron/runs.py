@@ -384,7 +384,8 @@ class LocateRun:
             raise VneuronError(f"{path} is not a locate run", "pass a directory written by vneuron locate")
         require(manifest, path, "model", "dataset")
         if not isinstance(manifest["model"].get("revision"), str):
-            raise VneuronError(f"{path / MANIFEST} records no model revision", "restore the manifest vneuron wrote, or rerun vneuron locate")
+            raise VneuronError(f"{path / MANIFEST} records no model revision",
+                               "restore the manifest vneuron wrote, or rerun vneuron locate")
         sets: dict[str, NeuronSet] = {}
         for file in sorted((path / NEURONS_DIR).glob("*.safetensors")):
             neuron_set = NeuronSet.load(file)

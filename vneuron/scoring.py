@@ -71,7 +71,8 @@ def select(
     if rule == "valuelocate":
         k = min(max(min_count, int((flat >= threshold).sum())), flat.numel())
     if not 0 < k <= flat.numel():
-        raise VneuronError(f"`top_k` {k} is out of range", f"this model has {flat.numel()} neurons ({n_layers} layers x {width}); pick 1..{flat.numel()}")
+        raise VneuronError(f"`top_k` {k} is out of range",
+                           f"this model has {flat.numel()} neurons ({n_layers} layers x {width}); pick 1..{flat.numel()}")
     return flat.topk(k).indices
 
 

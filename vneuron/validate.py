@@ -103,7 +103,8 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
         spec = Path(data["spec"]) if data.get("spec") and Path(data["spec"]).exists() else None
         return Evaluation(corpus.items, {
             "source": "locate run", "name": corpus.name, "path": data.get("spec") or "builtin",
-            "file_sha256": file_sha256(spec) if spec else None, "content_sha256": corpus.content_hash(), "split": config.split, "split_source": corpus.split_source,
+            "file_sha256": file_sha256(spec) if spec else None, "content_sha256": corpus.content_hash(), "split": config.split,
+            "split_source": corpus.split_source,
             "language": data.get("language"), "items": len(corpus.items)})
     spec = config.eval_dataset
     corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction)
@@ -142,7 +143,8 @@ def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None)
 
             remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
             check_key(remote)
-        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0),
+        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=recorded.get("dtype", "float32"),
+                            progress=lambda m: say(m, 0, 0),
                             remote=remote)
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id} {loaded.revision[:24]}) is not the one the run located "
@@ -409,7 +411,8 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
         smallest = min(len(run.sets[p]) for p in poles)
         if config.top_k > smallest:
             raise VneuronError(f"`top_k` {config.top_k} is more than the run located ({smallest} neurons in its smallest set)",
-                               f"pick 1..{smallest}, or locate more: re-select with `from_run` {run.path} and `top_k` {config.top_k} into a new `out`")
+                               f"pick 1..{smallest}, or locate more: re-select with `from_run` {run.path} and `top_k` {config.top_k} into "
+                               f"a new `out`")
     if out:
         out = Path(out)
     else:  # every setting that changes the result is in the name, so different studies never collide

@@ -13,7 +13,6 @@ import torch
 
 import vneuron.remote as ndif
 from vneuron.capture import ActivationStats
-from vneuron.data import load_corpus
 from vneuron.edits import Edit
 from vneuron.errors import VneuronError
 from vneuron.evaluate import continuation_logprobs, generate

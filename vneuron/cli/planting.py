@@ -67,12 +67,15 @@ def plant(
     lr: float = setting(P, "lr", "--lr", panel=TRAINING, help="Adam learning rate of the planted parameters."),
     batch_items: int = setting(P, "batch_items", "--batch-items", panel=TRAINING, help="Scenarios per step."),
     micro_items: int = setting(P, "micro_items", "--micro-items", panel=TRAINING, help="Scenarios per forward pass."),
-    kl_weight: float = setting(P, "kl_weight", "--kl-weight", panel=TRAINING, help="Weight of the KL to the original model on neutral text."),
+    kl_weight: float = setting(P, "kl_weight", "--kl-weight", panel=TRAINING,
+                               help="Weight of the KL to the original model on neutral text."),
     train_choice: Optional[str] = setting(P, "train_choices", "--train-choice", panel=TRAINING,
                                           help="Formats optimised each step, comma-separated (default: listed,continuation); "
                                                "both are still validated and reported."),
-    eval_every: int = setting(P, "eval_every", "--eval-every", panel=TRAINING, help="Steps between validation evaluations (early stopping)."),
-    patience: int = setting(P, "patience", "--patience", panel=TRAINING, help="Validation evaluations without improvement before stopping."),
+    eval_every: int = setting(P, "eval_every", "--eval-every", panel=TRAINING,
+                              help="Steps between validation evaluations (early stopping)."),
+    patience: int = setting(P, "patience", "--patience", panel=TRAINING,
+                            help="Validation evaluations without improvement before stopping."),
     val_fraction: float = setting(P, "val_fraction", "--val-fraction", panel=TRAINING,
                                   help="Share of the training scenarios held out for early stopping."),
     batch_tokens: int = setting(P, "batch_tokens", "--batch-tokens", panel=RUN, help="Padded tokens per forward batch (memory vs speed)."),
@@ -80,7 +83,8 @@ def plant(
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
 
-    Writes an ordinary model directory (use it with --model DIR in every command); the planted neurons (the ground truth) and a manifest are in DIR/plant/.
+    Writes an ordinary model directory (use it with --model DIR in every command); the planted neurons (the ground
+    truth) and a manifest are in DIR/plant/.
 
     Examples:
       vneuron plant --out runs/planted-st --k 200 --dimension self_transcendence

@@ -66,7 +66,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
-                        raise VneuronError(f"{path}, line {n}: not valid JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
+                        raise VneuronError(f"{path}, line {n}: not valid JSON ({exc.msg})",
+                                           "fix that line; each line must be one JSON object") from None
         if not all(isinstance(r, dict) for r in rows):
             raise VneuronError(f"{path}: every record must be a JSON object", "write one {...} per line")
         return rows
@@ -102,7 +103,8 @@ def read_sheets(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
     except VneuronError:
         raise
     except Exception as exc:  # openpyxl raises many types for a broken file
-        raise VneuronError(f"{path} is not a readable .xlsx workbook ({exc.__class__.__name__})", "re-save it from a spreadsheet program") from None
+        raise VneuronError(f"{path} is not a readable .xlsx workbook ({exc.__class__.__name__})",
+                           "re-save it from a spreadsheet program") from None
 
 
 def rename_columns(row: dict[str, Any], columns: dict[str, str] | None) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def load_saved(path: Path) -> list[Part]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # a broken or foreign directory: many exception types
-        raise VneuronError(f"{path} is not a readable save_to_disk directory ({exc.__class__.__name__})", "re-create it with Dataset.save_to_disk") from None
+        raise VneuronError(f"{path} is not a readable save_to_disk directory ({exc.__class__.__name__})",
+                           "re-create it with Dataset.save_to_disk") from None
     return _parts(str(path), loaded)
 
 
@@ -110,5 +111,6 @@ def load_hub(spec: str) -> list[Part]:
         loaded = datasets.load_dataset(name, split=split or None)
     except Exception as exc:  # hub errors come in many types
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise VneuronError(f"Cannot load {spec} from the Hugging Face hub ({exc.__class__.__name__}: {message})", "check the dataset name and split") from None
+        raise VneuronError(f"Cannot load {spec} from the Hugging Face hub ({exc.__class__.__name__}: {message})",
+                           "check the dataset name and split") from None
     return _parts(spec, loaded)

@@ -103,7 +103,8 @@ def _key(where: Path, n: int, raw: Any) -> int:
     except ValueError:
         number = None
     if number not in (1.0, -1.0):
-        raise VneuronError(f"{where}, row {n}: key {text!r} is not +1 or -1", "use 1 for items agreeing with the value, -1 for reverse-keyed items")
+        raise VneuronError(f"{where}, row {n}: key {text!r} is not +1 or -1",
+                           "use 1 for items agreeing with the value, -1 for reverse-keyed items")
     return int(number)
 
 

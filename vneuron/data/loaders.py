@@ -66,7 +66,8 @@ def load_corpus(
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise VneuronError(f"Corpus {spec} does not exist", "pass an existing file or directory, or omit `dataset` for the built-in corpus")
+            raise VneuronError(f"Corpus {spec} does not exist",
+                               "pass an existing file or directory, or omit `dataset` for the built-in corpus")
         if path.is_dir():
             from . import hf, touche
 
@@ -248,7 +249,8 @@ def _check_poles(corpus: Corpus, spec: str) -> None:
     for pole, opposite in contrasts:
         for label in (pole, opposite):
             if not sum(counts.get(label, {}).values()):
-                raise VneuronError(f"Corpus {spec}: pole {label!r} has no texts", f"add rows expressing {label!r} or drop the contrast {pole}:{opposite}")
+                raise VneuronError(f"Corpus {spec}: pole {label!r} has no texts",
+                                   f"add rows expressing {label!r} or drop the contrast {pole}:{opposite}")
 
 
 # -- what is available --------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
-        raise VneuronError(f"{path} is empty", "use the files of the Touché23-ValueEval TSV release (a header row, then one row per argument)")
+        raise VneuronError(f"{path} is empty",
+                           "use the files of the Touché23-ValueEval TSV release (a header row, then one row per argument)")
     header = [h.strip() for h in rows[0]]
     for n, row in enumerate(rows[1:], 2):
         if len(row) != len(header):
@@ -125,7 +126,8 @@ def _argument_id(row: list[str], where: dict[str, int], path: Path, n: int) -> s
 def _read_labels(path: Path) -> dict[str, set[str]]:
     header, rows = _read_tsv(path)
     if ID not in header:
-        raise VneuronError(f"{path}: missing column {ID!r}; found {', '.join(header[:5])}...", "use the labels-*.tsv files of the Touché23 TSV release")
+        raise VneuronError(f"{path}: missing column {ID!r}; found {', '.join(header[:5])}...",
+                           "use the labels-*.tsv files of the Touché23 TSV release")
     unknown = [h for h in header if h != ID and h not in CATEGORIES]
     if unknown:
         raise VneuronError(
@@ -134,7 +136,8 @@ def _read_labels(path: Path) -> dict[str, set[str]]:
         )
     missing = [c for c in CATEGORIES if c not in header]
     if missing:
-        raise VneuronError(f"{path}: missing label columns {', '.join(missing)}", "use the complete labels-*.tsv file (20 value categories)")
+        raise VneuronError(f"{path}: missing label columns {', '.join(missing)}",
+                           "use the complete labels-*.tsv file (20 value categories)")
     where = {h: i for i, h in enumerate(header)}
     labels: dict[str, set[str]] = {}
     for n, row in enumerate(rows, 2):
@@ -156,7 +159,8 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
     """Read a Touché23 TSV release into labelled texts and the counts behind them (see module doc)."""
     path = Path(path)
     if text not in TEXT_STYLES:
-        raise VneuronError(f"Unknown Touché23 text style {text!r}", "use premise (the premise only) or full ('{Conclusion} ({Stance}): {Premise}')")
+        raise VneuronError(f"Unknown Touché23 text style {text!r}",
+                           "use premise (the premise only) or full ('{Conclusion} ({Stance}): {Premise}')")
     unknown = [c for c in ignore if c not in CATEGORIES]
     if unknown:
         raise VneuronError(f"Unknown Touché23 value category {unknown[0]!r} to ignore", f"use names from: {', '.join(CATEGORIES)}")
@@ -165,7 +169,8 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
         raise VneuronError(f"{path} is not a Touché23 directory", "it must hold arguments-*.tsv and labels-*.tsv files")
     for part in labels:
         if part not in arguments:
-            raise VneuronError(f"{labels[part]} has no arguments-{part}.tsv beside it", f"add arguments-{part}.tsv or remove the labels file")
+            raise VneuronError(f"{labels[part]} has no arguments-{part}.tsv beside it",
+                               f"add arguments-{part}.tsv or remove the labels file")
     data = ToucheData()
     seen: dict[str, Path] = {}
     for part, argument_file in arguments.items():
@@ -180,17 +185,20 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
         needed = (ID, "Premise") if text == "premise" else ARGUMENT_COLUMNS
         missing = [c for c in needed if c not in header]
         if missing:
-            raise VneuronError(f"{argument_file}: missing columns {', '.join(missing)}; found {', '.join(header)}", "use the arguments-*.tsv files of the Touché23 TSV release")
+            raise VneuronError(f"{argument_file}: missing columns {', '.join(missing)}; found {', '.join(header)}",
+                               "use the arguments-*.tsv files of the Touché23 TSV release")
         where = {h: i for i, h in enumerate(header)}
         in_file = set()
         for n, row in enumerate(rows, 2):
             argument = _argument_id(row, where, argument_file, n)
             if argument in seen:
-                raise VneuronError(f"{argument_file}, row {n}: argument {argument} also appears in {seen[argument].name}", "keep each argument in one file")
+                raise VneuronError(f"{argument_file}, row {n}: argument {argument} also appears in {seen[argument].name}",
+                                   "keep each argument in one file")
             seen[argument] = argument_file
             in_file.add(argument)
             if argument not in part_labels:
-                raise VneuronError(f"{argument_file}, row {n}: argument {argument} has no row in {labels[part].name}", "use matching arguments and labels files")
+                raise VneuronError(f"{argument_file}, row {n}: argument {argument} has no row in {labels[part].name}",
+                                   "use matching arguments and labels files")
             premise = row[where["Premise"]].strip()
             if not premise:
                 raise VneuronError(f"{argument_file}, row {n}: empty 'Premise'", "fill in the premise or drop the argument from both files")
@@ -212,7 +220,8 @@ def read_touche(path: str | Path, *, text: str = "premise", ignore: tuple[str, .
                 data.texts.append(Text(id=f"{argument}:{SHORT[label]}", label=label, text=body, language="en", group=argument, split=split))
         extra = sorted(set(part_labels) - in_file)
         if extra:
-            raise VneuronError(f"{labels[part]}: argument {extra[0]} has no row in {argument_file.name}", "use matching arguments and labels files")
+            raise VneuronError(f"{labels[part]}: argument {extra[0]} has no row in {argument_file.name}",
+                               "use matching arguments and labels files")
     data.texts.sort(key=lambda t: t.split != "train")  # stable: train first, file order within
     return data
 

@@ -29,7 +29,8 @@ def layer_counts(profile: str, k: int, n_layers: int, width: int, gen: torch.Gen
     for l in order[: k - sum(counts)]:
         counts[l] += 1
     if max(counts) > width:
-        raise VneuronError(f"`profile` puts {max(counts)} neurons in one layer of {width}", "spread the weights over more layers or lower `k`")
+        raise VneuronError(f"`profile` puts {max(counts)} neurons in one layer of {width}",
+                           "spread the weights over more layers or lower `k`")
     return counts
 
 
