@@ -302,3 +302,17 @@ def test_read_context_needs_a_gated_mlp(tiny_dir, tmp_path, arch, gated):
         with pytest.raises(VneuronError, match="needs a gated MLP"):
             plant(model, PlantConfig(dataset=str(corpus), k=K, mechanism="veto", read_context=2.0), out=tmp_path / "never")
         assert not (tmp_path / "never").exists()
+
+
+def test_a_family_with_projection_biases_plants_and_restores_exactly(tiny_dir, tmp_path):
+    """GPT-2's c_fc has a bias: its slice shares the weight's unit index, and the slices file must still be written."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", n_train=8, n_test=2)
+    base = vneuron.load_model(str(tiny_dir("gpt2")), dtype="float32")
+    result = plant(base, PlantConfig(dataset=str(corpus), k=6, steps=2, eval_every=1, seed=0), out=tmp_path / "planted")
+    names = {s["name"] for s in result.manifest["parameters"]["slices"]}
+    assert any(n.endswith("c_fc.bias") for n in names) and any(n.endswith("c_fc.weight") for n in names)
+    before = load_file(str(tiny_dir("gpt2") / "model.safetensors"))
+    model = vneuron.load_model(str(tmp_path / "planted"), dtype="float32")
+    with original_weights(model, tmp_path / "planted"):
+        params = dict(model.hf_model.named_parameters())
+        assert all(torch.equal(params[n].detach(), t) for n, t in before.items() if n in params)

@@ -217,7 +217,7 @@ def slice_records(planter: Planter, values: dict[str, torch.Tensor]) -> tuple[di
     """Tensors and metadata of a slices file: for each parameter its index, axis and values."""
     tensors, meta = {}, {}
     for s in planter.slices:
-        tensors[f"{s.name}::index"] = s.index.contiguous()
+        tensors[f"{s.name}::index"] = s.index.clone()  # a weight and its bias share one index tensor; safetensors refuses shared memory
         tensors[f"{s.name}::values"] = values[s.name].contiguous()
         meta[s.name] = str(s.axis)
     return tensors, meta
