@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -158,3 +161,130 @@ def test_reselection_from_python_refuses_contradictions(tmp_path, tiny_dir):
     assert child.run_dir == tmp_path / "child" and len(child.sets["conservation"]) == 4
     assert not (tmp_path / "x").exists() and torch.equal(child.stats.sum, locate(config=LocateConfig(split="all", top_k=2),
                                                                                   from_run=tmp_path / "child").stats.sum)
+
+
+# -- a real small filesystem that fills up or turns read-only at the final write ---------------------------------
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MB tmpfs mounted for the test (root only); yields its mount point and unmounts it after."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mount = shutil.which("mount")
+    point = tmp_path / "fs"
+    point.mkdir()
+    if mount is None:
+        pytest.skip("no mount command")
+    made = subprocess.run([mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip() or made.returncode}")
+    try:
+        yield point
+    finally:
+        subprocess.run([shutil.which("umount") or "umount", "-l", str(point)], capture_output=True)
+
+
+def _fill(point: Path) -> None:
+    """Write zeros into ``point`` until the filesystem says it is full."""
+    with open(point / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 16))
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def _remount_read_only(point: Path) -> None:
+    done = subprocess.run([shutil.which("mount") or "mount", "-o", "remount,ro", str(point)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _at_the_final_write(monkeypatch, target: str, fault) -> list:
+    """Run ``fault`` just before the final write that ``target`` (module.attribute) makes."""
+    module, name = target.rsplit(".", 1)
+    real = getattr(importlib.import_module(module), name)
+    calls = []
+
+    def write(*args, **kwargs):
+        calls.append(args[0])
+        fault()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, write)
+    return calls
+
+
+def _rescued(rescue_base: Path, prefix: str, line: str) -> Path:
+    (rescued,) = rescue_base.glob(f"vneuron-rescued-{prefix}-*")
+    assert str(rescued) in line
+    return rescued
+
+
+LOCATE = ["locate", "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all", "-k", "5", "--null", "2", "-q"]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_locate_on_a_real_disk_that_fills_or_freezes_at_the_end_keeps_the_complete_run(fault, small_fs, tmp_path, tiny_dir,
+                                                                                     monkeypatch):
+    rescue_base = tmp_path / "rescue"
+    rescue_base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue_base))
+    out = small_fs / "run"
+    calls = _at_the_final_write(monkeypatch, "vneuron.locating.write_run",
+                                lambda: _fill(small_fs) if fault == "full" else _remount_read_only(small_fs))
+    result = runner.invoke(app, [*LOCATE, "--model", str(tiny_dir("llama")), "--out", str(out)])
+    line = _one_error_line(result)
+    assert calls == [out]
+    reason = "No space left on device" if fault == "full" else "read-only"
+    assert f"Could not write {out} (" in line and reason.lower() in line.lower() and "statistics and neuron sets are kept in" in line, line
+    rescued = _rescued(rescue_base, "run", line)
+    assert f"mv {rescued} {out}" in line
+    assert not out.exists() and not list(small_fs.glob(".run.tmp*"))  # nothing half-written on the failing disk
+    monkeypatch.undo()
+    # the rescue is the complete run: the same statistics, neuron sets and label-shuffle null as a run that succeeds
+    good = tmp_path / "good"
+    assert runner.invoke(app, [*LOCATE, "--model", str(tiny_dir("llama")), "--out", str(good)]).exit_code == 0
+    from vneuron.runs import LocateRun
+
+    kept, fresh = LocateRun.open(rescued), LocateRun.open(good)
+    assert torch.equal(kept.stats.sum, fresh.stats.sum) and torch.equal(kept.stats.active, fresh.stats.active)
+    assert {p: s.flat.tolist() for p, s in kept.sets.items()} == {p: s.flat.tolist() for p, s in fresh.sets.items()}
+    assert kept.manifest["null"] == fresh.manifest["null"] and kept.manifest["null"]["conservation"]["shuffles"] == 2
+    assert (rescued / "neurons.csv").read_text() == (good / "neurons.csv").read_text()
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_results(fault, small_fs, tmp_path, tiny_dir,
+                                                                                  monkeypatch):
+    rescue_base = tmp_path / "rescue"
+    rescue_base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue_base))
+    run = small_fs / "run"
+    assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                               "--split", "all", "-k", "5", "--out", str(run), "-q"]).exit_code == 0
+    freeze = (lambda: _fill(small_fs)) if fault == "full" else (lambda: _remount_read_only(small_fs))
+    reason = "No space left on device" if fault == "full" else "read-only"
+    with monkeypatch.context() as mp:
+        _at_the_final_write(mp, "vneuron.validate.write_run", freeze)
+        result = runner.invoke(app, ["ablate", str(run), "--controls", "2", "--stop-after", "0", "--split", "all", "-q",
+                                     "--dimension", "conservation,self_transcendence"])
+    line = _one_error_line(result)
+    assert reason.lower() in line.lower() and "ablation results are kept in" in line, line
+    rescued = _rescued(rescue_base, "ablate-zero-kall", line)
+    manifest = json.loads((rescued / "manifest.json").read_text())
+    assert [r["dimension"] for r in manifest["results"]] == ["conservation", "self_transcendence"]
+    assert all(r["controls"] == 2 for r in manifest["results"])
+    assert len((rescued / "controls.csv").read_text().splitlines()) == 1 + 2 * 2
+    assert not list(run.glob("ablate-*")) and not list(run.glob(".ablate-*.tmp*"))
+    # the report of the same run on the same disk, once it has room again or is writable again
+    (small_fs / "filler").unlink(missing_ok=True) if fault == "full" else subprocess.run(
+        [shutil.which("mount") or "mount", "-o", "remount,rw", str(small_fs)], check=True)
+    with monkeypatch.context() as mp:
+        _at_the_final_write(mp, "vneuron.html_report.write_beside", freeze)
+        result = runner.invoke(app, ["report", str(run), "--cards", "0", "-q"])
+    line = _one_error_line(result)
+    assert f"Could not write {run / 'report.html'}" in line and reason.lower() in line.lower() and "report, its Markdown and its figures" in line
+    rescued = _rescued(rescue_base, "report", line)
+    assert (rescued / "report.html").read_text().startswith("<!DOCTYPE html>") and (rescued / "report.md").is_file()
+    assert list((rescued / "report-figures").glob("*.png"))
+    assert not (run / "report.html").exists() and not list(run.glob(".report*"))

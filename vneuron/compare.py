@@ -11,7 +11,6 @@ sit, per layer when the layer counts agree and always per relative-depth bin.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import VneuronError
-from .runs import read_manifest, write_csv
+from .runs import read_manifest, stats_file, write_beside, write_csv
 
 BINS = 10
 
@@ -52,16 +51,22 @@ class RunInfo:
                 "top_k": sel.get("top_k"), "poles": list(self.sets)}
 
     def scores(self, pole: str) -> torch.Tensor | None:
-        """Every neuron's score for ``pole`` by the run's own method (LAPE runs: Δp)."""
+        """Every neuron's score for ``pole`` by the run's own method (LAPE runs: Δp); None when the run's statistics
+        cannot be read (``missing`` then says why)."""
         from .capture import ActivationStats
         from .scoring import contrast_scores
 
-        stats_path = self.path / "stats.safetensors"
         opposite = self.sets[pole].meta.get("opposite") or dict(map(tuple, self.manifest.get("contrasts", []))).get(pole)
-        if not stats_path.is_file() or not opposite:
+        if not opposite:
             return None
         if not hasattr(self, "_stats"):
-            self._stats = ActivationStats.load(stats_path)
+            self._stats = None
+            try:  # a re-selected run refers to its parent's statistics
+                self._stats = ActivationStats.load(stats_file(self.path, self.manifest))
+            except VneuronError as exc:
+                self.missing = exc.problem
+        if self._stats is None:
+            return None
         method = self.manifest["selection"]["method"]
         return contrast_scores(self._stats, pole, opposite, method if method != "lape" else "delta_p").reshape(-1)
 
@@ -133,6 +138,7 @@ class Comparison:
     layers: list[dict] = field(default_factory=list)  # per layer (same layer count) or per depth bin
     skipped: list[str] = field(default_factory=list)
     bins: int = BINS
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
 
     @property
     def names(self) -> list[str]:
@@ -177,22 +183,25 @@ class Comparison:
         return rows
 
     def to_json(self) -> dict[str, Any]:
-        return {"runs": [r.describe() for r in self.runs], "poles": self.poles, "skipped_poles": self.skipped,
+        return {"runs": [r.describe() for r in self.runs], "poles": self.poles, "skipped_poles": self.skipped, "notes": self.notes,
                 "pairs": self.pairs, "layers": self.layers, "depth_bins": self.bins,
                 "matrices": self.matrices()}
 
     def write_csv(self, out: Path) -> tuple[Path, Path]:
+        """OUT (one row per pair of runs and pole) and OUT-layers.csv (per layer or depth bin); both or, if the disk
+        refuses, a rescue directory the message names."""
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"run_a": self.paths[p["a"]], "run_b": self.paths[p["b"]], **{k: v for k, v in p.items() if k not in ("a", "b")}}
                 for p in self.pairs]
+        layers = [{"run_a": self.paths[r["a"]], "run_b": self.paths[r["b"]], **{k: v for k, v in r.items() if k not in ("a", "b")}}
+                  for r in self.layers]
         layers_path = out.with_name(out.stem + "-layers.csv")
-        tmp_a, tmp_b = out.with_name(f".{out.name}.tmp"), layers_path.with_name(f".{layers_path.name}.tmp")
-        write_csv(tmp_a, rows)
-        write_csv(tmp_b, [{"run_a": self.paths[r["a"]], "run_b": self.paths[r["b"]], **{k: v for k, v in r.items() if k not in ("a", "b")}}
-                          for r in self.layers])
-        tmp_a.replace(out)
-        tmp_b.replace(layers_path)
+
+        def write(directory: Path) -> None:
+            write_csv(directory / out.name, rows)
+            write_csv(directory / layers_path.name, layers)
+
+        write_beside(out.parent, [out.name, layers_path.name], write, what="comparison tables")
         return out, layers_path
 
 
@@ -260,6 +269,10 @@ def _pair(result: Comparison, i: int, j: int, pole: str) -> None:
         scores_a, scores_b = a.scores(pole), b.scores(pole)
         if scores_a is not None and scores_b is not None:
             row["spearman"] = spearman(scores_a, scores_b)
+        for run in (a, b):
+            note = f"Spearman ρ not computed with {run.name}: {getattr(run, 'missing', '')}"
+            if getattr(run, "missing", None) and note not in result.notes:
+                result.notes.append(note)
     result.pairs.append(row)
     if sa.n_layers == sb.n_layers:
         counts_a, counts_b = sa.per_layer(), sb.per_layer()
@@ -275,10 +288,6 @@ def _pair(result: Comparison, i: int, j: int, pole: str) -> None:
             result.layers.append({"a": i, "b": j, "pole": pole, "layer": None, "depth_bin": k,
                                   "relative_depth": (k + 0.5) / result.bins, "count_a": round(shares_a[k] * len(sa)),
                                   "count_b": round(shares_b[k] * len(sb)), "overlap": None})
-
-
-def default_csv() -> Path:
-    return Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
 
 
 def compare_table(result: Comparison):

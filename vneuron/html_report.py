@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any, Callable, Sequence
 from .config import ReportOptions
 from .data.inventories import circular_order
 from .errors import VneuronError
-from .runs import MANIFEST, NEURONS_CSV, STATS, LocateRun, check_output_file, read_csv, read_jsonl, read_manifest
+from .runs import MANIFEST, NEURONS_CSV, STATS, LocateRun, check_output_file, read_csv, read_jsonl, read_manifest, write_beside
 
 Progress = Callable[[str, int, int], None]
 
@@ -405,24 +403,16 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     pngs = {id(fig): fig.png_bytes() for fig, _ in names}
     page = render_html(sections, files, pngs, run_dirs)
     md = render_markdown(sections, files, fig_dir.name, run_dirs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out.with_name(f".{fig_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
-    try:
+    md_file = out.with_suffix(".md")
+
+    def write(directory: Path) -> None:
+        (directory / fig_dir.name).mkdir()
         for fig, name in names:
-            (tmp_dir / name).write_bytes(pngs[id(fig)])
-        tmp_html, tmp_md = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.stem}.md.tmp")
-        tmp_html.write_text(page, encoding="utf-8")
-        tmp_md.write_text(md, encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    if fig_dir.exists():
-        shutil.rmtree(fig_dir)
-    os.replace(tmp_dir, fig_dir)
-    os.replace(tmp_html, out)
-    os.replace(tmp_md, out.with_suffix(".md"))
+            (directory / fig_dir.name / name).write_bytes(pngs[id(fig)])
+        (directory / md_file.name).write_text(md, encoding="utf-8")
+        (directory / out.name).write_text(page, encoding="utf-8")
+
+    write_beside(out.parent, [out.name, md_file.name, fig_dir.name], write, what="report, its Markdown and its figures")
     return Report(out, out.with_suffix(".md"), [fig_dir / name for _, name in names], sections)
 
 

@@ -259,34 +259,118 @@ def staged(run_dir: Path, *, replace: bool = False) -> Iterator[Path]:
 
 
 def write_run(run_dir: Path, writer: Callable[[Path], None], *, replace: bool = False, what: str = "results") -> None:
-    """Write a run through ``writer(directory)``; if the disk refuses, keep everything in a rescue copy.
+    """Write a run through ``writer(directory)``; if the final write fails, keep everything in a rescue copy.
 
-    A capture can take hours: a full disk or a directory made read-only meanwhile must not lose
-    it. The rescue copy is a complete run directory the message names, ready to be moved into place.
+    A capture can take hours: a full disk, a directory made read-only meanwhile, a directory that
+    appeared meanwhile or any error the writer raises (OSError, safetensors' own SafetensorError)
+    must not lose it. The rescue copy is a complete run directory the message names, ready to be
+    moved into place. Only an interruption (Ctrl-C, SIGTERM) ends without one.
     """
     run_dir = Path(run_dir)
     try:
         with staged(run_dir, replace=replace) as tmp:
             writer(tmp)
         return
-    except VneuronError:
+    except KeyboardInterrupt:
         raise
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except Exception as exc:  # whatever the disk or the writer raises, the results are kept
+        reason, cause = failure_reason(exc), exc
+    rescue = _rescue(run_dir.name, writer)
+    if rescue is None:
+        raise VneuronError(f"Could not write {run_dir} ({reason}), nor a rescue copy in {tempfile.gettempdir()} or {_cache_base()}",
+                           "free disk space and rerun") from cause
+    raise VneuronError(f"Could not write {run_dir} ({reason}); the {what} are kept in {rescue}",
+                       f"fix the disk problem, then move that directory into place: mv {rescue} {run_dir}") from cause
+
+
+def write_beside(directory: Path, names: list[str], writer: Callable[[Path], None], *, what: str = "results") -> None:
+    """Write the files or directories ``names`` into ``directory`` through ``writer(staging)``.
+
+    The entries are written into a hidden staging directory beside them and renamed into place
+    (an existing entry of the same name is replaced). If anything fails, all of them are kept in a
+    rescue directory the message names, as for ``write_run``.
+    """
+    directory = Path(directory)
+    tmp: Path | None = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{names[0]}.tmp", dir=directory))
+        writer(tmp)
+        for name in names:
+            _replace_entry(tmp / name, directory / name)
+        return
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # as in write_run
+        reason, cause = failure_reason(exc), exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    target = directory / names[0]
+    rescue = _rescue(Path(names[0]).stem, writer)
+    if rescue is None:
+        raise VneuronError(f"Could not write {target} ({reason}), nor a rescue copy in {tempfile.gettempdir()} or {_cache_base()}",
+                           "free disk space and rerun") from cause
+    raise VneuronError(f"Could not write {target} ({reason}); the {what} are kept in {rescue}",
+                       f"fix the disk problem, then move them into place: mv {rescue}/* {directory}/") from cause
+
+
+def _replace_entry(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an existing directory there is moved aside first and removed after."""
+    old = None
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_OS_MESSAGE = re.compile(r'message: "([^"]+)"')
+_OS_ERROR = re.compile(r"I/O error: (.+?) \(os error \d+\)")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What went wrong at a write, in a few words: the OS's reason where there is one.
+
+    safetensors raises its own SafetensorError whose text wraps the OS error
+    ("Error while serializing: I/O error: No space left on device (os error 28)" or a Rust debug
+    form with ``message: "…"``); both come out as "No space left on device".
+    """
+    if isinstance(exc, VneuronError):
+        return exc.problem
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    found = _OS_MESSAGE.search(text) or _OS_ERROR.search(text)
+    if found:
+        return found.group(1).strip()
+    return (text.splitlines()[0][:200] if text else "") or exc.__class__.__name__
+
+
+def _rescue(name: str, writer: Callable[[Path], None]) -> Path | None:
+    """A new directory holding what ``writer`` writes, in the temporary directory or else vneuron's cache; None if neither takes it."""
     for base in (Path(tempfile.gettempdir()), _cache_base()):
         rescue = None
         try:
             base.mkdir(parents=True, exist_ok=True)
-            rescue = Path(tempfile.mkdtemp(prefix=f"vneuron-rescued-{run_dir.name}-", dir=base))
+            rescue = Path(tempfile.mkdtemp(prefix=f"vneuron-rescued-{name}-", dir=base))
             writer(rescue)
-        except OSError:
+            return rescue
+        except KeyboardInterrupt:
             if rescue is not None:
                 shutil.rmtree(rescue, ignore_errors=True)
-            continue
-        raise VneuronError(f"Could not write {run_dir} ({reason}); the {what} are kept in {rescue}",
-                           f"fix the disk problem, then move that directory into place: mv {rescue} {run_dir}")
-    raise VneuronError(f"Could not write {run_dir} ({reason}), nor a rescue copy in {tempfile.gettempdir()}",
-                       "free disk space and rerun")
+            raise
+        except Exception:  # try the next place
+            if rescue is not None:
+                shutil.rmtree(rescue, ignore_errors=True)
+    return None
 
 
 def _cache_base() -> Path:

@@ -44,7 +44,7 @@ def compare(
     dimension: Optional[str] = named(typer.Option(None, "--dimension",
                                                   help="Comma-separated poles to compare; default: every pole (all runs must have it)."),
                                      "dimensions"),
-    out: Optional[Path] = out_option("CSV to write (default: runs/compare-TIME.csv); per-layer rows go to OUT-layers.csv."),
+    out: Optional[Path] = out_option("CSV to write (nothing is written without it); per-layer rows go to OUT-layers.csv."),
     json_out: bool = JsonOpt,
 ):
     """Overlap of located sets across runs: languages, sites, methods or models.
@@ -53,23 +53,27 @@ def compare(
       vneuron compare runs/en runs/zh
       vneuron compare runs/gate runs/down_in runs/lape --dimension self_transcendence
     """
-    from ..compare import compare_runs, compare_table, default_csv
+    from ..compare import compare_runs, compare_table
     from ..report import console, err_console
     from ..runs import check_output_file
 
-    out = out or default_csv()
-    check_output_file(out)
+    if out is not None:
+        check_output_file(out)
     result = compare_runs(run_dirs, split_list(dimension))
-    table_path, layers_path = result.write_csv(out)
+    written = result.write_csv(out) if out is not None else None
     if json_out:
         from ..jsonout import emit
 
-        emit({"kind": "compare", **result.to_json(), "csv": str(table_path), "layers_csv": str(layers_path)})
+        files = {"csv": str(written[0]), "layers_csv": str(written[1])} if written else {}
+        emit({"kind": "compare", **result.to_json(), **files})
         return
     console.print(compare_table(result))
     if result.skipped:
         err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
-    console.print(f"Written to [bold]{table_path}[/] and {layers_path.name}")
+    for note in result.notes:
+        err_console.print(f"Note: {note}")
+    if written:
+        console.print(f"Written to [bold]{written[0]}[/] and {written[1].name}")
 
 
 def show(
