@@ -1,0 +1,156 @@
+"""Side effects beside the same controls, the cross-value matrix, the verdict, and p-values that can reach 0.005."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+from vneuron.errors import VneuronError
+from vneuron.sequential import Sequential
+from vneuron.side_effects import against_controls, load_neutral, measure, verdict
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+def test_builtin_neutral_corpora_and_a_users_file(tmp_path):
+    for lang in ("en", "zh"):
+        n = load_neutral(lang)
+        assert len(n.texts) >= 30 and len(n.pairs) == 40 and {k for k, *_ in n.pairs} == {"fact", "grammar"}
+        assert all(right != wrong for _, _, right, wrong in n.pairs) and n.source["prose_sha256"]
+    own = tmp_path / "mine.txt"
+    own.write_text("# comment\nThe kettle is on the stove.\n\nThe door is blue.\n", encoding="utf-8")
+    n = load_neutral("en", own)
+    assert n.texts == ["The kettle is on the stove.", "The door is blue."] and len(n.pairs) == 40  # built-in pairs kept
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("Two and two make\t four.\t five.\n", encoding="utf-8")
+    n = load_neutral("en", pairs)
+    assert n.pairs == [("pair", "Two and two make", " four.", " five.")] and len(n.texts) >= 30
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a\tb\n", encoding="utf-8")
+    with pytest.raises(VneuronError, match="line 1"):
+        load_neutral("en", bad)
+
+
+def test_measure_against_a_hand_written_forward(tiny_model):
+    """KL of the unedited model is 0 and its perplexity is the plain forward's; an edit's KL equals the direct computation."""
+    from vneuron.edits import Edit
+    from vneuron.scoring import NeuronSet
+
+    model = tiny_model("llama")
+    neutral = load_neutral("en")
+    units = NeuronSet("gate", model.n_layers, model.width, torch.arange(0, 12), torch.zeros(12), {})
+    edit = Edit(units, "zero")
+    result = measure(model, neutral, [edit, None])
+    located, none = result["sets"]
+    assert none["kl"] == pytest.approx(0, abs=1e-9) and none["ppl_ratio"] == pytest.approx(1) and none["task_drop"] == pytest.approx(0)
+    assert located["kl"] > 0
+
+    act = model.arch  # the reference: forward hooks zero the units at the gate site, every position
+    mlps = [getattr(block, act.mlp) for block in model.hf_model.model.layers]
+    layer0 = units.units[units.layers == 0]
+
+    def zero(mod, args, out):
+        out = out.clone()
+        out[..., layer0] = 0
+        return out
+
+    nll0 = nll1 = kl = 0.0
+    count = 0
+    for text in neutral.texts:
+        ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            ref = model.hf_model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            handle = getattr(mlps[0], act.act).register_forward_hook(zero)
+            try:
+                new = model.hf_model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            finally:
+                handle.remove()
+        target = ids[0, 1:, None]
+        nll0 -= float(ref.gather(-1, target).sum())
+        nll1 -= float(new.gather(-1, target).sum())
+        kl += float((ref.exp() * (ref - new)).sum())
+        count += ids.shape[1] - 1
+    assert result["before"]["ppl_before"] == pytest.approx(math.exp(nll0 / count), rel=1e-6)
+    assert located["ppl_after"] == pytest.approx(math.exp(nll1 / count), rel=1e-6)
+    assert located["kl"] == pytest.approx(kl / count, rel=1e-6)
+
+
+def test_ranks_and_verdicts():
+    damage = against_controls(0.5, [0.1, 0.2, 0.6])
+    assert damage["rank"] == 2 and damage["p"] == pytest.approx(2 / 4)
+    quiet = {"kl": against_controls(0.1, [0.2] * 20)}
+    loud = {"kl": against_controls(0.9, [0.2] * 20)}
+    assert verdict({"p_sequential": 0.01}, quiet, None, 0.05)["verdict"] == "value-specific"
+    assert verdict({"p_sequential": 0.01}, loud, None, 0.05)["verdict"] == "non-specific damage"
+    assert verdict({"p_sequential": 0.5}, quiet, None, 0.05)["verdict"] == "no effect"
+    shared = {"own_moves_most": False, "strongest": "conservation"}
+    assert verdict({"p_sequential": 0.01}, quiet, shared, 0.05)["verdict"] == "non-specific damage"
+
+
+def test_extension_reaches_p_of_one_in_201():
+    rule = Sequential(effect=-1.0, tail="lower", h=3, maximum=20, extend_to=200)
+    while rule.more():
+        rule.add(0.0)  # every control behind the located set
+    report = rule.report()
+    assert report["controls_drawn"] == 200 and report["p_sequential"] == pytest.approx(1 / 201) and report["controls_extended"]
+    # one control as extreme within the first 20: no extension, the plain rule's p
+    rule = Sequential(effect=-1.0, tail="lower", h=3, maximum=20, extend_to=200)
+    first = True
+    while rule.more():
+        rule.add(-2.0 if first else 0.0)
+        first = False
+    assert rule.report()["controls_drawn"] == 20 and rule.report()["p_sequential"] == pytest.approx(2 / 21)
+    # extended, then stopped by the rule: h hits
+    rule = Sequential(effect=-1.0, tail="lower", h=2, maximum=5, extend_to=50)
+    n = 0
+    while rule.more():
+        rule.add(-2.0 if n in (7, 9) else 0.0)
+        n += 1
+    assert rule.report()["controls_drawn"] == 10 and rule.report()["p_sequential"] == pytest.approx(2 / 10)
+
+
+def test_ablate_shows_side_effects_cross_values_and_a_verdict(tmp_path, tiny_dir):
+    run_dir = tmp_path / "run"
+    located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                  "--split", "all", "-k", "8", "--out", str(run_dir), "-q"])
+    assert located.exit_code == 0, located.output
+    out = tmp_path / "ablate"
+    result = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "3", "--max-controls", "6",
+                                 "--side-controls", "4", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "KL/pos" in result.output and "verdict" in result.output and "Cross-value matrix" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["neutral"]["en"]["texts"] >= 30
+    for s in manifest["results"]:
+        side = s["side_effects"]
+        assert side["kl"]["controls"] == max(4, s["controls_drawn"]) and side["ppl_ratio"]["located"] > 0
+        assert s["verdict"]["verdict"] in ("value-specific", "non-specific damage", "no effect")
+        cv = s["cross_values"]
+        assert cv["own"] in cv["cells"] and len(cv["cells"]) == 2  # the example corpus has two axes
+        assert all(c["controls"] == 4 for c in cv["cells"].values())
+    rows = (out / "side_effects.csv").read_text().splitlines()
+    assert rows[0].startswith("dimension,set,kl") and len(rows) == 1 + sum(1 + max(4, s["controls_drawn"]) for s in manifest["results"])
+    assert (out / "cross_values.csv").is_file()
+    shown = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "3", "--no-side-effects",
+                                "--no-cross-values", "--out", str(tmp_path / "plain"), "--json", "-q"])
+    assert shown.exit_code == 0, shown.output
+    plain = json.loads(shown.output)["results"][0]
+    assert "side_effects" not in plain and "cross_values" not in plain and plain["verdict"]["verdict"]
+    report = runner.invoke(app, ["report", str(out), "--cards", "0"])
+    assert report.exit_code == 0, report.output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Side effects against the same controls" in page and "Cross-value matrix" in page
+
+
+def test_bad_side_effect_inputs_are_one_line(tmp_path, tiny_dir):
+    result = runner.invoke(app, ["ablate", str(tmp_path), "--neutral", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 2 and "--neutral" in result.output
+    result = runner.invoke(app, ["ablate", str(tmp_path), "--judge", "touche"])
+    assert result.exit_code == 2 and "--generations" in result.output
