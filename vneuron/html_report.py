@@ -241,6 +241,7 @@ def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
                            "Δ − control [95% CI]", "rank", "p", "drop %"], rows,
                           f"P = mean P(choosing the pole's action) over held-out items. From {src_manifest} (results).",
                           name="ablate-summary"))
+    s.blocks.extend(side_effect_blocks(results, src_manifest, rel(run_dir / "side_effects.csv", run_dir)))
     if results:
         s.blocks.append(figures.ablation_before_after(results, cfg["mode"], src_manifest))
         controls = {}
@@ -272,6 +273,60 @@ def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
                               f"From {src_manifest} (results: pvq).", name="ablate-pvq"))
     s.blocks.extend(_generations(run_dir, options))
     return [s]
+
+
+def side_effect_blocks(results: list[dict], src_manifest: str, src_csv: str) -> list:
+    """Side effects (located vs the same controls), the verdict, the cross-value matrix and the judge, when measured."""
+    blocks: list = []
+    side_rows = []
+    for r in results:
+        side = r.get("side_effects") or {}
+        cells = [r["dimension"]]
+        for key in ("kl", "ppl_ratio", "task_drop"):
+            d = side.get(key) or {}
+            cells += [fnum(d.get("located"), ".4f"), f"{fnum(d.get('control_mean'), '.4f')} ± {fnum(d.get('control_sd'), '.4f')}"
+                      if "control_mean" in d else "—", f"{d['rank']}/{d['controls'] + 1}" if "rank" in d else "—"]
+        z_ci = f" [{fnum(r['z_ci'][0], '+.1f')}, {fnum(r['z_ci'][1], '+.1f')}]" if r.get("z_ci") else ""
+        cells += [f"{fnum(r.get('z'), '+.2f')}{z_ci}", (r.get("verdict") or {}).get("verdict", "—"),
+                  "; ".join((r.get("verdict") or {}).get("reasons", []))]
+        if side or r.get("verdict"):
+            side_rows.append(cells)
+    if side_rows:
+        blocks.append(Table("Side effects against the same controls, and the verdict",
+                            ["pole", "KL/position", "controls", "rank", "perplexity ×", "controls", "rank", "non-value task −ΔP(right)",
+                             "controls", "rank", "value z [95% CI]", "verdict", "why"], side_rows,
+                            "KL = mean KL(unedited ‖ edited) of the next-token distribution over every position of neutral prose; "
+                            "perplexity × = edited / unedited perplexity there; task = factual and grammatical pairs (P of the right "
+                            "continuation, drop); rank 1 = more damage than every control. z = the value shift against the controls' "
+                            f"distribution (CI: items and controls resampled). From {src_manifest} (results: side_effects, z, verdict) "
+                            f"and {src_csv}.", name="ablate-side-effects"))
+    matrix = [r for r in results if r.get("cross_values")]
+    if matrix:
+        columns = list(matrix[0]["cross_values"]["cells"])
+        rows = []
+        for r in matrix:
+            cv = r["cross_values"]
+            rows.append([r["dimension"], *[(fnum(cv["cells"][c].get("z"), "+.2f") if c in cv["cells"] else "—")
+                                           + (" (own)" if c == cv["own"] else "") for c in columns],
+                         "yes" if cv["own_moves_most"] else "no"])
+        blocks.append(Table("Cross-value matrix: located set × evaluated value (z against the same controls)",
+                            ["located set", *columns, "own value moves most"], rows,
+                            "Each cell: (Δ − the controls' mean Δ) / the controls' sd on that column's items, read toward the row's "
+                            "own pole on its own axis, else toward the column's first pole. "
+                            f"From {src_manifest} (results: cross_values).", name="ablate-cross-values"))
+    judged = [r for r in results if r.get("judge")]
+    if judged:
+        rows = []
+        for r in judged:
+            j = r["judge"]
+            rows.append([r["dimension"], str(j["prompts"]), fnum(j["before"], "+.3f"), fnum(j["after"], "+.3f"),
+                         f"{fnum(j['effect'], '+.3f')} [{fnum(j['effect_ci'][0], '+.3f')}, {fnum(j['effect_ci'][1], '+.3f')}]",
+                         fnum(j.get("control_effect"), "+.3f"), str(j.get("controls", 0))])
+        blocks.append(Table(f"Generations scored by the judge ({judged[0]['judge']['judge'].get('name')})",
+                            ["pole", "prompts", "before", "after", "Δ [95% CI]", "controls' Δ", "controls"], rows,
+                            "Orientation of each greedy generation on the axis, in [−1, 1] (+1: the pole). "
+                            f"From {src_manifest} (results: judge).", name="ablate-judge"))
+    return blocks
 
 
 def _generations(run_dir: Path, options: ReportOptions) -> list:

@@ -54,4 +54,5 @@ def validation_json(result) -> dict:
     m = result.manifest
     return {"kind": m.get("kind"), "run_dir": str(result.run_dir), "locate_run": m.get("locate_run"),
             "model": {k: m.get("model", {}).get(k) for k in ("model_id", "revision", "n_layers", "width")},
-            "config": m.get("config"), **({"gammas": m["gammas"]} if "gammas" in m else {}), "results": result.summaries}
+            "config": m.get("config"), **({"gammas": m["gammas"]} if "gammas" in m else {}),
+            **{k: m[k] for k in ("neutral", "judge") if k in m}, "results": result.summaries}

@@ -160,9 +160,66 @@ def ablate_table(result) -> Table:
         if has:
             table.add_row("[dim]controls[/]", "", "[dim]mean ± sd[/]", f"[dim]{s['control_effect']:+.3f} ± {s['control_sd']:.3f}[/]",
                           "", "", "")
-            table.add_row("[dim]Δ−ctrl[/]", "", "", f"{s['effect_minus_control']:+.3f} {_ci3(s['effect_minus_control_ci'])}",
-                          "", "", "", end_section=True)
+            z = ""
+            if s.get("z") is not None:
+                z = f"z {s['z']:+.1f}" + (f" [{s['z_ci'][0]:+.1f},{s['z_ci'][1]:+.1f}]" if s.get("z_ci") else "")
+            table.add_row("[dim]Δ−ctrl[/]", "", z, f"{s['effect_minus_control']:+.3f} {_ci3(s['effect_minus_control_ci'])}",
+                          "", "", "", end_section=not (s.get("side_effects") or s.get("verdict")))
+        for label, row in side_effect_rows(s):
+            table.add_row(f"[dim]{label}[/]", "", *row)
+        if s.get("verdict"):
+            table.add_row("[dim]verdict[/]", "", f"[bold]{s['verdict']['verdict']}[/]", "", "", "", "", end_section=True)
     return table
+
+
+SIDE_LABELS = {"kl": ("KL/pos", "{:.3f}"), "ppl_ratio": ("ppl ×", "{:.3f}"), "task_drop": ("task ΔP", "{:+.3f}")}
+
+
+def side_effect_rows(s: dict) -> list[tuple[str, list[str]]]:
+    """Rows under a pole: each side effect of the located set, the controls' mean ± sd, its rank and p
+    (rank 1 = more damage than every control)."""
+    side = s.get("side_effects") or {}
+    rows = []
+    for key, (label, fmt) in SIDE_LABELS.items():
+        d = side.get(key)
+        if not d:
+            continue
+        value = -d["located"] if key == "task_drop" else d["located"]  # shown as the change in P(right)
+        mean = -d.get("control_mean", float("nan")) if key == "task_drop" else d.get("control_mean", float("nan"))
+        ctrl = f"ctrl {fmt.format(mean)} ± {d.get('control_sd', float('nan')):.3f}" if "control_mean" in d else ""
+        rank = f"{d['rank']}/{d['controls'] + 1}" if "rank" in d else "—"
+        rows.append((label, [fmt.format(value), ctrl, rank, f"{d['p']:.2f}" if "p" in d else "—", ""]))
+    return rows
+
+
+def cross_table(result) -> Table | None:
+    """The cross-value matrix: a row per located set, a column per evaluated value/axis; z against the controls."""
+    rows = [s for s in result.summaries if s.get("cross_values")]
+    if not rows:
+        return None
+    columns = list(rows[0]["cross_values"]["cells"])
+    table = Table(title="Cross-value matrix — z of Δ against the same controls (* = own value)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption="cell = (Δ − controls' mean Δ) / controls' sd on the column's items, read toward the row's own pole on its "
+                          "own axis, else toward the column's first pole; value-specific = its own column has the largest |z|")
+    table.add_column("located", justify="right", no_wrap=True)
+    for column in columns:
+        table.add_column(_short(column), justify="right", no_wrap=True)
+    table.add_column("own most", justify="right")
+    for s in rows:
+        cv = s["cross_values"]
+        cells = []
+        for column in columns:
+            cell = cv["cells"].get(column, {})
+            text = "—" if cell.get("z") is None else f"{cell['z']:+.1f}"
+            cells.append(text + ("*" if column == cv["own"] else ""))
+        table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), *cells, "yes" if cv["own_moves_most"] else "no")
+    return table
+
+
+def _short(column: str) -> str:
+    parts = column.split("/")
+    return "/".join(SHORT.get(p, p[:6]) for p in parts)
 
 
 def steer_table(result) -> Table:
@@ -181,6 +238,30 @@ def steer_table(result) -> Table:
                           f"{point['effect_minus_control']:+.3f} {_ci3(point['effect_minus_control_ci'])}" if has else "—",
                           f"{point.get('p_sequential', point.get('p_higher', 0)):.2f}" if has else "—",
                           f"{point.get('controls_drawn', point.get('controls', 0))}")
+    return table
+
+
+def steer_side_table(result) -> Table | None:
+    """Beside the dose–response: side effects (located vs controls) and the judge's scores, per γ."""
+    points = [(s["dimension"], p) for s in result.summaries for p in s["curve"]]
+    if not any(p.get("side_effects") or p.get("judge") for _, p in points):
+        return None
+    table = Table(title="Steering: side effects and judged generations per γ", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption="KL = mean KL(unedited ‖ edited) per position of neutral prose, located (controls' mean), rank among the "
+                          "controls (1 = more than all); ppl × = perplexity ratio; judge = generations' orientation Δ [95% CI] "
+                          "(controls' Δ)")
+    for column in ("pole", "γ", "KL (ctrl)", "rank", "ppl ×", "judge Δ [95% CI] (ctrl)", "verdict"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for pole, p in points:
+        side, judge = p.get("side_effects") or {}, p.get("judge")
+        kl = side.get("kl") or {}
+        table.add_row(SHORT.get(pole, pole[:12]), f"{p['gamma']:g}",
+                      f"{kl['located']:.3f} ({kl.get('control_mean', float('nan')):.3f})" if kl else "—",
+                      f"{kl['rank']}/{kl['controls'] + 1}" if "rank" in kl else "—",
+                      f"{side['ppl_ratio']['located']:.3f}" if side.get("ppl_ratio") else "—",
+                      f"{judge['effect']:+.2f} {_ci3(judge['effect_ci'])} ({judge.get('control_effect', float('nan')):+.2f})"
+                      if judge else "—", (p.get("verdict") or {}).get("verdict", "—"))
     return table
 
 
