@@ -147,6 +147,15 @@ class ValidateConfig:
     eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
     stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
     tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
+    # a located set ahead of all `controls` keeps drawing up to this many (p can reach 1/201 ≈ 0.005); `controls` or less: never
+    max_controls: int = 200
+    side_effects: bool = True  # KL / perplexity on neutral prose and a non-value forced choice, for the located set and its controls
+    neutral: str | None = None  # a file of neutral prose (one passage a line) and/or prompt<TAB>right<TAB>wrong pairs (None: built-in)
+    side_controls: int = 20  # side effects and the cross-value matrix: at least this many controls (all drawn, if more)
+    cross_values: bool = True  # evaluate each located set on the items of the other values/axes too (the cross-value matrix)
+    verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
+    judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (see vneuron.judges)
+    judge_controls: int = 5  # controls whose generations are generated and judged too
 
     def check_ablation(self) -> "ValidateConfig":
         """An ablation with a dosed edit needs its dose (steer sets γ per point of its sweep)."""
@@ -179,6 +188,16 @@ class ValidateConfig:
             raise VneuronError(f"Unknown `tail` {self.tail!r}", f"use {' or '.join(TAILS)} (the direction the edit is expected to move P)")
         if self.stop_after < 0:
             raise VneuronError("`stop_after` must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
+        for name in ("max_controls", "side_controls", "judge_controls"):
+            if getattr(self, name) < 0:
+                raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.verdict_alpha < 1:
+            raise VneuronError(f"`verdict_alpha` must lie strictly between 0 and 1, got {self.verdict_alpha}", "e.g. 0.05")
+        if self.neutral is not None and not Path(self.neutral).expanduser().is_file():
+            raise VneuronError(f"`neutral` {self.neutral} does not exist",
+                               "pass a text file: one neutral passage a line, or prompt<TAB>right<TAB>wrong lines")
+        if self.judge is not None and not self.generations:
+            raise VneuronError("`judge` scores generations, but `generations` is 0", "add `generations` N (e.g. 8)")
         if self.eval_dataset is None and (self.eval_map or self.eval_columns):
             name = "`eval_map`" if self.eval_map else "`eval_columns`"
             raise VneuronError(f"{name} describes an outside evaluation file, but no `eval_dataset` was given",

@@ -45,6 +45,24 @@ TestFractionOpt = setting(V, "eval_test_fraction", "--test-fraction", panel=DATA
                           help="Data without a split column: the share held out as test, chosen by a hash of each item's id.")
 BatchTokensOpt = setting(V, "batch_tokens", "--batch-tokens", panel=RUN,
                          help="Padded tokens per forward batch (1,024 is fastest on a small CPU; raise it on a GPU or NDIF).")
+MaxControlsOpt = setting(V, "max_controls", "--max-controls", panel=EVALUATION,
+                         help="A located set ahead of all --controls keeps drawing up to this many (p can reach 1/(N+1), "
+                              "0.005 at 200); --controls or less: never.")
+SideEffectsOpt = setting(V, "side_effects", "--side-effects/--no-side-effects", panel=EVALUATION,
+                         help="KL and perplexity on neutral prose and a factual/grammatical forced choice, for the located set "
+                              "and its controls, and a verdict.")
+NeutralOpt = setting(V, "neutral", "--neutral", panel=EVALUATION,
+                     help="Your own neutral text for the side effects: one passage a line, and/or prompt<TAB>right<TAB>wrong "
+                          "lines (default: the built-in EN/ZH corpus).")
+SideControlsOpt = setting(V, "side_controls", "--side-controls", panel=EVALUATION,
+                          help="Side effects and the cross-value matrix: at least this many controls (every one drawn, if more).")
+GenerationsOpt = setting(V, "generations", "--generations", panel=EVALUATION,
+                         help="Scenarios whose generations before/after are saved (and judged with --judge); off by default.")
+JudgeOpt = setting(V, "judge", "--judge", panel=EVALUATION,
+                   help="Score the generations' orientation: touche (offline classifier), openai:MODEL@URL or model:SPEC[@ndif] "
+                        "(an LLM with a rubric).")
+JudgeControlsOpt = setting(V, "judge_controls", "--judge-controls", panel=EVALUATION,
+                           help="Controls whose generations are made and judged too.")
 FirstDatasetOpt = setting(LocateConfig, "dataset", "--dataset", "-d", panel=DATA, help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = setting(LocateConfig, "language", "--language", panel=DATA, help="Corpus language when locating first.")
 
@@ -58,6 +76,13 @@ STUDY_OPTIONS = {
     "dimension": (Optional[str], DimensionOpt),
     "controls": (int, ControlsOpt),
     "stop_after": (int, StopAfterOpt),
+    "max_controls": (int, MaxControlsOpt),
+    "side_effects": (bool, SideEffectsOpt),
+    "neutral": (Optional[str], NeutralOpt),
+    "side_controls": (int, SideControlsOpt),
+    "generations": (int, GenerationsOpt),
+    "judge": (Optional[str], JudgeOpt),
+    "judge_controls": (int, JudgeControlsOpt),
     "split": (str, SplitOpt),
     "limit": (Optional[int], LimitOpt),
     "seed": (int, SeedOpt),
@@ -77,7 +102,8 @@ STUDY_OPTIONS = {
     "quiet": (bool, QuietOpt),
 }
 EVALUATION_SETTINGS = ("controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
-                       "eval_split", "batch_tokens")
+                       "eval_split", "batch_tokens", "max_controls", "side_effects", "neutral", "side_controls", "generations",
+                       "judge", "judge_controls")
 
 
 def _config(study: dict, **settings) -> ValidateConfig:
@@ -90,7 +116,7 @@ def _config(study: dict, **settings) -> ValidateConfig:
 
 def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, gammas=None) -> None:
     """What ablate and steer share: a dry run, or locate-first, the study and its printout."""
-    from ..report import ablate_table, console, progress_bar, steer_table
+    from ..report import ablate_table, console, cross_table, progress_bar, steer_side_table, steer_table
     from ..validate import ablate, locate_first, steer
 
     remote = target(study["remote"], study["host"], study["timeout"])
@@ -121,6 +147,9 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
         emit(validation_json(result))
         return
     console.print(ablate_table(result) if kind == "ablate" else steer_table(result))
+    matrix = cross_table(result) if kind == "ablate" else steer_side_table(result)
+    if matrix is not None:
+        console.print(matrix)
     output.evaluation_note(result.manifest)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
@@ -137,8 +166,9 @@ def ablate(
     tail: Optional[str] = setting(V, "tail", "--tail", panel=SELECTION, metavar="[lower|higher]",
                                   help="Direction the edit is expected to move P toward the pole: lower (default for switching "
                                        "off) or higher (e.g. neurons that veto their own pole)."),
-    generations: int = setting(V, "generations", "--generations", panel=EVALUATION,
-                               help="Scenarios whose generations before/after are saved (optional work, batched; off by default)."),
+    cross_values: bool = setting(V, "cross_values", "--cross-values/--no-cross-values", panel=EVALUATION,
+                                 help="Also evaluate each located set on the items of every other value or axis (the cross-value "
+                                      "matrix; with the same controls)."),
     pvq: Optional[str] = setting(V, "pvq", "--pvq", panel=EVALUATION,
                                  help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an "
                                       "item,value,key file."),
@@ -155,7 +185,7 @@ def ablate(
       vneuron ablate --model smollm2-135m --top-k 200 --mode mean --controls 20
     """
     setup(study["threads"], study["quiet"])
-    config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, generations=generations, pvq=pvq,
+    config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, cross_values=cross_values, pvq=pvq,
                      pvq_template=pvq_template).check_ablation()
     _run("ablate", run_dir, config, top_k, out, study)
 
