@@ -33,6 +33,7 @@ from .scoring import NeuronSet
 from .templates import choice_template, pvq_template
 from . import budget, threads
 from .sequential import Sequential, tail_for
+from .specificity import Beside, beside_count
 
 Progress = Callable[[str, int, int], None]
 
@@ -184,6 +185,7 @@ def summarize(pole: str, base: torch.Tensor, located: torch.Tensor, controls: li
             "effect_minus_control": float(diff_i.mean()),
             "effect_minus_control_ci": bootstrap_ci(diff_i, n=config.bootstrap, seed=config.seed + 1),
             "z": (effect - float(control_effects.mean())) / sd if sd and sd == sd and sd > 0 else None,
+            "z_ci": z_interval(effect_i, per_seed, n=config.bootstrap, seed=config.seed + 2),
             "p_lower": (1 + below) / (1 + len(controls)),  # located lowers orientation more than chance
             "p_higher": (1 + above) / (1 + len(controls)),
             # 1: beyond every control in the expected direction (below them for "lower")
@@ -191,6 +193,26 @@ def summarize(pole: str, base: torch.Tensor, located: torch.Tensor, controls: li
             "control_effects": control_effects.tolist(),
         })
     return out
+
+
+def z_interval(effect_i: torch.Tensor, per_seed: torch.Tensor, *, n: int = 2000, seed: int = 0,
+               level: float = 0.95) -> tuple[float, float] | None:
+    """Bootstrap CI of z = (effect − mean control) / sd of the controls, resampling items and controls
+    together: how far the located set lies from the control distribution, with its uncertainty."""
+    S, m = per_seed.shape
+    if S < 3 or m < 2:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, m, (n, m), generator=gen)
+    weights = torch.zeros(n, m, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n, m, dtype=torch.float64)) / m
+    located = weights @ effect_i.double()
+    controls = (weights @ per_seed.double().T).gather(1, torch.randint(0, S, (n, S), generator=gen))
+    sd = controls.std(1)
+    z = ((located - controls.mean(1)) / sd)[sd > 0]
+    if not len(z):
+        return None
+    lo, hi = torch.quantile(z, torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=z.dtype)).tolist()
+    return lo, hi
 
 
 @dataclass
@@ -210,11 +232,14 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         from .data import load_inventory
 
         inventory = load_inventory(config.pvq)
+    judge = _judge_of(config)  # a bad judge spec fails before the model loads
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
+    if judge is not None:  # a pole or language the judge cannot read fails before any work
+        judge.check([(p, _opposite(run, p)) for p in poles], sorted({i.language for i in all_items}))
     started = time.time()
-    summaries, item_rows, control_rows, samples = [], [], [], []
+    summaries, item_rows, control_rows, samples, side_rows = [], [], [], [], []
+    beside = Beside(loaded, config, all_items, judge, select=items_for)
     baselines: dict[tuple, ChoiceResult] = {}
-    partial = _Partial(out, {"config": asdict(config), "run": str(run.path), "revision": loaded.revision})
     for pole in poles:
         if pole in partial.poles:  # finished before an interruption: nothing computed is lost
             done = partial.poles[pole]
@@ -222,9 +247,10 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             item_rows += done["item_rows"]
             control_rows += done["control_rows"]
             samples += done["samples"]
+            side_rows += done.get("side_rows", [])
             say(f"{pole}: kept from the interrupted run", 1, 1)
             continue
-        first_item, first_control, first_sample = len(item_rows), len(control_rows), len(samples)
+        first_item, first_control, first_sample, first_side = len(item_rows), len(control_rows), len(samples), len(side_rows)
         items = items_for(all_items, pole, config.limit)
         if not items:
             raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use `split` all")
@@ -259,18 +285,23 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
                               "controls_mean": round(float(torch.stack(controls)[:, n].mean()), 6) if controls else ""})
         for seed, c in zip(seeds, controls):
             control_rows.append({"dimension": pole, "seed": seed, "effect": round(float((c - base).mean()), 6)})
+        extra = [edit_for(run, neurons.random_matched(config.seed * 1000 + n), pole, config)
+                 for n in range(beside_count(len(controls), config))]
+        side_rows += beside.measure(summary, pole, items, edit, extra, say)
         if config.generations:
-            samples.extend(_samples(loaded, items[: config.generations], edit, pole, config))
+            samples.extend(beside.generations(summary, pole, _opposite(run, pole), items[: config.generations], edit, extra, say)
+                           if judge else _samples(loaded, items[: config.generations], edit, pole, config))
         partial.add(pole, {"summary": summary, "item_rows": item_rows[first_item:], "control_rows": control_rows[first_control:],
-                           "samples": samples[first_sample:]})
+                           "samples": samples[first_sample:], "side_rows": side_rows[first_side:]})
     manifest = {**base_manifest("ablate"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
-                "threads": threads.describe(), "work": work.report(), "results": summaries}
+                "threads": threads.describe(), "work": work.report(), **beside.describe(), "results": summaries}
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)
         write_csv(directory / "items.csv", item_rows)
         write_csv(directory / "controls.csv", control_rows)
+        beside.write(directory, side_rows, summaries)
         if samples:
             write_jsonl(directory / "generations.jsonl", samples)
 
@@ -310,10 +341,14 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     if not gammas:
         raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
     gammas = [float(g) for g in gammas]
+    judge = _judge_of(config)
     say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
+    if judge is not None:
+        judge.check([(p, _opposite(run, p)) for p in poles], sorted({i.language for i in all_items}))
     started = time.time()
     work = budget.reset()
-    rows, summaries = [], []
+    rows, summaries, side_rows, samples = [], [], [], []
+    beside = Beside(loaded, config, all_items, judge)
     for pole in poles:
         items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
@@ -335,20 +370,31 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
             s = summarize(pole, base, located, ctrl, items, cfg, tail)
             s.update(rule.report())
             s["gamma"] = gamma
+            edit = edit_for(run, neurons, pole, cfg)
+            extra = [control_edit(n) for n in range(beside_count(len(ctrl), config))]
+            for row in beside.measure(s, pole, items, edit, extra, say):
+                side_rows.append({"gamma": gamma, **row})
+            if config.generations and judge:
+                for row in beside.generations(s, pole, _opposite(run, pole), items[: config.generations], edit, extra, say):
+                    samples.append({"gamma": gamma, **row})
             curve.append(s)
             rows.append({"dimension": pole, "gamma": gamma, "baseline": round(s["baseline"], 6), "after": round(s["after"], 6),
                          "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
                          "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6),
-                         "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6)})
+                         "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6),
+                         **beside.columns(s)})
         summaries.append({"dimension": pole, "neurons": len(neurons), "curve": curve})
     manifest = {**base_manifest("steer"), "locate_run": str(run.path), "model": loaded.manifest(), "evaluation": run.evaluation,
                 "gammas": gammas,
                 "config": asdict(config), "timings": {"total_s": round(time.time() - started, 1)},
-                "threads": threads.describe(), "work": work.report(), "results": summaries}
+                "threads": threads.describe(), "work": work.report(), **beside.describe(), "results": summaries}
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)
         write_csv(directory / "dose_response.csv", rows)
+        beside.write(directory, side_rows, [])
+        if samples:
+            write_jsonl(directory / "generations.jsonl", samples)
 
     write_run(out, write, what="steering results")
     return ValidationResult(out, manifest, summaries)
@@ -358,7 +404,7 @@ def _sequential(loaded, items, pole: str, base, edit, control_edit, tail: str, c
     """The located set and its first controls in one go, then controls one at a time until the
     sequential rule (Besag–Clifford) stops: returns P toward the pole after the located edit, per
     control, and the rule (its report says how many were drawn and why it stopped)."""
-    rule = Sequential(0.0, tail, config.stop_after, config.controls)
+    rule = Sequential(0.0, tail, config.stop_after, config.controls, extend_to=config.max_controls)
     first = forced_choice_sets(loaded, items, [edit] + [control_edit(n) for n in range(rule.first())],
                                batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
     located = first[0].toward(pole)
@@ -446,8 +492,21 @@ def poles_for(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | N
     return covered
 
 
+def _opposite(run: LocateRun, pole: str) -> str | None:
+    return dict(map(tuple, run.manifest.get("contrasts", []))).get(pole, OPPOSITE.get(pole))
+
+
+def _judge_of(config: ValidateConfig):
+    """The generation judge named by `judge` (built, and so checked, before any model loads), or None."""
+    if not config.judge:
+        return None
+    from .judges import make_judge
+
+    return make_judge(config.judge)
+
+
 def edit_for(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConfig):
-    opposite = dict(map(tuple, run.manifest.get("contrasts", []))).get(pole, OPPOSITE.get(pole))
+    opposite = _opposite(run, pole)
     gamma = 1.0 if config.gamma is None else config.gamma  # modes without a dose ignore it
     return edit_from_stats(neurons, config.mode, run.stats, gamma=gamma, pole=pole, opposite=opposite)
 
