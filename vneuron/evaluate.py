@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from .data.schema import Item, Prompt, expresses
-from .prefix import LOGIT_BUDGET, head_logprobs, row_batches, tensors
+from .prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors
 from .prefix import pack as pack_tries
 from .edits import Edit, apply, plan
 from . import budget
@@ -178,11 +178,14 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     layers = model.n_layers
     for index, (t, chunks, n_pairs) in enumerate(prepared):
         below = reuse.get(model, (pairs_key, index, low), t, low) if reuse is not None else None
-        logp = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low))["logp"]
+        if model.remote is not None:  # a session, so that the server builds the mask from the trie's parents
+            logp = call(model, lambda: _score_session(model, [(t, chunks, n_pairs)], [steps], post))["logp"][0]
+        else:
+            logp = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low))["logp"]
         budget.current.add(budget.Work(
             forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
             head_positions=len(t.rows), bytes_down=nbytes(logp),
-            bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of, *_step_tensors(steps))))
+            bytes_up=nbytes(*sent_tensors(t), *_step_tensors(steps))))
         sums.index_add_(0, t.pairs, logp.double())
         counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
         done += n_pairs
@@ -214,23 +217,30 @@ def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, st
             counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
             budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * model.n_layers,
                                            head_positions=len(t.rows), bytes_down=nbytes(logp),
-                                           bytes_up=nbytes(t.ids, t.positions, t.mask, t.rows, t.cols, t.targets, t.node_of)))
+                                           bytes_up=nbytes(*sent_tensors(t)) if s == 0 else 0))
         budget.current.bytes_up += nbytes(*_step_tensors(steps))
         out.append(sums / counts)
     budget.current.requests += 1
     return out
 
 
+def sent_tensors(t) -> tuple[torch.Tensor, ...]:
+    """What a request carries of a batch of tries (its mask is built where it runs, from ``parents``)."""
+    return t.ids, t.positions, t.parents, t.rows, t.cols, t.targets, t.node_of
+
+
 def _score_session(model: LoadedModel, prepared, steps_list, post):
-    """One request: every batch of tries under every edit set, in one session."""
+    """One request: every batch of tries under every edit set, in one session. The attention masks are
+    built inside it from the tries' parents (on the server, for a remote model), once per batch."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     base = resolve_path(lm, model.arch.base)
     head = lm.lm_head
-    work = [(t.ids, t.mask, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
+    work = [(t.ids, t.parents, t.dtype, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        masks = [attention_mask(w[1], w[2]) for w in work]
         logp = []  # the name is the key of the collected result: it must match outcome's
         for steps in steps_list:
-            for ids, mask, positions, rows, cols, targets, node_of, chunks in work:
+            for (ids, _, _, positions, rows, cols, targets, node_of, chunks), mask in zip(work, masks):
                 with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
                     apply(lm, steps)
                     hidden = base.output[0][rows, cols]

@@ -6,11 +6,17 @@ portrait. A row of a batch holds the token trie of consecutive pairs (each share
 4-D attention mask lets every token attend only to its ancestors and the position ids are the
 depths, so every path computes what its own unpadded sequence would. The LM head runs only at the
 nodes whose next token is scored, and nothing after the final norm is computed.
+
+A batch carries the trie's parents ([B, T] node indices), not its mask: ``attention_mask`` builds the
+[B, 1, T, T] mask from them with a few tensor operations, on the client for a local model and inside
+the request on an NDIF server, so a remote request uploads B × T integers instead of B × T² floats.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -78,7 +84,8 @@ class Batch:
 
     ids: torch.Tensor  # [B, T]
     positions: torch.Tensor  # [B, T]
-    mask: torch.Tensor  # [B, 1, T, T] additive (0: attend, dtype min: not)
+    parents: torch.Tensor  # [B, T] each node's parent in its row (-1: a root, or padding)
+    dtype: torch.dtype  # of the attention mask
     rows: torch.Tensor  # [N] row of each distinct predicting node
     cols: torch.Tensor  # [N] its column
     targets: torch.Tensor  # [S] scored tokens
@@ -88,6 +95,11 @@ class Batch:
     @property
     def tokens(self) -> int:
         return int(self.ids.numel())
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """[B, 1, T, T] additive (0: attend, dtype min: not), built from ``parents``."""
+        return attention_mask(self.parents, self.dtype)
 
     def head_chunks(self, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int, int, int]]:
         """(first node, end node, first scored token, end scored token) per LM-head chunk."""
@@ -102,28 +114,41 @@ def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
     width = max(len(r.ids) for r in batch)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     positions = torch.zeros((len(batch), width), dtype=torch.long)
-    allowed = torch.zeros((len(batch), width, width), dtype=torch.bool)
-    allowed[:, torch.arange(width), torch.arange(width)] = True  # padding attends to itself (never read)
+    parents = torch.full((len(batch), width), -1, dtype=torch.long)  # padding: a root that sees only itself
     nodes: dict[tuple[int, int], int] = {}
     targets, node_of, pairs = [], [], []
     for b, row in enumerate(batch):
         n = len(row.ids)
         ids[b, :n] = torch.tensor(row.ids)
         positions[b, :n] = torch.tensor(row.depth)
-        parent = torch.tensor(row.parent)
-        for i in range(n):  # ancestors of i: its parent's ancestors and itself
-            if parent[i] >= 0:
-                allowed[b, i] = allowed[b, parent[i]]
-            allowed[b, i, i] = True
+        parents[b, :n] = torch.tensor(row.parent)
         for node, target, pair in row.scored:
             targets.append(target)
             node_of.append(nodes.setdefault((b, node), len(nodes)))
             pairs.append(pair)
     where = torch.tensor(list(nodes), dtype=torch.long).reshape(-1, 2)
     order = torch.argsort(torch.tensor(node_of, dtype=torch.long), stable=True)  # head chunks take contiguous runs
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-    return Batch(ids, positions, mask, where[:, 0], where[:, 1], torch.tensor(targets, dtype=torch.long)[order],
+    return Batch(ids, positions, parents, dtype, where[:, 0], where[:, 1], torch.tensor(targets, dtype=torch.long)[order],
                  torch.tensor(node_of, dtype=torch.long)[order], torch.tensor(pairs, dtype=torch.long)[order])
+
+
+def attention_mask(parents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] additive mask in which every node attends to itself and its ancestors only.
+
+    ``parents`` [B, T]: each node's parent (-1 for a root; a parent precedes its children). Pointer
+    doubling: after round k every node holds its ancestors up to 2^k steps up, so ⌈log2 T⌉ rounds of
+    one gather each reach the root. Only tensors and plain data: it also runs inside a request on an
+    NDIF server, where vneuron is not installed.
+    """
+    rows, width = parents.shape
+    own = torch.arange(width).expand(rows, width)
+    up = torch.where(parents >= 0, parents, own)  # a root's pointer stays on itself
+    allowed = torch.eye(width, dtype=torch.bool).expand(rows, width, width).clone()
+    allowed.scatter_(2, up[..., None], True)
+    for _ in range(max(1, math.ceil(math.log2(max(width, 2))))):
+        allowed = allowed | torch.gather(allowed, 1, up[..., None].expand(rows, width, width))
+        up = torch.gather(up, 1, up)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int]]:

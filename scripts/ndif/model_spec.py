@@ -1,6 +1,8 @@
-"""Write the `ndif deploy -f` file for a local model directory; print its model key.
+"""Write the `ndif deploy -f` file for local model directories; print each one's model key.
 
-    python model_spec.py MODEL_DIR OUT_YAML
+    python model_spec.py MODEL_DIR [MODEL_DIR ...] OUT_YAML
+
+(one JSON line per model: {"model_key": ..., "size_bytes": ...}, in the order given)
 
 The model key is the one an nnsight 0.8.1 client sends for
 ``LanguageModel(MODEL_DIR, tokenizer=MODEL_DIR)`` with ``nnsight.modeling.huggingface._ID_CACHE``
@@ -34,24 +36,29 @@ def spec(model_dir: str) -> dict:
 
 
 def main() -> None:
-    model_dir, out = sys.argv[1], sys.argv[2]
-    model_dir = os.path.abspath(model_dir)
-    s = spec(model_dir)
+    *model_dirs, out = sys.argv[1:]
+    if not model_dirs:
+        sys.exit("usage: model_spec.py MODEL_DIR [MODEL_DIR ...] OUT_YAML")
     import yaml
 
-    entry = {
-        "checkpoint": model_dir,
-        "model_key": s["model_key"],
-        "size_bytes": s["size_bytes"],
-        "padding_bias": 0,
-        "max_tp": 0,
-        "dtype": "float32",
-        "pinned": True,
-        "replicas": 1,
-    }
+    entries, specs = [], []
+    for model_dir in map(os.path.abspath, model_dirs):
+        s = spec(model_dir)
+        specs.append(s)
+        entries.append({
+            "checkpoint": model_dir,
+            "model_key": s["model_key"],
+            "size_bytes": s["size_bytes"],
+            "padding_bias": 0,
+            "max_tp": 0,
+            "dtype": "float32",
+            "pinned": True,
+            "replicas": 1,
+        })
     with open(out, "w") as f:
-        yaml.safe_dump({"models": [entry]}, f, sort_keys=False)
-    print(json.dumps(s))
+        yaml.safe_dump({"models": entries}, f, sort_keys=False)
+    for s in specs:
+        print(json.dumps(s))
 
 
 if __name__ == "__main__":

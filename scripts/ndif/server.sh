@@ -2,7 +2,8 @@
 # A real NDIF server (the `ndif` PyPI package) on loopback, for testing vneuron's remote path.
 #
 #   server.sh install [VENV_DIR]      venv + ndif 0.1.2 + deps, redis-server, moto (idempotent)
-#   server.sh start MODEL_DIR [PORT]  redis, moto, ray head, controller, API; deploys MODEL_DIR
+#   server.sh start MODEL_DIR [PORT [MODEL_DIR ...]]
+#                                     redis, moto, ray head, controller, API; deploys every MODEL_DIR
 #                                     (PORT: the API's, default 8001, "auto" for a free one)
 #   server.sh stop                    kills every process this script started, by pid
 #   server.sh status                  what runs, the URL and the model key
@@ -321,10 +322,14 @@ audit_listeners() {
 }
 
 cmd_start() {
-    local model_dir="${1:-}" port="${2:-8001}" t0 spec model_key ray_tmp id p free
-    [ -n "$model_dir" ] || die "usage: $0 start MODEL_DIR [PORT]"
-    [ -d "$model_dir" ] || die "MODEL_DIR $model_dir is not a directory"
-    model_dir="$(cd "$model_dir" && pwd)"
+    local model_dir="${1:-}" port="${2:-8001}" t0 spec model_key ray_tmp id p free d key
+    local -a model_dirs=()
+    [ -n "$model_dir" ] || die "usage: $0 start MODEL_DIR [PORT [MODEL_DIR ...]]"
+    for d in "$1" "${@:3}"; do   # the first model, then any more after the port: one stack serves them all
+        [ -d "$d" ] || die "MODEL_DIR $d is not a directory"
+        model_dirs+=("$(cd "$d" && pwd)")
+    done
+    model_dir="${model_dirs[0]}"
     [ -x "$VENV/bin/python" ] && [ -f "$VENV/.ndif-installed" ] \
         || die "no server venv at $VENV: run 'bash $0 install' first"
     command -v redis-server >/dev/null || die "redis-server is not installed: run 'bash $0 install' first"
@@ -374,6 +379,7 @@ cmd_start() {
         "NDIF_DEFAULT_DTYPE=float32"
         "NDIF_MODEL_IMPORT_PATH=cpu_deployment.CPUModelActor"
         "NDIF_INFLUX_ENABLED=false"
+        "NDIF_REQUEST_LOG=$STATE/logs/requests.jsonl"
         "HF_HUB_OFFLINE=1"
         "TRANSFORMERS_OFFLINE=1"
         "TOKENIZERS_PARALLELISM=false"
@@ -388,13 +394,18 @@ cmd_start() {
     )
 
     # the model key first: a directory nnsight cannot load fails here, before any server starts
-    if ! spec="$(run_env timeout "$(remaining)" python "$HERE/model_spec.py" "$model_dir" "$STATE/models.yaml" 2>"$STATE/logs/model_spec.log")"; then
-        fail "computing the model key of $model_dir failed (is it a transformers model directory with a tokenizer?)" \
+    if ! spec="$(run_env timeout "$(remaining)" python "$HERE/model_spec.py" "${model_dirs[@]}" "$STATE/models.yaml" 2>"$STATE/logs/model_spec.log")"; then
+        fail "computing the model key of ${model_dirs[*]} failed (is each a transformers model directory with a tokenizer?)" \
             "$STATE/logs/model_spec.log"
     fi
-    model_key="$(printf '%s' "$spec" | tail -n 1 | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["model_key"])')"
-    echo "$model_key" > "$STATE/model_key"
-    log "model key: $model_key"
+    printf '%s\n' "$spec" | "$VENV/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    if line.startswith("{"):
+        print(json.loads(line)["model_key"])' > "$STATE/model_keys"
+    model_key="$(head -n 1 "$STATE/model_keys")"
+    echo "$model_key" > "$STATE/model_key"   # the first model's (what one-model callers read)
+    log "model key(s): $(tr '\n' ' ' < "$STATE/model_keys")"
 
     log "redis on 127.0.0.1:$REDIS_PORT"
     svc redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --protected-mode yes \
@@ -431,14 +442,16 @@ cmd_start() {
         http_ok "http://127.0.0.1:$port/connected"
     log "API connected after $(($(date +%s) - t0)) s"
 
-    log "deploying $model_dir"
+    log "deploying ${model_dirs[*]}"
     # shellcheck disable=SC2046
     if ! run_env timeout "$(remaining)" ndif deploy -f "$STATE/models.yaml" >"$STATE/logs/deploy.log" 2>&1; then
-        fail "ndif deploy of $model_dir failed or timed out" "$STATE/logs/deploy.log" $(ray_logs)
+        fail "ndif deploy of ${model_dirs[*]} failed or timed out" "$STATE/logs/deploy.log" $(ray_logs)
     fi
     # shellcheck disable=SC2046
-    wait_for "model listed as deployed by /status" "$(cat "$STATE/pids/api.pid")" "$STATE/logs/deploy.log" \
-        deployed "http://127.0.0.1:$port" "$model_key"
+    while read -r key; do
+        wait_for "model listed as deployed by /status" "$(cat "$STATE/pids/api.pid")" "$STATE/logs/deploy.log" \
+            deployed "http://127.0.0.1:$port" "$key"
+    done < "$STATE/model_keys"
 
     audit_listeners
     [ -s "$STATE/logs/loopback_guard.log" ] && log "the loopback guard rewrote $(wc -l < "$STATE/logs/loopback_guard.log") bind/connect call(s): $STATE/logs/loopback_guard.log"
@@ -480,7 +493,7 @@ cmd_status() {
     url="$(cat "$STATE/url" 2>/dev/null || true)"
     [ -n "$url" ] && echo "url: $url ($(curl -sf --max-time 3 --noproxy '*' "$url/connected" || echo 'not connected'))"
     [ -f "$STATE/ports" ] && echo "ports: $(cat "$STATE/ports")"
-    [ -f "$STATE/model_key" ] && echo "model key: $(cat "$STATE/model_key")"
+    [ -f "$STATE/model_keys" ] && echo "model key(s): $(tr '\n' ' ' < "$STATE/model_keys")"
     [ -f "$STATE/start_seconds" ] && echo "started in $(cat "$STATE/start_seconds") s"
     return $rc
 }
@@ -490,5 +503,5 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) shift; cmd_status "$@" ;;
-    *) echo "usage: $0 {install [VENV_DIR]|start MODEL_DIR [PORT|auto]|stop|status}" >&2; exit 2 ;;
+    *) echo "usage: $0 {install [VENV_DIR]|start MODEL_DIR [PORT|auto [MODEL_DIR ...]]|stop|status}" >&2; exit 2 ;;
 esac
