@@ -9,7 +9,7 @@ from vneuron.capture import CaptureConfig, capture
 from vneuron.tokens import encode
 from vneuron.data.schema import Prompt
 
-from .reference import hook_stats
+from .reference import hook_examples, hook_stats
 
 TEXTS = [("you choose to help the community .", "a"), ("what would you do ?", "b"),
          ("your friend wants to try a new adventure", "b"), ("save money", "a"), ("the manager would follow the rules", "a")]
@@ -42,8 +42,8 @@ def test_generation_counts_generated_tokens_only(tiny_model, arch):
         generated = [_greedy(hf, e.ids, N, eos) for e in encoded]
         assert any(len(g) < N for g in generated) and any(len(g) == N for g in generated)
         records = []
-        stats = capture(model, PROMPTS, CaptureConfig(mode="generate", max_new_tokens=N, folds=1, batch_tokens=10_000),
-                        labels=["a", "b"], generations=records)
+        stats = capture(model, PROMPTS, CaptureConfig(mode="generate", max_new_tokens=N, folds=1, batch_tokens=10_000,
+                                                      top_examples=2), labels=["a", "b"], generations=records)
     finally:
         hf.generation_config.eos_token_id = 2
     # hand count: tokens each prompt generated before EOS, per label
@@ -56,7 +56,18 @@ def test_generation_counts_generated_tokens_only(tiny_model, arch):
         text = model.tokenizer.decode(e.ids[1:] + g)
         prefix = model.tokenizer.decode(e.ids[1:])
         continued.append(Prompt(text, p.label, p.group, p.id, (len(prefix) + 1, len(text)) if g else (len(text), len(text))))
-    want = hook_stats(model, [c for c, g in zip(continued, generated) if g], ["a", "b"], counted_span=True)
+    spoke = [c for c, g in zip(continued, generated) if g]
+    want = hook_stats(model, spoke, ["a", "b"], counted_span=True)
     assert torch.equal(stats.n, want.n)
     torch.testing.assert_close(stats.sum, want.sum, rtol=1e-5, atol=1e-6)
     assert torch.equal(stats.active, want.active)
+    # top examples: the mean over each prompt's generated tokens, sorted (a prompt that generated nothing has none)
+    examples = hook_examples(model, spoke, ["a", "b"], 2)
+    index = [p.id for p in PROMPTS]
+    for side in ("top", "bottom"):
+        got_ids = getattr(stats.examples, f"{side}_ids").long()
+        named = torch.tensor([index.index(spoke[i].id) if i >= 0 else -1 for i in examples[f"{side}_ids"].reshape(-1).tolist()])
+        assert torch.equal(got_ids, named.reshape(got_ids.shape))
+        finite = examples[f"{side}_values"].isfinite()
+        torch.testing.assert_close(getattr(stats.examples, f"{side}_values").double()[finite], examples[f"{side}_values"][finite],
+                                   rtol=1e-5, atol=1e-6)

@@ -24,6 +24,7 @@ import torch
 from .data.schema import Prompt
 from .config import CaptureConfig
 from .errors import VneuronError
+from .examples import TopExamples, row_means
 from .models.loading import LoadedModel
 from .models.sites import site_path, site_tensors
 from .tokens import Encoded, batches, encode, pack, pad_id, position_ids
@@ -43,6 +44,7 @@ class ActivationStats:
     active: torch.Tensor  # [K, F, L, W] tokens with a > 0
     meta: dict = field(default_factory=dict)
     groups: dict = field(default_factory=dict)  # derived label → captured labels it sums (whole-value poles "X|*")
+    examples: TopExamples | None = None  # the most and least activating texts per neuron (local captures, `top_examples`)
 
     @classmethod
     def zeros(cls, site: str, labels: Sequence[str], folds: int, n_layers: int, width: int) -> "ActivationStats":
@@ -156,6 +158,11 @@ def capture(
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
     plan = [_prepare(model, batch, config) for batch in batches(encoded, config.batch_tokens)]
+    if config.top_examples and model.remote is None:  # remotely they are not collected (vneuron.examples says why)
+        stats.examples = TopExamples.empty(config.site, labels, config.top_examples, model.n_layers, model.width, prompts)
+        index = {id(p): i for i, p in enumerate(prompts)}
+        for prepared in plan:
+            _example_rows(prepared, index, config)
     size = 1 if model.remote is None else max(1, config.request_batches)
     requests = [plan[i: i + size] for i in range(0, len(plan), size)]
     if progress:  # the bar shows its total before the first batch finishes
@@ -164,13 +171,14 @@ def capture(
         if model.remote is None:
             done = 0
             for chunk in requests:
-                _collect(model, stats, chunk, _session(model, chunk, config, stats), generations)
+                _collect(model, stats, chunk, _session(model, chunk, config, stats, examples=stats.examples is not None), generations)
                 done += sum(len(p.batch) for p in chunk)
                 if progress:
                     progress(done, len(prompts))
         else:
             _capture_remote(model, requests, stats, config, generations, checkpoint, progress, detach)
-    stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan)}
+    stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan),
+                  "top_examples": stats.examples.n if stats.examples is not None else 0}
     return stats
 
 
@@ -184,6 +192,9 @@ class Prepared:
     weights: torch.Tensor  # [S, B*T] prompt mode; [S, B] generate mode
     keep: torch.Tensor  # token rows that count (prompt mode)
     slots: torch.Tensor
+    rows: torch.Tensor | None = None  # top examples: [B, B*T] per-row mean weights (prompt mode), ones [B] (generate mode)
+    row_labels: torch.Tensor | None = None  # top examples: label index and prompt index of each row
+    row_prompts: torch.Tensor | None = None
 
 
 def _prepare(model: LoadedModel, batch: list[Encoded], config: CaptureConfig) -> Prepared:
@@ -199,9 +210,26 @@ def _prepare(model: LoadedModel, batch: list[Encoded], config: CaptureConfig) ->
     return Prepared(batch, ids, mask, weights, keep, slots)
 
 
+def _example_rows(prepared: Prepared, index: dict[int, int], config: CaptureConfig) -> None:
+    """What a batch needs for the top examples: each row's label and prompt, and how its counted tokens average."""
+    batch = prepared.batch
+    prepared.row_labels = torch.tensor([e.slot // config.folds for e in batch])
+    prepared.row_prompts = torch.tensor([index[id(e.prompt)] for e in batch])
+    if config.mode != "prompt":
+        prepared.rows = torch.ones(len(batch))
+        return
+    counted = prepared.weights.sum(0).reshape(len(batch), -1)  # [B, T]: each counted token belongs to one slot
+    rows = torch.zeros(len(batch), len(batch), counted.shape[1])
+    rows[torch.arange(len(batch)), torch.arange(len(batch))] = counted / counted.sum(1, keepdim=True).clamp_min(1)
+    prepared.rows = rows.reshape(len(batch), -1)
+
+
 def _collect(model: LoadedModel, stats: ActivationStats, chunk: list["Prepared"], values: dict, generations) -> None:
     """Add one request's totals (all slots at once) and attach its generated tokens."""
     _add_sums(model, stats, torch.arange(len(values["counts"])), values["counts"], values["totals"])
+    if stats.examples is not None and values.get("rows"):
+        for prepared, means in zip(chunk, values["rows"]):
+            stats.examples.merge(prepared.row_labels, prepared.row_prompts, means)
     for b, prepared in enumerate(chunk):
         _attach_generations(model, prepared, values["tokens"][b] if values.get("tokens") else None, generations)
 
@@ -282,17 +310,18 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
             progress(index + 1, len(requests))
 
 
-def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, stats: ActivationStats):
+def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, stats: ActivationStats, examples: bool = False):
     """One request (local, simulated or on NDIF): every batch of ``chunk`` reduced into one
     [L, 3, slots, W] total inside a session. The body names only the envoy, tensors, plain data
-    and small functions, because on NDIF it runs where vneuron is not installed.
+    and small functions, because on NDIF it runs where vneuron is not installed. ``examples`` (local
+    only): also each row's mean activation per neuron, [L, B, W] per batch, for the top examples.
     """
     from .remote import outcome, trace_kwargs
 
     lm = model.lm
     path = site_path(model.arch, config.site)
     width, n_layers, n_slots = model.width, model.n_layers, len(stats.labels) * stats.folds
-    work = [(p.ids, p.mask, position_ids(p.mask), p.weights, p.keep, p.slots) for p in chunk]
+    work = [(p.ids, p.mask, position_ids(p.mask), p.weights, p.keep, p.slots, p.rows if examples else None) for p in chunk]
     prompt_mode = config.mode == "prompt"
     steps, pad = config.max_new_tokens, pad_id(model.tokenizer)
     eos = torch.tensor(_eos_ids(model) or [-1])
@@ -304,11 +333,19 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
             totals = torch.zeros(n_layers, 3, n_slots, width, dtype=dtype)
             counts = torch.zeros(n_slots, dtype=dtype)
             tokens = []
-            for ids, mask, positions, weights, keep, slots in work:
+            means = []  # per batch, [L, B, W] row means (only with `examples`)
+            for ids, mask, positions, weights, keep, slots, per_row in work:
                 if prompt_mode:  # count the marked tokens of each prompt
                     with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
-                        reduced = torch.stack([reduce_sums(weights, v, width, keep) for v in site_tensors(lm, path)])
+                        sums, layer_means = [], []
+                        for v in site_tensors(lm, path):
+                            sums.append(reduce_sums(weights, v, width, keep))
+                            if per_row is not None:
+                                layer_means.append(row_means(per_row, v, width, keep))
+                        reduced = torch.stack(sums)
                         tracer.stop()  # nothing after the last MLP is needed (no LM head)
+                    if per_row is not None:
+                        means.append(torch.stack(layer_means))
                     totals[:, :, slots] += reduced.to(dtype)
                     counts[slots] += weights.sum(1).to(dtype)
                 else:  # greedy generation; step k reads the token sampled at step k-1; stop rows at EOS
@@ -317,6 +354,8 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                                      do_sample=False, pad_token_id=pad) as tracer:
                         finished = torch.zeros(rows, dtype=torch.bool)
                         generated = torch.full((rows, steps), -1, dtype=torch.long)
+                        row_sums = torch.zeros(n_layers, rows, width) if per_row is not None else None
+                        row_counts = torch.zeros(rows)
                         for step in tracer.iter[1: steps + 1]:
                             step_ids = lm.inputs[1]["input_ids"][:, -1]
                             is_eos = torch.isin(step_ids, eos)
@@ -325,13 +364,20 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                             generated[:, step - 1] = torch.where(alive, step_ids, -1)
                             w = weights * alive.float()[None]
                             counts[slots] += w.sum(1).to(dtype)
+                            row_counts = row_counts + alive.float()
                             for layer, v in enumerate(site_tensors(lm, path)):
                                 totals[layer, :, slots] += reduce_sums(w, v[:, -1, :], width).to(dtype)
+                                if row_sums is not None:
+                                    row_sums[layer] += v[:, -1, :].float() * alive.float()[:, None]
                     tokens.append(generated)
+                    if row_sums is not None:
+                        means.append(row_sums / row_counts[None, :, None])  # NaN: a row that generated nothing
             totals.save()
             counts.save()
             tokens.save()
-    return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None})
+            means.save()
+    return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None,
+                                            **({"rows": means} if examples else {})})
 
 
 def slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:

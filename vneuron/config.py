@@ -30,6 +30,17 @@ SPLITS = ("train", "test", "all")
 STEER_MODES = ("scale", "add")  # the edits with a dose γ
 STEER_GAMMAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # steer's default sweep (γ = 1 is the unedited model in scale mode)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# what a model computes in (float64: the tests' exact models); `auto` is measured on the machine (vneuron.precision)
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPE_CHOICES = (*DTYPES, "auto")
+DEFAULT_DTYPE = "float32"  # accuracy of bfloat16 against it: docs/EVIDENCE.md#compute-dtype
+
+
+def check_dtype(dtype: str | None) -> str | None:
+    """A compute dtype the user typed (None: the default, or a run's own)."""
+    if dtype is not None and dtype not in DTYPE_CHOICES:
+        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPE_CHOICES)}")
+    return dtype
 
 
 @dataclass
@@ -44,6 +55,7 @@ class CaptureConfig:
     counted_span: bool = True
     padding: str = "right"  # prompt mode; generation always pads left
     request_batches: int = 8  # remote: forward batches per NDIF request (one session)
+    top_examples: int = 0  # local: keep the N most and least activating texts per label and neuron (vneuron.examples)
 
     def check(self) -> "CaptureConfig":
         check_site(self.site)
@@ -53,6 +65,8 @@ class CaptureConfig:
             raise VneuronError(f"Unknown `padding` {self.padding!r}", "use left or right")
         if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
             raise VneuronError("`folds`, `batch_tokens` and `max_new_tokens` must be positive")
+        if self.top_examples < 0:
+            raise VneuronError(f"`top_examples` must be 0 or more, got {self.top_examples}", "e.g. 5, or 0 for none")
         return self
 
 
@@ -86,11 +100,12 @@ class LocateConfig:
     test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
     template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
     whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
+    top_examples: int = 5  # the most and least activating texts kept per label and neuron, for neuron cards (local runs)
 
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
                              max_new_tokens=self.max_new_tokens, counted_span=self.span == "option",
-                             request_batches=self.request_batches).check()
+                             request_batches=self.request_batches, top_examples=self.top_examples).check()
 
     def check(self) -> "LocateConfig":
         if self.method not in (*METHODS, "lape"):
@@ -147,6 +162,7 @@ class ValidateConfig:
     eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
     stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
     tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
+    dtype: str | None = None  # what the model computes in (None: the locate run's; auto: the fastest here that passes its check)
     # a located set ahead of all `controls` keeps drawing up to this many (p can reach 1/201 ≈ 0.005); `controls` or less: never
     max_controls: int = 200
     side_effects: bool = True  # KL / perplexity on neutral prose and a non-value forced choice, for the located set and its controls
@@ -171,6 +187,7 @@ class ValidateConfig:
         return self.check()
 
     def check(self) -> "ValidateConfig":
+        check_dtype(self.dtype)
         if self.mode not in EDIT_MODES:
             raise VneuronError(f"Unknown edit `mode` {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
         if self.choice not in CHOICE_FORMATS:
@@ -368,5 +385,3 @@ class ReportOptions:
     generations: int = 2  # before/after generations shown per pole
     top_rows: int = 10  # rows of each pole's top-neuron table
     progress: Progress | None = None
-
-

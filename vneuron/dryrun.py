@@ -81,7 +81,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
 
     say = progress or (lambda *a: None)
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
-    loaded = model_for(run, model, say, remote)
+    loaded = model_for(run, model, say, remote, config.dtype)
     dtype = loaded.extra.get("dtype", "float32")
     all_items = run.items(config.split)
     points = gammas if kind == "steer" else [config.gamma]
@@ -122,7 +122,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     return out
 
 
-def locate_plan(model_spec, config, *, remote=None, dtype: str = "float32", progress=None) -> dict[str, Any]:
+def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, progress=None) -> dict[str, Any]:
     """The plan of ``locate`` without running it: capture batches, requests, bytes, a time estimate."""
     from .capture import capture, fold_of
     from .locating import prepare_corpus
@@ -131,6 +131,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str = "float32", prog
     say = progress or (lambda *a: None)
     corpus = prepare_corpus(config)
     loaded = load_model(model_spec, dtype=dtype, progress=lambda m: say(m, 0, 0), remote=remote)
+    dtype = loaded.extra.get("dtype", "float32")  # what it computes in (auto: as measured)
     cap = config.capture_config()
     prompts = corpus.action_prompts(config.span) if cap.mode == "prompt" else corpus.conditioned_prompts()
     labels = corpus.labels

@@ -16,9 +16,10 @@ import torch
 from .capture import ActivationStats, capture
 from .data import load_corpus
 from .data.schema import Corpus, aggregate_label
-from .config import LocateConfig
+from .config import LocateConfig, check_dtype
 from .errors import VneuronError
-from .models.loading import DTYPES, LoadedModel, load_model, peek_dims, resolve
+from .examples import EXAMPLES, TopExamples
+from .models.loading import LoadedModel, load_model, peek_dims, resolve
 from .runs import (MANIFEST, NEURONS_CSV, NEURONS_DIR, STATS, base_manifest, check_fresh, check_space, default_run_dir, file_sha256,
                    read_manifest, require, set_filenames, settings_tag, stats_file, write_csv, write_json, write_jsonl, write_run)
 from .scoring import NeuronSet, contrast_scores, lape_select, select, stability
@@ -76,7 +77,7 @@ def locate(
     *,
     out: str | Path | None = None,
     from_run: str | Path | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     progress: Progress | None = None,
     remote: Any = None,
     resume: bool = False,
@@ -98,8 +99,7 @@ def locate(
         if given is None:
             given = _given_from_api(config, model, remote, resume, detach, dtype)
         return reselect(Path(from_run), config, out=out, force=force, given=given, progress=say)
-    if not isinstance(model, LoadedModel) and dtype not in DTYPES:
-        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    check_dtype(dtype)  # float32, bfloat16, float16, auto; None: the default (remote: the server's)
     replacing = check_fresh(Path(out), force=force, fix=_exists_fix(Path(out))) if out is not None else None
     corpus = prepare_corpus(config)
     if remote:
@@ -185,6 +185,8 @@ def locate(
 
     def write(directory: Path) -> None:
         stats.save(directory / STATS)
+        if stats.examples is not None:
+            stats.examples.save(directory / EXAMPLES)
         if generations:
             write_jsonl(directory / "generations.jsonl", generations)
         _write_sets(directory, result)
@@ -213,11 +215,12 @@ def _exists_fix(run_dir: Path) -> str:
             f"with a new `out`; to replace it: add `force`")
 
 
-def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int) -> int:
-    """The size of a locate run directory: float64 sums dominate, neuron sets and tables are small."""
+def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int, examples: int = 0) -> int:
+    """The size of a locate run directory: float64 sums dominate, neuron sets and tables are small;
+    the top examples hold a float32 value and an int32 prompt index per label, neuron, side and text."""
     stats = 8 * (3 * labels * folds * n_layers * width + labels * folds)
     kept = min(top_k, n_layers * width) * poles
-    return stats + kept * (12 + 160) + 64_000
+    return stats + kept * (12 + 160) + 64_000 + 16 * labels * examples * n_layers * width
 
 
 def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: int, width: int) -> None:
@@ -225,7 +228,7 @@ def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: i
     if config.method != "lape":
         select(torch.zeros(n_layers, width), config.rule, config.top_k)
     poles = len(config.dimensions or corpus.labels)
-    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, n_layers, width, config.top_k, poles))
+    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, n_layers, width, config.top_k, poles, config.top_examples))
 
 
 def shuffled(corpus: Corpus, seed: int) -> Corpus:
@@ -256,7 +259,7 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
         null_corpus = shuffled(corpus, seed=10_000 + r)
         prompts = null_corpus.action_prompts(config.span,
                                              template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
-        stats = capture(model, prompts, config.capture_config(), labels=result.stats.labels,
+        stats = capture(model, prompts, replace(config.capture_config(), top_examples=0), labels=result.stats.labels,
                         progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
         stats.groups = result.stats.groups
         for pole, neuron_set in result.sets.items():
@@ -284,7 +287,10 @@ def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:
     manifest = read_manifest(run_dir)
     if manifest.get("capture_key") != key:
         return None
-    return ActivationStats.load(stats_file(run_dir, manifest))
+    stats = ActivationStats.load(stats_file(run_dir, manifest))
+    if (stats_file(run_dir, manifest).parent / EXAMPLES).is_file():  # the neuron cards' texts come along
+        stats.examples = TopExamples.load(stats_file(run_dir, manifest).parent / EXAMPLES)
+    return stats
 
 
 # Re-selection changes only these; every other setting either must match the parent's capture or needs the model.
@@ -301,7 +307,7 @@ def _given_from_api(config: LocateConfig, model, remote, resume, detach, dtype) 
     for name, value, unset in (("model", model, None), ("dataset", config.dataset, None), ("columns", config.columns, None),
                                ("contrasts", config.contrasts, None), ("null_shuffles", config.null_shuffles, 0),
                                ("remote", remote, None), ("resume", resume, False), ("detach", detach, False),
-                               ("dtype", dtype, "float32")):
+                               ("dtype", dtype, None)):
         if value not in (unset, False, None):
             given.add(name)
     return given

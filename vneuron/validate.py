@@ -39,11 +39,12 @@ Progress = Callable[[str, int, int], None]
 
 
 def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | None = None, *, out: str | Path | None = None,
-                 progress: Progress | None = None, remote=None) -> tuple[Path, LoadedModel | str | None]:
+                 progress: Progress | None = None, remote=None, dtype: str | None = None) -> tuple[Path, LoadedModel | str | None]:
     """Ablate or steer without a locate run: locate with ``config`` first (its run is kept).
 
     Returns (run directory, model): a local model is loaded once and serves both steps. ``out``
-    (the study's output) is checked before the locate run, so a bad one fails first.
+    (the study's output) is checked before the locate run, so a bad one fails first. ``dtype``:
+    what the model computes in (``load_model``).
     """
     from .locating import locate, prepare_corpus
 
@@ -54,8 +55,8 @@ def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | 
     if not remote:
         prepare_corpus(config)  # a bad corpus fails before the model loads
         if not isinstance(model, LoadedModel):
-            model = load_model(model, progress=lambda m: say(m, 0, 0))
-    return locate(model, config, progress=say, remote=remote).run_dir, model
+            model = load_model(model, dtype=dtype, progress=lambda m: say(m, 0, 0))
+    return locate(model, config, dtype=dtype, progress=say, remote=remote).run_dir, model
 
 
 def map_labels(items: list[Item], mapping: dict[str, str] | None) -> list[Item]:
@@ -134,7 +135,8 @@ def items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
     return axis
 
 
-def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None) -> LoadedModel:
+def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None, dtype: str | None = None) -> LoadedModel:
+    """The run's model (or ``model``, which must be the same), computing in ``dtype`` (None: the run's)."""
     recorded = run.manifest["model"]
     if isinstance(model, LoadedModel):
         loaded = model
@@ -144,7 +146,7 @@ def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None)
 
             remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
             check_key(remote)
-        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=recorded.get("dtype", "float32"),
+        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=dtype or recorded.get("dtype", "float32"),
                             progress=lambda m: say(m, 0, 0),
                             remote=remote)
     if loaded.revision != recorded["revision"]:
@@ -240,6 +242,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     summaries, item_rows, control_rows, samples, side_rows = [], [], [], [], []
     beside = Beside(loaded, config, all_items, judge, select=items_for)
     baselines: dict[tuple, ChoiceResult] = {}
+    partial = _Partial(out, {"config": asdict(config), "run": str(run.path), "revision": loaded.revision,
+                             "dtype": loaded.extra.get("dtype")})
     for pole in poles:
         if pole in partial.poles:  # finished before an interruption: nothing computed is lost
             done = partial.poles[pole]
@@ -462,13 +466,13 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
     if out:
         out = Path(out)
     else:  # every setting that changes the result is in the name, so different studies never collide
-        settings = {k: v for k, v in asdict(config).items() if k != "batch_tokens"}
+        settings = {k: v for k, v in asdict(config).items() if k != "batch_tokens" and not (k == "dtype" and v is None)}
         tag = settings_tag({**settings, **(extra or {}), "poles": poles})
         on = "-on-" + set_filename(evaluation.data["name"]).removesuffix(".safetensors") if config.eval_dataset else ""
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
     check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    loaded = model_for(run, model, say, remote)
+    loaded = model_for(run, model, say, remote, config.dtype)
     return say, run, poles, loaded, evaluation.items, out
 
 

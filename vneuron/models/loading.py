@@ -1,7 +1,13 @@
 """Turning what the user typed (alias, directory, GGUF file, hub id) into a traced model.
 
 GGUF weights are dequantised by transformers once and cached as a safetensors copy keyed by the
-file's SHA-256, so only the first run pays for the conversion (~2 min for Gemma-3-270M).
+file's SHA-256, so only the first run pays for the conversion (~2 min for Gemma-3-270M). A model
+computed in bfloat16 or float16 gets a second cached copy in that dtype (cast from the float32 one),
+so it loads without ever holding the float32 weights (a third of the peak memory for Gemma-3-270M).
+
+The compute dtype is the one asked for, the default (``config.DEFAULT_DTYPE``), or ``auto``: the
+fastest dtype on this machine whose accuracy check on the model passes (``vneuron.precision``);
+a remote model computes in what its server serves.
 """
 
 from __future__ import annotations
@@ -17,12 +23,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from ..config import DEFAULT_DTYPE, check_dtype
 from ..errors import VneuronError
 from ..quiet import library_bars
 from .registry import ALIASES, Alias
-from .architectures import Architecture, architecture_for, num_layers
-
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+from .architectures import Architecture, architecture_for, num_layers, text_config
 
 
 def cache_dir() -> Path:
@@ -245,16 +250,43 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
     if (target / ".complete").is_file():
         return target, digest
     check_gguf(gguf)
-    sweep_stale(target.parent)
     if progress:
         progress(f"Converting {gguf.name} to a cached safetensors copy (first run only, about 2 minutes)")
+    _build_cached(target, lambda tmp: _convert_into(gguf, tmp), {"gguf": gguf.name, "sha256": digest},
+                  f"Cannot convert {gguf}", "check the file is a complete GGUF model of a supported architecture")
+    return target, digest
+
+
+@library_bars()
+def dtype_copy(converted: Path, dtype: str, progress: Callable[[str], None] | None = None) -> Path:
+    """The cached float32 conversion cast once to ``dtype`` (bfloat16, float16), beside it.
+
+    Loading it never holds the float32 weights; its values are the float32 copy's, rounded as
+    ``Tensor.to(dtype)`` rounds them, i.e. what loading the float32 copy in ``dtype`` gives.
+    """
+    if dtype in ("float32", "float64"):
+        return converted
+    target = converted.with_name(f"{converted.name}-{dtype}")
+    if (target / ".complete").is_file():
+        return target
+    if progress:
+        progress(f"Caching a {dtype} copy of {converted.name} (once)")
+    marker = {**json.loads((converted / ".complete").read_text()), "dtype": dtype}
+    _build_cached(target, lambda tmp: _cast_into(converted, tmp, dtype), marker, f"Cannot cache a {dtype} copy of {converted}",
+                  "check the cached conversion, or delete it to convert again")
+    return target
+
+
+def _build_cached(target: Path, build: Callable[[Path], None], marker: dict, what: str, fix: str) -> None:
+    """Build a cache directory in ``NAME.tmpPID`` and rename it into place (an interrupted build leaves nothing)."""
+    sweep_stale(target.parent)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     made_parent = not target.parent.exists()
     try:
         tmp.mkdir(parents=True)
-        _convert_into(gguf, tmp)
-        (tmp / ".complete").write_text(json.dumps({"gguf": gguf.name, "sha256": digest}))
+        build(tmp)
+        (tmp / ".complete").write_text(json.dumps(marker))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except BaseException as exc:
@@ -267,9 +299,17 @@ def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> t
         if isinstance(exc, OSError):
             raise VneuronError(f"Cannot write the converted model to {cache_dir()} ({exc.strerror or exc})",
                                "free disk space there, or set VNEURON_CACHE to a writable directory") from None
-        raise VneuronError(f"Cannot convert {gguf} ({exc.__class__.__name__}: {str(exc)[:140]})",
-                           "check the file is a complete GGUF model of a supported architecture") from None
-    return target, digest
+        raise VneuronError(f"{what} ({exc.__class__.__name__}: {str(exc)[:140]})", fix) from None
+
+
+def _cast_into(converted: Path, directory: Path, dtype: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(converted, dtype=getattr(torch, dtype)).save_pretrained(directory)
+    for path in converted.iterdir():  # the tokenizer's files, as they are
+        if path.is_file() and path.suffix != ".safetensors" and path.name != ".complete" and not (directory / path.name).exists():
+            shutil.copyfile(path, directory / path.name)
 
 
 def _convert_into(gguf: Path, directory: Path) -> None:
@@ -336,20 +376,22 @@ def dir_revision(path: Path) -> str:
 def load_model(
     spec: str | None = None,
     *,
-    dtype: str = "float32",
+    dtype: str | None = None,
     progress: Callable[[str], None] | None = None,
     remote: Any = None,
 ) -> LoadedModel:
     """Load a model and wrap it for tracing.
 
-    ``remote``: a ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the
-    tokenizer is loaded (the weights stay on the server); the simulation loads locally.
+    ``dtype``: what it computes in — float32, bfloat16, float16 (float64: exact tests) or auto
+    (the fastest here whose accuracy check passes, ``vneuron.precision``); None: ``DEFAULT_DTYPE``.
+    The manifest records the dtype used and, for auto, its measurements. ``remote``: a
+    ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the tokenizer is
+    loaded (the weights stay on the server), and the dtype is the one the server computes in.
     """
-    if dtype not in DTYPES:
-        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPES)}")
+    requested = check_dtype(dtype)
     source = resolve(spec)
     if remote is not None and not remote.simulated:
-        return _lazy(source, dtype, remote, progress)
+        return _lazy(source, requested, remote, progress)
     if source.kind == "packaged":
         gguf = packaged_gguf(ALIASES[source.alias])
         directory, digest = convert_gguf(gguf, progress)
@@ -362,14 +404,73 @@ def load_model(
     else:
         directory = _hub_snapshot(source.model_id)
         revision = directory.name  # the snapshot's commit hash
-    loaded = _wrap(directory, source, revision, dtype, progress)
+    if (requested or DEFAULT_DTYPE) == "auto":
+        loaded = _auto(directory, source, revision, progress)
+    else:
+        dtype = requested or DEFAULT_DTYPE
+        loaded = _wrap(_weights(directory, source, dtype, progress), source, revision, dtype, progress)
     loaded.remote = remote  # the in-process simulation runs on these local weights
     return loaded
 
 
-def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
-    """A weightless model for NDIF: config and tokenizer from local files, the key seeded offline."""
+def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path:
+    """Where to read the weights in ``dtype``: a cached conversion has a copy per dtype."""
+    return dtype_copy(directory, dtype, progress) if source.kind in ("packaged", "gguf") else directory
+
+
+def _auto(directory: Path, source: ModelSource, revision: str, progress) -> LoadedModel:
+    """The fastest dtype here whose accuracy check on this model passes (else float32), loaded."""
+    from .. import precision
+
+    with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
+        cfg = text_config(_config(directory))
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    seconds = precision.speeds(hidden, architecture_for(cfg).width(cfg))
+    choice = {"requested": "auto", "seconds": {d: round(t, 5) for d, t in seconds.items()}, "cpu": precision.cpu_name(),
+              "margin": precision.MARGIN, "checks": {}}
+    known = precision.cached(revision) or {}
+    reference = None
+    for candidate in precision.ranked(seconds):
+        check = known.get(candidate)
+        model = None
+        if check is None:
+            if progress:
+                progress(f"Checking {candidate} against float32 on {source.model_id} (once on this machine)")
+            if reference is None:
+                base = _wrap(directory, source, revision, "float32", None)
+                reference = precision.check_logprobs(base.hf_model, base.tokenizer)
+                del base
+            model = _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress)
+            check = precision.compare(reference, precision.check_logprobs(model.hf_model, model.tokenizer))
+            known[candidate] = check
+            precision.remember(revision, known)
+        choice["checks"][candidate] = check
+        if check["passed"]:
+            choice["chosen_by"] = f"auto: the fastest dtype here whose accuracy check passed ({candidate})"
+            model = model or _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress)
+            model.extra["dtype_choice"] = choice
+            return model
+    choice["chosen_by"] = "auto: float32 (no faster dtype passed its accuracy check)" if choice["checks"] else \
+        "auto: float32 (no other dtype is faster here)"
+    model = _wrap(directory, source, revision, "float32", progress)
+    model.extra["dtype_choice"] = choice
+    return model
+
+
+def _config(directory: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(directory)
+
+
+def _lazy(source: ModelSource, dtype: str | None, remote, progress) -> LoadedModel:
+    """A weightless model for NDIF: config and tokenizer from local files, the key seeded offline.
+
+    Its dtype is what the server computes in: the one given, else (None or auto) the config's.
+    """
     from transformers import AutoConfig, AutoTokenizer
+
+    from ..precision import served
 
     if source.kind == "directory":
         directory, name, revision = source.path, str(source.path), f"dir:{dir_revision(source.path)}"
@@ -392,8 +493,11 @@ def _lazy(source: ModelSource, dtype: str, remote, progress) -> LoadedModel:
     if progress:
         progress(f"Connecting {source.model_id} to {remote.host}")
     lm = TransformersModel(name, task="text-generation", tokenizer=tokenizer)
+    given = dtype not in (None, "auto")
+    choice = {"requested": dtype or "default", "chosen_by": "given" if given else "the server's (the model config's dtype)"}
     return LoadedModel(lm=lm, source=source, arch=arch, n_layers=num_layers(config), width=arch.width(config),
-                       revision=revision, tokenizer=tokenizer, extra={"dtype": dtype}, remote=remote)
+                       revision=revision, tokenizer=tokenizer, extra={"dtype": dtype if given else served(config),
+                                                                      "dtype_choice": choice}, remote=remote)
 
 
 def _hub_snapshot_meta(model_id: str) -> Path:
