@@ -2,93 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .data.schema import SHORT
+from .progress import err_console, hide_hf_progress, line_progress, progress_bar  # noqa: F401 - progress lives in vneuron.progress
 
 console = Console()
-err_console = Console(stderr=True)
-
-
-def hide_hf_progress() -> None:
-    """Hugging Face's own tqdm bars would interleave with vneuron's progress: switch them off.
-
-    Some (the GGUF conversion) call tqdm directly, which only tqdm's environment switch reaches,
-    and tqdm reads it when first imported: so set it before anything imports tqdm.
-    """
-    import os
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - a missing or changed transformers API only means visible bars
-        pass
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def line_progress(stream=None, every: float = 15.0):
-    """A ``(stage, done, total)`` callback for scripts and logs: a line when a stage starts, then at most
-    one every ``every`` seconds, and one when it completes."""
-    import sys
-    import time
-
-    out = stream or sys.stderr
-    state = {"stage": None, "last": 0.0, "start": 0.0}
-
-    def update(stage: str, done: int, total: int) -> None:
-        now = time.time()
-        new = stage != state["stage"]
-        if new:
-            state.update(stage=stage, start=now)
-        if new or (total and done >= total) or now - state["last"] >= every:
-            count = f" {done}/{total}" if total else ""
-            out.write(f"[{time.strftime('%H:%M:%S')}] {stage}{count} ({now - state['start']:.0f} s)\n")
-            out.flush()
-            state["last"] = now
-
-    return update
-
-
-@contextmanager
-def progress_bar(enabled: bool = True) -> Iterator:
-    """A ``(stage, done, total)`` callback that drives one rich progress bar per stage."""
-    hide_hf_progress()
-    if not enabled:
-        yield lambda stage, done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    # started on the first update, so an error found before any work stays the only line on stderr
-    bar = Progress(*columns, console=err_console, transient=False)
-    try:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if not bar.live.is_started:
-                bar.start()
-            if stage not in tasks:
-                for task in tasks.values():  # a new stage means earlier ones are over
-                    if not bar.tasks[task].finished:
-                        bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
-                tasks[stage] = bar.add_task(stage, total=total or None)
-            bar.update(tasks[stage], completed=done, total=total or None)
-
-        yield update
-    finally:
-        if bar.live.is_started:
-            bar.stop()
 
 
 def locate_tables(result, top: int = 10) -> list[Table]:

@@ -1,0 +1,89 @@
+"""Progress that survives redirection: plain lines with done/total, rate and an ETA when stderr is a
+file, at each stage and at a steady interval (a heartbeat while nothing reports); rich bars on a terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vneuron.progress import LineProgress, progress_bar
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ETA = re.compile(r"^\[\d\d:\d\d:\d\d\] .+ \d+/\d+ \(\d+%, .+, ETA [\d.]+ (s|min|h); .+ in\)$")
+
+
+def test_lines_carry_rate_and_eta_and_the_heartbeat_keeps_the_interval():
+    out = io.StringIO()
+    lines = LineProgress(out, every=0.2, heartbeat=True).start()
+    try:
+        lines("Capturing activations", 0, 10)
+        time.sleep(0.05)
+        lines("Capturing activations", 2, 10)  # within the interval: no line
+        time.sleep(0.7)  # nothing reports: the heartbeat writes the state, with an ETA from the rate so far
+    finally:
+        lines.stop()
+    written = out.getvalue().splitlines()
+    assert "Capturing activations 0/10 (0%, ETA after the first is done" in written[0]
+    assert len(written) >= 3 and all(ETA.match(line) for line in written[1:]), written
+
+
+def test_nothing_before_after_then_the_state_and_the_end():
+    out = io.StringIO()
+    lines = LineProgress(out, every=3600, after=3600)
+    lines("Loading model", 0, 0)
+    lines("Capturing", 3, 4)
+    assert out.getvalue() == ""  # a quick command (or an early error) leaves stderr alone
+    lines("Capturing", 4, 4)
+    lines.finish()
+    assert out.getvalue().splitlines()[-1].endswith("Capturing 4/4 (100%, done in 0 s)")
+
+
+def test_progress_bar_writes_lines_to_a_file_and_bars_to_a_terminal(monkeypatch):
+    from rich.console import Console
+
+    import vneuron.progress as progress
+
+    monkeypatch.setenv("VNEURON_PROGRESS_SECONDS", "0.2")
+    log = io.StringIO()
+    monkeypatch.setattr(progress, "err_console", Console(file=log, force_terminal=False))
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar() as say:
+        say("Stage", 0, 4)
+        time.sleep(0.3)
+        say("Stage", 1, 4)
+        time.sleep(0.3)
+    assert any(ETA.match(line) for line in log.getvalue().splitlines()), log.getvalue()
+    with pytest.raises(KeyError), progress_bar() as say:  # an error: no final line after it
+        before = log.getvalue()
+        say("Other", 1, 2)
+        raise KeyError
+    assert log.getvalue() == before
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(progress, "err_console", Console(file=terminal, force_terminal=True, width=100))
+    with progress_bar() as say:
+        say("Stage", 2, 4)
+    assert "━" in terminal.getvalue() and "2/4" in terminal.getvalue()
+
+
+def test_a_command_writing_to_a_file_shows_progress_with_an_eta(tmp_path, tiny_dir):
+    """`vneuron locate` with stderr redirected to a file: progress lines with done/total, rate and ETA
+    appear while it runs (interval shortened from 30 s for the test)."""
+    log = tmp_path / "locate.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "VNEURON_PROGRESS_SECONDS": "0.5"}
+    command = [str(Path(sys.executable).with_name("vneuron")), "locate", "--model", str(tiny_dir("llama")),
+               "--split", "all", "-k", "5", "--batch-tokens", "24", "--threads", "1", "--out", str(tmp_path / "run")]
+    with open(log, "w") as err:
+        done = subprocess.run(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    eta = [line for line in text.splitlines() if ETA.match(line)]
+    assert eta and "Capturing" in eta[0], text
+    assert "\x1b[" not in text and "━" not in text  # plain lines, no terminal control codes or bars
