@@ -273,8 +273,8 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
     rescued = _rescued(rescue_base, "ablate-zero-kall", line)
     manifest = json.loads((rescued / "manifest.json").read_text())
     assert [r["dimension"] for r in manifest["results"]] == ["conservation", "self_transcendence"]
-    assert all(r["controls"] == 2 for r in manifest["results"])
-    assert len((rescued / "controls.csv").read_text().splitlines()) == 1 + 2 * 2
+    assert all(r["controls"] >= 2 for r in manifest["results"])  # every control drawn is kept, one row each
+    assert len((rescued / "controls.csv").read_text().splitlines()) == 1 + sum(r["controls"] for r in manifest["results"])
     assert not list(run.glob("ablate-*")) and not list(run.glob(".ablate-*.tmp*"))
     # the report of the same run on the same disk, once it has room again or is writable again
     (small_fs / "filler").unlink(missing_ok=True) if fault == "full" else subprocess.run(
@@ -283,7 +283,8 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
         _at_the_final_write(mp, "vneuron.html_report.write_beside", freeze)
         result = runner.invoke(app, ["report", str(run), "--cards", "0", "-q"])
     line = _one_error_line(result)
-    assert f"Could not write {run / 'report.html'}" in line and reason.lower() in line.lower() and "report, its Markdown and its figures" in line
+    assert f"Could not write {run / 'report.html'}" in line and reason.lower() in line.lower()
+    assert "report, its Markdown and its figures" in line
     rescued = _rescued(rescue_base, "report", line)
     assert (rescued / "report.html").read_text().startswith("<!DOCTYPE html>") and (rescued / "report.md").is_file()
     assert list((rescued / "report-figures").glob("*.png"))

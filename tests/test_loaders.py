@@ -72,9 +72,9 @@ def test_cvoice_header_names_and_column_mapping(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ("诚信 vs 友善,情境,,选项", r"row 2: empty 'choice_a'"),
+    ("诚信 vs 友善,情境,,选项", r"row 2: empty '选项A' \(no complete row is left\)"),
     ("诚信 vs 友善 vs 公正,情境,甲,乙", r"row 2: cannot read the value conflict.*'X vs Y'"),
-    ("诚信 vs 友善,情境,甲,甲", r"row 2: choice A and choice B are the same"),
+    ("诚信 vs 友善,情境,甲,甲", r"row 2: 选项A and 选项B are the same"),
 ])
 def test_cvoice_row_errors(tmp_path, row, message):
     path = tmp_path / "bad.csv"

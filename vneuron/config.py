@@ -100,6 +100,7 @@ class LocateConfig:
     test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
     template: str | None = None  # prompt mode: preset or template string framing each action (None: third_person)
     whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
+    strict: bool = False  # refuse a corpus with incomplete rows (an empty required cell) instead of leaving them out with a note
     top_examples: int = 5  # the most and least activating texts kept per label and neuron, for neuron cards (local runs)
 
     def capture_config(self) -> CaptureConfig:
@@ -160,6 +161,7 @@ class ValidateConfig:
     template: str | None = None  # forced-choice template (None: the locate run's, else third_person)
     pvq_template: str | None = None  # PVQ template (None: third_person portraits)
     eval_test_fraction: float = DEFAULT_TEST_FRACTION  # its held-out fraction when it has no split column
+    eval_strict: bool = False  # refuse an `eval_dataset` with incomplete rows instead of leaving them out with a note
     stop_after: int = 3  # sequential controls: stop once this many are as extreme as the located set (0: draw all)
     tail: str | None = None  # ablate: the direction the edit is expected to move orientation (None: from the mode, i.e. lower)
     dtype: str | None = None  # what the model computes in (None: the locate run's; auto: the fastest here that passes its check)

@@ -73,22 +73,31 @@ def _calibrate(model, t, steps) -> float:
 
 
 def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *, model=None, remote=None,
-                    progress=None) -> dict[str, Any]:
-    """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it."""
+                    progress=None, out=None) -> dict[str, Any]:
+    """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it.
+
+    It makes exactly the checks the real command makes before its model loads (``validate.prepare_study``:
+    the run, the poles and every pole's evaluation items, `top_k`, `out` and its disk), so a plan is never
+    shown for a study the real command would refuse.
+    """
     from .edits import plan
-    from .runs import LocateRun
-    from .validate import edit_for, items_for, model_for, poles_for
+    from .errors import VneuronError
+    from .validate import edit_for, items_for, model_for, prepare_study
 
     say = progress or (lambda *a: None)
-    run = run if isinstance(run, LocateRun) else LocateRun.open(run)
+    config = config.check_ablation() if kind == "ablate" else config.check_steering()
+    if kind == "steer" and not gammas:
+        raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
+    study = prepare_study(run, config, out, kind, {"gammas": [float(g) for g in gammas]} if kind == "steer" else None)
+    run = study.run
     loaded = model_for(run, model, say, remote, config.dtype)
     dtype = loaded.extra.get("dtype", "float32")
-    all_items = run.items(config.split)
+    all_items = study.evaluation.items
     points = gammas if kind == "steer" else [config.gamma]
     low_h, high_h = min(config.stop_after, config.controls) if config.stop_after else config.controls, config.controls
     least, most, peak, seen, calibration = Work(), Work(), 0.0, set(), None
     poles = []
-    for pole in poles_for(run, config):
+    for pole in study.poles:
         items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         low = int(neurons.layers.min()) if len(neurons) else 0
@@ -110,6 +119,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
                       "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
     out: dict[str, Any] = {
         "kind": kind, "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
+        "out": str(study.out), "evaluation": {k: study.evaluation.data.get(k) for k in ("name", "source", "split", "items")},
         "poles": poles, "gammas": points if kind == "steer" else None,
         "controls": {"max": config.controls, "stop_after": config.stop_after, "at_least": low_h},
         "least": least.report(), "most": most.report(), "server_mb_per_batch": round(peak, 1),
@@ -122,15 +132,37 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     return out
 
 
-def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, progress=None) -> dict[str, Any]:
-    """The plan of ``locate`` without running it: capture batches, requests, bytes, a time estimate."""
+def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, progress=None, out=None,
+                force: bool = False) -> dict[str, Any]:
+    """The plan of ``locate`` without running it: capture batches, requests, bytes, a time estimate.
+
+    The real command's checks come first: `out` (refused when it exists, unless `force`), the corpus,
+    the remote key, and once the model's size is known `top_k` and the disk space the run needs.
+    """
+    from pathlib import Path
+
     from .capture import capture, fold_of
-    from .locating import prepare_corpus
+    from .locating import expected_bytes, prepare_corpus
     from .models.loading import load_model
+    from .runs import check_fresh, check_space, default_run_dir
+    from .scoring import select
 
     say = progress or (lambda *a: None)
+    if out is not None:
+        check_fresh(Path(out), force=force, fix=f"choose another `out`; to re-select from its statistics without the model: "
+                                                f"`from_run` {out} with a new `out`; to replace it: add `force`")
     corpus = prepare_corpus(config)
+    if remote:
+        from .remote import check_key, resolve_target
+
+        remote = resolve_target(remote)
+        check_key(remote)
     loaded = load_model(model_spec, dtype=dtype, progress=lambda m: say(m, 0, 0), remote=remote)
+    if config.method != "lape":
+        select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)
+    run_dir = Path(out) if out is not None else default_run_dir("locate", loaded.source.alias or loaded.source.model_id)
+    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, loaded.n_layers, loaded.width, config.top_k,
+                                        len(config.dimensions or corpus.labels)))
     dtype = loaded.extra.get("dtype", "float32")  # what it computes in (auto: as measured)
     cap = config.capture_config()
     prompts = corpus.action_prompts(config.span) if cap.mode == "prompt" else corpus.conditioned_prompts()
@@ -147,7 +179,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     up = sum(len(bt) * max(len(e.ids) for e in bt) * 8 * 3 for bt in plan)  # ids, mask, positions (int64)
     out: dict[str, Any] = {
         "kind": "locate", "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
-        "prompts": len(prompts), "least": Work(forwards=len(plan), requests=requests, tokens=tokens,
+        "out": str(run_dir), "prompts": len(prompts), "least": Work(forwards=len(plan), requests=requests, tokens=tokens,
                                                layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
         "server_mb_per_batch": round(max(_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), 0, 0, dtype)
                                          for bt in plan) + 3 * slots_n * loaded.width * loaded.n_layers * b / MB, 1),
@@ -182,8 +214,13 @@ def render(plan: dict[str, Any]) -> str:
         for p in plan["poles"]:
             lines.append(f"  {p['dimension']}: {p['items']} items, {p['neurons']} neurons (lowest layer {p['lowest_layer']}), "
                          f"{p['batches_per_set']} batches / {p['tokens_per_set']:,} tokens per edit set")
+        if plan.get("evaluation"):
+            e = plan["evaluation"]
+            lines.append(f"  evaluated on {e['name']} ({e['source']}, split {e['split']}, {e['items']} items)")
     else:
         lines.append(f"  {plan['prompts']:,} prompts")
+    if plan.get("out"):
+        lines.append(f"  would write: {plan['out']}")
     lines += [f"  forward passes: {span('forwards')}", f"  tokens: {span('tokens')} (token × block: {span('layer_tokens')})",
               f"  requests: {span('requests')}", f"  bytes sent: {span('bytes_up', mb)}; received: {span('bytes_down', mb)}",
               f"  memory per batch beyond the weights (estimate): {plan['server_mb_per_batch']:,.0f} MB"]

@@ -53,7 +53,8 @@ def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> 
 
 
 def prepare_corpus(config: LocateConfig) -> Corpus:
-    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts, test_fraction=config.test_fraction)
+    corpus = load_corpus(config.dataset, columns=config.columns, contrasts=config.contrasts, test_fraction=config.test_fraction,
+                         strict=config.strict)
     if config.whole_values:
         corpus = corpus.whole_values()
     corpus = corpus.select(split=config.split, language=config.language, dimensions=config.dimensions, limit=config.limit)
@@ -156,7 +157,8 @@ def locate(
                     "items": len(corpus.items), "texts": len(corpus.texts),
                     "counts": corpus.counts(), "language": config.language, "split": config.split, "limit": config.limit,
                     "test_fraction": config.test_fraction, "split_source": corpus.split_source,
-                    "dropped_contrasts": corpus.dropped, "aggregates": stats.groups},
+                    "dropped_contrasts": corpus.dropped, "aggregates": stats.groups, "strict": config.strict,
+                    "notes": corpus.notes},
         "template": choice_template(config.template).describe() if config.mode == "prompt" else None,
         "capture": {**asdict(config.capture_config()), **stats.meta, "tokens": {l: float(stats.n[i].sum()) for i,
                                                                                 l in enumerate(stats.labels)}},

@@ -490,7 +490,8 @@ class LocateRun:
         """The run's own corpus, ``split`` of it, in the language it was located in."""
         data = self.manifest["dataset"]
         # runs made before hash splits held every unsplit row in train: fraction 0 keeps that
-        corpus = load_corpus(data.get("spec"), columns=data.get("columns"), test_fraction=data.get("test_fraction", 0.0))
+        corpus = load_corpus(data.get("spec"), columns=data.get("columns"), test_fraction=data.get("test_fraction", 0.0),
+                             strict=bool(data.get("strict")))
         corpus = corpus.select(split=split, language=data.get("language"))
         if not corpus.items:
             raise VneuronError(f"The locate run's corpus has no paired scenarios in split {split!r}",

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data import load_corpus
-from .data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
+from .data.schema import ANY, OPPOSITE, PAIR, Item, aggregate_label, expresses, pair_label
 from .edits import edit_from_stats
 from .config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
 from .errors import VneuronError
@@ -95,6 +95,7 @@ class Evaluation:
 
     items: list[Item]
     data: dict[str, Any]
+    labels: list[str] = field(default_factory=list)  # the pole labels as the file has them (before `eval_map`)
 
 
 def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
@@ -107,22 +108,41 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
             "source": "locate run", "name": corpus.name, "path": data.get("spec") or "builtin",
             "file_sha256": file_sha256(spec) if spec else None, "content_sha256": corpus.content_hash(), "split": config.split,
             "split_source": corpus.split_source,
-            "language": data.get("language"), "items": len(corpus.items)})
+            "language": data.get("language"), "items": len(corpus.items)}, _labels(corpus.items))
     spec = config.eval_dataset
-    corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction)
+    path = Path(spec).expanduser()
+    if not spec.startswith("hf:") and not path.exists():
+        raise VneuronError(f"Evaluation corpus {spec} does not exist",
+                           "pass an existing file or directory as `eval_dataset`, or drop it to evaluate on the run's own split")
+    corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction, strict=config.eval_strict)
     corpus = corpus.select(split=config.eval_split)
     if not corpus.items:
         raise VneuronError(f"{spec} has no paired scenarios in split {config.eval_split!r}"
                            + (" (it holds labelled texts)" if corpus.texts else ""),
                            "forced choice needs items with a scenario and two actions (see `vneuron datasets`); "
                            "use `eval_split` all or a paired corpus")
+    _check_map_targets(run, config.eval_map)
     items = map_labels(corpus.items, config.eval_map)
-    path = Path(spec).expanduser()
     return Evaluation(items, {
         "source": "outside", "name": corpus.name, "path": str(path.resolve()) if path.exists() else spec,
         "file_sha256": file_sha256(path) if path.exists() else None, "content_sha256": corpus.content_hash(),
         "split": config.eval_split, "split_source": corpus.split_source, "columns": config.eval_columns,
-        "map": config.eval_map, "items": len(items)})
+        "map": config.eval_map, "items": len(items), "strict": config.eval_strict, "notes": corpus.notes}, _labels(corpus.items))
+
+
+def _labels(items: list[Item]) -> list[str]:
+    return sorted({l for i in items for l in (i.dimension, i.opposite)})
+
+
+def _check_map_targets(run: LocateRun, mapping: dict[str, str] | None) -> None:
+    """`eval_map` may rename labels to the run's poles, their opposites, or a value inside the run's conflict poles."""
+    contrasts = [tuple(c) for c in run.manifest.get("contrasts", [])]
+    known = set(run.sets) | {b for a, b in contrasts} | {OPPOSITE[p] for p in run.sets if p in OPPOSITE}
+    known |= {part for label in known for part in label.split(PAIR) if part != ANY}
+    wrong = [v for v in dict.fromkeys((mapping or {}).values()) if v not in known]
+    if wrong:
+        raise VneuronError(f"`eval_map` maps to {', '.join(repr(w) for w in wrong)}, which the run has no pole for",
+                           f"map to the run's poles: {', '.join(run.sets)}")
 
 
 def items_for(items: list[Item], pole: str, limit: int | None) -> list[Item]:
@@ -443,14 +463,36 @@ def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: Valid
 def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str, extra: dict | None = None):
     """What ablate and steer share: the run, its poles, the model it located in, the items, the output.
 
-    Everything that can be checked without the model is checked first: the run's files, the
-    poles, --top-k against the located sets, the output directory and the evaluation items.
+    Everything that can be checked without the model is checked first (``prepare_study``).
     """
     say = progress or (lambda stage, done, total: None)
+    study = prepare_study(run, config, out, kind, extra)
+    loaded = model_for(study.run, model, say, remote, config.dtype)
+    return say, study.run, study.poles, loaded, study.evaluation.items, study.out
+
+
+@dataclass
+class Study:
+    """What a study works on, known before the model loads."""
+
+    run: LocateRun
+    poles: list[str]
+    evaluation: Evaluation
+    out: Path
+
+
+def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", extra: dict | None = None) -> Study:
+    """Every check of an ablation or a steering sweep that needs no model, for all poles at once: the run's
+    files, the poles, the evaluation items of every pole, `top_k` against the located sets, the output
+    directory and its disk. ``--dry-run`` makes exactly these checks before it plans."""
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     if config.template is None:  # the template the run located with
         config.template = run.template()
     config.check()
+    if config.pvq:  # a bad questionnaire fails here too
+        from .data import load_inventory
+
+        load_inventory(config.pvq)
     evaluation = evaluation_items(run, config)
     poles = poles_for(run, config, evaluation)
     evaluation.data["template"] = choice_template(config.template).describe()
@@ -472,8 +514,7 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
     check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    loaded = model_for(run, model, say, remote, config.dtype)
-    return say, run, poles, loaded, evaluation.items, out
+    return Study(run, poles, evaluation, out)
 
 
 def poles_for(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
@@ -482,10 +523,18 @@ def poles_for(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | N
     unknown = [p for p in poles if p not in run.sets]
     if unknown:
         raise VneuronError(f"The run has no neuron set for {', '.join(unknown)}", f"use: {', '.join(run.sets)}")
-    if evaluation is None or not config.eval_dataset:
+    if evaluation is None:
+        return poles
+    if not config.eval_dataset:  # the run's own split: every pole asked for needs items there, checked for all at once
+        empty = [p for p in poles if not items_for(evaluation.items, p, config.limit)]
+        if empty:
+            have = [p for p in poles if p not in empty]
+            raise VneuronError(f"No evaluation items touch {', '.join(repr(p) for p in empty)} in split {config.split!r}",
+                               "use `split` all" + (f", or `dimensions` {','.join(have)}" if have else "")
+                               + ", or evaluate on an `eval_dataset` FILE")
         return poles
     covered = [p for p in poles if any(expresses(i, p) is not None for i in evaluation.items)]
-    labels = sorted({l for i in evaluation.items for l in (i.dimension, i.opposite)})
+    labels = [l for l in evaluation.labels if l not in (config.eval_map or {})] or evaluation.labels
     shown = ", ".join(labels[:8]) + (" …" if len(labels) > 8 else "")
     if not covered or (config.dimensions and len(covered) < len(poles)):
         missing = [p for p in poles if p not in covered]

@@ -34,6 +34,9 @@ def locate(
                                         "item's id (0: none)."),
     whole_values: bool = setting(L, "whole_values", "--whole-values", panel=DATA,
                                  help="C-voice: also rank each value against all its conflicts (pole 'X|*'); --dimension X asks for one."),
+    strict: bool = setting(L, "strict", "--strict", panel=DATA,
+                           help="Refuse a corpus with incomplete rows (an empty required cell); by default they are left out "
+                                "and a note names them."),
     site: str = setting(L, "site", "--site", panel=SELECTION, metavar="[gate|down_in]",
                         help="gate: the activation function's output (the papers' site); down_in: the output projection's "
                              "input (act·up)."),
@@ -104,7 +107,8 @@ def locate(
         contrasts=pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=split_list(dimension), language=language,
         split=split, limit=limit, site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds, null_shuffles=null,
-        request_batches=request_batches, test_fraction=test_fraction, template=template, whole_values=whole_values)
+        request_batches=request_batches, test_fraction=test_fraction, template=template, whole_values=whole_values,
+        strict=strict)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     if dry_run:

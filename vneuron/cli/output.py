@@ -12,6 +12,8 @@ def data_notes(data: dict) -> None:
     source = data.get("split_source") or {}
     if source.get("kind") == "hash":
         console.print(escape(f"Split: {source['note']} (--test-fraction)"))
+    for note in data.get("notes") or []:
+        console.print(escape(f"Note: {note}"))
     dropped = data.get("dropped_contrasts") or []
     if dropped:
         console.print(escape(f"Skipped {len(dropped)} pole pair(s) with no texts on one side after --split/--limit: "
@@ -32,6 +34,8 @@ def evaluation_note(manifest: dict) -> None:
     console.print(escape(line + ")"))
     if data.get("split") != "all":  # how the split was made matters only when one part of the data is read
         data_notes(data)
+    elif data.get("notes"):
+        data_notes({"notes": data["notes"]})
     if data.get("poles_without_items"):
         console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
 

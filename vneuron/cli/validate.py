@@ -41,6 +41,9 @@ EvalMapOpt = setting(V, "eval_map", "--map", panel=EVALUATION,
                      help="Its pole labels (or C-voice values) to the run's poles: theirs=ours,... e.g. moral=self_transcendence.")
 EvalSplitOpt = setting(V, "eval_split", "--eval-split", panel=EVALUATION, metavar="[all|test|train]",
                        help="Which items of --eval-dataset: all, test or train.")
+StrictOpt = setting(V, "eval_strict", "--strict", panel=DATA,
+                    help="Refuse incomplete rows (an empty required cell) in --eval-dataset, or in --dataset when locating "
+                         "first; by default they are left out and a note names them.")
 TestFractionOpt = setting(V, "eval_test_fraction", "--test-fraction", panel=DATA,
                           help="Data without a split column: the share held out as test, chosen by a hash of each item's id.")
 BatchTokensOpt = setting(V, "batch_tokens", "--batch-tokens", panel=RUN,
@@ -73,6 +76,7 @@ STUDY_OPTIONS = {
     "dataset": (Optional[str], FirstDatasetOpt),
     "language": (str, FirstLanguageOpt),
     "test_fraction": (float, TestFractionOpt),
+    "strict": (bool, StrictOpt),
     "dimension": (Optional[str], DimensionOpt),
     "controls": (int, ControlsOpt),
     "stop_after": (int, StopAfterOpt),
@@ -111,7 +115,8 @@ def _config(study: dict, **settings) -> ValidateConfig:
     return ValidateConfig(dimensions=split_list(study["dimension"]),
                           eval_columns=mapping(study["eval_columns"], "column mapping", "ours=yours,ours=yours"),
                           eval_map=mapping(study["eval_map"], "--map", "theirs=ours,theirs=ours"),
-                          eval_test_fraction=study["test_fraction"], **{k: study[k] for k in EVALUATION_SETTINGS}, **settings)
+                          eval_test_fraction=study["test_fraction"], eval_strict=study["strict"],
+                          **{k: study[k] for k in EVALUATION_SETTINGS}, **settings)
 
 
 def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, gammas=None) -> None:
@@ -135,7 +140,7 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
     with progress_bar(not study["quiet"]) as bar:
         if run_dir is None:  # locate first, with the same model
             first = LocateConfig(dataset=dataset, language=study["language"], top_k=max(top_k or LocateConfig.top_k, 1),
-                                 test_fraction=study["test_fraction"], template=study["template"])
+                                 test_fraction=study["test_fraction"], template=study["template"], strict=study["strict"])
             run_dir, model = locate_first(model, first, out=out, progress=bar, remote=remote)
         if kind == "ablate":
             result = ablate(run_dir, config, model=model, out=out, progress=bar, remote=remote)

@@ -127,13 +127,17 @@ def _cell(value: Any) -> str | None:
     return text or None
 
 
-def cvoice_item(where: str, stem: str, n: int, row: dict[str, Any]) -> Item:
-    """One C-voice row (already keyed by field name) → Item; a defect is a one-line error."""
+def cvoice_item(where: str, stem: str, n: int, row: dict[str, Any], names: dict[str, str] | None = None) -> Item:
+    """One C-voice row (already keyed by field name) → Item; a defect is a one-line error.
+
+    ``names`` maps each field to the file's own column name (Type, Action1, 冲突类型 …), for messages.
+    """
+    column = lambda field: (names or {}).get(field, field)  # noqa: E731
 
     def required(field: str) -> str:
         value = _cell(row.get(field))
         if value is None:
-            raise VneuronError(f"{where}, row {n}: empty {field!r} (C-voice)", f"fill in {field} or drop the row")
+            raise VneuronError(f"{where}, row {n}: empty {column(field)!r} (C-voice)", f"fill in {column(field)} or drop the row")
         return value
 
     if _cell(row.get("dilemma")) is None and _cell(row.get("dilemma_alt")) is not None:
@@ -142,16 +146,17 @@ def cvoice_item(where: str, stem: str, n: int, row: dict[str, Any]) -> Item:
     parsed = parse_conflict(conflict)
     if parsed is None:
         raise VneuronError(
-            f"{where}, row {n}: cannot read the value conflict {conflict!r}",
-            "write 'X vs Y' (choice A supports X, choice B supports Y) or a single value X",
+            f"{where}, row {n}: cannot read the value conflict {conflict!r} in {column('value')}",
+            f"write 'X vs Y' ({column('choice_a')} supports X, {column('choice_b')} supports Y) or a single value X",
         )
     pole, opposite = parsed
     choice_a, choice_b = strip_prefix(required("choice_a"), "choice_a"), strip_prefix(required("choice_b"), "choice_b")
     if choice_a == choice_b:
-        raise VneuronError(f"{where}, row {n}: choice A and choice B are the same text", "make choice B the option that opposes the value")
+        raise VneuronError(f"{where}, row {n}: {column('choice_a')} and {column('choice_b')} are the same text",
+                           f"make {column('choice_b')} the option that opposes the value")
     split = _cell(row.get("split")) or UNSPLIT
     if split not in (*SPLITS, UNSPLIT):
-        raise VneuronError(f"{where}, row {n}: unknown split {split!r}", f"use one of: {', '.join(SPLITS)}")
+        raise VneuronError(f"{where}, row {n}: unknown {column('split')} {split!r}", f"use one of: {', '.join(SPLITS)}")
     return Item(
         id=_cell(row.get("id")) or f"{stem}-{n}",
         dimension=pair_label(pole, opposite) if opposite else pole,

@@ -21,6 +21,7 @@ their data. Every defect is one ``VneuronError`` line naming the file, the row a
 from __future__ import annotations
 
 import os
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,18 @@ def load_corpus(
     contrasts: list[tuple[str, str]] | None = None,
     touche_text: str = "premise",
     test_fraction: float = DEFAULT_TEST_FRACTION,
+    strict: bool = False,
 ) -> Corpus:
     """Load the built-in corpus (``None`` or "builtin"), a user's file or directory, or ``hf:NAME``.
 
     ``touche_text`` ("premise" or "full") chooses the text of a Touché23 argument. Rows without a
     split (no split column) are held out as test with probability ``test_fraction``, decided by a
     hash of their id (``Corpus.assign_splits``; ``corpus.split_source`` says what happened).
+
+    A row with an empty required cell (published files have a few) is left out, and
+    ``corpus.notes`` counts and names every such row per file and sheet; with ``strict`` it is an
+    error instead. ``corpus.notes`` also reports rows of a value's sheet whose conflict lacks that
+    value and items that share an id.
     """
     spec = str(name_or_path or BUILTIN)
     if spec == BUILTIN:
@@ -91,10 +98,56 @@ def load_corpus(
         labels = set(corpus.labels)
         schwartz = {(a, OPPOSITE[a]) for a in labels if a in OPPOSITE and OPPOSITE[a] in labels}
         corpus.contrasts = sorted(set(corpus.contrasts) | schwartz)
+    if corpus.skipped and (strict or not len(corpus)):
+        first = corpus.skipped[0]
+        more = len(corpus.skipped) - 1
+        raise VneuronError(f"{first['where']}, row {first['row']}: empty {', '.join(repr(c) for c in first['empty'])}"
+                           + (f", and {more} more incomplete row{'s' * (more != 1)}" if more else "")
+                           + ("" if len(corpus) else " (no complete row is left)"),
+                           "fill them in or drop them" + ("; without `strict` incomplete rows are left out with a note naming them"
+                                                          if len(corpus) else ""))
     if not len(corpus):
         raise VneuronError(f"Corpus {spec} holds no items", "check that the file has rows below its header")
+    corpus.notes = [*skipped_note(corpus.skipped), *relabelled_note(corpus.relabelled), *duplicates_note(corpus)]
     _check_poles(corpus, spec)
     return corpus.assign_splits(test_fraction)
+
+
+def skipped_note(skipped: list[dict]) -> list[str]:
+    """One line per file: how many incomplete rows were left out, per sheet, each named with its empty columns."""
+    by_file: dict[str, dict[str, list[str]]] = {}
+    for row in skipped:
+        file, _, sheet = row["where"].partition(" (sheet ")
+        by_file.setdefault(file, {}).setdefault(sheet.rstrip(")"), []).append(f"{row['row']} ({', '.join(row['empty'])})")
+    lines = []
+    for file, sheets in by_file.items():
+        count = sum(map(len, sheets.values()))
+        parts = [("sheet " + sheet + ": " if sheet else "") + "row" + "s" * (len(rows) > 1) + " " + ", ".join(rows)
+                 for sheet, rows in sheets.items()]
+        where = f" over {len(sheets)} sheets" if len(sheets) > 1 else ""
+        lines.append(f"{Path(file).name}: left out {count} incomplete row{'s' * (count != 1)}{where} (an empty cell; "
+                     f"`strict` refuses them): {'; '.join(parts)}")
+    return lines
+
+
+def relabelled_note(relabelled: list[dict]) -> list[str]:
+    return [f"{Path(r['where'].partition(' (sheet ')[0]).name} sheet {r['value']}: {r['rows']} of {r['of']} rows name a conflict "
+            f"without {r['value']} (e.g. {', '.join(repr(e) for e in r['examples'])}); they load under those conflicts' labels"
+            for r in relabelled]
+
+
+def duplicates_note(corpus: Corpus) -> list[str]:
+    """Items (or texts) sharing an id are read as one scenario: say so, with the ids."""
+    lines = []
+    for kind, rows in (("items", corpus.items), ("texts", corpus.texts)):
+        counts = Counter(r.id for r in rows)
+        shared = {k: v for k, v in counts.items() if v > 1}
+        if shared:
+            shown = ", ".join(f"{k!r} ×{v}" for k, v in sorted(shared.items(), key=lambda kv: -kv[1])[:4])
+            n = sum(shared.values())
+            lines.append(f"{n} {kind} share an id with another ({shown}{' …' if len(shared) > 4 else ''}): each id is read as one "
+                         f"scenario, so its {kind} go to one split and one stability fold ({len(counts)} distinct ids)")
+    return lines
 
 
 def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=None) -> Corpus:
@@ -125,7 +178,8 @@ def _load_file(path: Path, corpus: Corpus, columns: dict[str, str] | None) -> No
         if voiced:  # every sheet with a C-voice header; the other sheets (notes, read-me) are skipped
             for title, rows in voiced:
                 stem = path.stem if len(voiced) == 1 else f"{path.stem}-{title}"
-                _load_rows(f"{path} (sheet {title})", stem, rows, corpus, columns)
+                value = title if len(voiced) > 1 else path.stem.split("-")[0]  # 友善 of a sheet 友善 or of 友善-final.xlsx
+                _load_rows(f"{path} (sheet {title})", stem, rows, corpus, columns, value=value)
             return
         rows = sheets[0][1] if sheets else []
     else:
@@ -141,8 +195,13 @@ def _load_rows(
     columns: dict[str, str] | None,
     *,
     default_split: str | None = None,
+    value: str | None = None,
 ) -> None:
-    """Recognise the format of ``rows`` (from the file or split ``where``) and add them to ``corpus``."""
+    """Recognise the format of ``rows`` (from the file or split ``where``) and add them to ``corpus``.
+
+    Rows with an empty required cell go to ``corpus.skipped`` (named by the file's own columns);
+    ``value``: the value a C-voice sheet or file is about, whose rows without it are reported.
+    """
     if not rows:
         return
     from .cvoice import cvoice_columns, cvoice_item
@@ -151,15 +210,24 @@ def _load_rows(
     if default_split:
         rows = [r if _clean(r.get("split")) else {**r, "split": default_split} for r in rows]
     header = set(rows[0])
+    theirs = lambda ours: (columns or {}).get(ours, ours)  # noqa: E731 - the file's name of one of our fields
     if set(PAIRED_REQUIRED) <= header:
-        corpus.items.extend(_item(where, stem, n, r) for n, r in enumerate(rows, 2))
+        corpus.items.extend(_item(where, stem, n, r) for n, r in _complete(where, rows, corpus, {k: theirs(k) for k in PAIRED_REQUIRED}))
     elif (mapping := cvoice_columns(header)) is not None:
-        items = [cvoice_item(where, stem, n, {ours: r.get(theirs) for ours, theirs in mapping.items()}) for n, r in enumerate(rows, 2)]
+        names = {field: theirs(column) for field, column in mapping.items()}
+        keyed = [{ours: r.get(column) for ours, column in mapping.items()} for r in rows]
+        for r in keyed:  # the release's second dilemma column stands in for an empty first one
+            if _clean(r.get("dilemma")) is None and _clean(r.get("dilemma_alt")) is not None:
+                r["dilemma"] = r["dilemma_alt"]
+        required = {f: names[f] for f in ("value", "dilemma", "choice_a", "choice_b")}
+        items = [cvoice_item(where, stem, n, r, names) for n, r in _complete(where, keyed, corpus, required)]
         corpus.items.extend(items)
         pairs = {(i.dimension, i.opposite) for i in items}
         corpus.contrasts = sorted(set(corpus.contrasts or ()) | pairs | {(b, a) for a, b in pairs})
+        if value:
+            _relabelled(where, value, items, corpus)
     elif set(TEXT_REQUIRED) <= header:
-        corpus.texts.extend(_text(where, stem, n, r) for n, r in enumerate(rows, 2))
+        corpus.texts.extend(_text(where, stem, n, r) for n, r in _complete(where, rows, corpus, {k: theirs(k) for k in TEXT_REQUIRED}))
     else:
         missing_pair = [c for c in PAIRED_REQUIRED if c not in header]
         missing_text = [c for c in TEXT_REQUIRED if c not in header]
@@ -168,6 +236,25 @@ def _load_rows(
             f"or value, dilemma, choice_a, choice_b (C-voice); found {', '.join(sorted(map(str, header)))}",
             "rename them or map them with `columns` ours=yours,...",
         )
+
+
+def _complete(where: str, rows: list[dict], corpus: Corpus, required: dict[str, str]):
+    """(row number, row) of the rows with every required field filled in; the others are recorded in ``corpus.skipped``
+    with the file's names of their empty columns (``required``: our field → the file's column)."""
+    for n, row in enumerate(rows, 2):
+        empty = [column for field, column in required.items() if _clean(row.get(field)) is None]
+        if empty:
+            corpus.skipped.append({"where": where, "row": n, "empty": empty})
+        else:
+            yield n, row
+
+
+def _relabelled(where: str, value: str, items: list[Item], corpus: Corpus) -> None:
+    """Rows of a value's sheet (most of whose rows pit that value against another) whose conflict lacks it."""
+    off = [i for i in items if value not in (i.value, i.opposite_value)]
+    if off and len(off) * 2 <= len(items):
+        examples = list(dict.fromkeys(f"{i.value} vs {i.opposite_value}" if i.opposite_value else str(i.value) for i in off))[:3]
+        corpus.relabelled.append({"where": where, "value": value, "rows": len(off), "of": len(items), "examples": examples})
 
 
 def _clean(value: Any) -> str | None:

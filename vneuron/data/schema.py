@@ -114,6 +114,9 @@ class Corpus:
     contrasts: list[tuple[str, str]] | None = None
     split_source: dict | None = None  # how items got their split: a column, or a hash of the id (assign_splits)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # contrasts left without texts by select()
+    skipped: list[dict] = field(default_factory=list)  # incomplete rows left out: {"where", "row", "empty": [file's columns]}
+    relabelled: list[dict] = field(default_factory=list)  # a value's sheet rows whose conflict lacks that value
+    notes: list[str] = field(default_factory=list)  # what a reader of the results must be told about the data
 
     # -- what it holds -------------------------------------------------------------------
     @property
@@ -228,13 +231,16 @@ class Corpus:
             items = [i for i in items if i.split == split]
             texts = [t for t in texts if t.split == split]
         if language and language != "all":
+            present = sorted({i.language for i in items} | {t.language for t in texts})
             items = [i for i in items if i.language == language]
             texts = [t for t in texts if t.language == language]
             if not items and not texts:
-                raise VneuronError(
-                    f"Corpus {self.name!r} has nothing in language {language!r}",
-                    f"use one of: {', '.join(self.languages) or 'none'}",
-                )
+                where = f" in split {split!r}" if split and split != "all" else ""
+                if where and not present:
+                    raise VneuronError(f"Corpus {self.name!r} has nothing in split {split!r} (every row is in another split)",
+                                       "use `split` all, or change `test_fraction` (a hash of each item's id decides the split)")
+                raise VneuronError(f"Corpus {self.name!r} has nothing in language {language!r}{where}",
+                                   f"use one of: {', '.join(present) or 'none'}")
         contrasts = self.contrasts
         aggregates = self.aggregates()
         if dimensions:
