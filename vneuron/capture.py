@@ -157,14 +157,15 @@ def capture(
     stats = ActivationStats.zeros(config.site, labels, config.folds, model.n_layers, model.width)
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
-    plan = [_prepare(model, batch, config) for batch in batches(encoded, config.batch_tokens)]
+    remote = model.remote is not None
+    plan = [_prepare(model, batch, config) for batch in capture_batches(encoded, config.batch_tokens, remote)]
     if config.top_examples and model.remote is None:  # remotely they are not collected (vneuron.examples says why)
         stats.examples = TopExamples.empty(config.site, labels, config.top_examples, model.n_layers, model.width, prompts)
         index = {id(p): i for i, p in enumerate(prompts)}
         for prepared in plan:
             _example_rows(prepared, index, config)
-    size = 1 if model.remote is None else max(1, config.request_batches)
-    requests = [plan[i: i + size] for i in range(0, len(plan), size)]
+    ranges = request_ranges([p.batch for p in plan], config.request_batches if remote else 1, slot_bytes(model))
+    requests = [plan[lo:hi] for lo, hi in ranges]
     if progress:  # the bar shows its total before the first batch finishes
         progress(0, len(prompts) if model.remote is None else len(requests))
     with torch.inference_mode():
@@ -224,9 +225,51 @@ def _example_rows(prepared: Prepared, index: dict[int, int], config: CaptureConf
     prepared.rows = rows.reshape(len(batch), -1)
 
 
+# -- request sizing ---------------------------------------------------------------------------
+def capture_batches(encoded: list[Encoded], batch_tokens: int, remote: bool) -> list[list[Encoded]]:
+    """The forward batches of a capture. Remote: the prompts of one slot (label × fold) at a time, so
+    that a request touches few slots and brings back the sums of those only (``request_ranges``)."""
+    if not remote:
+        return batches(encoded, batch_tokens)
+    out: list[list[Encoded]] = []
+    for slot in sorted({e.slot for e in encoded}):
+        out += batches([e for e in encoded if e.slot == slot], batch_tokens)
+    return out
+
+
+def slot_bytes(model: LoadedModel) -> int:
+    """What one slot's sums (Σa, Σa², count(a > 0) per layer and neuron, and its token count) weigh in a result."""
+    size = 8 if model.extra.get("dtype") == "float64" else 4
+    return (3 * model.n_layers * model.width + 1) * size
+
+
+def request_ranges(batched: list[list[Encoded]], request_batches: int, per_slot: int,
+                   limit: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive batches per request: at most ``request_batches``, and no more slots than keep the
+    result under ``limit`` bytes (``remote.MAX_RESULT_BYTES``; one slot at least)."""
+    from .remote import MAX_RESULT_BYTES
+
+    limit = MAX_RESULT_BYTES if limit is None else limit
+    out, start, slots = [], 0, set()
+    for i, batch in enumerate(batched):
+        grown = slots | {e.slot for e in batch}
+        if i > start and (i - start >= max(1, request_batches) or len(grown) * per_slot > limit):
+            out.append((start, i))
+            start, grown = i, {e.slot for e in batch}
+        slots = grown
+    if batched:
+        out.append((start, len(batched)))
+    return out
+
+
+def request_slots(chunk: list["Prepared"]) -> torch.Tensor:
+    """The slots a request's batches touch, in order: its result holds their sums only."""
+    return torch.tensor(sorted({int(s) for p in chunk for s in p.slots}), dtype=torch.long)
+
+
 def _collect(model: LoadedModel, stats: ActivationStats, chunk: list["Prepared"], values: dict, generations) -> None:
-    """Add one request's totals (all slots at once) and attach its generated tokens."""
-    _add_sums(model, stats, torch.arange(len(values["counts"])), values["counts"], values["totals"])
+    """Add one request's totals (every slot it touched at once) and attach its generated tokens."""
+    _add_sums(model, stats, request_slots(chunk), values["counts"], values["totals"])
     if stats.examples is not None and values.get("rows"):
         for prepared, means in zip(chunk, values["rows"]):
             stats.examples.merge(prepared.row_labels, prepared.row_prompts, means)
@@ -287,7 +330,7 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
         pending = checkpoint.jobs.get(str(index)) if checkpoint is not None and collect is not None else None
         try:
             values = ndif.run(target, model.source.model_id, lambda chunk=chunk: _session(model, chunk, config, stats),
-                              collect, on_job, pending=pending)
+                              collect, on_job, pending=pending, result_bytes=len(request_slots(chunk)) * slot_bytes(model))
         except ndif.JobFailed:
             if checkpoint is not None:  # its id is worth nothing now; a rerun submits the request afresh
                 checkpoint.jobs.pop(str(index), None)
@@ -296,9 +339,10 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
         before = len(generations) if generations is not None else 0
         _collect(model, stats, chunk, values, generations)
         log = {"request": index, "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
-               "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in (p.ids, p.mask, p.weights, p.keep, p.slots)]),
+               "slots": len(request_slots(chunk)), "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in sent_tensors(p)]),
                "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
-               "seconds": round(time.time() - started, 3), "submissions": len(submissions)}
+               "seconds": round(time.time() - started, 3), "submissions": len(submissions),
+               "wire": ndif.wire(submissions[-1] if submissions else pending)}
         if checkpoint is not None:
             if generations is not None:
                 checkpoint.path.mkdir(parents=True, exist_ok=True)
@@ -320,8 +364,10 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
 
     lm = model.lm
     path = site_path(model.arch, config.site)
-    width, n_layers, n_slots = model.width, model.n_layers, len(stats.labels) * stats.folds
-    work = [(p.ids, p.mask, position_ids(p.mask), p.weights, p.keep, p.slots, p.rows if examples else None) for p in chunk]
+    present = request_slots(chunk).tolist()  # the result holds the sums of these slots only
+    local = {slot: i for i, slot in enumerate(present)}
+    width, n_layers, n_slots = model.width, model.n_layers, len(present)
+    work = [(*sent_tensors(p, local), p.rows if examples else None) for p in chunk]
     prompt_mode = config.mode == "prompt"
     steps, pad = config.max_new_tokens, pad_id(model.tokenizer)
     eos = torch.tensor(_eos_ids(model) or [-1])
@@ -334,7 +380,8 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
             counts = torch.zeros(n_slots, dtype=dtype)
             tokens = []
             means = []  # per batch, [L, B, W] row means (only with `examples`)
-            for ids, mask, positions, weights, keep, slots, per_row in work:
+            for ids, mask, weights, keep, slots, per_row in work:
+                positions = position_ids(mask)  # made where the batch runs, not sent
                 if prompt_mode:  # count the marked tokens of each prompt
                     with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
                         sums, layer_means = [], []
@@ -378,6 +425,13 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
             means.save()
     return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None,
                                             **({"rows": means} if examples else {})})
+
+
+def sent_tensors(p: Prepared, local: dict[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """What a request carries of a batch: ids, mask, token weights, counted rows and its slots (as
+    positions in the request's result when ``local`` maps them)."""
+    slots = p.slots if local is None else torch.tensor([local[int(s)] for s in p.slots], dtype=torch.long)
+    return p.ids, p.mask, p.weights, p.keep, slots
 
 
 def slot_matrix(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:

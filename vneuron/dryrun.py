@@ -8,7 +8,6 @@ transient activations of one block, the attention mask and the logits chunk. Not
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from typing import Any
@@ -19,7 +18,7 @@ from .budget import Work
 from .evaluate import encode_pairs, forced_choice_pairs, score_tries
 from .models.architectures import text_config
 from .prefix import LOGIT_BUDGET, pack, row_batches, tensors
-from .tokens import batches, encode, pad_id
+from .tokens import encode, pad_id
 
 MB = 1 << 20
 
@@ -141,7 +140,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     """
     from pathlib import Path
 
-    from .capture import capture, fold_of
+    from .capture import capture, capture_batches, fold_of, request_ranges, slot_bytes
     from .locating import expected_bytes, prepare_corpus
     from .models.loading import load_model
     from .runs import check_fresh, check_space, default_run_dir
@@ -169,20 +168,20 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     labels = corpus.labels
     slots = [labels.index(p.label) * cap.folds + fold_of(p.group, cap.folds) for p in prompts]
     encoded = encode(loaded.tokenizer, prompts, slots, counted_span=cap.counted_span and cap.mode == "prompt")
-    plan = batches(encoded, cap.batch_tokens)
+    # the batches and requests capture() builds, and what each request carries each way
+    plan = capture_batches(encoded, cap.batch_tokens, loaded.remote is not None)
     tokens = sum(len(b) * max(len(e.ids) for e in b) for b in plan)
-    per_request = 1 if loaded.remote is None else max(1, cap.request_batches)
-    requests = math.ceil(len(plan) / per_request)
-    b = _bytes_of(dtype)
-    slots_n = len(labels) * cap.folds
-    down = requests * loaded.n_layers * 3 * slots_n * loaded.width * 4  # reduced sums per request (float32)
-    up = sum(len(bt) * max(len(e.ids) for e in bt) * 8 * 3 for bt in plan)  # ids, mask, positions (int64)
+    ranges = request_ranges(plan, cap.request_batches if loaded.remote is not None else 1, slot_bytes(loaded))
+    per_request = [len({e.slot for bt in plan[lo:hi] for e in bt}) for lo, hi in ranges]  # slots each result holds
+    down = sum(per_request) * slot_bytes(loaded)
+    up = sum(_capture_upload(bt, cap.mode == "prompt") for bt in plan)
     out: dict[str, Any] = {
         "kind": "locate", "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
-        "out": str(run_dir), "prompts": len(prompts), "least": Work(forwards=len(plan), requests=requests, tokens=tokens,
+        "out": str(run_dir), "prompts": len(prompts), "least": Work(forwards=len(plan), requests=len(ranges), tokens=tokens,
                                                layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
         "server_mb_per_batch": round(max(_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), 0, 0, dtype)
-                                         for bt in plan) + 3 * slots_n * loaded.width * loaded.n_layers * b / MB, 1),
+                                         for bt in plan) + max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
+        "largest_result_mb": round(max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
     }
     out["most"] = out["least"]
     if loaded.remote is None and plan:
@@ -194,6 +193,14 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
         per_token = (time.perf_counter() - start) / (len(sample) * max(len(e.ids) for e in plan[len(plan) // 2]))
         out["estimate_s"] = [round(per_token * tokens)] * 2
     return out
+
+
+def _capture_upload(batch, prompt_mode: bool) -> int:
+    """Tensor bytes a capture request sends for one batch (``capture.sent_tensors``): ids and mask
+    (int64), the per-slot token weights (float32), the counted rows (int64) and the slots."""
+    rows, width, slots = len(batch), max(len(e.ids) for e in batch), len({e.slot for e in batch})
+    counted = sum(sum(e.counted) for e in batch) if prompt_mode else 0
+    return rows * width * 8 * 2 + slots * (rows * width if prompt_mode else rows) * 4 + counted * 8 + slots * 8
 
 
 def render(plan: dict[str, Any]) -> str:

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 
 PUBLIC_HOST = "https://api.ndif.us"
 
+# The largest result one request may bring back. The loopback NDIF stack (ndif 0.1.2: torch.save,
+# zstd, the S3 object store, an HTTP download) carried single results up to 2.1 GB, the largest tried,
+# without a hard limit; what grows is memory and time: the server's model actor peaks at ~2 × the
+# result beyond its weights, the client at ~3.1 × (download buffer, decompressed copy, tensors), and
+# it takes ~19 s/GB into the object store and ~3.5 s/GB down on loopback (docs/remote.md). vneuron
+# splits requests so that none returns more than this: a 70B locate request (8 slots × 80 layers ×
+# 28,672 neurons × 3 sums, float32: 220 MB) fits, a 405B one (644 MB) is split.
+MAX_RESULT_BYTES = 256 << 20
+
+# Every request sent to and collected from a real NDIF host in this process: job id → bytes on the
+# wire each way (after nnsight's zstd compression) and where the client's time went.
+WIRE: dict[str, dict[str, float]] = {}
+
 
 class JobLost(Exception):
     """The server has no record of a submitted job (it answers 404 for longer than ``lost_after``)."""
@@ -61,6 +74,9 @@ class RemoteTarget:
     # A submitted job has no status on the server until its dispatcher queues it (404 until
     # then); 404 for this long means the server lost it (restarted, or the result expired).
     lost_after: float = 60.0
+    # A request's deadline grows with the result it brings back: ``timeout`` plus the result's bytes at
+    # this slowest transfer rate (bytes/s) the client allows for, so a large result is never cut off.
+    slowest_rate: float = 1_000_000.0
     notify: Callable[[str], None] | None = field(default=None, repr=False, compare=False)  # terminal notes
 
     @property
@@ -68,7 +84,12 @@ class RemoteTarget:
         return self.host == "local"
 
     def describe(self) -> dict[str, Any]:
-        return {"host": self.host, "timeout_s": self.timeout, "retries": self.retries, "lost_after_s": self.lost_after}
+        return {"host": self.host, "timeout_s": self.timeout, "retries": self.retries, "lost_after_s": self.lost_after,
+                "slowest_rate_bytes_s": self.slowest_rate}
+
+    def deadline_s(self, result_bytes: int = 0) -> float:
+        """Seconds a request may take, queue included, when it returns ``result_bytes``."""
+        return self.timeout + result_bytes / self.slowest_rate
 
 
 def resolve_target(remote: "bool | str | RemoteTarget | None", host: str | None = None, **options) -> RemoteTarget | None:
@@ -138,10 +159,12 @@ def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> Vneuro
     lower = text.lower()
     if isinstance(exc, JobLost):
         return VneuronError(f"NDIF host {target.host} lost the request twice ({text})",
-                            "check the server with `vneuron doctor --host ...`; finished requests are kept, rerun with `resume`")
+                            "check the server with `vneuron doctor --host ...`, then rerun (a locate run with `out` continues "
+                            "from its last finished request with `resume`)")
     if _network_error(exc):
         return VneuronError(f"NDIF host {target.host} is unreachable ({exc.__class__.__name__})",
-                            "check `host` / NDIF_HOST and your network; finished requests are kept, rerun with `resume`")
+                            "check `host` / NDIF_HOST and your network, then rerun (a locate run with `out` continues from its "
+                            "last finished request with `resume`)")
     if "api key" in lower or "401" in lower or "unauthori" in lower or "forbidden" in lower:
         return VneuronError("NDIF rejected the API key", "check NDIF_API_KEY (a key is personal; get one at ndif.us)")
     if any(phrase in lower for phrase in ("could not deploy", "not deployed", "is not running", "model not found",
@@ -154,14 +177,15 @@ def translate(exc: BaseException, target: RemoteTarget, model_id: str) -> Vneuro
 
 
 def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect: Callable[[Any], dict | None],
-        on_job: Callable[[str], None] | None = None, pending: str | None = None) -> dict:
+        on_job: Callable[[str], None] | None = None, pending: str | None = None, result_bytes: int = 0) -> dict:
     """Run one request with retries; returns the saved values by name.
 
     ``submit()`` runs the session (non-blocking: returns a job id; blocking: returns values);
     ``collect(job_id)`` polls once (None while pending, ``UNKNOWN`` on 404). ``pending`` is the
     id of a job submitted earlier (before an interruption): it is collected, not recomputed.
     A lost or failed job is resubmitted once; transport errors are retried with backoff and
-    never resubmit a job that the server has.
+    never resubmit a job that the server has. ``result_bytes``: what the request will bring back
+    (its deadline grows with it, ``RemoteTarget.deadline_s``).
     """
     attempt = 0
     resubmitted = False
@@ -176,7 +200,7 @@ def run(target: RemoteTarget, model_id: str, submit: Callable[[], Any], collect:
                 if on_job:
                     on_job(job)
             polling = True
-            return wait(target, model_id, job, collect)
+            return wait(target, model_id, job, collect, result_bytes=result_bytes)
         except VneuronError:
             raise
         except BaseException as exc:  # noqa: BLE001 - classify everything the client can raise
@@ -220,8 +244,9 @@ def _last_line(exc: BaseException) -> str:
     return text.splitlines()[-1] if text else exc.__class__.__name__
 
 
-def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any], dict | None]) -> dict:
-    deadline = time.monotonic() + target.timeout
+def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any], dict | None], result_bytes: int = 0) -> dict:
+    allowed = target.deadline_s(result_bytes)
+    deadline = time.monotonic() + allowed
     delay = target.poll_interval
     unknown_since = None
     while time.monotonic() < deadline:
@@ -236,23 +261,72 @@ def wait(target: RemoteTarget, model_id: str, job: str, collect: Callable[[Any],
             unknown_since = None
         time.sleep(delay)
         delay = min(delay * 1.5, 10.0)
-    raise VneuronError(f"NDIF request {job} did not finish within {target.timeout:.0f} s",
+    raise VneuronError(f"NDIF request {job} did not finish within {allowed:.0f} s",
                        "raise `timeout`, or collect it later with `resume` (results are kept about a day)")
 
 
 def collector(model_key: str, host: str) -> Callable[[str], dict | None]:
-    from nnsight.intervention.backends.remote import RemoteBackend
-
     nnsight_logging()
+    backend_class = measured_backend()
 
     def collect(job_id: str):
-        backend = RemoteBackend(model_key, host=host, job_id=job_id, blocking=False)
+        backend = backend_class(model_key, host=host, job_id=job_id, blocking=False)
         result = backend()
         # poll() answers None both while the job waits and when the server answers 404; only
         # an answer with a status sets backend.status
         return UNKNOWN if result is None and backend.status is None else result
 
     return collect
+
+
+_MEASURED: list = []
+
+
+def measured_backend():
+    """nnsight's RemoteBackend, recording into ``WIRE`` what each job sends and receives on the wire
+    (compressed payload and result bytes) and how long serialising, posting, downloading and decoding took."""
+    if _MEASURED:
+        return _MEASURED[0]
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    class Measured(RemoteBackend):
+        def _serialize(self, tracer) -> bytes:
+            started = time.perf_counter()
+            blob = super()._serialize(tracer)
+            self._sent = {"up_bytes": len(blob), "serialize_s": time.perf_counter() - started}
+            return blob
+
+        def _post(self, request, blob: bytes):
+            started = time.perf_counter()
+            response = super()._post(request, blob)
+            if getattr(self, "_sent", None) is not None:
+                WIRE.setdefault(response.id, {}).update(self._sent, post_s=time.perf_counter() - started)
+            return response
+
+        def download_result(self, url):
+            started = time.perf_counter()
+            self._decode_s = 0.0
+            result = super().download_result(url)
+            if self.job_id is not None:
+                WIRE.setdefault(self.job_id, {}).update(download_s=time.perf_counter() - started - self._decode_s,
+                                                        decode_s=self._decode_s)
+            return result
+
+        def finalize(self, content: bytes):
+            started = time.perf_counter()
+            result = super().finalize(content)
+            self._decode_s = time.perf_counter() - started
+            if self.job_id is not None:
+                WIRE.setdefault(self.job_id, {})["down_bytes"] = len(content)
+            return result
+
+    _MEASURED.append(Measured)
+    return Measured
+
+
+def wire(job_id: str | None) -> dict[str, float]:
+    """What crossed the network for a job (``WIRE``), rounded for a manifest."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in WIRE.get(job_id or "", {}).items()}
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -371,6 +445,9 @@ def trace_kwargs(model) -> dict:
     if target is None:
         return {}
     nnsight_logging()
+    if not target.simulated and not target.blocking and hasattr(model, "model_key"):  # measured on the wire
+        return {"backend": measured_backend()(model.model_key(), host=target.host, env=model.lm._remoteable_get_env(),
+                                              blocking=False)}
     kwargs: dict = {"remote": "local" if target.simulated else target.host}
     if not target.blocking:
         kwargs["blocking"] = False
