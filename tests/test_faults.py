@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -289,3 +290,50 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
     assert (rescued / "report.html").read_text().startswith("<!DOCTYPE html>") and (rescued / "report.md").is_file()
     assert list((rescued / "report-figures").glob("*.png"))
     assert not (run / "report.html").exists() and not list(run.glob(".report*"))
+
+
+# -- SIGTERM ends a run as Ctrl-C does -----------------------------------------------------------------------------
+def test_sigterm_mid_run_is_one_line_exit_143_and_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
+    import signal
+
+    from vneuron import locating
+
+    real = locating.capture
+
+    def capture_then_terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` or a batch scheduler's time limit sends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(locating, "capture", capture_then_terminated)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                 "--split", "all", "-k", "5", "--out", str(out), "-q"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 143, result.output
+    assert lines == ["terminated (SIGTERM) (nothing half-written was kept)"] and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+
+
+def test_sigterm_through_the_console_script_exits_143(tmp_path, tiny_dir):
+    """A real process, a real signal: the exit status a shell or a scheduler sees is 143."""
+    code = f"""
+import os, signal, sys
+from vneuron import locating
+real = locating.capture
+def capture(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+locating.capture = capture
+from vneuron.cli import app
+sys.argv = ["vneuron", "locate", "--model", {str(tiny_dir("llama"))!r}, "--dataset", {str(EXAMPLES / "corpus.jsonl")!r},
+            "--split", "all", "-k", "5", "--out", {str(tmp_path / "run")!r}, "-q", "--threads", "1"]
+app()
+"""
+    env = {**os.environ, "VNEURON_CACHE": str(tmp_path / "cache")}
+    env.pop("VNEURON_DEBUG", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()][-1] == "terminated (SIGTERM) (nothing half-written was kept)"
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))

@@ -235,6 +235,9 @@ def profile_weights(profile: str) -> list[float]:
         weights = [float(w) for w in profile.split(",")]
     except ValueError:
         weights = []
+    if weights and all(w == 0 for w in weights):
+        raise VneuronError(f"`profile` {profile!r} gives every layer weight 0, so no neuron can be planted",
+                           "give at least one layer a positive weight, e.g. 0,0,1")
     if not weights or any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
         raise VneuronError(f"Cannot read `profile` {profile!r}",
                            f"use {' or '.join(PROFILES)}, or one non-negative weight per layer, e.g. 0,0,1,1,2,2")

@@ -171,6 +171,9 @@ def check_output_file(path: Path, option: str = "`out`") -> None:
     path = Path(path)
     if path.is_dir():
         raise VneuronError(f"{option} {path} is a directory", f"pass a file name as {option}")
+    above = _existing_ancestor(path.parent)
+    if not above.is_dir():
+        raise VneuronError(f"Cannot write {path}: {above} is a file, not a directory", f"choose an {option} whose parent is a directory")
     check_writable(path.parent, option)
 
 
@@ -498,6 +501,20 @@ class LocateRun:
                                "forced choice needs scenario items with two actions; use `split` all, a paired corpus, "
                                "or an `eval_dataset` FILE")
         return corpus
+
+    def model_spec(self) -> str:
+        """Where to load the run's model from: its recorded absolute path (so the run works from any folder), else what
+        was typed (an alias or hub id, or a path of a run made before absolute paths were recorded)."""
+        model = self.manifest["model"]
+        path, spec = model.get("path"), model.get("spec") or model.get("model_id")
+        if path and Path(path).exists():
+            return path
+        if model.get("kind") in ("directory", "gguf"):
+            if Path(spec).expanduser().exists():
+                return spec
+            raise VneuronError(f"The model this run located with ({path or spec}) is no longer there",
+                               "pass `model` pointing at it (the same weights; its revision is checked)")
+        return spec
 
     def template(self) -> str:
         """The template spec the run located with (third_person for runs made before templates)."""

@@ -166,7 +166,7 @@ def model_for(run: LocateRun, model: LoadedModel | str | None, say, remote=None,
 
             remote = resolve_target(remote)  # True, "local", a URL or a RemoteTarget
             check_key(remote)
-        loaded = load_model(model or recorded.get("spec") or recorded.get("model_id"), dtype=dtype or recorded.get("dtype", "float32"),
+        loaded = load_model(model or run.model_spec(), dtype=dtype or recorded.get("dtype", "float32"),
                             progress=lambda m: say(m, 0, 0),
                             remote=remote)
     if loaded.revision != recorded["revision"]:

@@ -3,9 +3,11 @@ registers the commands of each group (one module per group, each a thin layer ov
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import signal
 import sys
 
 import typer
@@ -72,23 +74,47 @@ def as_flags(message: str, flags: dict[str, str]) -> str:
     return _SETTING.sub(flag, message)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so it ends as Ctrl-C does: every cleanup that an interruption runs
+    (a half-written run directory removed, a remote run's checkpoint closed) runs for it too."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM here: leave it as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle_errors(fn):
-    """One line and exit code 2 for anything the user can fix; tracebacks only with VNEURON_DEBUG=1."""
+    """One line and exit code 2 for anything the user can fix; tracebacks only with VNEURON_DEBUG=1.
+    Ctrl-C and SIGTERM: one line, nothing half-written kept, exit 130 and 143 (128 + the signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except VneuronError as exc:
             if os.environ.get("VNEURON_DEBUG") == "1":
                 raise
             _say_error(as_flags(exc.one_line(), flags_of(fn)))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             from ..report import err_console
 
-            err_console.print("[bold red]interrupted[/] (nothing half-written was kept)")
-            raise typer.Exit(130) from None
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            err_console.print(f"[bold red]{what}[/] (nothing half-written was kept)")
+            raise typer.Exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
 

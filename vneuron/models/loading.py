@@ -50,7 +50,9 @@ class ModelSource:
     chat: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "model_id": self.model_id, "kind": self.kind, "alias": self.alias}
+        # the spec as typed (maybe relative) and the absolute path, so a run's model is found from any folder
+        return {"spec": self.spec, "model_id": self.model_id, "kind": self.kind, "alias": self.alias,
+                "path": str(self.path) if self.path else None}
 
 
 @dataclass
