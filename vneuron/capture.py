@@ -249,11 +249,11 @@ def request_ranges(batched: list[list[Encoded]], request_batches: int, per_slot:
     result under ``limit`` bytes (``remote.MAX_RESULT_BYTES``; one slot at least)."""
     from .remote import MAX_RESULT_BYTES
 
-    limit = MAX_RESULT_BYTES if limit is None else limit
+    most = max(1, (MAX_RESULT_BYTES if limit is None else limit) // max(per_slot, 1))  # slots per result
     out, start, slots = [], 0, set()
     for i, batch in enumerate(batched):
         grown = slots | {e.slot for e in batch}
-        if i > start and (i - start >= max(1, request_batches) or len(grown) * per_slot > limit):
+        if i > start and (i - start >= max(1, request_batches) or len(grown) > most):
             out.append((start, i))
             start, grown = i, {e.slot for e in batch}
         slots = grown

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .budget import Work
-from .evaluate import encode_pairs, forced_choice_pairs, score_tries
+from .evaluate import encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
 from .models.architectures import text_config
 from .prefix import LOGIT_BUDGET, pack, row_batches, tensors
 from .tokens import encode, pad_id
@@ -39,7 +39,8 @@ def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float
 
 
 def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
-    """Per evaluation of ``items`` under one edit set: batches and their counts."""
+    """Per evaluation of ``items`` under one edit set: batches and their counts (bytes_up: the batches'
+    tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
     encoded = encode_pairs(model, forced_choice_pairs(items, choice))
     first = None
     per_set, lower, peak = Work(), Work(), 0.0
@@ -49,8 +50,7 @@ def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: st
         layers = model.n_layers - (low if model.remote is None else 0)
         per_set.add(Work(forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * layers,
                          head_positions=len(t.rows), bytes_down=4 * len(t.targets),
-                         bytes_up=sum(x.numel() * x.element_size() for x in (t.ids, t.positions, t.mask, t.rows, t.cols,
-                                                                             t.targets, t.node_of))))
+                         bytes_up=sum(x.numel() * x.element_size() for x in sent_tensors(t))))
         if model.remote is None and low:
             lower.add(Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * low))
         peak = max(peak, _server_mb(model, t.tokens, t.ids.shape[1], len(t.rows), dtype))
@@ -59,6 +59,23 @@ def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: st
 
 def _scaled(work: Work, times: int) -> Work:
     return Work(**{k: v * times for k, v in asdict(work).items()})
+
+
+def first_controls(config) -> int:
+    """Controls sent with the located set in its one request (``Sequential.first``)."""
+    return min(config.stop_after, config.controls) if config.stop_after > 0 else config.controls
+
+
+def _remote_requests(bound: Work, per_set: Work, step: int, points: int, controls: int, first: int) -> None:
+    """Requests and bytes sent of the edited evaluations on NDIF: per γ, the located set and its first
+    controls in one request that carries the batches once and each set's edit; every later control one
+    request per batch, each carrying its batch and the edit. (The baseline is one request per batch.)"""
+    together = min(first, controls)
+    later = controls - together
+    edited = _scaled(per_set, points * (1 + controls))  # already added: correct its requests and bytes sent
+    bound.requests += points * (1 + later * per_set.forwards) - edited.requests
+    bound.bytes_up += points * (per_set.bytes_up + (1 + together) * step + later * (per_set.bytes_up + per_set.forwards * step)) \
+        - edited.bytes_up
 
 
 def _calibrate(model, t, steps) -> float:
@@ -107,10 +124,15 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         seen.add(key)
         base_work = Work(**{**asdict(per_set), "layer_tokens": per_set.layer_tokens + (per_set.tokens * low
                                                                                       if loaded.remote is None else 0)})
+        step = sum(x.numel() * x.element_size() for x in step_tensors(plan(loaded, edit_for(run, neurons, pole, config))))
         for bound, controls in ((least, low_h), (most, high_h)):
             bound.add(_scaled(base_work, baseline))
             bound.add(_scaled(per_set, len(points) * (1 + controls)))
             bound.add(lower)
+            if loaded.remote is not None:  # what the remote requests are (validate._sequential, evaluate)
+                _remote_requests(bound, per_set, step, len(points), controls, first_controls(config))
+            else:
+                bound.bytes_up += step * per_set.forwards * len(points) * (1 + controls)
         if calibration is None and loaded.remote is None and first is not None:
             say("Calibrating on one batch", 0, 0)
             calibration = _calibrate(loaded, first, plan(loaded, edit_for(run, neurons, pole, config)))

@@ -74,7 +74,7 @@ def continuation_logprobs(
         scores = call(model, lambda: _score_batch(model, ids, mask, counted[:, -k:].to(torch.float32), k, steps))["scores"]
         budget.current.add(budget.Work(forwards=1, requests=1, tokens=int(ids.numel()), layer_tokens=int(ids.numel()) * model.n_layers,
                                        head_positions=len(batch) * (k + 1), bytes_down=nbytes(scores),
-                                       bytes_up=nbytes(ids, mask, counted, *_step_tensors(steps))))
+                                       bytes_up=nbytes(ids, mask, counted, *step_tensors(steps))))
         out[torch.tensor([e.slot for e in batch])] = scores.double()
         done += len(batch)
         if progress:
@@ -115,7 +115,8 @@ def tries_supported(model: LoadedModel, encoded) -> bool:
     return not (window and longest > int(window)) and hasattr(model.lm, "lm_head")
 
 
-def _step_tensors(steps) -> list[torch.Tensor]:
+def step_tensors(steps) -> list[torch.Tensor]:
+    """What a request carries of an edit plan (units and values per edited layer)."""
     return [x for step in steps for x in step[2:5]]
 
 
@@ -185,7 +186,7 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
         budget.current.add(budget.Work(
             forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
             head_positions=len(t.rows), bytes_down=nbytes(logp),
-            bytes_up=nbytes(*sent_tensors(t), *_step_tensors(steps))))
+            bytes_up=nbytes(*sent_tensors(t), *step_tensors(steps))))
         sums.index_add_(0, t.pairs, logp.double())
         counts.index_add_(0, t.pairs, torch.ones_like(logp, dtype=torch.float64))
         done += n_pairs
@@ -218,7 +219,7 @@ def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, st
             budget.current.add(budget.Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * model.n_layers,
                                            head_positions=len(t.rows), bytes_down=nbytes(logp),
                                            bytes_up=nbytes(*sent_tensors(t)) if s == 0 else 0))
-        budget.current.bytes_up += nbytes(*_step_tensors(steps))
+        budget.current.bytes_up += nbytes(*step_tensors(steps))
         out.append(sums / counts)
     budget.current.requests += 1
     return out

@@ -1,0 +1,68 @@
+"""--dry-run's requests and bytes for a remote run are what the run then sends and receives (through
+nnsight's in-process simulation, which builds the same requests as a real NDIF host)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vneuron.capture import capture_batches, request_ranges
+from vneuron.config import ValidateConfig
+from vneuron.dryrun import locate_plan, validation_plan
+from vneuron.locating import LocateConfig, locate
+from vneuron.tokens import Encoded
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def fake(slot: int, n: int = 5) -> Encoded:
+    return Encoded(list(range(n)), [True] * n, None, slot)
+
+
+def test_requests_touch_few_slots_and_stay_under_the_result_limit():
+    encoded = [fake(s) for s in (3, 0, 1, 3, 0, 2, 1, 0)]
+    batched = capture_batches(encoded, batch_tokens=10, remote=True)  # two prompts of 5 tokens per batch
+    assert [{e.slot for e in b} for b in batched] == [{0}, {0}, {1}, {2}, {3}]  # one slot per batch
+    assert request_ranges(batched, 8, per_slot=100, limit=10_000) == [(0, 5)]
+    assert request_ranges(batched, 2, per_slot=100, limit=10_000) == [(0, 2), (2, 4), (4, 5)]
+    # no more than 2 slots' sums per result: a request closes before a third slot
+    assert request_ranges(batched, 8, per_slot=100, limit=250) == [(0, 3), (3, 5)]
+    assert request_ranges(batched, 8, per_slot=100, limit=50) == [(0, 2), (2, 3), (3, 4), (4, 5)]  # one slot at least
+    assert len(capture_batches(encoded, 10, remote=False)) == 4  # local: length-sorted, slots mixed
+
+
+@pytest.fixture
+def simulated(tiny_dir):
+    from vneuron.models.loading import load_model
+    from vneuron.remote import RemoteTarget
+
+    return load_model(str(tiny_dir("llama")), remote=RemoteTarget("local", blocking=True))
+
+
+def test_locate_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, simulated):
+    config = LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5, batch_tokens=40, request_batches=2)
+    plan = locate_plan(str(tiny_dir("llama")), config, remote="local")
+    done = locate(simulated, config, out=tmp_path / "run")
+    remote = done.manifest["remote"]
+    assert plan["least"]["requests"] == remote["requests"] > 2
+    assert plan["least"]["bytes_down"] == remote["received_tensor_bytes"]
+    assert plan["least"]["bytes_up"] == remote["sent_tensor_bytes"]
+
+
+def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, simulated):
+    from vneuron.validate import ablate, steer
+
+    run = locate(simulated, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5),
+                 out=tmp_path / "run").run_dir
+    # every control drawn (stop_after 0, no extension) and nothing beside the forced choice: one exact count
+    config = ValidateConfig(controls=3, stop_after=0, max_controls=0, split="all", dimensions=["conservation"],
+                            side_effects=False, cross_values=False, batch_tokens=64)
+    for kind, call in (("ablate", lambda out: ablate(run, config, model=simulated, out=out)),
+                       ("steer", lambda out: steer(run, [0.0, 2.0], ValidateConfig(**{**config.__dict__, "mode": "scale"}),
+                                                   model=simulated, out=out))):
+        cfg = config if kind == "ablate" else ValidateConfig(**{**config.__dict__, "mode": "scale"})
+        plan = validation_plan(run, cfg, kind, [0.0, 2.0] if kind == "steer" else None, model=simulated)
+        work = call(tmp_path / kind).manifest["work"]
+        for key in ("requests", "forwards", "bytes_up", "bytes_down"):
+            assert plan["least"][key] == plan["most"][key] == work[key], (kind, key, plan["least"][key], work[key])
