@@ -149,11 +149,13 @@ class Comparison:
         return [str(r.path) for r in self.runs]
 
     def matrices(self) -> dict[str, dict]:
-        """Per pole: runs × runs Jaccard (same neuron space) or 1 − depth TV distance."""
+        """Per pole: runs × runs Jaccard (same neuron space) or 1 − depth TV distance, and the Jaccard two random
+        sets of the same sizes would have (``chance``; None where the runs share no neuron space)."""
         n = len(self.runs)
         out = {}
         for pole in self.poles:
             values: list[list[float | None]] = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
+            chance: list[list[float | None]] = [[None] * n for _ in range(n)]
             measures = set()
             for p in self.pairs:
                 if p["pole"] != pole:
@@ -161,7 +163,10 @@ class Comparison:
                 v = p["jaccard"] if p["same_neurons"] else 1 - p["depth_tv"]
                 measures.add("Jaccard" if p["same_neurons"] else "1 − depth TV")
                 values[p["a"]][p["b"]] = values[p["b"]][p["a"]] = v
-            out[pole] = {"values": values, "measure": " / ".join(sorted(measures))}
+                if p["same_neurons"]:
+                    expected = p["chance_overlap"]
+                    chance[p["a"]][p["b"]] = chance[p["b"]][p["a"]] = expected / (p["size_a"] + p["size_b"] - expected)
+            out[pole] = {"values": values, "chance": chance, "measure": " / ".join(sorted(measures))}
         return out
 
     def depth_profiles(self) -> dict[str, dict[str, list[float]]]:

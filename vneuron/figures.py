@@ -274,12 +274,20 @@ def pvq_circle(pvq: dict[str, dict], source: str) -> Figure:
 
 # -- steer ---------------------------------------------------------------------------------------
 def dose_response(curves: dict[str, list[dict]], mode: str, source: str) -> Figure:
-    """P after steering at every γ, with the controls' range and mean at the same γ."""
+    """P after steering at every γ, with the located curve's 95% CI (where the points carry ``effect_ci``), the
+    controls' range and mean at the same γ, the unedited γ (1 in scale mode, 0 in add mode) and P = 0.5 marked."""
     fig, axes = _grid(len(curves), height=2.9)
+    unedited = 1.0 if mode == "scale" else 0.0
     for n, (ax, (pole, points)) in enumerate(zip(axes, curves.items())):
         gs = [p["gamma"] for p in points]
         after = [p["after"] for p in points]
         base = points[0]["baseline"]
+        if all(p.get("effect_ci") for p in points):
+            ax.fill_between(gs, [base + p["effect_ci"][0] for p in points], [base + p["effect_ci"][1] for p in points],
+                            color=color(pole, n), alpha=0.18, lw=0, label="located set (95% CI)")
+        ax.axhline(0.5, color="#999999", lw=0.8, ls="-.", label="P = 0.5 (no preference)")
+        if min(gs) <= unedited <= max(gs):
+            ax.axvline(unedited, color="black", lw=0.8, ls=(0, (1, 2)), label=f"γ = {unedited:g}: the unedited model")
         ctrl = [p.get("control_effects") or [] for p in points]
         if all(ctrl):
             lo = [base + min(c) for c in ctrl]
@@ -296,33 +304,56 @@ def dose_response(curves: dict[str, list[dict]], mode: str, source: str) -> Figu
         ax.legend(fontsize=6.5, frameon=False)
         ax.grid(alpha=0.25)
     caption = (f"Dose–response: mean P(choosing the pole's action) on held-out items as the located neurons are edited "
-               f"({mode}) with factor γ, beside the same edit of matched random controls at every γ (band: min–max, dashed: "
-               f"mean). Source: {source} (after, control_effect) and manifest.json (control_effects).")
+               f"({mode}) with factor γ, with the bootstrap 95% CI of the located set's effect (coloured band), beside the same "
+               f"edit of matched random controls at every γ (grey band: min–max, dashed: mean); the dotted vertical line is "
+               f"the unedited model (γ = {unedited:g}), the dash-dotted one P = 0.5. Source: {source} (after, control_effect) and "
+               f"manifest.json (effect_ci, control_effects).")
     return Figure("steer-dose-response", "Steering dose–response", caption, fig)
 
 
 # -- compare -------------------------------------------------------------------------------------
 def overlap_heatmaps(matrices: dict[str, dict], names: list[str], source: str) -> Figure:
-    """Per pole, a runs × runs matrix of Jaccard (same neurons) or depth-profile similarity."""
-    fig, axes = _grid(len(matrices), width=7.5, height=3.2)
+    """Per pole, a runs × runs matrix of Jaccard (same neurons) or depth-profile similarity.
+
+    The colour scale spans the off-diagonal values (the diagonal, a run with itself, is 1 by definition and is
+    left grey), the runs are named on the axes, and where ``chance`` is given (the Jaccard two random sets of
+    those sizes would have) it is written in each cell and drawn on the colour bar.
+    """
+    fig, axes = _grid(len(matrices), width=7.5, height=3.4)
+    labels = [name if len(name) <= 14 else name[:6] + "…" + name[-7:] for name in names]
     for ax, (pole, m) in zip(axes, matrices.items()):
-        values = m["values"]
-        image = ax.imshow([[v if v is not None else float("nan") for v in row] for row in values], vmin=0, vmax=1, cmap="viridis")
+        values, chance = m["values"], m.get("chance")
+        off = [v for i, row in enumerate(values) for j, v in enumerate(row) if i != j and v is not None]
+        chances = [c for i, row in enumerate(chance or []) for j, c in enumerate(row) if i != j and c is not None]
+        low, high = min(off + chances, default=0.0), max(off, default=1.0)
+        if high <= low:
+            low, high = low - 0.05, high + 0.05
+        grid = [[float("nan") if i == j or v is None else v for j, v in enumerate(row)] for i, row in enumerate(values)]
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("#dddddd")
+        image = ax.imshow(grid, vmin=low, vmax=high, cmap=cmap)
         for i, row in enumerate(values):
             for j, v in enumerate(row):
-                ax.text(j, i, "—" if v is None else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v is not None and v < 0.6 else "black")
-        ticks = [f"{k + 1}" for k in range(len(names))]
-        ax.set_xticks(range(len(names)), ticks, fontsize=7.5)
-        ax.set_yticks(range(len(names)), ticks, fontsize=7.5)
-        ax.set_xlabel("run", fontsize=8)
-        ax.set_ylabel("run", fontsize=8)
+                text = "—" if v is None else f"{v:.2f}" if i != j else "1 (self)"
+                if i != j and chance and chance[i][j] is not None:
+                    text += f"\nchance {chance[i][j]:.2g}"
+                bright = v is not None and i != j and (v - low) / (high - low) > 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5, color="black" if bright or i == j else "white")
+        ax.set_xticks(range(len(names)), labels, fontsize=6.5, rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), labels, fontsize=6.5)
         ax.set_title(f"{short(pole)}: {m['measure']}", fontsize=8.5)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
-    legend = "; ".join(f"{k + 1} = {name}" for k, name in enumerate(names))
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        bar.ax.tick_params(labelsize=7)
+        for c in sorted(set(round(c, 6) for c in chances)):
+            bar.ax.axhline(c, color="red", lw=1.2)
+        if chances:
+            bar.ax.set_ylabel("red: chance", fontsize=6.5)
+    legend = "; ".join(f"{name}" for name in names)
     caption = ("Agreement of the located sets between runs, per pole: Jaccard of the neuron sets where the runs share a "
                "neuron space (same model), else 1 − total variation distance of the sets' distributions over relative "
-               f"depth (10 bins). Runs: {legend}. Source: {source}.")
+               "depth (10 bins). The colour scale spans the off-diagonal cells (the diagonal, a run against itself, is 1); "
+               "'chance' is the Jaccard two random sets of the same sizes would have (|A|·|B|/N neurons in common), marked in "
+               f"red on the colour bar. Runs: {legend}. Source: {source}.")
     return Figure("compare-heatmap", "Agreement between runs", caption, fig)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 from .config import ReportOptions
 from .data.inventories import circular_order
 from .errors import VneuronError
+from .guardrails import stability_guard, validation_guards, warnings_of
 from .runs import MANIFEST, NEURONS_CSV, STATS, LocateRun, check_output_file, read_csv, read_jsonl, read_manifest, write_beside
 
 Progress = Callable[[str, int, int], None]
@@ -151,6 +152,10 @@ def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
     s.blocks.append(Table("Located sets", ["pole", "opposite", "neurons", "cut (weakest score)", "split-half r",
                                            "top-k overlap", "chance overlap", "null: pass by chance"], summary_rows,
                           f"From {src_csv} and {src_manifest} (stability, null).", name="locate-summary"))
+    for pole in by_pole:
+        weak = stability_guard(stab.get(pole))
+        if weak and weak["weak"]:
+            s.blocks.append(Text(f"Guard-rail, {pole}: {weak['warning']}."))
     per_layer = {}
     for pole, prs in by_pole.items():
         counts = [0] * run.stats.n_layers
@@ -241,6 +246,7 @@ def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
                            "Δ − control [95% CI]", "rank", "p", "drop %"], rows,
                           f"P = mean P(choosing the pole's action) over held-out items. From {src_manifest} (results).",
                           name="ablate-summary"))
+    s.blocks.extend(Text(f"Guard-rail, {line}.") for line in warnings_of(validation_guards(manifest, results)))
     s.blocks.extend(side_effect_blocks(results, src_manifest, rel(run_dir / "side_effects.csv", run_dir)))
     if results:
         s.blocks.append(figures.ablation_before_after(results, cfg["mode"], src_manifest))
@@ -361,7 +367,8 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
         extra = next((p for p in curves_manifest.get(pole, []) if p["gamma"] == gamma), {})
         curves.setdefault(pole, []).append({"gamma": gamma, "baseline": float(row["baseline"]), "after": float(row["after"]),
                                             "control_effect": float(row["control_effect"]),
-                                            "control_effects": extra.get("control_effects") or []})
+                                            "control_effects": extra.get("control_effects") or [],
+                                            "effect_ci": extra.get("effect_ci")})
     table = [[r["dimension"], f"{float(r['gamma']):g}", fnum(r["baseline"], ".4f"), fnum(r["after"], ".4f"),
               fnum(r["effect"], "+.4f"), fnum(r["control_effect"], "+.4f"), fnum(r["effect_minus_control"], "+.4f"),
               fnum(_steer_p(curves_manifest, r), ".3f")]
@@ -369,6 +376,7 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
     s.blocks.append(Table("Dose–response", ["pole", "γ", "P before", "P after", "Δ", "control Δ", "Δ − control",
                                             "p (higher)"], table, f"From {src_csv} (p from {rel(run_dir / MANIFEST, run_dir)}).",
                           name="steer-dose-response"))
+    s.blocks.extend(Text(f"Guard-rail, {line}.") for line in warnings_of(validation_guards(manifest, manifest.get("results") or [])))
     if curves:
         s.blocks.append(figures.dose_response(curves, cfg["mode"], src_csv))
     s.blocks.extend(_generations(run_dir, options))

@@ -31,8 +31,11 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def locate_json(result, top: int | None = None) -> dict:
-    """What `vneuron locate` shows: per pole the selected count, per-layer counts, stability, null and top rows."""
+def locate_json(result) -> dict:
+    """What `vneuron locate` shows: per pole the selected count, per-layer counts, stability (with its guard-rail),
+    null, and every selected neuron (the table shows the top `--show`; JSON readers get the whole set)."""
+    from .guardrails import stability_guard
+
     m = result.manifest
     poles: dict[str, dict] = {}
     for row in result.rows:
@@ -42,8 +45,8 @@ def locate_json(result, top: int | None = None) -> dict:
     for label, neuron_set in result.sets.items():
         rows = poles.get(label, {"opposite": None, "rows": []})
         out[label] = {"opposite": rows["opposite"], "count": len(neuron_set), "per_layer": neuron_set.per_layer(),
-                      "stability": result.stability.get(label) or None, "null": (m.get("null") or {}).get(label),
-                      "neurons": rows["rows"][:top] if top is not None else rows["rows"]}
+                      "stability": result.stability.get(label) or None, "stability_guard": stability_guard(result.stability.get(label)),
+                      "null": (m.get("null") or {}).get(label), "neurons": rows["rows"]}
     return {"kind": "locate", "run_dir": str(result.run_dir), "model": m.get("model"), "dataset": m.get("dataset"),
             "capture": {k: m.get("capture", {}).get(k) for k in ("site", "mode", "prompts", "batches", "tokens")},
             "selection": m.get("selection"), "timings": m.get("timings"), "poles": out}
@@ -51,8 +54,12 @@ def locate_json(result, top: int | None = None) -> dict:
 
 def validation_json(result) -> dict:
     """What `vneuron ablate` / `steer` show: the manifest's per-pole results and where they were written."""
+    from .guardrails import validation_guards, warnings_of
+
     m = result.manifest
+    guards = validation_guards(m, result.summaries)
     return {"kind": m.get("kind"), "run_dir": str(result.run_dir), "locate_run": m.get("locate_run"),
+            "guards": guards, "warnings": warnings_of(guards),
             "model": {k: m.get("model", {}).get(k) for k in ("model_id", "revision", "n_layers", "width")},
             "config": m.get("config"), **({"gammas": m["gammas"]} if "gammas" in m else {}),
             **{k: m[k] for k in ("neutral", "judge") if k in m}, "results": result.summaries}

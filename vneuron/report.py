@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .data.schema import SHORT
+from .guardrails import GUARD_MARK, stability_guard, validation_guards
 from .progress import err_console, hide_hf_progress, line_progress, progress_bar  # noqa: F401 - progress lives in vneuron.progress
 
 console = Console()
@@ -25,6 +26,9 @@ def locate_tables(result, top: int = 10) -> list[Table]:
         if stab:
             caption += (f"; split-half: r={stab['pearson_r']:.2f}, top-{stab['k']} overlap {stab['overlap']} "
                         f"(chance ≈ {stab['chance_overlap']:.0f}), Jaccard {stab['jaccard']:.2f}")
+            weak = stability_guard(stab)
+            if weak and weak["weak"]:
+                caption += f" {GUARD_MARK} {weak['warning']}"
         null = (result.manifest.get("null") or {}).get(label)
         if null and "mean" in null:
             caption += f"; label-shuffle null: {null['mean']:.0f} of {null['selected']} pass the cut by chance"
@@ -67,15 +71,18 @@ def ablate_table(result) -> Table:
                           "controls = the same edit of matched random sets; Δ−ctrl = Δ minus the controls' Δ; "
                           "rank 1 = beyond every control in the tested direction (lower unless --tail higher; r/N+1: N controls drawn); "
                           f"p = sequential p (Besag–Clifford) of controls at least as extreme as Δ, controls drawn one at a time until "
-                          f"{cfg.get('stop_after', 0)} reach Δ (0: all)")
+                          f"{cfg.get('stop_after', 0)} reach Δ (0: all); {GUARD_MARK}POLE = a guard-rail warning about it below the table")
     for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
         table.add_column(column, justify="right", no_wrap=True)
+    guards = validation_guards(result.manifest, result.summaries)
     for s in result.summaries:
         has = "control_effect" in s
+        mark = GUARD_MARK if (guards.get(s["dimension"]) or {}).get("warnings") else ""
         table.add_row(
-            SHORT.get(s["dimension"], s["dimension"][:12]), f"{s['neurons']}/{s['items']}",
+            mark + SHORT.get(s["dimension"], s["dimension"][:12]), f"{s['neurons']}/{s['items']}",
             f"{s['baseline']:.3f}→{s['after']:.3f}", f"{s['effect']:+.3f} {_ci3(s['effect_ci'])}",
-            f"{s['rank']}/{s['controls'] + 1}" if has else "—", f"{s.get('p_sequential', s.get('p_lower', 0)):.2f}" if has else "—",
+            f"{s['rank']}/{s['controls'] + 1}" if has else "—",
+            f"{s.get('p_sequential', s.get('p_lower', 0)):.2f}" if has else "—",
             f"{s['drop_percent']:.1f}" if s.get("drop_percent") is not None else "—",
         )
         if has:
@@ -148,13 +155,16 @@ def steer_table(result) -> Table:
     table = Table(title=f"Steering ({cfg['mode']}) dose–response — P(choosing the pole's action)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
                   caption=f"controls: up to {cfg['controls']} matched random sets at every γ, drawn until {cfg.get('stop_after', 0)} "
-                          "match Δ (0: all); before = unedited model; p = sequential p in the edit's direction; ctl = controls drawn")
+                          "match Δ (0: all); before = unedited model; p = sequential p in the edit's direction; ctl = controls drawn; "
+                          f"{GUARD_MARK}POLE = a guard-rail warning about it below the table")
     for column in ("pole", "γ", "before", "after", "Δ", "control Δ", "Δ − control [95% CI]", "p", "ctl"):
         table.add_column(column, justify="right", no_wrap=True)
+    guards = validation_guards(result.manifest, result.summaries)
     for s in result.summaries:
         for point in s["curve"]:
             has = "control_effect" in point
-            table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), f"{point['gamma']:g}", f"{point['baseline']:.3f}",
+            mark = GUARD_MARK if ((guards.get(s["dimension"]) or {}).get(str(point["gamma"])) or {}).get("warnings") else ""
+            table.add_row(mark + SHORT.get(s["dimension"], s["dimension"][:12]), f"{point['gamma']:g}", f"{point['baseline']:.3f}",
                           f"{point['after']:.3f}", f"{point['effect']:+.3f}", f"{point['control_effect']:+.3f}" if has else "—",
                           f"{point['effect_minus_control']:+.3f} {_ci3(point['effect_minus_control_ci'])}" if has else "—",
                           f"{point.get('p_sequential', point.get('p_higher', 0)):.2f}" if has else "—",

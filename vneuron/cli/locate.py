@@ -142,7 +142,7 @@ def locate(
     if json_out:
         from ..jsonout import emit, locate_json
 
-        emit(locate_json(result, top=show))
+        emit(locate_json(result))
         return
     for table in locate_tables(result, top=show):
         console.print(table)

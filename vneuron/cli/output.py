@@ -40,6 +40,15 @@ def evaluation_note(manifest: dict) -> None:
         console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
 
 
+def guard_notes(result) -> None:
+    """The guard-rail warnings of an ablation or a sweep, under its table."""
+    from ..guardrails import validation_guards, warnings_of
+    from ..report import console
+
+    for line in warnings_of(validation_guards(result.manifest, result.summaries)):
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+
+
 def plan(plan: dict) -> None:
     """A dry run's plan."""
     from ..dryrun import render

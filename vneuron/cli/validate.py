@@ -156,6 +156,7 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
     if matrix is not None:
         console.print(matrix)
     output.evaluation_note(result.manifest)
+    output.guard_notes(result)
     console.print(f"Results written to [bold]{result.run_dir}[/]")
 
 
