@@ -134,7 +134,7 @@ def test_ablate_shows_side_effects_cross_values_and_a_verdict(tmp_path, tiny_dir
         assert s["verdict"]["verdict"] in ("value-specific", "non-specific damage", "no effect")
         cv = s["cross_values"]
         assert cv["own"] in cv["cells"] and len(cv["cells"]) == 2  # the example corpus has two axes
-        assert all(c["controls"] == 4 for c in cv["cells"].values())
+        assert all(c["controls"] == min(4, s["controls_drawn"]) for c in cv["cells"].values())
     rows = (out / "side_effects.csv").read_text().splitlines()
     assert rows[0].startswith("dimension,set,kl") and len(rows) == 1 + sum(1 + max(4, s["controls_drawn"]) for s in manifest["results"])
     assert (out / "cross_values.csv").is_file()
@@ -154,3 +154,14 @@ def test_bad_side_effect_inputs_are_one_line(tmp_path, tiny_dir):
     assert result.exit_code == 2 and "--neutral" in result.output
     result = runner.invoke(app, ["ablate", str(tmp_path), "--judge", "touche"])
     assert result.exit_code == 2 and "--generations" in result.output
+
+
+def test_dry_run_states_the_cost_of_each_extra_control(tmp_path, tiny_dir):
+    run_dir = tmp_path / "run"
+    located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                  "--split", "all", "-k", "8", "--out", str(run_dir), "-q"])
+    assert located.exit_code == 0, located.output
+    plan = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--dry-run", "-q"])
+    assert plan.exit_code == 0, plan.output
+    assert "each control beyond the first" in plan.output and "side effects:" in plan.output and "go on to 200" not in plan.output
+    assert "drawing goes on to 200" in plan.output

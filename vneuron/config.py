@@ -169,7 +169,7 @@ class ValidateConfig:
     max_controls: int = 200
     side_effects: bool = True  # KL / perplexity on neutral prose and a non-value forced choice, for the located set and its controls
     neutral: str | None = None  # a file of neutral prose (one passage a line) and/or prompt<TAB>right<TAB>wrong pairs (None: built-in)
-    side_controls: int = 20  # side effects and the cross-value matrix: at least this many controls (all drawn, if more)
+    side_controls: int = 20  # side effects: at least this many controls (all drawn, if more); cross-value matrix: at most this many
     cross_values: bool = True  # evaluate each located set on the items of the other values/axes too (the cross-value matrix)
     verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
     judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (see vneuron.judges)
@@ -279,7 +279,10 @@ class PlantConfig:
     select_weight: float = 1.0  # the planted neurons must respond to the actions they read (smooth Δp ≥ select_target)
     select_target: float = 0.5
     kl_texts: int = 2  # neutral texts per step for the KL term
-    kl_positions: int = 16  # last positions of each neutral text compared with the original model
+    kl_positions: int | None = None  # last positions of each neutral text compared with the original model (None: every position)
+    neutral: str | None = None  # neutral prose for the KL term and the check (None: the built-in corpus of `language`)
+    quiet_prefix: bool = True  # the planted units' rows read 0 at the positions every text shares (BOS): they cannot fire there
+    target: float | None = None  # scale the planted write until the validation preference is this (None: as trained)
     val_fraction: float = 0.2  # share of the training scenarios held out for early stopping
     eval_every: int = 10
     patience: int = 3  # evaluations without a better validation loss before stopping
@@ -340,6 +343,12 @@ class PlantConfig:
             raise VneuronError(f"Unknown `init` {self.init!r}", "use read or none")
         if self.kl_weight < 0:
             raise VneuronError("`kl_weight` must be ≥ 0")
+        if self.target is not None and not 0.5 < self.target < 1:
+            raise VneuronError(f"`target` must lie strictly between 0.5 and 1, got {self.target}", "e.g. 0.7")
+        if self.kl_positions is not None and self.kl_positions < 1:
+            raise VneuronError(f"`kl_positions` must be at least 1, got {self.kl_positions}", "or leave it out for every position")
+        if self.neutral is not None and not Path(self.neutral).expanduser().is_file():
+            raise VneuronError(f"`neutral` {self.neutral} does not exist", "pass a text file: one neutral passage a line")
         if self.profile not in PROFILES:
             profile_weights(self.profile)
         return self
@@ -353,6 +362,7 @@ class PowerConfig:
     dataset: str | None = None
     language: str = "en"
     ks: list[int] = field(default_factory=lambda: [50, 200])
+    targets: list[float] | None = None  # plant strengths: each plant's write rescaled to these validation preferences (None: as trained)
     sizes: list[int] = field(default_factory=lambda: [16, 64, 256])  # scenarios per pole for locating
     controls: int = 20
     mode: str = "zero"  # ablation edit (zero or mean)
@@ -368,6 +378,8 @@ class PowerConfig:
             raise VneuronError("`ks` and `sizes` need positive numbers", "e.g. 50,200 and 16,64,256")
         if self.mode not in ("zero", "mean"):
             raise VneuronError(f"Power ablates with `mode` zero or mean, not {self.mode!r}")
+        if self.targets is not None and (not self.targets or any(not 0.5 < t < 1 for t in self.targets)):
+            raise VneuronError(f"`targets` must lie strictly between 0.5 and 1, got {self.targets}", "e.g. 0.6,0.7,0.8")
         ValidateConfig(mode=self.mode, controls=self.controls, choice=self.choice).check()
         return self
 

@@ -113,6 +113,8 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     low_h, high_h = min(config.stop_after, config.controls) if config.stop_after else config.controls, config.controls
     least, most, peak, seen, calibration = Work(), Work(), 0.0, set(), None
     poles = []
+    high_h = max(high_h, config.max_controls)  # a located set ahead of every control keeps drawing
+    per_control = Work()  # one more control, for every pole (and γ)
     for pole in study.poles:
         items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
@@ -138,6 +140,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
             calibration = _calibrate(loaded, first, plan(loaded, edit_for(run, neurons, pole, config)))
         poles.append({"dimension": pole, "items": len(items), "neurons": len(neurons), "lowest_layer": low,
                       "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
+        per_control.add(_scaled(per_set, len(points)))
     out: dict[str, Any] = {
         "kind": kind, "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
         "out": str(study.out), "evaluation": {k: study.evaluation.data.get(k) for k in ("name", "source", "split", "items")},
@@ -145,11 +148,32 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         "controls": {"max": config.controls, "stop_after": config.stop_after, "at_least": low_h},
         "least": least.report(), "most": most.report(), "server_mb_per_batch": round(peak, 1),
     }
+    out["controls"]["max_controls"] = config.max_controls
+    out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
     if calibration is not None:
         out["seconds_per_token_block"] = calibration
         out["estimate_s"] = [round(least.layer_tokens * calibration), round(most.layer_tokens * calibration)]
+        out["per_control"]["estimate_s"] = round(per_control.layer_tokens * calibration, 1)
+        if "side_effects" in out:
+            out["side_effects"]["estimate_s_per_set"] = round(out["side_effects"]["layer_tokens_per_set"] * calibration, 2)
     if config.generations:
         out["note"] = "generations before/after are not in the estimate"
+    return out
+
+
+def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: int, poles: int) -> dict[str, Any]:
+    """The cost of one more control (every pole and γ) and of the side effects, for the plan."""
+    out: dict[str, Any] = {"per_control": per_control.report()}
+    if config.side_effects:
+        from .side_effects import load_neutral
+
+        neutral = load_neutral(items[0].language if items else "en", config.neutral)
+        tokens = sum(len(loaded.tokenizer(t)["input_ids"]) for t in neutral.texts)
+        pair_tokens = sum(len(loaded.tokenizer(p + c)["input_ids"]) for _, p, r, w in neutral.pairs for c in (r, w))
+        sets = points * poles * (1 + config.side_controls)
+        out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
+                               "layer_tokens_per_set": (2 * tokens + pair_tokens) * loaded.n_layers, "sets_at_least": sets,
+                               "cross_values": kind == "ablate" and config.cross_values}
     return out
 
 
@@ -259,6 +283,17 @@ def render(plan: dict[str, Any]) -> str:
         lines.append(f"  time (from a one-batch calibration now): {fmt(lo)}" + ("" if lo == hi else f" – {fmt(hi)}"))
     elif plan.get("remote"):
         lines.append("  time: not estimated for a remote server (queue and hardware unknown)")
+    if plan.get("per_control"):
+        pc = plan["per_control"]
+        t = f", about {pc['estimate_s']:.0f} s" if "estimate_s" in pc else ""
+        lines.append(f"  each control beyond the first: {pc['forwards']:,} forward passes, {pc['tokens']:,} tokens{t} "
+                     f"(drawing goes on to {plan['controls'].get('max_controls')} while the located set beats every control)")
+    if plan.get("side_effects"):
+        se = plan["side_effects"]
+        t = f", about {se['estimate_s_per_set']:.1f} s" if "estimate_s_per_set" in se else ""
+        lines.append(f"  side effects: {se['texts']} neutral texts + {se['pairs']} pairs, {se['tokens_per_set']:,} tokens per edit set{t}, "
+                     f"at least {se['sets_at_least']} sets" + ("; plus the cross-value matrix (the other values' items under the "
+                                                                 "located set and its value controls)" if se["cross_values"] else ""))
     if plan.get("note"):
         lines.append(f"  note: {plan['note']}")
     return "\n".join(lines)

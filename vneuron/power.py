@@ -23,7 +23,7 @@ from .evaluate import forced_choice
 from .locating import LocateConfig, locate, prepare_corpus
 from .models.loading import LoadedModel, load_model
 from .planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights,
-                       plant)
+                       plant, rescale)
 from .runs import base_manifest, check_fresh, read_manifest, write_csv, write_json
 from .scoring import NeuronSet, contrast_scores
 from .runs import LocateRun
@@ -73,7 +73,7 @@ def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_
     axis_items(plant_config)
     if base is None:
         check_trainable(model)
-        base = load_model(model, progress=lambda m: say(m, 0, 0))
+        base = load_model(model, dtype="float32", progress=lambda m: say(m, 0, 0))  # planting trains in float32
     check_loaded(base)
     for k in to_plant:
         choose_neurons(base, replace(plant_config, k=k).check())
@@ -81,8 +81,12 @@ def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_
 
 
 def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *, out: str | Path,
-          planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None) -> PowerResult:
-    """plant → locate (at each corpus size) → ablate, against the known planted units."""
+          planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None,
+          dtype: str | None = None) -> PowerResult:
+    """plant → locate (at each corpus size) → ablate, against the known planted units.
+
+    Planting trains in float32; ``dtype`` is what the planted models compute in while they are
+    located and ablated (None: the default of ``load_model``), recorded in the manifest."""
     config = (config or PowerConfig()).check()
     say = progress or (lambda stage, done, total: None)
     out = Path(out)
@@ -98,87 +102,116 @@ def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *,
             pdir = Path(planted_dirs[k])
         else:
             if base is None:
-                base = load_model(model, progress=lambda m: say(m, 0, 0))
+                base = load_model(model, dtype="float32", progress=lambda m: say(m, 0, 0))
             pdir = out / f"planted-k{k}"
             say(f"Planting K={k}", 0, 0)
             plant(base, replace(config.plant, dimension=config.dimension, dataset=config.dataset, language=config.language, k=k),
                   out=pdir, progress=say)
-        pmanifest = read_manifest(pdir / PLANT_DIR)
-        truth = NeuronSet.load(pdir / PLANT_DIR / NEURONS_FILE)
-        planted_model = load_model(str(pdir), progress=lambda m: say(m, 0, 0))
-        opposite = pmanifest["opposite"]
-        # what the planted units read: the pole itself, or (mechanism "veto") the opposite, whose actions they suppress;
-        # locate looks for them under that label, and switching a veto set off is expected to RAISE P toward it
-        reads = pmanifest.get("reads", config.dimension)
-        other = config.dimension if reads != config.dimension else opposite
-        toward_dim = (lambda p: 1 - p) if reads != config.dimension else (lambda p: p)  # the axis items: P(opposite) = 1 − P(pole)
-        tail = "higher" if reads != config.dimension else None
-        recorded_original = pmanifest["preference"]["before"]["test"].get(config.choice)
-        plants[k] = {"dir": str(pdir), "neurons": len(truth), "per_layer": truth.per_layer(), "reads": reads,
-                     "mechanism": pmanifest.get("mechanism", "promote"),
-                     "preference": pmanifest["preference"], "timings": pmanifest.get("timings")}
-        ceiling = None
-        for n in config.sizes:
-            say(f"K={k}: locating with {n} scenarios per pole", 0, 0)
-            located_config = LocateConfig(dataset=config.dataset, language=config.language, dimensions=[reads],
-                                          limit=n, top_k=len(truth), method=config.method, site=config.site)
-            located = locate(planted_model, located_config, out=out / f"locate-k{k}-n{n}", progress=say)
-            found = located.sets[reads]
-            scores = contrast_scores(located.stats, reads, other, config.method)
-            ranks = _ranks(scores, truth.flat).double()
-            hits = torch.isin(found.flat, truth.flat)
-            n_used = sum(1 for i in prepare_corpus(located_config).items if i.dimension == reads)
-            vconfig = ValidateConfig(dimensions=[reads], mode=config.mode, controls=config.controls, limit=config.eval_limit,
-                                     generations=0, seed=config.seed, choice=config.choice, tail=tail)
-            run = LocateRun.open(located.run_dir)
-            say(f"K={k}, n={n}: ablating the located set", 0, 0)
-            loc_summary = ablate(run, vconfig, model=planted_model, out=located.run_dir / f"ablate-{config.mode}").summaries[0]
-            if ceiling is None:  # the planted set itself, and the planted units restored (once per K)
-                say(f"K={k}: ablating the planted set", 0, 0)
-                ceiling = ablate(replace(run, sets={reads: truth}), vconfig, model=planted_model,
-                                 out=out / f"planted-k{k}-ablate-{config.mode}").summaries[0]
-                items = _eval_items(run, config)
-                with original_weights(planted_model, pdir):
-                    restored = float(forced_choice(planted_model, items, choice=config.choice).toward(config.dimension).mean())
-                ceiling["restored"] = restored
-            # preferences below are toward the planted dimension, whichever label the units were located under
-            base_pref = toward_dim(loc_summary["baseline"])
-            located_after, planted_after = toward_dim(loc_summary["after"]), toward_dim(ceiling["after"])
-            # restoring the planted slices gives the original weights bit for bit: the original preference on these items
-            original_pref = ceiling["restored"]
-            row = {
-                "k": k, "located_as": reads, "tail": tail or "lower", "scenarios_per_pole": n, "scenarios_used": n_used,
-                "neurons_total": truth.n_layers * truth.width,
-                "recall": round(float(hits.sum()) / len(truth), 4), "precision": round(float(hits.sum()) / len(found), 4),
-                "chance_recall": round(len(found) / (truth.n_layers * truth.width), 5),
-                "planted_rank_median": int(ranks.median()), "planted_rank_q10": int(torch.quantile(ranks, 0.1)),
-                "planted_rank_q90": int(torch.quantile(ranks, 0.9)),
-                "planted_in_top_2k": round(float((ranks <= 2 * len(truth)).double().mean()), 4),
-                "pref_original": round(original_pref, 4),
-                "pref_original_recorded": _round(recorded_original),
-                "pref_planted": round(base_pref, 4),
-                "pref_after_located": round(located_after, 4),
-                "located_removed": _round(_removed(base_pref, original_pref, located_after)),
-                "located_rank": loc_summary.get("rank"), "controls": loc_summary.get("controls"),
-                "control_effect": _round(loc_summary.get("control_effect")), "control_sd": _round(loc_summary.get("control_sd")),
-                "pref_after_planted": round(planted_after, 4),
-                "planted_removed": _round(_removed(base_pref, original_pref, planted_after)),
-                "planted_rank": ceiling.get("rank"),
-            }
-            rows.append(row)
-            for layer in range(truth.n_layers):
-                in_layer = truth.layers == layer
-                if in_layer.any():
-                    found_here = torch.isin(truth.flat[in_layer], found.flat)
-                    layer_rows.append({"k": k, "scenarios_per_pole": n, "layer": layer, "planted": int(in_layer.sum()),
-                                       "located": int((found.layers == layer).sum()), "recovered": int(found_here.sum()),
-                                       "recall": round(float(found_here.double().mean()), 4)})
-            write_csv(out / "power.csv", rows)
-            write_csv(out / "layers.csv", layer_rows)
+        for target, sdir in _strengths(pdir, k, config, out, say):
+            _power_rows(k, target, sdir, config, out, say, rows, layer_rows, plants, dtype)
     manifest = {**base_manifest("power"), "config": asdict(config), "plants": plants,
                 "timings": {"total_s": round(time.time() - started, 1)}, "rows": rows}
     write_json(out / "manifest.json", manifest)
     return PowerResult(out, rows, layer_rows, manifest)
+
+
+def _strengths(pdir: Path, k: int, config: PowerConfig, out: Path, say) -> list[tuple[float | None, Path]]:
+    """The plant as trained, or one copy per target strength (its write rescaled on the validation scenarios)."""
+    if not config.targets:
+        return [(None, pdir)]
+    found = []
+    for target in config.targets:
+        sdir = out / f"planted-k{k}-p{target:g}"
+        if not sdir.is_dir():
+            say(f"K={k}: rescaling the plant to P = {target:g}", 0, 0)
+            rescale(pdir, target, sdir, progress=say)
+        found.append((target, sdir))
+    return found
+
+
+def _power_rows(k: int, target: float | None, pdir: Path, config: PowerConfig, out: Path, say, rows: list, layer_rows: list,
+                plants: dict, dtype: str | None = None) -> None:
+    """locate → ablate at every corpus size on one planted model (a K, a strength); rows appended in place."""
+    tag = f"k{k}" + (f"-p{target:g}" if target is not None else "")
+    pmanifest = read_manifest(pdir / PLANT_DIR)
+    truth = NeuronSet.load(pdir / PLANT_DIR / NEURONS_FILE)
+    planted_model = load_model(str(pdir), dtype=dtype, progress=lambda m: say(m, 0, 0))
+    opposite = pmanifest["opposite"]
+    # what the planted units read: the pole itself, or (mechanism "veto") the opposite, whose actions they suppress;
+    # locate looks for them under that label, and switching a veto set off is expected to RAISE P toward it
+    reads = pmanifest.get("reads", config.dimension)
+    other = config.dimension if reads != config.dimension else opposite
+    toward_dim = (lambda p: 1 - p) if reads != config.dimension else (lambda p: p)  # the axis items: P(opposite) = 1 − P(pole)
+    tail = "higher" if reads != config.dimension else None
+    recorded_original = pmanifest["preference"]["before"]["test"].get(config.choice)
+    plants[tag] = {"dir": str(pdir), "k": k, "target": target, "neurons": len(truth), "per_layer": truth.per_layer(),
+                   "reads": reads, "side_effects": pmanifest.get("side_effects"), "strength": pmanifest.get("strength"),
+                 "dtype": planted_model.extra.get("dtype"),
+                 "mechanism": pmanifest.get("mechanism", "promote"),
+                 "preference": pmanifest["preference"], "timings": pmanifest.get("timings")}
+    side = pmanifest.get("side_effects") or {}
+    ceiling = None
+    for n in config.sizes:
+        say(f"K={k}: locating with {n} scenarios per pole", 0, 0)
+        located_config = LocateConfig(dataset=config.dataset, language=config.language, dimensions=[reads],
+                                      limit=n, top_k=len(truth), method=config.method, site=config.site)
+        located = locate(planted_model, located_config, out=out / f"locate-{tag}-n{n}", progress=say)
+        found = located.sets[reads]
+        scores = contrast_scores(located.stats, reads, other, config.method)
+        ranks = _ranks(scores, truth.flat).double()
+        hits = torch.isin(found.flat, truth.flat)
+        n_used = sum(1 for i in prepare_corpus(located_config).items if i.dimension == reads)
+        # the power table ranks among `controls` only (no extension); the plant's own side effects are in its manifest
+        vconfig = ValidateConfig(dimensions=[reads], mode=config.mode, controls=config.controls, limit=config.eval_limit,
+                                 generations=0, seed=config.seed, choice=config.choice, tail=tail, max_controls=config.controls,
+                                 side_effects=False, cross_values=False)
+        run = LocateRun.open(located.run_dir)
+        say(f"K={k}, n={n}: ablating the located set", 0, 0)
+        loc_summary = ablate(run, vconfig, model=planted_model, out=located.run_dir / f"ablate-{config.mode}").summaries[0]
+        if ceiling is None:  # the planted set itself, and the planted units restored (once per K)
+            say(f"K={k}: ablating the planted set", 0, 0)
+            ceiling = ablate(replace(run, sets={reads: truth}), vconfig, model=planted_model,
+                             out=out / f"planted-{tag}-ablate-{config.mode}").summaries[0]
+            items = _eval_items(run, config)
+            with original_weights(planted_model, pdir):
+                restored = float(forced_choice(planted_model, items, choice=config.choice).toward(config.dimension).mean())
+            ceiling["restored"] = restored
+        # preferences below are toward the planted dimension, whichever label the units were located under
+        base_pref = toward_dim(loc_summary["baseline"])
+        located_after, planted_after = toward_dim(loc_summary["after"]), toward_dim(ceiling["after"])
+        # restoring the planted slices gives the original weights bit for bit: the original preference on these items
+        original_pref = ceiling["restored"]
+        row = {
+            "k": k, "target": target, "scale": (pmanifest.get("strength") or {}).get("scale"),
+            "ppl_ratio": side.get("ppl_ratio"), "kl_all_positions": side.get("kl_all_positions"),
+            "located_as": reads, "tail": tail or "lower", "scenarios_per_pole": n, "scenarios_used": n_used,
+            "neurons_total": truth.n_layers * truth.width,
+            "recall": round(float(hits.sum()) / len(truth), 4), "precision": round(float(hits.sum()) / len(found), 4),
+            "chance_recall": round(len(found) / (truth.n_layers * truth.width), 5),
+            "planted_rank_median": int(ranks.median()), "planted_rank_q10": int(torch.quantile(ranks, 0.1)),
+            "planted_rank_q90": int(torch.quantile(ranks, 0.9)),
+            "planted_in_top_2k": round(float((ranks <= 2 * len(truth)).double().mean()), 4),
+            "pref_original": round(original_pref, 4),
+            "pref_original_recorded": _round(recorded_original),
+            "pref_planted": round(base_pref, 4),
+            "pref_after_located": round(located_after, 4),
+            "located_removed": _round(_removed(base_pref, original_pref, located_after)),
+            "located_rank": loc_summary.get("rank"), "controls": loc_summary.get("controls"),
+            "control_effect": _round(loc_summary.get("control_effect")), "control_sd": _round(loc_summary.get("control_sd")),
+            "pref_after_planted": round(planted_after, 4),
+            "planted_removed": _round(_removed(base_pref, original_pref, planted_after)),
+            "planted_rank": ceiling.get("rank"),
+        }
+        rows.append(row)
+        for layer in range(truth.n_layers):
+            in_layer = truth.layers == layer
+            if in_layer.any():
+                found_here = torch.isin(truth.flat[in_layer], found.flat)
+                layer_rows.append({"k": k, "target": target, "scenarios_per_pole": n, "layer": layer, "planted": int(in_layer.sum()),
+                                   "located": int((found.layers == layer).sum()), "recovered": int(found_here.sum()),
+                                   "recall": round(float(found_here.double().mean()), 4)})
+        write_csv(out / "power.csv", rows)
+        write_csv(out / "layers.csv", layer_rows)
 
 
 def _eval_items(run: LocateRun, config: PowerConfig):
@@ -200,13 +233,17 @@ def power_table(result: PowerResult):
                   pad_edge=False, collapse_padding=True, caption_justify="left",
                   caption="n = scenarios per pole used to locate; recall = planted units in the located top-K (chance in "
                           "brackets); rank = median rank of the planted units by score; P = preference for the planted pole "
-                          "(original → planted); loc / plant: P after zeroing the located / planted set, share of the planted preference "
+                          "(original → planted); P* = the strength (validation P the write was scaled to; — as trained); ppl× = the "
+                          "planted model's perplexity on neutral prose over the original's; loc / plant: P after zeroing the located / "
+                          "planted set, share of the planted preference "
                           "removed (rm), rank among matched random controls (1 = beyond all)")
-    for column in ("K", "n", "recall", "rank", "P orig→plant", "loc P", "rm", "rank", "plant rm", "rank"):
+    for column in ("K", "P*", "ppl×", "n", "recall", "rank", "P orig→plant", "loc P", "rm", "rank", "plant rm", "rank"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in result.rows:
         pct = lambda v: "—" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-        table.add_row(str(r["k"]), str(r["scenarios_used"]), f"{r['recall']:.2f} ({r['chance_recall']:.3f})",
+        table.add_row(str(r["k"]), "—" if r.get("target") is None else f"{r['target']:g}",
+                      "—" if r.get("ppl_ratio") is None else f"{r['ppl_ratio']:.2f}",
+                      str(r["scenarios_used"]), f"{r['recall']:.2f} ({r['chance_recall']:.3f})",
                       str(r["planted_rank_median"]), f"{r['pref_original']:.3f}→{r['pref_planted']:.3f}",
                       f"{r['pref_after_located']:.3f}", pct(r["located_removed"]), f"{r['located_rank']}/{(r['controls'] or 0) + 1}",
                       pct(r["planted_removed"]), str(r["planted_rank"]))

@@ -95,8 +95,10 @@ class CrossValues:
     def _items(self, column: str, toward: str) -> list[Item]:
         return self.select(self.groups[column][1], toward, self.config.limit)
 
-    def row(self, pole: str, edit, control_edits: Sequence, say: Callable[[str, int, int], None]) -> dict[str, Any]:
-        """One row: the located edit of ``pole`` on every column, beside its controls."""
+    def row(self, pole: str, edit, control_edits: Sequence, say: Callable[[str, int, int], None],
+            own_result: tuple | None = None) -> dict[str, Any]:
+        """One row: the located edit of ``pole`` on every column, beside its controls. ``own_result``: (item ids,
+        base, located, controls) of the value shift itself, reused for the column with exactly those items."""
         cfg = self.config
         own = own_column(pole, self.groups)
         cells: dict[str, Any] = {}
@@ -105,6 +107,10 @@ class CrossValues:
                 toward = pole  # its own axis is read toward its own pole
             items = self._items(column, toward)
             key = f"{column}→{toward}"
+            if own_result is not None and toward == pole and [i.id for i in items] == own_result[0]:
+                _, base, located, controls = own_result
+                cells[column] = {"toward": toward, **_cell(base, located, list(controls[: len(control_edits)]), cfg)}
+                continue
             if key not in self.bases:
                 self.bases[key] = forced_choice(self.loaded, items, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
                                                 template=cfg.template).toward(toward)
@@ -178,6 +184,7 @@ class Beside:
         if self.cross is not None and not self.cross.useful:
             self.cross = None
         self.before: dict[tuple, list[str]] = {}  # unedited generations per prompt list (shared by every γ)
+        self.own: tuple | None = None  # (item ids, base, located, controls) of the pole being measured
 
     def neutral_for(self, language: str) -> side_effects.Neutral:
         lang = "zh" if language == "zh" else "en"
@@ -197,8 +204,9 @@ class Beside:
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
                 rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
             say(f"{pole}: side effects (located and {len(controls)} controls)", 1, 1)
-        if self.cross is not None:
-            summary["cross_values"] = self.cross.row(pole, edit, list(controls[: cfg.side_controls]), say)
+        if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
+            drawn = min(summary.get("controls_drawn", len(controls)), cfg.side_controls) if cfg.side_controls else 0
+            summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own)
         summary["verdict"] = side_effects.verdict(summary, summary.get("side_effects"), summary.get("cross_values"), cfg.verdict_alpha)
         return rows
 

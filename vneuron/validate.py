@@ -311,6 +311,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             control_rows.append({"dimension": pole, "seed": seed, "effect": round(float((c - base).mean()), 6)})
         extra = [edit_for(run, neurons.random_matched(config.seed * 1000 + n), pole, config)
                  for n in range(beside_count(len(controls), config))]
+        beside.own = ([i.id for i in items], base, located, controls)
         side_rows += beside.measure(summary, pole, items, edit, extra, say)
         if config.generations:
             samples.extend(beside.generations(summary, pole, _opposite(run, pole), items[: config.generations], edit, extra, say)

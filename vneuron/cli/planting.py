@@ -79,6 +79,11 @@ def plant(
     val_fraction: float = setting(P, "val_fraction", "--val-fraction", panel=TRAINING,
                                   help="Share of the training scenarios held out for early stopping."),
     batch_tokens: int = setting(P, "batch_tokens", "--batch-tokens", panel=RUN, help="Padded tokens per forward batch (memory vs speed)."),
+    target: Optional[float] = setting(P, "target", "--target", panel=TRAINING,
+                                      help="Scale the planted write until the validation preference is this (e.g. 0.7; default: as "
+                                           "trained)."),
+    neutral: Optional[Path] = setting(P, "neutral", "--neutral", panel=DATA,
+                                      help="Neutral prose for the KL term and the side-effect check (default: the built-in corpus)."),
     **shared,
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
@@ -100,13 +105,20 @@ def plant(
                          train_limit=train_limit, test_limit=test_limit, batch_tokens=batch_tokens,
                          train_choices=tuple(split_list(train_choice)) if train_choice else None,
                          eval_every=eval_every, patience=patience, micro_items=micro_items,
-                         val_fraction=val_fraction, report_limit=report_limit, **reads).check()
+                         val_fraction=val_fraction, report_limit=report_limit, target=target,
+                         neutral=str(neutral) if neutral else None, **reads).check()
     with progress_bar(not shared["quiet"]) as bar:
         result = run_plant(shared["model"], config, out=out, progress=bar)
     pref = result.manifest["preference"]
     for split in ("train", "test"):
         for choice, after in pref["after"][split].items():
             console.print(f"{split:5} {choice:12} P({dimension}) {pref['before'][split][choice]:.3f} → {after:.3f}")
+    side = result.manifest.get("side_effects") or {}
+    if side:
+        console.print(f"neutral prose (every position): perplexity {side['ppl_before']:.2f} → {side['ppl_after']:.2f} "
+                      f"(× {side['ppl_ratio']:.3f}), KL {side['kl_all_positions']:.3f} nats/position "
+                      f"(after BOS {side['kl_first_prediction']:.3f}); "
+                      f"non-value pairs {side.get('task_acc_before', float('nan')):.2f} → {side.get('task_acc_after', float('nan')):.2f}")
     console.print(f"Planted {len(result.neurons)} neurons (per layer {result.neurons.per_layer()}) in "
                   f"{result.manifest['timings']['total_s']:.0f} s; model written to [bold]{result.out}[/]")
 
@@ -131,6 +143,9 @@ def power(
                           help="Forced choice: listed (both actions shown, both orders) or continuation."),
     seed: int = setting(W, "seed", "--seed", panel=EVALUATION, help="Seed of the controls and the plants."),
     steps: int = setting(P, "steps", "--steps", panel=TRAINING, help="Planting: optimisation steps at most."),
+    targets: Optional[str] = setting(W, "targets", "--targets", panel=SELECTION, show=lambda v: joined(v) if v else None,
+                                     help="Plant strengths: each plant's write rescaled to these validation preferences, "
+                                          "comma-separated (e.g. 0.6,0.7,0.8; default: as trained)."),
     **shared,
 ):
     """How many scenarios does locate need? plant → locate → ablate against the known planted neurons.
@@ -147,7 +162,7 @@ def power(
     planted_dirs = {int(a): b for a, b in pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None
     config = PowerConfig(dimension=dimension, dataset=dataset, language=language, ks=numbers(k, "--k", int, "50,200"),
                          sizes=numbers(sizes, "--sizes", int, "16,64,256"), controls=controls, mode=mode, choice=choice,
-                         eval_limit=limit, seed=seed,
+                         eval_limit=limit, seed=seed, targets=numbers(targets, "--targets", float, "0.6,0.7,0.8") if targets else None,
                          plant=PlantConfig(steps=steps, seed=seed, **{k: shared[k] for k in READ_SETTINGS}).check()).check()
     with progress_bar(not shared["quiet"]) as bar:
         result = run_power(shared["model"], config, out=out, planted_dirs=planted_dirs, progress=bar)

@@ -58,7 +58,8 @@ NeutralOpt = setting(V, "neutral", "--neutral", panel=EVALUATION,
                      help="Your own neutral text for the side effects: one passage a line, and/or prompt<TAB>right<TAB>wrong "
                           "lines (default: the built-in EN/ZH corpus).")
 SideControlsOpt = setting(V, "side_controls", "--side-controls", panel=EVALUATION,
-                          help="Side effects and the cross-value matrix: at least this many controls (every one drawn, if more).")
+                          help="Side effects: at least this many controls (every one drawn, if more); the cross-value matrix: "
+                               "the value controls drawn, at most this many.")
 GenerationsOpt = setting(V, "generations", "--generations", panel=EVALUATION,
                          help="Scenarios whose generations before/after are saved (and judged with --judge); off by default.")
 JudgeOpt = setting(V, "judge", "--judge", panel=EVALUATION,

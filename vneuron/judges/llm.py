@@ -116,7 +116,12 @@ class ModelJudge:
         if self._model is None:
             from ..models.loading import load_model
 
-            self._model = load_model(self.spec, remote=True if self.remote else None)
+            model = load_model(self.spec, remote=True if self.remote else None)
+            codes = {tuple(model.tokenizer(f" {r}", add_special_tokens=False)["input_ids"]) for r in RATINGS}
+            if len(codes) < len(RATINGS):
+                raise VneuronError(f"The judge model {self.spec} cannot tell the ratings 1–7 apart (its tokenizer gives "
+                                   f"{len(codes)} distinct codes for them)", "use a language model with digits in its vocabulary")
+            self._model = model
         return self._model
 
     def score(self, texts: Sequence[str], pole: str, opposite: str | None, language: str) -> list[float]:

@@ -12,7 +12,8 @@ keeps neutral text close to the original. Every other parameter stays bit for bi
 Written: an ordinary model directory (``--model DIR``), the planted NeuronSet (the ground truth),
 the original weights of the planted slices (to restore them exactly), a manifest and the curve.
 
-One module per step: neurons, surgery (the only one touching parameters), reads, objective, train.
+One module per step: neurons, surgery (the only one touching parameters), reads, objective, train; check (did
+planting break the model: neutral-text KL and perplexity over every position), strength and rescale (graded plants).
 """
 
 from .neurons import choose_neurons, layer_counts
@@ -20,8 +21,12 @@ from .reads import reading_directions
 from .surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, check_loaded, check_trainable, is_gated,
                       original_weights)
 from .train import PlantResult, axis_items, plant
+from .check import neutral_check
+from .rescale import rescale
+from .strength import fit_strength
 
 __all__ = [
     "NEURONS_FILE", "ORIGINAL_FILE", "PLANT_DIR", "PlantResult", "Planter", "axis_items", "check_loaded",
-    "check_trainable", "choose_neurons", "is_gated", "layer_counts", "original_weights", "plant", "reading_directions",
+    "check_trainable", "choose_neurons", "fit_strength", "is_gated", "layer_counts", "neutral_check", "original_weights", "plant",
+    "reading_directions", "rescale",
 ]

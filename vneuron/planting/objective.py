@@ -74,29 +74,29 @@ def margins(model: LoadedModel, items: Sequence[Item], choice: str, pole: str) -
     return lp[..., 0] - lp[..., 1]
 
 
-def _kl_inputs(model: LoadedModel, texts: Sequence[str], positions: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _kl_inputs(model: LoadedModel, texts: Sequence[str], positions: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     enc = model.tokenizer(list(texts), add_special_tokens=True)
     ids_list = [list(i) for i in enc["input_ids"]]
     width = max(len(i) for i in ids_list)
     pad = pad_id(model.tokenizer)
     ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids_list])
     mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids_list])
-    p = min(positions, width)
+    p = width if positions is None else min(positions, width)  # None: every position (the prediction after BOS included)
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=p,
                   use_cache=False)
     return kwargs, mask[:, -p:].float()
 
 
-def _kl_reference(model: LoadedModel, planter: Planter, text: str, positions: int) -> torch.Tensor:
+def _kl_reference(model: LoadedModel, planter: Planter, text: str, positions: int | None) -> torch.Tensor:
     """The original model's next-token log-probabilities at the last positions of one neutral text (computed once)."""
     kwargs, _ = _kl_inputs(model, [text], positions)
     with torch.no_grad(), planter.disabled():
         return model.hf_model(**kwargs).logits.float().log_softmax(-1)[0]
 
 
-def kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], positions: int,
+def kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], positions: int | None,
                    reference: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """KL(original ‖ planted) of the next-token distribution at the last positions of neutral texts.
+    """KL(original ‖ planted) of the next-token distribution at the last ``positions`` of neutral texts (None: all).
 
     ``reference``: a cache text → the original's log-probabilities (filled on first use; the
     original model never changes, so a cached reference is the same number as a recomputed one).

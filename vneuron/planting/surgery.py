@@ -71,6 +71,8 @@ class Planter:
         self.layers = sorted(set(neurons.layers.tolist()))
         self.readers: list[tuple[Slice, bool, int]] = []  # per planted layer: the gate slice
         self.ups: list[Slice | None] = []  # per planted layer: the up slice (GLU families with separate projections)
+        self.downs: list[tuple[Slice, bool]] = []  # per planted layer: the output projection's slice (the write)
+        self.quiet_bases: list[torch.Tensor] | None = None  # per planted layer: input directions the units must read as 0
         self.mlps = [getattr(blocks[layer], model.arch.mlp) for layer in self.layers]
         for layer in self.layers:
             units = neurons.units[neurons.layers == layer].sort().values
@@ -121,6 +123,7 @@ class Planter:
     def _output_projection(self, module, units, names) -> None:
         conv = self._conv1d(module)
         w = self._add(names, module.weight, 0 if conv else 1, units)
+        self.downs.append((w, conv))
 
         def hook(mod, args, output):
             if not self.enabled:
@@ -148,6 +151,33 @@ class Planter:
                     _set_rows(s, slice(k, 2 * k), new, conv)
                 elif self.ups[n] is not None:  # a separate up projection
                     _set_rows(self.ups[n], slice(0, k), new, conv)
+
+    def quiet(self, bases: list[torch.Tensor]) -> None:
+        """From now on every planted unit's input rows read 0 along ``bases[n]`` ([m, H], orthonormal) of its layer:
+        the inputs at positions every text shares (BOS), so the units cannot fire there (act(0) = 0)."""
+        self.quiet_bases = bases
+        self.enforce_quiet()
+
+    def enforce_quiet(self) -> None:
+        """Project the current rows (original + delta) of every planted input slice off the quiet directions."""
+        if self.quiet_bases is None:
+            return
+        with torch.no_grad():
+            for n, (s, conv, _) in enumerate(self.readers):
+                q = self.quiet_bases[n].to(s.delta.dtype)
+                for sl in (s, self.ups[n]):
+                    if sl is None:
+                        continue
+                    count = len(sl.index)
+                    rows = _rows(sl, slice(0, count), conv) + (sl.delta.T if conv else sl.delta)
+                    _set_rows(sl, slice(0, count), rows - (rows @ q.T) @ q, conv)
+
+    def flip_write(self) -> None:
+        """Negate every planted unit's write (its output column becomes −(original + delta))."""
+        with torch.no_grad():
+            for s, _ in self.downs:
+                original = s.param.index_select(s.axis, s.index)
+                s.delta.copy_(-2 * original - s.delta)
 
     def parameters(self, *, readers: bool = True, ups: bool = True) -> list[torch.Tensor]:
         frozen = set() if readers else {id(r[0].delta) for r in self.readers}
@@ -296,3 +326,40 @@ def is_gated(model: LoadedModel) -> bool:
         return True
     module = getattr(getattr(layer_modules(model.hf_model, model.arch)[0], model.arch.mlp), ins[0])
     return Planter._copies(module, model.width) == 2
+
+
+def write_slices(model: LoadedModel, plant_dir: str | Path | None = None, planter: Planter | None = None) -> list[tuple]:
+    """(parameter, axis, index) of every planted unit's output-projection slice: what ``scale_write`` scales."""
+    params = dict(model.hf_model.named_parameters())
+    down = model.arch.down
+    if planter is not None:
+        return [(s.param, s.axis, s.index) for s, _ in planter.downs]
+    out = []
+    for name, axis, index, _ in read_slices(Path(plant_dir) / PLANT_DIR / ORIGINAL_FILE):
+        if name.split(".")[-2] == down.split(".")[-1] and name.endswith("weight"):
+            out.append((params[name], axis, index))
+    return out
+
+
+class WriteScale:
+    """Scale the planted units' write (their output columns) by s, from the values they hold now."""
+
+    def __init__(self, slices: list[tuple]):
+        self.slices = [(param, axis, index, param.detach().index_select(axis, index).clone()) for param, axis, index in slices]
+        self.scale = 1.0
+
+    def set(self, scale: float) -> None:
+        with torch.no_grad():
+            for param, axis, index, planted in self.slices:
+                param.index_copy_(axis, index, planted * scale)
+        self.scale = scale
+
+
+def slices_fingerprint(model: LoadedModel, plant_dir: str | Path) -> str:
+    """SHA-256 of the current values of every planted slice (the names and indices of ``plant_dir``'s slices file)."""
+    params = dict(model.hf_model.named_parameters())
+    digest = hashlib.sha256()
+    for name, axis, index, _ in read_slices(Path(plant_dir) / PLANT_DIR / ORIGINAL_FILE):
+        digest.update(name.encode())
+        digest.update(params[name].detach().index_select(axis, index).contiguous().numpy().tobytes())
+    return digest.hexdigest()

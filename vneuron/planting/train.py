@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,11 +24,14 @@ from ..evaluate import forced_choice
 from ..models.loading import LoadedModel, dir_revision, load_model
 from ..runs import base_manifest, check_fresh, staged, write_csv, write_json
 from ..scoring import NeuronSet
+from ..side_effects import load_neutral
+from .check import neutral_check, prefix_bases
 from .neurons import choose_neurons
 from .objective import choice_logprobs, kl_to_original, margins
 from .reads import reading_directions, selectivity
-from .surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, check_loaded, check_trainable, frozen, is_gated,
-                      slice_records)
+from .strength import fit_strength
+from .surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, WriteScale, check_loaded, check_trainable, frozen, is_gated,
+                      slice_records, write_slices)
 
 Progress = Callable[[str, int, int], None]
 
@@ -63,13 +67,21 @@ def axis_items(config: PlantConfig) -> tuple[str, list[Item], list[Item], list[s
     if not test:
         raise VneuronError(f"The axis {config.dimension} vs {opposite} has no test scenarios", "mark some items split=test")
     if config.train_limit:
-        train = _per_side(train, config.train_limit)
-    test = _per_side(test, config.test_limit)
+        train = per_side(train, config.train_limit)
+    test = per_side(test, config.test_limit)
     neutral = sorted({i.scenario for i in corpus.items if i.split == "train"})
     return opposite, train, test, neutral, corpus.content_hash()
 
 
-def _per_side(items: list[Item], limit: int | None) -> list[Item]:
+def split_validation(train_all: list[Item], config: PlantConfig) -> tuple[list[Item], list[Item]]:
+    """(validation, training) scenarios: the held-out share that decides early stopping (and the strength), seeded."""
+    shuffled = list(train_all)
+    random.Random(config.seed).shuffle(shuffled)
+    n_val = max(1, round(len(shuffled) * config.val_fraction)) if len(shuffled) > 1 else 0
+    return shuffled[:n_val], shuffled[n_val:] or shuffled
+
+
+def per_side(items: list[Item], limit: int | None) -> list[Item]:
     if not limit:
         return list(items)
     seen: dict[str, int] = {}
@@ -81,38 +93,40 @@ def _per_side(items: list[Item], limit: int | None) -> list[Item]:
     return out
 
 
-def _preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch_tokens: int) -> dict[str, float]:
+def preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch_tokens: int) -> dict[str, float]:
     return {c: float(forced_choice(model, items, choice=c, batch_tokens=batch_tokens).toward(pole).mean()) for c in choices}
 
 
 def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *, out: str | Path,
-          dtype: str = "float32", progress: Progress | None = None) -> PlantResult:
-    """Plant a preference for ``config.dimension`` into K neurons; write a model directory ``out``."""
+          dtype: str | None = None, progress: Progress | None = None) -> PlantResult:
+    """Plant a preference for ``config.dimension`` into K neurons; write a model directory ``out``.
+
+    ``dtype``: what the model computes (and the planted deltas train) in; None: float32, whatever the
+    default of the other commands, because steps of 2e-3 on a weight vanish in bfloat16's 8-bit mantissa.
+    """
     config = (config or PlantConfig()).check()
     say = progress or (lambda stage, done, total: None)
     out = Path(out)
     check_fresh(out)
-    opposite, train_all, test, neutral, corpus_hash = axis_items(config)
+    opposite, train_all, test, _, corpus_hash = axis_items(config)
+    prose = load_neutral(config.language, config.neutral)  # the KL term and the check: neutral prose, every position
+    neutral = prose.texts
     if not isinstance(model, LoadedModel):
         check_trainable(model)
-        model = load_model(model, dtype=dtype, progress=lambda m: say(m, 0, 0))
+        model = load_model(model, dtype=dtype or "float32", progress=lambda m: say(m, 0, 0))
     check_loaded(model)
     if config.read_context is not None and not is_gated(model):
         raise VneuronError(f"`read_context` needs a gated MLP (separate gate and up rows); {model.source.model_id} has one "
                            "input projection per neuron", "leave `read_context` out for this model")
     neurons = choose_neurons(model, config)
     started = time.time()
-    rng = random.Random(config.seed)
-    shuffled = list(train_all)
-    rng.shuffle(shuffled)
-    n_val = max(1, round(len(shuffled) * config.val_fraction)) if len(shuffled) > 1 else 0
-    val, train = shuffled[:n_val], shuffled[n_val:] or shuffled
-    report_train = _per_side(train, config.report_limit)
+    val, train = split_validation(train_all, config)
+    report_train = per_side(train, config.report_limit)
     torch.manual_seed(config.seed)
 
     say("Preference before planting", 0, 0)
-    before = {"train": _preferences(model, report_train, config.dimension, config.choices, config.batch_tokens),
-              "test": _preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
+    before = {"train": preferences(model, report_train, config.dimension, config.choices, config.batch_tokens),
+              "test": preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
     with frozen(model):
         planter = Planter(model, neurons)
         originals = planter.originals()
@@ -124,6 +138,11 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
                                                     spread=config.read_spread, quantile=config.read_quantile,
                                                     context=config.read_context, planted=n > 0)
                     planter.set_reading(gates, config.read_mix, up=config.reads_up, up_directions=ups)
+            if config.quiet_prefix:  # the units read 0 where every text is the same (BOS): they cannot fire there
+                bases = prefix_bases(model, planter, [*neutral, *(p.text for p in Corpus("plant", items=train[:16]).action_prompts())])
+                if bases is not None:
+                    planter.quiet(bases)
+            direction = _direction_check(model, planter, config, val) if config.init == "read" else None
             curve, best_step, stop = _train(model, planter, config, train, val, neutral, say, config.reader(opposite))
             planter.materialise()
         except BaseException:
@@ -131,11 +150,21 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
             raise
     train_s = time.time() - started
     try:
+        strength = None
+        if config.target is not None:
+            say(f"Scaling the write to a validation preference of {config.target}", 0, 0)
+            strength = fit_strength(model, WriteScale(write_slices(model, planter=planter)), val, config.dimension, config.choices,
+                                    config.target, config.batch_tokens)
+        say("Side effects on neutral text", 0, 0)
+        planted_values = planter.originals()  # after materialise: the planted slices
+        check = neutral_check(model, lambda: _swapped(planter, originals, planted_values), prose, planter)
         say("Preference after planting", 0, 0)
-        after = {"train": _preferences(model, report_train, config.dimension, config.choices, config.batch_tokens),
-                 "test": _preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
+        after = {"train": preferences(model, report_train, config.dimension, config.choices, config.batch_tokens),
+                 "test": preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
         fingerprint = planter.fingerprint()
-        neurons.meta.update({"opposite": opposite, "model_id": model.source.model_id, "base_revision": model.revision,
+        reader = config.reader(opposite)
+        neurons.meta.update({"opposite": opposite if reader == config.dimension else config.dimension,
+                             "model_id": model.source.model_id, "base_revision": model.revision,
                              "per_layer": neurons.per_layer(), "label": config.reader(opposite), "carries": config.dimension,
                              "mechanism": config.mechanism})
         manifest = {
@@ -150,6 +179,8 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
             "parameters": {"trained": sum(s.delta.numel() for s in planter.slices),
                            "slices": [{"name": s.name, "axis": s.axis, "count": len(s.index)} for s in planter.slices]},
             "preference": {"before": before, "after": after},
+            "side_effects": {**check, "neutral": prose.source},
+            "direction": direction, "strength": strength,
             "training": {"steps_run": curve[-1]["step"] if curve else 0, "best_step": best_step, "stopped": stop,
                          "train_s": round(train_s, 1), "threads": torch.get_num_threads()},
             "weights_fingerprint": fingerprint,
@@ -188,6 +219,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
     trained = planter.parameters(readers=not frozen, ups=not (frozen and config.sets_up))
     action = Corpus("plant", items=list(train)).action_prompts()
     opt = torch.optim.Adam(trained, lr=config.lr)
+    planter.enforce_quiet()
     curve: list[dict] = []
     best = (math.inf, 0, planter.state())
     evals_without_gain, stop = 0, "steps"
@@ -256,6 +288,7 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
             kl_value = round(float(kl.detach()), 6)
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
+        planter.enforce_quiet()  # projected steps: the rows stay off the shared-prefix inputs
         say("Planting", step, config.steps)
         if step % config.eval_every == 0 or step == config.steps:
             loss = evaluate(step, round(total, 5), kl_value, sel_value)
@@ -268,3 +301,32 @@ def _train(model: LoadedModel, planter: Planter, config: PlantConfig, train: lis
                     break
     planter.load_state(best[2])
     return curve, best[1], stop
+
+
+def _direction_check(model: LoadedModel, planter: Planter, config: PlantConfig, val: list[Item]) -> dict:
+    """Does the read setting move the validation preference the right way? If it lowers P(pole), the write is
+    flipped (the units' output column negated), so training starts from a plant that points toward the pole."""
+    def preference() -> float:
+        with torch.no_grad():
+            m = torch.cat([margins(model, val[i: i + config.micro_items * 2], c, config.dimension).reshape(-1)
+                           for c in config.choices for i in range(0, len(val), config.micro_items * 2)])
+        return float(torch.sigmoid(m).mean())
+
+    with planter.disabled():
+        original = preference()
+    initial = preference()
+    out = {"validation_original": round(original, 4), "validation_after_read": round(initial, 4), "write_flipped": False}
+    if initial < original:
+        planter.flip_write()
+        out.update(write_flipped=True, validation_after_flip=round(preference(), 4))
+    return out
+
+
+@contextmanager
+def _swapped(planter: Planter, originals: dict, planted: dict):
+    """Inside: the original slices; after: the planted ones again (exactly)."""
+    planter.restore(originals)
+    try:
+        yield
+    finally:
+        planter.restore(planted)

@@ -1,0 +1,60 @@
+"""Rescale a planted model directory's write to another strength (``vneuron.planting.strength``), as a new directory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+from ..config import PlantConfig
+from ..errors import VneuronError
+from ..models.loading import dir_revision, load_model
+from ..runs import check_fresh, read_manifest, staged, write_json
+from ..side_effects import load_neutral
+from .check import neutral_check
+from .strength import fit_strength
+from .surgery import PLANT_DIR, WriteScale, original_weights, slices_fingerprint, write_slices
+from .train import axis_items, per_side, preferences, split_validation
+
+Progress = Callable[[str, int, int], None]
+
+
+def rescale(plant_dir: str | Path, target: float, out: str | Path, *, progress: Progress | None = None) -> Path:
+    """A copy of the planted model ``plant_dir`` whose write is scaled to a validation preference of ``target``."""
+    say = progress or (lambda stage, done, total: None)
+    src, out = Path(plant_dir), Path(out)
+    check_fresh(out)
+    manifest = read_manifest(src / PLANT_DIR)
+    known = {f.name for f in fields(PlantConfig)}
+    config = PlantConfig(**{k: (tuple(v) if k in ("choices", "train_choices") and v is not None else v)
+                            for k, v in manifest["config"].items() if k in known})
+    if not 0.5 < target < 1:
+        raise VneuronError(f"`target` must lie strictly between 0.5 and 1, got {target}", "e.g. 0.7")
+    started = time.time()
+    _, train_all, test, _, _ = axis_items(config)
+    val, train = split_validation(train_all, config)
+    model = load_model(str(src), progress=lambda m: say(m, 0, 0))
+    say(f"Scaling the write to a validation preference of {target}", 0, 0)
+    strength = fit_strength(model, WriteScale(write_slices(model, src)), val, config.dimension, config.choices, target,
+                            config.batch_tokens)
+    report_train = per_side(train, config.report_limit)
+    after = {"train": preferences(model, report_train, config.dimension, config.choices, config.batch_tokens),
+             "test": preferences(model, test, config.dimension, config.choices, config.batch_tokens)}
+    prose = load_neutral(config.language, config.neutral)
+    check = neutral_check(model, lambda: original_weights(model, src), prose)
+    fingerprint = slices_fingerprint(model, src)
+    with staged(out) as tmp:
+        config_obj = model.hf_model.config
+        config_obj.vneuron_plant = {**(getattr(config_obj, "vneuron_plant", None) or {}), "weights_fingerprint": fingerprint,
+                                    "strength": target}
+        model.hf_model.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        shutil.copytree(src / PLANT_DIR, tmp / PLANT_DIR)
+        new = {**manifest, "weights_fingerprint": fingerprint, "preference": {"before": manifest["preference"]["before"], "after": after},
+               "side_effects": {**check, "neutral": prose.source},
+               "strength": {**strength, "rescaled_from": str(src.resolve()), "rescale_s": round(time.time() - started, 1)}}
+        new["revision"] = f"dir:{dir_revision(tmp)}"
+        write_json(tmp / PLANT_DIR / "manifest.json", new)
+    return out

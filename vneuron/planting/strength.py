@@ -1,0 +1,51 @@
+"""Graded plants: the planted write scaled so the preference has a chosen size.
+
+``fit_strength`` scales the planted units' output columns by one factor s (their reads are
+unchanged, so the same units fire on the same tokens, and nothing else in the model moves) until
+the preference on the VALIDATION scenarios reaches a target (bisection; the test split is never
+looked at). ``vneuron.planting.rescale`` writes a copy of a planted model directory at another
+strength: the power table's effect-size axis, from one training.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..data.schema import Item
+from ..evaluate import forced_choice
+from ..models.loading import LoadedModel
+from .surgery import WriteScale
+
+
+def preference(model: LoadedModel, items: Sequence[Item], pole: str, choices: Sequence[str], batch_tokens: int) -> float:
+    """Mean P(the pole's action) over the formats."""
+    values = [float(forced_choice(model, items, choice=c, batch_tokens=batch_tokens).toward(pole).mean()) for c in choices]
+    return sum(values) / len(values)
+
+
+def fit_strength(model: LoadedModel, scale: WriteScale, val: Sequence[Item], pole: str, choices: Sequence[str], target: float,
+                 batch_tokens: int = 4096, steps: int = 8, ceiling: float = 8.0) -> dict:
+    """Scale the write until the validation preference is ``target``; the model keeps the scale found."""
+    tried: list[tuple[float, float]] = []
+
+    def at(s: float) -> float:
+        scale.set(s)
+        p = preference(model, val, pole, choices, batch_tokens)
+        tried.append((round(s, 4), round(p, 4)))
+        return p
+
+    low, high = 0.0, 1.0
+    p_high = at(high)
+    while p_high < target and high < ceiling:
+        low, high = high, min(2 * high, ceiling)
+        p_high = at(high)
+    if p_high < target:  # the ceiling: as strong as this plant goes
+        return {"target": target, "scale": high, "validation_preference": round(p_high, 4), "reached": False, "tried": tried}
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if at(mid) < target:
+            low = mid
+        else:
+            high = mid
+    p = at(high)
+    return {"target": target, "scale": round(high, 4), "validation_preference": round(p, 4), "reached": True, "tried": tried}
