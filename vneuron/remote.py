@@ -439,12 +439,27 @@ def nbytes(*tensors: torch.Tensor) -> int:
 
 
 # -- one place that decides how a trace or session is sent -----------------------------------------
+def ship_by_value() -> None:
+    """Send vneuron's own functions with each request, by source (nnsight's ``register``).
+
+    A request body calls vneuron functions (``capture.reduce_sums``, ``prefix.attention_mask``,
+    ``edits.apply`` …). Pickled by reference, as any installed module is, they name ``vneuron.…``,
+    and a server without vneuron — every NDIF server — cannot read the payload
+    (``ModuleNotFoundError: No module named 'vneuron'``; the loopback tier only passed while its server
+    happened to run inside this checkout). By value, their source travels with the request.
+    """
+    from nnsight import ndif as nnsight_ndif
+
+    nnsight_ndif.register(__name__.split(".")[0])
+
+
 def trace_kwargs(model) -> dict:
     """Keyword arguments for ``trace`` / ``generate`` / ``session`` of ``model``."""
     target = model.remote
     if target is None:
         return {}
     nnsight_logging()
+    ship_by_value()
     if not target.simulated and not target.blocking and hasattr(model, "model_key"):  # measured on the wire
         return {"backend": measured_backend()(model.model_key(), host=target.host, env=model.lm._remoteable_get_env(),
                                               blocking=False)}

@@ -24,8 +24,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-VENV="${NDIF_VENV:-$REPO/.ndif-venv}"
-STATE="${NDIF_STATE_DIR:-$REPO/.ndif-state}"
+VENV="$(realpath -m "${NDIF_VENV:-$REPO/.ndif-venv}")"
+STATE="$(realpath -m "${NDIF_STATE_DIR:-$REPO/.ndif-state}")"
 START_TIMEOUT="${NDIF_START_TIMEOUT:-180}"
 
 NDIF_VERSION=0.1.2
@@ -354,6 +354,10 @@ cmd_start() {
 
     mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/home"
     echo '*' > "$STATE/.gitignore"
+    # Every service starts in the state's home, never in a checkout of vneuron: a Ray worker puts its
+    # working directory on sys.path, and a server that can import vneuron would hide a request that
+    # only works where vneuron is installed (no NDIF server has it).
+    cd "$STATE/home"
     ensure_guard "$VENV"
     ray_tmp="$(mktemp -d /tmp/ndif-ray.XXXXXX)"   # short: Ray's unix socket paths must stay < 108 bytes
     echo "$ray_tmp" > "$STATE/ray_tmp"

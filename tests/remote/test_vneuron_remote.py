@@ -107,6 +107,21 @@ def test_interrupted_run_resumes_without_double_counting(tmp_path, models, monke
     assert ActivationStats.load(out / "stats.safetensors").n.sum() == reference.n.sum()
 
 
+def test_the_server_cannot_import_vneuron(ndif_server):
+    """What passes here passes on an NDIF server without vneuron: its functions travel by value
+    (remote.ship_by_value), and the loopback stack runs outside this checkout (server.sh)."""
+    import nnsight
+
+    from .conftest import client_model
+
+    model = client_model(ndif_server.model_dir)
+    with model.trace("you choose", remote=ndif_server.url):
+        import importlib.util
+
+        where = nnsight.save(str(importlib.util.find_spec("vneuron")))
+    assert where == "None"
+
+
 def test_server_side_error_is_one_line(models):
     _, remote_model = models
 
