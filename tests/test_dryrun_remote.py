@@ -66,3 +66,23 @@ def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_d
         work = call(tmp_path / kind).manifest["work"]
         for key in ("requests", "forwards", "bytes_up", "bytes_down"):
             assert plan["least"][key] == plan["most"][key] == work[key], (kind, key, plan["least"][key], work[key])
+
+
+def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):
+    """Each capture request tells the poller how much it brings back; the deadline is `timeout` plus that
+    at the slowest rate allowed for (remote.RemoteTarget.deadline_s)."""
+    from dataclasses import replace
+
+    import vneuron.remote as ndif
+    from vneuron.capture import CaptureConfig, capture, slot_bytes
+    from vneuron.data import load_corpus
+
+    target = ndif.RemoteTarget("http://127.0.0.1:9", timeout=100, slowest_rate=1e6)
+    assert target.deadline_s(0) == 100 and target.deadline_s(250_000_000) == 350
+    seen, real = [], ndif.run
+    monkeypatch.setattr(ndif, "run", lambda *a, **k: seen.append(k["result_bytes"]) or real(*a, **k))
+    model = replace(tiny_model("llama"), remote=ndif.RemoteTarget("local", blocking=True))
+    prompts = load_corpus(EXAMPLES / "corpus.jsonl").action_prompts()
+    capture(model, prompts, CaptureConfig(batch_tokens=40, request_batches=2))
+    per_slot = slot_bytes(model)
+    assert seen and all(b % per_slot == 0 and 1 <= b // per_slot <= 2 for b in seen)  # 2 one-slot batches per request
