@@ -79,3 +79,40 @@ def test_items_sharing_ids_are_noted_with_how_they_were_read(tmp_path, tiny_dir)
                                  "--split", "all", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0 and "share an id" in " ".join(result.output.split())
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["dataset"]["notes"] == [note]
+
+
+COMMANDS = ["locate", "ablate", "steer", "plant", "power", "report", "compare", "show", "models", "datasets", "doctor"]
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_reads_at_80_columns(command, monkeypatch):
+    """No line wider than 80, no `<bool>` on a flag or `<list[…]>` on an argument, every choice list and every
+    example line of the docstring whole on one line (a word broken across lines would split one of them)."""
+    import inspect
+    import re
+
+    from vneuron.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, [*([command] if command else []), "--help"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80, max(lines, key=len)
+    assert "<bool>" not in result.output and "<list" not in result.output
+    for choices in re.findall(r"\[[a-z_0-9]+(?:\|[a-z_0-9]+)+\]", result.output):
+        assert any(choices in line for line in lines), choices
+    if command:
+        doc = inspect.getdoc(next(c.callback for c in app.registered_commands if (c.name or c.callback.__name__) == command))
+        examples = [line.strip() for line in doc.splitlines() if line.strip().startswith("vneuron ")]
+        assert all(any(line.strip() == e for line in lines) for e in examples), examples
+
+
+def test_long_choice_lists_become_a_name_and_their_values_are_described(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = " ".join(runner.invoke(app, ["locate", "--help"]).output.replace("│", " ").split())
+    assert "METHOD" in text and "[delta_p|mean_diff" not in text
+    for value in ("delta_p (Δp", "mean_diff (difference", "cohen_d or welch_t", "lape (lowest entropy"):
+        assert value in text, value
+    ablate = " ".join(runner.invoke(app, ["ablate", "--help"]).output.replace("│", " ").split())
+    for mode in ("zero", "clamp (min(a,0))", "mean (the corpus mean)", "scale (a ← γ·a)", "add (a ← a + γ·v", "set (a ← 0)"):
+        assert mode in ablate, mode

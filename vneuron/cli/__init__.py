@@ -14,7 +14,7 @@ import typer
 
 from ..errors import VneuronError
 from . import locate, planting, results, system, validate
-from .options import flags_of
+from .options import HelpCommand, flags_of, tidy_help
 
 GROUPS = (locate, validate, planting, results, system)
 
@@ -30,6 +30,10 @@ class OneLineErrors(typer.core.TyperGroup):
         self._argv = ["vneuron", *args]
         with _one_line_usage_errors():
             return super().make_context(info_name, args, parent=parent, **extra)
+
+    def format_help(self, ctx, formatter):
+        tidy_help(self, ctx)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
         from ..runs import recording_command
@@ -143,7 +147,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 for _group in GROUPS:
     for _command in _group.COMMANDS:
-        app.command()(handle_errors(_command))
+        app.command(cls=HelpCommand)(handle_errors(_command))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -50,9 +50,13 @@ def locate(
                                            "right thing to do is to …' / 我会), first_person, response, NAME:zh, or a template "
                                            "string with {scenario} and {option}."),
     method: str = setting(L, "method", "--method", panel=SELECTION, metavar="[delta_p|mean_diff|cohen_d|welch_t|lape]",
-                          help="delta_p, mean_diff, cohen_d, welch_t or lape."),
+                          help="delta_p (Δp: how much more often the neuron is active, a > 0, on the pole's texts), "
+                               "mean_diff (difference of mean activations), cohen_d or welch_t (that difference "
+                               "standardised), lape (lowest entropy of activation probability over the poles, "
+                               "ValueExploration)."),
     rule: str = setting(L, "rule", "--rule", panel=SELECTION, metavar="[top_k|per_layer|valuelocate]",
-                        help="top_k (global), per_layer, or valuelocate (max(2000, #{Δp ≥ 0.1}))."),
+                        help="top_k (the best --top-k over all layers), per_layer (the best --top-k in each layer), or "
+                             "valuelocate (max(2000, #{Δp ≥ 0.1}), as ValueLocate's code)."),
     top_k: int = setting(L, "top_k", "--top-k", "-k", panel=SELECTION,
                          help="Neurons to keep per pole (per layer with --rule per_layer)."),
     direction: str = setting(L, "direction", "--direction", panel=SELECTION, metavar="[pole|opposite|both]",
@@ -89,12 +93,12 @@ def locate(
 ):
     """Rank the MLP neurons whose activation separates each value pole from its opposite.
 
-    Examples:
-      vneuron locate                                  # embedded model, built-in corpus, 4 dimensions
+    Examples (the first: embedded model, built-in corpus, 4 dimensions):
+      vneuron locate
       vneuron locate --dimension self_transcendence --top-k 500 --site down_in
       vneuron locate --mode generate --rule valuelocate
-      vneuron locate --from runs/locate-gemma-3-270m-20261124-101500 --method cohen_d --out runs/cohen   # a new run
-      vneuron locate --remote --model llama-70b --out runs/llama70b     # on NDIF (NDIF_API_KEY)
+      vneuron locate --from runs/locate-gemma --method cohen_d --out runs/cohen
+      vneuron locate --remote --model llama-70b --out runs/llama70b   # NDIF
       vneuron locate --remote --model llama-70b --out runs/llama70b --resume
     """
     from ..locating import locate as run_locate

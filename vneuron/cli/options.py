@@ -195,3 +195,29 @@ TimeoutOpt = setting(RemoteTarget, "timeout", "--timeout", panel=REMOTE, help="R
 RunDirArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).",
                            metavar="RUN_DIR")
 
+
+# -- help that reads at 80 columns --------------------------------------------------------------------------------
+LONG_CHOICES = 16  # a choice list wider than this is shown as a NAME (the help text describes every value)
+
+
+class HelpCommand(typer.core.TyperCommand):
+    """Every command's ``--help``, tidied for a narrow terminal: flags show no type (no ``<bool>``), arguments show
+    only their name (no ``<list[Path]>``), a long list of choices (``[delta_p|mean_diff|…]``, which the type
+    column would break mid-word) becomes the option's NAME, its values described in the help text beside it,
+    and a ``--no-x`` form is named in the help instead of in a column of its own."""
+
+    def format_help(self, ctx, formatter):
+        tidy_help(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+def tidy_help(command, ctx) -> None:
+    """What ``HelpCommand`` does to a command's parameters before its help is drawn (the root group uses it too)."""
+    for param in command.get_params(ctx):
+        if getattr(param, "secondary_opts", None):  # --x/--no-x: a column of its own would narrow every row's help
+            param.help = f"{param.help or ''} ({' / '.join(param.secondary_opts)} turns it off)".strip()
+            param.secondary_opts = []
+        if getattr(param, "is_flag", False) or param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None
+        elif isinstance(param.metavar, str) and param.metavar.startswith("[") and len(param.metavar) > LONG_CHOICES:
+            param.metavar = param.name.upper()[:12]

@@ -93,7 +93,7 @@ def plant(
 
     Examples:
       vneuron plant --out runs/planted-st --k 200 --dimension self_transcendence
-      vneuron locate --model runs/planted-st --dimension self_transcendence --out runs/planted-st-locate
+      vneuron locate --model runs/planted-st --out runs/planted-st-locate
     """
     from ..planting import plant as run_plant
     from ..report import console, progress_bar
@@ -152,7 +152,7 @@ def power(
 
     Examples:
       vneuron power --out runs/power-st --k 50,200 --sizes 16,64,256
-      vneuron power --out runs/power-st --planted 200=runs/planted-st --k 200 --limit 16
+      vneuron power --out runs/power-st --planted 200=runs/planted-st --k 200
     """
     from ..power import power as run_power
     from ..power import power_table

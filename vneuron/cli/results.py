@@ -51,7 +51,7 @@ def compare(
 
     Examples:
       vneuron compare runs/en runs/zh
-      vneuron compare runs/gate runs/down_in runs/lape --dimension self_transcendence
+      vneuron compare runs/gate runs/lape --dimension self_transcendence
     """
     from ..compare import compare_runs, compare_table
     from ..report import console, err_console

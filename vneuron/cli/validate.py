@@ -211,8 +211,8 @@ def steer(
     """Dose–response: value orientation as located neurons are amplified or suppressed by γ.
 
     Examples:
-      vneuron steer runs/locate-gemma-3-270m-20261124-101500 --gamma 0,0.5,1,2,4 -k 200
-      vneuron steer RUN --mode add --gamma -4,-2,0,2,4 --dimension self_transcendence
+      vneuron steer runs/locate-gemma --gamma 0,0.5,1,2,4 -k 200
+      vneuron steer RUN --mode add --gamma -4,0,4 --dimension self_transcendence
     """
     setup(study["threads"], study["quiet"])
     gammas = numbers(gamma, "--gamma")
