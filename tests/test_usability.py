@@ -116,3 +116,39 @@ def test_long_choice_lists_become_a_name_and_their_values_are_described(monkeypa
     ablate = " ".join(runner.invoke(app, ["ablate", "--help"]).output.replace("│", " ").split())
     for mode in ("zero", "clamp (min(a,0))", "mean (the corpus mean)", "scale (a ← γ·a)", "add (a ← a + γ·v", "set (a ← 0)"):
         assert mode in ablate, mode
+
+
+def test_to_pandas_on_locate_results_neuron_sets_and_validation_results(tmp_path, tiny_dir):
+    pd = pytest.importorskip("pandas", reason="the [pandas] extra (installed by [test])")
+    from dataclasses import replace
+
+    from vneuron import LocateConfig, ValidateConfig, ablate, locate, steer
+
+    located = locate(str(tiny_dir("llama")), LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=6),
+                     out=tmp_path / "run")
+    frame = located.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == sum(len(s) for s in located.sets.values())
+    assert {"dimension", "rank", "layer", "unit", "score", "p_pole", "p_opposite"} <= set(frame.columns)
+    neurons = located.sets["conservation"].to_pandas()
+    assert neurons["layer"].tolist() == located.sets["conservation"].layers.tolist() and neurons["rank"].iloc[0] == 1
+    config = ValidateConfig(split="all", controls=2, stop_after=0, dimensions=["conservation"], side_effects=False,
+                            cross_values=False)
+    ablated = ablate(tmp_path / "run", config, out=tmp_path / "ablate").to_pandas()
+    assert ablated["dimension"].tolist() == ["conservation"]
+    assert {"effect", "effect_lo", "effect_hi", "effect_minus_control_lo", "rank", "p_sequential"} <= set(ablated.columns)
+    swept = steer(tmp_path / "run", [0.0, 2.0], replace(config, mode="scale"), out=tmp_path / "steer").to_pandas()
+    assert swept["gamma"].tolist() == [0.0, 2.0] and "effect_minus_control" in swept.columns
+
+
+def test_to_pandas_without_pandas_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    import torch
+
+    from vneuron import VneuronError
+    from vneuron.scoring import NeuronSet
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    neurons = NeuronSet("gate", 2, 4, torch.tensor([1, 6]), torch.tensor([0.5, 0.2]))
+    with pytest.raises(VneuronError, match=r'to_pandas\(\) needs pandas.*pip install "vneuron\[pandas\]"'):
+        neurons.to_pandas()

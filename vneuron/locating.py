@@ -37,6 +37,12 @@ class LocateResult:
     stability: dict[str, dict] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def to_pandas(self):
+        """Every selected neuron of every pole as a DataFrame (needs the extra ``vneuron[pandas]``)."""
+        from .frames import locate_frame
+
+        return locate_frame(self)
+
 
 def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> dict[str, Any]:
     """What the statistics depend on; two runs with the same key have the same statistics."""

@@ -141,6 +141,12 @@ class NeuronSet:
         m[self.flat] = True
         return m.reshape(self.n_layers, self.width)
 
+    def to_pandas(self):
+        """One row per neuron (rank, layer, unit, score) as a DataFrame (needs the extra ``vneuron[pandas]``)."""
+        from .frames import neuron_set_frame
+
+        return neuron_set_frame(self)
+
     def per_layer(self) -> list[int]:
         return torch.bincount(self.layers, minlength=self.n_layers).tolist()
 

@@ -243,6 +243,12 @@ class ValidationResult:
     manifest: dict
     summaries: list[dict] = field(default_factory=list)
 
+    def to_pandas(self):
+        """One row per pole (ablate) or per pole and γ (steer) as a DataFrame (needs ``vneuron[pandas]``)."""
+        from .frames import validation_frame
+
+        return validation_frame(self)
+
 
 def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *, model: LoadedModel | str | None = None,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
