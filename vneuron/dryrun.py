@@ -225,8 +225,9 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
         "kind": "locate", "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
         "out": str(run_dir), "prompts": len(prompts), "least": Work(forwards=len(plan), requests=len(ranges), tokens=tokens,
                                                layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
+        # the result is held three times at its peak: the sums, their torch.save bytes, the compressed copy
         "server_mb_per_batch": round(max(_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), 0, 0, dtype)
-                                         for bt in plan) + max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
+                                         for bt in plan) + 3 * max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
         "largest_result_mb": round(max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
     }
     out["most"] = out["least"]

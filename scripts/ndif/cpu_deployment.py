@@ -12,7 +12,7 @@ Measurement (what the server side of a request costs): with ``NDIF_REQUEST_LOG``
 it to ``$NDIF_STATE_DIR/logs/requests.jsonl``), every request appends one JSON line: its id and status,
 the payload bytes it arrived with, the seconds spent deserialising it, running the block, torch.save-ing
 the result, compressing it (zstd, what the client asked for) and putting it into the object store, the
-result's bytes before and after compression, and the actor process's peak resident memory during the
+result's bytes before and after compression, the actor's CPU seconds, and its peak resident memory during the
 request (``VmHWM``, reset before each request through ``/proc/self/clear_refs``) beside its resident
 memory before it. The request path itself is the stock one, step for step (``execute`` is the stock
 body with clocks around its three steps).
@@ -61,6 +61,9 @@ class CPUModelDeployment(BaseModelDeployment):
             kwargs.pop("trust_remote_code", None)
         model = HuggingFaceModel.from_model_key(self.model_key, dispatch=True, dtype=self.dtype_name, **kwargs)
         model._module.requires_grad_(False)
+        with torch.no_grad():  # page the (memory-mapped) weights in now, as a GPU server copies them to the device:
+            for p in model._module.parameters():  # the first request's peak memory is then its own, not the weights'
+                p.reshape(-1)[::1024].sum()
         return model
 
     async def to_cache(self) -> None:  # HOT -> WARM: the weights already live on the CPU
@@ -84,12 +87,12 @@ class CPUModelDeployment(BaseModelDeployment):
         gc.collect()
         _reset_peak()
         self._measured["rss_before_bytes"] = _status_bytes("VmRSS")
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         try:
             await super().run(request)
         finally:
-            self._measured.update(seconds=round(time.time() - started, 4), peak_rss_bytes=_status_bytes("VmHWM"),
-                                  finished=time.time())
+            self._measured.update(seconds=round(time.time() - started, 4), cpu_s=round(time.process_time() - cpu, 4),
+                                  peak_rss_bytes=_status_bytes("VmHWM"), finished=time.time())
             path = os.environ.get("NDIF_REQUEST_LOG")
             if path:
                 with open(path, "a") as f:

@@ -57,6 +57,9 @@ def build(shape: str, out: Path, hidden: int = 64, seed: int = 0) -> Path:
     """Write the model directory (config, safetensors, tokenizer) unless it already holds this shape."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" would fill a test's or a benchmark's log
 
     wanted = spec(shape, hidden, seed)
     marker = out / "shape.json"

@@ -1,8 +1,10 @@
 """A real NDIF server on loopback for the `remote` tests (scripts/ndif/server.sh).
 
-`ndif_server` (session scope) builds a tiny random Llama directory, installs the server
-virtualenv if it is missing, starts redis, moto (S3), a Ray head, the ndif controller and the API on
-127.0.0.1, deploys the model, yields where it is, and stops every process at the end.
+`ndif_server` (session scope) builds a tiny random Llama directory and a Llama of the 8B shape
+(Llama-3.1-8B's 32 layers × 14,336 MLP neurons, hidden 64, random weights: scripts/ndif/shape_model.py,
+cached under vneuron's cache directory), installs the server virtualenv if it is missing, starts redis,
+moto (S3), a Ray head, the ndif controller and the API on 127.0.0.1, deploys both models in that one
+stack, yields where it is, and stops every process at the end.
 
 If the stack cannot start, the tests FAIL with the server log's tail. Set VNEURON_REMOTE_TESTS=skip
 to skip them instead (a machine that cannot run the stack at all).
@@ -41,6 +43,7 @@ class NDIFServer:
     model_key: str  # what the server deployed it under
     start_seconds: float
     ports: dict[str, int]  # every port of the stack, all picked free at start (api, redis, s3, ray_*)
+    shape_dir: str = ""  # the 8B-shape model, served by the same stack
 
     def stop(self) -> None:
         """Stop the whole stack (every job it knew is forgotten)."""
@@ -49,7 +52,7 @@ class NDIFServer:
 
     def start(self) -> None:
         """Start it again at the same URL (the internal ports are picked afresh)."""
-        started = _start(self.model_dir, self.ports["api"])
+        started = _start([self.model_dir, self.shape_dir], self.ports["api"])
         if started.returncode != 0:
             pytest.fail(f"restarting the loopback NDIF server failed:\n{_tail(started.stdout + started.stderr)}", pytrace=False)
         self.ports = _ports()
@@ -70,6 +73,18 @@ def build_tiny_llama(path: Path) -> Path:
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+def build_shape_model(shape: str = "8b") -> Path:
+    """The shape-real Llama of ``shape`` (scripts/ndif/shape_model.py), built once into vneuron's cache."""
+    sys.path.insert(0, str(REPO / "scripts" / "ndif"))
+    try:
+        from shape_model import build
+    finally:
+        sys.path.pop(0)
+    from vneuron.models.loading import cache_dir
+
+    return build(shape, cache_dir() / "shapes" / f"llama-{shape}-shape")
 
 
 def client_model(model_dir: str):
@@ -94,10 +109,11 @@ def _ports() -> dict[str, int]:
     return {k: int(v) for k, v in (pair.split("=") for pair in (STATE / "ports").read_text().split())}
 
 
-def _start(model_dir: str, port: int) -> subprocess.CompletedProcess:
-    """server.sh start; once more if a port picked free was taken before its service bound it."""
+def _start(model_dirs: list[str], port: int) -> subprocess.CompletedProcess:
+    """server.sh start (every model in one stack); once more if a port picked free was taken before its service bound it."""
+    first, *more = [str(d) for d in model_dirs if d]
     for attempt in range(2):
-        started = _server_sh("start", str(model_dir), str(port), timeout=START_TIMEOUT + 60)
+        started = _server_sh("start", first, str(port), *more, timeout=START_TIMEOUT + 60)
         if started.returncode == 0 or "already in use" not in started.stderr or attempt:
             return started
         _server_sh("stop", timeout=120)
@@ -134,11 +150,12 @@ def ndif_server(tmp_path_factory):
             _give_up("install failed", done.stdout + done.stderr)
 
     model_dir = build_tiny_llama(tmp_path_factory.mktemp("ndif") / "tiny-llama")
+    shape_dir = build_shape_model("8b")
     port = _free_port()
     t0 = time.monotonic()
     try:
         try:
-            started = _start(str(model_dir), port)
+            started = _start([str(model_dir), str(shape_dir)], port)
         except subprocess.TimeoutExpired as e:
             _give_up(f"start took more than {START_TIMEOUT + 60} s", _tail(e.stderr))
         if started.returncode != 0:
@@ -146,7 +163,7 @@ def ndif_server(tmp_path_factory):
         url = started.stdout.strip().splitlines()[-1]
         model_key = (STATE / "model_key").read_text().strip()
         yield NDIFServer(url=url, model_dir=str(model_dir), model_key=model_key,
-                         start_seconds=time.monotonic() - t0, ports=_ports())
+                         start_seconds=time.monotonic() - t0, ports=_ports(), shape_dir=str(shape_dir))
     finally:
         stopped = _server_sh("stop", timeout=120)
         if stopped.returncode != 0:
