@@ -170,7 +170,8 @@ def validation_phase(kind: str, run_dir: Path, stack: Stack, config, gammas, out
                 "forwards": work["forwards"], "wall_s": wall, "client_cpu_s": cpu, "jobs": len(jobs),
                 "seconds_per_request": wall / max(work["requests"], 1),
                 **client_wire(jobs), **server_side([served[j] for j in jobs if j in served])}
-    return {"plan": {k: plan["least"][k] for k in ("requests", "bytes_up", "bytes_down", "forwards")},
+    return {"plan": {**{k: plan["least"][k] for k in ("requests", "bytes_up", "bytes_down", "forwards")},
+                     "server_mb_per_batch": plan["server_mb_per_batch"]},
             "plan_most": {k: plan["most"][k] for k in ("requests", "bytes_up", "bytes_down")},
             "measured": measured, "summary": result.summaries[0] if result.summaries else None}
 
@@ -313,8 +314,10 @@ def report(results: dict) -> str:
             row(shape, f"{kind} MB down, tensors", p["bytes_down"] / MB, v["bytes_down"] / MB, "{:,.3f}")
             row(shape, f"{kind} MB up, tensors", p["bytes_up"] / MB, v["bytes_up"] / MB, "{:,.3f}")
             row(shape, f"{kind} MB up, wire (zstd) vs tensors predicted", p["bytes_up"] / MB, v["up_wire_bytes"] / MB, "{:,.3f}")
+            row(shape, f"{kind} server MB per batch beyond the weights (peak)", p["server_mb_per_batch"],
+                v["peak_over_weights_mb_max"], "{:,.0f}")
             lines.append(f"{shape:5} {'  ' + kind + ' s per request (mean)':44} {v['seconds_per_request']:.1f} "
-                         f"(server block {v['block_s_mean']:.1f}, peak {v['peak_over_weights_mb_max']:.0f} MB beyond the weights)")
+                         f"(server block {v['block_s_mean']:.1f})")
         if "faults" in r:
             f = r["faults"]
             lines.append(f"{shape:5} faults (--limit {f['limit']}, {f['requests']} requests): detach/resume identical "
@@ -349,7 +352,9 @@ def main() -> None:
 
     set_quiet()  # nnsight's job status lines and download bars off: the log keeps this script's lines
     torch.set_num_threads(1)
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load()}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load(), "commit": commit,
+                     "argv": sys.argv[1:], "cpus": os.cpu_count()}
     shapes: dict = {}
     for shape in args.shapes.split(","):
         layers, width, _ = SHAPES[shape]
