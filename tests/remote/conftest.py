@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "scripts" / "ndif" / "server.sh"
 VENV = Path(os.environ.get("NDIF_VENV", REPO / ".ndif-venv"))
 INSTALL_TIMEOUT = 900
-START_TIMEOUT = int(os.environ.get("NDIF_START_TIMEOUT", "180"))
+START_TIMEOUT = int(os.environ.get("NDIF_START_TIMEOUT", "360"))  # ~60 s on an idle 2-core machine; 3× that under load
 
 
 STATE = Path(os.environ.get("NDIF_STATE_DIR", REPO / ".ndif-state"))
@@ -134,7 +134,7 @@ def _give_up(what: str, output: str) -> None:
 
 
 def _server_sh(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NDIF_CLIENT_PYTHON": sys.executable}
+    env = {**os.environ, "NDIF_CLIENT_PYTHON": sys.executable, "NDIF_START_TIMEOUT": str(START_TIMEOUT)}
     return subprocess.run(["bash", str(SERVER), *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
