@@ -74,6 +74,10 @@ def ablate_table(result) -> Table:
                           f"{cfg.get('stop_after', 0)} reach Δ (0: all); {GUARD_MARK}POLE = a guard-rail warning about it below the table")
     for column in ("pole", "n", "P before→after", "Δ [95% CI]", "rank", "p", "drop%"):
         table.add_column(column, justify="right", no_wrap=True)
+    if any(s.get("side_effects") for s in result.summaries):
+        table.caption += ("; z = (Δ − controls' mean) / their sd [95% CI]; side effects under each pole, located (controls' mean ± sd), "
+                          "rank 1 = more damage than every control: KL/pos = mean KL(unedited ‖ edited) over every position of "
+                          "neutral prose, ppl × = its perplexity ratio, task ΔP = change in P(right) on factual/grammatical pairs")
     guards = validation_guards(result.manifest, result.summaries)
     for s in result.summaries:
         has = "control_effect" in s
@@ -88,15 +92,16 @@ def ablate_table(result) -> Table:
         if has:
             table.add_row("[dim]controls[/]", "", "[dim]mean ± sd[/]", f"[dim]{s['control_effect']:+.3f} ± {s['control_sd']:.3f}[/]",
                           "", "", "")
-            z = ""
+            table.add_row("[dim]Δ−ctrl[/]", "", "", f"{s['effect_minus_control']:+.3f} {_ci3(s['effect_minus_control_ci'])}",
+                          "", "", "", end_section=not (s.get("side_effects") or s.get("verdict") or s.get("z") is not None))
             if s.get("z") is not None:
-                z = f"z {s['z']:+.1f}" + (f" [{s['z_ci'][0]:+.1f},{s['z_ci'][1]:+.1f}]" if s.get("z_ci") else "")
-            table.add_row("[dim]Δ−ctrl[/]", "", z, f"{s['effect_minus_control']:+.3f} {_ci3(s['effect_minus_control_ci'])}",
-                          "", "", "", end_section=not (s.get("side_effects") or s.get("verdict")))
+                ci = f" [{s['z_ci'][0]:+.1f},{s['z_ci'][1]:+.1f}]" if s.get("z_ci") else ""
+                table.add_row("[dim]z[/]", "", "", f"{s['z']:+.1f}{ci}", "", "", "",
+                              end_section=not (s.get("side_effects") or s.get("verdict")))
         for label, row in side_effect_rows(s):
             table.add_row(f"[dim]{label}[/]", "", *row)
         if s.get("verdict"):
-            table.add_row("[dim]verdict[/]", "", f"[bold]{s['verdict']['verdict']}[/]", "", "", "", "", end_section=True)
+            table.add_row("[dim]verdict[/]", "", "", f"[bold]{s['verdict']['verdict']}[/]", "", "", "", end_section=True)
     return table
 
 
@@ -114,7 +119,7 @@ def side_effect_rows(s: dict) -> list[tuple[str, list[str]]]:
             continue
         value = -d["located"] if key == "task_drop" else d["located"]  # shown as the change in P(right)
         mean = -d.get("control_mean", float("nan")) if key == "task_drop" else d.get("control_mean", float("nan"))
-        ctrl = f"ctrl {fmt.format(mean)} ± {d.get('control_sd', float('nan')):.3f}" if "control_mean" in d else ""
+        ctrl = f"{fmt.format(mean)} ± {d.get('control_sd', float('nan')):.3f}" if "control_mean" in d else ""
         rank = f"{d['rank']}/{d['controls'] + 1}" if "rank" in d else "—"
         rows.append((label, [fmt.format(value), ctrl, rank, f"{d['p']:.2f}" if "p" in d else "—", ""]))
     return rows

