@@ -390,6 +390,7 @@ class CardOptions:
 
     texts: int = 5  # most and least activating texts shown
     batch_tokens: int = 4096
+    output_tokens: int = 10  # with the model: the tokens whose logits the unit raises and lowers most (0: none)
 
 
 @dataclass
@@ -398,7 +399,8 @@ class ReportOptions:
 
     cards: int = 1  # neuron cards per pole (0: no model needed)
     card_texts: int = 4  # most and least activating texts per card
-    model: Any = None  # a LoadedModel or spec for the cards (default: the run's own)
+    model: Any = None  # a LoadedModel or spec for the cards' output-token view (None: cards from the top examples, no model)
+    dtype: str | None = None  # what that model computes in (None: the run's)
     generations: int = 2  # before/after generations shown per pole
     top_rows: int = 10  # rows of each pole's top-neuron table
     progress: Progress | None = None

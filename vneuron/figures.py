@@ -376,6 +376,26 @@ def depth_profiles(profiles: dict[str, dict[str, list[float]]], bins: int, sourc
     return Figure("compare-depth", "Located neurons by relative depth", caption, fig)
 
 
+def label_summary(labels: dict[str, dict], examples: dict[str, dict], title: str, source: str) -> Figure:
+    """One neuron per label: mean ± sd over counted tokens (the run's statistics), P(a>0), and the mean
+    activation of the label's most and least activating texts (the run's top examples), for neuron cards."""
+    fig, ax = plt.subplots(figsize=(5.2, 0.5 + 0.42 * len(labels)), layout="constrained")
+    for y, (label, d) in enumerate(labels.items()):
+        c = color(label, y)
+        ax.errorbar([d["mean"]], [y], xerr=[[d["sd"]], [d["sd"]]], fmt="o", color=c, ms=4, capsize=3, lw=1.2)
+        sides = examples.get(label, {})
+        ax.scatter([v for _, v in sides.get("most", [])], [y + 0.18] * len(sides.get("most", [])), marker="^", s=14, color=c)
+        ax.scatter([v for _, v in sides.get("least", [])], [y - 0.18] * len(sides.get("least", [])), marker="v", s=14, color=c)
+    ax.set_yticks(range(len(labels)), [f"{short(l)} (P(a>0) {d['p_active']:.2f})" for l, d in labels.items()], fontsize=7)
+    ax.axvline(0, color="black", lw=0.7)
+    ax.set_xlabel("activation on counted tokens: mean ± sd (●), texts' means, most (▲) and least (▼) activating", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    caption = ("Per label, this neuron's mean activation ± sd over counted tokens and its P(a>0) (the run's statistics), and the "
+               f"mean activation of each label's most and least activating texts. Source: {source}.")
+    return Figure("card", title, caption, fig)
+
+
 def activation_histogram(per_label: dict[str, Sequence[float]], title: str, source: str) -> Figure:
     """One neuron's activations on counted tokens, per label (for neuron cards)."""
     fig, ax = plt.subplots(figsize=(5.2, 2.4), layout="constrained")

@@ -202,17 +202,17 @@ def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
 
 
 def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
-    from .cards import neuron_cards
+    from .cards import examples_file, neuron_cards
 
     wanted = [(pole, int(r["layer"]), int(r["unit"])) for pole, prs in by_pole.items() for r in prs[: options.cards]]
     if not wanted:
         return []
-    if run.manifest["model"].get("remote") and options.model is None:
-        return [Text("Neuron cards need a forward pass over the corpus; this run was captured remotely, so they are "
-                     "skipped (pass --model with local weights of the same model to draw them).")]
+    if examples_file(run) is None and run.manifest["model"].get("remote") and options.model is None:
+        return [Text("Neuron cards need a forward pass over the corpus; this run was captured remotely, so it kept no top "
+                     "examples and they are skipped (pass --model with local weights of the same model to draw them).")]
     try:
         return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
-                            progress=options.progress)
+                            dtype=options.dtype, progress=options.progress)
     except VneuronError as exc:  # the figures and tables do not need the model: keep them
         if options.model is not None:  # ...unless the user named a model: that one must be right
             raise

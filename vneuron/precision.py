@@ -90,7 +90,7 @@ def _cache_file() -> Path:
 
 
 def _key(revision: str) -> str:
-    return f"{revision}|{cpu_name()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    return f"{revision}|{cpu_name()}|torch {torch.__version__}"
 
 
 def cached(revision: str) -> dict | None:

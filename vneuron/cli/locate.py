@@ -10,7 +10,7 @@ import typer
 from ..config import LocateConfig
 from ..errors import VneuronError
 from . import output
-from .options import (DATA, DryRunOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN, SELECTION,
+from .options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN, SELECTION,
                       ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup, split_list, target)
 
 L = LocateConfig
@@ -79,8 +79,10 @@ def locate(
     detach: bool = typer.Option(False, "--detach", rich_help_panel=REMOTE,
                                 help="Remote: submit every request and exit; collect later with --resume."),
     batch_tokens: int = setting(L, "batch_tokens", "--batch-tokens", panel=RUN, help="Padded tokens per forward batch (memory vs speed)."),
-    dtype: str = typer.Option("float32", "--dtype", metavar="[float32|bfloat16|float16]", rich_help_panel=RUN,
-                              help="float32, bfloat16 or float16."),
+    dtype: Optional[str] = DtypeOpt,
+    top_examples: int = setting(L, "top_examples", "--examples", panel=OUTPUT,
+                                help="Texts kept per neuron, label and side (most and least activating) for the neuron cards of "
+                                     "`vneuron show` and `report` (local runs; 0: none)."),
     threads: Optional[int] = ThreadsOpt,
     dry_run: bool = DryRunOpt,
     out: Optional[Path] = out_option("Run directory to write (default: runs/locate-MODEL-TIME)."),
@@ -112,7 +114,7 @@ def locate(
         split=split, limit=limit, site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds, null_shuffles=null,
         request_batches=request_batches, test_fraction=test_fraction, template=template, whole_values=whole_values,
-        strict=strict)
+        top_examples=top_examples, strict=strict)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     if dry_run:

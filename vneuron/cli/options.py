@@ -15,7 +15,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from ..config import DEFAULT_DTYPE
 from ..errors import VneuronError
+from ..models.loading import load_model
 from ..remote import RemoteTarget
 
 # help panels, so `--help` reads by task
@@ -36,7 +38,6 @@ CLI_ONLY = {  # options with no library setting: how the command runs or prints,
     "--detach": "locate(detach=...) keyword",
     "--force": "locate(force=...) keyword",
     "--from": "locate(from_run=...) keyword",
-    "--dtype": "locate(dtype=...) keyword",
     "--show": "rows printed per pole",
     "--version": "prints the version",
     "--planted": "power(planted_dirs=...) keyword",
@@ -192,6 +193,10 @@ RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay 
 HostOpt = typer.Option(None, "--host", help="NDIF host URL (default: NDIF_HOST, nnsight's config, or the public NDIF); "
                        "'local' simulates the server in-process.", rich_help_panel=REMOTE)
 TimeoutOpt = setting(RemoteTarget, "timeout", "--timeout", panel=REMOTE, help="Remote: seconds one request may take (queue included).")
+DtypeOpt = setting(load_model, "dtype", "--dtype", panel=RUN, metavar="[float32|bfloat16|float16|auto]",
+                   help=f"What the model computes in: float32, bfloat16, float16, or auto (the fastest on this machine whose accuracy "
+                        f"check on the model passes). Default: a run's own dtype; without a run {DEFAULT_DTYPE} (remote: what the "
+                        f"server serves). Recorded in the manifest.")
 RunDirArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).",
                            metavar="RUN_DIR")
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..config import PlantConfig, PowerConfig
-from .options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
+from .options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DtypeOpt, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
                       out_option, pairs, setting, setup, split_list, with_options)
 
 P, W = PlantConfig, PowerConfig
@@ -37,6 +37,7 @@ PLANT_OPTIONS = {
     "read_passes": (int, ReadPassesOpt),
     "read_context": (Optional[float], ReadContextOpt),
     "threads": (Optional[int], ThreadsOpt),
+    "dtype": (Optional[str], DtypeOpt),
     "quiet": (bool, QuietOpt),
 }
 READ_SETTINGS = ("mechanism", "read_spread", "read_quantile", "read_passes", "read_context")
@@ -108,7 +109,7 @@ def plant(
                          val_fraction=val_fraction, report_limit=report_limit, target=target,
                          neutral=str(neutral) if neutral else None, **reads).check()
     with progress_bar(not shared["quiet"]) as bar:
-        result = run_plant(shared["model"], config, out=out, progress=bar)
+        result = run_plant(shared["model"], config, out=out, progress=bar, dtype=shared["dtype"])
     pref = result.manifest["preference"]
     for split in ("train", "test"):
         for choice, after in pref["after"][split].items():
@@ -165,7 +166,7 @@ def power(
                          eval_limit=limit, seed=seed, targets=numbers(targets, "--targets", float, "0.6,0.7,0.8") if targets else None,
                          plant=PlantConfig(steps=steps, seed=seed, **{k: shared[k] for k in READ_SETTINGS}).check()).check()
     with progress_bar(not shared["quiet"]) as bar:
-        result = run_power(shared["model"], config, out=out, planted_dirs=planted_dirs, progress=bar)
+        result = run_power(shared["model"], config, out=out, planted_dirs=planted_dirs, progress=bar, dtype=shared["dtype"])
     console.print(power_table(result))
     console.print(f"Written to [bold]{result.out}[/] (power.csv, layers.csv)")
 

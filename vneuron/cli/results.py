@@ -8,9 +8,11 @@ from typing import Optional
 import typer
 
 from ..config import CardOptions, ReportOptions
-from .options import RUN, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
+from .options import RUN, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
 
-CardModelOpt = typer.Option(None, "--model", "-m", help="Model for the neuron cards (default: the run's own).")
+CardModelOpt = typer.Option(None, "--model", "-m", help="Load this model (the run's own, e.g. default) for the output-token view "
+                            "and per-token shading of the cards; without it the cards need no model (a run that kept no top "
+                            "examples loads the run's own).")
 
 
 def report(
@@ -18,9 +20,10 @@ def report(
                                           help="Run directories (locate, ablate, steer); a locate run brings its ablate-*/steer-* runs."),
     out: Optional[Path] = out_option("HTML file to write (default: FIRST_RUN/report.html); OUT.md and OUT-figures/*.png go beside it."),
     cards: int = setting(ReportOptions, "cards", "--cards",
-                         help="Neuron cards per pole (top neurons; needs the run's model for one forward pass). 0: none."),
+                         help="Neuron cards per pole (top neurons; from the run's top examples, no model needed). 0: none."),
     model: Optional[str] = CardModelOpt,
     threads: Optional[int] = ThreadsOpt,
+    dtype: Optional[str] = DtypeOpt,
     quiet: bool = QuietOpt,
 ):
     """One self-contained HTML page with figures, the figures as PNG files, and a Markdown summary.
@@ -34,7 +37,7 @@ def report(
 
     setup(threads)
     with progress_bar(not quiet) as bar:
-        written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, progress=bar))
+        written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, dtype=dtype, progress=bar))
     console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
                   f"{written.html.stem}-figures/)")
 
@@ -81,16 +84,21 @@ def show(
     neuron: str = typer.Argument(..., help="LAYER:UNIT, e.g. 5:1023.", metavar="LAYER:UNIT"),
     texts: int = setting(CardOptions, "texts", "--texts", help="Most and least activating texts shown."),
     model: Optional[str] = CardModelOpt,
+    output_tokens: int = setting(CardOptions, "output_tokens", "--output-tokens",
+                                 help="With --model: the tokens whose logits the neuron raises and lowers most, each way (0: none)."),
     batch_tokens: int = setting(CardOptions, "batch_tokens", "--batch-tokens", panel=RUN,
                                 help="Padded tokens per forward batch (memory vs speed)."),
     threads: Optional[int] = ThreadsOpt,
+    dtype: Optional[str] = DtypeOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ):
-    """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools.
+    """A neuron card: the corpus texts that activate it most and least, its activations per label, its names in other tools;
+    with --model, the output tokens it raises and lowers.
 
     Examples:
       vneuron show runs/locate-gemma-3-270m-20261124-101500 17:1070
+      vneuron show runs/locate-gemma 17:1070 --model default
     """
     from ..cards import neuron_cards, parse_neuron
     from ..report import console, progress_bar
@@ -98,7 +106,8 @@ def show(
     setup(threads)
     layer, unit = parse_neuron(neuron)
     with progress_bar(not quiet) as bar:
-        card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar)[0]
+        card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar,
+                            output_tokens_k=output_tokens, dtype=dtype)[0]
     if json_out:
         from ..jsonout import emit
 

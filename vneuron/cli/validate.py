@@ -10,7 +10,7 @@ import typer
 from ..config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
 from ..errors import VneuronError
 from . import output
-from .options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
+from .options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
                       RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option, setting, setup, split_list,
                       target, with_options)
 
@@ -102,11 +102,12 @@ STUDY_OPTIONS = {
     "timeout": (float, TimeoutOpt),
     "batch_tokens": (int, BatchTokensOpt),
     "threads": (Optional[int], ThreadsOpt),
+    "dtype": (Optional[str], DtypeOpt),
     "dry_run": (bool, DryRunOpt),
     "json_out": (bool, JsonOpt),
     "quiet": (bool, QuietOpt),
 }
-EVALUATION_SETTINGS = ("controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
+EVALUATION_SETTINGS = ("dtype", "controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
                        "eval_split", "batch_tokens", "max_controls", "side_effects", "neutral", "side_controls", "generations",
                        "judge", "judge_controls")
 
@@ -142,7 +143,7 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
         if run_dir is None:  # locate first, with the same model
             first = LocateConfig(dataset=dataset, language=study["language"], top_k=max(top_k or LocateConfig.top_k, 1),
                                  test_fraction=study["test_fraction"], template=study["template"], strict=study["strict"])
-            run_dir, model = locate_first(model, first, out=out, progress=bar, remote=remote)
+            run_dir, model = locate_first(model, first, out=out, progress=bar, remote=remote, dtype=study["dtype"])
         if kind == "ablate":
             result = ablate(run_dir, config, model=model, out=out, progress=bar, remote=remote)
         else:

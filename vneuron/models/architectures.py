@@ -29,6 +29,8 @@ class Architecture:
     width_keys: tuple[str, ...] = ("intermediate_size",)  # config keys holding the MLP width
     width_fallback: tuple[str, int] | None = None  # (config key, factor) when no width key is set (GPT-2: 4·n_embd)
     logit_post: str | None = None  # how the head's output becomes logits: None, "softcap" or "divide"
+    final_norm: str = "norm"  # attribute of the decoder stack (``base``) holding the norm the head reads
+    mlp_out_norm: str | None = None  # attribute of a block that normalises the MLP's output before the residual (Gemma-2/3, OLMo-2)
 
     @property
     def base(self) -> str:
@@ -84,19 +86,20 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     _gated("qwen2"),
     _gated("qwen3"),
     _gated("gemma"),
-    _gated("gemma2", logit_post="softcap"),
-    _gated("gemma3_text", logit_post="softcap"),
+    _gated("gemma2", logit_post="softcap", mlp_out_norm="post_feedforward_layernorm"),
+    _gated("gemma3_text", logit_post="softcap", mlp_out_norm="post_feedforward_layernorm"),
     # multimodal Gemma-3 checkpoints carry the text model one level deeper, and their head applies no
     # soft-cap (Gemma3ForConditionalGeneration ignores text_config.final_logit_softcapping; the text-only
     # Gemma3ForCausalLM applies it)
-    Architecture("gemma3", "model.language_model.layers"),
-    _gated("olmo2"),
+    Architecture("gemma3", "model.language_model.layers", mlp_out_norm="post_feedforward_layernorm"),
+    _gated("olmo2", mlp_out_norm="post_feedforward_layernorm"),
     _gated("granite", logit_post="divide"),
     Architecture("gpt2", "transformer.h", act="act", down="c_proj", inputs=("c_fc",), gated=False,
-                 width_keys=("n_inner",), width_fallback=("n_embd", 4)),
-    Architecture("gpt_neox", "gpt_neox.layers", act="act", down="dense_4h_to_h", inputs=("dense_h_to_4h",), gated=False),
+                 width_keys=("n_inner",), width_fallback=("n_embd", 4), final_norm="ln_f"),
+    Architecture("gpt_neox", "gpt_neox.layers", act="act", down="dense_4h_to_h", inputs=("dense_h_to_4h",), gated=False,
+                 final_norm="final_layer_norm"),
     _gated("phi3", act="activation_fn", inputs=("gate_up_proj",)),
-    Architecture("phi", "model.layers", act="activation_fn", down="fc2", inputs=("fc1",), gated=False),
+    Architecture("phi", "model.layers", act="activation_fn", down="fc2", inputs=("fc1",), gated=False, final_norm="final_layernorm"),
 )}
 
 
