@@ -4,10 +4,11 @@ Every long step reports ``(stage, done, total)``. On a terminal that drives one 
 When stderr is not a terminal (``nohup``, a batch scheduler, ``2> log``) bars would stay invisible
 until the end, so each report becomes at most one plain line instead — when a stage starts and ends,
 and at a steady interval (30 s; ``VNEURON_PROGRESS_SECONDS``), kept by a heartbeat thread while a
-long step (one NDIF request, one control set) reports nothing — each with done/total, the rate, an
-ETA for the stage and the time spent in it. The first line waits until the command has run for
-half an interval (at most 15 s), so a quick command, or a bad input found early, leaves stderr to its
-one error line; a command that ends well writes its last state if no line showed it yet.
+long step (one NDIF request, one control set) reports nothing, and as soon as a stage's first unit is
+done (its first ETA) — each with done/total, the rate, an ETA for the stage and the time spent in
+it. The first line waits until the command has run for half an interval (at most 15 s), so a quick
+command, or a bad input found early, leaves stderr to its one error line; a command that ends well
+writes its last state if no line showed it yet.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class LineProgress:
         self.done = self.total = 0
         self.stage_start = self.last = 0.0
         self.written: tuple | None = None  # the (stage, done, total) of the last line
+        self.rated: str | None = None  # the stage whose first rate (and ETA) a line has shown
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,7 +81,8 @@ class LineProgress:
                 self.stage, self.stage_start = stage, now
             self.done, self.total = done, total
             finished = bool(total) and done >= total
-            if now - self.began >= self.after and (new or finished or now - self.last >= self.every):
+            first_rate = self.heartbeat and done > 0 and self.rated != stage  # a log shows the first ETA at once
+            if now - self.began >= self.after and (new or finished or first_rate or now - self.last >= self.every):
                 self._write(now)
 
     def line(self, now: float | None = None) -> str:
@@ -110,6 +113,8 @@ class LineProgress:
         out.write(self.line(now) + "\n")
         out.flush()
         self.last, self.written = now, (self.stage, self.done, self.total)
+        if self.done > 0:
+            self.rated = self.stage
 
     def finish(self) -> None:
         """The last state, if no line showed it yet (a command that ended well says where it ended)."""
