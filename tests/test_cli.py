@@ -195,8 +195,9 @@ def test_locate_through_the_server_simulation_equals_local(tmp_path, llama):
     manifest = json.loads((tmp_path / "remote" / "manifest.json").read_text())
     assert manifest["remote"]["host"] == "local" and manifest["remote"]["requests"] >= 2
     # downloads are O(layers × slots × width) per request, whatever the number of prompts
-    per_request = {r["received_tensor_bytes"] for r in manifest["remote"]["log"]}
-    assert per_request == {3 * 3 * 8 * 48 * 4 + 8 * 4}  # float32 sums: layers·3·slots·width·4 bytes
+    # (each request brings back the slots its batches touched: float32 sums, layers·3·slots·width·4 bytes + the counts)
+    for r in manifest["remote"]["log"]:
+        assert 1 <= r["slots"] <= 8 and r["received_tensor_bytes"] == 3 * 3 * r["slots"] * 48 * 4 + r["slots"] * 4, r
     assert not list(tmp_path.glob(".remote.partial"))
     ablated = run("ablate", tmp_path / "remote", "--host", "local", "--controls", "1", "--split", "all", "-q",
                   "--dimension", "conservation", "--generations", "1")
