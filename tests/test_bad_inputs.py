@@ -219,6 +219,46 @@ CASES = [
     Case("locate/template-unknown", L + " --template fancy", r"template 'fancy'"),
     Case("locate/dry-run-top-k-zero", L + " --dry-run -k 0", r"--top-k must be at least 1"),
     Case("locate/json-out-existing-run", L + " --json --out {run}", r"run already exists"),
+    # -- checks before work, for every pole at once; a dry run makes exactly the real command's checks -------------
+    Case("ablate/pole-without-items", "ablate {run} -q --controls 1",
+         r"No evaluation items touch 'conservation', 'openness_to_change' in split 'test'.*--split all.*--dimension"),
+    Case("steer/pole-without-items", "steer {run} -q --controls 1", r"No evaluation items touch 'conservation', 'openness_to_change'"),
+    Case("ablate/dry-run-pole-without-items", "ablate {run} -q --controls 1 --dry-run", r"No evaluation items touch 'conservation'"),
+    Case("steer/dry-run-pole-without-items", "steer {run} -q --dry-run", r"No evaluation items touch 'conservation'"),
+    Case("ablate/dry-run-eval-dataset-missing", A + " --dry-run --eval-dataset /nonexistent/bench.csv",
+         r"Evaluation corpus /nonexistent/bench.csv does not exist.*as --eval-dataset, or drop it"),
+    Case("steer/dry-run-mode-zero", S + " --dry-run --mode zero", r"Steering needs --mode scale or add"),
+    Case("ablate/dry-run-out-existing", A + " --dry-run --out {bad}/full-dir", r"full-dir already exists"),
+    Case("steer/dry-run-top-k-huge", S + " --dry-run --top-k 100000000", r"--top-k 100000000 is more than the run located"),
+    Case("ablate/dry-run-map-unknown-pole", A + " --dry-run --eval-dataset {corpus} --map self_transcendence=kindness",
+         r"--map maps to 'kindness', which the run has no pole for"),
+    Case("locate/dry-run-out-existing-run", L + " --dry-run --out {run}", r"run already exists.*--from .*--force"),
+    Case("locate/dry-run-top-k-too-large", L + " --dry-run -k 100000", r"--top-k 100000 is out of range"),
+    Case("locate/dry-run-disk-full", L + " --dry-run --out fresh-run", r"Not enough disk space", fault="disk_full"),
+    Case("locate/dry-run-from", "locate --from {run} --dry-run", r"--dry-run has nothing to plan with --from"),
+    # -- messages that say what is true ----------------------------------------------------------------------------
+    Case("ablate/eval-dataset-missing-is-named", A + " --eval-dataset /nonexistent/bench.csv",
+         r"^error: Evaluation corpus /nonexistent/bench.csv does not exist\. Pass an existing file or directory as --eval-dataset"),
+    Case("ablate/map-onto-a-pole-the-run-lacks", A + " --eval-dataset {corpus} --map self_transcendence=kindness",
+         r"--map maps to 'kindness', which the run has no pole for\. Map to the run's poles: conservation"),
+    Case("ablate/map-hint-names-the-files-labels", A + " --eval-dataset {bad}/kindness.jsonl --dimension conservation",
+         r"its labels: kind, unkind\).*--map kind=conservation"),
+    Case("report/out-under-a-file", "report {run} -o {bad}/notes.txt/r.html -q --cards 0",
+         r"Cannot write .*notes.txt/r.html: .*notes.txt is a file, not a directory\. Choose an -o whose parent"),
+    Case("plant/profile-all-zero", "plant --model {tiny} --out {bad}/never --profile 0,0,0 -q",
+         r"--profile '0,0,0' gives every layer weight 0.*positive weight"),
+    Case("remote/unreachable-claims-nothing-kept", A + " " + HOST, r"is unreachable.*then rerun", fault="no_backoff"),
+    Case("ablate/model-moved", "ablate {bad}/run-model-moved -q --split all --controls 1",
+         r"The model this run located with \(.*gone-model\) is no longer there.*--model"),
+    Case("locate/split-emptied-by-hash", L + " --dataset {bad}/all-test.jsonl",
+         r"has nothing in split 'train' \(every row is in another split\).*--split all"),
+    # -- published files with incomplete rows: a note by default, refused with --strict ----------------------------
+    Case("locate/dataset-incomplete-strict", L + " --dataset {bad}/incomplete.csv --strict",
+         r"incomplete.csv, row 3: empty 'Action1', and 1 more incomplete row.*fill them in"),
+    Case("locate/dataset-all-incomplete", L + " --dataset {bad}/all-incomplete.csv",
+         r"row 2: empty 'Context' \(no complete row is left\)"),
+    Case("ablate/eval-dataset-incomplete-strict", A + " --eval-dataset {bad}/incomplete.csv --strict",
+         r"incomplete.csv, row 3: empty 'Action1'"),
     # -- report ----------------------------------------------------------------------------------------------------
     Case("report/no-run", "report", r"Missing argument 'RUN_DIR...'"),
     Case("report/run-missing", "report /nonexistent/run -q", r"/nonexistent/run does not exist"),
@@ -378,6 +418,13 @@ def _broken_corpora(bad: Path) -> None:
     (bad / "full-dir" / "keep.txt").write_text("mine")
     (bad / "read-only").mkdir()
     (bad / "dir.html").mkdir()
+    (bad / "all-test.jsonl").write_text("".join(json.dumps({**json.loads(line), "split": "test"}) + "\n" for line in good))
+    kind = {"scenario": "s", "option_pole": "a", "option_opposite": "b", "dimension": "kind", "opposite": "unkind"}
+    (bad / "kindness.jsonl").write_text("".join(json.dumps({**kind, "id": f"k{n}", "scenario": f"s{n}"}) + "\n" for n in range(3)))
+    cvoice = ["Type,Context,Action1,Action2", "友善 vs 效率,情境一,帮忙,走开", "友善 vs 效率,情境二,,走开", "友善 vs 效率,,帮忙,走开",
+              "友善 vs 效率,情境四,帮忙,走开"]
+    (bad / "incomplete.csv").write_text("\n".join(cvoice) + "\n", encoding="utf-8")
+    (bad / "all-incomplete.csv").write_text("Type,Context,Action1,Action2\n友善 vs 效率,,帮忙,走开\n", encoding="utf-8")
 
 
 def _broken_runs(bad: Path, run: Path) -> None:
@@ -395,6 +442,8 @@ def _broken_runs(bad: Path, run: Path) -> None:
     shutil.rmtree(copy("run-no-sets") / "neurons")
     (copy("ablate-run") / "manifest.json").write_text(json.dumps({**manifest, "kind": "ablate"}))
     (copy("unknown-kind") / "manifest.json").write_text(json.dumps({**manifest, "kind": "mystery"}))
+    moved = {**manifest, "model": {**manifest["model"], "spec": "gone-model", "path": str(bad / "gone-model")}}
+    (copy("run-model-moved") / "manifest.json").write_text(json.dumps(moved))
     assert runner.invoke(app, ["locate", "--from", str(run), "--dimension", "self_transcendence", "-k", "3",
                                "--out", str(bad / "run-st"), "-q"]).exit_code == 0  # one pole of the run's four
     for parent, child in (("gone-parent", "orphan"), ("changed-parent", "stale-child")):
@@ -485,3 +534,75 @@ def test_the_table_is_large_and_every_command_is_in_it():
     docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     assert any(f"{len(CASES)} bad inputs and faults" in p.read_text(encoding="utf-8") for p in docs), \
         "state the number of rows in the README or docs/"
+
+
+# -- the classes of the table that do not end in an error line ----------------------------------------------------
+def test_a_final_write_that_raises_safetensors_own_error_is_rescued(world, tmp_path, monkeypatch):
+    """Not only OSError: safetensors raises SafetensorError on a full disk; the run is kept where the message says.
+    (tests/test_faults.py fills and freezes a real filesystem for locate, ablate and report.)"""
+    import tempfile
+
+    from safetensors import SafetensorError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real = __import__("safetensors.torch", fromlist=["save_file"]).save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if ".run.tmp" in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr("safetensors.torch.save_file", save_file)
+    out = tmp_path / "disk" / "run"
+    result = runner.invoke(app, shlex.split((L + " --split all --out " + str(out)).format(**world["values"])))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "(No space left on device); the statistics and neuron sets are kept" in lines[0]
+    (rescued,) = tmp_path.glob("vneuron-rescued-run-*")
+    assert (rescued / "stats.safetensors").is_file() and not out.exists()
+
+
+def test_sigterm_is_one_line_exit_143_and_nothing_is_written(world, tmp_path, monkeypatch):
+    import signal
+
+    from vneuron import locating
+
+    real = locating.capture
+    monkeypatch.setattr(locating, "capture", lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), real(*a, **k))[1])
+    monkeypatch.chdir(tmp_path)
+    before = snapshot([tmp_path, *world["watched"]])
+    result = runner.invoke(app, shlex.split((L + " --split all --out run").format(**world["values"])))
+    assert result.exit_code == 143 and result.stderr.strip() == "terminated (SIGTERM) (nothing half-written was kept)"
+    assert snapshot([tmp_path, *world["watched"]]) == before
+
+
+def test_incomplete_rows_and_shared_ids_load_with_a_note(world):
+    from vneuron.data import load_corpus
+
+    bad = Path(world["values"]["bad"])
+    (note,) = load_corpus(bad / "incomplete.csv").notes
+    assert note == ("incomplete.csv: left out 2 incomplete rows (an empty cell; `strict` refuses them): "
+                    "rows 3 (Action1), 4 (Context)")
+    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
+    shared = bad / "shared-ids.jsonl"
+    shared.write_text("".join(json.dumps({**r, "id": "q1" if n < 3 else r["id"]}) + "\n" for n, r in enumerate(rows)))
+    try:
+        (note,) = load_corpus(shared).notes
+    finally:
+        shared.unlink()
+    assert note.startswith("3 items share an id with another ('q1' ×3): each id is read as one scenario")
+
+
+def test_compare_writes_a_file_only_when_asked_and_notes_missing_statistics(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = world["values"]
+    before = snapshot([tmp_path, *world["watched"]])
+    result = runner.invoke(app, ["compare", values["run"], f"{values['bad']}/run-st", "--dimension", "self_transcendence", "--json"])
+    assert result.exit_code == 0, result.output
+    assert snapshot([tmp_path, *world["watched"]]) == before  # no CSV in the working directory, nothing anywhere
+    assert "csv" not in json.loads(result.stdout)
+    gone = tmp_path / "no-stats"
+    shutil.copytree(values["run"], gone)
+    (gone / "stats.safetensors").unlink()
+    result = runner.invoke(app, ["compare", values["run"], str(gone)])
+    assert result.exit_code == 0 and "Note: Spearman ρ not computed with no-stats:" in result.stderr
+    assert "no-stats has no stats.safetensors" in " ".join(result.stderr.split())

@@ -221,18 +221,27 @@ def _rescued(rescue_base: Path, prefix: str, line: str) -> Path:
     return rescued
 
 
+def _rescue_here(tmp_path: Path, monkeypatch) -> Path:
+    """Rescue copies go to tmp_path/rescue (the temporary directory), on another disk than the one that fails."""
+    base = tmp_path / "rescue"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    return base
+
+
+def _fault(kind: str, point: Path):
+    return (lambda: _fill(point)) if kind == "full" else (lambda: _remount_read_only(point))
+
+
 LOCATE = ["locate", "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all", "-k", "5", "--null", "2", "-q"]
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_locate_on_a_real_disk_that_fills_or_freezes_at_the_end_keeps_the_complete_run(fault, small_fs, tmp_path, tiny_dir,
                                                                                      monkeypatch):
-    rescue_base = tmp_path / "rescue"
-    rescue_base.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(rescue_base))
+    rescue_base = _rescue_here(tmp_path, monkeypatch)
     out = small_fs / "run"
-    calls = _at_the_final_write(monkeypatch, "vneuron.locating.write_run",
-                                lambda: _fill(small_fs) if fault == "full" else _remount_read_only(small_fs))
+    calls = _at_the_final_write(monkeypatch, "vneuron.locating.write_run", _fault(fault, small_fs))
     result = runner.invoke(app, [*LOCATE, "--model", str(tiny_dir("llama")), "--out", str(out)])
     line = _one_error_line(result)
     assert calls == [out]
@@ -257,13 +266,11 @@ def test_locate_on_a_real_disk_that_fills_or_freezes_at_the_end_keeps_the_comple
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_results(fault, small_fs, tmp_path, tiny_dir,
                                                                                   monkeypatch):
-    rescue_base = tmp_path / "rescue"
-    rescue_base.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(rescue_base))
+    rescue_base = _rescue_here(tmp_path, monkeypatch)
     run = small_fs / "run"
     assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
                                "--split", "all", "-k", "5", "--out", str(run), "-q"]).exit_code == 0
-    freeze = (lambda: _fill(small_fs)) if fault == "full" else (lambda: _remount_read_only(small_fs))
+    freeze = _fault(fault, small_fs)
     reason = "No space left on device" if fault == "full" else "read-only"
     with monkeypatch.context() as mp:
         _at_the_final_write(mp, "vneuron.validate.write_run", freeze)

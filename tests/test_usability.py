@@ -152,3 +152,47 @@ def test_to_pandas_without_pandas_is_one_line_naming_the_extra(monkeypatch):
     neurons = NeuronSet("gate", 2, 4, torch.tensor([1, 6]), torch.tensor([0.5, 0.2]))
     with pytest.raises(VneuronError, match=r'to_pandas\(\) needs pandas.*pip install "vneuron\[pandas\]"'):
         neurons.to_pandas()
+
+
+def test_the_dose_response_marks_the_unedited_gamma_and_half_and_draws_the_located_ci():
+    from vneuron import figures
+
+    points = [{"gamma": g, "baseline": 0.53, "after": 0.53 + 0.01 * (g - 1), "control_effect": 0.0,
+               "control_effects": [-0.01, 0.0, 0.01], "effect_ci": (0.01 * (g - 1) - 0.02, 0.01 * (g - 1) + 0.02)}
+              for g in (0.0, 0.5, 1.0, 2.0)]
+    figure = figures.dose_response({"self_transcendence": points}, "scale", "dose_response.csv")
+    ax = figure.fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "γ = 1: the unedited model" in labels and "P = 0.5 (no preference)" in labels and "located set (95% CI)" in labels
+    assert any(list(line.get_xdata()) == [1.0, 1.0] for line in ax.get_lines())  # the vertical line at γ = 1
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in ax.get_lines())
+    figure.png_bytes()
+
+
+def test_the_compare_heatmap_names_runs_fits_its_scale_to_the_off_diagonal_and_shows_chance():
+    from vneuron import figures
+
+    matrices = {"self_transcendence": {"values": [[1.0, 0.08], [0.08, 1.0]], "chance": [[None, 0.003], [0.003, None]],
+                                       "measure": "Jaccard"}}
+    figure = figures.overlap_heatmaps(matrices, ["runs/en", "runs/zh"], "c.csv")
+    ax = figure.fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["runs/en", "runs/zh"]
+    low, high = ax.images[0].get_clim()
+    assert low <= 0.003 and high == pytest.approx(0.08)  # not 0–1: the 1.00 diagonal does not squash the scale
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.08\nchance 0.003" in texts and texts.count("1 (self)") == 2
+    figure.png_bytes()
+
+
+def test_compare_matrices_carry_the_chance_jaccard(tmp_path, tiny_dir):
+    from vneuron.compare import compare_runs
+
+    runs = []
+    for name, k in (("a", 5), ("b", 7)):
+        assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                   "--split", "all", "-k", str(k), "--out", str(tmp_path / name), "-q"]).exit_code == 0
+        runs.append(tmp_path / name)
+    result = compare_runs(runs)
+    pair = next(p for p in result.pairs if p["pole"] == "conservation")
+    chance = result.matrices()["conservation"]["chance"][0][1]
+    assert chance == pytest.approx(pair["chance_overlap"] / (5 + 7 - pair["chance_overlap"]))

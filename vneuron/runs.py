@@ -346,8 +346,8 @@ def failure_reason(exc: BaseException) -> str:
     ("Error while serializing: I/O error: No space left on device (os error 28)" or a Rust debug
     form with ``message: "…"``); both come out as "No space left on device".
     """
-    if isinstance(exc, VneuronError):
-        return exc.problem
+    if isinstance(exc, VneuronError):  # staged()'s own re-check: "Cannot write X: Y is read-only" → "Y is read-only"
+        return re.sub(r"^Cannot (?:write|create) \S+: ", "", exc.problem)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)

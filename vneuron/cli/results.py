@@ -74,7 +74,7 @@ def compare(
     if result.skipped:
         err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
     for note in result.notes:
-        err_console.print(f"Note: {note}")
+        err_console.print(f"Note: {note}", soft_wrap=True, markup=False, highlight=False)
     if written:
         console.print(f"Written to [bold]{written[0]}[/] and {written[1].name}")
 
