@@ -196,3 +196,13 @@ def test_compare_matrices_carry_the_chance_jaccard(tmp_path, tiny_dir):
     pair = next(p for p in result.pairs if p["pole"] == "conservation")
     chance = result.matrices()["conservation"]["chance"][0][1]
     assert chance == pytest.approx(pair["chance_overlap"] / (5 + 7 - pair["chance_overlap"]))
+
+
+def test_a_neuron_card_finds_the_runs_model_from_another_folder(run, tmp_path, monkeypatch):
+    bare = tmp_path / "bare"  # a run that kept no top examples: its card runs the run's own model
+    shutil.copytree(run, bare)
+    (bare / "examples.safetensors").unlink(missing_ok=True)
+    monkeypatch.chdir(tmp_path)  # models/tiny (the relative --model the run was located with) does not exist here
+    result = runner.invoke(app, ["show", str(bare), "0:1", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kind"] == "neuron"

@@ -342,7 +342,7 @@ def _card_model(run: LocateRun, model, dtype: str | None, say) -> Any:
 
     recorded = run.manifest["model"]
     if not isinstance(model, LoadedModel):
-        model = load_model(model or recorded["spec"], dtype=dtype or recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0))
+        model = load_model(model or run.model_spec(), dtype=dtype or recorded.get("dtype", "float32"), progress=lambda m: say(m, 0, 0))
     loaded = model
     if loaded.revision != recorded["revision"]:
         raise VneuronError(f"The model ({loaded.source.model_id}) is not the one the run located neurons in ({recorded['model_id']})",
