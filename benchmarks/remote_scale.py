@@ -58,27 +58,36 @@ class Stack:
     def __init__(self, model_dir: Path, state: Path):
         self.model_dir, self.state, self.port = model_dir, state, "auto"
         self.url = ""
+        self.earlier: dict[str, dict] = {}  # the request log of stacks stopped before (stop deletes the state)
 
     def _sh(self, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "NDIF_STATE_DIR": str(self.state), "NDIF_CLIENT_PYTHON": sys.executable}
-        return subprocess.run(["bash", str(SERVER), *args], env=env, capture_output=True, text=True, timeout=900)
+        env = {**os.environ, "NDIF_STATE_DIR": str(self.state), "NDIF_CLIENT_PYTHON": sys.executable,
+               "NDIF_START_TIMEOUT": "900"}  # a shared, loaded machine took up to 150 s to connect the API
+        return subprocess.run(["bash", str(SERVER), *args], env=env, capture_output=True, text=True, timeout=1200)
 
     def start(self) -> float:
         started = time.time()
-        done = self._sh("start", str(self.model_dir), str(self.port))
-        if done.returncode != 0:
+        for attempt in range(2):
+            done = self._sh("start", str(self.model_dir), str(self.port))
+            if done.returncode == 0:
+                break
+            log(f"server.sh start failed (attempt {attempt + 1}): {done.stderr.strip().splitlines()[-1:]}")
+            self._sh("stop")
+        else:
             raise SystemExit(f"server.sh start failed:\n{done.stderr[-3000:]}")
         self.url = done.stdout.strip().splitlines()[-1]
         self.port = self.url.rsplit(":", 1)[1]  # a restart keeps the URL
         return time.time() - started
 
     def stop(self) -> None:
+        self.earlier = self.requests()
         self._sh("stop")
 
     def requests(self) -> dict[str, dict]:
         """The server's request log (scripts/ndif/cpu_deployment.py), by job id; kept across restarts."""
         path = self.state / "logs" / "requests.jsonl"
-        return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
+        now = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
+        return {**self.earlier, **now}
 
 
 @contextmanager
@@ -366,7 +375,13 @@ def main() -> None:
         with serving(model_dir, work / "ndif-state") as stack:
             config = LocateConfig(limit=args.limit)
             r: dict = {"layers": layers, "width": width, "formula": formula(layers, width)}
+            shapes[shape] = r
+            save = (lambda: args.json and args.json.write_text(json.dumps({**results, "shapes": shapes}, indent=1, default=str))) \
+                if args.json else (lambda: None)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
             r["locate"] = locate_phase(model_dir, stack, config, work / "locate", not args.no_calibration)
+            save()
             run_dir = Path(r["locate"]["run_dir"])
             common = dict(controls=args.controls, stop_after=0, max_controls=0, split="test", dimensions=[args.pole],
                           limit=args.eval_limit, side_effects=False, cross_values=False)
@@ -375,10 +390,11 @@ def main() -> None:
             log(f"{shape}: steer")
             r["steer"] = validation_phase("steer", run_dir, stack, ValidateConfig(mode="scale", **common), [0.0, 2.0],
                                           work / "steer")
+            save()
             if args.faults:
                 r["faults"] = faults_phase(model_dir, stack, args.fault_limit, args.fault_request_batches, work / "faults")
             r["server_requests"] = list(stack.requests().values())
-        shapes[shape] = r
+            save()
         log(f"{shape}: done (load {load()})")
     results.update(shapes=shapes, finished=time.strftime("%Y-%m-%d %H:%M:%S"), load_end=load())
     text = report(shapes)
