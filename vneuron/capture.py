@@ -337,12 +337,15 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
             raise
         totals, counts, tokens = values["totals"], values["counts"], values.get("tokens")
         before = len(generations) if generations is not None else 0
+        reducing = time.perf_counter()
         _collect(model, stats, chunk, values, generations)
-        log = {"request": index, "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
+        job = submissions[-1] if submissions else pending
+        log = {"request": index, "job": job, "reduce_s": round(time.perf_counter() - reducing, 4),
+               "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
                "slots": len(request_slots(chunk)), "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in sent_tensors(p)]),
                "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
                "seconds": round(time.time() - started, 3), "submissions": len(submissions),
-               "wire": ndif.wire(submissions[-1] if submissions else pending)}
+               "wire": ndif.wire(job)}
         if checkpoint is not None:
             if generations is not None:
                 checkpoint.path.mkdir(parents=True, exist_ok=True)
