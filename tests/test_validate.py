@@ -110,7 +110,7 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
     assert bad.exit_code == 2 and "Cannot read --gamma" in bad.stderr
     wrong = runner.invoke(app, ["ablate", str(run_dir), "--dimension", "kindness"])
     assert wrong.exit_code == 2 and "no neuron set for kindness" in wrong.stderr
-    other_model = runner.invoke(app, ["ablate", str(run_dir), "--model", str(tiny_dir("qwen2")), "--controls", "1"])
+    other_model = runner.invoke(app, ["ablate", str(run_dir), "--model", str(tiny_dir("qwen2")), "--controls", "1", "--split", "all"])
     assert other_model.exit_code == 2 and "not the one the run located" in other_model.stderr
 
 
