@@ -110,8 +110,8 @@ def main() -> None:
     spec = run.manifest["model"]["spec"]
     models = {d: load_model(spec, dtype=d) for d in ("float32", "bfloat16")}
     prompts, _ = run_prompts(run)
-    step = max(1, len(prompts) // args.prompts)
-    prompts = prompts[::step][: args.prompts]
+    labels = run.stats.labels  # the same share of every label's prompts
+    prompts = [p for label in labels for p in [q for q in prompts if q.label == label][: max(1, args.prompts // len(labels))]]
     cc = CaptureConfig(site=run.manifest["capture"]["site"])
     pole = args.pole or next(iter(run.sets))
     opposite = dict(map(tuple, run.manifest["contrasts"]))[pole]

@@ -34,6 +34,23 @@ def test_lines_carry_rate_and_eta_and_the_heartbeat_keeps_the_interval():
     assert len(written) >= 3 and all(ETA.match(line) for line in written[1:]), written
 
 
+def test_a_heartbeat_after_a_finished_stage_keeps_its_duration_and_says_the_next_step_runs():
+    out = io.StringIO()
+    lines = LineProgress(out, every=0.3, heartbeat=True).start()
+    try:
+        lines("Side effects", 0, 2)
+        time.sleep(0.1)
+        lines("Side effects", 2, 2)  # done; a step that reports nothing follows
+        time.sleep(1.6)
+    finally:
+        lines.stop()
+    beats = [line for line in out.getvalue().splitlines() if "the next step has run" in line]
+    assert beats, out.getvalue()
+    took = {re.search(r"done in ([\d.]+ s)", line).group(1) for line in beats}
+    assert took == {"0 s"}, beats  # the stage's own duration, not the time since it started
+    assert re.search(r"the next step has run [12] s$", beats[-1]), beats
+
+
 def test_nothing_before_after_then_the_state_and_the_end():
     out = io.StringIO()
     lines = LineProgress(out, every=3600, after=3600)

@@ -12,7 +12,7 @@ Substituted to keep this cheap and offline (and nothing else):
   3 × 1024 MLP neurons, enough for the examples' -k 500 and for matched random controls of 200
   located neurons (`--model TINY`; `plant` and `power` get it too);
 - `locate` gets `--limit 2` (two items per dimension; a `--limit` in the text becomes 2);
-  `ablate`/`steer` get `--controls 2 --limit 2` (and `--controls 20` in the text becomes 2);
+  `ablate`/`steer` get `--controls 2 --max-controls 2 --limit 2` (and `--controls 20` in the text becomes 2);
   `ablate` gets `--generations 0` (greedy generations before/after edits are what most of its
   time goes to; tests/test_validate.py covers them); `plant` gets `--steps 2 --train-limit 4` and
   `power` `--sizes 2 --steps 2 --controls 2 --limit 2` (tests/test_planting.py covers planting
@@ -88,8 +88,8 @@ USER_FILES = {"my_items.csv": ROOT / "examples" / "corpus.csv", "texts.csv": ROO
               "友善-final.xlsx": FIXTURES / "cvoice" / "友善-final.xlsx", "test.xlsx": FIXTURES / "cvoice" / "test.xlsx"}
 CHEAP = {  # command → options that keep it cheap (replacing the page's value when it gives one)
     "locate": {"--limit": "2"},
-    "ablate": {"--controls": "2", "--limit": "2", "--generations": "0"},
-    "steer": {"--controls": "2", "--limit": "2"},
+    "ablate": {"--controls": "2", "--max-controls": "2", "--limit": "2", "--generations": "0"},
+    "steer": {"--controls": "2", "--max-controls": "2", "--limit": "2"},
     "plant": {"--steps": "2", "--train-limit": "4"},
     "power": {"--sizes": "2", "--steps": "2", "--controls": "2", "--limit": "2"},
 }

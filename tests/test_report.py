@@ -352,7 +352,7 @@ def test_a_report_without_the_model_keeps_its_figures(study, tmp_path):
     # without its top examples (a run made before them): the cards need the model, which is gone
     sh.copytree(study["dir"], copy, ignore=sh.ignore_patterns("ablate-*", "steer-*", "report*", "examples.safetensors"))
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["model"]["spec"] = str(tmp_path / "gone")  # the model directory was deleted since
+    manifest["model"]["spec"] = manifest["model"]["path"] = str(tmp_path / "gone")  # the model directory was deleted since
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "r.html"
     result = run("report", copy, "-o", out, "-q")

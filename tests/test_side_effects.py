@@ -94,6 +94,33 @@ def test_ranks_and_verdicts():
     assert verdict({"p_sequential": 0.01}, quiet, shared, 0.05)["verdict"] == "non-specific damage"
 
 
+def test_side_effect_controls_are_sequential_per_measure(monkeypatch):
+    from types import SimpleNamespace
+
+    import vneuron.side_effects as se
+    from vneuron.specificity import side_study
+
+    rounds = []
+
+    def fake_measure(model, neutral, edit_sets, **kw):  # an "edit" here is the damage it does
+        rounds.append(list(edit_sets))
+        return {"before": {"ppl_before": 10.0}, "sets": [{"kl": e, "ppl_ratio": 1 + e, "task_drop": e} for e in edit_sets]}
+
+    monkeypatch.setattr(se, "measure", fake_measure)
+    config = SimpleNamespace(stop_after=3, batch_tokens=64)
+    controls = [0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6] + [0.5 + 0.01 * n for n in range(13)]  # 20
+    side = side_study(None, None, 0.5, controls, config, first=4)
+    assert rounds == [[0.5, 0.9, 0.1, 0.8, 0.2], [0.7, 0.3, 0.6]]  # the value shift's 4, then h at a time until settled
+    assert side["kl"]["controls"] == 7 and side["kl"]["stopped_at"] == 5 and side["kl"]["p"] == pytest.approx(3 / 5)
+    assert side["controls_max"] == 20 and len(side["controls"]) == 7
+    rounds.clear()
+    loud = side_study(None, None, 2.0, controls, config, first=4)  # more damage than every control: all 20, p = 1/21
+    assert sum(len(r) for r in rounds) == 21 and loud["kl"]["p"] == pytest.approx(1 / 21) and loud["kl"]["stopped_at"] is None
+    rounds.clear()
+    fixed = side_study(None, None, 0.5, controls, SimpleNamespace(stop_after=0, batch_tokens=64))  # h = 0: one round, all
+    assert len(rounds) == 1 and fixed["kl"]["p"] == pytest.approx((1 + sum(c >= 0.5 for c in controls)) / 21)
+
+
 def test_extension_reaches_p_of_one_in_201():
     rule = Sequential(effect=-1.0, tail="lower", h=3, maximum=20, extend_to=200)
     while rule.more():
@@ -130,13 +157,17 @@ def test_ablate_shows_side_effects_cross_values_and_a_verdict(tmp_path, tiny_dir
     assert manifest["neutral"]["en"]["texts"] >= 30
     for s in manifest["results"]:
         side = s["side_effects"]
-        assert side["kl"]["controls"] == max(4, s["controls_drawn"]) and side["ppl_ratio"]["located"] > 0
+        measured = side["kl"]["controls"]  # sequential: every one beside the value shift, or fewer once each measure is settled
+        assert side["controls_max"] == max(4, s["controls_drawn"]) and min(side["controls_max"], max(3, s["controls_drawn"])) <= measured
+        assert measured == side["controls_max"] or all(side[k]["stopped_at"] for k in ("kl", "ppl_ratio", "task_drop"))
+        assert side["ppl_ratio"]["located"] > 0
         assert s["verdict"]["verdict"] in ("value-specific", "non-specific damage", "no effect")
         cv = s["cross_values"]
         assert cv["own"] in cv["cells"] and len(cv["cells"]) == 2  # the example corpus has two axes
         assert all(c["controls"] == min(4, s["controls_drawn"]) for c in cv["cells"].values())
     rows = (out / "side_effects.csv").read_text().splitlines()
-    assert rows[0].startswith("dimension,set,kl") and len(rows) == 1 + sum(1 + max(4, s["controls_drawn"]) for s in manifest["results"])
+    assert rows[0].startswith("dimension,set,kl") and len(rows) == 1 + sum(1 + s["side_effects"]["kl"]["controls"]
+                                                                           for s in manifest["results"])
     assert (out / "cross_values.csv").is_file()
     shown = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "3", "--no-side-effects",
                                 "--no-cross-values", "--out", str(tmp_path / "plain"), "--json", "-q"])

@@ -170,9 +170,13 @@ def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: in
         neutral = load_neutral(items[0].language if items else "en", config.neutral)
         tokens = sum(len(loaded.tokenizer(t)["input_ids"]) for t in neutral.texts)
         pair_tokens = sum(len(loaded.tokenizer(p + c)["input_ids"]) for _, p, r, w in neutral.pairs for c in (r, w))
-        sets = points * poles * (1 + config.side_controls)
+        # the sequential rule (specificity.side_study): at least h controls beside the located set, at most every one
+        # measured beside the value shift (all drawn, and at least side_controls)
+        h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
+        least = min(config.side_controls, h) if h > 0 else config.side_controls
         out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
-                               "layer_tokens_per_set": (2 * tokens + pair_tokens) * loaded.n_layers, "sets_at_least": sets,
+                               "layer_tokens_per_set": (2 * tokens + pair_tokens) * loaded.n_layers,
+                               "sets_at_least": points * poles * (1 + least), "sets_at_most": points * poles * (1 + most),
                                "cross_values": kind == "ablate" and config.cross_values}
     return out
 
@@ -293,8 +297,9 @@ def render(plan: dict[str, Any]) -> str:
         se = plan["side_effects"]
         t = f", about {se['estimate_s_per_set']:.1f} s" if "estimate_s_per_set" in se else ""
         lines.append(f"  side effects: {se['texts']} neutral texts + {se['pairs']} pairs, {se['tokens_per_set']:,} tokens per edit set{t}, "
-                     f"at least {se['sets_at_least']} sets" + ("; plus the cross-value matrix (the other values' items under the "
-                                                                 "located set and its value controls)" if se["cross_values"] else ""))
+                     f"{se['sets_at_least']} to {se['sets_at_most']} sets (sequential)"
+                     + ("; plus the cross-value matrix (the other values' items under the located set and its value controls)"
+                        if se["cross_values"] else ""))
     if plan.get("note"):
         lines.append(f"  note: {plan['note']}")
     return "\n".join(lines)

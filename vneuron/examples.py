@@ -85,17 +85,27 @@ class TopExamples:
 
     @classmethod
     def load(cls, path: Path) -> "TopExamples":
-        from safetensors import safe_open
+        meta, t = read_tensors(path, ("top_values", "top_ids", "bottom_values", "bottom_ids"), ("site", "labels", "prompts"),
+                               "top examples")
+        return cls(meta["site"], json.loads(meta["labels"]), json.loads(meta["prompts"]), t["top_values"], t["top_ids"],
+                   t["bottom_values"], t["bottom_ids"])
 
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata()
-                t = {key: fh.get_tensor(key) for key in ("top_values", "top_ids", "bottom_values", "bottom_ids")}
-            return cls(meta["site"], json.loads(meta["labels"]), json.loads(meta["prompts"]), t["top_values"], t["top_ids"],
-                       t["bottom_values"], t["bottom_ids"])
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on truncated files
-            raise VneuronError(f"{path} is not readable vneuron top examples ({exc.__class__.__name__}: {str(exc)[:80]})",
-                               "it is truncated or corrupt: restore it, or rerun vneuron locate") from None
+
+def read_tensors(path: Path, keys: Sequence[str], meta_keys: Sequence[str], what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and the named tensors of a safetensors file vneuron wrote; a damaged file is one line."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+            tensors = {key: fh.get_tensor(key) for key in keys}
+        missing = [key for key in meta_keys if key not in (meta or {})]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)} in its metadata")
+        return meta, tensors
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on truncated files
+        raise VneuronError(f"{path} is not readable vneuron {what} ({exc.__class__.__name__}: {str(exc)[:80]})",
+                           "it is truncated or corrupt: restore it, or rerun vneuron locate") from None
 
 
 def row_means(rows: torch.Tensor, value: torch.Tensor, width: int, keep: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class LineProgress:
         self.stage: str | None = None
         self.done = self.total = 0
         self.stage_start = self.last = 0.0
+        self.ended: float | None = None  # when the current stage reached done = total
         self.written: tuple | None = None  # the (stage, done, total) of the last line
         self.rated: str | None = None  # the stage whose first rate (and ETA) a line has shown
         self._lock = threading.Lock()
@@ -78,9 +79,11 @@ class LineProgress:
             now = time.time()
             new = stage != self.stage
             if new:
-                self.stage, self.stage_start = stage, now
+                self.stage, self.stage_start, self.ended = stage, now, None
             self.done, self.total = done, total
             finished = bool(total) and done >= total
+            if finished and self.ended is None:
+                self.ended = now  # a heartbeat after this says the stage took this long, then how long the next step has run
             first_rate = self.heartbeat and done > 0 and self.rated != stage  # a log shows the first ETA at once
             if now - self.began >= self.after and (new or finished or first_rate or now - self.last >= self.every):
                 self._write(now)
@@ -94,7 +97,10 @@ class LineProgress:
         text = f"{head} {self.done}/{self.total} ({100 * self.done / self.total:.0f}%"
         rate = self._rate(now)
         if self.done >= self.total:
-            text += f", done in {duration(elapsed)})"
+            ended = self.ended or now
+            text += f", done in {duration(ended - self.stage_start)})"
+            if now - ended >= 1:
+                text += f"; the next step has run {duration(now - ended)}"
         elif rate:
             each = f"{1 / rate:.1f} s each" if rate < 1 else f"{rate:.1f}/s"
             text += f", {each}, ETA {duration((self.total - self.done) / rate)}; {duration(elapsed)} in)"

@@ -120,25 +120,29 @@ def _prose_request(model, ids, mask, steps_list):
         sums = []  # the name is the key of the collected result: it must match outcome's
         with lm.trace(inputs):
             ref = lm.output.logits[:, :-1].float().log_softmax(-1)
+            p_ref = ref.exp()  # once per batch, not once per edit set
             sums.append((-(ref.gather(-1, targets[..., None]).squeeze(-1)) * keep).sum(1))
         for steps in steps_list:
             with lm.trace(inputs):
                 apply(lm, steps)
                 new = lm.output.logits[:, :-1].float().log_softmax(-1)
-                sums.append(((ref.exp() * (ref - new)).sum(-1) * keep).sum(1))
+                sums.append(((p_ref * (ref - new)).sum(-1) * keep).sum(1))
                 sums.append((-(new.gather(-1, targets[..., None]).squeeze(-1)) * keep).sum(1))
         sums.save()
     return outcome(model, session, lambda: {"sums": sums})
 
 
-def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens: int = NEUTRAL_BATCH_TOKENS) -> dict[str, Any]:
-    """Perplexity of ``texts`` unedited, and per edit set the mean KL per position and the perplexity."""
+def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens: int = NEUTRAL_BATCH_TOKENS,
+                  progress=None) -> dict[str, Any]:
+    """Perplexity of ``texts`` unedited, and per edit set the mean KL per position and the perplexity.
+    ``progress(done, total)`` after each batch (each holds every edit set: the slow part of a side-effect study)."""
     steps_list = [plan(model, e) for e in edit_sets]
     positions = 0
     nll0 = 0.0
     kl = [0.0] * len(edit_sets)
     nll = [0.0] * len(edit_sets)
-    for ids, mask in _prose_batches(model, texts, min(batch_tokens, NEUTRAL_BATCH_TOKENS)):
+    batches = _prose_batches(model, texts, min(batch_tokens, NEUTRAL_BATCH_TOKENS))
+    for done, (ids, mask) in enumerate(batches, 1):
         sums = call(model, lambda: _prose_request(model, ids, mask, steps_list))["sums"]
         positions += int(mask[:, 1:].sum())
         nll0 += float(sums[0].sum())
@@ -149,6 +153,8 @@ def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens:
         budget.current.add(budget.Work(forwards=sets, requests=1, tokens=int(ids.numel()) * sets,
                                        layer_tokens=int(ids.numel()) * sets * model.n_layers, head_positions=int(ids.numel()) * sets,
                                        bytes_down=8 * len(ids) * (2 * sets - 1), bytes_up=nbytes(ids, mask)))
+        if progress:
+            progress(done, len(batches))
     positions = max(positions, 1)
     return {"positions": positions, "ppl_before": math.exp(nll0 / positions),
             "kl": [k / positions for k in kl], "ppl_after": [math.exp(n / positions) for n in nll]}
@@ -170,10 +176,15 @@ def pair_effects(model, pairs: Sequence[tuple[str, str, str, str]], edit_sets: l
             "p_after": [p for _, p in after]}
 
 
-def measure(model, neutral: Neutral, edit_sets: list, *, batch_tokens: int = 1024, reuse=None) -> dict[str, Any]:
-    """Side effects of each edit set (the located set first, then its controls), per set one record."""
-    prose = prose_effects(model, neutral.texts, edit_sets) if neutral.texts else None
+def measure(model, neutral: Neutral, edit_sets: list, *, batch_tokens: int = 1024, reuse=None, progress=None) -> dict[str, Any]:
+    """Side effects of each edit set (the located set first, then its controls), per set one record.
+    ``progress(done, total)``: the prose's batches, then the pairs as one more unit."""
+    say = progress or (lambda done, total: None)
+    units = len(_prose_batches(model, neutral.texts, NEUTRAL_BATCH_TOKENS)) if neutral.texts else 0
+    say(0, units + 1)
+    prose = prose_effects(model, neutral.texts, edit_sets, progress=lambda d, t: say(d, units + 1)) if neutral.texts else None
     task = pair_effects(model, neutral.pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse) if neutral.pairs else None
+    say(units + 1, units + 1)
     rows = []
     for s in range(len(edit_sets)):
         row: dict[str, Any] = {}
@@ -192,26 +203,44 @@ def measure(model, neutral: Neutral, edit_sets: list, *, batch_tokens: int = 102
 
 
 # -- against the controls ----------------------------------------------------------------------
-def against_controls(located: float, controls: Sequence[float]) -> dict[str, Any]:
-    """A damage measure of the located set among its controls (larger = more damage): rank, p, z."""
+def against_controls(located: float, controls: Sequence[float], h: int = 0) -> dict[str, Any]:
+    """A damage measure of the located set among its controls (larger = more damage): rank, p, z.
+
+    ``h`` > 0: the controls were drawn in this order under a sequential rule (Besag–Clifford, as the
+    value shift's): p is h / n at the control n that was the h-th at least as damaging, else
+    (g + 1) / (drawn + 1) — what drawing one control at a time and stopping there would give, so
+    controls measured beyond that point (for another measure) change nothing."""
     c = torch.tensor(list(controls), dtype=torch.float64)
     out: dict[str, Any] = {"located": located}
     if len(c):
         sd = float(c.std()) if len(c) > 1 else float("nan")
+        hits = torch.cumsum((c >= located).long(), 0)
+        stop = int((hits >= h).nonzero()[0]) + 1 if h > 0 and int(hits[-1]) >= h else 0
         out.update({"controls": len(c), "control_mean": float(c.mean()), "control_sd": sd,
                     "rank": 1 + int((c > located).sum()),  # 1: more damage than every control
-                    "p": (1 + int((c >= located).sum())) / (1 + len(c)),
+                    "p": h / stop if stop else (1 + int(hits[-1])) / (1 + len(c)),
                     "z": (located - float(c.mean())) / sd if sd == sd and sd > 0 else None})
+        if h > 0:
+            out["stopped_at"] = stop or None  # the control at which the rule alone would have stopped
     return out
 
 
-def summarize(measured: dict[str, Any]) -> dict[str, Any]:
-    """Per damage measure: the located set (first record) against the controls (the rest)."""
+def settled(measured: dict[str, Any], h: int) -> bool:
+    """Every damage measure has h controls at least as damaging as the located set: more cannot change a p."""
+    sets = measured["sets"]
+    if h <= 0 or len(sets) < 2:
+        return False
+    keys = [k for k in DAMAGE if k in sets[0]]
+    return all(sum(s[k] >= sets[0][k] for s in sets[1:]) >= h for k in keys)
+
+
+def summarize(measured: dict[str, Any], h: int = 0) -> dict[str, Any]:
+    """Per damage measure: the located set (first record) against the controls (the rest, in drawing order)."""
     sets = measured["sets"]
     out: dict[str, Any] = {"before": measured["before"], "located": sets[0] if sets else {}}
     for key in DAMAGE:
         if sets and key in sets[0]:
-            out[key] = against_controls(sets[0][key], [s[key] for s in sets[1:]])
+            out[key] = against_controls(sets[0][key], [s[key] for s in sets[1:]], h)
     return out
 
 

@@ -27,11 +27,33 @@ def beside_count(drawn: int, config) -> int:
     return max(drawn, config.side_controls)
 
 
-def side_study(loaded, neutral, edit, control_edits: Sequence, config) -> dict[str, Any]:
-    """Side effects of the located edit and of each control, ranked."""
-    measured = side_effects.measure(loaded, neutral, [edit, *control_edits], batch_tokens=config.batch_tokens)
-    out = side_effects.summarize(measured)
+def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=None, first: int = 0) -> dict[str, Any]:
+    """Side effects of the located edit and of its controls, ranked.
+
+    With ``stop_after`` h > 0 the controls go in rounds — the located set with the ``first`` ones
+    (those its value shift was ranked against), then h at a time — until every damage measure has
+    h controls at least as damaging (the sequential rule of the value shift, per measure), or all
+    ``control_edits`` are in. A located set that damages no more than chance so costs a few sets;
+    one beyond the controls costs all of them, as it would with a fixed number.
+    """
+    h, total = config.stop_after, len(control_edits)
+    say = progress or (lambda done, all_: None)
+    measured: dict[str, Any] = {"before": {}, "sets": []}
+    done = 0
+    while True:
+        take = total if h <= 0 else (min(total, max(first, h)) if not measured["sets"] else min(total - done, h))
+        chunk = ([edit] if not measured["sets"] else []) + list(control_edits[done: done + take])
+        offset = len(measured["sets"])
+        part = side_effects.measure(loaded, neutral, chunk, batch_tokens=config.batch_tokens,
+                                    progress=lambda d, t: say(offset + round(len(chunk) * d / max(t, 1)), 1 + total))
+        measured["before"], measured["sets"] = part["before"], measured["sets"] + part["sets"]
+        done += take
+        if done >= total or side_effects.settled(measured, h):
+            break
+    say(len(measured["sets"]), len(measured["sets"]))
+    out = side_effects.summarize(measured, h)
     out["controls"] = [dict(row) for row in measured["sets"][1:]]
+    out["controls_max"], out["stop_h"] = total, h
     return out
 
 
@@ -197,13 +219,13 @@ class Beside:
         cfg = self.config
         rows: list[dict] = []
         if cfg.side_effects:
-            say(f"{pole}: side effects (located and {len(controls)} controls)", 0, 1)
-            side = side_study(self.loaded, self.neutral_for(items[0].language if items else "en"), edit, controls, cfg)
+            stage = f"{pole}: side effects (sets; located and up to {len(controls)} controls, sequential)"
+            side = side_study(self.loaded, self.neutral_for(items[0].language if items else "en"), edit, controls, cfg,
+                              progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0))
             summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
             seeds = [cfg.seed * 1000 + n for n in range(len(controls))]
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
                 rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
-            say(f"{pole}: side effects (located and {len(controls)} controls)", 1, 1)
         if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
             drawn = min(summary.get("controls_drawn", len(controls)), cfg.side_controls) if cfg.side_controls else 0
             summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own)

@@ -299,9 +299,10 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             seeds.append(config.seed * 1000 + n)
             return edit_for(run, neurons.random_matched(seeds[-1]), pole, config)
 
-        say(f"{pole}: located {len(neurons)} and random controls (up to {config.controls}, sequential)", 0, 1)
         tail = config.tail or tail_for(config.mode, 1.0 if config.gamma is None else config.gamma)
-        located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail, config, reuse)
+        stage = f"{pole}: located {len(neurons)} and random controls (sets; up to {config.controls}, sequential)"
+        located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail, config, reuse,
+                                              lambda done, total: say(stage, done, total))
         summary = summarize(pole, base, located, controls, items, config, tail)
         summary.update(rule.report())
         summary["neurons"] = len(neurons)
@@ -396,7 +397,8 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
 
             tail = tail_for(config.mode, gamma)
             located, ctrl, rule = _sequential(loaded, items, pole, base, edit_for(run, neurons, pole, cfg), control_edit,
-                                              tail, config, reuse)
+                                              tail, config, reuse,
+                                              lambda d, t, g=gamma: say(f"{pole}: γ = {g:g}, located and controls (sets)", d, t))
             say(f"{pole}: γ sweep", g + 1, len(gammas))
             s = summarize(pole, base, located, ctrl, items, cfg, tail)
             s.update(rule.report())
@@ -431,11 +433,14 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     return ValidationResult(out, manifest, summaries)
 
 
-def _sequential(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse):
+def _sequential(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse, progress):
     """The located set and its first controls in one go, then controls one at a time until the
     sequential rule (Besag–Clifford) stops: returns P toward the pole after the located edit, per
-    control, and the rule (its report says how many were drawn and why it stopped)."""
+    control, and the rule (its report says how many were drawn and why it stopped). ``progress``
+    counts edit sets against the most the rule may still draw, so its ETA is an upper bound."""
     rule = Sequential(0.0, tail, config.stop_after, config.controls, extend_to=config.max_controls)
+    ceiling = lambda: 1 + max(config.controls, len(controls) + (1 if rule.more() else 0))  # noqa: E731
+    progress(0, 1 + config.controls)
     first = forced_choice_sets(loaded, items, [edit] + [control_edit(n) for n in range(rule.first())],
                                batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
     located = first[0].toward(pole)
@@ -443,10 +448,13 @@ def _sequential(loaded, items, pole: str, base, edit, control_edit, tail: str, c
     controls = [r.toward(pole) for r in first[1:]]
     for c in controls:
         rule.add(float((c - base).mean()))
+    progress(1 + len(controls), ceiling())
     while rule.more():
         controls.append(forced_choice(loaded, items, control_edit(len(controls)), batch_tokens=config.batch_tokens,
                                       choice=config.choice, template=config.template, reuse=reuse).toward(pole))
         rule.add(float((controls[-1] - base).mean()))
+        progress(1 + len(controls), ceiling())
+    progress(1 + len(controls), 1 + len(controls))
     return located, controls, rule
 
 
