@@ -228,6 +228,8 @@ CASES = [
     Case("ablate/dry-run-eval-dataset-missing", A + " --dry-run --eval-dataset /nonexistent/bench.csv",
          r"Evaluation corpus /nonexistent/bench.csv does not exist.*as --eval-dataset, or drop it"),
     Case("steer/dry-run-mode-zero", S + " --dry-run --mode zero", r"Steering needs --mode scale or add"),
+    Case("ablate/dry-run-judge-unknown", A + " --dry-run --generations 2 --judge oracle", r"Unknown judge 'oracle'"),
+    Case("steer/dry-run-judge-malformed", S + " --dry-run --generations 2 --judge openai:gpt", r"Cannot read the judge 'openai:gpt'"),
     Case("ablate/dry-run-out-existing", A + " --dry-run --out {bad}/full-dir", r"full-dir already exists"),
     Case("steer/dry-run-top-k-huge", S + " --dry-run --top-k 100000000", r"--top-k 100000000 is more than the run located"),
     Case("ablate/dry-run-map-unknown-pole", A + " --dry-run --eval-dataset {corpus} --map self_transcendence=kindness",

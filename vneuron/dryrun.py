@@ -38,6 +38,20 @@ def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float
     return (activations + mask + logits) / MB
 
 
+# Capture's peak per token and neuron of the largest batch: the MLP's activations and the float32
+# temporaries of the reduction (a[keep], a·a, a > 0 and its float copy, beside the gate's input and
+# output). Measured at the 8B shape in float32 (docs/remote.md): 43 bytes in the loopback NDIF server's
+# model actor (its peak beyond the weights, the result's three copies taken out), 32 bytes in nnsight's
+# in-process simulation. The server's figure is used; for a 2-byte dtype it is an upper bound.
+CAPTURE_BYTES_PER_TOKEN_NEURON = 43
+
+
+def _capture_server_mb(model, tokens: int, dtype: str) -> float:
+    cfg = text_config(model.lm.config)
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    return tokens * (4 * hidden * _bytes_of(dtype) + CAPTURE_BYTES_PER_TOKEN_NEURON * model.width) / MB
+
+
 def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
     """Per evaluation of ``items`` under one edit set: batches and their counts (bytes_up: the batches'
     tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
@@ -230,7 +244,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
         "out": str(run_dir), "prompts": len(prompts), "least": Work(forwards=len(plan), requests=len(ranges), tokens=tokens,
                                                layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
         # the result is held three times at its peak: the sums, their torch.save bytes, the compressed copy
-        "server_mb_per_batch": round(max(_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), 0, 0, dtype)
+        "server_mb_per_batch": round(max(_capture_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), dtype)
                                          for bt in plan) + 3 * max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
         "largest_result_mb": round(max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
     }

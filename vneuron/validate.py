@@ -260,10 +260,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
         from .data import load_inventory
 
         inventory = load_inventory(config.pvq)
-    judge = _judge_of(config)  # a bad judge spec fails before the model loads
-    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "ablate")
-    if judge is not None:  # a pole or language the judge cannot read fails before any work
-        judge.check([(p, _opposite(run, p)) for p in poles], sorted({i.language for i in all_items}))
+    say, run, poles, loaded, all_items, out, judge = _study(run, config, model, remote, progress, out, "ablate")
     started = time.time()
     summaries, item_rows, control_rows, samples, side_rows = [], [], [], [], []
     beside = Beside(loaded, config, all_items, judge, select=items_for)
@@ -373,10 +370,7 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     if not gammas:
         raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
     gammas = [float(g) for g in gammas]
-    judge = _judge_of(config)
-    say, run, poles, loaded, all_items, out = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
-    if judge is not None:
-        judge.check([(p, _opposite(run, p)) for p in poles], sorted({i.language for i in all_items}))
+    say, run, poles, loaded, all_items, out, judge = _study(run, config, model, remote, progress, out, "steer", {"gammas": gammas})
     started = time.time()
     work = budget.reset()
     rows, summaries, side_rows, samples = [], [], [], []
@@ -483,7 +477,7 @@ def _study(run, config: ValidateConfig, model, remote, progress, out, kind: str,
     say = progress or (lambda stage, done, total: None)
     study = prepare_study(run, config, out, kind, extra)
     loaded = model_for(study.run, model, say, remote, config.dtype)
-    return say, study.run, study.poles, loaded, study.evaluation.items, study.out
+    return say, study.run, study.poles, loaded, study.evaluation.items, study.out, study.judge
 
 
 @dataclass
@@ -494,16 +488,19 @@ class Study:
     poles: list[str]
     evaluation: Evaluation
     out: Path
+    judge: Any = None  # the generation judge (`judge`), built and checked against the poles and languages
 
 
 def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", extra: dict | None = None) -> Study:
     """Every check of an ablation or a steering sweep that needs no model, for all poles at once: the run's
-    files, the poles, the evaluation items of every pole, `top_k` against the located sets, the output
-    directory and its disk. ``--dry-run`` makes exactly these checks before it plans."""
+    files, the poles, the evaluation items of every pole, `top_k` against the located sets, the judge (its
+    spec, and that it reads these poles and languages), the output directory and its disk. ``--dry-run``
+    makes exactly these checks before it plans."""
     run = run if isinstance(run, LocateRun) else LocateRun.open(run)
     if config.template is None:  # the template the run located with
         config.template = run.template()
     config.check()
+    judge = _judge_of(config)  # a malformed judge spec fails first, whatever the data
     if config.pvq:  # a bad questionnaire fails here too
         from .data import load_inventory
 
@@ -527,9 +524,11 @@ def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", e
         tag = settings_tag({**settings, **(extra or {}), "poles": poles})
         on = "-on-" + set_filename(evaluation.data["name"]).removesuffix(".safetensors") if config.eval_dataset else ""
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
+    if judge is not None:  # a pole or language the judge cannot read fails before any work
+        judge.check([(p, _opposite(run, p)) for p in poles], sorted({i.language for i in evaluation.items}))
     check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    return Study(run, poles, evaluation, out)
+    return Study(run, poles, evaluation, out, judge)
 
 
 def poles_for(run: LocateRun, config: ValidateConfig, evaluation: Evaluation | None = None) -> list[str]:
