@@ -180,6 +180,32 @@ def test_ablate_shows_side_effects_cross_values_and_a_verdict(tmp_path, tiny_dir
     assert "Side effects against the same controls" in page and "Cross-value matrix" in page
 
 
+def test_each_item_list_is_evaluated_unedited_once_per_study(tmp_path, tiny_dir, monkeypatch):
+    import vneuron.specificity as specificity
+    import vneuron.validate as validate
+
+    run_dir = tmp_path / "run"
+    located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                  "--split", "all", "-k", "8", "--out", str(run_dir), "-q"])
+    assert located.exit_code == 0, located.output
+    unedited = []
+    for module in (validate, specificity):
+        real = module.forced_choice
+
+        def counted(model, items, edits=None, *a, _real=real, **kw):
+            if edits is None:
+                unedited.append(tuple(i.id for i in items))
+            return _real(model, items, edits, *a, **kw)
+
+        monkeypatch.setattr(module, "forced_choice", counted)
+    result = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "2", "--max-controls", "2",
+                                 "--side-controls", "2", "--out", str(tmp_path / "ablate"), "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ablate" / "manifest.json").read_text())
+    assert len(manifest["results"]) == 4 and all(len(s["cross_values"]["cells"]) == 2 for s in manifest["results"])
+    assert len(unedited) == len(set(unedited)) == 2  # two axes: each axis's items once, for its poles and the matrix
+
+
 def test_bad_side_effect_inputs_are_one_line(tmp_path, tiny_dir):
     result = runner.invoke(app, ["ablate", str(tmp_path), "--neutral", str(tmp_path / "missing.txt")])
     assert result.exit_code == 2 and "--neutral" in result.output

@@ -105,10 +105,12 @@ def _cell(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor
 class CrossValues:
     """The cross-value matrix of one study: unedited baselines per column computed once."""
 
-    def __init__(self, loaded, items: Sequence[Item], config, select: Callable[[list[Item], str, int | None], list[Item]]):
+    def __init__(self, loaded, items: Sequence[Item], config, select: Callable[[list[Item], str, int | None], list[Item]],
+                 baselines: dict | None = None):
         self.loaded, self.config, self.select = loaded, config, select  # select: validate.items_for
         self.groups = value_groups(items)
-        self.bases: dict[str, torch.Tensor] = {}
+        # unedited results per item list (ids in order): shared with the study, whose poles' baselines are the same items
+        self.baselines: dict[tuple, Any] = {} if baselines is None else baselines
 
     @property
     def useful(self) -> bool:
@@ -128,18 +130,18 @@ class CrossValues:
             if column == own and expresses(self.groups[column][1][0], pole) is not None:
                 toward = pole  # its own axis is read toward its own pole
             items = self._items(column, toward)
-            key = f"{column}→{toward}"
+            key = tuple(i.id for i in items)
             if own_result is not None and toward == pole and [i.id for i in items] == own_result[0]:
                 _, base, located, controls = own_result
                 cells[column] = {"toward": toward, **_cell(base, located, list(controls[: len(control_edits)]), cfg)}
                 continue
-            if key not in self.bases:
-                self.bases[key] = forced_choice(self.loaded, items, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
-                                                template=cfg.template).toward(toward)
+            if key not in self.baselines:
+                self.baselines[key] = forced_choice(self.loaded, items, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
+                                                    template=cfg.template)
             results = forced_choice_sets(self.loaded, items, [edit, *control_edits], batch_tokens=cfg.batch_tokens, choice=cfg.choice,
                                          template=cfg.template, reuse=LowerLayers())
             values = [r.toward(toward) for r in results]
-            cells[column] = {"toward": toward, **_cell(self.bases[key], values[0], values[1:], cfg)}
+            cells[column] = {"toward": toward, **_cell(self.baselines[key].toward(toward), values[0], values[1:], cfg)}
             say(f"{pole}: cross-value matrix", n + 1, len(self.groups))
         strength = {c: abs(v["z"]) if v.get("z") is not None else abs(v.get("effect_minus_control", v["effect"])) for c, v in cells.items()}
         strongest = max(strength, key=strength.get) if strength else None
@@ -198,11 +200,13 @@ class Beside:
     """What a study measures beside the value shift, set up once: neutral corpora per language,
     the judge, the cross-value matrix (ablate only); per pole ``measure`` and ``generations``."""
 
-    def __init__(self, loaded, config, items: Sequence[Item], judge=None, *, select=None):
-        """``select``: validate.items_for, for the cross-value matrix (None: no matrix, as in steer)."""
+    def __init__(self, loaded, config, items: Sequence[Item], judge=None, *, select=None, baselines: dict | None = None):
+        """``select``: validate.items_for, for the cross-value matrix (None: no matrix, as in steer); ``baselines``:
+        the study's unedited results per item list, which the matrix reads and adds to."""
         self.loaded, self.config, self.judge = loaded, config, judge
         self.neutral: dict[str, side_effects.Neutral] = {}
-        self.cross = CrossValues(loaded, items, config, select) if select is not None and config.cross_values else None
+        self.cross = (CrossValues(loaded, items, config, select, baselines)
+                      if select is not None and config.cross_values else None)
         if self.cross is not None and not self.cross.useful:
             self.cross = None
         self.before: dict[tuple, list[str]] = {}  # unedited generations per prompt list (shared by every γ)

@@ -263,8 +263,8 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     say, run, poles, loaded, all_items, out, judge = _study(run, config, model, remote, progress, out, "ablate")
     started = time.time()
     summaries, item_rows, control_rows, samples, side_rows = [], [], [], [], []
-    beside = Beside(loaded, config, all_items, judge, select=items_for)
-    baselines: dict[tuple, ChoiceResult] = {}
+    baselines: dict[tuple, ChoiceResult] = {}  # per item list: a pole's items are also another pole's matrix column
+    beside = Beside(loaded, config, all_items, judge, select=items_for, baselines=baselines)
     partial = _Partial(out, {"config": asdict(config), "run": str(run.path), "revision": loaded.revision,
                              "dtype": loaded.extra.get("dtype")})
     for pole in poles:
