@@ -82,7 +82,7 @@ SKIPPED = {  # a command's start → why it is not run here
     "python benchmarks/": "a benchmark on the embedded model, minutes long: run by hand (docs/EVIDENCE.md#benchmarks)",
     "python scripts/cli_reference.py": "rewrites docs/cli.md: test_cli_reference_is_current checks its output",
 }
-ALIASES = ("gemma-3-270m", "smollm2-135m", "llama-8b", "llama-70b", "llama-405b", "llama-8b-instruct", "llama-70b-instruct",
+ALIASES = ("default", "gemma-3-270m", "smollm2-135m", "llama-8b", "llama-70b", "llama-405b", "llama-8b-instruct", "llama-70b-instruct",
            "llama-405b-instruct")
 USER_FILES = {"my_items.csv": ROOT / "examples" / "corpus.csv", "texts.csv": ROOT / "examples" / "texts.csv",
               "友善-final.xlsx": FIXTURES / "cvoice" / "友善-final.xlsx", "test.xlsx": FIXTURES / "cvoice" / "test.xlsx"}
