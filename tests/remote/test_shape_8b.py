@@ -43,7 +43,11 @@ def located(shape, ndif_server, tmp_path_factory):
 def test_locate_at_8b_shape_equals_local_and_its_dry_run(located):
     plan, remote, local, root = located
     assert (remote.stats.n_layers, remote.stats.width) == (32, 14_336)
-    assert torch.equal(remote.stats.n, local.stats.n) and torch.equal(remote.stats.active, local.stats.active)
+    assert torch.equal(remote.stats.n, local.stats.n)
+    # the server's matrix products run with its own thread count, so an activation within rounding of 0 can fall
+    # on the other side of it: counts of a > 0 may differ by one in a few cells (measured: 29 of 3.67 M), no more
+    moved = (remote.stats.active - local.stats.active).abs()
+    assert float(moved.max()) <= 1 and int((moved > 0).sum()) <= 1e-4 * moved.numel()
     torch.testing.assert_close(remote.stats.sum, local.stats.sum, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(remote.stats.sumsq, local.stats.sumsq, atol=1e-3, rtol=1e-5)
     log = remote.manifest["remote"]["log"]

@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_without_double_counting(tmp_path, models, monke
     partial = out.with_name(f".{out.name}.partial")
     state = json.loads((partial / "state.json").read_text())
     assert state["done"] == 1 and "1" in state["jobs"]  # request 1 was submitted: it is collected, not resent
-    with pytest.raises(VneuronError, match="--resume"):
+    with pytest.raises(VneuronError, match="`resume`"):  # the library names the setting; the CLI shows --resume
         locate(remote_model, LocateConfig(**CONFIG), out=out)
     resumed = locate(remote_model, LocateConfig(**CONFIG), out=out, resume=True)
     torch.testing.assert_close(resumed.stats.sum, reference.sum, atol=1e-4, rtol=1e-5)
