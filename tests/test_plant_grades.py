@@ -88,3 +88,22 @@ def test_power_gains_an_effect_size_axis(graded, tmp_path):
     assert [(r["target"], r["scenarios_per_pole"]) for r in result.rows] == [(0.55, 12), (0.6, 12)]
     assert all(r["ppl_ratio"] is not None and r["scale"] is not None for r in result.rows)
     assert set(result.manifest["plants"]) == {f"k{K}-p0.55", f"k{K}-p0.6"}
+
+
+def test_an_unreachable_strength_keeps_the_strongest_scale_tried(monkeypatch):
+    """Measured on the default model: the veto plant's validation P went 0.58, 0.61, 0.55, 0.52 at write
+    scales 1, 2, 4, 8 — past a point a larger write lowers the preference. Out of reach, the strongest
+    scale tried is kept, not the last (which had broken the model: perplexity × 338)."""
+    from vneuron.planting import strength
+
+    curve = {1.0: 0.58, 2.0: 0.61, 4.0: 0.55, 8.0: 0.52}
+    state = {}
+
+    class Scale:
+        def set(self, s):
+            state["s"] = s
+
+    monkeypatch.setattr(strength, "preference", lambda model, items, pole, choices, bt: curve[state["s"]])
+    found = strength.fit_strength(None, Scale(), [], "self_transcendence", ["listed"], 0.8)
+    assert not found["reached"] and found["scale"] == 2.0 and found["validation_preference"] == 0.61 and state["s"] == 2.0
+    assert [s for s, _ in found["tried"]] == [1.0, 2.0, 4.0, 8.0]

@@ -39,8 +39,10 @@ def fit_strength(model: LoadedModel, scale: WriteScale, val: Sequence[Item], pol
     while p_high < target and high < ceiling:
         low, high = high, min(2 * high, ceiling)
         p_high = at(high)
-    if p_high < target:  # the ceiling: as strong as this plant goes
-        return {"target": target, "scale": high, "validation_preference": round(p_high, 4), "reached": False, "tried": tried}
+    if p_high < target:  # out of reach: keep the strongest scale tried (a larger write can lower the preference again)
+        best_s, best_p = max(tried, key=lambda t: t[1])
+        scale.set(best_s)
+        return {"target": target, "scale": best_s, "validation_preference": best_p, "reached": False, "tried": tried}
     for _ in range(steps):
         mid = (low + high) / 2
         if at(mid) < target:
