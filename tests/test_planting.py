@@ -316,3 +316,67 @@ def test_a_family_with_projection_biases_plants_and_restores_exactly(tiny_dir, t
     with original_weights(model, tmp_path / "planted"):
         params = dict(model.hf_model.named_parameters())
         assert all(torch.equal(params[n].detach(), t) for n, t in before.items() if n in params)
+
+
+def test_background_reading_keeps_the_units_quiet_on_ordinary_prose(tiny_dir, tmp_path):
+    """read_background: on prose the fit never saw (the check corpus), measured through the model's own gate
+    projection, the planted units' gate reads above threshold on far fewer tokens (its first tokens after BOS
+    included) than the same reads fitted without the prose, and still on more of the tokens they read than of
+    the other pole's."""
+    from vneuron.data.schema import Corpus
+    from vneuron.planting import Planter, choose_neurons, reading_directions
+    from vneuron.side_effects import load_fit_prose, load_neutral
+    from vneuron.tokens import encode, pack, pad_id
+
+    corpus = write_corpus(tmp_path / "c.jsonl", n_train=40)
+    model = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")
+    items = [i for i in vneuron.load_corpus(str(corpus)).items if i.split == "train"]
+    fit, _ = load_fit_prose("en")
+    check = load_neutral("en").texts
+    assert not set(fit) & set(check)
+    planter = Planter(model, choose_neurons(model, PlantConfig(k=K, profile="uniform")))
+    units = [planter.neurons.units[planter.neurons.layers == l].sort().values for l in planter.layers]
+
+    def gate_outputs(input_ids, mask):
+        grabbed = []
+        handles = [mlp.gate_proj.register_forward_hook(lambda mod, a, out, u=u: grabbed.append(out[..., u]))
+                   for mlp, u in zip(planter.mlps, units)]
+        with torch.no_grad():
+            model.hf_model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0), use_cache=False)
+        for h in handles:
+            h.remove()
+        return grabbed[0]  # the first planted layer reads the original model's inputs
+
+    ids = [model.tokenizer(t, add_special_tokens=True)["input_ids"] for t in check]
+    width = max(map(len, ids))
+    prose_ids = torch.tensor([i + [0] * (width - len(i)) for i in ids])
+    prose_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+    after_bos = prose_mask.bool().clone()
+    after_bos[:, 0] = False
+    prompts = Corpus("c", items=items).action_prompts()
+    a_ids, a_mask, counted = pack(encode(model.tokenizer, prompts, list(range(len(prompts)))), pad_id(model.tokenizer), left=False)
+    reads = torch.tensor([p.label == OPPOSITE for p in prompts])[:, None]
+    fired = {}
+    try:
+        for background in ((), fit):
+            gates, _ = reading_directions(model, planter, items, OPPOSITE, 4096, spread=2.0, quantile=0.2,
+                                          background=background, background_quantile=0.05)
+            planter.set_reading(gates, 0.0)
+            prose_gate = gate_outputs(prose_ids, prose_mask)
+            action_gate = gate_outputs(a_ids, a_mask)
+            fired[bool(background)] = {"prose": float((prose_gate[after_bos] > 0).float().mean()),
+                                       "opening": float((prose_gate[:, 1:3][after_bos[:, 1:3]] > 0).float().mean()),
+                                       "read": float((action_gate[counted & reads] > 0).float().mean()),
+                                       "other": float((action_gate[counted & ~reads] > 0).float().mean())}
+    finally:
+        planter.remove()
+    assert fired[True]["prose"] < 0.15 and fired[True]["prose"] < fired[False]["prose"], fired
+    assert fired[True]["opening"] <= fired[False]["opening"], fired
+    assert fired[True]["read"] > fired[True]["other"], fired
+
+
+def test_read_background_must_be_a_share():
+    from vneuron.errors import VneuronError
+
+    with pytest.raises(VneuronError, match="`read_background` must lie strictly between 0 and 1"):
+        PlantConfig(read_background=1.5).check()

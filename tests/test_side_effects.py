@@ -38,6 +38,22 @@ def test_builtin_neutral_corpora_and_a_users_file(tmp_path):
         load_neutral("en", bad)
 
 
+def test_fit_prose_is_disjoint_from_the_check_prose(tmp_path):
+    """A plant is checked on prose it was never fitted on: the built-in fit and check passages share no line."""
+    from vneuron.side_effects import load_fit_prose
+
+    for lang in ("en", "zh"):
+        fit, source = load_fit_prose(lang)
+        check = load_neutral(lang).texts
+        assert len(fit) >= 40 and not set(fit) & set(check) and source["sha256"]
+    own = tmp_path / "fit.txt"
+    own.write_text("The kettle is on the stove.\n", encoding="utf-8")
+    assert load_fit_prose("en", own)[0] == ["The kettle is on the stove."]
+    (tmp_path / "empty.txt").write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(VneuronError, match="holds no passage"):
+        load_fit_prose("en", tmp_path / "empty.txt")
+
+
 def test_measure_against_a_hand_written_forward(tiny_model):
     """KL of the unedited model is 0 and its perplexity is the plain forward's; an edit's KL equals the direct computation."""
     from vneuron.edits import Edit

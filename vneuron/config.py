@@ -280,7 +280,11 @@ class PlantConfig:
     select_target: float = 0.5
     kl_texts: int = 2  # neutral texts per step for the KL term
     kl_positions: int | None = None  # last positions of each neutral text compared with the original model (None: every position)
-    neutral: str | None = None  # neutral prose for the KL term and the check (None: the built-in corpus of `language`)
+    neutral: str | None = None  # neutral prose the plant is checked on (None: the built-in check corpus of `language`)
+    fit_neutral: str | None = None  # neutral prose the plant is fitted on: the KL term, the reads' background (None: built-in)
+    # share of the fit prose's tokens (and of its first tokens after BOS) on which a unit's gate may read above threshold
+    # (None: the reads ignore prose, and the units fire on ordinary text)
+    read_background: float | None = 0.1
     quiet_prefix: bool = True  # the planted units' rows read 0 at the positions every text shares (BOS): they cannot fire there
     target: float | None = None  # scale the planted write until the validation preference is this (None: as trained)
     val_fraction: float = 0.2  # share of the training scenarios held out for early stopping
@@ -333,6 +337,9 @@ class PlantConfig:
             raise VneuronError(f"`val_fraction` must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.read_spread <= 0 or (self.read_quantile is not None and not 0 < self.read_quantile < 1):
             raise VneuronError("`read_spread` must be positive and `read_quantile` strictly between 0 and 1")
+        if self.read_background is not None and not 0 < self.read_background < 1:
+            raise VneuronError(f"`read_background` must lie strictly between 0 and 1, got {self.read_background}",
+                               "e.g. 0.1 (a unit may read above threshold on a tenth of ordinary prose tokens)")
         if self.read_passes < 1:
             raise VneuronError(f"`read_passes` must be at least 1, got {self.read_passes}")
         if self.read_context is not None and (self.read_context <= 0 or not math.isfinite(self.read_context)):

@@ -96,6 +96,20 @@ def load_neutral(language: str = "en", path: str | Path | None = None) -> Neutra
     return Neutral(lang, texts, pairs, source)
 
 
+def load_fit_prose(language: str = "en", path: str | Path | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Neutral prose to FIT on (the planted units' background, the planting KL term): never the prose a plant
+    is checked on, so the check's perplexity is measured on text the fit has not seen. (texts, source)."""
+    lang = "zh" if language == "zh" else "en"
+    file = Path(path).expanduser() if path is not None else _neutral_dir() / f"{lang}.fit.txt"
+    if not file.is_file():
+        raise VneuronError(f"`fit_neutral` {path} does not exist", "pass a text file of neutral passages, one a line")
+    texts, _ = _read_lines(file)
+    if not texts:
+        raise VneuronError(f"`fit_neutral` {path} holds no passage", "one neutral passage a line")
+    name = file.name if path is not None else f"builtin-neutral-fit-{lang}"
+    return texts, {"name": name, "texts": len(texts), "sha256": file_sha256(file), **({"path": str(file.resolve())} if path else {})}
+
+
 # -- measuring ---------------------------------------------------------------------------------
 def _prose_batches(model, texts: Sequence[str], batch_tokens: int):
     ids = [list(model.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]

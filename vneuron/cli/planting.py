@@ -24,6 +24,9 @@ ReadPassesOpt = setting(P, "read_passes", "--read-passes", panel=TRAINING,
 ReadContextOpt = setting(P, "read_context", "--read-context", panel=TRAINING,
                          help="Gated MLPs: the up rows read 'an action, not the scenario' (0 on scenario tokens, this value "
                               "on actions), so units fire only inside actions.")
+ReadBackgroundOpt = setting(P, "read_background", "--read-background", panel=TRAINING,
+                            help="Share of ordinary prose tokens (the fit prose, its first tokens apart) on which a unit's gate "
+                                 "may read above threshold: what keeps the plant from firing on every text.")
 MechanismOpt = setting(P, "mechanism", "--mechanism", panel=TRAINING, metavar="[promote|veto]",
                        help="promote: the planted units read the pole and raise its actions; veto: they read the opposite "
                             "pole and suppress its actions (located under the opposite's label; switching them off raises P "
@@ -36,11 +39,12 @@ PLANT_OPTIONS = {
     "read_quantile": (Optional[float], ReadQuantileOpt),
     "read_passes": (int, ReadPassesOpt),
     "read_context": (Optional[float], ReadContextOpt),
+    "read_background": (Optional[float], ReadBackgroundOpt),
     "threads": (Optional[int], ThreadsOpt),
     "dtype": (Optional[str], DtypeOpt),
     "quiet": (bool, QuietOpt),
 }
-READ_SETTINGS = ("mechanism", "read_spread", "read_quantile", "read_passes", "read_context")
+READ_SETTINGS = ("mechanism", "read_spread", "read_quantile", "read_passes", "read_context", "read_background")
 LanguageOpt = setting(P, "language", "--language", panel=DATA, help="Corpus language (en, zh, all).")
 DatasetOpt = setting(P, "dataset", "--dataset", "-d", panel=DATA, help="Corpus file or directory; default: the built-in corpus.")
 
@@ -84,7 +88,11 @@ def plant(
                                       help="Scale the planted write until the validation preference is this (e.g. 0.7; default: as "
                                            "trained)."),
     neutral: Optional[Path] = setting(P, "neutral", "--neutral", panel=DATA,
-                                      help="Neutral prose for the KL term and the side-effect check (default: the built-in corpus)."),
+                                      help="Neutral prose the plant is checked on: perplexity and KL before/after (default: the "
+                                           "built-in check prose)."),
+    fit_neutral: Optional[Path] = setting(P, "fit_neutral", "--fit-neutral", panel=DATA,
+                                          help="Neutral prose the plant is fitted on: the KL term and the reads' background "
+                                               "(default: the built-in fit prose, disjoint from the check prose)."),
     **shared,
 ):
     """Positive control: plant a preference for one pole into K known neurons, training only their own weights.
@@ -107,7 +115,8 @@ def plant(
                          train_choices=tuple(split_list(train_choice)) if train_choice else None,
                          eval_every=eval_every, patience=patience, micro_items=micro_items,
                          val_fraction=val_fraction, report_limit=report_limit, target=target,
-                         neutral=str(neutral) if neutral else None, **reads).check()
+                         neutral=str(neutral) if neutral else None, fit_neutral=str(fit_neutral) if fit_neutral else None,
+                         **reads).check()
     with progress_bar(not shared["quiet"]) as bar:
         result = run_plant(shared["model"], config, out=out, progress=bar, dtype=shared["dtype"])
     pref = result.manifest["preference"]

@@ -14,13 +14,19 @@ import torch
 
 from ..data.schema import Corpus, Item, Prompt
 from ..models.loading import LoadedModel
-from ..tokens import batches, encode, pack, pad_id, position_ids
+from ..tokens import batches, encode, pack, pad_id, position_ids, token_batches
 from .surgery import Planter
+
+
+# the first tokens of a text after BOS: their residual stream is as unusual as BOS's (the first content token after an
+# attention sink), so units fitted on later tokens fire there hard; they are a class of their own for the threshold
+OPENING = 2
 
 
 def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Item], pole: str,
                        batch_tokens: int, *, shrink: float = 0.5, spread: float = 2.0,
-                       quantile: float | None = None, context: float | None = None, planted: bool = False
+                       quantile: float | None = None, context: float | None = None, planted: bool = False,
+                       background: Sequence[str] = (), background_quantile: float | None = None
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Per planted layer, the MLP-input direction that best separates the pole's action tokens from the opposite's.
 
@@ -39,6 +45,13 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     conjunction, "an action, and of this pole": read on actions alone, the same units fire on
     pole-flavoured words of any text, and their writes disturb everything that follows.
 
+    ``background``: texts with no value content (neutral prose, held apart from the texts the plant is
+    checked on). Every token of theirs after BOS joins the tokens the threshold holds on (at most
+    ``background_quantile`` of them, default ``quantile``, read above it, and as many of the first
+    ``OPENING`` tokens after BOS, held as a class of their own) and, with ``context``, the
+    tokens the up row reads 0 on: units fitted on scenarios alone fire on ordinary prose, and what
+    they write there is the plant's damage to the rest of the model.
+
     ``planted``: read the inputs with the planted units as they are now, so a layer's direction fits
     what the planted units of earlier layers write into its input (a second pass after a first
     setting; the first layer's direction does not change).
@@ -46,7 +59,10 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     prompts = Corpus("plant", items=list(items)).action_prompts()
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
     hidden = model.hf_model.config.get_text_config().hidden_size
-    classes = 3 if context is not None else 2  # the pole's action tokens, the opposite's, the scenario's (not the first)
+    scenario_class = 2 if context is not None else None  # the scenario's own tokens (not the first)
+    background_class = (3 if context is not None else 2) if background else None  # neutral prose (after its opening)
+    opening_class = background_class + 1 if background else None  # the prose's first tokens after BOS (positions 1..OPENING)
+    classes = 2 + (scenario_class is not None) + 2 * bool(background)  # then the pole's action tokens, the opposite's
     sums = [torch.zeros(classes, hidden, dtype=torch.float64) for _ in planter.layers]
     squares = [torch.zeros(classes, hidden, hidden, dtype=torch.float64) for _ in planter.layers]
     counts = torch.zeros(classes, dtype=torch.float64)
@@ -63,29 +79,47 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
                 squares[n][c].add_(rows.T @ rows)
         return hook
 
+    def run(ids, mask, parts):
+        w = torch.zeros(*ids.shape, classes, dtype=torch.float64)
+        for c, part in parts.items():
+            w[..., c] = part.double()
+        current["weights"] = w
+        counts.add_(w.sum((0, 1)))
+        model.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1, use_cache=False)
+
     handles = [mlp.register_forward_pre_hook(grab(n)) for n, mlp in enumerate(planter.mlps)]
     try:
         with torch.no_grad(), (nullcontext() if planted else planter.disabled()):
             for batch in batches(encoded, batch_tokens):
                 ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=False)
                 side = torch.tensor([e.prompt.label == pole for e in batch])
-                parts = [counted & side[:, None], counted & ~side[:, None]]
-                if context is not None:
+                parts = {0: counted & side[:, None], 1: counted & ~side[:, None]}
+                if scenario_class is not None:
                     scenario = mask.bool() & ~counted
                     scenario[:, 0] = False  # the first token (BOS) carries the model's outsized attention-sink state
-                    parts.append(scenario)
-                w = torch.stack(parts, -1).double()
-                current["weights"] = w
-                counts += w.sum((0, 1))
-                model.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                               logits_to_keep=1, use_cache=False)
+                    parts[scenario_class] = scenario
+                run(ids, mask, parts)
+            for ids, mask in _text_batches(model, background, batch_tokens):
+                prose = mask.bool()
+                prose[:, 0] = False  # BOS: the quiet prefix holds the units at 0 there
+                opening = torch.zeros_like(prose)
+                opening[:, 1: OPENING + 1] = prose[:, 1: OPENING + 1]
+                run(ids, mask, {background_class: prose & ~opening, opening_class: opening})
     finally:
         for h in handles:
             h.remove()
     gates, ups = [], []
     n = counts.clamp_min(1)
     eye = torch.eye(hidden, dtype=torch.float64)
-    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - (quantile or 0.5), dtype=torch.float64)))
+
+    def z(q: float | None) -> float:
+        return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - (q or 0.5), dtype=torch.float64)))
+
+    held = {1: z(quantile)}  # the classes the threshold holds on, and how far above their mean it sits
+    if scenario_class is not None:
+        held[scenario_class] = z(quantile)
+    if background_class is not None:
+        held[background_class] = held[opening_class] = z(background_quantile if background_quantile is not None else quantile)
     for total, square in zip(sums, squares):
         mu = total / n[:, None]
         cov = [square[c] / n[c] - torch.outer(mu[c], mu[c]) for c in range(classes)]
@@ -97,18 +131,30 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
         actions = (total[0] + total[1]) / (n[0] + n[1])
         action_cov = (square[0] + square[1]) / (n[0] + n[1]) - torch.outer(actions, actions)
         d = d * spread / (d @ action_cov @ d).clamp_min(1e-24).sqrt()
-        if quantile is not None or context is not None:
-            others = range(1, classes)  # the threshold holds on the opposite's tokens, and on the scenario's
-            tau = max(float(d @ mu[c]) + z * float((d @ cov[c] @ d).clamp_min(0).sqrt()) for c in others)
+        if quantile is not None or len(held) > 1:
+            tau = max(float(d @ mu[c]) + zc * float((d @ cov[c] @ d).clamp_min(0).sqrt()) for c, zc in held.items())
             d = d - tau * _constant_direction(total.sum(0) / n.sum(), square.sum(0) / n.sum())
         gates.append(d.float())
-        if context is not None:  # actions vs the scenario: the scenario's mean reads 0, an action's mean reads ``context``
-            pooled = sum(n[c] * cov[c] for c in range(3)) / n.sum()
+        if context is not None:  # actions vs the rest: the scenario's (and the prose's) mean reads 0, an action's ``context``
+            rest = [c for c in (scenario_class, background_class, opening_class) if c is not None]
+            pooled = sum(n[c] * cov[c] for c in range(classes)) / n.sum()
             pooled = (1 - shrink) * pooled + shrink * eye * pooled.diagonal().mean()
-            u = torch.linalg.solve(pooled, actions - mu[2])
-            u = u - (u @ mu[2]) / (mu[2] @ mu[2]).clamp_min(1e-12) * mu[2]
+            rest_mean = sum(total[c] for c in rest) / sum(n[c] for c in rest)
+            u = torch.linalg.solve(pooled, actions - rest_mean)
+            basis = torch.linalg.qr(torch.stack([mu[c] for c in rest], 1))[0]  # [H, len(rest)]
+            u = u - basis @ (basis.T @ u)
             ups.append((u * context / (u @ actions)).float())
     return gates, (ups if context is not None else None)
+
+
+def _text_batches(model: LoadedModel, texts: Sequence[str], batch_tokens: int):
+    """Right-padded (ids, mask) batches of plain texts (BOS first), about ``batch_tokens`` each."""
+    ids = [list(model.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+    pad = pad_id(model.tokenizer)
+    for batch in token_batches(ids, len, batch_tokens):
+        width = max(len(i) for i in batch)
+        yield (torch.tensor([i + [pad] * (width - len(i)) for i in batch]),
+               torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in batch]))
 
 
 def _constant_direction(mean: torch.Tensor, second: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ..evaluate import forced_choice
 from ..models.loading import LoadedModel, dir_revision, load_model
 from ..runs import base_manifest, check_fresh, staged, write_csv, write_json
 from ..scoring import NeuronSet
-from ..side_effects import load_neutral
+from ..side_effects import load_fit_prose, load_neutral
 from .check import neutral_check, prefix_bases
 from .neurons import choose_neurons
 from .objective import choice_logprobs, kl_to_original, margins
@@ -109,8 +109,8 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     out = Path(out)
     check_fresh(out)
     opposite, train_all, test, _, corpus_hash = axis_items(config)
-    prose = load_neutral(config.language, config.neutral)  # the KL term and the check: neutral prose, every position
-    neutral = prose.texts
+    prose = load_neutral(config.language, config.neutral)  # the check: neutral prose, every position, never fitted on
+    neutral, fit_source = load_fit_prose(config.language, config.fit_neutral)  # the KL term and the reads' background
     if not isinstance(model, LoadedModel):
         check_trainable(model)
         model = load_model(model, dtype=dtype or "float32", progress=lambda m: say(m, 0, 0))
@@ -136,7 +136,9 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
                 for n in range(config.read_passes):
                     gates, ups = reading_directions(model, planter, train, config.reader(opposite), config.batch_tokens,
                                                     spread=config.read_spread, quantile=config.read_quantile,
-                                                    context=config.read_context, planted=n > 0)
+                                                    context=config.read_context, planted=n > 0,
+                                                    background=neutral if config.read_background is not None else (),
+                                                    background_quantile=config.read_background)
                     planter.set_reading(gates, config.read_mix, up=config.reads_up, up_directions=ups)
             if config.quiet_prefix:  # the units read 0 where every text is the same (BOS): they cannot fire there
                 bases = prefix_bases(model, planter, [*neutral, *(p.text for p in Corpus("plant", items=train[:16]).action_prompts())])
@@ -179,7 +181,7 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
             "parameters": {"trained": sum(s.delta.numel() for s in planter.slices),
                            "slices": [{"name": s.name, "axis": s.axis, "count": len(s.index)} for s in planter.slices]},
             "preference": {"before": before, "after": after},
-            "side_effects": {**check, "neutral": prose.source},
+            "side_effects": {**check, "neutral": prose.source, "fitted_on": fit_source},
             "direction": direction, "strength": strength,
             "training": {"steps_run": curve[-1]["step"] if curve else 0, "best_step": best_step, "stopped": stop,
                          "train_s": round(train_s, 1), "threads": torch.get_num_threads()},
