@@ -284,7 +284,7 @@ class PlantConfig:
     fit_neutral: str | None = None  # neutral prose the plant is fitted on: the KL term, the reads' background (None: built-in)
     # share of the fit prose's tokens (and of its first tokens after BOS) on which a unit's gate may read above threshold
     # (None: the reads ignore prose, and the units fire on ordinary text)
-    read_background: float | None = 0.1
+    read_background: float | None = 0.05
     quiet_prefix: bool = True  # the planted units' rows read 0 at the positions every text shares (BOS): they cannot fire there
     target: float | None = None  # scale the planted write until the validation preference is this (None: as trained)
     val_fraction: float = 0.2  # share of the training scenarios held out for early stopping
@@ -339,7 +339,7 @@ class PlantConfig:
             raise VneuronError("`read_spread` must be positive and `read_quantile` strictly between 0 and 1")
         if self.read_background is not None and not 0 < self.read_background < 1:
             raise VneuronError(f"`read_background` must lie strictly between 0 and 1, got {self.read_background}",
-                               "e.g. 0.1 (a unit may read above threshold on a tenth of ordinary prose tokens)")
+                               "e.g. 0.05 (a unit may read above threshold on one ordinary prose token in twenty)")
         if self.read_passes < 1:
             raise VneuronError(f"`read_passes` must be at least 1, got {self.read_passes}")
         if self.read_context is not None and (self.read_context <= 0 or not math.isfinite(self.read_context)):
