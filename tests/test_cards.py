@@ -132,20 +132,25 @@ def test_output_direction_folds_the_norms_of_every_family(tiny_model, arch):
         block = layer_modules(hf, model.arch)[layer]
         down = getattr(getattr(block, model.arch.mlp), model.arch.down)
         column = down.weight[unit] if type(down).__name__ == "Conv1D" else down.weight[:, unit]
-        ids = torch.tensor([model.tokenizer("you choose to help the community .")["input_ids"]])
+        # each token a sequence of its own: attention is then the identity whatever its implementation (eager,
+        # sdpa, Gemma 2's soft cap), and the mean over 8 inputs averages out what the view leaves out by design,
+        # the RMS norm's projection along each input's own residual (one long input once gave 0.785 in CI)
+        ids = torch.tensor(model.tokenizer("you choose to help the community .")["input_ids"]).unsqueeze(1)
 
         def last_logits(eps: float) -> torch.Tensor:
             hook = down.register_forward_hook(lambda mod, i, o: o + eps * column)
             try:
                 with torch.no_grad():
-                    return hf(input_ids=ids).logits[0, -1].double()
+                    return hf(input_ids=ids).logits[:, -1].double().mean(0)
             finally:
                 hook.remove()
 
         measured = last_logits(1e-4) - last_logits(0.0)
         view = hf.get_output_embeddings().weight.double() @ ours
         rank = lambda t: t.argsort().argsort().double()  # noqa: E731
-        assert torch.corrcoef(torch.stack([rank(view), rank(measured)]))[0, 1] > 0.8
+        naive = hf.get_output_embeddings().weight.double() @ column.double()
+        rc = lambda a: float(torch.corrcoef(torch.stack([rank(a), rank(measured)]))[0, 1])  # noqa: E731
+        assert rc(view) > 0.9 and rc(view) > rc(naive)  # measured: 0.954-0.999 over 14 families; unfolded 0.83-0.94
     finally:
         with torch.no_grad():
             for name, param in hf.named_parameters():
