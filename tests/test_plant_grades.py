@@ -107,3 +107,22 @@ def test_an_unreachable_strength_keeps_the_strongest_scale_tried(monkeypatch):
     found = strength.fit_strength(None, Scale(), [], "self_transcendence", ["listed"], 0.8)
     assert not found["reached"] and found["scale"] == 2.0 and found["validation_preference"] == 0.61 and state["s"] == 2.0
     assert [s for s, _ in found["tried"]] == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_the_bisection_stops_once_it_is_within_tolerance(monkeypatch):
+    """Each try is a whole validation pass (about 3 min on the default model): a scale within half a point of
+    the target ends the search, and the scale kept is the closest tried, not the bracket's upper end."""
+    from vneuron.planting import strength
+
+    state = {}
+
+    class Scale:
+        def set(self, s):
+            state["s"] = s
+
+    monkeypatch.setattr(strength, "preference", lambda model, items, pole, choices, bt: 0.5 + 0.1 * state["s"])
+    found = strength.fit_strength(None, Scale(), [], "self_transcendence", ["listed"], 0.552)
+    assert [s for s, _ in found["tried"]] == [1.0, 0.5]
+    assert found["reached"] and found["scale"] == 0.5 and state["s"] == 0.5
+    found = strength.fit_strength(None, Scale(), [], "self_transcendence", ["listed"], 0.5371, tolerance=0.0001)
+    assert abs(found["validation_preference"] - 0.5371) <= 0.0001 + 0.1 / 2 ** 8 and state["s"] == found["scale"]
