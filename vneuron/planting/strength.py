@@ -3,8 +3,8 @@
 ``fit_strength`` scales the planted units' output columns by one factor s (their reads are
 unchanged, so the same units fire on the same tokens, and nothing else in the model moves) until
 the preference on the VALIDATION scenarios reaches a target (bisection to within half a point;
-the test split is never looked at). ``vneuron.planting.rescale`` writes a copy of a planted model directory at another
-strength: the power table's effect-size axis, from one training.
+the test split is never looked at). ``vneuron.planting.rescale`` writes a copy of a planted model
+directory at another strength: the power table's effect-size axis, from one training.
 """
 
 from __future__ import annotations
