@@ -49,8 +49,8 @@ def timed(fn):
 
 def hooks_logprobs(loaded, pairs, edit, batch_tokens: int) -> torch.Tensor:
     """The baseline a careful user would write by hand (no nnsight)."""
-    from vneuron.tokens import batches, pack, pad_id
-    from vneuron.evaluate import LOGIT_BUDGET, encode_pairs
+    from vneuron.runtime.tokens import batches, pack, pad_id
+    from vneuron.validate.evaluate import LOGIT_BUDGET, encode_pairs
     from vneuron.models.sites import layer_modules, site_module
 
     encoded = encode_pairs(loaded, pairs)
@@ -93,10 +93,10 @@ def main() -> None:
     parser.add_argument("--skip-ablate", action="store_true", help="only the per-set comparison")
     args = parser.parse_args()
 
-    from vneuron.edits import Edit
-    from vneuron.evaluate import LowerLayers, forced_choice, forced_choice_pairs
-    from vneuron.runs import LocateRun
-    from vneuron.validate import ValidateConfig, items_for, model_for, ablate
+    from vneuron.validate.edits import Edit
+    from vneuron.validate.evaluate import LowerLayers, forced_choice, forced_choice_pairs
+    from vneuron.locate.runs import LocateRun
+    from vneuron.validate.study import ValidateConfig, items_for, model_for, ablate
 
     torch.set_num_threads(args.threads)
     run = LocateRun.open(args.run)

@@ -30,8 +30,8 @@ class _Stop(Exception):
 
 def hook_capture(loaded, prompts, config, stop_early: bool):
     """The baseline: the same batches and weights, reduced in forward hooks, no nnsight."""
-    from vneuron.capture import ActivationStats, fold_of, reduce_sums, slot_matrix
-    from vneuron.tokens import batches, encode, pack, pad_id, position_ids
+    from vneuron.locate.capture import ActivationStats, fold_of, reduce_sums, slot_matrix
+    from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
     from vneuron.models.sites import layer_modules, site_module
 
     labels = sorted({p.label for p in prompts})
@@ -84,7 +84,7 @@ def _proc_status_mb(field: str) -> float:
 
 def child(args) -> None:
     """One measured capture (vneuron or hooks) in a fresh process; prints JSON."""
-    from vneuron.capture import CaptureConfig, capture
+    from vneuron.locate.capture import CaptureConfig, capture
     from vneuron.models.loading import load_model
 
     torch.set_num_threads(args.threads)
@@ -113,7 +113,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from vneuron.capture import CaptureConfig, capture
+    from vneuron.locate.capture import CaptureConfig, capture
     from vneuron.models.loading import load_model
 
     torch.set_num_threads(args.threads)

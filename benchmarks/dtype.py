@@ -36,8 +36,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare_locate(a: Path, b: Path, k: int = 200) -> None:
-    from vneuron.runs import LocateRun
-    from vneuron.scoring import contrast_scores
+    from vneuron.locate.runs import LocateRun
+    from vneuron.locate.scoring import contrast_scores
 
     ra, rb = LocateRun.open(a), LocateRun.open(b)
     print(f"locate runs: {a} ({ra.manifest['model'].get('dtype')}) vs {b} ({rb.manifest['model'].get('dtype')})")
@@ -97,14 +97,14 @@ def main() -> None:
     if args.run is None:
         parser.error("--run RUN_DIR (a locate run), or --compare A B")
     torch.set_num_threads(args.threads)
-    from vneuron.capture import capture
-    from vneuron.cards import run_prompts
+    from vneuron.locate.capture import capture
+    from vneuron.results.cards import run_prompts
     from vneuron.config import CaptureConfig, ValidateConfig
-    from vneuron.evaluate import forced_choice
+    from vneuron.validate.evaluate import forced_choice
     from vneuron.models.loading import load_model
-    from vneuron.runs import LocateRun
-    from vneuron.scoring import contrast_scores
-    from vneuron.validate import ablate, items_for
+    from vneuron.locate.runs import LocateRun
+    from vneuron.locate.scoring import contrast_scores
+    from vneuron.validate.study import ablate, items_for
 
     run = LocateRun.open(args.run)
     spec = run.manifest["model"]["spec"]

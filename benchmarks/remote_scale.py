@@ -116,7 +116,7 @@ def server_side(records: list[dict]) -> dict:
 
 
 def client_wire(jobs: list[str]) -> dict:
-    from vneuron.remote import WIRE
+    from vneuron.runtime.remote import WIRE
 
     entries = [WIRE.get(j, {}) for j in jobs]
     out = {f"{k}_mean": mean(e.get(k) for e in entries) for k in ("serialize_s", "post_s", "download_s", "decode_s")}
@@ -131,10 +131,10 @@ def cpu_now() -> float:
 
 
 def locate_phase(model_dir: Path, stack: Stack, config, out: Path, calibrate: bool) -> dict:
-    from vneuron.dryrun import locate_plan
-    from vneuron.locating import locate
+    from vneuron.locate.plan import locate_plan
+    from vneuron.locate.locating import locate
     from vneuron.models.loading import load_model
-    from vneuron.remote import resolve_target
+    from vneuron.runtime.remote import resolve_target
 
     plan = locate_plan(str(model_dir), config, remote=stack.url)
     local_s = None
@@ -159,9 +159,9 @@ def locate_phase(model_dir: Path, stack: Stack, config, out: Path, calibrate: bo
 
 
 def validation_phase(kind: str, run_dir: Path, stack: Stack, config, gammas, out: Path) -> dict:
-    from vneuron.dryrun import validation_plan
-    from vneuron.remote import WIRE, resolve_target
-    from vneuron.validate import ablate, steer
+    from vneuron.validate.plan import validation_plan
+    from vneuron.runtime.remote import WIRE, resolve_target
+    from vneuron.validate.study import ablate, steer
 
     target = resolve_target(stack.url, timeout=7200)
     plan = validation_plan(run_dir, config, kind, gammas, remote=target)
@@ -221,7 +221,7 @@ def finish(args: list[str], what: str) -> float:
 
 
 def same(a: Path, b: Path) -> bool:
-    from vneuron.capture import ActivationStats
+    from vneuron.locate.capture import ActivationStats
 
     x, y = ActivationStats.load(a / "stats.safetensors"), ActivationStats.load(b / "stats.safetensors")
     return all(torch.equal(getattr(x, k), getattr(y, k)) for k in ("n", "sum", "sumsq", "active"))
@@ -354,10 +354,10 @@ def main() -> None:
     from shape_model import SHAPES, build
 
     from vneuron.config import ValidateConfig
-    from vneuron.locating import LocateConfig
-    from vneuron.models.loading import cache_dir
+    from vneuron.locate.locating import LocateConfig
+    from vneuron.runtime.store import cache_dir
 
-    from vneuron.quiet import set_quiet
+    from vneuron.runtime.quiet import set_quiet
 
     set_quiet()  # nnsight's job status lines and download bars off: the log keeps this script's lines
     torch.set_num_threads(1)

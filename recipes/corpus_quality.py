@@ -7,7 +7,7 @@ Per language, with one loaded model:
    are scored on each half separately, and the run reports, per pole, the Pearson correlation of
    the two halves' scores over all neurons and the overlap of their top-k sets (count, Jaccard,
    and the overlap expected by chance, k²/N).
-2. Forced choice on the test split. ``vneuron.evaluate.forced_choice``: both actions are listed
+2. Forced choice on the test split. ``vneuron.validate.evaluate.forced_choice``: both actions are listed
    in the prompt, in both orders, and the model "chooses" by the likelihood of each action's
    text as the continuation. Per dimension (items grouped by the dimension their pole option
    expresses): accuracy = share of items with p_pole > 0.5 (p_pole averaged over both orders),
@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 
 import vneuron
-from vneuron.capture import fold_of
+from vneuron.locate.capture import fold_of
 from vneuron.data.schema import DIMENSIONS, OPPOSITE
-from vneuron.evaluate import forced_choice
-from vneuron.report import line_progress
+from vneuron.validate.evaluate import forced_choice
+from vneuron.runtime.progress import line_progress
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 import vneuron
-from vneuron.report import line_progress, markdown_summary
-from vneuron.validate import ValidateConfig, ablate, steer
+from vneuron.runtime.progress import line_progress
+from vneuron.results.tables import markdown_summary
+from vneuron.validate.study import ValidateConfig, ablate, steer
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ import torch
 
 import vneuron
 from vneuron.data.schema import OPPOSITE
-from vneuron.edits import Edit
-from vneuron.report import line_progress
-from vneuron.evaluate import bootstrap_ci, forced_choice
-from vneuron.runs import LocateRun
-from vneuron.validate import items_for
+from vneuron.validate.edits import Edit
+from vneuron.runtime.progress import line_progress
+from vneuron.validate.evaluate import bootstrap_ci, forced_choice
+from vneuron.locate.runs import LocateRun
+from vneuron.validate.study import items_for
 
 
 def main() -> None:

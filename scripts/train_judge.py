@@ -9,7 +9,7 @@ validation split among the argument's premise alone and "conclusion (stance): pr
 Model: one logistic regression per dimension over the L2-normalised 384-d embedding (torch LBFGS,
 the L2 penalty chosen on validation macro-F1 from a small grid), a decision threshold per
 dimension chosen on validation; the test split is read once, at the end, for the F1 reported.
-Writes vneuron/judges/touche_head.safetensors (tensors weight [4, 384], bias [4], threshold [4];
+Writes vneuron/validate/judges/touche_head.safetensors (tensors weight [4, 384], bias [4], threshold [4];
 metadata: dimensions, F1 per dimension on validation and test, the chosen text and penalty, the
 encoder's SHA-256, the data's SHA-256s) and prints the table as Markdown.
 
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vneuron.judges.offline import DIMENSIONS, ENCODER_PACKAGE, ENCODER_VERSION, Encoder, encoder_dir, head_path, sha256  # noqa: E402
+from vneuron.validate.judges.offline import DIMENSIONS, ENCODER_PACKAGE, ENCODER_VERSION, Encoder, encoder_dir, head_path, sha256  # noqa: E402
 
 HIGHER = {"Openness to change": "openness_to_change", "Conservation": "conservation", "Self-enhancement": "self_enhancement",
           "Self-transcendence": "self_transcendence"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vneuron.capture import ActivationStats, fold_of
-from vneuron.tokens import encode
+from vneuron.locate.capture import ActivationStats, fold_of
+from vneuron.runtime.tokens import encode
 from vneuron.models.sites import layer_modules, site_module
 
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from vneuron.capture import CaptureConfig, capture
+from vneuron.locate.capture import CaptureConfig, capture
 from vneuron.data.schema import Prompt
-from vneuron.evaluate import continuation_logprobs, encode_pairs, tries_supported
+from vneuron.validate.evaluate import continuation_logprobs, encode_pairs, tries_supported
 from vneuron.models.architectures import ARCHITECTURES, num_layers
 from vneuron.models.loading import load_model
 from vneuron.models.sites import SITES, layer_modules, resolve_path, site_module, site_path, site_tensors
-from vneuron.prefix import head_logprobs
-from vneuron.tokens import encode
+from vneuron.validate.prefix import head_logprobs
+from vneuron.runtime.tokens import encode
 
 from .conftest import ARCHS
 

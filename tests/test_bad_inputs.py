@@ -463,12 +463,12 @@ def _broken_runs(bad: Path, run: Path) -> None:
 FAULTS = {
     # root ignores permission bits, so the check is also told that the directory is not writable
     "read_only": lambda mp, world: (os.chmod(Path(world["values"]["bad"]) / "read-only", 0o555),
-                                    mp.setattr("vneuron.runs.os.access", _deny_under(Path(world["values"]["bad"]) / "read-only"))),
-    "disk_full": lambda mp, world: mp.setattr("vneuron.runs.disk_free", lambda path: 10_000),
+                                    mp.setattr("vneuron.runtime.store.os.access", _deny_under(Path(world["values"]["bad"]) / "read-only"))),
+    "disk_full": lambda mp, world: mp.setattr("vneuron.runtime.store.disk_free", lambda path: 10_000),
     # unreachable-host retries back off 2 + 4 + 8 s; the count of retries is what matters here, not the wait
-    "no_backoff": lambda mp, world: mp.setattr("vneuron.remote.time.sleep", lambda seconds: None),
+    "no_backoff": lambda mp, world: mp.setattr("vneuron.runtime.remote.time.sleep", lambda seconds: None),
     "public_ndif_no_key": lambda mp, world: (mp.delenv("NDIF_API_KEY", raising=False), mp.delenv("NDIF_HOST", raising=False),
-                                             mp.setattr("vneuron.remote.api_key", lambda: None)),
+                                             mp.setattr("vneuron.runtime.remote.api_key", lambda: None)),
 }
 
 
@@ -570,7 +570,7 @@ def test_a_final_write_that_raises_safetensors_own_error_is_rescued(world, tmp_p
 def test_sigterm_is_one_line_exit_143_and_nothing_is_written(world, tmp_path, monkeypatch):
     import signal
 
-    from vneuron import locating
+    from vneuron.locate import locating
 
     real = locating.capture
     monkeypatch.setattr(locating, "capture", lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), real(*a, **k))[1])

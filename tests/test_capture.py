@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from vneuron.capture import ActivationStats, CaptureConfig, capture, fold_of
+from vneuron.locate.capture import ActivationStats, CaptureConfig, capture, fold_of
 from vneuron.data.schema import Prompt
 from vneuron.errors import VneuronError
 

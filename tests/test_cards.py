@@ -113,7 +113,7 @@ def _manual_fold(hf, arch, layer: int, unit: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_output_direction_folds_the_norms_of_every_family(tiny_model, arch):
-    from vneuron.cards import output_direction
+    from vneuron.results.cards import output_direction
 
     model = tiny_model(arch)
     hf = model.hf_model

@@ -71,7 +71,7 @@ def test_locate_writes_a_complete_run_then_reuses_and_reselects(tmp_path, llama)
     assert manifest["selection"]["method"] == "cohen_d" and not (child / "stats.safetensors").exists()
     assert manifest["statistics"]["file"] == "../run/stats.safetensors" and len(manifest["statistics"]["sha256"]) == 64
 
-    from vneuron.runs import LocateRun
+    from vneuron.locate.runs import LocateRun
 
     opened = LocateRun.open(child)  # ablate and steer find the parent's statistics through the reference
     assert torch.equal(opened.stats.sum, LocateRun.open(out).stats.sum) and len(opened.sets["conservation"]) == 6
@@ -171,7 +171,7 @@ def test_label_shuffle_null_is_reported(tmp_path, llama):
 
 def test_shuffled_corpus_swaps_options_within_scenarios():
     from vneuron.data import load_corpus
-    from vneuron.locating import shuffled
+    from vneuron.locate.locating import shuffled
 
     corpus = load_corpus(EXAMPLES / "corpus.jsonl")
     mixed = shuffled(corpus, seed=10_000)
@@ -187,7 +187,7 @@ def test_locate_through_the_server_simulation_equals_local(tmp_path, llama):
     local = run(*common, "--out", tmp_path / "local")
     remote = run(*common, "--out", tmp_path / "remote", "--host", "local", "--request-batches", "2")
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
-    from vneuron.capture import ActivationStats
+    from vneuron.locate.capture import ActivationStats
 
     a = ActivationStats.load(tmp_path / "local" / "stats.safetensors")
     b = ActivationStats.load(tmp_path / "remote" / "stats.safetensors")

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from vneuron.cli import app
-from vneuron.compare import average_ranks, hypergeom_sf, spearman
+from vneuron.results.compare import average_ranks, hypergeom_sf, spearman
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vneuron.capture import capture_batches, request_ranges
+from vneuron.locate.capture import capture_batches, request_ranges
 from vneuron.config import ValidateConfig
-from vneuron.dryrun import locate_plan, validation_plan
-from vneuron.locating import LocateConfig, locate
-from vneuron.tokens import Encoded
+from vneuron.locate.plan import locate_plan
+from vneuron.validate.plan import validation_plan
+from vneuron.locate.locating import LocateConfig, locate
+from vneuron.runtime.tokens import Encoded
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -35,7 +36,7 @@ def test_requests_touch_few_slots_and_stay_under_the_result_limit():
 @pytest.fixture
 def simulated(tiny_dir):
     from vneuron.models.loading import load_model
-    from vneuron.remote import RemoteTarget
+    from vneuron.runtime.remote import RemoteTarget
 
     return load_model(str(tiny_dir("llama")), remote=RemoteTarget("local", blocking=True))
 
@@ -51,7 +52,7 @@ def test_locate_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, 
 
 
 def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, simulated):
-    from vneuron.validate import ablate, steer
+    from vneuron.validate.study import ablate, steer
 
     run = locate(simulated, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5),
                  out=tmp_path / "run").run_dir
@@ -73,8 +74,8 @@ def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):
     at the slowest rate allowed for (remote.RemoteTarget.deadline_s)."""
     from dataclasses import replace
 
-    import vneuron.remote as ndif
-    from vneuron.capture import CaptureConfig, capture, slot_bytes
+    import vneuron.runtime.remote as ndif
+    from vneuron.locate.capture import CaptureConfig, capture, slot_bytes
     from vneuron.data import load_corpus
 
     target = ndif.RemoteTarget("http://127.0.0.1:9", timeout=100, slowest_rate=1e6)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vneuron.edits import Edit, apply, plan
-from vneuron.evaluate import generate
+from vneuron.validate.edits import Edit, apply, plan
+from vneuron.validate.evaluate import generate
 from vneuron.models.sites import layer_modules, site_module
-from vneuron.scoring import NeuronSet
+from vneuron.locate.scoring import NeuronSet
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 9, 10], [1, 11, 12, 13, 14, 15, 16]])
 

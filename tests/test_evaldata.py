@@ -17,11 +17,12 @@ from vneuron.data import load_corpus
 from vneuron.data.cvoice import strip_prefix
 from vneuron.data.schema import held_out
 from vneuron.errors import VneuronError
-from vneuron.evaluate import forced_choice_pairs, pvq
-from vneuron.runs import set_filename, set_filenames
-from vneuron.templates import choice_template, pvq_template
-from vneuron.runs import LocateRun
-from vneuron.validate import ValidateConfig, evaluation_items, map_labels
+from vneuron.validate.evaluate import forced_choice_pairs, pvq
+from vneuron.runtime.store import set_filename
+from vneuron.locate.runs import set_filenames
+from vneuron.data.templates import choice_template, pvq_template
+from vneuron.locate.runs import LocateRun
+from vneuron.validate.study import ValidateConfig, evaluation_items, map_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vneuron.capture import CaptureConfig, capture
-from vneuron.examples import TopExamples
+from vneuron.locate.capture import CaptureConfig, capture
+from vneuron.locate.examples import TopExamples
 
 from .conftest import ARCHS
 from .reference import hook_examples

@@ -66,14 +66,14 @@ def test_ablate_output_that_cannot_be_written_is_rescued(tmp_path, tiny_dir, mon
     assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
                                "--split", "all", "-k", "5", "--out", str(run), "-q"]).exit_code == 0
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    real_write_json = __import__("vneuron.runs", fromlist=["write_json"]).write_json
+    real_write_json = __import__("vneuron.runtime.store", fromlist=["write_json"]).write_json
 
     def write_json(path, data):
         if Path(path).resolve().is_relative_to(run.resolve()):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_write_json(path, data)
 
-    monkeypatch.setattr("vneuron.validate.write_json", write_json)
+    monkeypatch.setattr("vneuron.validate.study.write_json", write_json)
     result = runner.invoke(app, ["ablate", str(run), "--controls", "1", "--split", "all", "--generations", "0", "-q",
                                  "--dimension", "conservation"])
     line = _one_error_line(result)
@@ -135,10 +135,10 @@ def test_stale_conversions_of_dead_processes_are_swept_and_live_ones_kept(tmp_pa
 
 def test_the_package_namespace_keeps_its_functions_after_submodules_load():
     import vneuron
-    import vneuron.capture  # noqa: F401 - what any locate call does
-    from vneuron.capture import ActivationStats
+    import vneuron.locate.capture  # noqa: F401 - what any locate call does
+    from vneuron.locate.capture import ActivationStats
 
-    assert callable(vneuron.capture) and vneuron.capture.__module__ == "vneuron.capture"
+    assert callable(vneuron.capture) and vneuron.capture.__module__ == "vneuron.locate.capture"
     assert vneuron.ActivationStats is ActivationStats and callable(vneuron.locate) and callable(vneuron.select)
 
 
@@ -203,7 +203,8 @@ def _remount_read_only(point: Path) -> None:
 def _at_the_final_write(monkeypatch, target: str, fault) -> list:
     """Run ``fault`` just before the final write that ``target`` (module.attribute) makes."""
     module, name = target.rsplit(".", 1)
-    real = getattr(importlib.import_module(module), name)
+    module = importlib.import_module(module)  # by the module: the dotted path would meet the function vneuron.locate
+    real = getattr(module, name)
     calls = []
 
     def write(*args, **kwargs):
@@ -211,7 +212,7 @@ def _at_the_final_write(monkeypatch, target: str, fault) -> list:
         fault()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(target, write)
+    monkeypatch.setattr(module, name, write)
     return calls
 
 
@@ -241,7 +242,7 @@ def test_locate_on_a_real_disk_that_fills_or_freezes_at_the_end_keeps_the_comple
                                                                                      monkeypatch):
     rescue_base = _rescue_here(tmp_path, monkeypatch)
     out = small_fs / "run"
-    calls = _at_the_final_write(monkeypatch, "vneuron.locating.write_run", _fault(fault, small_fs))
+    calls = _at_the_final_write(monkeypatch, "vneuron.locate.locating.write_run", _fault(fault, small_fs))
     result = runner.invoke(app, [*LOCATE, "--model", str(tiny_dir("llama")), "--out", str(out)])
     line = _one_error_line(result)
     assert calls == [out]
@@ -254,7 +255,7 @@ def test_locate_on_a_real_disk_that_fills_or_freezes_at_the_end_keeps_the_comple
     # the rescue is the complete run: the same statistics, neuron sets and label-shuffle null as a run that succeeds
     good = tmp_path / "good"
     assert runner.invoke(app, [*LOCATE, "--model", str(tiny_dir("llama")), "--out", str(good)]).exit_code == 0
-    from vneuron.runs import LocateRun
+    from vneuron.locate.runs import LocateRun
 
     kept, fresh = LocateRun.open(rescued), LocateRun.open(good)
     assert torch.equal(kept.stats.sum, fresh.stats.sum) and torch.equal(kept.stats.active, fresh.stats.active)
@@ -273,7 +274,7 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
     freeze = _fault(fault, small_fs)
     reason = "No space left on device" if fault == "full" else "read-only"
     with monkeypatch.context() as mp:
-        _at_the_final_write(mp, "vneuron.validate.write_run", freeze)
+        _at_the_final_write(mp, "vneuron.validate.study.write_run", freeze)
         result = runner.invoke(app, ["ablate", str(run), "--controls", "2", "--stop-after", "0", "--split", "all", "-q",
                                      "--dimension", "conservation,self_transcendence"])
     line = _one_error_line(result)
@@ -288,7 +289,7 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
     (small_fs / "filler").unlink(missing_ok=True) if fault == "full" else subprocess.run(
         [shutil.which("mount") or "mount", "-o", "remount,rw", str(small_fs)], check=True)
     with monkeypatch.context() as mp:
-        _at_the_final_write(mp, "vneuron.html_report.write_beside", freeze)
+        _at_the_final_write(mp, "vneuron.results.html_report.write_beside", freeze)
         result = runner.invoke(app, ["report", str(run), "--cards", "0", "-q"])
     line = _one_error_line(result)
     assert f"Could not write {run / 'report.html'}" in line and reason.lower() in line.lower()
@@ -303,7 +304,7 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
 def test_sigterm_mid_run_is_one_line_exit_143_and_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
     import signal
 
-    from vneuron import locating
+    from vneuron.locate import locating
 
     real = locating.capture
 
@@ -327,7 +328,7 @@ def test_sigterm_through_the_console_script_exits_143(tmp_path, tiny_dir):
     """A real process, a real signal: the exit status a shell or a scheduler sees is 143."""
     code = f"""
 import os, signal, sys
-from vneuron import locating
+from vneuron.locate import locating
 real = locating.capture
 def capture(*a, **k):
     os.kill(os.getpid(), signal.SIGTERM)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vneuron.capture import CaptureConfig, capture
-from vneuron.tokens import encode
+from vneuron.locate.capture import CaptureConfig, capture
+from vneuron.runtime.tokens import encode
 from vneuron.data.schema import Prompt
 
 from .reference import hook_examples, hook_stats

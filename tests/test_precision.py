@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from vneuron import precision
-from vneuron.capture import CaptureConfig, capture
+from vneuron.runtime import precision
+from vneuron.locate.capture import CaptureConfig, capture
 from vneuron.models import loading
 
 from .conftest import ARCHS
@@ -91,11 +91,13 @@ def test_a_cached_conversion_gets_a_copy_per_dtype(tiny_dir, tmp_path):
 def test_a_remote_model_computes_in_what_its_server_serves(tiny_dir):
     from transformers import AutoConfig
 
+    from vneuron.models.loading import served
+
     config = AutoConfig.from_pretrained(tiny_dir("llama"))
     config.dtype = "bfloat16"
-    assert precision.served(config) == "bfloat16"
+    assert served(config) == "bfloat16"
     config.dtype = None
     config.torch_dtype = None
-    assert precision.served(config) == "bfloat16"  # what NDIF serves
+    assert served(config) == "bfloat16"  # what NDIF serves
     with pytest.raises(Exception, match="Unknown dtype 'float8'"):
         loading.load_model(str(tiny_dir("llama")), dtype="float8")

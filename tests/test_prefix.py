@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from vneuron.data import load_corpus
-from vneuron.edits import Edit
-from vneuron.evaluate import continuation_logprobs, forced_choice_pairs
-from vneuron.scoring import NeuronSet
+from vneuron.validate.edits import Edit
+from vneuron.validate.evaluate import continuation_logprobs, forced_choice_pairs
+from vneuron.locate.scoring import NeuronSet
 
 from .conftest import ARCHS, make_tokenizer
 
@@ -40,8 +40,8 @@ def test_tries_equal_one_row_per_pair(tiny_model, arch):
 
 
 def test_trie_shares_prefix_tokens_and_keeps_every_scored_token(tiny_model):
-    from vneuron.evaluate import encode_pairs
-    from vneuron.prefix import pack, tensors
+    from vneuron.validate.evaluate import encode_pairs
+    from vneuron.validate.prefix import pack, tensors
 
     model = tiny_model("llama")
     items = load_corpus(EXAMPLES / "corpus.jsonl").items[:2]
@@ -58,7 +58,7 @@ def test_trie_shares_prefix_tokens_and_keeps_every_scored_token(tiny_model):
 
 
 def test_lower_layers_are_shared_and_change_nothing(tiny_model):
-    from vneuron.evaluate import LowerLayers, forced_choice
+    from vneuron.validate.evaluate import LowerLayers, forced_choice
 
     model = tiny_model("llama")
     items = load_corpus(EXAMPLES / "corpus.jsonl").items[:3]

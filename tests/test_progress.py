@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vneuron.progress import LineProgress, progress_bar
+from vneuron.runtime.progress import LineProgress, progress_bar
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ETA = re.compile(r"^\[\d\d:\d\d:\d\d\] .+ \d+/\d+ \(\d+%, .+, ETA [\d.]+ (s|min|h); .+ in\)$")
@@ -65,7 +65,7 @@ def test_nothing_before_after_then_the_state_and_the_end():
 def test_progress_bar_writes_lines_to_a_file_and_bars_to_a_terminal(monkeypatch):
     from rich.console import Console
 
-    import vneuron.progress as progress
+    import vneuron.runtime.progress as progress
 
     monkeypatch.setenv("VNEURON_PROGRESS_SECONDS", "0.2")
     log = io.StringIO()

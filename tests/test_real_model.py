@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vneuron.capture import ActivationStats
+from vneuron.locate.capture import ActivationStats
 from vneuron.cli import app
 
 pytestmark = pytest.mark.realmodel

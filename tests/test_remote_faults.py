@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import vneuron.remote as ndif
+import vneuron.runtime.remote as ndif
 from vneuron.errors import VneuronError
-from vneuron.locating import LocateConfig, locate
-from vneuron.remote import Checkpoint, RemoteTarget
+from vneuron.locate.locating import LocateConfig, locate
+from vneuron.runtime.remote import Checkpoint, RemoteTarget
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = dict(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5, batch_tokens=40, request_batches=2)
-capture_module = importlib.import_module("vneuron.capture")  # the module: vneuron.capture is the function
+capture_module = importlib.import_module("vneuron.locate.capture")  # the module: vneuron.locate.capture is the function
 REAL_SESSION = capture_module._session
 
 
@@ -264,7 +264,7 @@ def test_quiet_turns_off_nnsight_status_and_gguf_bars():
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from nnsight.intervention.backends.remote import RemoteBackend
 
-    from vneuron.quiet import library_bars, set_quiet
+    from vneuron.runtime.quiet import library_bars, set_quiet
 
     original = gguf_utils.tqdm
     try:

@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vneuron.capture import CaptureConfig, capture
+from vneuron.locate.capture import CaptureConfig, capture
 from vneuron.data.schema import Prompt
-from vneuron.edits import Edit
-from vneuron.evaluate import continuation_logprobs
-from vneuron.remote import RemoteTarget, resolve_target
-from vneuron.scoring import NeuronSet
+from vneuron.validate.edits import Edit
+from vneuron.validate.evaluate import continuation_logprobs
+from vneuron.runtime.remote import RemoteTarget, resolve_target
+from vneuron.locate.scoring import NeuronSet
 
 from .test_capture import LABELS, PROMPTS, assert_stats_equal
 
@@ -69,8 +69,8 @@ def test_target_resolution(monkeypatch):
 
 
 def test_remote_edit_sets_in_one_request_equal_local(tiny_model, simulated):
-    from vneuron import budget
-    from vneuron.evaluate import continuation_logprobs_sets
+    from vneuron.runtime import budget
+    from vneuron.validate.evaluate import continuation_logprobs_sets
 
     model = tiny_model("llama")
     neurons = NeuronSet.from_flat(torch.tensor([1, 50, 100]), torch.zeros(model.n_layers, model.width), "gate")

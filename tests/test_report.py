@@ -200,7 +200,7 @@ def test_numbers_in_the_page_match_the_csvs(study, report):
 
 
 def test_neuron_card_matches_the_run_statistics(study):
-    from vneuron.capture import ActivationStats
+    from vneuron.locate.capture import ActivationStats
 
     rows = list(csv.DictReader(open(study["dir"] / "neurons.csv")))
     layer, unit = int(rows[0]["layer"]), int(rows[0]["unit"])
@@ -242,7 +242,7 @@ def test_bad_inputs_write_nothing(study, tmp_path):
 
 
 def test_a_new_run_kind_needs_only_a_section_builder(study, tmp_path):
-    from vneuron import html_report
+    from vneuron.results import html_report
 
     planted = tmp_path / "plant-run"
     planted.mkdir()
@@ -307,8 +307,8 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
 def test_ablate_and_steer_tables_fit_80_columns(study):
     from rich.console import Console
 
-    from vneuron.report import ablate_table, steer_table
-    from vneuron.validate import ValidationResult
+    from vneuron.results.tables import ablate_table, steer_table
+    from vneuron.validate.study import ValidationResult
 
     for sub, table in (("ablate-zero-kall", ablate_table), ("steer-scale-kall", steer_table)):
         manifest = json.loads((_sub(study["dir"], sub) / "manifest.json").read_text())
@@ -324,7 +324,7 @@ def test_ablate_and_steer_tables_fit_80_columns(study):
 def test_line_progress_prints_stage_starts_and_ends():
     import io
 
-    from vneuron.report import line_progress
+    from vneuron.runtime.progress import line_progress
 
     out = io.StringIO()
     say = line_progress(out, every=3600)
@@ -336,7 +336,7 @@ def test_line_progress_prints_stage_starts_and_ends():
 
 
 def test_capture_reports_progress_before_the_first_batch(tiny_model):
-    from vneuron.capture import CaptureConfig, capture
+    from vneuron.locate.capture import CaptureConfig, capture
     from vneuron.data import load_corpus
 
     calls = []

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from vneuron.capture import ActivationStats
+from vneuron.locate.capture import ActivationStats
 from vneuron.errors import VneuronError
-from vneuron.scoring import NeuronSet, contrast_scores, lape_select, select, stability
+from vneuron.locate.scoring import NeuronSet, contrast_scores, lape_select, select, stability
 
 
 def make_stats(p: dict[str, list[list[float]]], n: float = 100.0, mean: dict | None = None, var: float = 1.0) -> ActivationStats:

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from vneuron.cli import app
-from vneuron.sequential import Sequential, tail_for
+from vneuron.validate.sequential import Sequential, tail_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -44,9 +44,9 @@ def test_tails_follow_the_edit():
 
 def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny_model):
     """Tries, shared lower layers and sequential bookkeeping change no number when every control is drawn."""
-    from vneuron.evaluate import forced_choice
-    from vneuron.runs import LocateRun
-    from vneuron.validate import ValidateConfig, edit_for, items_for, summarize, ablate
+    from vneuron.validate.evaluate import forced_choice
+    from vneuron.locate.runs import LocateRun
+    from vneuron.validate.study import ValidateConfig, edit_for, items_for, summarize, ablate
 
     run_dir = tmp_path / "run"
     located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
@@ -89,7 +89,7 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
 
 def test_rank_counts_controls_beyond_the_located_effect_in_the_tested_direction():
     from vneuron.data.schema import Item
-    from vneuron.validate import ValidateConfig, summarize
+    from vneuron.validate.study import ValidateConfig, summarize
 
     items = [Item(id=str(i), language="en", dimension="a", opposite="b", scenario="s", option_pole="x", option_opposite="y",
                   split="test") for i in range(4)]

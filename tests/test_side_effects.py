@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from vneuron.cli import app
 from vneuron.errors import VneuronError
-from vneuron.sequential import Sequential
-from vneuron.side_effects import against_controls, load_neutral, measure, verdict
+from vneuron.validate.sequential import Sequential
+from vneuron.validate.side_effects import against_controls, load_neutral, measure, verdict
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -40,7 +40,7 @@ def test_builtin_neutral_corpora_and_a_users_file(tmp_path):
 
 def test_fit_prose_is_disjoint_from_the_check_prose(tmp_path):
     """A plant is checked on prose it was never fitted on: the built-in fit and check passages share no line."""
-    from vneuron.side_effects import load_fit_prose
+    from vneuron.validate.side_effects import load_fit_prose
 
     for lang in ("en", "zh"):
         fit, source = load_fit_prose(lang)
@@ -56,8 +56,8 @@ def test_fit_prose_is_disjoint_from_the_check_prose(tmp_path):
 
 def test_measure_against_a_hand_written_forward(tiny_model):
     """KL of the unedited model is 0 and its perplexity is the plain forward's; an edit's KL equals the direct computation."""
-    from vneuron.edits import Edit
-    from vneuron.scoring import NeuronSet
+    from vneuron.validate.edits import Edit
+    from vneuron.locate.scoring import NeuronSet
 
     model = tiny_model("llama")
     neutral = load_neutral("en")
@@ -113,8 +113,8 @@ def test_ranks_and_verdicts():
 def test_side_effect_controls_are_sequential_per_measure(monkeypatch):
     from types import SimpleNamespace
 
-    import vneuron.side_effects as se
-    from vneuron.specificity import side_study
+    import vneuron.validate.side_effects as se
+    from vneuron.validate.specificity import side_study
 
     rounds = []
 
@@ -197,8 +197,8 @@ def test_ablate_shows_side_effects_cross_values_and_a_verdict(tmp_path, tiny_dir
 
 
 def test_each_item_list_is_evaluated_unedited_once_per_study(tmp_path, tiny_dir, monkeypatch):
-    import vneuron.specificity as specificity
-    import vneuron.validate as validate
+    import vneuron.validate.specificity as specificity
+    import vneuron.validate.study as validate
 
     run_dir = tmp_path / "run"
     located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from vneuron.prefix import Row, attention_mask
+from vneuron.validate.prefix import Row, attention_mask
 
 
 def reference_mask(parents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -47,8 +47,8 @@ def test_a_deep_chain_reaches_its_root():
 
 def test_a_batch_of_tries_carries_parents_and_builds_its_mask(tiny_model):
     from vneuron.data import load_corpus
-    from vneuron.evaluate import encode_pairs, forced_choice_pairs, sent_tensors
-    from vneuron.prefix import pack, tensors
+    from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, sent_tensors
+    from vneuron.validate.prefix import pack, tensors
 
     from .test_prefix import EXAMPLES
 
@@ -66,10 +66,10 @@ def test_simulated_remote_scoring_equals_local_and_sends_no_mask(tiny_model, mon
     """Through nnsight's serialisation (--host local): the request holds parents; scores equal the local path."""
     from dataclasses import replace
 
-    import vneuron.evaluate as evaluate
-    from vneuron.edits import Edit
-    from vneuron.remote import resolve_target
-    from vneuron.scoring import NeuronSet
+    import vneuron.validate.evaluate as evaluate
+    from vneuron.validate.edits import Edit
+    from vneuron.runtime.remote import resolve_target
+    from vneuron.locate.scoring import NeuronSet
 
     model = tiny_model("llama")
     remote = replace(model, remote=resolve_target("local"))

@@ -146,7 +146,7 @@ def test_to_pandas_without_pandas_is_one_line_naming_the_extra(monkeypatch):
     import torch
 
     from vneuron import VneuronError
-    from vneuron.scoring import NeuronSet
+    from vneuron.locate.scoring import NeuronSet
 
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
     neurons = NeuronSet("gate", 2, 4, torch.tensor([1, 6]), torch.tensor([0.5, 0.2]))
@@ -155,7 +155,7 @@ def test_to_pandas_without_pandas_is_one_line_naming_the_extra(monkeypatch):
 
 
 def test_the_dose_response_marks_the_unedited_gamma_and_half_and_draws_the_located_ci():
-    from vneuron import figures
+    from vneuron.results import figures
 
     points = [{"gamma": g, "baseline": 0.53, "after": 0.53 + 0.01 * (g - 1), "control_effect": 0.0,
                "control_effects": [-0.01, 0.0, 0.01], "effect_ci": (0.01 * (g - 1) - 0.02, 0.01 * (g - 1) + 0.02)}
@@ -170,7 +170,7 @@ def test_the_dose_response_marks_the_unedited_gamma_and_half_and_draws_the_locat
 
 
 def test_the_compare_heatmap_names_runs_fits_its_scale_to_the_off_diagonal_and_shows_chance():
-    from vneuron import figures
+    from vneuron.results import figures
 
     matrices = {"self_transcendence": {"values": [[1.0, 0.08], [0.08, 1.0]], "chance": [[None, 0.003], [0.003, None]],
                                        "measure": "Jaccard"}}
@@ -185,7 +185,7 @@ def test_the_compare_heatmap_names_runs_fits_its_scale_to_the_off_diagonal_and_s
 
 
 def test_compare_matrices_carry_the_chance_jaccard(tmp_path, tiny_dir):
-    from vneuron.compare import compare_runs
+    from vneuron.results.compare import compare_runs
 
     runs = []
     for name, k in (("a", 5), ("b", 7)):

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from vneuron.cli import app
 from vneuron.data import load_corpus
-from vneuron.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
-from vneuron.scoring import NeuronSet
-from vneuron.validate import ValidateConfig, summarize
+from vneuron.validate.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
+from vneuron.locate.scoring import NeuronSet
+from vneuron.validate.study import ValidateConfig, summarize
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -116,8 +116,8 @@ def test_ablate_and_steer_commands(tmp_path, tiny_dir):
 
 def test_pvq_scores_are_centred_and_follow_edits(tiny_model):
     from vneuron.data import load_inventory
-    from vneuron.edits import Edit
-    from vneuron.evaluate import PVQ_ANSWERS, pvq
+    from vneuron.validate.edits import Edit
+    from vneuron.validate.evaluate import PVQ_ANSWERS, pvq
 
     inventory = load_inventory(Path(__file__).parent / "fixtures" / "inventory.csv")
     model = tiny_model("llama")
@@ -136,7 +136,7 @@ def test_pvq_scores_are_centred_and_follow_edits(tiny_model):
 
 def test_pvq_on_the_shared_pvq40(shared_data, tiny_model):
     from vneuron.data import load_inventory
-    from vneuron.evaluate import pvq
+    from vneuron.validate.evaluate import pvq
 
     inventory = load_inventory(shared_data / "valuebench" / "value_orientation.csv")
     assert len(inventory) == 40
@@ -145,7 +145,7 @@ def test_pvq_on_the_shared_pvq40(shared_data, tiny_model):
 
 
 def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypatch):
-    import vneuron.validate as validate
+    import vneuron.validate.study as validate
 
     model = tiny_dir("llama")
     run_dir = tmp_path / "run"

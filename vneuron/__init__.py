@@ -23,26 +23,26 @@ _EXPORTS = {
     "load_corpus": "vneuron.data",
     "Corpus": "vneuron.data",
     "Prompt": "vneuron.data",
-    "capture": "vneuron.capture",
+    "capture": "vneuron.locate.capture",
     "CaptureConfig": "vneuron.config",
-    "ActivationStats": "vneuron.capture",
-    "contrast_scores": "vneuron.scoring",
-    "select": "vneuron.scoring",
-    "lape_select": "vneuron.scoring",
-    "stability": "vneuron.scoring",
-    "NeuronSet": "vneuron.scoring",
-    "locate": "vneuron.locating",
+    "ActivationStats": "vneuron.locate.capture",
+    "contrast_scores": "vneuron.locate.scoring",
+    "select": "vneuron.locate.scoring",
+    "lape_select": "vneuron.locate.scoring",
+    "stability": "vneuron.locate.scoring",
+    "NeuronSet": "vneuron.locate.scoring",
+    "locate": "vneuron.locate.locating",
     "LocateConfig": "vneuron.config",
-    "LocateResult": "vneuron.locating",
+    "LocateResult": "vneuron.locate.locating",
     "plant": "vneuron.planting",
     "PlantConfig": "vneuron.config",
-    "power": "vneuron.power",
+    "power": "vneuron.planting.power",
     "PowerConfig": "vneuron.config",
     "ValidateConfig": "vneuron.config",
-    "ablate": "vneuron.validate",
-    "steer": "vneuron.validate",
-    "locate_first": "vneuron.validate",
-    "LocateRun": "vneuron.runs",
+    "ablate": "vneuron.validate.study",
+    "steer": "vneuron.validate.study",
+    "locate_first": "vneuron.validate.study",
+    "LocateRun": "vneuron.locate.runs",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -55,12 +55,13 @@ def __getattr__(name: str):
 
 
 class _Package(ModuleType):
-    """Keeps the documented API stable: importing the submodule ``vneuron.capture`` (which any
-    ``vneuron.locate`` call does) would otherwise make ``vneuron.capture`` that module instead of
-    the function. Submodules stay reachable through ``from vneuron.capture import ...``."""
+    """Keeps the documented API stable: importing a submodule binds it as an attribute of its package, so
+    importing ``vneuron.locate.capture`` (which any ``vneuron.locate(...)`` call does) would make
+    ``vneuron.locate`` the sub-package instead of the function. A module is never bound over an exported
+    name; the modules stay reachable through ``from vneuron.locate.capture import ...``."""
 
     def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, ModuleType) and _EXPORTS[name] == value.__name__:
+        if name in _EXPORTS and isinstance(value, ModuleType):
             return  # the import system binding a submodule over an exported function
         super().__setattr__(name, value)
 

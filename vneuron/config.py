@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .data.schema import DEFAULT_TEST_FRACTION
-from .errors import VneuronError
-from .models.sites import check_site
-from .sequential import TAILS
-from .templates import choice_template, pvq_template
+from vneuron.data.schema import DEFAULT_TEST_FRACTION
+from vneuron.errors import VneuronError
+from vneuron.runtime.precision import check_dtype
+from vneuron.models.sites import check_site
+from vneuron.validate.sequential import TAILS
+from vneuron.data.templates import choice_template, pvq_template
 
 MODES = ("prompt", "generate")  # capture: the action's tokens, or tokens generated under a value-conditioned prompt
 METHODS = ("delta_p", "mean_diff", "cohen_d", "welch_t")  # contrast scores (LAPE is the entropy selection beside them)
@@ -30,17 +31,6 @@ SPLITS = ("train", "test", "all")
 STEER_MODES = ("scale", "add")  # the edits with a dose γ
 STEER_GAMMAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # steer's default sweep (γ = 1 is the unedited model in scale mode)
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-# what a model computes in (float64: the tests' exact models); `auto` is measured on the machine (vneuron.precision)
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-DTYPE_CHOICES = (*DTYPES, "auto")
-DEFAULT_DTYPE = "float32"  # accuracy of bfloat16 against it: docs/EVIDENCE.md#compute-dtype
-
-
-def check_dtype(dtype: str | None) -> str | None:
-    """A compute dtype the user typed (None: the default, or a run's own)."""
-    if dtype is not None and dtype not in DTYPE_CHOICES:
-        raise VneuronError(f"Unknown dtype {dtype!r}", f"use one of: {', '.join(DTYPE_CHOICES)}")
-    return dtype
 
 
 @dataclass
@@ -55,7 +45,7 @@ class CaptureConfig:
     counted_span: bool = True
     padding: str = "right"  # prompt mode; generation always pads left
     request_batches: int = 8  # remote: forward batches per NDIF request (one session)
-    top_examples: int = 0  # local: keep the N most and least activating texts per label and neuron (vneuron.examples)
+    top_examples: int = 0  # local: keep the N most and least activating texts per label and neuron (vneuron.locate.examples)
 
     def check(self) -> "CaptureConfig":
         check_site(self.site)
@@ -172,7 +162,7 @@ class ValidateConfig:
     side_controls: int = 20  # side effects: at least this many controls (all drawn, if more); cross-value matrix: at most this many
     cross_values: bool = True  # evaluate each located set on the items of the other values/axes too (the cross-value matrix)
     verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
-    judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (see vneuron.judges)
+    judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (vneuron.validate.judges)
     judge_controls: int = 5  # controls whose generations are generated and judged too
 
     def check_ablation(self) -> "ValidateConfig":

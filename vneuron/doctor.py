@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from importlib import util
 
-from .models.registry import ALIASES
-from .remote import api_key, probe, resolve_target
-from .runs import versions
+from vneuron.models.registry import ALIASES
+from vneuron.runtime.remote import api_key, probe, resolve_target
+from vneuron.runtime.store import versions
 
 
 def checks(remote: bool = False, host: str | None = None) -> list[tuple[str, str]]:

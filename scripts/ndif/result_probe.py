@@ -16,7 +16,7 @@ import nnsight.modeling.huggingface as hf
 import torch
 from nnsight import LanguageModel
 
-import vneuron.remote as ndif
+import vneuron.runtime.remote as ndif
 
 url, model_dir, mb = sys.argv[1], sys.argv[2], float(sys.argv[3])
 hf._ID_CACHE[model_dir] = model_dir  # the server knows the model by its directory (server.sh)

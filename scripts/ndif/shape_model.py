@@ -43,7 +43,8 @@ def tokenizer():
     """vneuron's packaged tokenizer (Gemma-3), without converting the weights."""
     from transformers import AutoTokenizer
 
-    from vneuron.models.loading import cache_dir, packaged_gguf
+    from vneuron.runtime.store import cache_dir
+    from vneuron.models.loading import packaged_gguf
     from vneuron.models.registry import ALIASES, DEFAULT_ALIAS
 
     for marker in sorted((cache_dir() / "models").glob("*/.complete")):

@@ -82,7 +82,7 @@ def build_shape_model(shape: str = "8b") -> Path:
         from shape_model import build
     finally:
         sys.path.pop(0)
-    from vneuron.models.loading import cache_dir
+    from vneuron.runtime.store import cache_dir
 
     return build(shape, cache_dir() / "shapes" / f"llama-{shape}-shape")
 

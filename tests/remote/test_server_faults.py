@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import vneuron.remote as ndif
+import vneuron.runtime.remote as ndif
 from vneuron.errors import VneuronError
-from vneuron.locating import LocateConfig, locate
+from vneuron.locate.locating import LocateConfig, locate
 from vneuron.models.loading import load_model
 
 pytestmark = pytest.mark.remote

@@ -13,11 +13,12 @@ import json
 import pytest
 import torch
 
-import vneuron.remote as ndif
-from vneuron.capture import ActivationStats
+import vneuron.runtime.remote as ndif
+from vneuron.locate.capture import ActivationStats
 from vneuron.config import ValidateConfig
-from vneuron.dryrun import locate_plan, validation_plan
-from vneuron.locating import LocateConfig, locate
+from vneuron.locate.plan import locate_plan
+from vneuron.validate.plan import validation_plan
+from vneuron.locate.locating import LocateConfig, locate
 from vneuron.models.loading import load_model
 
 pytestmark = pytest.mark.remote
@@ -89,7 +90,7 @@ def test_detached_at_8b_shape_resumes_to_identical_statistics(located, shape, tm
 
 
 def test_ablate_at_8b_shape_equals_local_and_its_dry_run(located, shape, ndif_server, tmp_path):
-    from vneuron.validate import ablate
+    from vneuron.validate.study import ablate
 
     _, remote, _, _ = located
     local_model, _ = shape

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import vneuron.remote as ndif
-from vneuron.capture import ActivationStats
-from vneuron.edits import Edit
+import vneuron.runtime.remote as ndif
+from vneuron.locate.capture import ActivationStats
+from vneuron.validate.edits import Edit
 from vneuron.errors import VneuronError
-from vneuron.evaluate import continuation_logprobs, generate
-from vneuron.locating import LocateConfig, locate
+from vneuron.validate.evaluate import continuation_logprobs, generate
+from vneuron.locate.locating import LocateConfig, locate
 from vneuron.models.loading import load_model
-from vneuron.scoring import NeuronSet
+from vneuron.locate.scoring import NeuronSet
 
 pytestmark = pytest.mark.remote
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -56,7 +56,7 @@ def test_edited_scoring_and_generation_over_the_wire(models):
 
 
 def test_ablate_over_the_wire_equals_local(tmp_path, models, ndif_server):
-    from vneuron.validate import ValidateConfig, ablate
+    from vneuron.validate.study import ValidateConfig, ablate
 
     local_model, _ = models
     run = locate(local_model, LocateConfig(**CONFIG), out=tmp_path / "run")

@@ -12,9 +12,9 @@ import sys
 
 import typer
 
-from ..errors import VneuronError
-from . import locate, planting, results, system, validate
-from .options import HelpCommand, flags_of, tidy_help
+from vneuron.errors import VneuronError
+from vneuron.cli import locate, planting, results, system, validate
+from vneuron.cli.options import HelpCommand, flags_of, tidy_help
 
 GROUPS = (locate, validate, planting, results, system)
 
@@ -36,7 +36,7 @@ class OneLineErrors(typer.core.TyperGroup):
         return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
-        from ..runs import recording_command
+        from vneuron.runtime.store import recording_command
 
         with _one_line_usage_errors(), recording_command(getattr(self, "_argv", ["vneuron"])):
             return super().invoke(ctx)
@@ -61,7 +61,7 @@ class _one_line_usage_errors:
 def _say_error(line: str) -> None:
     from rich.markup import escape
 
-    from ..report import err_console
+    from vneuron.runtime.progress import err_console
 
     err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
@@ -114,7 +114,7 @@ def handle_errors(fn):
             _say_error(as_flags(exc.one_line(), flags_of(fn)))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            from ..report import err_console
+            from vneuron.runtime.progress import err_console
 
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             err_console.print(f"[bold red]{what}[/] (nothing half-written was kept)")
@@ -134,7 +134,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from vneuron import __version__
 
         typer.echo(f"vneuron {__version__}")
         raise typer.Exit()

@@ -7,11 +7,12 @@ from typing import Optional
 
 import typer
 
-from ..config import LocateConfig
-from ..errors import VneuronError
-from . import output
-from .options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN, SELECTION,
-                      ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup, split_list, target)
+from vneuron.config import LocateConfig
+from vneuron.errors import VneuronError
+from vneuron.cli import output
+from vneuron.cli.options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN,
+                                 SELECTION, ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup,
+                                 split_list, target)
 
 L = LocateConfig
 
@@ -103,9 +104,10 @@ def locate(
       vneuron locate --remote --model llama-70b --out runs/llama70b   # NDIF
       vneuron locate --remote --model llama-70b --out runs/llama70b --resume
     """
-    from ..locating import locate as run_locate
-    from ..remote import Detached
-    from ..report import console, locate_tables, progress_bar
+    from vneuron.locate.locating import locate as run_locate
+    from vneuron.runtime.remote import Detached
+    from vneuron.runtime.progress import console, progress_bar
+    from vneuron.results.tables import locate_tables
 
     setup(threads, quiet)
     config = LocateConfig(
@@ -118,7 +120,7 @@ def locate(
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     if dry_run:
-        from ..dryrun import locate_plan
+        from vneuron.locate.plan import locate_plan
 
         if from_run is not None:
             raise VneuronError("--dry-run has nothing to plan with --from: re-selection reads saved statistics and runs no model",
@@ -129,7 +131,7 @@ def locate(
         return
     given = given_settings(ctx, locate) if from_run is not None else None
     if force and out is not None and from_run is None and not json_out:  # --json: the manifest says what it replaced
-        from ..runs import describe_run
+        from vneuron.runtime.store import describe_run
 
         if out.is_dir() and any(out.iterdir()):
             console.print(f"--force: replacing {describe_run(out)} when this run completes")
@@ -139,14 +141,14 @@ def locate(
                                 remote=target(remote, host, timeout), resume=resume, detach=detach, force=force, given=given)
     except Detached as done:
         if json_out:
-            from ..jsonout import emit
+            from vneuron.results.jsonout import emit
 
             emit({"kind": "locate", "detached": str(done)})
             return
         console.print(f"{done}. Collect them with the same command and --resume instead of --detach.")
         return
     if json_out:
-        from ..jsonout import emit, locate_json
+        from vneuron.results.jsonout import emit, locate_json
 
         emit(locate_json(result))
         return

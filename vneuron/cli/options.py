@@ -15,10 +15,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from ..config import DEFAULT_DTYPE
-from ..errors import VneuronError
-from ..models.loading import load_model
-from ..remote import RemoteTarget
+from vneuron.runtime.precision import DEFAULT_DTYPE
+from vneuron.errors import VneuronError
+from vneuron.models.loading import load_model
+from vneuron.runtime.remote import RemoteTarget
 
 # help panels, so `--help` reads by task
 DATA, SELECTION, EVALUATION, REMOTE, OUTPUT, RUN, TRAINING = (
@@ -27,8 +27,8 @@ DATA, SELECTION, EVALUATION, REMOTE, OUTPUT, RUN, TRAINING = (
 CLI_ONLY = {  # options with no library setting: how the command runs or prints, not what it computes
     "--json": "output format of the command",
     "--quiet": "terminal output only",
-    "--threads": "process-wide torch threads (vneuron.threads.pick)",
-    "--dry-run": "the CLI prints a plan instead of running (vneuron.dryrun has the API)",
+    "--threads": "process-wide torch threads (vneuron.runtime.threads.pick)",
+    "--dry-run": "the CLI prints a plan instead of running (vneuron.locate.plan has the API)",
     "--out": "where a command writes (the library functions take out=)",
     "--model": "which model (the library functions take model=)",
     "--remote": "where the model runs (the library functions take remote=)",
@@ -141,18 +141,18 @@ def setup(threads: Optional[int] = None, quiet: bool = False) -> None:
     """Threads (measured when not given) and the libraries' own output."""
     if threads is not None and threads < 1:
         raise VneuronError(f"--threads must be at least 1, got {threads}")
-    from ..threads import pick
+    from vneuron.runtime.threads import pick
 
     pick(threads)
     if quiet:
-        from ..quiet import set_quiet
+        from vneuron.runtime.quiet import set_quiet
 
         set_quiet()
 
 
 def target(remote: bool, host: Optional[str], timeout: float):
     """The remote target the options name (``--host`` alone implies ``--remote``), or None."""
-    from ..remote import resolve_target
+    from vneuron.runtime.remote import resolve_target
 
     if not (remote or host):
         return None

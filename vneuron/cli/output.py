@@ -7,7 +7,7 @@ from rich.markup import escape
 
 def data_notes(data: dict) -> None:
     """What the terminal must say about the data: hash-made splits, pole pairs left without texts."""
-    from ..report import console
+    from vneuron.runtime.progress import console
 
     source = data.get("split_source") or {}
     if source.get("kind") == "hash":
@@ -22,7 +22,7 @@ def data_notes(data: dict) -> None:
 
 def evaluation_note(manifest: dict) -> None:
     """Which data an ablation or steering sweep was evaluated on."""
-    from ..report import console
+    from vneuron.runtime.progress import console
 
     data = manifest.get("evaluation") or {}
     if not data:
@@ -42,8 +42,8 @@ def evaluation_note(manifest: dict) -> None:
 
 def guard_notes(result) -> None:
     """The guard-rail warnings of an ablation or a sweep, under its table."""
-    from ..guardrails import validation_guards, warnings_of
-    from ..report import console
+    from vneuron.results.guardrails import validation_guards, warnings_of
+    from vneuron.runtime.progress import console
 
     for line in warnings_of(validation_guards(result.manifest, result.summaries)):
         console.print(f"[yellow]warning:[/] {escape(line)}")
@@ -51,7 +51,7 @@ def guard_notes(result) -> None:
 
 def plan(plan: dict) -> None:
     """A dry run's plan."""
-    from ..dryrun import render
-    from ..report import console
+    from vneuron.results.tables import plan_text
+    from vneuron.runtime.progress import console
 
-    console.print(render(plan), markup=False, highlight=False, soft_wrap=True)
+    console.print(plan_text(plan), markup=False, highlight=False, soft_wrap=True)

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from ..config import PlantConfig, PowerConfig
-from .options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DtypeOpt, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
-                      out_option, pairs, setting, setup, split_list, with_options)
+from vneuron.config import PlantConfig, PowerConfig
+from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DtypeOpt, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
+                                 out_option, pairs, setting, setup, split_list, with_options)
 
 P, W = PlantConfig, PowerConfig
 
@@ -104,8 +104,8 @@ def plant(
       vneuron plant --out runs/planted-st --k 200 --dimension self_transcendence
       vneuron locate --model runs/planted-st --out runs/planted-st-locate
     """
-    from ..planting import plant as run_plant
-    from ..report import console, progress_bar
+    from vneuron.planting import plant as run_plant
+    from vneuron.runtime.progress import console, progress_bar
 
     setup(shared["threads"])
     reads = {k: shared[k] for k in READ_SETTINGS}
@@ -164,9 +164,9 @@ def power(
       vneuron power --out runs/power-st --k 50,200 --sizes 16,64,256
       vneuron power --out runs/power-st --planted 200=runs/planted-st --k 200
     """
-    from ..power import power as run_power
-    from ..power import power_table
-    from ..report import console, progress_bar
+    from vneuron.planting.power import power as run_power
+    from vneuron.planting.power import power_table
+    from vneuron.runtime.progress import console, progress_bar
 
     setup(shared["threads"])
     planted_dirs = {int(a): b for a, b in pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None

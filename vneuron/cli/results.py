@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..config import CardOptions, ReportOptions
-from .options import RUN, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
+from vneuron.config import CardOptions, ReportOptions
+from vneuron.cli.options import RUN, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
 
 CardModelOpt = typer.Option(None, "--model", "-m", help="Load this model (the run's own, e.g. default) for the output-token view "
                             "and per-token shading of the cards; without it the cards need no model (a run that kept no top "
@@ -32,8 +32,8 @@ def report(
       vneuron report runs/locate-gemma-3-270m-20261124-101500
       vneuron report runs/en runs/zh -o en-vs-zh.html --cards 0
     """
-    from ..html_report import build_report
-    from ..report import console, progress_bar
+    from vneuron.results.html_report import build_report
+    from vneuron.runtime.progress import console, progress_bar
 
     setup(threads)
     with progress_bar(not quiet) as bar:
@@ -56,16 +56,16 @@ def compare(
       vneuron compare runs/en runs/zh
       vneuron compare runs/gate runs/lape --dimension self_transcendence
     """
-    from ..compare import compare_runs, compare_table
-    from ..report import console, err_console
-    from ..runs import check_output_file
+    from vneuron.results.compare import compare_runs, compare_table
+    from vneuron.runtime.progress import console, err_console
+    from vneuron.runtime.store import check_output_file
 
     if out is not None:
         check_output_file(out)
     result = compare_runs(run_dirs, split_list(dimension))
     written = result.write_csv(out) if out is not None else None
     if json_out:
-        from ..jsonout import emit
+        from vneuron.results.jsonout import emit
 
         files = {"csv": str(written[0]), "layers_csv": str(written[1])} if written else {}
         emit({"kind": "compare", **result.to_json(), **files})
@@ -100,8 +100,8 @@ def show(
       vneuron show runs/locate-gemma-3-270m-20261124-101500 17:1070
       vneuron show runs/locate-gemma 17:1070 --model default
     """
-    from ..cards import neuron_cards, parse_neuron
-    from ..report import console, progress_bar
+    from vneuron.results.cards import neuron_cards, parse_neuron
+    from vneuron.runtime.progress import console, progress_bar
 
     setup(threads)
     layer, unit = parse_neuron(neuron)
@@ -109,7 +109,7 @@ def show(
         card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar,
                             output_tokens_k=output_tokens, dtype=dtype)[0]
     if json_out:
-        from ..jsonout import emit
+        from vneuron.results.jsonout import emit
 
         emit({"kind": "neuron", **card.to_json()})
         return

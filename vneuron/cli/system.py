@@ -6,17 +6,17 @@ from typing import Optional
 
 import typer
 
-from ..errors import VneuronError
-from .options import REMOTE, HostOpt, JsonOpt
+from vneuron.errors import VneuronError
+from vneuron.cli.options import REMOTE, HostOpt, JsonOpt
 
 
 def _emit_or_print(json_obj: dict, table, json_out: bool) -> None:
     if json_out:
-        from ..jsonout import emit
+        from vneuron.results.jsonout import emit
 
         emit(json_obj)
     else:
-        from ..report import console
+        from vneuron.runtime.progress import console
 
         console.print(table)
 
@@ -26,11 +26,11 @@ def models(remote: bool = typer.Option(False, "--remote", rich_help_panel=REMOTE
     """Model aliases, where their weights come from, and (with --remote/--host) whether NDIF serves them now."""
     from rich.table import Table
 
-    from ..models.registry import alias_records
+    from vneuron.models.registry import alias_records
 
     served = None
     if remote or host:
-        from ..remote import probe, resolve_target, served_models
+        from vneuron.runtime.remote import probe, resolve_target, served_models
 
         where = resolve_target(host or True)
         found = probe(where.host)
@@ -52,7 +52,7 @@ def datasets(json_out: bool = JsonOpt):
     """Corpora that ship with vneuron (any JSONL/CSV/TSV/XLSX file works too)."""
     from rich.table import Table
 
-    from ..data import list_datasets
+    from vneuron.data import list_datasets
 
     found = list_datasets()
     table = Table(title="Datasets", title_justify="left")
@@ -66,8 +66,8 @@ def datasets(json_out: bool = JsonOpt):
 def doctor(remote: bool = typer.Option(False, "--remote", rich_help_panel=REMOTE, help="Also contact the NDIF host."),
            host: Optional[str] = HostOpt, json_out: bool = JsonOpt):
     """Versions, installed models, API key presence; with --remote/--host also NDIF reachability and compatibility."""
-    from ..doctor import checks
-    from ..report import key_value_table
+    from vneuron.doctor import checks
+    from vneuron.results.tables import key_value_table
 
     rows = checks(remote, host)
     _emit_or_print({"kind": "doctor", "checks": dict(rows)}, key_value_table("vneuron doctor", rows), json_out)

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from ..config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
-from ..errors import VneuronError
-from . import output
-from .options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
-                      RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option, setting, setup, split_list,
-                      target, with_options)
+from vneuron.config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
+from vneuron.errors import VneuronError
+from vneuron.cli import output
+from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
+                                 RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option, setting, setup, split_list,
+                                 target, with_options)
 
 V = ValidateConfig
 
@@ -123,13 +123,14 @@ def _config(study: dict, **settings) -> ValidateConfig:
 
 def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, gammas=None) -> None:
     """What ablate and steer share: a dry run, or locate-first, the study and its printout."""
-    from ..report import ablate_table, console, cross_table, progress_bar, steer_side_table, steer_table
-    from ..validate import ablate, locate_first, steer
+    from vneuron.results.tables import ablate_table, cross_table, steer_side_table, steer_table
+    from vneuron.runtime.progress import console, progress_bar
+    from vneuron.validate.study import ablate, locate_first, steer
 
     remote = target(study["remote"], study["host"], study["timeout"])
     model, dataset = study["model"], study["dataset"]
     if study["dry_run"]:
-        from ..dryrun import validation_plan
+        from vneuron.validate.plan import validation_plan
 
         if run_dir is None:
             raise VneuronError("--dry-run needs a locate run directory", "locate first (vneuron locate --dry-run plans that step)")
@@ -149,7 +150,7 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
         else:
             result = steer(run_dir, gammas, config, model=model, out=out, progress=bar, remote=remote)
     if study["json_out"]:
-        from ..jsonout import emit, validation_json
+        from vneuron.results.jsonout import emit, validation_json
 
         emit(validation_json(result))
         return

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import VneuronError
+from vneuron.errors import VneuronError
 
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".xlsx")
 DATA_ENV = "VNEURON_DATA"

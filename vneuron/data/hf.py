@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import VneuronError
+from vneuron.errors import VneuronError
 
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "train", "valid": "train", "dev": "train", "test": "test"}
 INSTALL = "install the optional extra: pip install 'vneuron[datasets]'"

@@ -26,9 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import VneuronError
-from .files import FORMATS, data_roots, read_rows, read_sheets, rename_columns, valuebench_files
-from .schema import DEFAULT_TEST_FRACTION, DIMENSIONS, OPPOSITE, SPLITS, UNSPLIT, Corpus, Item, Text
+from vneuron.errors import VneuronError
+from vneuron.data.files import FORMATS, data_roots, read_rows, read_sheets, rename_columns, valuebench_files
+from vneuron.data.schema import DEFAULT_TEST_FRACTION, DIMENSIONS, OPPOSITE, SPLITS, UNSPLIT, Corpus, Item, Text
 
 BUILTIN = "builtin"
 PAIRED_REQUIRED = ("scenario", "option_pole", "option_opposite", "dimension")
@@ -64,7 +64,7 @@ def load_corpus(
     if spec == BUILTIN:
         corpus = _load_directory(builtin_dir(), BUILTIN, recursive=True)
     elif spec.startswith(HF_PREFIX):
-        from . import hf
+        from vneuron.data import hf
 
         corpus = Corpus(name=spec)
         stem = spec[len(HF_PREFIX):].split(":")[0].replace("/", "_")
@@ -76,7 +76,7 @@ def load_corpus(
             raise VneuronError(f"Corpus {spec} does not exist",
                                "pass an existing file or directory, or omit `dataset` for the built-in corpus")
         if path.is_dir():
-            from . import hf, touche
+            from vneuron.data import hf, touche
 
             if touche.is_touche_dir(path):
                 corpus = touche.load_touche(path, text=touche_text)
@@ -171,7 +171,7 @@ def _load_directory(path: Path, name: str, *, recursive: bool = False, columns=N
 # -- rows → items / texts -----------------------------------------------------------------------
 def _load_file(path: Path, corpus: Corpus, columns: dict[str, str] | None) -> None:
     if path.suffix.lower() == ".xlsx":
-        from .cvoice import cvoice_columns
+        from vneuron.data.cvoice import cvoice_columns
 
         sheets = read_sheets(path)
         voiced = [(title, rows) for title, rows in sheets if rows and cvoice_columns(rename_columns(rows[0], columns))]
@@ -204,7 +204,7 @@ def _load_rows(
     """
     if not rows:
         return
-    from .cvoice import cvoice_columns, cvoice_item
+    from vneuron.data.cvoice import cvoice_columns, cvoice_item
 
     rows = [rename_columns(r, columns) for r in rows]
     if default_split:
@@ -343,7 +343,7 @@ def _check_poles(corpus: Corpus, spec: str) -> None:
 # -- what is available --------------------------------------------------------------------------
 def find_data() -> dict[str, list[Path]]:
     """Touché23 directories and ValueBench value_orientation.csv files in ``data_roots()`` (one level deep)."""
-    from .touche import is_touche_dir
+    from vneuron.data.touche import is_touche_dir
 
     found: dict[str, list[Path]] = {"touche23": [], "valuebench": valuebench_files()}
     for root in data_roots():
@@ -392,7 +392,7 @@ def list_datasets() -> list[dict[str, Any]]:
 
 
 def _touche_entry(directory: Path) -> dict[str, Any]:
-    from .touche import read_touche
+    from vneuron.data.touche import read_touche
 
     try:
         data = read_touche(directory)
@@ -414,7 +414,7 @@ def _touche_entry(directory: Path) -> dict[str, Any]:
 
 
 def _valuebench_entry(path: Path) -> dict[str, Any]:
-    from .inventories import questionnaires
+    from vneuron.data.inventories import questionnaires
 
     try:
         counts = questionnaires(path)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
-from ..errors import VneuronError
+from vneuron.errors import VneuronError
 
 DIMENSIONS = ("openness_to_change", "conservation", "self_enhancement", "self_transcendence")
 OPPOSITE = {
@@ -51,7 +51,7 @@ def held_out(key: str, fraction: float) -> bool:
     """Deterministic held-out membership: SHA-256 of ``key`` as a number in [0, 1) below ``fraction``."""
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 16**16 < fraction
 
-# Prompt-mode templates (the action read after the scenario) live in vneuron/templates.py.
+# Prompt-mode templates (the action read after the scenario) live in vneuron/data/templates.py.
 # Generation-mode template (ValueLocate / ValueInsight style value conditioning).
 CONDITIONED_TEMPLATES = {
     "en": (
@@ -299,7 +299,7 @@ class Corpus:
         ``template`` (a preset name, a template string or a ``templates.ChoiceTemplate``; default
         the third-person "The right thing to do is to …") frames the action.
         """
-        from ..templates import choice_template
+        from vneuron.data.templates import choice_template
 
         if span not in ("option", "all"):
             raise VneuronError(f"Unknown span {span!r}", "use option or all")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import VneuronError
+from vneuron.errors import VneuronError
 
 @dataclass(frozen=True)
 class Architecture:

@@ -6,7 +6,7 @@ computed in bfloat16 or float16 gets a second cached copy in that dtype (cast fr
 so it loads without ever holding the float32 weights (a third of the peak memory for Gemma-3-270M).
 
 The compute dtype is the one asked for, the default (``config.DEFAULT_DTYPE``), or ``auto``: the
-fastest dtype on this machine whose accuracy check on the model passes (``vneuron.precision``);
+fastest dtype on this machine whose accuracy check on the model passes (``vneuron.runtime.precision``);
 a remote model computes in what its server serves.
 """
 
@@ -23,19 +23,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from ..config import DEFAULT_DTYPE, check_dtype
-from ..errors import VneuronError
-from ..quiet import library_bars
-from .registry import ALIASES, Alias
-from .architectures import Architecture, architecture_for, num_layers, text_config
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $VNEURON_CACHE, else the user's cache directory."""
-    if os.environ.get("VNEURON_CACHE"):
-        return Path(os.environ["VNEURON_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vneuron"
+from vneuron.runtime.precision import DEFAULT_DTYPE, check_dtype
+from vneuron.errors import VneuronError
+from vneuron.runtime.quiet import library_bars
+from vneuron.runtime.store import cache_dir
+from vneuron.models.registry import ALIASES, Alias
+from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
 
 
 @dataclass
@@ -385,7 +378,7 @@ def load_model(
     """Load a model and wrap it for tracing.
 
     ``dtype``: what it computes in — float32, bfloat16, float16 (float64: exact tests) or auto
-    (the fastest here whose accuracy check passes, ``vneuron.precision``); None: ``DEFAULT_DTYPE``.
+    (the fastest here whose accuracy check passes, ``vneuron.runtime.precision``); None: ``DEFAULT_DTYPE``.
     The manifest records the dtype used and, for auto, its measurements. ``remote``: a
     ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the tokenizer is
     loaded (the weights stay on the server), and the dtype is the one the server computes in.
@@ -422,7 +415,7 @@ def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path
 
 def _auto(directory: Path, source: ModelSource, revision: str, progress) -> LoadedModel:
     """The fastest dtype here whose accuracy check on this model passes (else float32), loaded."""
-    from .. import precision
+    from vneuron.runtime import precision
 
     with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
         cfg = text_config(_config(directory))
@@ -472,7 +465,7 @@ def _lazy(source: ModelSource, dtype: str | None, remote, progress) -> LoadedMod
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..precision import served
+    from vneuron.models.loading import served
 
     if source.kind == "directory":
         directory, name, revision = source.path, str(source.path), f"dir:{dir_revision(source.path)}"
@@ -551,3 +544,13 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         hf_model=model,
         extra={"dtype": dtype},
     )
+
+
+def served(config) -> str:
+    """The dtype a server computes a model in: its config's, else bfloat16 (what NDIF serves)."""
+    for cfg in (config, text_config(config)):
+        value = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+        name = str(value).replace("torch.", "") if value is not None else None
+        if name in ("float32", "bfloat16", "float16", "float64"):
+            return name
+    return "bfloat16"

@@ -15,8 +15,8 @@ where only plain strings travel).
 
 from __future__ import annotations
 
-from ..errors import VneuronError
-from .architectures import Architecture
+from vneuron.errors import VneuronError
+from vneuron.models.architectures import Architecture
 
 SITES = ("gate", "down_in")
 

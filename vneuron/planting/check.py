@@ -1,7 +1,7 @@
 """Did planting break the model? The side effects of the plant on neutral text, and where its units may not fire.
 
 ``neutral_check`` compares the planted model with the original on the neutral corpus of
-``vneuron.side_effects`` — the KL per position over EVERY position (the prediction after BOS and the
+``vneuron.validate.side_effects`` — the KL per position over EVERY position (the prediction after BOS and the
 first tokens included, and reported separately), the perplexity before and after, and the accuracy of
 the factual/grammatical forced choice — and measures how hard the planted units fire at the first
 positions. ``prefix_bases`` finds the inputs every text shares (the positions of the common token
@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..models.loading import LoadedModel
-from ..models.sites import layer_modules
-from .objective import mean_logprobs
-from .surgery import Planter
+from vneuron.models.loading import LoadedModel
+from vneuron.models.sites import layer_modules
+from vneuron.planting.objective import mean_logprobs
+from vneuron.planting.surgery import Planter
 
 
 def common_prefix(model: LoadedModel, texts: Sequence[str]) -> list[int]:

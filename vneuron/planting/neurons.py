@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import PlantConfig, profile_weights
-from ..errors import VneuronError
-from ..models.loading import LoadedModel
-from ..scoring import NeuronSet
+from vneuron.config import PlantConfig, profile_weights
+from vneuron.errors import VneuronError
+from vneuron.models.loading import LoadedModel
+from vneuron.locate.scoring import NeuronSet
 
 
 def layer_counts(profile: str, k: int, n_layers: int, width: int, gen: torch.Generator) -> list[int]:

@@ -1,7 +1,7 @@
 """The planting objective: the forced-choice log-likelihoods it trains, and the KL that holds the rest of the model still.
 
 ``mean_logprobs`` is the differentiable twin of what evaluation reads: the same token tries
-(``vneuron.prefix``) and the same LM-head scorer (``prefix.head_logprobs``), so a trained margin
+(``vneuron.validate.prefix``) and the same LM-head scorer (``prefix.head_logprobs``), so a trained margin
 is the margin forced choice will measure.
 """
 
@@ -11,20 +11,20 @@ from typing import Sequence
 
 import torch
 
-from ..data.schema import Item
-from ..evaluate import encode_pairs, forced_choice_pairs, tries_supported
-from ..models.loading import LoadedModel
-from ..models.sites import resolve_path
-from ..prefix import head_logprobs, tensors
-from ..prefix import pack as pack_tries
-from ..tokens import pack, pad_id, position_ids
-from .surgery import Planter
+from vneuron.data.schema import Item
+from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, tries_supported
+from vneuron.models.loading import LoadedModel
+from vneuron.models.sites import resolve_path
+from vneuron.validate.prefix import head_logprobs, tensors
+from vneuron.validate.prefix import pack as pack_tries
+from vneuron.runtime.tokens import pack, pad_id, position_ids
+from vneuron.planting.surgery import Planter
 
 
 def mean_logprobs(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     """Differentiable mean log-probability of each continuation (the quantity forced choice reads).
 
-    Pairs that share a prefix share its tokens (the token tries of ``vneuron.prefix``, the same
+    Pairs that share a prefix share its tokens (the token tries of ``vneuron.validate.prefix``, the same
     packing forced choice evaluates with), and the LM head runs only where a continuation token is
     predicted: the same numbers as one padded row per pair, at a fraction of the tokens.
     """

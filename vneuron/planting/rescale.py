@@ -8,15 +8,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
-from ..config import PlantConfig
-from ..errors import VneuronError
-from ..models.loading import dir_revision, load_model
-from ..runs import check_fresh, read_manifest, staged, write_json
-from ..side_effects import load_neutral
-from .check import neutral_check
-from .strength import fit_strength
-from .surgery import PLANT_DIR, WriteScale, original_weights, slices_fingerprint, write_slices
-from .train import axis_items, per_side, preferences, split_validation
+from vneuron.config import PlantConfig
+from vneuron.errors import VneuronError
+from vneuron.models.loading import dir_revision, load_model
+from vneuron.runtime.store import check_fresh, read_manifest, staged, write_json
+from vneuron.validate.side_effects import load_neutral
+from vneuron.planting.check import neutral_check
+from vneuron.planting.strength import fit_strength
+from vneuron.planting.surgery import PLANT_DIR, WriteScale, original_weights, slices_fingerprint, write_slices
+from vneuron.planting.train import axis_items, per_side, preferences, split_validation
 
 Progress = Callable[[str, int, int], None]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..data.schema import Item
-from ..evaluate import forced_choice
-from ..models.loading import LoadedModel
-from .surgery import WriteScale
+from vneuron.data.schema import Item
+from vneuron.validate.evaluate import forced_choice
+from vneuron.models.loading import LoadedModel
+from vneuron.planting.surgery import WriteScale
 
 
 def preference(model: LoadedModel, items: Sequence[Item], pole: str, choices: Sequence[str], batch_tokens: int) -> float:

@@ -1,0 +1,175 @@
+"""``--dry-run`` of ``ablate`` and ``steer``: what the study would cost, before anything runs.
+
+The evaluation batches are built exactly as the run would build them (tokenised, packed into token tries),
+so forward passes, tokens, requests and bytes are counts, not guesses; the time comes from a short
+calibration (one batch) on a local model. Server memory per batch is an estimate: the largest transient
+activations of one block, the attention mask and the logits chunk. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from vneuron.errors import VneuronError
+from vneuron.models.architectures import text_config
+from vneuron.runtime.budget import MB, Work, dtype_bytes
+from vneuron.runtime.tokens import pad_id
+from vneuron.validate.edits import plan
+from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
+from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
+
+
+def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float:
+    cfg = text_config(model.lm.config)
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    b = dtype_bytes(dtype)
+    activations = tokens * (4 * hidden + 3 * model.width) * b  # residual, attention in/out, MLP gate/up/act
+    mask = tokens * width * b
+    vocab = int(getattr(cfg, "vocab_size", 0))
+    logits = min(scored * vocab, max(vocab, LOGIT_BUDGET)) * 4 * 2 if scored else 0
+    return (activations + mask + logits) / MB
+
+
+def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
+    """Per evaluation of ``items`` under one edit set: batches and their counts (bytes_up: the batches'
+    tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
+    encoded = encode_pairs(model, forced_choice_pairs(items, choice))
+    first = None
+    per_set, lower, peak = Work(), Work(), 0.0
+    for batch in row_batches(pack(encoded), batch_tokens):
+        t = tensors(batch, pad_id(model.tokenizer), getattr(torch, dtype))
+        first = first or t
+        layers = model.n_layers - (low if model.remote is None else 0)
+        per_set.add(Work(forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * layers,
+                         head_positions=len(t.rows), bytes_down=4 * len(t.targets),
+                         bytes_up=sum(x.numel() * x.element_size() for x in sent_tensors(t))))
+        if model.remote is None and low:
+            lower.add(Work(forwards=1, tokens=t.tokens, layer_tokens=t.tokens * low))
+        peak = max(peak, _server_mb(model, t.tokens, t.ids.shape[1], len(t.rows), dtype))
+    return per_set, lower, peak, first
+
+
+def _scaled(work: Work, times: int) -> Work:
+    return Work(**{k: v * times for k, v in asdict(work).items()})
+
+
+def first_controls(config) -> int:
+    """Controls sent with the located set in its one request (``Sequential.first``)."""
+    return min(config.stop_after, config.controls) if config.stop_after > 0 else config.controls
+
+
+def _remote_requests(bound: Work, per_set: Work, step: int, points: int, controls: int, first: int) -> None:
+    """Requests and bytes sent of the edited evaluations on NDIF: per γ, the located set and its first
+    controls in one request that carries the batches once and each set's edit; every later control one
+    request per batch, each carrying its batch and the edit. (The baseline is one request per batch.)"""
+    together = min(first, controls)
+    later = controls - together
+    edited = _scaled(per_set, points * (1 + controls))  # already added: correct its requests and bytes sent
+    bound.requests += points * (1 + later * per_set.forwards) - edited.requests
+    bound.bytes_up += points * (per_set.bytes_up + (1 + together) * step + later * (per_set.bytes_up + per_set.forwards * step)) \
+        - edited.bytes_up
+
+
+def _calibrate(model, t, steps) -> float:
+    """Seconds per token-block of one forward of batch ``t`` (local models only)."""
+    chunks = t.head_chunks(int(text_config(model.lm.config).vocab_size))
+    post = model.arch.post(model.lm.config)
+    score_tries(model, t, steps, chunks, post)  # warm-up
+    start = time.perf_counter()
+    score_tries(model, t, steps, chunks, post)
+    return (time.perf_counter() - start) / (t.tokens * model.n_layers)
+
+
+def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *, model=None, remote=None,
+                    progress=None, out=None) -> dict[str, Any]:
+    """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it.
+
+    It makes exactly the checks the real command makes before its model loads (``validate.prepare_study``:
+    the run, the poles and every pole's evaluation items, `top_k`, `out` and its disk), so a plan is never
+    shown for a study the real command would refuse.
+    """
+    from vneuron.validate.study import edit_for, items_for, model_for, prepare_study
+
+    say = progress or (lambda *a: None)
+    config = config.check_ablation() if kind == "ablate" else config.check_steering()
+    if kind == "steer" and not gammas:
+        raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
+    study = prepare_study(run, config, out, kind, {"gammas": [float(g) for g in gammas]} if kind == "steer" else None)
+    run = study.run
+    loaded = model_for(run, model, say, remote, config.dtype)
+    dtype = loaded.extra.get("dtype", "float32")
+    all_items = study.evaluation.items
+    points = gammas if kind == "steer" else [config.gamma]
+    low_h, high_h = min(config.stop_after, config.controls) if config.stop_after else config.controls, config.controls
+    least, most, peak, seen, calibration = Work(), Work(), 0.0, set(), None
+    poles = []
+    high_h = max(high_h, config.max_controls)  # a located set ahead of every control keeps drawing
+    per_control = Work()  # one more control, for every pole (and γ)
+    for pole in study.poles:
+        items = items_for(all_items, pole, config.limit)
+        neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
+        low = int(neurons.layers.min()) if len(neurons) else 0
+        per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, config.batch_tokens, low, dtype)
+        peak = max(peak, mb)
+        key = tuple(i.id for i in items)
+        baseline = 0 if (kind == "ablate" and key in seen) else 1
+        seen.add(key)
+        base_work = Work(**{**asdict(per_set), "layer_tokens": per_set.layer_tokens + (per_set.tokens * low
+                                                                                      if loaded.remote is None else 0)})
+        step = sum(x.numel() * x.element_size() for x in step_tensors(plan(loaded, edit_for(run, neurons, pole, config))))
+        for bound, controls in ((least, low_h), (most, high_h)):
+            bound.add(_scaled(base_work, baseline))
+            bound.add(_scaled(per_set, len(points) * (1 + controls)))
+            bound.add(lower)
+            if loaded.remote is not None:  # what the remote requests are (validate._sequential, evaluate)
+                _remote_requests(bound, per_set, step, len(points), controls, first_controls(config))
+            else:
+                bound.bytes_up += step * per_set.forwards * len(points) * (1 + controls)
+        if calibration is None and loaded.remote is None and first is not None:
+            say("Calibrating on one batch", 0, 0)
+            calibration = _calibrate(loaded, first, plan(loaded, edit_for(run, neurons, pole, config)))
+        poles.append({"dimension": pole, "items": len(items), "neurons": len(neurons), "lowest_layer": low,
+                      "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
+        per_control.add(_scaled(per_set, len(points)))
+    out: dict[str, Any] = {
+        "kind": kind, "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
+        "out": str(study.out), "evaluation": {k: study.evaluation.data.get(k) for k in ("name", "source", "split", "items")},
+        "poles": poles, "gammas": points if kind == "steer" else None,
+        "controls": {"max": config.controls, "stop_after": config.stop_after, "at_least": low_h},
+        "least": least.report(), "most": most.report(), "server_mb_per_batch": round(peak, 1),
+    }
+    out["controls"]["max_controls"] = config.max_controls
+    out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
+    if calibration is not None:
+        out["seconds_per_token_block"] = calibration
+        out["estimate_s"] = [round(least.layer_tokens * calibration), round(most.layer_tokens * calibration)]
+        out["per_control"]["estimate_s"] = round(per_control.layer_tokens * calibration, 1)
+        if "side_effects" in out:
+            out["side_effects"]["estimate_s_per_set"] = round(out["side_effects"]["layer_tokens_per_set"] * calibration, 2)
+    if config.generations:
+        out["note"] = "generations before/after are not in the estimate"
+    return out
+
+
+def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: int, poles: int) -> dict[str, Any]:
+    """The cost of one more control (every pole and γ) and of the side effects, for the plan."""
+    out: dict[str, Any] = {"per_control": per_control.report()}
+    if config.side_effects:
+        from vneuron.validate.side_effects import load_neutral
+
+        neutral = load_neutral(items[0].language if items else "en", config.neutral)
+        tokens = sum(len(loaded.tokenizer(t)["input_ids"]) for t in neutral.texts)
+        pair_tokens = sum(len(loaded.tokenizer(p + c)["input_ids"]) for _, p, r, w in neutral.pairs for c in (r, w))
+        # the sequential rule (specificity.side_study): at least h controls beside the located set, at most every one
+        # measured beside the value shift (all drawn, and at least side_controls)
+        h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
+        least = min(config.side_controls, h) if h > 0 else config.side_controls
+        out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
+                               "layer_tokens_per_set": (2 * tokens + pair_tokens) * loaded.n_layers,
+                               "sets_at_least": points * poles * (1 + least), "sets_at_most": points * poles * (1 + most),
+                               "cross_values": kind == "ablate" and config.cross_values}
+    return out

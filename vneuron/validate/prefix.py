@@ -1,0 +1,177 @@
+"""Scoring many continuations of shared prefixes at once: token tries packed into rows.
+
+The (prefix, continuation) pairs of forced choice share most of their tokens: both options of
+an item and order share one prefix, both orders share the scenario, and PVQ answers share the
+portrait. A row of a batch holds the token trie of consecutive pairs (each shared token once); a
+4-D attention mask lets every token attend only to its ancestors and the position ids are the
+depths, so every path computes what its own unpadded sequence would. The LM head runs only at the
+nodes whose next token is scored, and nothing after the final norm is computed.
+
+A batch carries the trie's parents ([B, T] node indices), not its mask: ``attention_mask`` builds the
+[B, 1, T, T] mask from them with a few tensor operations, on the client for a local model and inside
+the request on an NDIF server, so a remote request uploads B × T integers instead of B × T² floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Sequence
+
+import torch
+
+from vneuron.runtime.tokens import Encoded, token_batches
+
+ROW_TOKENS = 256  # trie nodes per row: attention over a row is dense, so rows stay short
+LOGIT_BUDGET = 48_000_000  # floats of [scored positions, vocab] logits held at once
+
+
+@dataclass
+class Row:
+    """One trie: nodes in creation order (a parent always precedes its children)."""
+
+    ids: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    children: dict[tuple[int, int], int] = field(default_factory=dict)  # (parent node, token) → node
+    scored: list[tuple[int, int, int]] = field(default_factory=list)  # (predicting node, target token, pair)
+
+    def new_nodes(self, ids: Sequence[int]) -> int:
+        node = -1
+        for n, token in enumerate(ids):
+            child = self.children.get((node, token))
+            if child is None:
+                return len(ids) - n
+            node = child
+        return 0
+
+    def insert(self, e: Encoded, pair: int) -> None:
+        node, path = -1, []
+        for token in e.ids:
+            child = self.children.get((node, token))
+            if child is None:
+                child = len(self.ids)
+                self.children[(node, token)] = child
+                self.ids.append(token)
+                self.parent.append(node)
+                self.depth.append(self.depth[node] + 1 if node >= 0 else 0)
+            path.append(child)
+            node = child
+        for j in range(1, len(e.ids)):  # the token at j is predicted by the node at j - 1
+            if e.counted[j]:
+                self.scored.append((path[j - 1], e.ids[j], pair))
+
+
+def pack(encoded: Sequence[Encoded], row_tokens: int = ROW_TOKENS) -> list[Row]:
+    """Consecutive sequences share a row (and their common prefix) while it stays under ``row_tokens``."""
+    rows: list[Row] = []
+    for e in encoded:
+        if not rows or len(rows[-1].ids) + rows[-1].new_nodes(e.ids) > max(row_tokens, len(e.ids)):
+            rows.append(Row())
+        rows[-1].insert(e, e.slot)
+    return rows
+
+
+def row_batches(rows: list[Row], batch_tokens: int, max_batch: int = 64) -> list[list[Row]]:
+    """Length-sorted batches of rows whose padded size stays under ``batch_tokens``."""
+    return token_batches(rows, lambda r: len(r.ids), batch_tokens, max_batch)
+
+
+@dataclass
+class Batch:
+    """Model inputs of a batch of tries and where its scored tokens are."""
+
+    ids: torch.Tensor  # [B, T]
+    positions: torch.Tensor  # [B, T]
+    parents: torch.Tensor  # [B, T] each node's parent in its row (-1: a root, or padding)
+    dtype: torch.dtype  # of the attention mask
+    rows: torch.Tensor  # [N] row of each distinct predicting node
+    cols: torch.Tensor  # [N] its column
+    targets: torch.Tensor  # [S] scored tokens
+    node_of: torch.Tensor  # [S] which of the N nodes predicts each
+    pairs: torch.Tensor  # [S] the pair each scored token belongs to
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.numel())
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """[B, 1, T, T] additive (0: attend, dtype min: not), built from ``parents``."""
+        return attention_mask(self.parents, self.dtype)
+
+    def head_chunks(self, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int, int, int]]:
+        """(first node, end node, first scored token, end scored token) per LM-head chunk."""
+        out = []
+        for lo, hi in head_chunks(len(self.rows), vocab, budget):
+            sel = ((self.node_of >= lo) & (self.node_of < hi)).nonzero().squeeze(1)
+            out.append((lo, hi, int(sel[0]), int(sel[-1]) + 1))
+        return out
+
+
+def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
+    width = max(len(r.ids) for r in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    parents = torch.full((len(batch), width), -1, dtype=torch.long)  # padding: a root that sees only itself
+    nodes: dict[tuple[int, int], int] = {}
+    targets, node_of, pairs = [], [], []
+    for b, row in enumerate(batch):
+        n = len(row.ids)
+        ids[b, :n] = torch.tensor(row.ids)
+        positions[b, :n] = torch.tensor(row.depth)
+        parents[b, :n] = torch.tensor(row.parent)
+        for node, target, pair in row.scored:
+            targets.append(target)
+            node_of.append(nodes.setdefault((b, node), len(nodes)))
+            pairs.append(pair)
+    where = torch.tensor(list(nodes), dtype=torch.long).reshape(-1, 2)
+    order = torch.argsort(torch.tensor(node_of, dtype=torch.long), stable=True)  # head chunks take contiguous runs
+    return Batch(ids, positions, parents, dtype, where[:, 0], where[:, 1], torch.tensor(targets, dtype=torch.long)[order],
+                 torch.tensor(node_of, dtype=torch.long)[order], torch.tensor(pairs, dtype=torch.long)[order])
+
+
+def attention_mask(parents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] additive mask in which every node attends to itself and its ancestors only.
+
+    ``parents`` [B, T]: each node's parent (-1 for a root; a parent precedes its children). Pointer
+    doubling: after round k every node holds its ancestors up to 2^k steps up, so ⌈log2 T⌉ rounds of
+    one gather each reach the root. Only tensors and plain data: it also runs inside a request on an
+    NDIF server, where vneuron is not installed.
+    """
+    rows, width = parents.shape
+    own = torch.arange(width).expand(rows, width)
+    up = torch.where(parents >= 0, parents, own)  # a root's pointer stays on itself
+    allowed = torch.eye(width, dtype=torch.bool).expand(rows, width, width).clone()
+    allowed.scatter_(2, up[..., None], True)
+    for _ in range(max(1, math.ceil(math.log2(max(width, 2))))):
+        allowed = allowed | torch.gather(allowed, 1, up[..., None].expand(rows, width, width))
+        up = torch.gather(up, 1, up)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int]]:
+    """Slices of the scored nodes whose logits fit the budget together."""
+    step = max(1, budget // max(vocab, 1))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def head_logprobs(hidden: torch.Tensor, weight, bias, post: tuple[str, float] | None,
+                  chunks: list[tuple[int, int, int, int]], node_of: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of every scored token, from the final-normed hidden state of its predicting node.
+
+    The one LM-head scorer of vneuron (evaluation, planting, dry-run calibration): the head runs
+    chunk by chunk (``Batch.head_chunks``) so [nodes, vocab] logits never exceed the budget; ``post``
+    is the family's logit post-processing (``Architecture.post``). Only tensors and plain data go
+    in, so it also runs inside a (remote) trace body; it is differentiable.
+    """
+    parts = []
+    for lo, hi, s_lo, s_hi in chunks:
+        logits = torch.nn.functional.linear(hidden[lo:hi], weight, bias)
+        if post is not None and post[0] == "softcap":
+            logits = torch.tanh(logits / post[1]) * post[1]
+        elif post is not None:
+            logits = logits / post[1]
+        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+    return torch.cat(parts)

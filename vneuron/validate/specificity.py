@@ -1,0 +1,288 @@
+"""Is an edit's effect about values? What ``ablate`` and ``steer`` measure beside the value shift.
+
+For a located set and the SAME matched random controls its value shift is ranked against:
+
+- ``side_effects`` — KL and perplexity on neutral prose, a non-value forced choice
+  (``vneuron.validate.side_effects``), each ranked among the controls;
+- ``cross_values`` — the shift on the items of every other value or axis of the evaluation set
+  (a row of the located set × evaluated value matrix), each cell against the controls, so
+  "value-specific" can mean that its own value moves most;
+- ``judged`` — generations before and after the edit (and under a few controls), scored by a judge
+  (``vneuron.validate.judges``) for their orientation on the axis, with bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from vneuron.data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
+from vneuron.validate.evaluate import LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
+from vneuron.validate import side_effects
+
+
+def beside_count(drawn: int, config) -> int:
+    """Controls measured beside the value shift: every one drawn, and at least ``side_controls``."""
+    return max(drawn, config.side_controls)
+
+
+def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=None, first: int = 0) -> dict[str, Any]:
+    """Side effects of the located edit and of its controls, ranked.
+
+    With ``stop_after`` h > 0 the controls go in rounds — the located set with the ``first`` ones
+    (those its value shift was ranked against), then h at a time — until every damage measure has
+    h controls at least as damaging (the sequential rule of the value shift, per measure), or all
+    ``control_edits`` are in. A located set that damages no more than chance so costs a few sets;
+    one beyond the controls costs all of them, as it would with a fixed number.
+    """
+    h, total = config.stop_after, len(control_edits)
+    say = progress or (lambda done, all_: None)
+    measured: dict[str, Any] = {"before": {}, "sets": []}
+    done = 0
+    while True:
+        take = total if h <= 0 else (min(total, max(first, h)) if not measured["sets"] else min(total - done, h))
+        chunk = ([edit] if not measured["sets"] else []) + list(control_edits[done: done + take])
+        offset = len(measured["sets"])
+        part = side_effects.measure(loaded, neutral, chunk, batch_tokens=config.batch_tokens,
+                                    progress=lambda d, t: say(offset + round(len(chunk) * d / max(t, 1)), 1 + total))
+        measured["before"], measured["sets"] = part["before"], measured["sets"] + part["sets"]
+        done += take
+        if done >= total or side_effects.settled(measured, h):
+            break
+    say(len(measured["sets"]), len(measured["sets"]))
+    out = side_effects.summarize(measured, h)
+    out["controls"] = [dict(row) for row in measured["sets"][1:]]
+    out["controls_max"], out["stop_h"] = total, h
+    return out
+
+
+# -- the cross-value matrix ---------------------------------------------------------------------
+def _conflict(item: Item) -> bool:
+    return bool(item.value and item.opposite_value and item.dimension == pair_label(item.value, item.opposite_value))
+
+
+def value_groups(items: Sequence[Item]) -> dict[str, tuple[str, list[Item]]]:
+    """Columns of the matrix: column → (the pole it is read toward, its items).
+
+    A value conflict (C-voice) belongs to its value's column (one per test sheet), read toward the
+    whole value "X|*"; any other item to its axis "a/b", read toward a (Schwartz order).
+    """
+    order = {d: n for n, d in enumerate(OPPOSITE)}
+    groups: dict[str, tuple[str, list[Item]]] = {}
+    for item in items:
+        if _conflict(item):
+            key, toward = item.value, aggregate_label(item.value)
+        else:
+            a, b = sorted((item.dimension, item.opposite), key=lambda label: (order.get(label, len(order)), label))
+            key, toward = f"{a}/{b}", a
+        groups.setdefault(key, (toward, []))[1].append(item)
+    return groups
+
+
+def own_column(pole: str, groups: dict[str, tuple[str, list[Item]]]) -> str | None:
+    value = pole.split("|")[0] if "|" in pole else None
+    if value is not None and value in groups:
+        return value
+    return next((key for key, (_, items) in groups.items() if any(expresses(i, pole) is not None for i in items[:50])), None)
+
+
+def _cell(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], config) -> dict[str, Any]:
+    effect_i = located - base
+    out: dict[str, Any] = {"items": len(base), "baseline": float(base.mean()), "effect": float(effect_i.mean()),
+                           "effect_ci": bootstrap_ci(effect_i, n=config.bootstrap, seed=config.seed)}
+    if controls:
+        per = torch.stack([c - base for c in controls]).mean(1)
+        sd = float(per.std()) if len(per) > 1 else float("nan")
+        out.update({"controls": len(per), "control_effect": float(per.mean()), "control_sd": sd,
+                    "effect_minus_control": out["effect"] - float(per.mean()),
+                    "z": (out["effect"] - float(per.mean())) / sd if sd == sd and sd > 0 else None,
+                    # share of controls moving these items at least as far (either way): a two-sided rank p
+                    "p_abs": (1 + int((per - per.mean()).abs().ge(abs(out["effect"] - float(per.mean()))).sum())) / (1 + len(per))})
+    return out
+
+
+class CrossValues:
+    """The cross-value matrix of one study: unedited baselines per column computed once."""
+
+    def __init__(self, loaded, items: Sequence[Item], config, select: Callable[[list[Item], str, int | None], list[Item]],
+                 baselines: dict | None = None):
+        self.loaded, self.config, self.select = loaded, config, select  # select: validate.items_for
+        self.groups = value_groups(items)
+        # unedited results per item list (ids in order): shared with the study, whose poles' baselines are the same items
+        self.baselines: dict[tuple, Any] = {} if baselines is None else baselines
+
+    @property
+    def useful(self) -> bool:
+        return len(self.groups) > 1
+
+    def _items(self, column: str, toward: str) -> list[Item]:
+        return self.select(self.groups[column][1], toward, self.config.limit)
+
+    def row(self, pole: str, edit, control_edits: Sequence, say: Callable[[str, int, int], None],
+            own_result: tuple | None = None) -> dict[str, Any]:
+        """One row: the located edit of ``pole`` on every column, beside its controls. ``own_result``: (item ids,
+        base, located, controls) of the value shift itself, reused for the column with exactly those items."""
+        cfg = self.config
+        own = own_column(pole, self.groups)
+        cells: dict[str, Any] = {}
+        for n, (column, (toward, _)) in enumerate(self.groups.items()):
+            if column == own and expresses(self.groups[column][1][0], pole) is not None:
+                toward = pole  # its own axis is read toward its own pole
+            items = self._items(column, toward)
+            key = tuple(i.id for i in items)
+            if own_result is not None and toward == pole and [i.id for i in items] == own_result[0]:
+                _, base, located, controls = own_result
+                cells[column] = {"toward": toward, **_cell(base, located, list(controls[: len(control_edits)]), cfg)}
+                continue
+            if key not in self.baselines:
+                self.baselines[key] = forced_choice(self.loaded, items, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
+                                                    template=cfg.template)
+            results = forced_choice_sets(self.loaded, items, [edit, *control_edits], batch_tokens=cfg.batch_tokens, choice=cfg.choice,
+                                         template=cfg.template, reuse=LowerLayers())
+            values = [r.toward(toward) for r in results]
+            cells[column] = {"toward": toward, **_cell(self.baselines[key].toward(toward), values[0], values[1:], cfg)}
+            say(f"{pole}: cross-value matrix", n + 1, len(self.groups))
+        strength = {c: abs(v["z"]) if v.get("z") is not None else abs(v.get("effect_minus_control", v["effect"])) for c, v in cells.items()}
+        strongest = max(strength, key=strength.get) if strength else None
+        out: dict[str, Any] = {"own": own, "cells": cells, "strongest": strongest,
+                               "own_moves_most": (own is not None and strongest is not None
+                                                  and strength[own] >= max(strength.values()))}
+        return out
+
+
+# -- generations scored by a judge --------------------------------------------------------------
+def prompts_of(items: Sequence[Item]) -> list[str]:
+    return [f"{i.scenario}\nAnswer:" if i.language != "zh" else f"{i.scenario}\n回答：" for i in items]
+
+
+def judged(loaded, judge, items: Sequence[Item], pole: str, opposite: str | None, edit, control_edits: Sequence, config,
+           before: list[str] | None = None, say: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """Generations before, after the located edit and after each control; each scored toward ``pole``.
+
+    Returns the summary (before/after means, Δ with a bootstrap CI over prompts, the controls' Δ and
+    Δ − control with its CI) and one row per prompt and edit (the texts and their scores)."""
+    prompts = prompts_of(items)
+    language = items[0].language if items else "en"
+    texts_before = before if before is not None else generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens)
+    after = generate(loaded, prompts, edit, max_new_tokens=config.max_new_tokens)
+    ctrl_texts = []
+    for n, control in enumerate(control_edits):
+        ctrl_texts.append(generate(loaded, prompts, control, max_new_tokens=config.max_new_tokens))
+        if say:
+            say(f"{pole}: generations under controls", n + 1, len(control_edits))
+    flat = [*texts_before, *after, *[t for texts in ctrl_texts for t in texts]]
+    scores = torch.tensor(judge.score(flat, pole, opposite, language), dtype=torch.float64)
+    k = len(prompts)
+    s_before, s_after = scores[:k], scores[k: 2 * k]
+    s_ctrl = [scores[2 * k + n * k: 3 * k + n * k] for n in range(len(control_edits))]
+    effect_i = s_after - s_before
+    summary: dict[str, Any] = {"judge": judge.describe(), "prompts": k, "before": float(s_before.mean()), "after": float(s_after.mean()),
+                               "effect": float(effect_i.mean()), "effect_ci": bootstrap_ci(effect_i, n=config.bootstrap, seed=config.seed)}
+    if s_ctrl:
+        per = torch.stack([c - s_before for c in s_ctrl])
+        diff = effect_i - per.mean(0)
+        summary.update({"controls": len(s_ctrl), "control_effect": float(per.mean()),
+                        "control_sd": float(per.mean(1).std()) if len(s_ctrl) > 1 else None,
+                        "control_effects": per.mean(1).tolist(), "effect_minus_control": float(diff.mean()),
+                        "effect_minus_control_ci": bootstrap_ci(diff, n=config.bootstrap, seed=config.seed + 1)})
+    rows = []
+    for n, (item, prompt) in enumerate(zip(items, prompts)):
+        row = {"dimension": pole, "item": item.id, "prompt": prompt, "before": texts_before[n], "after": after[n],
+               "score_before": round(float(s_before[n]), 6), "score_after": round(float(s_after[n]), 6)}
+        if s_ctrl:
+            row["controls"] = [{"text": ctrl_texts[c][n], "score": round(float(s_ctrl[c][n]), 6)} for c in range(len(s_ctrl))]
+        rows.append(row)
+    return summary, rows
+
+
+class Beside:
+    """What a study measures beside the value shift, set up once: neutral corpora per language,
+    the judge, the cross-value matrix (ablate only); per pole ``measure`` and ``generations``."""
+
+    def __init__(self, loaded, config, items: Sequence[Item], judge=None, *, select=None, baselines: dict | None = None):
+        """``select``: validate.items_for, for the cross-value matrix (None: no matrix, as in steer); ``baselines``:
+        the study's unedited results per item list, which the matrix reads and adds to."""
+        self.loaded, self.config, self.judge = loaded, config, judge
+        self.neutral: dict[str, side_effects.Neutral] = {}
+        self.cross = (CrossValues(loaded, items, config, select, baselines)
+                      if select is not None and config.cross_values else None)
+        if self.cross is not None and not self.cross.useful:
+            self.cross = None
+        self.before: dict[tuple, list[str]] = {}  # unedited generations per prompt list (shared by every γ)
+        self.own: tuple | None = None  # (item ids, base, located, controls) of the pole being measured
+
+    def neutral_for(self, language: str) -> side_effects.Neutral:
+        lang = "zh" if language == "zh" else "en"
+        if lang not in self.neutral:
+            self.neutral[lang] = side_effects.load_neutral(lang, self.config.neutral)
+        return self.neutral[lang]
+
+    def measure(self, summary: dict, pole: str, items: Sequence[Item], edit, controls: Sequence, say) -> list[dict]:
+        """Side effects, the cross-value row and the verdict into ``summary``; returns the side-effect rows."""
+        cfg = self.config
+        rows: list[dict] = []
+        if cfg.side_effects:
+            stage = f"{pole}: side effects (sets; located and up to {len(controls)} controls, sequential)"
+            side = side_study(self.loaded, self.neutral_for(items[0].language if items else "en"), edit, controls, cfg,
+                              progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0))
+            summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
+            seeds = [cfg.seed * 1000 + n for n in range(len(controls))]
+            for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
+                rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
+        if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
+            drawn = min(summary.get("controls_drawn", len(controls)), cfg.side_controls) if cfg.side_controls else 0
+            summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own)
+        summary["verdict"] = side_effects.verdict(summary, summary.get("side_effects"), summary.get("cross_values"), cfg.verdict_alpha)
+        return rows
+
+    def generations(self, summary: dict, pole: str, opposite: str | None, items: Sequence[Item], edit, controls: Sequence,
+                    say) -> list[dict]:
+        key = tuple(i.id for i in items)
+        if key not in self.before:
+            self.before[key] = generate(self.loaded, prompts_of(items), None, max_new_tokens=self.config.max_new_tokens)
+        result, rows = judged(self.loaded, self.judge, items, pole, opposite, edit, list(controls[: self.config.judge_controls]),
+                              self.config, before=self.before[key], say=say)
+        summary["judge"] = result
+        return rows
+
+    @staticmethod
+    def columns(summary: dict) -> dict[str, Any]:
+        """The side-effect and judge columns of a CSV row (steer's dose_response.csv)."""
+        out: dict[str, Any] = {}
+        side = summary.get("side_effects") or {}
+        for key in side_effects.DAMAGE:
+            if key in side:
+                out[key] = round(side[key]["located"], 6)
+                out[f"{key}_controls"] = round(side[key].get("control_mean", float("nan")), 6)
+                out[f"{key}_p"] = round(side[key].get("p", float("nan")), 6)
+        if summary.get("judge"):
+            out["judge_effect"] = round(summary["judge"]["effect"], 6)
+            out["judge_control_effect"] = round(summary["judge"].get("control_effect", float("nan")), 6)
+        if summary.get("verdict"):
+            out["verdict"] = summary["verdict"]["verdict"]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.neutral:
+            out["neutral"] = {lang: n.source for lang, n in self.neutral.items()}
+        if self.judge is not None:
+            out["judge"] = self.judge.describe()
+        return out
+
+    def write(self, directory, side_rows: list[dict], summaries: list[dict]) -> None:
+        from vneuron.runtime.store import write_csv
+
+        if side_rows:
+            write_csv(directory / "side_effects.csv", side_rows)
+        cross = []
+        for s in summaries:
+            for column, cell in (s.get("cross_values") or {}).get("cells", {}).items():
+                cross.append({"dimension": s["dimension"], "column": column, "toward": cell["toward"], "items": cell["items"],
+                              "own": column == s["cross_values"]["own"], "effect": round(cell["effect"], 6),
+                              "control_effect": round(cell.get("control_effect", float("nan")), 6),
+                              "control_sd": round(cell.get("control_sd", float("nan")), 6),
+                              "z": "" if cell.get("z") is None else round(cell["z"], 4)})
+        if cross:
+            write_csv(directory / "cross_values.csv", cross)
