@@ -94,7 +94,16 @@ def test_record_matches_the_real_model(tiny_dir, name):
         modules = [site_module(block, arch, site) for block in blocks]
         assert all(isinstance(m, torch.nn.Module) for m in modules)
         assert len({id(m) for m in modules}) == model.n_layers  # not one shared module
-    assert isinstance(resolve_path(hf, arch.base), torch.nn.Module) and hf.lm_head is hf.get_output_embeddings()
+    assert isinstance(resolve_path(hf, arch.base), torch.nn.Module)
+    # the family facts callers ask the record for: the head, the residual width, the weight layout, tied or not
+    head = resolve_path(hf, arch.head)
+    assert head is hf.get_output_embeddings()
+    resolve_path(model.lm, arch.head)  # the envoy too (traces read the head through it)
+    assert arch.hidden(config) == hf.get_input_embeddings().weight.shape[1] == head.weight.shape[1]
+    assert arch.tied(config) == (head.weight is hf.get_input_embeddings().weight)
+    for block in blocks:
+        projections = [getattr(getattr(block, arch.mlp), n) for n in (*arch.inputs, arch.down)]
+        assert all(isinstance(m, Conv1D) == arch.transposed for m in projections)
 
     # width: from the config, equal to the hidden layer of the real MLP and to what its weights say
     width = arch.width(config)

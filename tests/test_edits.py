@@ -1,11 +1,17 @@
-"""Each edit changes exactly the chosen units, in the forward pass and at every generation step."""
+"""Each edit mode (every record of ``vneuron.config.EDIT_MODES``) changes exactly the chosen units, in the forward
+pass and at every generation step, as an independent implementation of its formula says, and runs an ablation
+end to end."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from vneuron.validate.edits import Edit, apply, plan
+from vneuron.config import EDIT_MODES
+from vneuron.validate.edits import Edit, apply, edit_from_stats, plan
 from vneuron.validate.evaluate import generate
 from vneuron.models.sites import layer_modules, site_module
 from vneuron.locate.scoring import NeuronSet
@@ -20,8 +26,9 @@ def neuron_set(model, site="gate"):
 
 def make_edit(model, mode, site="gate"):
     values = torch.linspace(-1, 1, model.n_layers * model.width, dtype=torch.float64).reshape(model.n_layers, model.width)
-    return Edit(neuron_set(model, site), mode, gamma=2.5, values=values if mode in ("mean", "add", "set") else None,
-                boost=values.abs() if mode == "add" else None)
+    record = EDIT_MODES[mode]
+    return Edit(neuron_set(model, site), mode, gamma=2.5, values=values if record.values or mode == "set" else None,
+                boost=values.abs() if record.gate else None)
 
 
 def expected(mode, a, layer, unit, edit):
@@ -34,7 +41,9 @@ def expected(mode, a, layer, unit, edit):
     v = float(edit.values[layer, unit])
     if mode in ("mean", "set"):
         return torch.full_like(a, v)
-    return a + 2.5 * v * torch.sigmoid(torch.tensor(10 * (abs(v) - 0.15), dtype=torch.float64)).item()  # add
+    if mode == "add":
+        return a + 2.5 * v * torch.sigmoid(torch.tensor(10 * (abs(v) - 0.15), dtype=torch.float64)).item()
+    raise AssertionError(f"a new edit mode {mode!r}: write its formula here, independently of its record")
 
 
 def hook_edit(model, edit):
@@ -71,7 +80,7 @@ def site_values(model, edit):
     return saved, logits
 
 
-@pytest.mark.parametrize("mode", ["zero", "clamp", "mean", "scale", "add", "set"])
+@pytest.mark.parametrize("mode", list(EDIT_MODES))
 @pytest.mark.parametrize("site", ["gate", "down_in"])
 def test_edit_changes_exactly_the_chosen_units(tiny_model, mode, site):
     model = tiny_model("llama")
@@ -136,3 +145,49 @@ def test_generation_edits_apply_at_every_step(tiny_model, arch):
     assert ours == reference(edited=True)
     assert ours != reference(edited=False)  # the edit matters …
     assert ours != reference(edited=True, first_step_only=True)  # … at every step, not just the prompt
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def locate_run(tmp_path_factory, tiny_dir):
+    from typer.testing import CliRunner
+
+    from vneuron.cli import app
+
+    run = tmp_path_factory.mktemp("modes") / "run"
+    located = CliRunner().invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                       "--split", "all", "-k", "6", "--out", str(run), "-q"])
+    assert located.exit_code == 0, located.output
+    return run
+
+
+@pytest.mark.parametrize("mode", list(EDIT_MODES))
+def test_every_edit_mode_runs_an_ablation_end_to_end(locate_run, tmp_path, mode):
+    """A record is enough for a mode to work everywhere: the CLI accepts it, edit_from_stats finds what it needs in a
+    locate run, the sequential controls pick its tail, and the manifest records it."""
+    from typer.testing import CliRunner
+
+    from vneuron.cli import app
+    from vneuron.locate.runs import LocateRun
+
+    record = EDIT_MODES[mode]
+    run = LocateRun.open(locate_run)
+    edit = edit_from_stats(run.sets["conservation"], mode, run.stats, gamma=2.0, pole="conservation", opposite="openness_to_change")
+    assert [(e.alpha.shape, e.beta.shape) for e in edit.layers] == [(e.units.shape, e.units.shape) for e in edit.layers]
+    gamma = ["--gamma", "2"] if record.dose else []
+    out = tmp_path / mode
+    result = CliRunner().invoke(app, ["ablate", str(locate_run), "--mode", mode, *gamma, "--dimension", "conservation",
+                                      "--controls", "2", "--split", "all", "--no-side-effects", "--no-cross-values",
+                                      "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    (summary,) = manifest["results"]
+    assert manifest["config"]["mode"] == mode and summary["tail"] == record.tail(2.0 if record.dose else None)
+    assert summary["controls_drawn"] >= 1 and summary["items"] > 0
+    if record.dose:
+        steered = CliRunner().invoke(app, ["steer", str(locate_run), "--mode", mode, "--gamma", "0,2", "--dimension", "conservation",
+                                           "--controls", "1", "--split", "all", "--no-side-effects", "--out", str(tmp_path / "steer"),
+                                           "-q"])
+        assert steered.exit_code == 0, steered.output

@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from vneuron.cli import app
-from vneuron.validate.sequential import Sequential, tail_for
+from vneuron.config import EDIT_MODES
+from vneuron.validate.sequential import Sequential
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -38,8 +39,9 @@ def test_draws_all_while_the_located_set_stays_ahead():
 
 
 def test_tails_follow_the_edit():
-    assert tail_for("zero", 0.0) == "lower" and tail_for("scale", 0.5) == "lower" and tail_for("scale", 4) == "higher"
-    assert tail_for("add", -2) == "lower" and tail_for("add", 2) == "higher"
+    tail = {mode: record.tail for mode, record in EDIT_MODES.items()}
+    assert tail["zero"](0.0) == "lower" and tail["scale"](0.5) == "lower" and tail["scale"](4) == "higher"
+    assert tail["add"](-2) == "lower" and tail["add"](2) == "higher" and tail["mean"](None) == tail["set"](3) == "lower"
 
 
 def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny_model):

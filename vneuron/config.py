@@ -13,23 +13,105 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vneuron.data.schema import DEFAULT_TEST_FRACTION
-from vneuron.errors import VneuronError
-from vneuron.runtime.precision import check_dtype
-from vneuron.models.sites import check_site
-from vneuron.validate.sequential import TAILS
 from vneuron.data.templates import choice_template, pvq_template
+from vneuron.errors import VneuronError
+from vneuron.models.sites import check_site
+from vneuron.runtime.precision import check_dtype
 
 MODES = ("prompt", "generate")  # capture: the action's tokens, or tokens generated under a value-conditioned prompt
-METHODS = ("delta_p", "mean_diff", "cohen_d", "welch_t")  # contrast scores (LAPE is the entropy selection beside them)
 RULES = ("top_k", "per_layer", "valuelocate")
 DIRECTIONS = ("pole", "opposite", "both")
-EDIT_MODES = ("zero", "clamp", "mean", "scale", "add", "set")
 CHOICE_FORMATS = ("listed", "continuation")
 PROFILES = ("uniform", "random")
 MECHANISMS = ("promote", "veto")
 SPLITS = ("train", "test", "all")
-STEER_MODES = ("scale", "add")  # the edits with a dose γ
+TAILS = ("lower", "higher")  # the direction an edit is expected to move orientation toward its pole
 STEER_GAMMAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # steer's default sweep (γ = 1 is the unedited model in scale mode)
+
+
+# -- the locate measures: one record each ---------------------------------------------------------
+@dataclass(frozen=True)
+class Measure:
+    """A way to rank neurons for a pole. ``score`` maps the statistics of the pole and of its opposite
+    (``ActivationStats.moments``: n, mean, var, p per neuron) to [L, W] scores, higher = more the pole's; it uses
+    tensor methods only, so this module needs no torch. A measure without ``score`` selects on its own (LAPE)."""
+
+    name: str
+    formula: str  # what the CLI's help and the docs show
+    score: Callable[[Any, Any], Any] | None = None
+
+
+def _welch(a, b):
+    return (a.mean - b.mean) / (a.var / a.n + b.var / b.n).sqrt().clamp_min(1e-12)
+
+
+def _cohen(a, b):
+    pooled = ((a.n - 1) * a.var + (b.n - 1) * b.var) / max(a.n + b.n - 2, 1)
+    return (a.mean - b.mean) / pooled.sqrt().clamp_min(1e-12)
+
+
+MEASURES: dict[str, Measure] = {m.name: m for m in (
+    Measure("delta_p", "Δp, how much more often the neuron is active (a > 0) on the pole's texts (ValueLocate)",
+            lambda a, b: a.p - b.p),
+    Measure("mean_diff", "difference of mean activations", lambda a, b: a.mean - b.mean),
+    Measure("cohen_d", "the mean difference over the pooled standard deviation", _cohen),
+    # token-level: tokens are not independent, so it is a ranking, not a p-value
+    Measure("welch_t", "the mean difference over its Welch standard error", _welch),
+    Measure("lape", "lowest entropy of activation probability over the poles (LAPE, ValueExploration)"),
+)}
+METHODS = tuple(name for name, m in MEASURES.items() if m.score is not None)  # the contrast scores
+
+
+# -- the edit modes: one record each --------------------------------------------------------------
+@dataclass(frozen=True)
+class EditMode:
+    """One edit of a unit's activation during the forward pass and at every generation step: a ← α·a + β per unit
+    (``clamp``: a ← min(a, 0)). ``alpha`` and ``beta`` map the per-unit quantities of ``vneuron.validate.edits.Units``
+    (ones, zeros, gamma, values, gate) to per-unit tensors, with tensor arithmetic only. ``values``: what each unit
+    needs from a locate run (``mean``: its corpus mean; ``magnitude``: mean + 1.645 sd, ≈ its 95th percentile; None).
+    ``dose``: γ is a dose (steer sweeps it, ablate needs it). ``gate``: β is scaled by σ(10(Δp − 0.15)), ValueLocate's
+    gate on the pole's Δp. ``raises``: does γ push orientation toward the pole (the sequential test's tail ``higher``)?
+    ``silences``: the activation no longer carries its input (what ``power`` removes a planted preference with)."""
+
+    name: str
+    formula: str  # what the CLI's help and the docs show
+    alpha: Callable[[Any], Any]
+    beta: Callable[[Any], Any]
+    values: str | None = None
+    dose: bool = False
+    gate: bool = False
+    clamp: bool = False
+    silences: bool = False
+    raises: Callable[[float], bool] = staticmethod(lambda gamma: False)
+
+    def tail(self, gamma: float | None) -> str:
+        """The direction this edit is expected to move orientation toward its pole (γ None: 1)."""
+        return "higher" if self.raises(1.0 if gamma is None else gamma) else "lower"
+
+
+EDIT_MODES: dict[str, EditMode] = {m.name: m for m in (
+    EditMode("zero", "a ← 0", lambda u: u.zeros, lambda u: u.zeros, silences=True),
+    EditMode("clamp", "a ← min(a, 0)", lambda u: u.ones, lambda u: u.zeros, clamp=True),
+    EditMode("mean", "a ← μ, the corpus mean", lambda u: u.zeros, lambda u: u.values, values="mean", silences=True),
+    EditMode("scale", "a ← γ·a", lambda u: u.ones * u.gamma, lambda u: u.zeros, dose=True, raises=lambda gamma: gamma > 1),
+    EditMode("add", "a ← a + γ·v·σ(10(Δp − 0.15)), ValueLocate's boost", lambda u: u.ones, lambda u: u.gamma * u.values * u.gate,
+             values="magnitude", dose=True, gate=True, raises=lambda gamma: gamma > 0),
+    EditMode("set", "a ← a value (0 from the command line)", lambda u: u.zeros, lambda u: u.values),
+)}
+STEER_MODES = tuple(name for name, m in EDIT_MODES.items() if m.dose)  # the edits with a dose γ
+
+
+def choices(names) -> str:
+    """A metavar of choices, [a|b|c]."""
+    return "[" + "|".join(names) + "]"
+
+
+def check_edit_mode(mode: str, setting: str = "mode") -> EditMode:
+    if mode not in EDIT_MODES:
+        raise VneuronError(f"Unknown edit `{setting}` {mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
+    return EDIT_MODES[mode]
+
+
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -99,8 +181,8 @@ class LocateConfig:
                              request_batches=self.request_batches, top_examples=self.top_examples).check()
 
     def check(self) -> "LocateConfig":
-        if self.method not in (*METHODS, "lape"):
-            raise VneuronError(f"Unknown `method` {self.method!r}", f"use one of: {', '.join((*METHODS, 'lape'))}")
+        if self.method not in MEASURES:
+            raise VneuronError(f"Unknown `method` {self.method!r}", f"use one of: {', '.join(MEASURES)}")
         if self.rule not in RULES:
             raise VneuronError(f"Unknown `rule` {self.rule!r}", f"use one of: {', '.join(RULES)}")
         if self.direction not in DIRECTIONS:
@@ -167,21 +249,21 @@ class ValidateConfig:
 
     def check_ablation(self) -> "ValidateConfig":
         """An ablation with a dosed edit needs its dose (steer sets γ per point of its sweep)."""
-        if self.mode in STEER_MODES and self.gamma is None:
-            raise VneuronError(f"Ablating with `mode` {self.mode} needs `gamma` (scale: a ← γ·a, so 0.5 halves the located "
-                               "activations; add: the boost)", "set it, e.g. 0.5, or use mode zero")
+        if check_edit_mode(self.mode).dose and self.gamma is None:
+            raise VneuronError(f"Ablating with `mode` {self.mode} needs `gamma` ({EDIT_MODES[self.mode].formula})",
+                               "set it, e.g. 0.5, or use mode zero")
         return self.check()
 
     def check_steering(self) -> "ValidateConfig":
         """A steering sweep edits with a dose: scale or add."""
         if self.mode not in STEER_MODES:
-            raise VneuronError(f"Steering needs `mode` scale or add, not {self.mode!r}", "scale multiplies, add boosts (ValueLocate)")
+            raise VneuronError(f"Steering needs `mode` {' or '.join(STEER_MODES)} (an edit with a dose γ), not {self.mode!r}",
+                               "; ".join(f"{m}: {EDIT_MODES[m].formula}" for m in STEER_MODES))
         return self.check()
 
     def check(self) -> "ValidateConfig":
         check_dtype(self.dtype)
-        if self.mode not in EDIT_MODES:
-            raise VneuronError(f"Unknown edit `mode` {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
+        check_edit_mode(self.mode)
         if self.choice not in CHOICE_FORMATS:
             raise VneuronError(f"Unknown `choice` {self.choice!r}", f"use {' or '.join(CHOICE_FORMATS)}")
         if self.template is not None:
@@ -373,8 +455,9 @@ class PowerConfig:
     def check(self) -> "PowerConfig":
         if not self.ks or min(self.ks) < 1 or not self.sizes or min(self.sizes) < 1:
             raise VneuronError("`ks` and `sizes` need positive numbers", "e.g. 50,200 and 16,64,256")
-        if self.mode not in ("zero", "mean"):
-            raise VneuronError(f"Power ablates with `mode` zero or mean, not {self.mode!r}")
+        silencing = [m for m, record in EDIT_MODES.items() if record.silences]
+        if check_edit_mode(self.mode).silences is False:
+            raise VneuronError(f"Power ablates with `mode` {' or '.join(silencing)} (an edit that silences the units), not {self.mode!r}")
         if self.targets is not None and (not self.targets or any(not 0.5 < t < 1 for t in self.targets)):
             raise VneuronError(f"`targets` must lie strictly between 0.5 and 1, got {self.targets}", "e.g. 0.6,0.7,0.8")
         ValidateConfig(mode=self.mode, controls=self.controls, choice=self.choice).check()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import LocateConfig
+from vneuron.config import MEASURES, LocateConfig, choices
 from vneuron.errors import VneuronError
 from vneuron.cli import output
 from vneuron.cli.options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN,
@@ -50,11 +50,8 @@ def locate(
                                       help="Prompt mode: how each action follows its scenario — third_person (default: 'The "
                                            "right thing to do is to …' / 我会), first_person, response, NAME:zh, or a template "
                                            "string with {scenario} and {option}."),
-    method: str = setting(L, "method", "--method", panel=SELECTION, metavar="[delta_p|mean_diff|cohen_d|welch_t|lape]",
-                          help="delta_p (Δp: how much more often the neuron is active, a > 0, on the pole's texts), "
-                               "mean_diff (difference of mean activations), cohen_d or welch_t (that difference "
-                               "standardised), lape (lowest entropy of activation probability over the poles, "
-                               "ValueExploration)."),
+    method: str = setting(L, "method", "--method", panel=SELECTION, metavar=choices(MEASURES),
+                          help="; ".join(f"{m.name}: {m.formula}" for m in MEASURES.values()) + "."),
     rule: str = setting(L, "rule", "--rule", panel=SELECTION, metavar="[top_k|per_layer|valuelocate]",
                         help="top_k (the best --top-k over all layers), per_layer (the best --top-k in each layer), or "
                              "valuelocate (max(2000, #{Δp ≥ 0.1}), as ValueLocate's code)."),

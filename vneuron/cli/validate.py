@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
+from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig, choices
 from vneuron.errors import VneuronError
 from vneuron.cli import output
 from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
@@ -168,10 +168,10 @@ def ablate(
     run_dir: Optional[Path] = RunDirArg,
     top_k: Optional[int] = setting(V, "top_k", "--top-k", "-k", panel=SELECTION,
                                    help="Edit the top K of each located set (default: the whole set)."),
-    mode: str = setting(V, "mode", "--mode", panel=SELECTION, metavar="[zero|clamp|mean|scale|set|add]",
-                        help="zero, clamp (min(a,0)), mean (the corpus mean), scale (a ← γ·a), add (a ← a + γ·v, "
-                             "ValueLocate's boost) or set (a ← 0)."),
-    gamma: Optional[float] = setting(V, "gamma", "--gamma", panel=SELECTION, help="γ for --mode scale and add (needed there)."),
+    mode: str = setting(V, "mode", "--mode", panel=SELECTION, metavar=choices(EDIT_MODES),
+                        help="; ".join(f"{m.name}: {m.formula}" for m in EDIT_MODES.values()) + "."),
+    gamma: Optional[float] = setting(V, "gamma", "--gamma", panel=SELECTION,
+                                     help=f"γ for --mode {' and '.join(STEER_MODES)} (needed there)."),
     tail: Optional[str] = setting(V, "tail", "--tail", panel=SELECTION, metavar="[lower|higher]",
                                   help="Direction the edit is expected to move P toward the pole: lower (default for switching "
                                        "off) or higher (e.g. neurons that veto their own pole)."),
@@ -205,8 +205,8 @@ def steer(
     gamma: str = typer.Option(joined(STEER_GAMMAS), "--gamma", rich_help_panel=SELECTION,
                               help="Comma-separated γ values (scale: multiply, 1 = unedited; add: boost, negative = away)."),
     top_k: Optional[int] = setting(V, "top_k", "--top-k", "-k", panel=SELECTION, help="Steer the top K of each located set."),
-    mode: str = typer.Option(STEER_MODES[0], "--mode", metavar="[scale|add]", rich_help_panel=SELECTION,
-                             help="scale (a ← γ·a) or add (ValueLocate: a ← a + γ·v·σ(10(Δp−0.15)))."),
+    mode: str = typer.Option(STEER_MODES[0], "--mode", metavar=choices(STEER_MODES), rich_help_panel=SELECTION,
+                             help="; ".join(f"{m}: {EDIT_MODES[m].formula}" for m in STEER_MODES) + "."),
     out: Optional[Path] = out_option("Output directory (default: RUN_DIR/steer-MODE-kK-HASH, the hash of the settings)."),
     **study,
 ):

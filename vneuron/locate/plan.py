@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from vneuron.models.architectures import text_config
 from vneuron.runtime.budget import MB, Work, dtype_bytes
 from vneuron.runtime.tokens import encode
 
@@ -27,8 +26,7 @@ CAPTURE_BYTES_PER_TOKEN_NEURON = 43
 
 
 def _capture_server_mb(model, tokens: int, dtype: str) -> float:
-    cfg = text_config(model.lm.config)
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    hidden = model.arch.hidden(model.lm.config)
     return tokens * (4 * hidden * dtype_bytes(dtype) + CAPTURE_BYTES_PER_TOKEN_NEURON * model.width) / MB
 
 

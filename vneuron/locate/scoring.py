@@ -1,12 +1,8 @@
 """Scores per neuron from activation statistics, the selection rules, and the NeuronSet.
 
-Scores compare a pole label with its opposite label:
-* ``delta_p``  — activation probability difference p_pole − p_opposite (ValueLocate);
-* ``mean_diff`` — difference of mean activations;
-* ``cohen_d``  — mean difference over the pooled standard deviation;
-* ``welch_t``  — mean difference over its Welch standard error (token-level: tokens are not
-  independent, so read it as a ranking, not a p-value).
-``lape`` selects low-entropy neurons across k labels (LAPE; ValueExploration's q filter).
+A score compares a pole label with its opposite label, as its record in ``vneuron.config.MEASURES`` says
+(delta_p, mean_diff, cohen_d, welch_t; a new measure is one record there, docs/extending.md). ``lape``
+selects low-entropy neurons across k labels instead (LAPE; ValueExploration's q filter).
 """
 
 from __future__ import annotations
@@ -20,25 +16,15 @@ from typing import Sequence
 import torch
 
 from vneuron.locate.capture import ActivationStats
-from vneuron.config import DIRECTIONS, METHODS, RULES
+from vneuron.config import DIRECTIONS, MEASURES, METHODS, RULES
 from vneuron.errors import VneuronError
-
 
 
 def contrast_scores(stats: ActivationStats, pole: str, opposite: str, method: str = "delta_p", fold: int | None = None) -> torch.Tensor:
     """[L, W] scores; positive means the neuron responds more to the pole than to its opposite."""
     if method not in METHODS:
         raise VneuronError(f"Unknown scoring method {method!r}", f"use one of: {', '.join(METHODS)} (or lape)")
-    a, b = stats.moments(pole, fold), stats.moments(opposite, fold)
-    if method == "delta_p":
-        return a.p - b.p
-    diff = a.mean - b.mean
-    if method == "mean_diff":
-        return diff
-    if method == "cohen_d":
-        pooled = ((a.n - 1) * a.var + (b.n - 1) * b.var) / max(a.n + b.n - 2, 1)
-        return diff / pooled.sqrt().clamp_min(1e-12)
-    return diff / (a.var / a.n + b.var / b.n).sqrt().clamp_min(1e-12)
+    return MEASURES[method].score(stats.moments(pole, fold), stats.moments(opposite, fold))
 
 
 def select(

@@ -2,9 +2,10 @@
 
 Adding a family is one ``Architecture`` entry below plus one tiny-model test (a config in
 ``tests/conftest.py``; docs/extending.md). Every other module asks the record: capture and edits
-for the module paths of the neuron sites, planting for the parameters that make up a neuron,
-evaluation for how the head's output becomes logits, neuron cards for the unit's name in
-nnsight and TransformerLens.
+for the module paths of the neuron sites, planting for the parameters that make up a neuron and how
+they are laid out, evaluation for the output head and how its output becomes logits, the dry run for
+the residual width, neuron cards for the unit's name in nnsight and TransformerLens. No module outside
+``vneuron/models/`` names a family's own attribute or class (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Architecture:
     act: str = "act_fn"  # attribute of the MLP holding the activation module (gate site = its output)
     down: str = "down_proj"  # attribute of the MLP holding the output projection (down_in site = its input)
     # projections INTO the hidden layer (a neuron's row of each; the first is the one the gate
-    # reads; a fused gate_up holds each neuron twice, at u and width + u); GPT-2's Conv1D stores rows as columns
+    # reads; a fused gate_up holds each neuron twice, at u and width + u)
     inputs: tuple[str, ...] = ("gate_proj", "up_proj")
     gated: bool = True  # the output projection reads act(gate)·up, not act(gate) itself
     width_keys: tuple[str, ...] = ("intermediate_size",)  # config keys holding the MLP width
@@ -31,6 +32,10 @@ class Architecture:
     logit_post: str | None = None  # how the head's output becomes logits: None, "softcap" or "divide"
     final_norm: str = "norm"  # attribute of the decoder stack (``base``) holding the norm the head reads
     mlp_out_norm: str | None = None  # attribute of a block that normalises the MLP's output before the residual (Gemma-2/3, OLMo-2)
+    head: str = "lm_head"  # attribute of the ``*ForCausalLM`` module holding the output head (the unembedding)
+    hidden_keys: tuple[str, ...] = ("hidden_size",)  # config keys holding the residual stream's width
+    # the projections store weight [in, out] and compute x @ W + b (GPT-2's Conv1D) instead of torch's Linear [out, in]
+    transposed: bool = False
 
     @property
     def base(self) -> str:
@@ -50,6 +55,19 @@ class Architecture:
         if self.logit_post == "divide":
             return ("divide", float(getattr(cfg, "logits_scaling", 1.0) or 1.0))
         return None
+
+    def hidden(self, config) -> int:
+        """The residual stream's width, from the config."""
+        cfg = text_config(config)
+        for key in self.hidden_keys:
+            value = getattr(cfg, key, None)
+            if value:
+                return int(value)
+        raise VneuronError(f"The config of {self.name!r} has no hidden size ({', '.join(self.hidden_keys)})")
+
+    def tied(self, config) -> bool:
+        """Does the output head share its weight with the input embedding?"""
+        return bool(getattr(text_config(config), "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))
 
     def width(self, config) -> int:
         """Neurons per layer, from the config."""
@@ -95,7 +113,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     _gated("olmo2", mlp_out_norm="post_feedforward_layernorm"),
     _gated("granite", logit_post="divide"),
     Architecture("gpt2", "transformer.h", act="act", down="c_proj", inputs=("c_fc",), gated=False,
-                 width_keys=("n_inner",), width_fallback=("n_embd", 4), final_norm="ln_f"),
+                 width_keys=("n_inner",), width_fallback=("n_embd", 4), final_norm="ln_f", hidden_keys=("n_embd",),
+                 transposed=True),
     Architecture("gpt_neox", "gpt_neox.layers", act="act", down="dense_4h_to_h", inputs=("dense_h_to_4h",), gated=False,
                  final_norm="final_layer_norm"),
     _gated("phi3", act="activation_fn", inputs=("gate_up_proj",)),

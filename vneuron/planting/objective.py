@@ -36,7 +36,7 @@ def mean_logprobs(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> torch
 
 def _trie_logprobs(model: LoadedModel, encoded, post) -> torch.Tensor:
     base = resolve_path(model.hf_model, model.arch.base)
-    head = model.hf_model.lm_head
+    head = resolve_path(model.hf_model, model.arch.head)
     vocab = head.weight.shape[0]
     dtype = next(model.hf_model.parameters()).dtype
     sums = torch.zeros(len(encoded), dtype=torch.float32)

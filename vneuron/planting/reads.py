@@ -58,7 +58,7 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
     """
     prompts = Corpus("plant", items=list(items)).action_prompts()
     encoded = encode(model.tokenizer, prompts, list(range(len(prompts))))
-    hidden = model.hf_model.config.get_text_config().hidden_size
+    hidden = model.arch.hidden(model.hf_model.config)
     scenario_class = 2 if context is not None else None  # the scenario's own tokens (not the first)
     background_class = (3 if context is not None else 2) if background else None  # neutral prose (after its opening)
     opening_class = background_class + 1 if background else None  # the prose's first tokens after BOS (positions 1..OPENING)

@@ -39,7 +39,7 @@ class Slice:
 
 
 def _rows(s: Slice, cols: slice, conv: bool) -> torch.Tensor:
-    """The original rows [k, H] of a slice's units (Conv1D stores them as columns)."""
+    """The original rows [k, H] of a slice's units (a transposed layout, ``Architecture.transposed``, stores them as columns)."""
     values = s.param.index_select(s.axis, s.index[cols])
     return values.T if conv else values
 
@@ -51,6 +51,11 @@ def _set_rows(s: Slice, cols: slice, new: torch.Tensor, conv: bool) -> None:
         s.delta[:, cols] = delta.T
     else:
         s.delta[cols] = delta
+
+
+def _copies(arch, module, width: int) -> int:
+    """Rows per neuron in an input projection: 2 for a fused gate_up, else 1."""
+    return (module.weight.shape[1] if arch.transposed else module.weight.shape[0]) // width
 
 
 class Planter:
@@ -83,24 +88,15 @@ class Planter:
                 self.ups.append(None)
             self._output_projection(getattr(mlp, out_name), units, names)
 
-    @staticmethod
-    def _conv1d(module) -> bool:
-        return type(module).__name__ == "Conv1D"  # GPT-2: weight [in, out], y = x @ W + b
-
     def _add(self, names, param, axis, index) -> Slice:
         delta = torch.zeros_like(param.detach().index_select(axis, index), requires_grad=True)
         s = Slice(names[id(param)], param, axis, index, delta)
         self.slices.append(s)
         return s
 
-    @classmethod
-    def _copies(cls, module, width: int) -> int:
-        """Rows per neuron in an input projection: 2 for a fused gate_up, else 1."""
-        return (module.weight.shape[1] if cls._conv1d(module) else module.weight.shape[0]) // width
-
     def _input_projection(self, module, units, width, names, role: str = "gate") -> None:
-        conv = self._conv1d(module)
-        copies = self._copies(module, width)
+        conv = self.model.arch.transposed  # weight [in, out], y = x @ W + b
+        copies = _copies(self.model.arch, module, width)
         index = torch.cat([units + c * width for c in range(copies)])
         w = self._add(names, module.weight, 1 if conv else 0, index)
         if role == "gate":
@@ -121,7 +117,7 @@ class Planter:
         self._hooks.append(module.register_forward_hook(hook))
 
     def _output_projection(self, module, units, names) -> None:
-        conv = self._conv1d(module)
+        conv = self.model.arch.transposed  # weight [in, out], y = x @ W + b
         w = self._add(names, module.weight, 0 if conv else 1, units)
         self.downs.append((w, conv))
 
@@ -325,7 +321,7 @@ def is_gated(model: LoadedModel) -> bool:
     if len(ins) > 1:
         return True
     module = getattr(getattr(layer_modules(model.hf_model, model.arch)[0], model.arch.mlp), ins[0])
-    return Planter._copies(module, model.width) == 2
+    return _copies(model.arch, module, model.width) == 2
 
 
 def write_slices(model: LoadedModel, plant_dir: str | Path | None = None, planter: Planter | None = None) -> list[tuple]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers.pytorch_utils import Conv1D
 
 from vneuron.locate.examples import EXAMPLES, SCORE, TopExamples
 from vneuron.locate.runs import LocateRun, stats_file
@@ -280,7 +279,7 @@ def output_direction(model, layer: int, unit: int) -> torch.Tensor:
     block = layer_modules(hf, arch)[layer]
     down = getattr(getattr(block, arch.mlp), arch.down)
     weight = down.weight.detach()
-    column = weight[unit] if isinstance(down, Conv1D) else weight[:, unit]  # Conv1D (GPT-2) stores [in, out]
+    column = weight[unit] if arch.transposed else weight[:, unit]  # a transposed layout (GPT-2) stores [in, out]
     x = column.float()[None]
     norms = [getattr(block, arch.mlp_out_norm)] if arch.mlp_out_norm else []
     norms.append(getattr(resolve_path(hf, arch.base), arch.final_norm))

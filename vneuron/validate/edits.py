@@ -1,12 +1,9 @@
 """Editing neurons during the forward pass and at every generation step.
 
-Every edit is a per-unit map applied at the neuron site of the chosen units only:
-  zero   a ← 0                   clamp  a ← min(a, 0)
-  mean   a ← μ (corpus mean)     scale  a ← γ·a
-  add    a ← a + γ·v·σ(10(Δp − 0.15))   (ValueLocate's boost; v a per-neuron magnitude)
-  set    a ← value
-All but clamp are affine, a ← α·a + β, which is how they are applied. Call ``apply`` inside a
-trace body (for generation: inside ``for _ in tracer.iter[:]``, so every step is edited).
+Every edit is a per-unit map applied at the neuron site of the chosen units only, a ← α·a + β (or
+a ← min(a, 0)), with α and β from the mode's record (``vneuron.config.EDIT_MODES``: zero, clamp, mean,
+scale, add, set; a new mode is one record there, docs/extending.md). Call ``apply`` inside a trace body
+(for generation: inside ``for _ in tracer.iter[:]``, so every step is edited).
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vneuron.locate.capture import ActivationStats
-from vneuron.config import EDIT_MODES
+from vneuron.config import EDIT_MODES, check_edit_mode
 from vneuron.errors import VneuronError
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import resolve_path, site_path, site_tensor
@@ -35,6 +32,17 @@ class LayerEdit:
 
 
 @dataclass
+class Units:
+    """What an edit mode's α and β are written in, for the units of one layer (float64, per unit)."""
+
+    ones: torch.Tensor
+    zeros: torch.Tensor
+    gamma: float
+    values: torch.Tensor  # the mode's per-unit values (mean, magnitude or target; zeros + value without them)
+    gate: torch.Tensor  # σ(10(Δp − 0.15)) for gated modes with a boost, else ones
+
+
+@dataclass
 class Edit:
     """What to do to which neurons; ``values`` are per-neuron [L, W] (mean, magnitude or target)."""
 
@@ -47,12 +55,11 @@ class Edit:
     layers: list[LayerEdit] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.mode not in EDIT_MODES:
-            raise VneuronError(f"Unknown edit mode {self.mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
-        if self.mode == "mean" and self.values is None:
-            raise VneuronError("Mean ablation needs per-neuron means", "pass values= (e.g. from a locate run's statistics)")
-        if self.mode == "add" and self.values is None:
-            raise VneuronError("The add edit needs a per-neuron magnitude", "pass values= (e.g. edit_from_stats(..., mode='add'))")
+        record = check_edit_mode(self.mode)
+        if record.values and self.values is None:
+            what = {"mean": "per-neuron means", "magnitude": "a per-neuron magnitude"}[record.values]
+            raise VneuronError(f"The {self.mode} edit needs {what}",
+                               "pass values= (e.g. edit_from_stats(..., mode=...) from a locate run's statistics)")
         self.layers = self._plan()
 
     @property
@@ -60,29 +67,16 @@ class Edit:
         return self.neurons.site
 
     def _plan(self) -> list[LayerEdit]:
+        record = EDIT_MODES[self.mode]
         plan = []
         layers, units = self.neurons.layers, self.neurons.units
         for layer in sorted(set(layers.tolist())):
             idx = units[layers == layer]
             ones, zeros = torch.ones(len(idx), dtype=torch.float64), torch.zeros(len(idx), dtype=torch.float64)
-
-            def per(t: torch.Tensor) -> torch.Tensor:
-                return t[layer, idx].double()
-
-            if self.mode == "zero":
-                alpha, beta = zeros, zeros
-            elif self.mode == "clamp":
-                alpha, beta = ones, zeros
-            elif self.mode == "mean":
-                alpha, beta = zeros, per(self.values)
-            elif self.mode == "scale":
-                alpha, beta = ones * self.gamma, zeros
-            elif self.mode == "add":
-                gate = torch.sigmoid(10 * (per(self.boost) - 0.15)) if self.boost is not None else ones
-                alpha, beta = ones, self.gamma * per(self.values) * gate
-            else:  # set
-                alpha, beta = zeros, per(self.values) if self.values is not None else zeros + self.value
-            plan.append(LayerEdit(layer, idx, alpha, beta, clamp=self.mode == "clamp"))
+            values = self.values[layer, idx].double() if self.values is not None else zeros + self.value
+            gate = torch.sigmoid(10 * (self.boost[layer, idx].double() - 0.15)) if record.gate and self.boost is not None else ones
+            u = Units(ones, zeros, self.gamma, values, gate)
+            plan.append(LayerEdit(layer, idx, record.alpha(u), record.beta(u), clamp=record.clamp))
         return plan
 
     def describe(self) -> dict:
@@ -114,22 +108,23 @@ def apply(lm, steps: list[tuple]) -> None:
 
 def edit_from_stats(neurons: NeuronSet, mode: str, stats: ActivationStats | None = None, *, gamma: float = 1.0,
                     value: float = 0.0, pole: str | None = None, opposite: str | None = None) -> Edit:
-    """An edit whose per-neuron values come from a locate run's statistics.
+    """An edit whose per-neuron values come from a locate run's statistics, as its mode's record asks.
 
-    mean: the corpus mean over all labels; add: magnitude v = mean + 1.645·sd (≈ 95th
-    percentile) and the sigmoid gate on Δp(pole vs opposite) as in ValueLocate.
+    ``mean``: the corpus mean over all labels; ``magnitude``: v = mean + 1.645·sd (≈ 95th percentile);
+    a gated mode (add): the sigmoid gate on Δp(pole vs opposite), as in ValueLocate.
     """
+    record = check_edit_mode(mode)
     values = boost = None
-    if mode in ("mean", "add"):
+    if record.values:
         if stats is None:
             raise VneuronError(f"The {mode} edit needs the locate run's statistics", "run it from a locate run directory")
         n = stats.n.sum()
         mean = stats.sum.sum((0, 1)) / n
-        if mode == "mean":
+        if record.values == "mean":
             values = mean
         else:
             var = (stats.sumsq.sum((0, 1)) / n - mean**2).clamp_min(0)
             values = mean + P95_Z * var.sqrt()
-            if pole and opposite:
-                boost = contrast_scores(stats, pole, opposite, "delta_p")
+    if record.gate and stats is not None and pole and opposite:
+        boost = contrast_scores(stats, pole, opposite, "delta_p")
     return Edit(neurons, mode, gamma=gamma, values=values, boost=boost, value=value)

@@ -112,7 +112,7 @@ def tries_supported(model: LoadedModel, encoded) -> bool:
     cfg = text_config(model.lm.config)
     window = getattr(cfg, "sliding_window", None)
     longest = max(len(e.ids) for e in encoded)
-    return not (window and longest > int(window)) and hasattr(model.lm, "lm_head")
+    return not (window and longest > int(window))
 
 
 def step_tensors(steps) -> list[torch.Tensor]:
@@ -235,7 +235,7 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
     built inside it from the tries' parents (on the server, for a remote model), once per batch."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     base = resolve_path(lm, model.arch.base)
-    head = lm.lm_head
+    head = resolve_path(lm, model.arch.head)
     work = [(t.ids, t.parents, t.dtype, t.positions, t.rows, t.cols, t.targets, t.node_of, chunks) for t, chunks, _ in prepared]
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
         masks = [attention_mask(w[1], w[2]) for w in work]
@@ -256,7 +256,7 @@ def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int
     ``below``: the saved input of block ``low``, which replaces the blocks under it."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     base = resolve_path(lm, model.arch.base)
-    head = lm.lm_head
+    head = resolve_path(lm, model.arch.head)
     rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
     inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
     blocks = layer_modules(lm, model.arch)

@@ -25,7 +25,7 @@ from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
 
 def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float:
     cfg = text_config(model.lm.config)
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    hidden = model.arch.hidden(model.lm.config)
     b = dtype_bytes(dtype)
     activations = tokens * (4 * hidden + 3 * model.width) * b  # residual, attention in/out, MLP gate/up/act
     mask = tokens * width * b

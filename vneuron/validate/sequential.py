@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TAILS = ("lower", "higher")
-
 
 @dataclass
 class Sequential:
@@ -77,12 +75,3 @@ class Sequential:
         return {"controls_drawn": drawn, "controls_max": self.maximum, "controls_extend_to": self.extend_to,
                 "controls_extended": self.extended, "stop_h": self.h, "tail": self.tail, "stop_reason": reason, "p_sequential": p,
                 "p_floor": 1 / (max(self.maximum, self.extend_to) + 1)}
-
-
-def tail_for(mode: str, gamma: float) -> str:
-    """The direction an edit is expected to move orientation toward its pole."""
-    if mode == "scale":
-        return "higher" if gamma > 1 else "lower"
-    if mode == "add":
-        return "higher" if gamma > 0 else "lower"
-    return "lower"  # zero, clamp, mean, set: switching the pole's neurons off

@@ -23,7 +23,7 @@ import torch
 from vneuron.data import load_corpus
 from vneuron.data.schema import ANY, OPPOSITE, PAIR, Item, aggregate_label, expresses, pair_label
 from vneuron.validate.edits import edit_from_stats
-from vneuron.config import STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
+from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
 from vneuron.errors import VneuronError
 from vneuron.validate.evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from vneuron.models.loading import LoadedModel, load_model
@@ -34,7 +34,7 @@ from vneuron.locate.scoring import NeuronSet
 from vneuron.data.templates import choice_template, pvq_template
 from vneuron.runtime import budget
 from vneuron.runtime import threads
-from vneuron.validate.sequential import Sequential, tail_for
+from vneuron.validate.sequential import Sequential
 from vneuron.validate.specificity import Beside, beside_count
 
 Progress = Callable[[str, int, int], None]
@@ -305,7 +305,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
             seeds.append(config.seed * 1000 + n)
             return edit_for(run, neurons.random_matched(seeds[-1]), pole, config)
 
-        tail = config.tail or tail_for(config.mode, 1.0 if config.gamma is None else config.gamma)
+        tail = config.tail or EDIT_MODES[config.mode].tail(config.gamma)
         stage = f"{pole}: located {len(neurons)} and random controls (sets; up to {config.controls}, sequential)"
         located, controls, rule = _sequential(loaded, items, pole, base, edit, control_edit, tail, config, reuse,
                                               lambda done, total: say(stage, done, total))
@@ -398,7 +398,7 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
                 seed = config.seed * 1000 + n
                 return edit_for(run, controls.setdefault(seed, neurons.random_matched(seed)), pole, cfg)
 
-            tail = tail_for(config.mode, gamma)
+            tail = EDIT_MODES[config.mode].tail(gamma)
             located, ctrl, rule = _sequential(loaded, items, pole, base, edit_for(run, neurons, pole, cfg), control_edit,
                                               tail, config, reuse,
                                               lambda d, t, g=gamma: say(f"{pole}: γ = {g:g}, located and controls (sets)", d, t))
