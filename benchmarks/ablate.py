@@ -96,7 +96,9 @@ def main() -> None:
     from vneuron.validate.edits import Edit
     from vneuron.validate.evaluate import LowerLayers, forced_choice, forced_choice_pairs
     from vneuron.locate.runs import LocateRun
-    from vneuron.validate.study import ValidateConfig, items_for, model_for, ablate
+    from vneuron.config import ValidateConfig
+    from vneuron.validate.items import items_for
+    from vneuron.validate.study import model_for, ablate
 
     torch.set_num_threads(args.threads)
     run = LocateRun.open(args.run)

@@ -104,7 +104,8 @@ def main() -> None:
     from vneuron.models.loading import load_model
     from vneuron.locate.runs import LocateRun
     from vneuron.locate.scoring import contrast_scores
-    from vneuron.validate.study import ablate, items_for
+    from vneuron.validate.study import ablate
+    from vneuron.validate.items import items_for
 
     run = LocateRun.open(args.run)
     spec = run.manifest["model"]["spec"]

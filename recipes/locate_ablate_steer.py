@@ -16,7 +16,7 @@ import torch
 import vneuron
 from vneuron.runtime.progress import line_progress
 from vneuron.results.tables import markdown_summary
-from vneuron.validate.study import ValidateConfig, ablate, steer
+from vneuron import ValidateConfig, ablate, steer
 
 
 def main() -> None:

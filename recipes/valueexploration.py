@@ -23,8 +23,8 @@ from vneuron.data.schema import OPPOSITE
 from vneuron.validate.edits import Edit
 from vneuron.runtime.progress import line_progress
 from vneuron.validate.evaluate import bootstrap_ci, forced_choice
-from vneuron.locate.runs import LocateRun
-from vneuron.validate.study import items_for
+from vneuron import LocateRun
+from vneuron.validate.items import items_for
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import torch
 import vneuron
 from vneuron.runtime.progress import line_progress
 from vneuron.results.tables import markdown_summary
-from vneuron.validate.study import ValidateConfig, steer
+from vneuron import ValidateConfig, steer
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from vneuron.runtime.store import set_filename
 from vneuron.locate.runs import set_filenames
 from vneuron.data.templates import choice_template, pvq_template
 from vneuron.locate.runs import LocateRun
-from vneuron.validate.study import ValidateConfig, evaluation_items, map_labels
+from vneuron.config import ValidateConfig
+from vneuron.validate.items import evaluation_items, map_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

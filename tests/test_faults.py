@@ -185,12 +185,12 @@ def small_fs(tmp_path):
 
 
 def _fill(point: Path) -> None:
-    """Write zeros into ``point`` until the filesystem says it is full."""
-    with open(point / "filler", "wb") as fh:
+    """Write zeros into ``point`` until the filesystem says it is full (unbuffered: a buffered file would raise the same
+    ENOSPC again when it is closed, for the bytes its buffer still holds)."""
+    with open(point / "filler", "wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"\0" * (1 << 16))
-                fh.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
 

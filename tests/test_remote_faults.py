@@ -16,7 +16,8 @@ import torch
 import vneuron.runtime.remote as ndif
 from vneuron.errors import VneuronError
 from vneuron.locate.locating import LocateConfig, locate
-from vneuron.runtime.remote import Checkpoint, RemoteTarget
+from vneuron.runtime.checkpoint import Checkpoint
+from vneuron.runtime.remote import RemoteTarget
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CONFIG = dict(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5, batch_tokens=40, request_batches=2)
@@ -200,12 +201,12 @@ def test_a_checkpoint_with_nothing_to_collect_is_not_an_interrupted_run(tmp_path
     empty = Checkpoint(partial_of(out), {"k": 1})
     empty.begin()
     empty.save()  # what a kill right after start could leave
-    fresh = Checkpoint.for_run(out, {"k": 1}, resume=False)
+    fresh = Checkpoint.open(out, {"k": 1}, resume=False)
     assert fresh.done == 0 and not fresh.path.exists()
     waiting = Checkpoint(partial_of(out), {"k": 1}, jobs={"0": "job-0"})
     waiting.save()
     with pytest.raises(VneuronError, match="An interrupted run is waiting"):
-        Checkpoint.for_run(out, {"k": 1}, resume=False)
+        Checkpoint.open(out, {"k": 1}, resume=False)
 
 
 def test_lost_job_detection_waits_out_the_first_404s(monkeypatch):
@@ -237,7 +238,7 @@ def test_a_killed_invocation_is_recorded_as_killed(tmp_path):
     killed = Checkpoint(partial_of(out), {"k": 1})
     killed.begin()
     killed.submitted(0, "job-0")  # then SIGKILL: no outcome written
-    resumed = Checkpoint.for_run(out, {"k": 1}, resume=True)
+    resumed = Checkpoint.open(out, {"k": 1}, resume=True)
     resumed.begin()
     assert [i["outcome"] for i in resumed.invocations] == ["killed", "running"]
     assert resumed.jobs == {"0": "job-0"} and resumed.totals()["submitted"] == 1

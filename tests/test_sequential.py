@@ -48,7 +48,10 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
     """Tries, shared lower layers and sequential bookkeeping change no number when every control is drawn."""
     from vneuron.validate.evaluate import forced_choice
     from vneuron.locate.runs import LocateRun
-    from vneuron.validate.study import ValidateConfig, edit_for, items_for, summarize, ablate
+    from vneuron.config import ValidateConfig
+    from vneuron.validate.study import edit_for, ablate
+    from vneuron.validate.items import items_for
+    from vneuron.validate.controls import summarize
 
     run_dir = tmp_path / "run"
     located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
@@ -91,7 +94,8 @@ def test_fast_ablation_reproduces_the_reference_numbers(tmp_path, tiny_dir, tiny
 
 def test_rank_counts_controls_beyond_the_located_effect_in_the_tested_direction():
     from vneuron.data.schema import Item
-    from vneuron.validate.study import ValidateConfig, summarize
+    from vneuron.config import ValidateConfig
+    from vneuron.validate.controls import summarize
 
     items = [Item(id=str(i), language="en", dimension="a", opposite="b", scenario="s", option_pole="x", option_opposite="y",
                   split="test") for i in range(4)]

@@ -111,11 +111,15 @@ def test_long_choice_lists_become_a_name_and_their_values_are_described(monkeypa
     monkeypatch.setenv("COLUMNS", "80")
     text = " ".join(runner.invoke(app, ["locate", "--help"]).output.replace("│", " ").split())
     assert "METHOD" in text and "[delta_p|mean_diff" not in text
-    for value in ("delta_p (Δp", "mean_diff (difference", "cohen_d or welch_t", "lape (lowest entropy"):
-        assert value in text, value
+    from vneuron.config import EDIT_MODES, MEASURES
+
+    for measure in MEASURES.values():  # every record's formula, from the registry (a new record shows up by itself)
+        assert f"{measure.name}: {measure.formula}" in text, measure.name
+    assert "delta_p: Δp, how much more often" in text and "lape: lowest entropy" in text
     ablate = " ".join(runner.invoke(app, ["ablate", "--help"]).output.replace("│", " ").split())
-    for mode in ("zero", "clamp (min(a,0))", "mean (the corpus mean)", "scale (a ← γ·a)", "add (a ← a + γ·v", "set (a ← 0)"):
-        assert mode in ablate, mode
+    for mode in EDIT_MODES.values():
+        assert f"{mode.name}: {mode.formula}" in ablate, mode.name
+    assert "clamp: a ← min(a, 0)" in ablate and "scale: a ← γ·a" in ablate
 
 
 def test_to_pandas_on_locate_results_neuron_sets_and_validation_results(tmp_path, tiny_dir):

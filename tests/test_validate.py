@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from vneuron.cli import app
+from vneuron.errors import VneuronError
 from vneuron.data import load_corpus
 from vneuron.validate.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
 from vneuron.locate.scoring import NeuronSet
-from vneuron.validate.study import ValidateConfig, summarize
+from vneuron.config import ValidateConfig
+from vneuron.validate.controls import summarize
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -144,29 +147,48 @@ def test_pvq_on_the_shared_pvq40(shared_data, tiny_model):
     assert len(result.ratings) == 10
 
 
-def test_interrupted_ablation_keeps_finished_poles(tmp_path, tiny_dir, monkeypatch):
+def test_interrupted_studies_keep_finished_poles(tmp_path, tiny_dir, monkeypatch):
+    """ablate and steer keep each finished pole in the run's checkpoint (vneuron.runtime.checkpoint); a rerun continues, the
+    caller's config is never changed, and the result equals an uninterrupted study's."""
     import vneuron.validate.study as validate
 
     model = tiny_dir("llama")
     run_dir = tmp_path / "run"
     assert runner.invoke(app, ["locate", "--model", str(model), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
                                "-k", "6", "--out", str(run_dir), "-q"]).exit_code == 0
-    config = ValidateConfig(controls=1, split="all", generations=0, dimensions=["conservation", "self_transcendence"])
     real = validate.summarize
-    calls = {"n": 0}
+    for kind, config, call in (
+            ("ablate", ValidateConfig(controls=1, split="all", generations=0, dimensions=["conservation", "self_transcendence"]),
+             lambda config, out: validate.ablate(run_dir, config, out=out)),
+            ("steer", ValidateConfig(mode="scale", controls=1, split="all", generations=0, side_effects=False,
+                                     dimensions=["conservation", "self_transcendence"]),
+             lambda config, out: validate.steer(run_dir, [0.0, 2.0], config, out=out))):
+        calls = {"n": 0}
+        stop_at = 2 if kind == "ablate" else 3  # steer: the second pole's first γ
 
-    def interrupt_on_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        def interrupt(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(validate, "summarize", interrupt_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        validate.ablate(run_dir, config)
-    (partial,) = run_dir.glob(".ablate-zero-kall-*.partial.json")
-    assert list(json.loads(partial.read_text())["poles"]) == ["conservation"]
-    monkeypatch.setattr(validate, "summarize", real)
-    calls["n"] = 0
-    result = validate.ablate(run_dir, config)
-    assert [s["dimension"] for s in result.summaries] == ["conservation", "self_transcendence"] and not partial.exists()
+        monkeypatch.setattr(validate, "summarize", interrupt)
+        out = tmp_path / f"{kind}-interrupted"
+        with pytest.raises(KeyboardInterrupt):
+            call(config, out)
+        assert config.template is None  # the run's template filled a copy, not the caller's config
+        state = json.loads((tmp_path / f".{out.name}.partial" / "state.json").read_text())
+        assert list(state["pieces"]) == ["conservation"]
+        monkeypatch.setattr(validate, "summarize", real)
+        resumed = call(config, out)
+        assert [s["dimension"] for s in resumed.summaries] == ["conservation", "self_transcendence"]
+        assert not (tmp_path / f".{out.name}.partial").exists()
+        whole = call(config, tmp_path / f"{kind}-whole")
+        assert json.dumps(resumed.summaries, sort_keys=True) == json.dumps(whole.summaries, sort_keys=True)
+        with pytest.raises(VneuronError, match="other settings"):  # a checkpoint is continued only with the same settings
+            monkeypatch.setattr(validate, "summarize", interrupt)
+            calls["n"] = 0
+            with pytest.raises(KeyboardInterrupt):
+                call(config, tmp_path / f"{kind}-changed")
+            monkeypatch.setattr(validate, "summarize", real)
+            call(replace(config, seed=1), tmp_path / f"{kind}-changed")

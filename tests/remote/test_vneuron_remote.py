@@ -56,7 +56,8 @@ def test_edited_scoring_and_generation_over_the_wire(models):
 
 
 def test_ablate_over_the_wire_equals_local(tmp_path, models, ndif_server):
-    from vneuron.validate.study import ValidateConfig, ablate
+    from vneuron.config import ValidateConfig
+    from vneuron.validate.study import ablate
 
     local_model, _ = models
     run = locate(local_model, LocateConfig(**CONFIG), out=tmp_path / "run")

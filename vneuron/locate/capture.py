@@ -148,7 +148,7 @@ def capture(
     ``progress(done, total)`` is called after each batch (each request when remote). In generate
     mode, ``generations`` (if a list) receives one record per prompt with the generated text.
     Remote models (``model.remote``) run ``config.request_batches`` batches per NDIF request,
-    checkpointed in ``checkpoint`` (a ``remote.Checkpoint``) when given.
+    checkpointed in ``checkpoint`` (a ``vneuron.runtime.checkpoint.Checkpoint``) when given.
     """
     config = (config or CaptureConfig()).check()
     if not prompts:

@@ -21,6 +21,7 @@ from vneuron.runtime.precision import check_dtype
 from vneuron.errors import VneuronError
 from vneuron.locate.examples import EXAMPLES, TopExamples
 from vneuron.models.loading import LoadedModel, load_model, peek_dims, resolve
+from vneuron.runtime.checkpoint import Checkpoint
 from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, default_run_dir, file_sha256, read_manifest,
                                    require, settings_tag, write_csv, write_json, write_jsonl, write_run)
 from vneuron.locate.runs import set_filenames
@@ -134,10 +135,8 @@ def locate(
     reused = _reusable(run_dir, key) if replacing else None
     checkpoint = None
     if loaded.remote is not None and reused is None:
-        from vneuron.runtime.remote import Checkpoint
-
-        checkpoint = Checkpoint.for_run(run_dir, {**key, "request_batches": config.request_batches,
-                                                  "batch_tokens": config.batch_tokens}, resume)
+        checkpoint = Checkpoint.open(run_dir, {**key, "request_batches": config.request_batches,
+                                               "batch_tokens": config.batch_tokens}, resume=resume)
     generations: list[dict] = []
     timings = {"load_s": round(time.time() - started, 2)}
     if reused is not None:

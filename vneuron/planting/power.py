@@ -27,7 +27,8 @@ from vneuron.planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded,
 from vneuron.runtime.store import base_manifest, check_fresh, read_manifest, write_csv, write_json
 from vneuron.locate.scoring import NeuronSet, contrast_scores
 from vneuron.locate.runs import LocateRun
-from vneuron.validate.study import ValidateConfig, ablate
+from vneuron.config import ValidateConfig
+from vneuron.validate.study import ablate
 
 Progress = Callable[[str, int, int], None]
 
@@ -215,7 +216,7 @@ def _power_rows(k: int, target: float | None, pdir: Path, config: PowerConfig, o
 
 
 def _eval_items(run: LocateRun, config: PowerConfig):
-    from vneuron.validate.study import items_for
+    from vneuron.validate.items import items_for
 
     return items_for(run.items("test"), config.dimension, config.eval_limit)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,111 +326,6 @@ def measured_backend():
 def wire(job_id: str | None) -> dict[str, float]:
     """What crossed the network for a job (``WIRE``), rounded for a manifest."""
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in WIRE.get(job_id or "", {}).items()}
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-@dataclass
-class Checkpoint:
-    """Partial statistics of an unfinished run, beside its output directory.
-
-    It also keeps the history of every invocation that worked on the run (started, outcome,
-    seconds, requests collected, submissions), so the final manifest accounts for all of them.
-    Nothing is written before the first submission, and a checkpoint holding nothing to collect
-    (no finished request, no live job id) is removed when an invocation ends.
-    """
-
-    path: Path
-    key: dict
-    done: int = 0  # requests finished and added to the statistics
-    jobs: dict[str, str] = field(default_factory=dict)  # request index → job id (submitted, not yet collected)
-    log: list[dict] = field(default_factory=list)
-    invocations: list[dict] = field(default_factory=list)
-    _started: float | None = field(default=None, repr=False)
-
-    @classmethod
-    def for_run(cls, run_dir: Path, key: dict, resume: bool) -> "Checkpoint":
-        path = run_dir.with_name(f".{run_dir.name}.partial")
-        state = path / "state.json"
-        if state.is_file():
-            data = json.loads(state.read_text())
-            if not data.get("done") and not data.get("jobs"):  # nothing to collect (killed before a submission)
-                shutil.rmtree(path, ignore_errors=True)
-                return cls(path, key)
-            if not resume:
-                raise VneuronError(f"An interrupted run is waiting in {path}",
-                                   "pass `resume` to continue it, or delete that directory to start over")
-            if data["key"] != key:
-                raise VneuronError(f"{path} belongs to a run with other settings", "rerun with the same options, or delete it")
-            invocations = data.get("invocations", [])
-            for earlier in invocations:  # one that never recorded its end was killed
-                if earlier.get("outcome") == "running":
-                    earlier["outcome"] = "killed"
-            return cls(path, key, data["done"], data.get("jobs", {}), data.get("log", []), invocations)
-        return cls(path, key)
-
-    @property
-    def stats_path(self) -> Path:
-        return self.path / "stats.safetensors"
-
-    @property
-    def invocation(self) -> dict:
-        return self.invocations[-1]
-
-    def begin(self, started: float | None = None) -> None:
-        """A new invocation works on the run (``started``: its wall-clock start, load included)."""
-        self._started = started or time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._started))
-        self.invocations.append({"started": stamp, "outcome": "running", "seconds": 0.0, "requests": 0, "submitted": 0})
-
-    def submitted(self, index: int, job: str) -> None:
-        self.jobs[str(index)] = job
-        if self.invocations:
-            self.invocation["submitted"] += 1
-        self.save()
-
-    def collected(self, index: int, log: dict, stats) -> None:
-        self.done = index + 1
-        self.jobs.pop(str(index), None)
-        self.log.append({**log, "invocation": len(self.invocations)})
-        if self.invocations:
-            self.invocation["requests"] += 1
-        self.save(stats)
-
-    def finish(self, outcome: str) -> None:
-        """End this invocation: keep what can be collected later, drop an empty checkpoint."""
-        if self.invocations:
-            self.invocation["outcome"] = outcome
-        if outcome != "complete" and not self.done and not self.jobs:
-            self.clear()
-        elif outcome != "complete":
-            self.save()
-        elif self.invocations and self._started is not None:
-            self.invocation["seconds"] = round(time.time() - self._started, 2)
-
-    def totals(self) -> dict[str, Any]:
-        """Requests, bytes and seconds over every invocation."""
-        return {"invocations": len(self.invocations), "requests": len(self.log),
-                "submitted": sum(i.get("submitted", 0) for i in self.invocations),
-                "sent_tensor_bytes": sum(r["sent_tensor_bytes"] for r in self.log),
-                "received_tensor_bytes": sum(r["received_tensor_bytes"] for r in self.log),
-                "seconds": round(sum(i.get("seconds", 0.0) for i in self.invocations), 2),
-                "request_seconds": round(sum(r["seconds"] for r in self.log), 3)}
-
-    def save(self, stats=None) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        if self.invocations and self._started is not None:
-            self.invocation["seconds"] = round(time.time() - self._started, 2)
-        if stats is not None:
-            tmp = self.path / "stats.tmp.safetensors"
-            stats.save(tmp)
-            os.replace(tmp, self.stats_path)
-        tmp = self.path / "state.json.tmp"
-        tmp.write_text(json.dumps({"key": self.key, "done": self.done, "jobs": self.jobs, "log": self.log,
-                                   "invocations": self.invocations}, indent=1))
-        os.replace(tmp, self.path / "state.json")
-
-    def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def nbytes(*tensors: torch.Tensor) -> int:

@@ -20,7 +20,9 @@ from vneuron.runtime.budget import MB, Work, dtype_bytes
 from vneuron.runtime.tokens import pad_id
 from vneuron.validate.edits import plan
 from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
+from vneuron.validate.items import items_for
 from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
+from vneuron.validate.study import edit_for, model_for, prepare_study
 
 
 def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float:
@@ -88,18 +90,16 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
                     progress=None, out=None) -> dict[str, Any]:
     """The plan of ``ablate`` (kind="ablate") or ``steer`` without running it.
 
-    It makes exactly the checks the real command makes before its model loads (``validate.prepare_study``:
+    It makes exactly the checks the real command makes before its model loads (``vneuron.validate.study.prepare_study``:
     the run, the poles and every pole's evaluation items, `top_k`, `out` and its disk), so a plan is never
     shown for a study the real command would refuse.
     """
-    from vneuron.validate.study import edit_for, items_for, model_for, prepare_study
-
     say = progress or (lambda *a: None)
     config = config.check_ablation() if kind == "ablate" else config.check_steering()
     if kind == "steer" and not gammas:
         raise VneuronError("No `gammas` to steer with", "pass e.g. 0,0.5,1,2,4")
     study = prepare_study(run, config, out, kind, {"gammas": [float(g) for g in gammas]} if kind == "steer" else None)
-    run = study.run
+    run, config = study.run, study.config
     loaded = model_for(run, model, say, remote, config.dtype)
     dtype = loaded.extra.get("dtype", "float32")
     all_items = study.evaluation.items

@@ -20,6 +20,7 @@ import torch
 from vneuron.data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
 from vneuron.validate.evaluate import LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from vneuron.validate import side_effects
+from vneuron.validate.controls import control_seed
 
 
 def beside_count(drawn: int, config) -> int:
@@ -227,7 +228,7 @@ class Beside:
             side = side_study(self.loaded, self.neutral_for(items[0].language if items else "en"), edit, controls, cfg,
                               progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0))
             summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
-            seeds = [cfg.seed * 1000 + n for n in range(len(controls))]
+            seeds = [control_seed(cfg.seed, n) for n in range(len(controls))]
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
                 rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
         if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
