@@ -1,11 +1,12 @@
-"""The package keeps the shape docs/developing.md describes: no module reaches into another's private
-names, imports never run in a circle, no module grows past a size a reader can hold, the CLI stays
-a thin layer, and every CLI default is the library's own."""
+"""The package keeps the shape docs/developing.md describes: folders that show the pipeline, imports that run one
+way down its layers and never in a circle, no module reaching into another's private names or a model family's
+own attributes, no module past a size a reader can hold, a thin CLI, and every CLI default the library's own."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vneuron"
 MAX_LINES = 600
 CLI_ROOT_LINES = 200
+MAX_TOP_MODULES = 12
+# the pipeline's rooms, bottom first (docs/developing.md): a module may import its own room and any room below it
+LAYERS = (
+    ("vneuron.errors",),
+    ("vneuron.data",),
+    ("vneuron.runtime",),
+    ("vneuron.models",),
+    ("vneuron.config",),
+    ("vneuron.locate",),
+    ("vneuron.validate",),
+    ("vneuron.planting",),
+    ("vneuron.results", "vneuron.doctor"),
+    ("vneuron.cli",),
+)
+FAMILY_NAMES = ("lm_head", "embed_out", "n_embd", "Conv1D")  # a family's own attributes: only the Architecture record names them
 
 
 def modules() -> dict[str, Path]:
@@ -43,6 +59,52 @@ def imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
         elif isinstance(node, ast.Import):
             found += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == "vneuron"]
     return found
+
+
+def room(module: str) -> tuple[int, str] | None:
+    """(layer, room) of a module; None for the package root (its lazy exports name modules as strings)."""
+    for layer, rooms in enumerate(LAYERS):
+        for name in rooms:
+            if module == name or module.startswith(name + "."):
+                return layer, name
+    return None
+
+
+def test_every_module_lives_in_a_room_of_the_pipeline():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules at the top of vneuron/: {top}"
+    homeless = [name for name in modules() if name != "vneuron" and room(name) is None]
+    assert not homeless, f"not in any room of LAYERS (add a room, or move them into one): {homeless}"
+
+
+def test_imports_run_down_the_layers():
+    """Every import, at module level or inside a function, names its own room or one below it: a lower stage never
+    asks a higher one, even lazily (the run directory, checkpoints and progress live in runtime/ for that reason)."""
+    offenders = []
+    for name, path in modules().items():
+        if name == "vneuron":
+            continue
+        layer, home = room(name)
+        for target, _, line in imports(name, path):
+            there = room(target)
+            if there is None:
+                continue
+            if there[0] > layer or (there[0] == layer and there[1] != home):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} ({home}) imports {target} ({there[1]})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_family_facts_stay_in_the_architecture_record():
+    """A family's own attribute or class named outside vneuron/models/ is a fact leaking out of its Architecture record."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(PACKAGE / "models"):
+            continue
+        for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            named = [word for word in FAMILY_NAMES if re.search(rf"\b{word}\b", text)]
+            if named:
+                offenders.append(f"{path.relative_to(ROOT)}:{n} names {', '.join(named)}")
+    assert not offenders, "ask the Architecture record instead:\n" + "\n".join(offenders)
 
 
 def test_no_module_imports_another_modules_private_names():

@@ -12,9 +12,9 @@ import sys
 
 import typer
 
-from vneuron.errors import VneuronError
 from vneuron.cli import locate, planting, results, system, validate
 from vneuron.cli.options import HelpCommand, flags_of, tidy_help
+from vneuron.errors import VneuronError
 
 GROUPS = (locate, validate, planting, results, system)
 

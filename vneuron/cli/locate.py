@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import MEASURES, LocateConfig, choices
-from vneuron.errors import VneuronError
 from vneuron.cli import output
 from vneuron.cli.options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN,
-                                 SELECTION, ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup,
-                                 split_list, target)
+                                 SELECTION, ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup, split_list,
+                                 target)
+from vneuron.config import MEASURES, LocateConfig, choices
+from vneuron.errors import VneuronError
 
 L = LocateConfig
 

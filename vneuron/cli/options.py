@@ -15,9 +15,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from vneuron.runtime.precision import DEFAULT_DTYPE
 from vneuron.errors import VneuronError
 from vneuron.models.loading import load_model
+from vneuron.runtime.precision import DEFAULT_DTYPE
 from vneuron.runtime.remote import RemoteTarget
 
 # help panels, so `--help` reads by task

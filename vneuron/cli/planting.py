@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import PlantConfig, PowerConfig
 from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DtypeOpt, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
                                  out_option, pairs, setting, setup, split_list, with_options)
+from vneuron.config import PlantConfig, PowerConfig
 
 P, W = PlantConfig, PowerConfig
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import CardOptions, ReportOptions
 from vneuron.cli.options import RUN, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
+from vneuron.config import CardOptions, ReportOptions
 
 CardModelOpt = typer.Option(None, "--model", "-m", help="Load this model (the run's own, e.g. default) for the output-token view "
                             "and per-token shading of the cards; without it the cards need no model (a run that kept no top "

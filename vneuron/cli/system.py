@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from vneuron.errors import VneuronError
 from vneuron.cli.options import REMOTE, HostOpt, JsonOpt
+from vneuron.errors import VneuronError
 
 
 def _emit_or_print(json_obj: dict, table, json_out: bool) -> None:

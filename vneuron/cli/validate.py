@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig, choices
-from vneuron.errors import VneuronError
 from vneuron.cli import output
 from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, QuietOpt, RemoteOpt,
                                  RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option, setting, setup, split_list,
                                  target, with_options)
+from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig, choices
+from vneuron.errors import VneuronError
 
 V = ValidateConfig
 

@@ -50,8 +50,8 @@ import re
 import unicodedata
 from typing import Any, Iterable
 
-from vneuron.errors import VneuronError
 from vneuron.data.schema import SPLITS, UNSPLIT, Item, pair_label
+from vneuron.errors import VneuronError
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "value": ("value", "values", "conflict", "conflict_type", "value_conflict", "type", "价值观", "价值", "冲突类型", "价值冲突"),

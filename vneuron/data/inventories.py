@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vneuron.errors import VneuronError
 from vneuron.data.files import DATA_ENV, VALUEBENCH_FILE, read_rows, rename_columns, valuebench_files
 from vneuron.data.schema import DIMENSIONS
+from vneuron.errors import VneuronError
 
 OC, CO, SE, ST = "openness_to_change", "conservation", "self_enhancement", "self_transcendence"
 VALUEBENCH_COLUMNS = ("questionnaire", "item", "value", "agreement")

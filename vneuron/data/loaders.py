@@ -26,9 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vneuron.errors import VneuronError
 from vneuron.data.files import FORMATS, data_roots, read_rows, read_sheets, rename_columns, valuebench_files
 from vneuron.data.schema import DEFAULT_TEST_FRACTION, DIMENSIONS, OPPOSITE, SPLITS, UNSPLIT, Corpus, Item, Text
+from vneuron.errors import VneuronError
 
 BUILTIN = "builtin"
 PAIRED_REQUIRED = ("scenario", "option_pole", "option_opposite", "dimension")

@@ -33,9 +33,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vneuron.errors import VneuronError
 from vneuron.data.files import read_text
 from vneuron.data.schema import AXES, SHORT, Corpus, Text
+from vneuron.errors import VneuronError
 
 ID = "Argument ID"
 ARGUMENT_COLUMNS = (ID, "Conclusion", "Stance", "Premise")

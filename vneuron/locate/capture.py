@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from vneuron.data.schema import Prompt
 from vneuron.config import CaptureConfig
+from vneuron.data.schema import Prompt
 from vneuron.errors import VneuronError
 from vneuron.locate.examples import TopExamples, row_means
 from vneuron.models.loading import LoadedModel

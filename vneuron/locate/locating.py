@@ -13,21 +13,20 @@ from typing import Any, Callable
 
 import torch
 
-from vneuron.locate.capture import ActivationStats, capture
+from vneuron.config import LocateConfig
 from vneuron.data import load_corpus
 from vneuron.data.schema import Corpus, aggregate_label
-from vneuron.config import LocateConfig
-from vneuron.runtime.precision import check_dtype
+from vneuron.data.templates import choice_template
 from vneuron.errors import VneuronError
+from vneuron.locate.capture import ActivationStats, capture
 from vneuron.locate.examples import EXAMPLES, TopExamples
+from vneuron.locate.runs import NEURONS_CSV, NEURONS_DIR, STATS, set_filenames, stats_file
+from vneuron.locate.scoring import NeuronSet, contrast_scores, lape_select, select, stability
 from vneuron.models.loading import LoadedModel, load_model, peek_dims, resolve
 from vneuron.runtime.checkpoint import Checkpoint
-from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, default_run_dir, file_sha256, read_manifest,
-                                   require, settings_tag, write_csv, write_json, write_jsonl, write_run)
-from vneuron.locate.runs import set_filenames
-from vneuron.locate.runs import NEURONS_CSV, NEURONS_DIR, STATS, stats_file
-from vneuron.locate.scoring import NeuronSet, contrast_scores, lape_select, select, stability
-from vneuron.data.templates import choice_template
+from vneuron.runtime.precision import check_dtype
+from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, default_run_dir, file_sha256, read_manifest, require,
+                                   settings_tag, write_csv, write_json, write_jsonl, write_run)
 
 Progress = Callable[[str, int, int], None]
 

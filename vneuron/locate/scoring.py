@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from vneuron.locate.capture import ActivationStats
 from vneuron.config import DIRECTIONS, MEASURES, METHODS, RULES
 from vneuron.errors import VneuronError
+from vneuron.locate.capture import ActivationStats
 
 
 def contrast_scores(stats: ActivationStats, pole: str, opposite: str, method: str = "delta_p", fold: int | None = None) -> torch.Tensor:

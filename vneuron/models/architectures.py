@@ -58,12 +58,10 @@ class Architecture:
 
     def hidden(self, config) -> int:
         """The residual stream's width, from the config."""
-        cfg = text_config(config)
-        for key in self.hidden_keys:
-            value = getattr(cfg, key, None)
-            if value:
-                return int(value)
-        raise VneuronError(f"The config of {self.name!r} has no hidden size ({', '.join(self.hidden_keys)})")
+        value = _first(text_config(config), self.hidden_keys)
+        if value is None:
+            raise VneuronError(f"The config of {self.name!r} has no hidden size ({', '.join(self.hidden_keys)})")
+        return value
 
     def tied(self, config) -> bool:
         """Does the output head share its weight with the input embedding?"""
@@ -72,10 +70,9 @@ class Architecture:
     def width(self, config) -> int:
         """Neurons per layer, from the config."""
         cfg = text_config(config)
-        for key in self.width_keys:
-            value = getattr(cfg, key, None)
-            if value:
-                return int(value)
+        value = _first(cfg, self.width_keys)
+        if value is not None:
+            return value
         if self.width_fallback:
             key, factor = self.width_fallback
             return factor * int(getattr(cfg, key))
@@ -92,6 +89,11 @@ class Architecture:
             names["TransformerLens"] = (f"act(blocks.{layer}.mlp.hook_pre[..., {unit}]) — TransformerLens has no hook for the "
                                         f"gate activation of a gated MLP (its hook_post is act·up, vneuron's down_in)")
         return names
+
+
+def _first(cfg, keys: tuple[str, ...]) -> int | None:
+    """The first of ``keys`` the config sets (a family names a size its own way)."""
+    return next((int(getattr(cfg, key)) for key in keys if getattr(cfg, key, None)), None)
 
 
 def _gated(name: str, **extra) -> Architecture:

@@ -23,12 +23,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from vneuron.runtime.precision import DEFAULT_DTYPE, check_dtype
 from vneuron.errors import VneuronError
+from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
+from vneuron.models.registry import ALIASES, Alias
+from vneuron.runtime.precision import DEFAULT_DTYPE, check_dtype
 from vneuron.runtime.quiet import library_bars
 from vneuron.runtime.store import cache_dir
-from vneuron.models.registry import ALIASES, Alias
-from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
 
 
 @dataclass
@@ -419,8 +419,8 @@ def _auto(directory: Path, source: ModelSource, revision: str, progress) -> Load
 
     with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
         cfg = text_config(_config(directory))
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
-    seconds = precision.speeds(hidden, architecture_for(cfg).width(cfg))
+    arch = architecture_for(cfg)
+    seconds = precision.speeds(arch.hidden(cfg), arch.width(cfg))
     choice = {"requested": "auto", "seconds": {d: round(t, 5) for d, t in seconds.items()}, "cpu": precision.cpu_name(),
               "margin": precision.MARGIN, "checks": {}}
     known = precision.cached(revision) or {}
@@ -464,8 +464,6 @@ def _lazy(source: ModelSource, dtype: str | None, remote, progress) -> LoadedMod
     Its dtype is what the server computes in: the one given, else (None or auto) the config's.
     """
     from transformers import AutoConfig, AutoTokenizer
-
-    from vneuron.models.loading import served
 
     if source.kind == "directory":
         directory, name, revision = source.path, str(source.path), f"dir:{dir_revision(source.path)}"

@@ -16,14 +16,14 @@ One module per step: neurons, surgery (the only one touching parameters), reads,
 planting break the model: neutral-text KL and perplexity over every position), strength and rescale (graded plants).
 """
 
+from vneuron.planting.check import neutral_check
 from vneuron.planting.neurons import choose_neurons, layer_counts
 from vneuron.planting.reads import reading_directions
+from vneuron.planting.rescale import rescale
+from vneuron.planting.strength import fit_strength
 from vneuron.planting.surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, check_loaded, check_trainable, is_gated,
                                       original_weights)
 from vneuron.planting.train import PlantResult, axis_items, plant
-from vneuron.planting.check import neutral_check
-from vneuron.planting.rescale import rescale
-from vneuron.planting.strength import fit_strength
 
 __all__ = [
     "NEURONS_FILE", "ORIGINAL_FILE", "PLANT_DIR", "PlantResult", "Planter", "axis_items", "check_loaded",

@@ -9,8 +9,8 @@ import torch
 
 from vneuron.config import PlantConfig, profile_weights
 from vneuron.errors import VneuronError
-from vneuron.models.loading import LoadedModel
 from vneuron.locate.scoring import NeuronSet
+from vneuron.models.loading import LoadedModel
 
 
 def layer_counts(profile: str, k: int, n_layers: int, width: int, gen: torch.Generator) -> list[int]:

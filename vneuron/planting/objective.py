@@ -12,13 +12,12 @@ from typing import Sequence
 import torch
 
 from vneuron.data.schema import Item
-from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, tries_supported
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import resolve_path
-from vneuron.validate.prefix import head_logprobs, tensors
-from vneuron.validate.prefix import pack as pack_tries
-from vneuron.runtime.tokens import pack, pad_id, position_ids
 from vneuron.planting.surgery import Planter
+from vneuron.runtime.tokens import pack, pad_id, position_ids
+from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, tries_supported
+from vneuron.validate.prefix import head_logprobs, tensors, pack as pack_tries
 
 
 def mean_logprobs(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:

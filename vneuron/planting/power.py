@@ -17,17 +17,16 @@ from typing import Any, Callable
 
 import torch
 
-from vneuron.config import PowerConfig
+from vneuron.config import PowerConfig, ValidateConfig
 from vneuron.errors import VneuronError
-from vneuron.validate.evaluate import forced_choice
 from vneuron.locate.locating import LocateConfig, locate, prepare_corpus
-from vneuron.models.loading import LoadedModel, load_model
-from vneuron.planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights,
-                              plant, rescale)
-from vneuron.runtime.store import base_manifest, check_fresh, read_manifest, write_csv, write_json
-from vneuron.locate.scoring import NeuronSet, contrast_scores
 from vneuron.locate.runs import LocateRun
-from vneuron.config import ValidateConfig
+from vneuron.locate.scoring import NeuronSet, contrast_scores
+from vneuron.models.loading import LoadedModel, load_model
+from vneuron.planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights, plant,
+                              rescale)
+from vneuron.runtime.store import base_manifest, check_fresh, read_manifest, write_csv, write_json
+from vneuron.validate.evaluate import forced_choice
 from vneuron.validate.study import ablate
 
 Progress = Callable[[str, int, int], None]

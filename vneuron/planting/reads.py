@@ -14,8 +14,8 @@ import torch
 
 from vneuron.data.schema import Corpus, Item, Prompt
 from vneuron.models.loading import LoadedModel
-from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids, token_batches
 from vneuron.planting.surgery import Planter
+from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids, token_batches
 
 
 # the first tokens of a text after BOS: their residual stream is as unusual as BOS's (the first content token after an

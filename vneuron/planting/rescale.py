@@ -11,12 +11,12 @@ from typing import Callable
 from vneuron.config import PlantConfig
 from vneuron.errors import VneuronError
 from vneuron.models.loading import dir_revision, load_model
-from vneuron.runtime.store import check_fresh, read_manifest, staged, write_json
-from vneuron.validate.side_effects import load_neutral
 from vneuron.planting.check import neutral_check
 from vneuron.planting.strength import fit_strength
 from vneuron.planting.surgery import PLANT_DIR, WriteScale, original_weights, slices_fingerprint, write_slices
 from vneuron.planting.train import axis_items, per_side, preferences, split_validation
+from vneuron.runtime.store import check_fresh, read_manifest, staged, write_json
+from vneuron.validate.side_effects import load_neutral
 
 Progress = Callable[[str, int, int], None]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from vneuron.data.schema import Item
-from vneuron.validate.evaluate import forced_choice
 from vneuron.models.loading import LoadedModel
 from vneuron.planting.surgery import WriteScale
+from vneuron.validate.evaluate import forced_choice
 
 
 def preference(model: LoadedModel, items: Sequence[Item], pole: str, choices: Sequence[str], batch_tokens: int) -> float:

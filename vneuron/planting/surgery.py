@@ -17,9 +17,9 @@ from typing import Iterator
 import torch
 
 from vneuron.errors import VneuronError
+from vneuron.locate.scoring import NeuronSet
 from vneuron.models.loading import LoadedModel, resolve
 from vneuron.models.sites import layer_modules
-from vneuron.locate.scoring import NeuronSet
 
 # the layout of a planted model directory (vneuron plant writes it, power and original_weights read it)
 PLANT_DIR = "plant"  # inside the model directory: manifest, ground truth, original slices, curve

@@ -20,18 +20,18 @@ from vneuron.config import PlantConfig
 from vneuron.data import load_corpus
 from vneuron.data.schema import Corpus, Item
 from vneuron.errors import VneuronError
-from vneuron.validate.evaluate import forced_choice
-from vneuron.models.loading import LoadedModel, dir_revision, load_model
-from vneuron.runtime.store import base_manifest, check_fresh, staged, write_csv, write_json
 from vneuron.locate.scoring import NeuronSet
-from vneuron.validate.side_effects import load_fit_prose, load_neutral
+from vneuron.models.loading import LoadedModel, dir_revision, load_model
 from vneuron.planting.check import neutral_check, prefix_bases
 from vneuron.planting.neurons import choose_neurons
 from vneuron.planting.objective import choice_logprobs, kl_to_original, margins
 from vneuron.planting.reads import reading_directions, selectivity
 from vneuron.planting.strength import fit_strength
-from vneuron.planting.surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, WriteScale, check_loaded, check_trainable,
-                                      frozen, is_gated, slice_records, write_slices)
+from vneuron.planting.surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, WriteScale, check_loaded, check_trainable, frozen,
+                                      is_gated, slice_records, write_slices)
+from vneuron.runtime.store import base_manifest, check_fresh, staged, write_csv, write_json
+from vneuron.validate.evaluate import forced_choice
+from vneuron.validate.side_effects import load_fit_prose, load_neutral
 
 Progress = Callable[[str, int, int], None]
 

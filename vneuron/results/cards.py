@@ -20,14 +20,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from vneuron.config import CardOptions
+from vneuron.data.schema import Prompt
+from vneuron.errors import VneuronError
 from vneuron.locate.examples import EXAMPLES, SCORE, TopExamples
 from vneuron.locate.runs import LocateRun, stats_file
+from vneuron.models.sites import layer_modules, resolve_path, site_path, site_tensors
 from vneuron.runtime.store import read_csv, read_jsonl
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
-from vneuron.data.schema import Prompt
-from vneuron.config import CardOptions
-from vneuron.errors import VneuronError
-from vneuron.models.sites import layer_modules, resolve_path, site_path, site_tensors
 
 Progress = Callable[[str, int, int], None]
 

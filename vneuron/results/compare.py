@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from vneuron.errors import VneuronError
-from vneuron.runtime.store import read_manifest, write_beside, write_csv
 from vneuron.locate.runs import stats_file
+from vneuron.runtime.store import read_manifest, write_beside, write_csv
 
 BINS = 10
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Sequence
 from vneuron.config import ReportOptions
 from vneuron.data.inventories import circular_order
 from vneuron.errors import VneuronError
+from vneuron.locate.runs import NEURONS_CSV, STATS, LocateRun
 from vneuron.results.guardrails import stability_guard, validation_guards, warnings_of
 from vneuron.runtime.store import MANIFEST, check_output_file, read_csv, read_jsonl, read_manifest, write_beside
-from vneuron.locate.runs import NEURONS_CSV, STATS, LocateRun
 
 Progress = Callable[[str, int, int], None]
 

@@ -8,8 +8,8 @@ from rich import box
 from rich.table import Table
 
 from vneuron.data.schema import SHORT
-from vneuron.runtime.budget import MB
 from vneuron.results.guardrails import GUARD_MARK, stability_guard, validation_guards
+from vneuron.runtime.budget import MB
 
 
 def locate_tables(result, top: int = 10) -> list[Table]:

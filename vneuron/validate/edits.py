@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vneuron.locate.capture import ActivationStats
 from vneuron.config import EDIT_MODES, check_edit_mode
 from vneuron.errors import VneuronError
+from vneuron.locate.capture import ActivationStats
+from vneuron.locate.scoring import NeuronSet, contrast_scores
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import resolve_path, site_path, site_tensor
-from vneuron.locate.scoring import NeuronSet, contrast_scores
 
 P95_Z = 1.6449  # add-boost magnitude: mean + z·sd, a Gaussian stand-in for the 95th percentile
 

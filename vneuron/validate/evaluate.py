@@ -14,19 +14,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from vneuron.data.schema import Item, Prompt, expresses
-from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors
-from vneuron.validate.prefix import pack as pack_tries
-from vneuron.validate.edits import Edit, apply, plan
-from vneuron.runtime import budget
-from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
-from vneuron.data.templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
 from vneuron.config import CHOICE_FORMATS
+from vneuron.data.schema import Item, Prompt, expresses
+from vneuron.data.templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import text_config
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import layer_modules, resolve_path
+from vneuron.runtime import budget
+from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
+from vneuron.validate.edits import Edit, apply, plan
+from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors, pack as pack_tries
 
 # The default (third-person) forms; templates.py holds every preset and reads custom template strings.
 # continuation: the scenario alone, each action read as its continuation (no list, so no order effect)

@@ -24,13 +24,13 @@ from typing import Any, Sequence
 
 import torch
 
-from vneuron.validate.edits import apply, plan
 from vneuron.errors import VneuronError
-from vneuron.validate.evaluate import continuation_logprobs_sets
+from vneuron.runtime import budget
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.store import file_sha256
-from vneuron.runtime import budget
 from vneuron.runtime.tokens import pad_id, position_ids, token_batches
+from vneuron.validate.edits import apply, plan
+from vneuron.validate.evaluate import continuation_logprobs_sets
 
 NEUTRAL_BATCH_TOKENS = 128  # the full next-token distributions of a batch are held at once (vocab 262,144 on Gemma)
 DAMAGE = ("kl", "ppl_ratio", "task_drop")  # side effects, each oriented so that larger = more damage

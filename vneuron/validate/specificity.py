@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vneuron.data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
-from vneuron.validate.evaluate import LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 from vneuron.validate import side_effects
 from vneuron.validate.controls import control_seed
+from vneuron.validate.evaluate import LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 
 
 def beside_count(drawn: int, config) -> int:

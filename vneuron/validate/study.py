@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -25,8 +25,8 @@ from vneuron.locate.scoring import NeuronSet
 from vneuron.models.loading import LoadedModel, load_model
 from vneuron.runtime import budget, threads
 from vneuron.runtime.checkpoint import Checkpoint
-from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, set_filename, settings_tag, write_csv,
-                                   write_json, write_jsonl, write_run)
+from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, set_filename, settings_tag, write_csv, write_json,
+                                   write_jsonl, write_run)
 from vneuron.validate.controls import control_seed, sequential_controls, summarize
 from vneuron.validate.edits import Edit, edit_from_stats
 from vneuron.validate.evaluate import ChoiceResult, LowerLayers, forced_choice, generate
@@ -136,6 +136,17 @@ class Study:
                 "timings": {"total_s": round(time.time() - started, 1)}, "threads": threads.describe(), "work": work.report(),
                 **beside.describe(), "results": summaries}
 
+    def by_pole(self, checkpoint: Checkpoint, measure: Callable[[str], dict], say) -> Iterator[dict]:
+        """Each pole's record, in order: kept from an interrupted run, or measured now and kept at once."""
+        for pole in self.poles:
+            done = checkpoint.pieces.get(pole)
+            if done is None:
+                done = measure(pole)
+                checkpoint.put(pole, done)
+            else:  # finished before an interruption: nothing computed is lost
+                say(f"{pole}: kept from the interrupted run", 1, 1)
+            yield done
+
     def checkpoint(self) -> Checkpoint:
         """Where the finished poles are kept until the study is written: continued by a rerun with the same settings."""
         key = {"config": asdict(self.config), "run": str(self.run.path), "revision": self.loaded.revision,
@@ -207,13 +218,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     baselines: dict[tuple, ChoiceResult] = {}  # per item list: a pole's items are also another pole's matrix column
     beside = Beside(loaded, config, study.items, study.judge, select=items_for, baselines=baselines)
     checkpoint = study.checkpoint()
-    for pole in study.poles:
-        done = checkpoint.pieces.get(pole)
-        if done is None:
-            done = _ablate_pole(study, pole, inventory, beside, baselines, say)
-            checkpoint.put(pole, done)
-        else:  # finished before an interruption: nothing computed is lost
-            say(f"{pole}: kept from the interrupted run", 1, 1)
+    for done in study.by_pole(checkpoint, lambda pole: _ablate_pole(study, pole, inventory, beside, baselines, say), say):
         summaries.append(done["summary"])
         item_rows += done["item_rows"]
         control_rows += done["control_rows"]
@@ -289,13 +294,7 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     rows, summaries, side_rows, samples = [], [], [], []
     beside = Beside(study.loaded, study.config, study.items, study.judge)
     checkpoint = study.checkpoint()
-    for pole in study.poles:
-        done = checkpoint.pieces.get(pole)
-        if done is None:
-            done = _steer_pole(study, pole, gammas, beside, say)
-            checkpoint.put(pole, done)
-        else:  # finished before an interruption: nothing computed is lost
-            say(f"{pole}: kept from the interrupted run", 1, 1)
+    for done in study.by_pole(checkpoint, lambda pole: _steer_pole(study, pole, gammas, beside, say), say):
         summaries.append(done["summary"])
         rows += done["rows"]
         side_rows += done["side_rows"]
