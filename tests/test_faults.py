@@ -97,7 +97,7 @@ def _tiny_gguf(path: Path) -> Path:
 
 
 def test_interrupted_gguf_conversion_removes_its_directory(tmp_path, monkeypatch):
-    from vneuron.models import loading
+    from vneuron.models import conversion
 
     monkeypatch.setenv("VNEURON_CACHE", str(tmp_path / "cache"))
     gguf = _tiny_gguf(tmp_path / "m.gguf")
@@ -106,14 +106,14 @@ def test_interrupted_gguf_conversion_removes_its_directory(tmp_path, monkeypatch
         (directory / "model.safetensors").write_bytes(b"\0" * 1000)  # part of a copy, as when Ctrl-C lands mid-write
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loading, "_convert_into", half_then_ctrl_c)
+    monkeypatch.setattr(conversion, "_convert_into", half_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        loading.convert_gguf(gguf)
+        conversion.convert_gguf(gguf)
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
 
 
 def test_stale_conversions_of_dead_processes_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
-    from vneuron.models import loading
+    from vneuron.models import conversion
 
     monkeypatch.setenv("VNEURON_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "cache" / "models"
@@ -127,8 +127,8 @@ def test_stale_conversions_of_dead_processes_are_swept_and_live_ones_kept(tmp_pa
     def convert(source, directory):
         (directory / "config.json").write_text("{}")
 
-    monkeypatch.setattr(loading, "_convert_into", convert)
-    target, _ = loading.convert_gguf(gguf)
+    monkeypatch.setattr(conversion, "_convert_into", convert)
+    target, _ = conversion.convert_gguf(gguf)
     assert (target / ".complete").is_file() and not dead.exists() and live.exists()
     assert sorted(p.name for p in models.iterdir()) == sorted([target.name, live.name])
 

@@ -10,7 +10,7 @@ import torch
 
 from vneuron.runtime import precision
 from vneuron.locate.capture import CaptureConfig, capture
-from vneuron.models import loading
+from vneuron.models import conversion, loading
 
 from .conftest import ARCHS
 from .reference import hook_stats
@@ -40,26 +40,26 @@ def test_bfloat16_capture_equals_bfloat16_hooks_within_its_tolerance(tiny_model,
 def test_auto_keeps_a_faster_dtype_only_if_its_check_passes(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VNEURON_CACHE", str(tmp_path / "cache"))
     spec = str(tiny_dir("llama"))
-    monkeypatch.setattr(precision, "speeds", lambda h, w: {"float32": 1.0, "bfloat16": 0.4, "float16": 0.95})
+    monkeypatch.setattr(precision, "speeds", lambda h, w, **_: {"float32": 1.0, "bfloat16": 0.4, "float16": 0.95})
     model = loading.load_model(spec, dtype="auto")
     choice = model.extra["dtype_choice"]
     assert model.extra["dtype"] == "bfloat16" and next(model.hf_model.parameters()).dtype == torch.bfloat16
     assert choice["checks"]["bfloat16"]["passed"] and "float16" not in choice["checks"]  # not faster by the margin
     assert 0 < choice["checks"]["bfloat16"]["max_mean_logprob_diff"] <= precision.TOLERANCE
     # the decision is cached per model and machine: the second run checks nothing
-    monkeypatch.setattr(precision, "check_logprobs", lambda *a: pytest.fail("checked again"))
+    monkeypatch.setattr(precision, "check_logprobs", lambda *a, **k: pytest.fail("checked again"))
     assert loading.load_model(spec, dtype="auto").extra["dtype"] == "bfloat16"
     # a check that fails leaves float32
     (tmp_path / "cache" / "dtype-checks.json").unlink()
     monkeypatch.undo()
     monkeypatch.setenv("VNEURON_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "speeds", lambda h, w: {"float32": 1.0, "bfloat16": 0.4, "float16": 0.95})
+    monkeypatch.setattr(precision, "speeds", lambda h, w, **_: {"float32": 1.0, "bfloat16": 0.4, "float16": 0.95})
     monkeypatch.setattr(precision, "TOLERANCE", 0.0)
     strict = loading.load_model(spec, dtype="auto")
     assert strict.extra["dtype"] == "float32" and not strict.extra["dtype_choice"]["checks"]["bfloat16"]["passed"]
     assert "no faster dtype passed" in strict.extra["dtype_choice"]["chosen_by"]
     # nothing faster than float32: nothing is checked
-    monkeypatch.setattr(precision, "speeds", lambda h, w: {"float32": 1.0, "bfloat16": 1.1, "float16": 2.0})
+    monkeypatch.setattr(precision, "speeds", lambda h, w, **_: {"float32": 1.0, "bfloat16": 1.1, "float16": 2.0})
     plain = loading.load_model(spec, dtype="auto")
     assert plain.extra["dtype"] == "float32" and plain.extra["dtype_choice"]["checks"] == {}
 
@@ -77,9 +77,9 @@ def test_a_cached_conversion_gets_a_copy_per_dtype(tiny_dir, tmp_path):
 
     shutil.copytree(tiny_dir("gemma3"), converted)
     (converted / ".complete").write_text(json.dumps({"gguf": "m.gguf", "sha256": "0" * 64}))
-    copy = loading.dtype_copy(converted, "bfloat16")
+    copy = conversion.dtype_copy(converted, "bfloat16")
     assert copy.name == converted.name + "-bfloat16" and json.loads((copy / ".complete").read_text())["dtype"] == "bfloat16"
-    assert loading.dtype_copy(converted, "bfloat16") == copy and loading.dtype_copy(converted, "float32") == converted
+    assert conversion.dtype_copy(converted, "bfloat16") == copy and conversion.dtype_copy(converted, "float32") == converted
     from safetensors.torch import load_file
 
     f32, bf16 = load_file(str(converted / "model.safetensors")), load_file(str(copy / "model.safetensors"))

@@ -44,7 +44,7 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     from vneuron.runtime.store import cache_dir
-    from vneuron.models.loading import packaged_gguf
+    from vneuron.models.conversion import packaged_gguf
     from vneuron.models.registry import ALIASES, DEFAULT_ALIAS
 
     for marker in sorted((cache_dir() / "models").glob("*/.complete")):

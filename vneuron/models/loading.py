@@ -15,20 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import import_module, util as importlib_util
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
-from vneuron.models.registry import ALIASES, Alias
+from vneuron.models.conversion import check_gguf_magic, convert_gguf, converted_copy, dtype_copy, packaged_gguf
+from vneuron.models.registry import ALIASES
+from vneuron.runtime import devices
 from vneuron.runtime.precision import DEFAULT_DTYPE, check_dtype
-from vneuron.runtime.quiet import library_bars
-from vneuron.runtime.store import cache_dir
 
 
 @dataclass
@@ -62,6 +60,12 @@ class LoadedModel:
     hf_model: Any = None  # the underlying transformers module (None for a remote, lazy model)
     extra: dict[str, Any] = field(default_factory=dict)
     remote: Any = None  # a remote.RemoteTarget when traces run on NDIF (or its local simulation)
+    device: str = "cpu"  # where its inputs go: the device of its embeddings (the first of a device map's)
+
+    @property
+    def local_device(self) -> str | None:
+        """Where a local trace's inputs go; None for a remote model (the server places them)."""
+        return None if self.remote is not None and not self.remote.simulated else self.device
 
     def model_key(self) -> str:
         """The key NDIF knows this model by."""
@@ -126,39 +130,11 @@ def _looks_like_hub_id(spec: str) -> bool:
     return spec.count("/") == 1 and not spec.endswith("/")
 
 
-def check_gguf_magic(path: Path) -> None:
-    """A text file named .gguf is caught here, not deep inside transformers."""
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise VneuronError(f"Cannot read {path} ({exc.strerror})", "check the file's permissions") from None
-    if magic != b"GGUF":
-        raise VneuronError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                           "pass a real .gguf model file, a model directory, an alias or a hub id")
-
-
-def check_gguf(path: Path) -> None:
-    """Parse the header and tensor table, and check every tensor lies inside the file (truncation)."""
-    check_gguf_magic(path)
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        size = path.stat().st_size
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # noqa: BLE001 - the reader raises struct/Value/Index errors on damaged files
-        raise VneuronError(f"{path} is truncated or corrupt ({exc.__class__.__name__}: {str(exc)[:80]})",
-                           "download or copy the .gguf file again") from None
-    if end > size:
-        raise VneuronError(f"{path} is truncated ({size} bytes, its tensors need {end})", "download or copy the .gguf file again")
-
-
 def peek_dims(source: ModelSource) -> tuple[int, int] | None:
     """Layers and MLP width from the config alone, when it is at hand without loading anything."""
     directory = source.path if source.kind == "directory" else None
     if source.kind == "packaged":  # its converted copy, if an earlier run made one
-        directory = _converted_copy(ALIASES[source.alias])
+        directory = converted_copy(ALIASES[source.alias])
     if directory is None:
         return None
     try:
@@ -168,20 +144,6 @@ def peek_dims(source: ModelSource) -> tuple[int, int] | None:
         return num_layers(config), architecture_for(config).width(config)
     except Exception:  # noqa: BLE001 - the real load reports config problems properly
         return None
-
-
-def _converted_copy(alias: Alias) -> Path | None:
-    try:
-        name = alias.gguf_name or import_module(alias.module).MODEL_NAME
-    except Exception:  # noqa: BLE001 - not installed, or a package without that attribute
-        return None
-    for marker in sorted((cache_dir() / "models").glob("*/.complete")):
-        try:
-            if json.loads(marker.read_text()).get("gguf") == name:
-                return marker.parent
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None
 
 
 @contextmanager
@@ -207,144 +169,6 @@ def _dir_model_id(path: Path) -> str:
         raise VneuronError(f"{path}/config.json has no model_type", "re-save the model with save_pretrained")
     architecture_for(SimpleNamespace(model_type=cfg["model_type"]))  # an unsupported family fails before anything loads
     return cfg.get("_name_or_path") or path.name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def packaged_gguf(alias: Alias) -> Path:
-    """The GGUF file shipped by an alias' PyPI package (assembled from chunks where needed)."""
-    if importlib_util.find_spec(alias.module) is None:
-        raise VneuronError(f"Model {alias.name!r} is not installed", f"run: {alias.install}")
-    if alias.gguf_name:
-        # find_spec, not import: some such packages fail to import without their declared deps.
-        spec = importlib_util.find_spec(alias.module)
-        path = Path(next(iter(spec.submodule_search_locations))) / alias.gguf_name
-        if not path.is_file():
-            raise VneuronError(f"{path} is missing from the {alias.package} package", f"reinstall it: {alias.install}")
-        return path
-    module = import_module(alias.module)
-    target = cache_dir() / "gguf" / module.MODEL_NAME
-    return Path(module.assemble(target))
-
-
-@library_bars()  # --quiet: no de-quantising, loading or shard-writing bars
-def convert_gguf(gguf: Path, progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
-    """Dequantise a GGUF file once into a safetensors directory; returns it and the file hash.
-
-    The copy is built in ``NAME.tmpPID`` and renamed when complete; an interrupted conversion
-    removes its own directory, and stale ones left by a killed process are swept at the next start.
-    """
-    digest = sha256_file(gguf)
-    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
-    if (target / ".complete").is_file():
-        return target, digest
-    check_gguf(gguf)
-    if progress:
-        progress(f"Converting {gguf.name} to a cached safetensors copy (first run only, about 2 minutes)")
-    _build_cached(target, lambda tmp: _convert_into(gguf, tmp), {"gguf": gguf.name, "sha256": digest},
-                  f"Cannot convert {gguf}", "check the file is a complete GGUF model of a supported architecture")
-    return target, digest
-
-
-@library_bars()
-def dtype_copy(converted: Path, dtype: str, progress: Callable[[str], None] | None = None) -> Path:
-    """The cached float32 conversion cast once to ``dtype`` (bfloat16, float16), beside it.
-
-    Loading it never holds the float32 weights; its values are the float32 copy's, rounded as
-    ``Tensor.to(dtype)`` rounds them, i.e. what loading the float32 copy in ``dtype`` gives.
-    """
-    if dtype in ("float32", "float64"):
-        return converted
-    target = converted.with_name(f"{converted.name}-{dtype}")
-    if (target / ".complete").is_file():
-        return target
-    if progress:
-        progress(f"Caching a {dtype} copy of {converted.name} (once)")
-    marker = {**json.loads((converted / ".complete").read_text()), "dtype": dtype}
-    _build_cached(target, lambda tmp: _cast_into(converted, tmp, dtype), marker, f"Cannot cache a {dtype} copy of {converted}",
-                  "check the cached conversion, or delete it to convert again")
-    return target
-
-
-def _build_cached(target: Path, build: Callable[[Path], None], marker: dict, what: str, fix: str) -> None:
-    """Build a cache directory in ``NAME.tmpPID`` and rename it into place (an interrupted build leaves nothing)."""
-    sweep_stale(target.parent)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    made_parent = not target.parent.exists()
-    try:
-        tmp.mkdir(parents=True)
-        build(tmp)
-        (tmp / ".complete").write_text(json.dumps(marker))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if made_parent:  # leave the cache as it was
-            with suppress(OSError):
-                target.parent.rmdir()
-        if isinstance(exc, (VneuronError, KeyboardInterrupt)) or os.environ.get("VNEURON_DEBUG") == "1":
-            raise
-        if isinstance(exc, OSError):
-            raise VneuronError(f"Cannot write the converted model to {cache_dir()} ({exc.strerror or exc})",
-                               "free disk space there, or set VNEURON_CACHE to a writable directory") from None
-        raise VneuronError(f"{what} ({exc.__class__.__name__}: {str(exc)[:140]})", fix) from None
-
-
-def _cast_into(converted: Path, directory: Path, dtype: str) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(converted, dtype=getattr(torch, dtype)).save_pretrained(directory)
-    for path in converted.iterdir():  # the tokenizer's files, as they are
-        if path.is_file() and path.suffix != ".safetensors" and path.name != ".complete" and not (directory / path.name).exists():
-            shutil.copyfile(path, directory / path.name)
-
-
-def _convert_into(gguf: Path, directory: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded ("quantised") model until these are cleared.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-
-
-def sweep_stale(models: Path) -> list[Path]:
-    """Remove conversion directories whose process is gone (a Ctrl-C or kill during a first run)."""
-    removed = []
-    if not models.is_dir():
-        return removed
-    for tmp in models.glob("*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if tmp.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftover from an earlier, interrupted attempt in this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _hub_snapshot(model_id: str) -> Path:
@@ -374,19 +198,29 @@ def load_model(
     dtype: str | None = None,
     progress: Callable[[str], None] | None = None,
     remote: Any = None,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a model and wrap it for tracing.
 
     ``dtype``: what it computes in — float32, bfloat16, float16 (float64: exact tests) or auto
-    (the fastest here whose accuracy check passes, ``vneuron.runtime.precision``); None: ``DEFAULT_DTYPE``.
-    The manifest records the dtype used and, for auto, its measurements. ``remote``: a
-    ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the tokenizer is
+    (the fastest here whose accuracy check passes, ``vneuron.runtime.precision``); None: ``DEFAULT_DTYPE``
+    on the CPU, auto on an accelerator. ``device``: auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N
+    or mps; ``device_map`` (auto, balanced, sequential, or accelerate's own dict) spreads the model over
+    every visible GPU and, with ``max_memory`` and ``offload_folder``, the CPU and the disk. None: the
+    process's placement (``vneuron.runtime.devices.use``; the CLI's ``--device``/``--device-map``).
+    The manifest records the dtype and the device used and, for auto, the dtype's measurements.
+    ``remote``: a ``remote.RemoteTarget``. For a real NDIF host nothing but the config and the tokenizer is
     loaded (the weights stay on the server), and the dtype is the one the server computes in.
     """
     requested = check_dtype(dtype)
+    placement = _placement(device, device_map, max_memory, offload_folder)
     source = resolve(spec)
     if remote is not None and not remote.simulated:
         return _lazy(source, requested, remote, progress)
+    where = devices.resolve(placement.device) if placement.device_map is None else "map"
     if source.kind == "packaged":
         gguf = packaged_gguf(ALIASES[source.alias])
         directory, digest = convert_gguf(gguf, progress)
@@ -399,13 +233,23 @@ def load_model(
     else:
         directory = _hub_snapshot(source.model_id)
         revision = directory.name  # the snapshot's commit hash
-    if (requested or DEFAULT_DTYPE) == "auto":
-        loaded = _auto(directory, source, revision, progress)
+    wanted = requested or (DEFAULT_DTYPE if where == "cpu" else "auto")
+    if wanted == "auto":
+        loaded = _auto(directory, source, revision, progress, placement)
     else:
-        dtype = requested or DEFAULT_DTYPE
-        loaded = _wrap(_weights(directory, source, dtype, progress), source, revision, dtype, progress)
+        loaded = _wrap(_weights(directory, source, wanted, progress), source, revision, wanted, progress, placement)
     loaded.remote = remote  # the in-process simulation runs on these local weights
     return loaded
+
+
+def _placement(device, device_map, max_memory, offload_folder) -> devices.Placement:
+    """The placement asked for in this call, else the process's; checked before any weight loads."""
+    if device is None and device_map is None and max_memory is None and offload_folder is None:
+        return devices.default()
+    base = devices.default()
+    return devices.Placement(device or base.device, device_map if device_map is not None else base.device_map,
+                             max_memory if max_memory is not None else base.max_memory,
+                             offload_folder if offload_folder is not None else base.offload_folder).check()
 
 
 def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path:
@@ -413,17 +257,18 @@ def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path
     return dtype_copy(directory, dtype, progress) if source.kind in ("packaged", "gguf") else directory
 
 
-def _auto(directory: Path, source: ModelSource, revision: str, progress) -> LoadedModel:
-    """The fastest dtype here whose accuracy check on this model passes (else float32), loaded."""
+def _auto(directory: Path, source: ModelSource, revision: str, progress, placement: devices.Placement) -> LoadedModel:
+    """The fastest dtype on this processor whose accuracy check on this model passes (else float32), loaded."""
     from vneuron.runtime import precision
 
     with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
         cfg = text_config(_config(directory))
     arch = architecture_for(cfg)
-    seconds = precision.speeds(arch.hidden(cfg), arch.width(cfg))
-    choice = {"requested": "auto", "seconds": {d: round(t, 5) for d, t in seconds.items()}, "cpu": precision.cpu_name(),
+    where = devices.resolve(placement.device) if placement.device_map is None else _first_device(placement)
+    seconds = precision.speeds(arch.hidden(cfg), arch.width(cfg), device=where)
+    choice = {"requested": "auto", "seconds": {d: round(t, 5) for d, t in seconds.items()}, "processor": precision.processor(where),
               "margin": precision.MARGIN, "checks": {}}
-    known = precision.cached(revision) or {}
+    known = precision.cached(revision, where) or {}
     reference = None
     for candidate in precision.ranked(seconds):
         check = known.get(candidate)
@@ -432,22 +277,25 @@ def _auto(directory: Path, source: ModelSource, revision: str, progress) -> Load
             if progress:
                 progress(f"Checking {candidate} against float32 on {source.model_id} (once on this machine)")
             if reference is None:
-                base = _wrap(directory, source, revision, "float32", None)
-                reference = precision.check_logprobs(base.hf_model, base.tokenizer)
+                base = _wrap(directory, source, revision, "float32", None, placement)
+                reference = precision.check_logprobs(base.hf_model, base.tokenizer, base.device)
                 del base
-            model = _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress)
-            check = precision.compare(reference, precision.check_logprobs(model.hf_model, model.tokenizer))
+                devices.release()
+            model = _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress, placement)
+            check = precision.compare(reference, precision.check_logprobs(model.hf_model, model.tokenizer, model.device))
             known[candidate] = check
-            precision.remember(revision, known)
+            precision.remember(revision, known, where)
         choice["checks"][candidate] = check
         if check["passed"]:
             choice["chosen_by"] = f"auto: the fastest dtype here whose accuracy check passed ({candidate})"
-            model = model or _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress)
+            model = model or _wrap(_weights(directory, source, candidate, progress), source, revision, candidate, progress, placement)
             model.extra["dtype_choice"] = choice
             return model
+        del model
+        devices.release()
     choice["chosen_by"] = "auto: float32 (no faster dtype passed its accuracy check)" if choice["checks"] else \
         "auto: float32 (no other dtype is faster here)"
-    model = _wrap(directory, source, revision, "float32", progress)
+    model = _wrap(directory, source, revision, "float32", progress, placement)
     model.extra["dtype_choice"] = choice
     return model
 
@@ -511,11 +359,13 @@ def _hub_snapshot_meta(model_id: str) -> Path:
             ) from None
 
 
-def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progress) -> LoadedModel:
+def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progress,
+          placement: devices.Placement | None = None) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    placement = placement or devices.default()
     hf_logging.disable_progress_bar()  # vneuron shows its own progress; stderr stays for errors
     with _readable(f"the config of {source.spec}", "re-save the model with save_pretrained"):
         config = AutoConfig.from_pretrained(directory)
@@ -524,13 +374,25 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         progress(f"Loading {source.model_id}")
     with _readable(f"the tokenizer of {source.spec}", "save a fast tokenizer beside the model (tokenizer.json)"):
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    with _readable(f"the weights of {source.spec}", "they are truncated or corrupt: save or download the model again"):
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+    where = {}
+    if placement.device_map is not None:  # accelerate places the layers (its own engine), with its limits
+        where = {"device_map": placement.device_map, "max_memory": placement.max_memory, "offload_folder": placement.offload_folder}
+        where = {k: v for k, v in where.items() if v is not None}
+    elif devices.accelerator(devices.resolve(placement.device)):
+        where = {"device_map": {"": devices.resolve(placement.device)}}
+    with _readable(f"the weights of {source.spec}", "they are truncated or corrupt: save or download the model again"), \
+            _fits(source, placement):
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype), **where)
     model.eval()
     from nnsight.modeling.transformers import TransformersModel
 
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
     source.chat = source.chat or bool(getattr(tokenizer, "chat_template", None))
+    device = _input_device(model)
+    extra: dict[str, Any] = {"dtype": dtype, "device": devices.card(device)}
+    if getattr(model, "hf_device_map", None) and placement.device_map is not None:
+        extra["device_map"] = {"requested": placement.device_map if isinstance(placement.device_map, str) else "explicit",
+                               "placed": _map_summary(model.hf_device_map)}
     return LoadedModel(
         lm=lm,
         source=source,
@@ -540,8 +402,56 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         revision=revision,
         tokenizer=tokenizer,
         hf_model=model,
-        extra={"dtype": dtype},
+        extra=extra,
+        device=device,
     )
+
+
+def _input_device(model) -> str:
+    """Where the model's inputs go: its embeddings' device (under a device map, the execution device accelerate
+    gives the embeddings; a layer offloaded to the disk computes on the CPU)."""
+    placed = getattr(model, "hf_device_map", None)
+    embeddings = model.get_input_embeddings()
+    if placed:
+        names = {module: name for name, module in model.named_modules()}
+        name = names.get(embeddings, "")
+        owner = max((k for k in placed if k == "" or name == k or name.startswith(k + ".")), key=len, default=None)
+        value = placed.get(owner, "cpu") if owner is not None else "cpu"
+        return f"cuda:{value}" if isinstance(value, int) else ("cpu" if value in ("disk", "cpu") else str(value))
+    return str(embeddings.weight.device)
+
+
+def _map_summary(placed: dict) -> dict[str, int]:
+    """How many of a device map's modules sit on each device (the map itself can run to hundreds of entries)."""
+    counts: dict[str, int] = {}
+    for value in placed.values():
+        key = f"cuda:{value}" if isinstance(value, int) else str(value)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _first_device(placement: devices.Placement) -> str:
+    """The device a device map starts on, for measurements taken before the model loads (the first GPU, else the CPU)."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def _fits(source: ModelSource, placement: devices.Placement):
+    """A model that does not fit where it was asked to go is one line that says where it could go instead."""
+    try:
+        yield
+    except Exception as exc:
+        if devices.is_oom(exc):
+            raise VneuronError(f"{source.model_id} does not fit in the memory of {placement.device_map or placement.device}",
+                               "use `dtype` bfloat16, or `device_map` auto to spread it over every GPU (with `max_memory` and "
+                               "`offload_folder`, over the CPU and the disk too)") from None
+        if isinstance(exc, ValueError) and placement.device_map is not None and (
+                "offload" in str(exc) or "device_map" in str(exc) or "memory" in str(exc)):
+            raise VneuronError(f"The device map cannot place {source.model_id}: {str(exc).splitlines()[0][:200]}",
+                               "give `max_memory` room for it, or an `offload_folder` for the layers that do not fit") from None
+        raise
 
 
 def served(config) -> str:

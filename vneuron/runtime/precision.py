@@ -1,8 +1,10 @@
-"""Which dtype a model computes in: the one asked for, or ``auto``, measured on the machine it runs on.
+"""Which dtype a model computes in: the one asked for, or ``auto``, measured on the processor it runs on.
 
 ``auto`` (like the thread count, ``threads.py``) times the decoder's two matrix products at the
-model's own shapes in float32, bfloat16 and float16, interleaved so a load spike hits every
-candidate alike, and orders the candidates that beat float32 by ``MARGIN``. The fastest is kept
+model's own shapes in float32, bfloat16 and float16 on the model's device, interleaved so a load
+spike hits every candidate alike, and orders the candidates that beat float32 by ``MARGIN``.
+Without a dtype a model computes in float32 on the CPU and in ``auto`` on an accelerator (bfloat16
+where it passes, as it does on every recent GPU). The fastest is kept
 only if it passes an accuracy check on the model itself: next-token log-probabilities over
 ``CHECK_TEXTS`` within ``TOLERANCE`` of float32's (mean over a text's tokens, the quantity forced
 choice compares) and finite everywhere (float16 overflows in some families). Otherwise float32.
@@ -59,20 +61,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def speeds(hidden: int, width: int, candidates=("float32", "bfloat16", "float16"), repeats: int = 3) -> dict[str, float]:
-    """Seconds of the decoder's up and down products (256 tokens) per dtype: best of ``repeats``, interleaved."""
+def speeds(hidden: int, width: int, candidates=("float32", "bfloat16", "float16"), repeats: int = 3,
+           device: str = "cpu") -> dict[str, float]:
+    """Seconds of the decoder's up and down products (256 tokens on the CPU, 4096 on an accelerator) per dtype on
+    ``device``: best of ``repeats``, interleaved."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    x, up, down = torch.randn(256, hidden, generator=gen), torch.randn(hidden, width, generator=gen), torch.randn(width, hidden,
-                                                                                                                  generator=gen)
-    mats = {d: (x.to(getattr(torch, d)), up.to(getattr(torch, d)), down.to(getattr(torch, d))) for d in candidates}
+    tokens = 256 if device == "cpu" else 4096
+    x, up, down = torch.randn(tokens, hidden, generator=gen), torch.randn(hidden, width, generator=gen), torch.randn(width, hidden,
+                                                                                                                     generator=gen)
+    mats = {d: tuple(m.to(device, getattr(torch, d)) for m in (x, up, down)) for d in candidates}
     best = {d: float("inf") for d in candidates}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(repeats):
         for d, (a, b, c) in mats.items():
+            sync()
             start = time.perf_counter()
             for _ in range(4):
                 (a @ b) @ c
+            sync()
             best[d] = min(best[d], time.perf_counter() - start)
     return best
 
@@ -83,16 +91,17 @@ def ranked(seconds: dict[str, float]) -> list[str]:
     return sorted((d for d, s in seconds.items() if d != "float32" and s * MARGIN <= base), key=seconds.get)
 
 
-def check_logprobs(hf_model, tokenizer) -> list[torch.Tensor]:
-    """Per check text, the log-probability of each next token (float64), under the model as it is now."""
+def check_logprobs(hf_model, tokenizer, device: str = "cpu") -> list[torch.Tensor]:
+    """Per check text, the log-probability of each next token (float64, on the host), under the model as it is now
+    (its inputs on ``device``, where its embeddings are)."""
     import torch
 
     out = []
     with torch.inference_mode():
         for text in CHECK_TEXTS:
-            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
             logits = hf_model(input_ids=ids).logits[0, :-1].double()
-            out.append(logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1))
+            out.append(logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu())
     return out
 
 
@@ -111,27 +120,36 @@ def _cache_file() -> Path:
     return cache_dir() / "dtype-checks.json"
 
 
-def _key(revision: str) -> str:
+def processor(device: str = "cpu") -> str:
+    """What computes: the CPU's model name, or the accelerator's."""
     import torch
 
-    return f"{revision}|{cpu_name()}|torch {torch.__version__}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name() if device == "cpu" else device
 
 
-def cached(revision: str) -> dict | None:
-    """An earlier ``auto`` decision for this model on this machine, if one was made."""
+def _key(revision: str, device: str = "cpu") -> str:
+    import torch
+
+    return f"{revision}|{processor(device)}|torch {torch.__version__}"
+
+
+def cached(revision: str, device: str = "cpu") -> dict | None:
+    """An earlier ``auto`` decision for this model on this processor, if one was made."""
     try:
-        return json.loads(_cache_file().read_text()).get(_key(revision))
+        return json.loads(_cache_file().read_text()).get(_key(revision, device))
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def remember(revision: str, decision: dict) -> None:
+def remember(revision: str, decision: dict, device: str = "cpu") -> None:
     path = _cache_file()
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         known = {}
-    known[_key(revision)] = decision
+    known[_key(revision, device)] = decision
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
