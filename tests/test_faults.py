@@ -345,3 +345,49 @@ app()
     assert done.returncode == 143, done.stderr
     assert [line for line in done.stderr.splitlines() if line.strip()][-1] == "terminated (SIGTERM) (nothing half-written was kept)"
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_an_interrupted_local_locate_keeps_what_it_counted_and_resume_finishes_it_bit_for_bit(tmp_path, tiny_dir, monkeypatch):
+    """A local capture keeps the prompts it counted when anything stops it (Ctrl-C, SIGTERM, an error); a rerun with
+    --resume counts only the rest, and the run equals one that was never interrupted."""
+    from vneuron.locate import capture as capture_module
+    from vneuron.locate.runs import LocateRun
+
+    argv = ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all", "-k", "5",
+            "--batch-tokens", "48", "-q", "--examples", "2"]
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, [*argv, "--out", str(whole)]).exit_code == 0
+    real, calls = capture_module._session, {"n": 0}
+
+    def stop_at_the_fourth_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capture_module, "_session", stop_at_the_fourth_batch)
+    out = tmp_path / "run"
+    stopped = runner.invoke(app, [*argv, "--out", str(out)])
+    partial = tmp_path / ".run.partial"
+    assert stopped.exit_code == 130 and not out.exists()
+    assert f"the finished work is in {partial}: rerun the same command with --resume to continue" in stopped.stderr
+    assert len(json.loads((partial / "state.json").read_text())["pieces"]["counted"]) > 0
+    monkeypatch.setattr(capture_module, "_session", real)
+    refused = runner.invoke(app, [*argv, "--out", str(out)])
+    assert refused.exit_code == 2 and "An interrupted run is waiting" in refused.stderr and "--resume" in refused.stderr
+    calls["n"] = 0
+    monkeypatch.setattr(capture_module, "_session", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    assert runner.invoke(app, [*argv, "--out", str(out), "--resume"]).exit_code == 0
+    assert not partial.exists()
+    batches = json.loads((whole / "manifest.json").read_text())["capture"]["batches"]
+    assert 0 < calls["n"] < batches  # only the prompts not yet counted were run again
+    kept, fresh = LocateRun.open(out), LocateRun.open(whole)
+    for name in ("n", "sum", "sumsq", "active"):
+        assert torch.equal(getattr(kept.stats, name), getattr(fresh.stats, name)), name
+    assert (out / "neurons.csv").read_text() == (whole / "neurons.csv").read_text()
+    from vneuron.locate.examples import TopExamples
+
+    a, b = TopExamples.load(out / "examples.safetensors"), TopExamples.load(whole / "examples.safetensors")
+    for side in ("top_values", "top_ids", "bottom_values", "bottom_ids"):  # the neuron cards' texts too
+        assert torch.equal(getattr(a, side), getattr(b, side)), side
+    assert a.prompts == b.prompts

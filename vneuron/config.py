@@ -16,6 +16,7 @@ from vneuron.data.schema import DEFAULT_TEST_FRACTION
 from vneuron.data.templates import choice_template, pvq_template
 from vneuron.errors import VneuronError
 from vneuron.models.sites import check_site
+from vneuron.runtime.devices import batch_setting
 from vneuron.runtime.precision import check_dtype
 
 MODES = ("prompt", "generate")  # capture: the action's tokens, or tokens generated under a value-conditioned prompt
@@ -106,6 +107,11 @@ def choices(names) -> str:
     return "[" + "|".join(names) + "]"
 
 
+def _tokens(value: int | str) -> int | str:
+    """``batch_tokens`` typed as a number ("2048" on the command line) is that number; anything else is checked later."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
 def check_edit_mode(mode: str, setting: str = "mode") -> EditMode:
     if mode not in EDIT_MODES:
         raise VneuronError(f"Unknown edit `{setting}` {mode!r}", f"use one of: {', '.join(EDIT_MODES)}")
@@ -122,7 +128,7 @@ class CaptureConfig:
     site: str = "gate"
     mode: str = "prompt"
     folds: int = 2
-    batch_tokens: int = 4096
+    batch_tokens: int | str = "auto"  # auto: 4096 on the CPU (and NDIF), from the free memory on an accelerator
     max_new_tokens: int = 32
     counted_span: bool = True
     padding: str = "right"  # prompt mode; generation always pads left
@@ -135,8 +141,9 @@ class CaptureConfig:
             raise VneuronError(f"Unknown `mode` {self.mode!r}", f"use one of: {', '.join(MODES)}")
         if self.padding not in ("left", "right"):
             raise VneuronError(f"Unknown `padding` {self.padding!r}", "use left or right")
-        if self.folds < 1 or self.batch_tokens < 1 or self.max_new_tokens < 1:
-            raise VneuronError("`folds`, `batch_tokens` and `max_new_tokens` must be positive")
+        batch_setting(self.batch_tokens)
+        if self.folds < 1 or self.max_new_tokens < 1:
+            raise VneuronError("`folds` and `max_new_tokens` must be positive")
         if self.top_examples < 0:
             raise VneuronError(f"`top_examples` must be 0 or more, got {self.top_examples}", "e.g. 5, or 0 for none")
         return self
@@ -166,7 +173,7 @@ class LocateConfig:
     lape_quantile: float = 0.95
     folds: int = 2
     null_shuffles: int = 0  # label-shuffle null runs (each is one more capture)
-    batch_tokens: int = 4096
+    batch_tokens: int | str = "auto"  # auto: 4096 on the CPU (and NDIF), from the free memory on an accelerator
     max_new_tokens: int = 32
     request_batches: int = 8  # remote: forward batches per NDIF request
     test_fraction: float = DEFAULT_TEST_FRACTION  # held out by a hash of the id when the data has no split column
@@ -174,6 +181,9 @@ class LocateConfig:
     whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
     strict: bool = False  # refuse a corpus with incomplete rows (an empty required cell) instead of leaving them out with a note
     top_examples: int = 5  # the most and least activating texts kept per label and neuron, for neuron cards (local runs)
+
+    def __post_init__(self) -> None:
+        self.batch_tokens = _tokens(self.batch_tokens)
 
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
@@ -222,8 +232,9 @@ class ValidateConfig:
     max_new_tokens: int = 40
     bootstrap: int = 2000
     seed: int = 0
-    # evaluation batches: 1,024 ran 17 % faster per token than 4,096 on 2 CPU cores (benchmarks/ablate.py); raise on a GPU or NDIF
-    batch_tokens: int = 1024
+    # evaluation batches. auto: 1,024 on the CPU, which ran 17 % faster per token than 4,096 on 2 cores (benchmarks/ablate.py);
+    # from the free memory on an accelerator
+    batch_tokens: int | str = "auto"
     pvq: str | None = None  # questionnaire (file or "PVQ-40") scored before / after / under controls
     choice: str = "listed"  # forced-choice format: listed (both orders) or continuation
     eval_dataset: str | None = None  # evaluate on this corpus instead of the run's held-out split
@@ -246,6 +257,9 @@ class ValidateConfig:
     verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
     judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (vneuron.validate.judges)
     judge_controls: int = 5  # controls whose generations are generated and judged too
+
+    def __post_init__(self) -> None:
+        self.batch_tokens = _tokens(self.batch_tokens)
 
     def check_ablation(self) -> "ValidateConfig":
         """An ablation with a dosed edit needs its dose (steer sets γ per point of its sweep)."""
@@ -271,7 +285,8 @@ class ValidateConfig:
         pvq_template(self.pvq_template)
         if self.split not in SPLITS:
             raise VneuronError(f"Unknown `split` {self.split!r}", "use test (held out), train or all")
-        for name, low in (("controls", 0), ("top_k", 1), ("limit", 1), ("generations", 0), ("batch_tokens", 1)):
+        batch_setting(self.batch_tokens)
+        for name, low in (("controls", 0), ("top_k", 1), ("limit", 1), ("generations", 0)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise VneuronError(f"`{name}` must be at least {low}, got {value}")

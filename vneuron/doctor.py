@@ -8,14 +8,16 @@ from __future__ import annotations
 from importlib import util
 
 from vneuron.models.registry import ALIASES
+from vneuron.runtime import devices
 from vneuron.runtime.remote import api_key, probe, resolve_target
 from vneuron.runtime.store import versions
 
 
 def checks(remote: bool = False, host: str | None = None) -> list[tuple[str, str]]:
-    """Versions, packaged models, the API key's presence; with ``remote``/``host`` also NDIF's
-    reachability and whether its nnsight matches this one."""
+    """Versions, the accelerators torch sees (and where `--device auto` computes), packaged models, the API key's
+    presence; with ``remote``/``host`` also NDIF's reachability and whether its nnsight matches this one."""
     rows = list(versions().items())
+    rows += accelerators()
     for name, alias in ALIASES.items():
         if alias.package and name != "default":
             ok = util.find_spec(alias.module) is not None
@@ -33,4 +35,19 @@ def checks(remote: bool = False, host: str | None = None) -> list[tuple[str, str
     if server_version:
         same = str(server_version).split(".")[:2] == versions()["nnsight"].split(".")[:2]
         rows.append(("server nnsight", f"{server_version} ({'compatible' if same else 'differs from the client: install it'})"))
+    return rows
+
+
+def accelerators() -> list[tuple[str, str]]:
+    """What torch is built for and sees: each GPU with its memory, and where ``--device auto`` computes."""
+    import torch
+
+    rows = [("torch build", f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only (no CUDA)")]
+    for found in devices.describe():
+        if "memory_gb" in found:
+            rows.append((found["device"], f"{found['name']}, {found['memory_gb']} GB ({found['free_gb']} GB free), "
+                                          f"compute capability {found['capability']}, bfloat16 {'yes' if found['bf16'] else 'no'}"))
+        else:
+            rows.append((found["device"], found["name"]))
+    rows.append(("--device auto", devices.resolve("auto")))
     return rows

@@ -58,6 +58,18 @@ class _one_line_usage_errors:
         raise typer.Exit(2) from None
 
 
+def _what_is_kept() -> str:
+    """After an interruption: nothing half-written is ever kept; finished work in a checkpoint is, and how to continue."""
+    from vneuron.runtime.checkpoint import kept
+
+    left = kept()
+    if not left:
+        return "nothing half-written was kept"
+    path, flag = left[-1]
+    again = "the same command" + (" with --resume" if flag else "")
+    return f"nothing half-written was kept; the finished work is in {path}: rerun {again} to continue"
+
+
 def _say_error(line: str) -> None:
     from rich.markup import escape
 
@@ -105,6 +117,9 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from vneuron.runtime import checkpoint
+
+        checkpoint.forget()  # an interruption names only what this command kept
         try:
             with _sigterm_as_interrupt():
                 return fn(*args, **kwargs)
@@ -114,10 +129,12 @@ def handle_errors(fn):
             _say_error(as_flags(exc.one_line(), flags_of(fn)))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
+            from rich.markup import escape
+
             from vneuron.runtime.progress import err_console
 
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            err_console.print(f"[bold red]{what}[/] (nothing half-written was kept)")
+            err_console.print(f"[bold red]{what}[/] ({escape(_what_is_kept())})", highlight=False, soft_wrap=True)
             raise typer.Exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130) from None
 
     return wrapper

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from vneuron.cli import output
-from vneuron.cli.options import (DATA, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE, RemoteOpt, RUN,
-                                 SELECTION, ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting, setup, split_list,
-                                 target)
+from vneuron.cli.options import (DATA, DryRunOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt, OUTPUT, QuietOpt, REMOTE,
+                                 RemoteOpt, RUN, SELECTION, ThreadsOpt, TimeoutOpt, given_settings, mapping, out_option, pairs, setting,
+                                 setup, split_list, target)
 from vneuron.config import MEASURES, LocateConfig, choices
 from vneuron.errors import VneuronError
 
@@ -72,12 +72,15 @@ def locate(
     timeout: float = TimeoutOpt,
     request_batches: int = setting(L, "request_batches", "--request-batches", panel=REMOTE,
                                    help="Remote: forward batches per NDIF request."),
-    resume: bool = typer.Option(False, "--resume", rich_help_panel=REMOTE,
-                                help="Remote: continue an interrupted run (needs the same --out)."),
+    resume: bool = typer.Option(False, "--resume", rich_help_panel=RUN,
+                                help="Continue an interrupted run: what it counted (or collected from NDIF) is kept beside --out."),
     detach: bool = typer.Option(False, "--detach", rich_help_panel=REMOTE,
                                 help="Remote: submit every request and exit; collect later with --resume."),
-    batch_tokens: int = setting(L, "batch_tokens", "--batch-tokens", panel=RUN, help="Padded tokens per forward batch (memory vs speed)."),
+    batch_tokens: str = setting(L, "batch_tokens", "--batch-tokens", panel=RUN,
+                                help="Padded tokens per forward batch, or auto: 4,096 on the CPU, sized from the free memory on a GPU."),
     dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     top_examples: int = setting(L, "top_examples", "--examples", panel=OUTPUT,
                                 help="Texts kept per neuron, label and side (most and least activating) for the neuron cards of "
                                      "`vneuron show` and `report` (local runs; 0: none)."),
@@ -106,7 +109,7 @@ def locate(
     from vneuron.runtime.progress import console, progress_bar
     from vneuron.results.tables import locate_tables
 
-    setup(threads, quiet)
+    setup(threads, quiet, device, device_map)
     config = LocateConfig(
         dataset=dataset, columns=mapping(columns, "column mapping", "ours=yours,ours=yours"),
         contrasts=pairs(contrast, ":", "contrast", "pole:opposite"), dimensions=split_list(dimension), language=language,

@@ -137,13 +137,19 @@ def joined(values) -> str:
 
 
 # -- what every model-running command does first ---------------------------------------------
-def setup(threads: Optional[int] = None, quiet: bool = False) -> None:
-    """Threads (measured when not given) and the libraries' own output."""
+def setup(threads: Optional[int] = None, quiet: bool = False, device: Optional[str] = None,
+          device_map: Optional[str] = None) -> None:
+    """Where models load (a bad device is one line before any work), threads (measured when not given, on the CPU
+    only: an accelerator computes elsewhere) and the libraries' own output."""
     if threads is not None and threads < 1:
         raise VneuronError(f"--threads must be at least 1, got {threads}")
+    from vneuron.runtime import devices
     from vneuron.runtime.threads import pick
 
-    pick(threads)
+    placement = devices.use(devices.Placement(device or "auto", device_map))
+    on_cpu = placement.device_map is None and not devices.accelerator(devices.resolve(placement.device))
+    if on_cpu or threads is not None:
+        pick(threads)
     if quiet:
         from vneuron.runtime.quiet import set_quiet
 
@@ -197,6 +203,12 @@ DtypeOpt = setting(load_model, "dtype", "--dtype", panel=RUN, metavar="[float32|
                    help=f"What the model computes in: float32, bfloat16, float16, or auto (the fastest on this machine whose accuracy "
                         f"check on the model passes). Default: a run's own dtype; without a run {DEFAULT_DTYPE} (remote: what the "
                         f"server serves). Recorded in the manifest.")
+DeviceOpt = setting(load_model, "device", "--device", panel=RUN, metavar="[auto|cpu|cuda|cuda:N|mps]",
+                    help="Where the model computes: auto (a CUDA GPU when torch sees one, else MPS, else the CPU), cpu, cuda, "
+                         "cuda:N or mps. Recorded in the manifest.")
+DeviceMapOpt = setting(load_model, "device_map", "--device-map", panel=RUN, metavar="[auto|balanced|sequential]",
+                       help="Spread a model too large for one GPU over every visible GPU (accelerate's device_map); "
+                            "overrides --device.")
 RunDirArg = typer.Argument(None, help="A locate run directory. Without it, --model is located first (built-in corpus).",
                            metavar="RUN_DIR")
 

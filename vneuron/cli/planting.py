@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DtypeOpt, ModelOpt, QuietOpt, ThreadsOpt, joined, numbers,
-                                 out_option, pairs, setting, setup, split_list, with_options)
+from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt,
+                                 ThreadsOpt, joined, numbers, out_option, pairs, setting, setup, split_list, with_options)
 from vneuron.config import PlantConfig, PowerConfig
 
 P, W = PlantConfig, PowerConfig
@@ -42,6 +42,8 @@ PLANT_OPTIONS = {
     "read_background": (Optional[float], ReadBackgroundOpt),
     "threads": (Optional[int], ThreadsOpt),
     "dtype": (Optional[str], DtypeOpt),
+    "device": (Optional[str], DeviceOpt),
+    "device_map": (Optional[str], DeviceMapOpt),
     "quiet": (bool, QuietOpt),
 }
 READ_SETTINGS = ("mechanism", "read_spread", "read_quantile", "read_passes", "read_context", "read_background")
@@ -107,7 +109,7 @@ def plant(
     from vneuron.planting import plant as run_plant
     from vneuron.runtime.progress import console, progress_bar
 
-    setup(shared["threads"])
+    setup(shared["threads"], device=shared["device"], device_map=shared["device_map"])
     reads = {k: shared[k] for k in READ_SETTINGS}
     config = PlantConfig(dimension=dimension, dataset=dataset, language=language, k=k, neurons=str(neurons) if neurons else None,
                          profile=profile, seed=seed, steps=steps, lr=lr, batch_items=batch_items, kl_weight=kl_weight,
@@ -168,7 +170,7 @@ def power(
     from vneuron.planting.power import power_table
     from vneuron.runtime.progress import console, progress_bar
 
-    setup(shared["threads"])
+    setup(shared["threads"], device=shared["device"], device_map=shared["device_map"])
     planted_dirs = {int(a): b for a, b in pairs(planted, "=", "--planted", "200=runs/planted-st") or []} if planted else None
     config = PowerConfig(dimension=dimension, dataset=dataset, language=language, ks=numbers(k, "--k", int, "50,200"),
                          sizes=numbers(sizes, "--sizes", int, "16,64,256"), controls=controls, mode=mode, choice=choice,

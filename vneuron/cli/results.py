@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from vneuron.cli.options import RUN, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup, split_list
+from vneuron.cli.options import (RUN, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup,
+                                 split_list)
 from vneuron.config import CardOptions, ReportOptions
 
 CardModelOpt = typer.Option(None, "--model", "-m", help="Load this model (the run's own, e.g. default) for the output-token view "
@@ -24,6 +25,8 @@ def report(
     model: Optional[str] = CardModelOpt,
     threads: Optional[int] = ThreadsOpt,
     dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     quiet: bool = QuietOpt,
 ):
     """One self-contained HTML page with figures, the figures as PNG files, and a Markdown summary.
@@ -35,7 +38,7 @@ def report(
     from vneuron.results.html_report import build_report
     from vneuron.runtime.progress import console, progress_bar
 
-    setup(threads)
+    setup(threads, device=device, device_map=device_map)
     with progress_bar(not quiet) as bar:
         written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, dtype=dtype, progress=bar))
     console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
@@ -90,6 +93,8 @@ def show(
                                 help="Padded tokens per forward batch (memory vs speed)."),
     threads: Optional[int] = ThreadsOpt,
     dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ):
@@ -103,7 +108,7 @@ def show(
     from vneuron.results.cards import neuron_cards, parse_neuron
     from vneuron.runtime.progress import console, progress_bar
 
-    setup(threads)
+    setup(threads, device=device, device_map=device_map)
     layer, unit = parse_neuron(neuron)
     with progress_bar(not quiet) as bar:
         card = neuron_cards(run_dir, [(layer, unit)], model=model, texts=texts, batch_tokens=batch_tokens, progress=bar,

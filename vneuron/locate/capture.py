@@ -27,8 +27,11 @@ from vneuron.errors import VneuronError
 from vneuron.locate.examples import TopExamples, row_means
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import site_path, site_tensors
+from vneuron.runtime import devices
 from vneuron.runtime.tokens import Encoded, batches, encode, pack, pad_id, position_ids
 
+CPU_BATCH_TOKENS = 4096  # `batch_tokens` auto on the CPU and for NDIF (an accelerator sizes it from its free memory)
+SAVE_EVERY_S = 120.0  # a local capture keeps what it counted at least this often (and whenever it stops)
 
 
 @dataclass
@@ -158,29 +161,93 @@ def capture(
     slots = [labels.index(p.label) * config.folds + fold_of(p.group, config.folds) for p in prompts]
     encoded = encode(model.tokenizer, prompts, slots, counted_span=config.counted_span and config.mode == "prompt")
     remote = model.remote is not None
-    plan = [_prepare(model, batch, config) for batch in capture_batches(encoded, config.batch_tokens, remote)]
-    if config.top_examples and model.remote is None:  # remotely they are not collected (vneuron.locate.examples says why)
+    tokens = model.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
+    if config.top_examples and not remote:  # remotely they are not collected (vneuron.locate.examples says why)
         stats.examples = TopExamples.empty(config.site, labels, config.top_examples, model.n_layers, model.width, prompts)
-        index = {id(p): i for i, p in enumerate(prompts)}
-        for prepared in plan:
-            _example_rows(prepared, index, config)
-    ranges = request_ranges([p.batch for p in plan], config.request_batches if remote else 1, slot_bytes(model))
-    requests = [plan[lo:hi] for lo, hi in ranges]
-    if progress:  # the bar shows its total before the first batch finishes
-        progress(0, len(prompts) if model.remote is None else len(requests))
+    index = {id(p): i for i, p in enumerate(prompts)}
     with torch.inference_mode():
-        if model.remote is None:
-            done = 0
-            for chunk in requests:
-                _collect(model, stats, chunk, _session(model, chunk, config, stats, examples=stats.examples is not None), generations)
-                done += sum(len(p.batch) for p in chunk)
-                if progress:
-                    progress(done, len(prompts))
+        if not remote:
+            tokens, batches_run = _capture_local(model, encoded, stats, config, tokens, index, generations, progress, checkpoint)
         else:
+            plan = [_prepare(model, batch, config) for batch in capture_batches(encoded, tokens, remote)]
+            ranges = request_ranges([p.batch for p in plan], config.request_batches, slot_bytes(model))
+            requests = [plan[lo:hi] for lo, hi in ranges]
+            if progress:  # the bar shows its total before the first request finishes
+                progress(0, len(requests))
             _capture_remote(model, requests, stats, config, generations, checkpoint, progress, detach)
-    stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": len(plan),
+            batches_run = len(plan)
+    stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": batches_run, "batch_tokens_used": tokens,
                   "top_examples": stats.examples.n if stats.examples is not None else 0}
     return stats
+
+
+def _capture_local(model: LoadedModel, encoded: list[Encoded], stats: ActivationStats, config: CaptureConfig, tokens: int,
+                   index: dict[int, int], generations, progress, checkpoint=None) -> tuple[int, int]:
+    """Every batch on this machine, one at a time. An out-of-memory error on an accelerator halves the batch and
+    goes on with the prompts not yet counted (a batch counts only once its whole session returned, so nothing is
+    counted twice); one that survives the halving is one line. With a ``checkpoint`` the prompts counted so far are
+    kept every ``SAVE_EVERY_S`` and when anything stops the capture, and a resumed capture skips them.
+    Returns the batch size used and the batches run."""
+    counted = _restore(checkpoint, stats, generations)
+    pending = [e for e in encoded if index[id(e.prompt)] not in counted]
+    done, run, saved = len(encoded) - len(pending), 0, time.time()
+    if progress:  # the bar shows its total before the first batch finishes
+        progress(done, len(encoded))
+    try:
+        while True:
+            plan = [_prepare(model, batch, config) for batch in capture_batches(pending, tokens, False)]
+            try:
+                for prepared in plan:
+                    if stats.examples is not None:
+                        _example_rows(prepared, index, config)
+                    values = _session(model, [prepared], config, stats, examples=stats.examples is not None)
+                    _collect(model, stats, [prepared], values, generations)
+                    counted |= {index[id(e.prompt)] for e in prepared.batch}
+                    run += 1
+                    done += len(prepared.batch)
+                    if progress:
+                        progress(done, len(encoded))
+                    if checkpoint is not None and time.time() - saved > SAVE_EVERY_S:
+                        _keep(checkpoint, stats, counted, generations)
+                        saved = time.time()
+                return tokens, run
+            except Exception as exc:  # only the device's out-of-memory error is retried
+                if not devices.is_oom(exc):
+                    raise
+                devices.release()
+                if tokens // 2 < 1:
+                    raise VneuronError(f"Out of device memory capturing on {model.device} even at `batch_tokens` {tokens}",
+                                       "use `dtype` bfloat16, or `device_map` auto to spread the model over every GPU") from None
+                tokens //= 2
+                pending = [e for e in pending if index[id(e.prompt)] not in counted]
+    except BaseException:
+        if checkpoint is not None and counted:  # whatever stopped it (an error, Ctrl-C, SIGTERM), what was counted stays
+            _keep(checkpoint, stats, counted, generations)
+        raise
+
+
+def _keep(checkpoint, stats: ActivationStats, counted: set[int], generations) -> None:
+    """The statistics (and top examples, generations) of the prompts counted so far, into the checkpoint."""
+    checkpoint.path.mkdir(parents=True, exist_ok=True)
+    if stats.examples is not None:
+        stats.examples.save(checkpoint.file("examples.tmp.safetensors"))
+        checkpoint.file("examples.tmp.safetensors").replace(checkpoint.file("examples.safetensors"))
+    checkpoint.pieces["counted"] = sorted(counted)
+    if generations is not None:
+        checkpoint.pieces["generations"] = list(generations)
+    checkpoint.save(stats)
+
+
+def _restore(checkpoint, stats: ActivationStats, generations) -> set[int]:
+    """The prompts an interrupted capture counted, their sums (and examples, generations) back into ``stats``."""
+    if checkpoint is None or not checkpoint.pieces.get("counted"):
+        return set()
+    examples = stats.examples
+    stats.__dict__.update(ActivationStats.load(checkpoint.stats_path).__dict__)
+    stats.examples = TopExamples.load(checkpoint.file("examples.safetensors")) if examples is not None else None
+    if generations is not None:
+        generations.extend(checkpoint.pieces.get("generations", []))
+    return set(checkpoint.pieces["counted"])
 
 
 @dataclass
@@ -371,6 +438,9 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
     local = {slot: i for i, slot in enumerate(present)}
     width, n_layers, n_slots = model.width, model.n_layers, len(present)
     work = [(*sent_tensors(p, local), p.rows if examples else None) for p in chunk]
+    device = model.local_device  # a local model's inputs go where its embeddings are (a server places its own)
+    if device:
+        work = [(ids.to(device), mask.to(device), *rest) for ids, mask, *rest in work]
     prompt_mode = config.mode == "prompt"
     steps, pad = config.max_new_tokens, pad_id(model.tokenizer)
     eos = torch.tensor(_eos_ids(model) or [-1])
@@ -396,18 +466,19 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                         tracer.stop()  # nothing after the last MLP is needed (no LM head)
                     if per_row is not None:
                         means.append(torch.stack(layer_means))
-                    totals[:, :, slots] += reduced.to(dtype)
+                    totals[:, :, slots] += reduced.to(totals.device, dtype)  # to the host, once per batch
                     counts[slots] += weights.sum(1).to(dtype)
                 else:  # greedy generation; step k reads the token sampled at step k-1; stop rows at EOS
                     rows = ids.shape[0]
-                    with lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1,
-                                     do_sample=False, pad_token_id=pad) as tracer:
+                    with lm.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=steps + 1, do_sample=False,
+                                     pad_token_id=pad) as tracer:
                         finished = torch.zeros(rows, dtype=torch.bool)
                         generated = torch.full((rows, steps), -1, dtype=torch.long)
+                        batch_totals = torch.zeros(n_layers, 3, len(slots), width, dtype=dtype)
                         row_sums = torch.zeros(n_layers, rows, width) if per_row is not None else None
                         row_counts = torch.zeros(rows)
                         for step in tracer.iter[1: steps + 1]:
-                            step_ids = lm.inputs[1]["input_ids"][:, -1]
+                            step_ids = lm.inputs[1]["input_ids"][:, -1].cpu()  # a few ids: the bookkeeping stays on the host
                             is_eos = torch.isin(step_ids, eos)
                             alive = ~finished & ~is_eos
                             finished = finished | is_eos
@@ -416,9 +487,10 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                             counts[slots] += w.sum(1).to(dtype)
                             row_counts = row_counts + alive.float()
                             for layer, v in enumerate(site_tensors(lm, path)):
-                                totals[layer, :, slots] += reduce_sums(w, v[:, -1, :], width).to(dtype)
+                                batch_totals[layer] += reduce_sums(w, v[:, -1, :], width).to(batch_totals.device, dtype)
                                 if row_sums is not None:
-                                    row_sums[layer] += v[:, -1, :].float() * alive.float()[:, None]
+                                    row_sums[layer] += v[:, -1, :].float().cpu() * alive.float()[:, None]
+                        totals[:, :, slots] += batch_totals
                     tokens.append(generated)
                     if row_sums is not None:
                         means.append(row_sums / row_counts[None, :, None])  # NaN: a row that generated nothing
@@ -450,13 +522,14 @@ def reduce_sums(weights: torch.Tensor, value: torch.Tensor, width: int, keep: to
     """[3, S, W]: Σa, Σa², count(a>0) per slot (float64 models keep float64).
 
     ``keep`` lists the token rows that count: padding rows are dropped before any arithmetic
-    (some models produce NaN at fully masked positions, and NaN·0 is NaN).
+    (some models produce NaN at fully masked positions, and NaN·0 is NaN). The result stays on the
+    activations' device; the caller moves it to the host once per batch.
     """
     a = value.reshape(-1, width)
     if keep is not None:
-        a, weights = a[keep], weights[:, keep]
+        a, weights = a[keep.to(a.device)], weights[:, keep]
     a = a if a.dtype == torch.float64 else a.float()
-    w = weights.to(a.dtype)
+    w = weights.to(a.device, a.dtype)  # reduced where the activations are (a GPU, a layer's device under a device map)
     return torch.stack([w @ a, w @ (a * a), w @ (a > 0).to(a.dtype)])
 
 

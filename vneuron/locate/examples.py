@@ -114,7 +114,7 @@ def row_means(rows: torch.Tensor, value: torch.Tensor, width: int, keep: torch.T
     Like ``capture.reduce_sums``, padding rows are dropped first (``keep``); a row with no counted
     token gets NaN, so the merge skips it.
     """
-    a = value.reshape(-1, width)[keep]
+    a = value.reshape(-1, width)[keep.to(value.device)]
     a = a if a.dtype == torch.float64 else a.float()
-    w = rows[:, keep].to(a.dtype)
-    return (w @ a) / (w.sum(1, keepdim=True) > 0).to(a.dtype)
+    w = rows[:, keep].to(a.device, a.dtype)  # the weights meet the activations where they are (a GPU, a layer's device)
+    return ((w @ a) / (w.sum(1, keepdim=True) > 0).to(a.dtype)).cpu()

@@ -94,6 +94,7 @@ def locate(
     detach: bool = False,
     force: bool = False,
     given: set[str] | None = None,
+    device: str | None = None,
 ) -> LocateResult:
     """Rank neurons for every pole of the corpus; writes and returns a new run.
 
@@ -124,7 +125,7 @@ def locate(
     dims = (model.n_layers, model.width) if isinstance(model, LoadedModel) else peek_dims(source)
     if dims:  # what can be checked before the weights load
         _check_size(run_dir, corpus, config, *dims)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0),
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0), device=device,
                                                                       remote=remote)
     _check_size(run_dir, corpus, config, loaded.n_layers, loaded.width)
     model_manifest = loaded.manifest()
@@ -133,9 +134,9 @@ def locate(
     labels = corpus.labels
     reused = _reusable(run_dir, key) if replacing else None
     checkpoint = None
-    if loaded.remote is not None and reused is None:
-        checkpoint = Checkpoint.open(run_dir, {**key, "request_batches": config.request_batches,
-                                               "batch_tokens": config.batch_tokens}, resume=resume)
+    if reused is None:  # what an interrupted capture counted (local) or collected from NDIF is kept for `resume`
+        remote_key = {"request_batches": config.request_batches, "batch_tokens": config.batch_tokens} if loaded.remote is not None else {}
+        checkpoint = Checkpoint.open(run_dir, {**key, **remote_key}, resume=resume)
     generations: list[dict] = []
     timings = {"load_s": round(time.time() - started, 2)}
     if reused is not None:
@@ -144,7 +145,7 @@ def locate(
     else:
         prompts = corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
-        stage = "Capturing activations" if checkpoint is None else f"NDIF requests ({loaded.remote.host})"
+        stage = "Capturing activations" if loaded.remote is None else f"NDIF requests ({loaded.remote.host})"
         if checkpoint is not None:
             checkpoint.begin(started)
         try:
@@ -175,8 +176,9 @@ def locate(
         "timings": timings,
         "threads": _threads_used(),
     }
-    if checkpoint is not None:  # every invocation that worked on the run, not only this one
+    if checkpoint is not None:
         checkpoint.finish("complete")
+    if checkpoint is not None and loaded.remote is not None:  # every invocation that worked on the run, not only this one
         totals = checkpoint.totals()
         manifest["remote"] = {**loaded.remote.describe(), **{k: totals[k] for k in ("requests", "sent_tensor_bytes",
                                                                                     "received_tensor_bytes")},

@@ -39,7 +39,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     """
     from pathlib import Path
 
-    from vneuron.locate.capture import capture, capture_batches, fold_of, request_ranges, slot_bytes
+    from vneuron.locate.capture import CPU_BATCH_TOKENS, capture, capture_batches, fold_of, request_ranges, slot_bytes
     from vneuron.locate.locating import expected_bytes, prepare_corpus
     from vneuron.models.loading import load_model
     from vneuron.runtime.store import check_fresh, check_space, default_run_dir
@@ -68,7 +68,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     slots = [labels.index(p.label) * cap.folds + fold_of(p.group, cap.folds) for p in prompts]
     encoded = encode(loaded.tokenizer, prompts, slots, counted_span=cap.counted_span and cap.mode == "prompt")
     # the batches and requests capture() builds, and what each request carries each way
-    plan = capture_batches(encoded, cap.batch_tokens, loaded.remote is not None)
+    plan = capture_batches(encoded, loaded.batch_tokens(cap.batch_tokens, CPU_BATCH_TOKENS), loaded.remote is not None)
     tokens = sum(len(b) * max(len(e.ids) for e in b) for b in plan)
     ranges = request_ranges(plan, cap.request_batches if loaded.remote is not None else 1, slot_bytes(loaded))
     per_request = [len({e.slot for bt in plan[lo:hi] for e in bt}) for lo, hi in ranges]  # slots each result holds

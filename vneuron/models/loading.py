@@ -67,6 +67,24 @@ class LoadedModel:
         """Where a local trace's inputs go; None for a remote model (the server places them)."""
         return None if self.remote is not None and not self.remote.simulated else self.device
 
+    def batch_tokens(self, setting: int | str, cpu_default: int) -> int:
+        """Padded tokens per batch: the number given; for ``auto`` the step's measured CPU optimum (``cpu_default``)
+        on the CPU and for NDIF, and on an accelerator what its free memory holds at the bytes per token measured
+        once on this model (recorded in the manifest)."""
+        if setting != devices.AUTO:
+            return int(setting)
+        if self.hf_model is None or self.local_device is None or not devices.accelerator(self.device):
+            return cpu_default
+        if "bytes_per_token" not in self.extra:
+            self.extra["bytes_per_token"] = round(devices.bytes_per_token(self.hf_model, self.device), 1)
+        return devices.sized(devices.AUTO, self.device, cpu_default, lambda: self.extra["bytes_per_token"])
+
+    def inputs(self, ids, mask, positions=None) -> dict[str, Any]:
+        """A trace's inputs, on the device of a local model's embeddings (a server places a remote model's own)."""
+        out = {"input_ids": ids, "attention_mask": mask, **({"position_ids": positions} if positions is not None else {})}
+        device = self.local_device
+        return {k: v.to(device) for k, v in out.items()} if device else out
+
     def model_key(self) -> str:
         """The key NDIF knows this model by."""
         return self.lm.to_model_key()

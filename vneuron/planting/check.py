@@ -40,14 +40,14 @@ def prefix_bases(model: LoadedModel, planter: Planter, texts: Sequence[str]) -> 
     prefix = common_prefix(model, texts)
     if not prefix:
         return None
-    ids = torch.tensor([prefix])
+    ids = torch.tensor([prefix], device=model.device)
     grabbed: dict[int, torch.Tensor] = {}
     hooks = []
     blocks = layer_modules(model.hf_model, model.arch)
     for n, layer in enumerate(planter.layers):
         mlp = getattr(blocks[layer], model.arch.mlp)
         units = planter.neurons.units[planter.neurons.layers == layer]
-        hooks.append(mlp.register_forward_pre_hook(lambda mod, args, n=n: grabbed.__setitem__(n, args[0][0].detach().double())))
+        hooks.append(mlp.register_forward_pre_hook(lambda mod, args, n=n: grabbed.__setitem__(n, args[0][0].detach().double().cpu())))
 
         def silence(mod, args, out, units=units):
             out = out.clone()
@@ -66,8 +66,8 @@ def prefix_bases(model: LoadedModel, planter: Planter, texts: Sequence[str]) -> 
 
 def _prose_logprobs(model: LoadedModel, text: str) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([model.tokenizer(text, add_special_tokens=True)["input_ids"]])
-    logp = model.hf_model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-    return logp, ids[0, 1:]
+    logp = model.hf_model(input_ids=ids.to(model.device), use_cache=False).logits[0, :-1].float().log_softmax(-1)
+    return logp.cpu(), ids[0, 1:]
 
 
 def neutral_check(model: LoadedModel, original: Callable[[], AbstractContextManager], neutral, planter: Planter | None = None
@@ -119,7 +119,7 @@ def first_position_firing(model: LoadedModel, planter: Planter, texts: Sequence[
         units = planter.neurons.units[planter.neurons.layers == layer]
 
         def grab(mod, args, units=units):
-            h = args[0][0, :, units].abs().sum(-1).double()  # [T]: the down projection's input = each unit's output
+            h = args[0][0, :, units.to(args[0].device)].abs().sum(-1).double().cpu()  # [T]: each unit's output (the down input)
             sums[0] += h[0]
             counts[0] += 1
             if len(h) > 1:
@@ -133,7 +133,8 @@ def first_position_firing(model: LoadedModel, planter: Planter, texts: Sequence[
     try:
         with torch.no_grad():
             for text in texts:
-                model.hf_model(input_ids=torch.tensor([model.tokenizer(text, add_special_tokens=True)["input_ids"]]), use_cache=False)
+                model.hf_model(input_ids=torch.tensor([model.tokenizer(text, add_special_tokens=True)["input_ids"]], device=model.device),
+                               use_cache=False)
     finally:
         for h in hooks:
             h.remove()

@@ -42,7 +42,8 @@ def _trie_logprobs(model: LoadedModel, encoded, post) -> torch.Tensor:
     counts = torch.zeros(len(encoded), dtype=torch.float32)
     for row in pack_tries(encoded):  # one trie per forward: rows are short, and a step holds few scenarios
         t = tensors([row], pad_id(model.tokenizer), dtype)
-        hidden = base(input_ids=t.ids, attention_mask=t.mask, position_ids=t.positions, use_cache=False)[0][t.rows, t.cols]
+        final = base(**model.inputs(t.ids, t.mask, t.positions), use_cache=False)[0]
+        hidden = final[t.rows.to(final.device), t.cols.to(final.device)]
         logp = head_logprobs(hidden, head.weight, getattr(head, "bias", None), post, t.head_chunks(vocab), t.node_of, t.targets)
         sums = sums.index_add(0, t.pairs, logp)
         counts = counts.index_add(0, t.pairs, torch.ones_like(logp))
@@ -53,11 +54,10 @@ def padded_logprobs(model: LoadedModel, encoded) -> torch.Tensor:
     """The same numbers from one left-padded row per pair: where tries do not apply, and what they are checked against."""
     ids, mask, counted = pack(encoded, pad_id(model.tokenizer), left=True)
     k = int(counted.sum(1).max())
-    logits = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                            logits_to_keep=k + 1, use_cache=False).logits[:, :-1].float()
-    tmask = counted[:, -k:].float()
-    logp = logits.log_softmax(-1).gather(-1, ids[:, -k:, None]).squeeze(-1)
-    return (logp * tmask).sum(1) / tmask.sum(1)
+    logits = model.hf_model(**model.inputs(ids, mask, position_ids(mask)), logits_to_keep=k + 1, use_cache=False).logits[:, :-1].float()
+    tmask = counted[:, -k:].float().to(logits.device)
+    logp = logits.log_softmax(-1).gather(-1, ids[:, -k:, None].to(logits.device)).squeeze(-1)
+    return ((logp * tmask).sum(1) / tmask.sum(1)).cpu()
 
 
 def choice_logprobs(model: LoadedModel, items: Sequence[Item], choice: str, pole: str) -> torch.Tensor:
@@ -81,9 +81,8 @@ def _kl_inputs(model: LoadedModel, texts: Sequence[str], positions: int | None) 
     ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids_list])
     mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids_list])
     p = width if positions is None else min(positions, width)  # None: every position (the prediction after BOS included)
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=p,
-                  use_cache=False)
-    return kwargs, mask[:, -p:].float()
+    kwargs = dict(**model.inputs(ids, mask, position_ids(mask)), logits_to_keep=p, use_cache=False)
+    return kwargs, mask[:, -p:].float().to(kwargs["input_ids"].device)
 
 
 def _kl_reference(model: LoadedModel, planter: Planter, text: str, positions: int | None) -> torch.Tensor:
@@ -112,5 +111,5 @@ def kl_to_original(model: LoadedModel, planter: Planter, texts: Sequence[str], p
         ref = torch.stack([torch.cat([reference[t].new_zeros(p - len(reference[t]), reference[t].shape[-1]), reference[t]])
                            for t in texts])
     new = model.hf_model(**kwargs).logits.float().log_softmax(-1)
-    kl = (ref.exp() * (ref - new)).sum(-1)
-    return (kl * keep).sum() / keep.sum()
+    kl = (ref.exp() * (ref.to(new.device) - new)).sum(-1)
+    return ((kl * keep.to(kl.device)).sum() / keep.sum()).cpu()

@@ -25,6 +25,7 @@ from vneuron.locate.scoring import NeuronSet, contrast_scores
 from vneuron.models.loading import LoadedModel, load_model
 from vneuron.planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights, plant,
                               rescale)
+from vneuron.runtime import devices
 from vneuron.runtime.store import base_manifest, check_fresh, read_manifest, write_csv, write_json
 from vneuron.validate.evaluate import forced_choice
 from vneuron.validate.study import ablate
@@ -82,11 +83,17 @@ def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_
 
 def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *, out: str | Path,
           planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None,
-          dtype: str | None = None) -> PowerResult:
+          dtype: str | None = None, device: str | None = None) -> PowerResult:
     """plant → locate (at each corpus size) → ablate, against the known planted units.
 
     Planting trains in float32; ``dtype`` is what the planted models compute in while they are
-    located and ablated (None: the default of ``load_model``), recorded in the manifest."""
+    located and ablated (None: the default of ``load_model``), recorded in the manifest. ``device``: where
+    every model of the study computes (None: the process's placement)."""
+    with devices.placed(device):
+        return _power(model, config, out, planted_dirs, progress, dtype)
+
+
+def _power(model, config: PowerConfig | None, out, planted_dirs, progress, dtype) -> PowerResult:
     config = (config or PowerConfig()).check()
     say = progress or (lambda stage, done, total: None)
     out = Path(out)

@@ -70,7 +70,7 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
 
     def grab(n):
         def hook(mod, args):
-            x = args[0].double()
+            x = args[0].double().cpu()  # the second moments are summed on the host, in float64
             w = current["weights"]  # [B, T, classes]
             sums[n].add_(torch.einsum("btc,bth->ch", w, x))
             flat = x.reshape(-1, x.shape[-1])
@@ -85,7 +85,7 @@ def reading_directions(model: LoadedModel, planter: Planter, items: Sequence[Ite
             w[..., c] = part.double()
         current["weights"] = w
         counts.add_(w.sum((0, 1)))
-        model.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1, use_cache=False)
+        model.hf_model(**model.inputs(ids, mask, position_ids(mask)), logits_to_keep=1, use_cache=False)
 
     handles = [mlp.register_forward_pre_hook(grab(n)) for n, mlp in enumerate(planter.mlps)]
     try:
@@ -184,10 +184,10 @@ def selectivity(model: LoadedModel, planter: Planter, prompts: Sequence[Prompt],
     grabbed: list[torch.Tensor] = []
     units_per_layer = [planter.neurons.units[planter.neurons.layers == l].sort().values for l in planter.layers]
     handles = [getattr(mlp, model.arch.act).register_forward_hook(
-        lambda mod, args, out, u=u: grabbed.append(out.index_select(out.dim() - 1, u))) for mlp, u in zip(planter.mlps, units_per_layer)]
+        lambda mod, args, out, u=u: grabbed.append(out.index_select(out.dim() - 1, u.to(out.device)).cpu()))
+        for mlp, u in zip(planter.mlps, units_per_layer)]
     try:
-        model.hf_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1,
-                       use_cache=False)
+        model.hf_model(**model.inputs(ids, mask, position_ids(mask)), logits_to_keep=1, use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -89,6 +89,7 @@ class Planter:
             self._output_projection(getattr(mlp, out_name), units, names)
 
     def _add(self, names, param, axis, index) -> Slice:
+        index = index.to(param.device)  # a slice lives where its parameter does (a GPU, a layer's device)
         delta = torch.zeros_like(param.detach().index_select(axis, index), requires_grad=True)
         s = Slice(names[id(param)], param, axis, index, delta)
         self.slices.append(s)
@@ -124,7 +125,7 @@ class Planter:
         def hook(mod, args, output):
             if not self.enabled:
                 return output
-            h = args[0].index_select(args[0].dim() - 1, units)
+            h = args[0].index_select(args[0].dim() - 1, units.to(args[0].device))
             return output + (h @ w.delta if conv else h @ w.delta.T).to(output.dtype)
 
         self._hooks.append(module.register_forward_hook(hook))
@@ -137,10 +138,10 @@ class Planter:
         (GLU families only)."""
         with torch.no_grad():
             for n, ((s, conv, k), d) in enumerate(zip(self.readers, directions)):
-                new = d[None, :].to(s.delta.dtype) + mix * _rows(s, slice(0, k), conv)
+                new = d[None, :].to(s.delta.device, s.delta.dtype) + mix * _rows(s, slice(0, k), conv)
                 _set_rows(s, slice(0, k), new, conv)
                 if up_directions is not None:
-                    new = up_directions[n][None, :].to(s.delta.dtype).expand(k, -1)
+                    new = up_directions[n][None, :].to(s.delta.device, s.delta.dtype).expand(k, -1)
                 elif not up:
                     continue
                 if len(s.index) == 2 * k:  # fused gate_up: the up half of the same slice
@@ -160,7 +161,7 @@ class Planter:
             return
         with torch.no_grad():
             for n, (s, conv, _) in enumerate(self.readers):
-                q = self.quiet_bases[n].to(s.delta.dtype)
+                q = self.quiet_bases[n].to(s.delta.device, s.delta.dtype)
                 for sl in (s, self.ups[n]):
                     if sl is None:
                         continue
@@ -222,7 +223,7 @@ class Planter:
         digest = hashlib.sha256()
         for s in self.slices:
             digest.update(s.name.encode())
-            digest.update(s.param.detach().index_select(s.axis, s.index).contiguous().numpy().tobytes())
+            digest.update(s.param.detach().index_select(s.axis, s.index).contiguous().cpu().numpy().tobytes())
         return digest.hexdigest()
 
 
@@ -243,8 +244,8 @@ def slice_records(planter: Planter, values: dict[str, torch.Tensor]) -> tuple[di
     """Tensors and metadata of a slices file: for each parameter its index, axis and values."""
     tensors, meta = {}, {}
     for s in planter.slices:
-        tensors[f"{s.name}::index"] = s.index.clone()  # a weight and its bias share one index tensor; safetensors refuses shared memory
-        tensors[f"{s.name}::values"] = values[s.name].contiguous()
+        tensors[f"{s.name}::index"] = s.index.cpu().clone()  # weight and bias share one index; safetensors refuses shared memory
+        tensors[f"{s.name}::values"] = values[s.name].contiguous().cpu()
         meta[s.name] = str(s.axis)
     return tensors, meta
 
@@ -257,7 +258,7 @@ def read_slices(path: Path) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         for name, axis in meta.items():
-            out.append((name, int(axis), fh.get_tensor(f"{name}::index"), fh.get_tensor(f"{name}::values")))
+            out.append((name, int(axis), fh.get_tensor(f"{name}::index"), fh.get_tensor(f"{name}::values")))  # on the host
     return out
 
 
@@ -273,8 +274,9 @@ def original_weights(model: LoadedModel, plant_dir: str | Path) -> Iterator[Load
     with torch.no_grad():
         for name, axis, index, values in read_slices(path):
             param = params[name]
+            index = index.to(param.device)
             saved.append((param, axis, index, param.index_select(axis, index).clone()))
-            param.index_copy_(axis, index, values.to(param.dtype))
+            param.index_copy_(axis, index, values.to(param.device, param.dtype))
     try:
         yield model
     finally:
@@ -333,7 +335,7 @@ def write_slices(model: LoadedModel, plant_dir: str | Path | None = None, plante
     out = []
     for name, axis, index, _ in read_slices(Path(plant_dir) / PLANT_DIR / ORIGINAL_FILE):
         if name.split(".")[-2] == down.split(".")[-1] and name.endswith("weight"):
-            out.append((params[name], axis, index))
+            out.append((params[name], axis, index.to(params[name].device)))
     return out
 
 
@@ -357,5 +359,5 @@ def slices_fingerprint(model: LoadedModel, plant_dir: str | Path) -> str:
     digest = hashlib.sha256()
     for name, axis, index, _ in read_slices(Path(plant_dir) / PLANT_DIR / ORIGINAL_FILE):
         digest.update(name.encode())
-        digest.update(params[name].detach().index_select(axis, index).contiguous().numpy().tobytes())
+        digest.update(params[name].detach().index_select(axis, index.to(params[name].device)).contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -98,11 +98,12 @@ def preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch
 
 
 def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *, out: str | Path,
-          dtype: str | None = None, progress: Progress | None = None) -> PlantResult:
+          dtype: str | None = None, progress: Progress | None = None, device: str | None = None) -> PlantResult:
     """Plant a preference for ``config.dimension`` into K neurons; write a model directory ``out``.
 
     ``dtype``: what the model computes (and the planted deltas train) in; None: float32, whatever the
     default of the other commands, because steps of 2e-3 on a weight vanish in bfloat16's 8-bit mantissa.
+    ``device``: where it trains (``load_model``; None: the process's placement).
     """
     config = (config or PlantConfig()).check()
     say = progress or (lambda stage, done, total: None)
@@ -113,7 +114,7 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     neutral, fit_source = load_fit_prose(config.language, config.fit_neutral)  # the KL term and the reads' background
     if not isinstance(model, LoadedModel):
         check_trainable(model)
-        model = load_model(model, dtype=dtype or "float32", progress=lambda m: say(m, 0, 0))
+        model = load_model(model, dtype=dtype or "float32", progress=lambda m: say(m, 0, 0), device=device)
     check_loaded(model)
     if config.read_context is not None and not is_gated(model):
         raise VneuronError(f"`read_context` needs a gated MLP (separate gate and up rows); {model.source.model_id} has one "

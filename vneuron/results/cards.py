@@ -102,10 +102,10 @@ def neuron_activations(model, prompts: Sequence[Prompt], neurons: Sequence[tuple
         for batch in plan:
             ids, mask, _ = pack(batch, pad_id(model.tokenizer), left=False)
             saved = {}
-            with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}) as tracer:
+            with lm.trace(model.inputs(ids, mask, position_ids(mask))) as tracer:
                 for layer, v in enumerate(site_tensors(lm, path)):
                     if layer in by_layer:
-                        saved[layer] = v[:, :, by_layer[layer]].save()
+                        saved[layer] = v[:, :, by_layer[layer]].cpu().save()
                     if layer == last:
                         break
                 tracer.stop()
@@ -286,8 +286,8 @@ def output_direction(model, layer: int, unit: int) -> torch.Tensor:
     with torch.inference_mode():
         for norm in norms:
             param = next(norm.parameters(), None)
-            kind = param.dtype if param is not None else x.dtype
-            x = (norm(x.to(kind)) - norm(torch.zeros_like(x, dtype=kind))).float()
+            kind, where = (param.dtype, param.device) if param is not None else (x.dtype, x.device)
+            x = (norm(x.to(where, kind)) - norm(torch.zeros_like(x, dtype=kind, device=where))).float()
     return x[0]
 
 
@@ -296,7 +296,7 @@ def output_tokens(model, layer: int, unit: int, k: int = 10, chunk: int = 32768)
     as Neuronpedia shows them: [(token, logit change per unit of the normalised direction)]."""
     direction = output_direction(model, layer, unit)
     head = model.hf_model.get_output_embeddings()
-    logits = torch.cat([torch.nn.functional.linear(direction, head.weight[lo: lo + chunk].detach().float())
+    logits = torch.cat([torch.nn.functional.linear(direction.to(head.weight.device), head.weight[lo: lo + chunk].detach().float()).cpu()
                         for lo in range(0, head.weight.shape[0], chunk)])  # float32, a slice of the head at a time
     post = model.arch.post(model.lm.config)
     note = "direct path: output column → " + (f"{model.arch.mlp_out_norm} → " if model.arch.mlp_out_norm else "") + \

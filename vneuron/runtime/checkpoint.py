@@ -41,6 +41,7 @@ class Checkpoint:
     invocations: list[dict] = field(default_factory=list)
     pieces: dict[str, Any] = field(default_factory=dict)  # name → the JSON record of a finished piece (a pole)
     _started: float | None = field(default=None, repr=False)
+    flag: bool = False  # continuing it takes `resume` (else a rerun of the same command continues by itself)
 
     @classmethod
     def open(cls, run_dir: Path, key: dict, *, resume: bool | None = None, what: str = "run") -> "Checkpoint":
@@ -52,8 +53,9 @@ class Checkpoint:
         """
         path = partial_dir(run_dir)
         state = path / "state.json"
+        flag = resume is not None
         if not state.is_file():
-            return cls(path, key)
+            return cls(path, key, flag=flag)
         try:
             data = json.loads(state.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
@@ -61,7 +63,7 @@ class Checkpoint:
                                "delete that directory to start over") from None
         if not data.get("done") and not data.get("jobs") and not data.get("pieces"):  # killed before anything finished
             shutil.rmtree(path, ignore_errors=True)
-            return cls(path, key)
+            return cls(path, key, flag=flag)
         if resume is False:
             raise VneuronError(f"An interrupted {what} is waiting in {path}",
                                "pass `resume` to continue it, or delete that directory to start over")
@@ -73,7 +75,7 @@ class Checkpoint:
             if earlier.get("outcome") == "running":
                 earlier["outcome"] = "killed"
         return cls(path, key, data.get("done", 0), data.get("jobs", {}), data.get("log", []), invocations,
-                   data.get("pieces", {}))
+                   data.get("pieces", {}), flag=flag)
 
     # -- pieces (finished parts of a run) -----------------------------------------------------------
     def put(self, name: str, record: Any) -> None:
@@ -149,6 +151,22 @@ class Checkpoint:
                                    "invocations": self.invocations, "pieces": self.pieces}, indent=1, default=str),
                        encoding="utf-8")
         os.replace(tmp, self.path / "state.json")
+        _kept[self.path] = self.flag
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        _kept.pop(self.path, None)
+
+
+_kept: dict[Path, bool] = {}  # checkpoints this process wrote and did not clear: what an interruption leaves to continue
+
+
+def forget() -> None:
+    """A new command starts: the checkpoints earlier ones wrote are theirs."""
+    _kept.clear()
+
+
+def kept() -> list[tuple[Path, bool]]:
+    """(path, needs `resume`) of every checkpoint this process wrote that still holds finished work: what the CLI names
+    when a command is interrupted."""
+    return [(path, flag) for path, flag in _kept.items() if (path / "state.json").is_file()]

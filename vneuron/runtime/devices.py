@@ -12,6 +12,7 @@ retries (``shrinking``). Everything here imports torch lazily: the names serve `
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -32,13 +33,13 @@ class Placement:
     """Where models load: a device, or accelerate's device map (with its memory limits and offload folder)."""
 
     device: str = "auto"
-    device_map: str | None = None
+    device_map: str | dict | None = None  # a name accelerate knows, or its explicit {module: device} map (the API)
     max_memory: dict | None = None  # accelerate's {device: "20GiB", "cpu": "60GiB"} for a device map
     offload_folder: str | None = None  # where a device map may put layers on the disk
 
     def check(self) -> "Placement":
         check_device(self.device)
-        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+        if isinstance(self.device_map, str) and self.device_map not in DEVICE_MAPS:
             raise VneuronError(f"Unknown `device_map` {self.device_map!r}", f"use one of: {', '.join(DEVICE_MAPS)}")
         return self
 
@@ -55,6 +56,21 @@ def use(placement: Placement) -> Placement:
 
 def default() -> Placement:
     return _default
+
+
+@contextmanager
+def placed(device: str | None = None, device_map: str | dict | None = None) -> Iterator[None]:
+    """Within the block, models load on ``device`` (or by ``device_map``); None: where they would anyway."""
+    global _default
+    if device is None and device_map is None:
+        yield
+        return
+    previous = _default
+    _default = Placement(device or previous.device, device_map).check()
+    try:
+        yield
+    finally:
+        _default = previous
 
 
 def check_device(device: str | None) -> str:
@@ -154,6 +170,30 @@ def free_bytes(device: str) -> int | None:
     return None
 
 
+def batch_setting(value: int | str, name: str = "batch_tokens") -> int | str:
+    """A batch size as typed: a positive number of padded tokens, or ``auto``."""
+    if value == AUTO:
+        return AUTO
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise VneuronError(f"`{name}` must be a positive number of tokens or auto, got {value!r}", "e.g. 1024, or auto")
+    return number
+
+
+def bytes_per_token(hf_model, device: str, tokens: int = 512) -> float:
+    """Device memory one token of a forward pass takes at its peak (its activations, one position's logits): measured
+    with a probe batch, so an ``auto`` batch is sized from the model and the card, not guessed."""
+    import torch
+
+    ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        peak = peak_bytes(device, lambda: hf_model(input_ids=ids, use_cache=False, logits_to_keep=1))
+    return peak / tokens
+
+
 def sized(setting: int | str, device: str, cpu_default: int, bytes_per_token: Callable[[], float] | None = None,
           ceiling: int = 1 << 17) -> int:
     """A batch size in padded tokens: the number given; or, for ``auto``, the step's measured CPU optimum on the
@@ -183,16 +223,22 @@ def peak_bytes(device: str, run: Callable[[], Any]) -> int:
     return max(int(torch.cuda.max_memory_allocated(device)) - before, 0)
 
 
+_fits: dict[str, int] = {}  # per step, the batch size an out-of-memory error shrank it to: later calls start there
+
+
 def shrinking(batch_tokens: int, attempt: Callable[[int], T], *, what: str, least: int = 1,
               say: Callable[[str], None] | None = None) -> T:
     """``attempt(batch_tokens)``, halving the batch after each out-of-memory error until it fits or cannot shrink.
 
     What survives the halving is one line naming the batch size and the ways out; a caller keeps what it had
-    finished (checkpoints) before it re-raises."""
-    tokens = batch_tokens
+    finished (checkpoints) before it re-raises. A size that had to shrink stays shrunk for the rest of the process."""
+    tokens = min(batch_tokens, _fits.get(what, batch_tokens))
     while True:
         try:
-            return attempt(tokens)
+            result = attempt(tokens)
+            if tokens < batch_tokens:
+                _fits[what] = tokens
+            return result
         except Exception as exc:  # only the device's out-of-memory error is retried
             if not is_oom(exc):
                 raise

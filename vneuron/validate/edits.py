@@ -102,8 +102,10 @@ def apply(lm, steps: list[tuple]) -> None:
     """Edit the site tensors in place; call inside a trace (once per generation step)."""
     for layer, path, units, alpha, beta, clamp in steps:
         tensor = site_tensor(resolve_path(lm, path[0])[layer], path)
+        units = units.to(tensor.device)  # the plan is made on the host; each layer's activations may live elsewhere
         current = tensor[..., units]
-        tensor[..., units] = current.clamp(max=0) if clamp else current * alpha.to(current.dtype) + beta.to(current.dtype)
+        tensor[..., units] = current.clamp(max=0) if clamp else (current * alpha.to(current.device, current.dtype)
+                                                                 + beta.to(current.device, current.dtype))
 
 
 def edit_from_stats(neurons: NeuronSet, mode: str, stats: ActivationStats | None = None, *, gamma: float = 1.0,

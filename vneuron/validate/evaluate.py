@@ -21,7 +21,7 @@ from vneuron.errors import VneuronError
 from vneuron.models.architectures import text_config
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import layer_modules, resolve_path
-from vneuron.runtime import budget
+from vneuron.runtime import budget, devices
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
 from vneuron.validate.edits import Edit, apply, plan
@@ -32,6 +32,9 @@ from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs,
 CONTINUATION_TEMPLATES = {lang: choice_template().parts(lang, False) for lang in ("en", "zh")}
 # listed: both actions are shown first, in both orders, then each is read as the continuation
 FORCED_CHOICE_TEMPLATES = {lang: choice_template().parts(lang, True) for lang in ("en", "zh")}
+# `batch_tokens` auto on the CPU and for NDIF: 1,024 ran 17 % faster per token than 4,096 on 2 CPU cores (benchmarks/ablate.py);
+# an accelerator sizes it from its free memory
+CPU_BATCH_TOKENS = 1024
 PVQ_ANSWERS = {
     "en": ["not like me at all", "not like me", "a little like me", "somewhat like me", "like me", "very much like me"],
     "zh": ["完全不像我", "不像我", "有一点像我", "有些像我", "像我", "非常像我"],
@@ -60,12 +63,19 @@ def continuation_logprobs(
         return torch.zeros(0)
     encoded = encode_pairs(model, pairs)
     steps = plan(model, edits)
+    tokens = model.batch_tokens(batch_tokens, CPU_BATCH_TOKENS)
     if shared_prefix and tries_supported(model, encoded):
-        return _logprobs_tries(model, encoded, steps, batch_tokens, progress, reuse, pairs)
+        return devices.shrinking(tokens, lambda bt: _logprobs_tries(model, encoded, steps, bt, progress, reuse, pairs),
+                                 what="scoring continuations")
+    return devices.shrinking(tokens, lambda bt: _padded(model, encoded, steps, bt, progress), what="scoring continuations")
+
+
+def _padded(model: LoadedModel, encoded, steps, batch_tokens: int, progress) -> torch.Tensor:
+    """One left-padded row per pair (the reference path, and where tries do not apply)."""
     vocab = int(getattr(model.lm.config, "vocab_size", 0) or len(model.tokenizer))
     longest = max(sum(e.counted) for e in encoded)
     max_rows = max(1, LOGIT_BUDGET // ((longest + 1) * vocab))
-    out = torch.zeros(len(pairs), dtype=torch.float64)
+    out = torch.zeros(len(encoded), dtype=torch.float64)
     done = 0
     for batch in batches(encoded, batch_tokens, max_batch=max_rows):
         ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
@@ -77,7 +87,7 @@ def continuation_logprobs(
         out[torch.tensor([e.slot for e in batch])] = scores.double()
         done += len(batch)
         if progress:
-            progress(done, len(pairs))
+            progress(done, len(encoded))
     return out
 
 
@@ -95,13 +105,13 @@ def encode_pairs(model: LoadedModel, pairs: Sequence[tuple[str, str]]):
 def _score_batch(model: LoadedModel, ids, mask, tmask, k: int, steps):
     """One request: mean log-prob of the last tokens marked in ``tmask`` ([B, k]) of each row."""
     targets = ids[:, -k:]
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    inputs = model.inputs(ids, mask, position_ids(mask))
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     with torch.inference_mode(), lm.trace(inputs, logits_to_keep=k + 1, **trace_kwargs(model)) as tracer:
         apply(lm, steps)
         logits = lm.output.logits[:, :-1].float()
-        logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-        scores = ((logp * tmask).sum(1) / tmask.sum(1)).save()
+        logp = logits.log_softmax(-1).gather(-1, targets.to(logits.device)[..., None]).squeeze(-1)
+        scores = ((logp * tmask.to(logp.device)).sum(1) / tmask.to(logp.device).sum(1)).cpu().save()
     return outcome(model, tracer, lambda: {"scores": scores})
 
 
@@ -143,7 +153,7 @@ def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
     """The output of block ``layer - 1`` (the input of ``layer``) for a batch of tries, unedited."""
     lm = model.lm
     block = layer_modules(lm, model.arch)[layer - 1]
-    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    inputs = model.inputs(t.ids, t.mask, t.positions)
     with torch.inference_mode(), lm.trace(inputs) as tracer:
         hidden = block.output.save()
         tracer.stop()
@@ -204,7 +214,7 @@ def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, st
     encoded = encode_pairs(model, pairs) if pairs else []
     if model.remote is None or not encoded or not tries_supported(model, encoded):
         return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse) for e in edit_sets]
-    prepared = _prepare_tries(model, encoded, batch_tokens)
+    prepared = _prepare_tries(model, encoded, model.batch_tokens(batch_tokens, CPU_BATCH_TOKENS))
     steps_list = [plan(model, e) for e in edit_sets]
     values = call(model, lambda: _score_session(model, prepared, steps_list, model.arch.post(model.lm.config)))["logp"]
     out = []
@@ -243,7 +253,8 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
             for (ids, _, _, positions, rows, cols, targets, node_of, chunks), mask in zip(work, masks):
                 with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
                     apply(lm, steps)
-                    hidden = base.output[0][rows, cols]
+                    final = base.output[0]
+                    hidden = final[rows.to(final.device), cols.to(final.device)]
                     logp.append(head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets))
                     tracer.stop()
         logp.save()
@@ -257,14 +268,15 @@ def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int
     base = resolve_path(lm, model.arch.base)
     head = resolve_path(lm, model.arch.head)
     rows, cols, targets, node_of = t.rows, t.cols, t.targets, t.node_of
-    inputs = {"input_ids": t.ids, "attention_mask": t.mask, "position_ids": t.positions}
+    inputs = model.inputs(t.ids, t.mask, t.positions)
     blocks = layer_modules(lm, model.arch)
     with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
         if below is not None:
             for j in range(low):
                 blocks[j].skip(below)
         apply(lm, steps)
-        hidden = base.output[0][rows, cols]
+        final = base.output[0]
+        hidden = final[rows.to(final.device), cols.to(final.device)]
         logp = head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets).save()
         tracer.stop()  # the model's own LM head is not needed
     return outcome(model, tracer, lambda: {"logp": logp})
@@ -398,16 +410,17 @@ def generate(model: LoadedModel, prompts: Sequence[str], edits=None, *, max_new_
 
 
 def _generate_request(model: LoadedModel, ids, mask, steps, max_new_tokens: int, pad: int):
-    lm = model.lm
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    inputs = model.inputs(ids, mask)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight: the open step loop ends when generation does
         with lm.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **trace_kwargs(model)) as tracer:
-            with tracer.invoke({"input_ids": ids, "attention_mask": mask}):
+            with tracer.invoke(inputs):
                 if steps:  # a step loop with nothing to wait on would never end
                     for _ in tracer.iter[:]:
                         apply(lm, steps)
             with tracer.invoke():
-                result = tracer.result.save()
+                result = tracer.result.cpu().save()
     return outcome(model, tracer, lambda: {"result": result})
 
 

@@ -19,7 +19,7 @@ from vneuron.models.architectures import text_config
 from vneuron.runtime.budget import MB, Work, dtype_bytes
 from vneuron.runtime.tokens import pad_id
 from vneuron.validate.edits import plan
-from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
+from vneuron.validate.evaluate import CPU_BATCH_TOKENS, encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
 from vneuron.validate.items import items_for
 from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
 from vneuron.validate.study import edit_for, model_for, prepare_study
@@ -113,7 +113,8 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         low = int(neurons.layers.min()) if len(neurons) else 0
-        per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, config.batch_tokens, low, dtype)
+        per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS),
+                                               low, dtype)
         peak = max(peak, mb)
         key = tuple(i.id for i in items)
         baseline = 0 if (kind == "ablate" and key in seen) else 1

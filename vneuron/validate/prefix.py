@@ -141,14 +141,14 @@ def attention_mask(parents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     NDIF server, where vneuron is not installed.
     """
     rows, width = parents.shape
-    own = torch.arange(width).expand(rows, width)
+    own = torch.arange(width, device=parents.device).expand(rows, width)
     up = torch.where(parents >= 0, parents, own)  # a root's pointer stays on itself
-    allowed = torch.eye(width, dtype=torch.bool).expand(rows, width, width).clone()
+    allowed = torch.eye(width, dtype=torch.bool, device=parents.device).expand(rows, width, width).clone()
     allowed.scatter_(2, up[..., None], True)
     for _ in range(max(1, math.ceil(math.log2(max(width, 2))))):
         allowed = allowed | torch.gather(allowed, 1, up[..., None].expand(rows, width, width))
         up = torch.gather(up, 1, up)
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=parents.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[int, int]]:
@@ -164,14 +164,16 @@ def head_logprobs(hidden: torch.Tensor, weight, bias, post: tuple[str, float] | 
     The one LM-head scorer of vneuron (evaluation, planting, dry-run calibration): the head runs
     chunk by chunk (``Batch.head_chunks``) so [nodes, vocab] logits never exceed the budget; ``post``
     is the family's logit post-processing (``Architecture.post``). Only tensors and plain data go
-    in, so it also runs inside a (remote) trace body; it is differentiable.
+    in, so it also runs inside a (remote) trace body; it is differentiable. The logits are made and
+    gathered on the head's device; only the scored tokens' log-probabilities come to the host.
     """
     parts = []
     for lo, hi, s_lo, s_hi in chunks:
-        logits = torch.nn.functional.linear(hidden[lo:hi], weight, bias)
+        logits = torch.nn.functional.linear(hidden[lo:hi].to(weight.device), weight, bias)  # on the head's device
         if post is not None and post[0] == "softcap":
             logits = torch.tanh(logits / post[1]) * post[1]
         elif post is not None:
             logits = logits / post[1]
-        parts.append(logits.float().log_softmax(-1)[node_of[s_lo:s_hi] - lo, targets[s_lo:s_hi]])
+        picked = logits.float().log_softmax(-1)[node_of[s_lo:s_hi].to(logits.device) - lo, targets[s_lo:s_hi].to(logits.device)]
+        parts.append(picked.cpu())  # the scored tokens' log-probabilities, gathered where the logits are, to the host
     return torch.cat(parts)

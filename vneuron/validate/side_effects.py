@@ -127,21 +127,22 @@ def _prose_request(model, ids, mask, steps_list):
     """One request: the unedited next-token distributions of a batch, then per edit set the summed KL
     to them and the summed NLL of the text, over every predicted position (reduced where the model runs)."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    inputs = model.inputs(ids, mask, position_ids(mask))
     targets = ids[:, 1:]
     keep = mask[:, 1:].float()
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
         sums = []  # the name is the key of the collected result: it must match outcome's
         with lm.trace(inputs):
-            ref = lm.output.logits[:, :-1].float().log_softmax(-1)
+            ref = lm.output.logits[:, :-1].float().log_softmax(-1)  # the full vocabulary, where the logits are
             p_ref = ref.exp()  # once per batch, not once per edit set
-            sums.append((-(ref.gather(-1, targets[..., None]).squeeze(-1)) * keep).sum(1))
+            on = keep.to(ref.device)
+            sums.append((-(ref.gather(-1, targets.to(ref.device)[..., None]).squeeze(-1)) * on).sum(1).cpu())
         for steps in steps_list:
             with lm.trace(inputs):
                 apply(lm, steps)
                 new = lm.output.logits[:, :-1].float().log_softmax(-1)
-                sums.append(((p_ref * (ref - new)).sum(-1) * keep).sum(1))
-                sums.append((-(new.gather(-1, targets[..., None]).squeeze(-1)) * keep).sum(1))
+                sums.append(((p_ref * (ref - new)).sum(-1) * on).sum(1).cpu())
+                sums.append((-(new.gather(-1, targets.to(new.device)[..., None]).squeeze(-1)) * on).sum(1).cpu())
         sums.save()
     return outcome(model, session, lambda: {"sums": sums})
 

@@ -37,7 +37,8 @@ Progress = Callable[[str, int, int], None]
 
 
 def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | None = None, *, out: str | Path | None = None,
-                 progress: Progress | None = None, remote=None, dtype: str | None = None) -> tuple[Path, LoadedModel | str | None]:
+                 progress: Progress | None = None, remote=None, dtype: str | None = None,
+                 device: str | None = None) -> tuple[Path, LoadedModel | str | None]:
     """Ablate or steer without a locate run: locate with ``config`` first (its run is kept).
 
     Returns (run directory, model): a local model is loaded once and serves both steps. ``out``
@@ -53,7 +54,7 @@ def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | 
     if not remote:
         prepare_corpus(config)  # a bad corpus fails before the model loads
         if not isinstance(model, LoadedModel):
-            model = load_model(model, dtype=dtype, progress=lambda m: say(m, 0, 0))
+            model = load_model(model, dtype=dtype, progress=lambda m: say(m, 0, 0), device=device)
     return locate(model, config, dtype=dtype, progress=say, remote=remote).run_dir, model
 
 
