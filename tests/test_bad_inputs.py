@@ -281,7 +281,7 @@ CASES = [
          r"Note: incomplete.csv: left out 2 incomplete rows \(an empty cell; --strict refuses them\)", code=0),
     # -- a report that cannot draw what was asked says so on the terminal, and writes the rest -------------------------
     Case("report/cards-examples-cut", "report {bad}/run-examples-cut -o report.html --cards 1 -q",
-         r"^warning: .*run-examples-cut: Neuron cards skipped: .*examples.safetensors is not .*readable", code=0),
+         r"warning: .*run-examples-cut: Neuron cards skipped: .*examples.safetensors is not .*readable", code=0),
     # -- one writer per output: a second command is refused at once, naming the first --------------------------------
     Case("locate/out-held", L + " --out {bad}/held-run",
          r"held-run is being written by another vneuron command \(process \d+, since .*: held-by-test\)\. Wait for it to end, or "

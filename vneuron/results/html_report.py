@@ -50,7 +50,6 @@ class Text:
     text: str  # plain text (escaped in HTML)
 
 
-@dataclass
 class Missing(Text):
     """What was asked for and could not be drawn, and why: on the page, and on the terminal (``Report.missing``)."""
 
@@ -426,12 +425,9 @@ def collect(run_dirs: Sequence[str | Path]) -> list[tuple[Path, dict, str]]:
     return found
 
 
-def build_sections(run_dirs: Sequence[str | Path], options: ReportOptions | None = None) -> list[Section]:
-    return sections_of(collect(run_dirs), options or ReportOptions())
-
-
-def sections_of(runs: list[tuple[Path, dict, str]], options: ReportOptions) -> list[Section]:
-    """The sections of runs already read by ``collect``."""
+def build_sections(run_dirs: Sequence[str | Path], options: ReportOptions | None = None, runs: list | None = None) -> list[Section]:
+    """The page's sections (``runs``: what ``collect`` read of ``run_dirs`` already)."""
+    options, runs = options or ReportOptions(), runs if runs is not None else collect(run_dirs)
     sections: list[Section] = []
     for path, manifest, kind in runs:
         if options.progress:
@@ -481,7 +477,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     check_output_file(out, "-o")
     runs = collect(run_dirs)  # every run read before the claim, which may make the output's folder
     claim(out, "-o")  # two reports into one file: the second is refused now
-    sections = sections_of(runs, options)
+    sections = build_sections(run_dirs, options, runs)
     fig_dir = out.with_name(out.stem + "-figures")
     names: list[tuple[Any, str]] = []  # (figure, file name)
     n = 0
