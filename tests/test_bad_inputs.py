@@ -290,6 +290,7 @@ CASES = [
     Case("from/out-held", "locate --from {run} -k 3 --out {bad}/held-run", r"held-run is being written by another vneuron command"),
     Case("ablate/out-held", A + " --out {bad}/held-run", r"held-run is being written by another vneuron command \(process \d+"),
     Case("steer/out-held", S + " --out {bad}/held-run", r"held-run is being written by another vneuron command"),
+    Case("ablate/locate-first-out-held", "ablate --model {tiny} --out {bad}/held-run -q", r"held-run is being written by another"),
     Case("plant/out-held", "plant --model {tiny} --out {bad}/held-run -q", r"held-run is being written by another vneuron command"),
     Case("power/out-held", "power --model {tiny} --out {bad}/held-run -q", r"held-run is being written by another vneuron command"),
     Case("report/out-held", "report {run} -o {bad}/held.html -q --cards 0",

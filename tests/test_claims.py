@@ -96,3 +96,17 @@ def test_the_same_output_twice_in_one_process_is_refused(tmp_path):
     with pytest.raises(VneuronError, match="already being written by this process"):
         claims.one_writer(twice)()
     assert not claims.lock_path(out).exists()
+
+
+def test_a_report_replaces_its_own_page_and_a_run_still_refuses_a_file(tmp_path, tiny_dir):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                               "--split", "all", "-k", "5", "--out", str(run), "-q"]).exit_code == 0
+    for _ in range(2):  # the second claims a file that exists: its own page, replaced
+        result = runner.invoke(app, ["report", str(run), "--cards", "0", "-q"])
+        assert result.exit_code == 0 and (run / "report.html").is_file(), result.output
+    assert not list(run.glob(".*.lock"))
+    (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["locate", "--from", str(run), "-k", "3", "--out", str(tmp_path / "notes.txt"), "-q"])
+    assert result.exit_code == 2 and "notes.txt is a file, not a directory" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".*.lock"))

@@ -83,6 +83,24 @@ def test_ablate_output_that_cannot_be_written_is_rescued(tmp_path, tiny_dir, mon
     assert (rescued / "items.csv").read_text().startswith("dimension,item")
 
 
+def test_a_run_directory_that_appeared_meanwhile_gets_a_rescue_with_a_new_name(tmp_path, monkeypatch):
+    """If something else wrote the run's directory before its final write (no vneuron writer: they are refused at
+    once), the results are kept, and the hint moves them to a free name, not into a directory that is not theirs."""
+    from vneuron import VneuronError
+    from vneuron.runtime.store import write_run
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "theirs.txt").write_text("theirs")
+    with pytest.raises(VneuronError) as caught:
+        write_run(out, lambda d: (d / "manifest.json").write_text("{}"), what="results")
+    (rescued,) = tmp_path.glob("vneuron-rescued-run-*")
+    assert f"Could not write {out} ({out} already exists and is not a vneuron run); the results are kept in {rescued}" in str(caught.value)
+    assert str(caught.value).endswith(f"is not this run's, so give the rescue a new name: mv {rescued} {out}-2")
+    assert (rescued / "manifest.json").is_file() and sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+
+
 def _tiny_gguf(path: Path) -> Path:
     import numpy as np
     from gguf import GGUFWriter

@@ -56,7 +56,9 @@ def one_writer(function: Callable) -> Callable:
 def claim(target: str | Path, option: str = "`out`") -> None:
     """Hold ``target`` for the running ``one_writer`` call; refuse at once if another command holds it."""
     target = Path(target)
-    check_writable(target, option)  # a place that cannot take the lock file fails as it would at the write
+    # a place that cannot take the lock file fails as it would at the write (a file there is the caller's to judge:
+    # a report replaces its page, a run refuses it)
+    check_writable(target.parent if target.is_file() else target, option)
     lock = lock_path(target)
     if lock in _HELD:
         raise VneuronError(f"{target} is already being written by this process", f"choose another {option}")

@@ -49,6 +49,7 @@ def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | 
 
     say = progress or (lambda stage, done, total: None)
     if out is not None:
+        claim(out)  # only whether another command writes there: the study claims it when it starts
         check_fresh(Path(out), fix="choose another `out`, or delete that directory to redo the study")
     config = (config or LocateConfig()).check()
     if not remote:
