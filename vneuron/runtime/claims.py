@@ -5,7 +5,7 @@ A claim is a lock file beside the output, ``.NAME.lock``, that its holder keeps 
 who holds it (process, host, command, since when). The kernel drops the lock when the holder ends, however it
 ends, so a lock file a killed process left behind is stale: the next claim takes it over. A claim lasts while
 the library call that made it runs (``one_writer``); a claim made outside one (a dry run) only checks that no
-one else holds the output. Needs POSIX file locks (Linux, macOS); where there are none, claims only check.
+one else holds the output. Needs POSIX file locks (Linux, macOS): without them (Windows) nothing is claimed.
 """
 
 from __future__ import annotations
