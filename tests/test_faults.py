@@ -83,6 +83,24 @@ def test_ablate_output_that_cannot_be_written_is_rescued(tmp_path, tiny_dir, mon
     assert (rescued / "items.csv").read_text().startswith("dimension,item")
 
 
+def test_a_run_directory_that_appeared_meanwhile_gets_a_rescue_with_a_new_name(tmp_path, monkeypatch):
+    """If something else wrote the run's directory before its final write (no vneuron writer: they are refused at
+    once), the results are kept, and the hint moves them to a free name, not into a directory that is not theirs."""
+    from vneuron import VneuronError
+    from vneuron.runtime.store import write_run
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "theirs.txt").write_text("theirs")
+    with pytest.raises(VneuronError) as caught:
+        write_run(out, lambda d: (d / "manifest.json").write_text("{}"), what="results")
+    (rescued,) = tmp_path.glob("vneuron-rescued-run-*")
+    assert f"Could not write {out} ({out} already exists and is not a vneuron run); the results are kept in {rescued}" in str(caught.value)
+    assert str(caught.value).endswith(f"is not this run's, so give the rescue a new name: mv {rescued} {out}-2")
+    assert (rescued / "manifest.json").is_file() and sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+
+
 def _tiny_gguf(path: Path) -> Path:
     import numpy as np
     from gguf import GGUFWriter
@@ -297,7 +315,58 @@ def test_ablate_and_report_on_a_real_disk_that_fills_or_freezes_keep_their_resul
     rescued = _rescued(rescue_base, "report", line)
     assert (rescued / "report.html").read_text().startswith("<!DOCTYPE html>") and (rescued / "report.md").is_file()
     assert list((rescued / "report-figures").glob("*.png"))
-    assert not (run / "report.html").exists() and not list(run.glob(".report*"))
+    # nothing half-written (a disk made read-only keeps the claim's unlocked lock file: it could not be removed)
+    assert not (run / "report.html").exists() and not list(run.glob(".report.html.tmp*"))
+
+
+def _when_staging_appears(monkeypatch, out: Path, fault) -> list:
+    """Run ``fault`` the moment the staging folder of ``out`` (``.NAME.tmpPID``) has been made, before anything is written
+    into it: the event the final write begins with, not a time."""
+    real = Path.mkdir
+    seen = []
+
+    def mkdir(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if not seen and self.parent == out.parent and self.name.startswith(f".{out.name}.tmp"):
+            seen.append(self)
+            fault()
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    return seen
+
+
+def test_plant_on_a_real_disk_that_fills_at_its_final_write_keeps_the_whole_plant(small_fs, tmp_path, tiny_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    from vneuron import load_model
+    from vneuron.models.loading import dir_revision
+    from vneuron.planting import original_weights
+
+    rescue_base = _rescue_here(tmp_path, monkeypatch)
+    out = small_fs / "planted"
+    staged = _when_staging_appears(monkeypatch, out, lambda: _fill(small_fs))
+    result = runner.invoke(app, ["plant", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                 "--out", str(out), "--k", "12", "--steps", "2", "--eval-every", "1", "--train-limit", "4",
+                                 "--test-limit", "1", "--report-limit", "1", "--read-passes", "1", "-q"])
+    line = _one_error_line(result)
+    assert len(staged) == 1 and f"Could not write {out} (No space left on device)" in line, line
+    assert "the planted model, its neurons and its manifest are kept in" in line
+    rescued = _rescued(rescue_base, "planted", line)
+    assert f"mv {rescued} {out}" in line
+    assert not out.exists() and not list(small_fs.glob(".planted.tmp*")) and not list(small_fs.glob(".planted.lock"))
+    monkeypatch.undo()
+    # the whole plant: the model directory, its ground truth and its manifest, the planted weights themselves
+    manifest = json.loads((rescued / "plant" / "manifest.json").read_text())
+    assert {"config.json", "model.safetensors", "tokenizer.json", "plant"} <= {p.name for p in rescued.iterdir()}
+    assert {"neurons.safetensors", "original.safetensors", "curve.csv", "manifest.json"} <= {p.name for p in (rescued / "plant").iterdir()}
+    assert manifest["neurons"]["count"] == 12 and manifest["revision"] == f"dir:{dir_revision(rescued)}"
+    assert json.loads((rescued / "config.json").read_text())["vneuron_plant"]["weights_fingerprint"] == manifest["weights_fingerprint"]
+    base = load_file(str(tiny_dir("llama") / "model.safetensors"))
+    model = load_model(str(rescued), dtype="float32")
+    planted = {n: p.detach().clone() for n, p in model.hf_model.named_parameters() if n in base}
+    assert any(not torch.equal(p, base[n]) for n, p in planted.items())  # trained weights, not a copy of the base
+    with original_weights(model, rescued):  # and its record of the originals gives the base back exactly
+        assert all(torch.equal(p.detach(), base[n]) for n, p in model.hf_model.named_parameters() if n in base)
 
 
 # -- SIGTERM ends a run as Ctrl-C does -----------------------------------------------------------------------------

@@ -104,3 +104,34 @@ def test_a_command_writing_to_a_file_shows_progress_with_an_eta(tmp_path, tiny_d
     eta = [line for line in text.splitlines() if ETA.match(line)]
     assert eta and "Capturing" in eta[0], text
     assert "\x1b[" not in text and "━" not in text  # plain lines, no terminal control codes or bars
+
+
+def test_a_series_of_stages_is_one_stage_in_a_log_whatever_their_number():
+    """10,000 stages that differ only in a count write the series' first and last line (and one per interval): not
+    two lines each. The interval is an hour here, so every line counted is a first or a last."""
+    out = io.StringIO()
+    lines = LineProgress(out, every=3600)
+    for r in range(10_000):
+        for done in range(5):
+            lines(f"Label-shuffle null {r + 1}/10000", done, 4)
+    lines("Scoring", 1, 1)
+    lines.finish()
+    written = out.getvalue().splitlines()
+    assert len(written) == 3, written[:6]
+    assert "Label-shuffle null 1/10000 0/4" in written[0] and "Label-shuffle null 10000/10000 4/4 (100%" in written[1]
+    assert "Scoring 1/1" in written[2]
+
+
+def test_the_label_shuffle_null_reports_one_stage(tiny_model):
+    """locate --null N is one stage of N × the prompts, however large N: one bar, one series of lines."""
+    from vneuron import LocateConfig
+    from vneuron.locate.locating import locate
+
+    seen = []
+    locate(tiny_model("llama"), LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5, null_shuffles=3),
+           progress=lambda stage, done, total: seen.append((stage, done, total)))
+    null = [(stage, done, total) for stage, done, total in seen if "null" in stage]
+    assert {stage for stage, _, _ in null} == {"Label-shuffle null (3 shuffles)"}
+    prompts = next(total for stage, _, total in seen if stage == "Capturing activations")
+    dones = [done for _, done, _ in null]
+    assert dones == sorted(dones) and dones[-1] == null[-1][2] == 3 * prompts and {t for _, _, t in null} == {3 * prompts}

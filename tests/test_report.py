@@ -358,3 +358,5 @@ def test_a_report_without_the_model_keeps_its_figures(study, tmp_path):
     result = run("report", copy, "-o", out, "-q")
     assert result.exit_code == 0, result.output + result.stderr
     assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) == 4
+    (warning,) = [line for line in result.stderr.splitlines() if line.strip()]  # and the terminal says so, in one line
+    assert warning.startswith(f"warning: {copy}: Neuron cards skipped: ") and "gone" in warning

@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import signal
 import sys
 
 import typer
 
 from vneuron.cli import locate, planting, results, system, validate
-from vneuron.cli.options import HelpCommand, flags_of, tidy_help
+from vneuron.cli.options import HelpCommand, as_flags, flags_of, running, tidy_help
 from vneuron.errors import VneuronError
 
 GROUPS = (locate, validate, planting, results, system)
@@ -78,18 +77,6 @@ def _say_error(line: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
-
-
-def as_flags(message: str, flags: dict[str, str]) -> str:
-    """A library message for the terminal: each `setting` becomes the flag that sets it here."""
-    def flag(match: re.Match) -> str:
-        name = match.group(1)
-        return flags.get(name) or match.group(0)
-
-    return _SETTING.sub(flag, message)
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, so it ends as Ctrl-C does: every cleanup that an interruption runs
     (a half-written run directory removed, a remote run's checkpoint closed) runs for it too."""
@@ -121,12 +108,12 @@ def handle_errors(fn):
 
         checkpoint.forget()  # an interruption names only what this command kept
         try:
-            with _sigterm_as_interrupt():
+            with _sigterm_as_interrupt(), running(fn):
                 return fn(*args, **kwargs)
         except VneuronError as exc:
             if os.environ.get("VNEURON_DEBUG") == "1":
                 raise
-            _say_error(as_flags(exc.one_line(), flags_of(fn)))
+            _say_error(as_flags(exc.one_line(), flags_of(fn), fn.__name__))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             from rich.markup import escape

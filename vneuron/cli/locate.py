@@ -131,9 +131,9 @@ def locate(
         return
     given = given_settings(ctx, locate) if from_run is not None else None
     if force and out is not None and from_run is None and not json_out:  # --json: the manifest says what it replaced
-        from vneuron.runtime.store import describe_run
+        from vneuron.runtime.store import describe_run, is_run
 
-        if out.is_dir() and any(out.iterdir()):
+        if is_run(out):  # anything else is refused, and no line may say it will be replaced
             console.print(f"--force: replacing {describe_run(out)} when this run completes")
     try:
         with progress_bar(not quiet) as bar:

@@ -1,8 +1,8 @@
 """Options that several commands share, declared once; every default comes from the library.
 
 ``setting(Config, "field", "--flag", ...)`` makes an option whose default is the library's own
-(a config dataclass field, or a function's keyword), and records which setting it sets. The
-root uses that record to say ``--top-k`` where the library says `top_k`, and
+(a config dataclass field, or a function's keyword), and records which setting it sets. ``as_flags``
+uses that record to say ``--top-k`` where the library says `top_k` (errors and notes alike), and
 tests/test_cli_options.py checks that every option is either such a setting or listed in
 ``CLI_ONLY`` with the reason it has no library counterpart.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from vneuron.errors import VneuronError
+from vneuron.errors import CALL, SETTING, VneuronError, call_settings
 from vneuron.models.loading import load_model
 from vneuron.runtime.precision import DEFAULT_DTYPE
 from vneuron.runtime.remote import RemoteTarget
@@ -82,6 +84,64 @@ def flags_of(command: Callable) -> dict[str, str]:
         if getattr(info, "vneuron_setting", None):
             out[info.vneuron_setting[1]] = decls[0]
     return out
+
+
+def commands() -> dict[str, Callable]:
+    """Every command function by its name (``locate``, ``ablate``, …), for messages that name another command's flag."""
+    from vneuron.cli import GROUPS  # the root registers the groups; asked lazily, as it imports this module
+
+    return {fn.__name__: fn for group in GROUPS for fn in group.COMMANDS}
+
+
+def as_flags(message: str, flags: dict[str, str], command: str | None = None) -> str:
+    """A library message for the terminal: each `setting` becomes the flag that sets it in ``command`` (whose
+    ``flags_of`` is ``flags``), or, where only another command has it, that command's flag with its name
+    (`from_run` in ablate: ``vneuron locate --from``); each `locate(from_run=RUN, top_k=5)` becomes the line
+    ``vneuron locate --from RUN --top-k 5``. A name no command sets stays as it is (tests/test_messages.py
+    fails on it)."""
+    def line(match) -> str:
+        fn = commands().get(match.group(1))
+        if fn is None:
+            return match.group(0)
+        theirs, words = flags_of(fn), [f"vneuron {match.group(1)}"]
+        for name, value in call_settings(match.group(2)):
+            if name not in theirs:
+                return match.group(0)
+            words.append(theirs[name] if value == "True" else f"{theirs[name]} {value}")
+        return " ".join(words)
+
+    def flag(match) -> str:
+        name = match.group(1)
+        if name in flags:
+            return flags[name]
+        for other, fn in commands().items():
+            theirs = flags_of(fn)
+            if other != command and name in theirs:
+                return f"vneuron {other} {theirs[name]}"
+        return match.group(0)
+
+    return SETTING.sub(flag, CALL.sub(line, message))
+
+
+_RUNNING: ContextVar[Callable | None] = ContextVar("vneuron_command", default=None)
+
+
+@contextmanager
+def running(command: Callable) -> Iterator[None]:
+    """While ``command`` runs, what it prints beside its tables names its flags (``for_terminal``)."""
+    token = _RUNNING.set(command)
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+
+
+def for_terminal(text: str) -> str:
+    """A library text (an error, a note on the data) as the running command's user reads it: settings as flags."""
+    command = _RUNNING.get()
+    if command is None:
+        return as_flags(text, {})
+    return as_flags(text, flags_of(command), command.__name__)
 
 
 def with_options(options: dict[str, tuple[Any, Any]]) -> Callable:

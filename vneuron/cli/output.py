@@ -1,8 +1,11 @@
-"""What several commands print beside their tables: notes on the data they read."""
+"""What several commands print beside their tables: notes on the data they read, each naming the command's flags
+where the library names its settings (``for_terminal``)."""
 
 from __future__ import annotations
 
 from rich.markup import escape
+
+from vneuron.cli.options import for_terminal
 
 
 def data_notes(data: dict) -> None:
@@ -11,9 +14,9 @@ def data_notes(data: dict) -> None:
 
     source = data.get("split_source") or {}
     if source.get("kind") == "hash":
-        console.print(escape(f"Split: {source['note']} (--test-fraction)"))
+        console.print(escape(f"Split: {for_terminal(source['note'])} (--test-fraction)"))
     for note in data.get("notes") or []:
-        console.print(escape(f"Note: {note}"))
+        console.print(escape(f"Note: {for_terminal(note)}"))
     dropped = data.get("dropped_contrasts") or []
     if dropped:
         console.print(escape(f"Skipped {len(dropped)} pole pair(s) with no texts on one side after --split/--limit: "
@@ -46,7 +49,7 @@ def guard_notes(result) -> None:
     from vneuron.runtime.progress import console
 
     for line in warnings_of(validation_guards(result.manifest, result.summaries)):
-        console.print(f"[yellow]warning:[/] {escape(line)}")
+        console.print(f"[yellow]warning:[/] {escape(for_terminal(line))}")
 
 
 def plan(plan: dict) -> None:

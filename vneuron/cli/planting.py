@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, TRAINING, DeviceMapOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt,
-                                 ThreadsOpt, joined, numbers, out_option, pairs, setting, setup, split_list, with_options)
+                                 ThreadsOpt, joined, named, numbers, out_option, pairs, setting, setup, split_list, with_options)
 from vneuron.config import PlantConfig, PowerConfig
 
 P, W = PlantConfig, PowerConfig
@@ -145,8 +145,8 @@ def power(
     k: str = setting(W, "ks", "--k", "-k", panel=SELECTION, show=joined, help="Planted (and located) set sizes, comma-separated."),
     sizes: str = setting(W, "sizes", "--sizes", panel=SELECTION, show=joined,
                          help="Locating scenarios per pole, comma-separated (capped by the corpus)."),
-    planted: Optional[str] = typer.Option(None, "--planted", rich_help_panel=SELECTION,
-                                          help="Reuse planted models: K=DIR,K=DIR (written by vneuron plant)."),
+    planted: Optional[str] = named(typer.Option(None, "--planted", rich_help_panel=SELECTION,
+                                                help="Reuse planted models: K=DIR,K=DIR (written by vneuron plant)."), "planted_dirs"),
     controls: int = setting(W, "controls", "--controls", panel=EVALUATION,
                             help="Random neuron sets with the same per-layer counts: the most drawn."),
     mode: str = setting(W, "mode", "--mode", panel=EVALUATION, metavar="[zero|mean]", help="Ablation: zero or mean."),

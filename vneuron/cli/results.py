@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from vneuron.cli.options import (RUN, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, named, out_option, setting, setup,
-                                 split_list)
+from vneuron.cli.options import (RUN, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, ThreadsOpt, for_terminal, named, out_option,
+                                 setting, setup, split_list)
 from vneuron.config import CardOptions, ReportOptions
 
 CardModelOpt = typer.Option(None, "--model", "-m", help="Load this model (the run's own, e.g. default) for the output-token view "
@@ -35,14 +35,18 @@ def report(
       vneuron report runs/locate-gemma-3-270m-20261124-101500
       vneuron report runs/en runs/zh -o en-vs-zh.html --cards 0
     """
+    from rich.markup import escape
+
     from vneuron.results.html_report import build_report
-    from vneuron.runtime.progress import console, progress_bar
+    from vneuron.runtime.progress import console, err_console, progress_bar
 
     setup(threads, device=device, device_map=device_map)
     with progress_bar(not quiet) as bar:
         written = build_report(run_dirs, out, ReportOptions(cards=cards, model=model, dtype=dtype, progress=bar))
     console.print(f"Report written to [bold]{written.html}[/] (+ {written.markdown.name}, {len(written.figures)} figures in "
                   f"{written.html.stem}-figures/)")
+    for line in written.missing:  # the page says it too, but a reader of the terminal must not have to open it to learn it
+        err_console.print(f"[yellow]warning:[/] {escape(for_terminal(line))}", soft_wrap=True, highlight=False)
 
 
 def compare(
@@ -77,7 +81,7 @@ def compare(
     if result.skipped:
         err_console.print(f"Poles not in every run (left out): {', '.join(result.skipped)}")
     for note in result.notes:
-        err_console.print(f"Note: {note}", soft_wrap=True, markup=False, highlight=False)
+        err_console.print(f"Note: {for_terminal(note)}", soft_wrap=True, markup=False, highlight=False)
     if written:
         console.print(f"Written to [bold]{written[0]}[/] and {written[1].name}")
 

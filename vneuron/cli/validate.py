@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from vneuron.cli import output
-from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, DeviceMapOpt, DeviceOpt, DryRunOpt, DtypeOpt, HostOpt, JsonOpt,
-                                 ModelOpt, QuietOpt, RemoteOpt, RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, numbers, out_option,
+from vneuron.cli.options import (DATA, EVALUATION, RUN, SELECTION, DeviceMapOpt, DeviceOpt, DryRunOpt, DtypeOpt, HostOpt, JsonOpt, ModelOpt,
+                                 QuietOpt, RemoteOpt, RunDirArg, ThreadsOpt, TimeoutOpt, joined, mapping, named, numbers, out_option,
                                  setting, setup, split_list, target, with_options)
 from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig, choices
 from vneuron.errors import VneuronError
@@ -205,8 +205,9 @@ def ablate(
 @with_options(STUDY_OPTIONS)
 def steer(
     run_dir: Optional[Path] = RunDirArg,
-    gamma: str = typer.Option(joined(STEER_GAMMAS), "--gamma", rich_help_panel=SELECTION,
-                              help="Comma-separated γ values (scale: multiply, 1 = unedited; add: boost, negative = away)."),
+    gamma: str = named(typer.Option(joined(STEER_GAMMAS), "--gamma", rich_help_panel=SELECTION,
+                                    help="Comma-separated γ values (scale: multiply, 1 = unedited; add: boost, negative = away)."),
+                       "gammas"),
     top_k: Optional[int] = setting(V, "top_k", "--top-k", "-k", panel=SELECTION, help="Steer the top K of each located set."),
     mode: str = typer.Option(STEER_MODES[0], "--mode", metavar=choices(STEER_MODES), rich_help_panel=SELECTION,
                              help="; ".join(f"{m}: {EDIT_MODES[m].formula}" for m in STEER_MODES) + "."),

@@ -24,6 +24,7 @@ from vneuron.locate.runs import NEURONS_CSV, NEURONS_DIR, STATS, set_filenames, 
 from vneuron.locate.scoring import NeuronSet, contrast_scores, lape_select, select, stability
 from vneuron.models.loading import LoadedModel, load_model, peek_dims, resolve
 from vneuron.runtime.checkpoint import Checkpoint
+from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.precision import check_dtype
 from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, default_run_dir, file_sha256, read_manifest, require,
                                    settings_tag, write_csv, write_json, write_jsonl, write_run)
@@ -81,6 +82,7 @@ def _threads_used() -> dict:
     return describe()
 
 
+@one_writer
 def locate(
     model: str | LoadedModel | None = None,
     config: LocateConfig | None = None,
@@ -111,7 +113,9 @@ def locate(
             given = _given_from_api(config, model, remote, resume, detach, dtype)
         return reselect(Path(from_run), config, out=out, force=force, given=given, progress=say)
     check_dtype(dtype)  # float32, bfloat16, float16, auto; None: the default (remote: the server's)
-    replacing = check_fresh(Path(out), force=force, fix=_exists_fix(Path(out))) if out is not None else None
+    if out is not None:  # one writer per run directory: a second command writing here is refused now, not at the end
+        claim(out)
+    replacing = check_fresh(Path(out), force=force, fix=reselect_fix(Path(out))) if out is not None else None
     corpus = prepare_corpus(config)
     if remote:
         from vneuron.runtime.remote import check_key, resolve_target
@@ -121,6 +125,7 @@ def locate(
     source = model.source if isinstance(model, LoadedModel) else resolve(model)
     run_dir = Path(out) if out else default_run_dir("locate", source.alias or source.model_id)
     if out is None:
+        claim(run_dir)
         check_fresh(run_dir)
     dims = (model.n_layers, model.width) if isinstance(model, LoadedModel) else peek_dims(source)
     if dims:  # what can be checked before the weights load
@@ -221,7 +226,8 @@ def _outcome(exc: BaseException) -> str:
     return f"failed: {str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}"
 
 
-def _exists_fix(run_dir: Path) -> str:
+def reselect_fix(run_dir: Path) -> str:
+    """What to do when ``out`` is a finished run (its dry run says the same)."""
     return (f"choose another `out`; to re-select from its statistics without the model: `from_run` {run_dir} "
             f"with a new `out`; to replace it: add `force`")
 
@@ -266,12 +272,13 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
         return {"note": "the label-shuffle null is defined for contrast scores, not LAPE"}
     say = progress or (lambda stage, done, total: None)
     counts: dict[str, list[int]] = {pole: [] for pole in result.sets}
+    stage, shuffles = f"Label-shuffle null ({config.null_shuffles} shuffles)", config.null_shuffles  # one stage, whatever their number
     for r in range(config.null_shuffles):
         null_corpus = shuffled(corpus, seed=10_000 + r)
         prompts = null_corpus.action_prompts(config.span,
                                              template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
         stats = capture(model, prompts, replace(config.capture_config(), top_examples=0), labels=result.stats.labels,
-                        progress=lambda d, t, r=r: say(f"Label-shuffle null {r + 1}/{config.null_shuffles}", d, t))
+                        progress=lambda d, t, r=r: say(stage, r * t + d, shuffles * t))
         stats.groups = result.stats.groups
         for pole, neuron_set in result.sets.items():
             opposite = neuron_set.meta.get("opposite")
@@ -354,6 +361,7 @@ def _recapture(manifest: dict) -> str:
     return (f" `model` {spec}" if spec and spec != "default" else "") + (f" `dataset` {dataset}" if dataset else "")
 
 
+@one_writer
 def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None = None, force: bool = False,
              given: set[str] | None = None, progress: Progress | None = None) -> LocateResult:
     """A new run with another selection from a finished run's statistics; the parent is never changed.
@@ -377,6 +385,7 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
     if here == there or there in here.parents or here in there.parents:
         raise VneuronError(f"`out` {run_dir} would write over or inside the run it re-selects from ({parent})",
                            "`from_run` never changes its run: pass another `out`")
+    claim(run_dir)
     replacing = check_fresh(run_dir, force=force, fix="choose another `out`, or add `force` to replace it")
     contrasts = [tuple(c) for c in manifest["contrasts"]]
     if config.dimensions:

@@ -40,15 +40,16 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     from pathlib import Path
 
     from vneuron.locate.capture import CPU_BATCH_TOKENS, capture, capture_batches, fold_of, request_ranges, slot_bytes
-    from vneuron.locate.locating import expected_bytes, prepare_corpus
+    from vneuron.locate.locating import expected_bytes, prepare_corpus, reselect_fix
     from vneuron.models.loading import load_model
+    from vneuron.runtime.claims import claim
     from vneuron.runtime.store import check_fresh, check_space, default_run_dir
     from vneuron.locate.scoring import select
 
     say = progress or (lambda *a: None)
     if out is not None:
-        check_fresh(Path(out), force=force, fix=f"choose another `out`; to re-select from its statistics without the model: "
-                                                f"`from_run` {out} with a new `out`; to replace it: add `force`")
+        claim(out)  # outside a run: only whether another command is writing there
+        check_fresh(Path(out), force=force, fix=reselect_fix(Path(out)))
     corpus = prepare_corpus(config)
     if remote:
         from vneuron.runtime.remote import check_key, resolve_target

@@ -247,6 +247,7 @@ def load_model(
         directory, digest = convert_gguf(source.path, progress)
         revision = f"gguf-sha256:{digest}"
     elif source.kind == "directory":
+        check_weights(source.path, source.spec)
         directory, revision = source.path, f"dir:{dir_revision(source.path)}"
     else:
         directory = _hub_snapshot(source.model_id)
@@ -268,6 +269,18 @@ def _placement(device, device_map, max_memory, offload_folder) -> devices.Placem
     return devices.Placement(device or base.device, device_map if device_map is not None else base.device_map,
                              max_memory if max_memory is not None else base.max_memory,
                              offload_folder if offload_folder is not None else base.offload_folder).check()
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.h5", "*.msgpack")
+
+
+def check_weights(directory: Path, spec: str) -> None:
+    """A model directory with a config and no weight file is incomplete, not corrupt: say so before transformers does.
+    (NDIF runs read only the config and the tokenizer, so they do not ask.)"""
+    if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise VneuronError(f"Model directory {spec} has no weight file (config.json is there, but no model.safetensors, "
+                           "pytorch_model.bin or their index)",
+                           "copy the weight files beside config.json (save_pretrained writes both), or pass another `model`")
 
 
 def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path:

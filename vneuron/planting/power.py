@@ -26,6 +26,7 @@ from vneuron.models.loading import LoadedModel, load_model
 from vneuron.planting import (NEURONS_FILE, PLANT_DIR, axis_items, check_loaded, check_trainable, choose_neurons, original_weights, plant,
                               rescale)
 from vneuron.runtime import devices
+from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.store import base_manifest, check_fresh, read_manifest, write_csv, write_json
 from vneuron.validate.evaluate import forced_choice
 from vneuron.validate.study import ablate
@@ -81,6 +82,7 @@ def _check_inputs(model, base: LoadedModel | None, config: PowerConfig, planted_
     return base
 
 
+@one_writer
 def power(model: str | LoadedModel | None, config: PowerConfig | None = None, *, out: str | Path,
           planted_dirs: dict[int, str | Path] | None = None, progress: Progress | None = None,
           dtype: str | None = None, device: str | None = None) -> PowerResult:
@@ -97,6 +99,7 @@ def _power(model, config: PowerConfig | None, out, planted_dirs, progress, dtype
     config = (config or PowerConfig()).check()
     say = progress or (lambda stage, done, total: None)
     out = Path(out)
+    claim(out)
     check_fresh(out)
     planted_dirs = dict(planted_dirs or {})
     base: LoadedModel | None = model if isinstance(model, LoadedModel) else None

@@ -15,16 +15,19 @@ from vneuron.planting.check import neutral_check
 from vneuron.planting.strength import fit_strength
 from vneuron.planting.surgery import PLANT_DIR, WriteScale, original_weights, slices_fingerprint, write_slices
 from vneuron.planting.train import axis_items, per_side, preferences, split_validation
-from vneuron.runtime.store import check_fresh, read_manifest, staged, write_json
+from vneuron.runtime.claims import claim, one_writer
+from vneuron.runtime.store import check_fresh, read_manifest, write_json, write_run
 from vneuron.validate.side_effects import load_neutral
 
 Progress = Callable[[str, int, int], None]
 
 
+@one_writer
 def rescale(plant_dir: str | Path, target: float, out: str | Path, *, progress: Progress | None = None) -> Path:
     """A copy of the planted model ``plant_dir`` whose write is scaled to a validation preference of ``target``."""
     say = progress or (lambda stage, done, total: None)
     src, out = Path(plant_dir), Path(out)
+    claim(out)
     check_fresh(out)
     manifest = read_manifest(src / PLANT_DIR)
     known = {f.name for f in fields(PlantConfig)}
@@ -45,16 +48,19 @@ def rescale(plant_dir: str | Path, target: float, out: str | Path, *, progress: 
     prose = load_neutral(config.language, config.neutral)
     check = neutral_check(model, lambda: original_weights(model, src), prose)
     fingerprint = slices_fingerprint(model, src)
-    with staged(out) as tmp:
+
+    def write(directory: Path) -> None:
         config_obj = model.hf_model.config
         config_obj.vneuron_plant = {**(getattr(config_obj, "vneuron_plant", None) or {}), "weights_fingerprint": fingerprint,
                                     "strength": target}
-        model.hf_model.save_pretrained(tmp)
-        model.tokenizer.save_pretrained(tmp)
-        shutil.copytree(src / PLANT_DIR, tmp / PLANT_DIR)
+        model.hf_model.save_pretrained(directory)
+        model.tokenizer.save_pretrained(directory)
+        shutil.copytree(src / PLANT_DIR, directory / PLANT_DIR)
         new = {**manifest, "weights_fingerprint": fingerprint, "preference": {"before": manifest["preference"]["before"], "after": after},
                "side_effects": {**check, "neutral": prose.source},
                "strength": {**strength, "rescaled_from": str(src.resolve()), "rescale_s": round(time.time() - started, 1)}}
-        new["revision"] = f"dir:{dir_revision(tmp)}"
-        write_json(tmp / PLANT_DIR / "manifest.json", new)
+        new["revision"] = f"dir:{dir_revision(directory)}"
+        write_json(directory / PLANT_DIR / "manifest.json", new)
+
+    write_run(out, write, what="rescaled planted model")
     return out

@@ -29,7 +29,8 @@ from vneuron.planting.reads import reading_directions, selectivity
 from vneuron.planting.strength import fit_strength
 from vneuron.planting.surgery import (NEURONS_FILE, ORIGINAL_FILE, PLANT_DIR, Planter, WriteScale, check_loaded, check_trainable, frozen,
                                       is_gated, slice_records, write_slices)
-from vneuron.runtime.store import base_manifest, check_fresh, staged, write_csv, write_json
+from vneuron.runtime.claims import claim, one_writer
+from vneuron.runtime.store import base_manifest, check_fresh, write_csv, write_json, write_run
 from vneuron.validate.evaluate import forced_choice
 from vneuron.validate.side_effects import load_fit_prose, load_neutral
 
@@ -97,6 +98,7 @@ def preferences(model: LoadedModel, items: list[Item], pole: str, choices, batch
     return {c: float(forced_choice(model, items, choice=c, batch_tokens=batch_tokens).toward(pole).mean()) for c in choices}
 
 
+@one_writer
 def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *, out: str | Path,
           dtype: str | None = None, progress: Progress | None = None, device: str | None = None) -> PlantResult:
     """Plant a preference for ``config.dimension`` into K neurons; write a model directory ``out``.
@@ -108,6 +110,7 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
     config = (config or PlantConfig()).check()
     say = progress or (lambda stage, done, total: None)
     out = Path(out)
+    claim(out)
     check_fresh(out)
     opposite, train_all, test, _, corpus_hash = axis_items(config)
     prose = load_neutral(config.language, config.neutral)  # the check: neutral prose, every position, never fitted on
@@ -188,25 +191,28 @@ def plant(model: str | LoadedModel | None, config: PlantConfig | None = None, *,
                          "train_s": round(train_s, 1), "threads": torch.get_num_threads()},
             "weights_fingerprint": fingerprint,
         }
-        with staged(out) as tmp:
+        tensors, meta = slice_records(planter, originals)
+
+        def write(directory: Path) -> None:
             config_obj = model.hf_model.config
             config_obj.vneuron_plant = {"base_revision": model.revision, "dimension": config.dimension,
                                         "neurons": len(neurons), "weights_fingerprint": fingerprint}
             try:
-                model.hf_model.save_pretrained(tmp)
+                model.hf_model.save_pretrained(directory)
             finally:
                 del config_obj.vneuron_plant
-            model.tokenizer.save_pretrained(tmp)
-            (tmp / PLANT_DIR).mkdir()
-            neurons.save(tmp / PLANT_DIR / NEURONS_FILE)
+            model.tokenizer.save_pretrained(directory)
+            (directory / PLANT_DIR).mkdir()
+            neurons.save(directory / PLANT_DIR / NEURONS_FILE)
             from safetensors.torch import save_file
 
-            tensors, meta = slice_records(planter, originals)
-            save_file(tensors, str(tmp / PLANT_DIR / ORIGINAL_FILE), metadata=meta)
-            write_csv(tmp / PLANT_DIR / "curve.csv", curve)
-            manifest["revision"] = f"dir:{dir_revision(tmp)}"
+            save_file(tensors, str(directory / PLANT_DIR / ORIGINAL_FILE), metadata=meta)
+            write_csv(directory / PLANT_DIR / "curve.csv", curve)
+            manifest["revision"] = f"dir:{dir_revision(directory)}"
             manifest["timings"] = {"total_s": round(time.time() - started, 1), "train_s": round(train_s, 1)}
-            write_json(tmp / PLANT_DIR / "manifest.json", manifest)
+            write_json(directory / PLANT_DIR / "manifest.json", manifest)
+
+        write_run(out, write, what="planted model, its neurons and its manifest")  # a full disk keeps the plant in a rescue copy
     finally:
         planter.restore(originals)  # the caller's model is the original again, exactly
     return PlantResult(out, manifest, neurons, curve)

@@ -22,6 +22,7 @@ from vneuron.data.inventories import circular_order
 from vneuron.errors import VneuronError
 from vneuron.locate.runs import NEURONS_CSV, STATS, LocateRun
 from vneuron.results.guardrails import stability_guard, validation_guards, warnings_of
+from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.store import MANIFEST, check_output_file, read_csv, read_jsonl, read_manifest, write_beside
 
 Progress = Callable[[str, int, int], None]
@@ -47,6 +48,10 @@ class Generations:
 @dataclass
 class Text:
     text: str  # plain text (escaped in HTML)
+
+
+class Missing(Text):
+    """What was asked for and could not be drawn, and why: on the page, and on the terminal (``Report.missing``)."""
 
 
 @dataclass
@@ -77,6 +82,11 @@ class Report:
     markdown: Path
     figures: list[Path]
     sections: list[Section]
+
+    @property
+    def missing(self) -> list[str]:
+        """One line per thing asked for that the page lacks (neuron cards whose examples cannot be read, …)."""
+        return [f"{s.run_dir}: {block.text}" for s in self.sections for block in s.blocks if isinstance(block, Missing)]
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -209,7 +219,7 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
     if not wanted:
         return []
     if examples_file(run) is None and run.manifest["model"].get("remote") and options.model is None:
-        return [Text("Neuron cards need a forward pass over the corpus; this run was captured remotely, so it kept no top "
+        return [Missing("Neuron cards need a forward pass over the corpus; this run was captured remotely, so it kept no top "
                      "examples and they are skipped (pass --model with local weights of the same model to draw them).")]
     try:
         return neuron_cards(run, [(l, u) for _, l, u in wanted], model=options.model, texts=options.card_texts,
@@ -217,7 +227,7 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
     except VneuronError as exc:  # the figures and tables do not need the model: keep them
         if options.model is not None:  # ...unless the user named a model: that one must be right
             raise
-        return [Text(f"Neuron cards skipped: {exc.one_line()} (--cards 0 skips them without trying.)")]
+        return [Missing(f"Neuron cards skipped: {exc.one_line()} (--cards 0 skips them without trying.)")]
 
 
 # -- ablate --------------------------------------------------------------------------------------
@@ -415,9 +425,9 @@ def collect(run_dirs: Sequence[str | Path]) -> list[tuple[Path, dict, str]]:
     return found
 
 
-def build_sections(run_dirs: Sequence[str | Path], options: ReportOptions | None = None) -> list[Section]:
-    options = options or ReportOptions()
-    runs = collect(run_dirs)
+def build_sections(run_dirs: Sequence[str | Path], options: ReportOptions | None = None, runs: list | None = None) -> list[Section]:
+    """The page's sections (``runs``: what ``collect`` read of ``run_dirs`` already)."""
+    options, runs = options or ReportOptions(), runs if runs is not None else collect(run_dirs)
     sections: list[Section] = []
     for path, manifest, kind in runs:
         if options.progress:
@@ -437,7 +447,7 @@ def compare_section(paths: list[Path]) -> Section:
     try:
         result = compare_runs(paths, strict=False)
     except VneuronError as exc:
-        s.blocks.append(Text(f"Not compared: {exc.one_line()}"))
+        s.blocks.append(Missing(f"Not compared: {exc.one_line()}"))
         return s
     names = result.names
     s.blocks.append(Text("Runs: " + "; ".join(f"{k + 1} = {p}" for k, p in enumerate(result.paths)) +
@@ -455,6 +465,7 @@ def default_output(run_dirs: Sequence[str | Path]) -> Path:
     return Path(run_dirs[0]) / "report.html"
 
 
+@one_writer
 def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, options: ReportOptions | None = None) -> Report:
     """Write OUT.html (figures embedded), OUT.md and OUT-figures/*.png; nothing is written on a bad input."""
     options = options or ReportOptions()
@@ -464,7 +475,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     if options.cards < 0:
         raise VneuronError(f"`cards` must be at least 0, got {options.cards}", "0: no neuron cards (no model needed)")
     check_output_file(out, "-o")
-    sections = build_sections(run_dirs, options)
+    runs = collect(run_dirs)  # every run read before the claim, which may make the output's folder
+    claim(out, "-o")  # two reports into one file: the second is refused now
+    sections = build_sections(run_dirs, options, runs)
     fig_dir = out.with_name(out.stem + "-figures")
     names: list[tuple[Any, str]] = []  # (figure, file name)
     n = 0

@@ -7,14 +7,17 @@ until the end, so each report becomes at most one plain line instead — when a 
 and at a steady interval (30 s; ``VNEURON_PROGRESS_SECONDS``), kept by a heartbeat thread while a
 long step (one NDIF request, one control set) reports nothing, and as soon as a stage's first unit is
 done (its first ETA) — each with done/total, the rate, an ETA for the stage and the time spent in
-it. The first line waits until the command has run for half an interval (at most 15 s), so a quick
-command, or a bad input found early, leaves stderr to its one error line; a command that ends well
-writes its last state if no line showed it yet.
+it. Stages whose names differ only in a count ("shuffle 3/10000", "shuffle 4/10000") are one stage
+to the log: its first and last line and one per interval, whatever their number. The first line
+waits until the command has run for half an interval (at most 15 s), so a quick command, or a bad
+input found early, leaves stderr to its one error line; a command that ends well writes its last
+state if no line showed it yet.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -24,6 +27,7 @@ from typing import Iterator, TextIO
 from rich.console import Console
 
 INTERVAL_S = 30.0
+COUNT = re.compile(r"\d+\s*/\s*\d+")  # "3/10000" in a stage's name: a stage of a series, not a stage of its own
 console = Console()  # tables and notes (stdout)
 err_console = Console(stderr=True)  # progress and errors share it
 
@@ -67,11 +71,12 @@ class LineProgress:
         self.stream, self.every, self.after, self.heartbeat = stream, every, after, heartbeat
         self.began = time.time()
         self.stage: str | None = None
+        self.series: str | None = None  # the stage's name without its counts: what a line is rationed by
         self.done = self.total = 0
         self.stage_start = self.last = 0.0
         self.ended: float | None = None  # when the current stage reached done = total
         self.written: tuple | None = None  # the (stage, done, total) of the last line
-        self.rated: str | None = None  # the stage whose first rate (and ETA) a line has shown
+        self.rated: str | None = None  # the series whose first rate (and ETA) a line has shown
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,15 +84,20 @@ class LineProgress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         with self._lock:
             now = time.time()
-            new = stage != self.stage
-            if new:
+            series = COUNT.sub("#", stage)
+            new = series != self.series
+            if new and self.series != self.stage and self.stage is not None:  # a series ends: its last state, if unwritten
+                self._last(now)
+            if stage != self.stage:
                 self.stage, self.stage_start, self.ended = stage, now, None
+            self.series = series
             self.done, self.total = done, total
             finished = bool(total) and done >= total
             if finished and self.ended is None:
                 self.ended = now  # a heartbeat after this says the stage took this long, then how long the next step has run
-            first_rate = self.heartbeat and done > 0 and self.rated != stage  # a log shows the first ETA at once
-            if now - self.began >= self.after and (new or finished or first_rate or now - self.last >= self.every):
+            first_rate = self.heartbeat and done > 0 and self.rated != series  # a log shows the first ETA at once
+            ends = finished and series == stage  # the end of a stage in a series is written when the series ends
+            if now - self.began >= self.after and (new or ends or first_rate or now - self.last >= self.every):
                 self._write(now)
 
     def line(self, now: float | None = None) -> str:
@@ -122,13 +132,18 @@ class LineProgress:
         out.flush()
         self.last, self.written = now, (self.stage, self.done, self.total)
         if self.done > 0:
-            self.rated = self.stage
+            self.rated = self.series
+
+    def _last(self, now: float, waited: bool = True) -> None:
+        """The current state, if no line showed it yet (and, ``waited``, the first lines' wait is over)."""
+        unwritten = self.stage is not None and self.written != (self.stage, self.done, self.total)
+        if unwritten and (not waited or now - self.began >= self.after):
+            self._write(now)
 
     def finish(self) -> None:
         """The last state, if no line showed it yet (a command that ended well says where it ended)."""
         with self._lock:
-            if self.stage is not None and self.written != (self.stage, self.done, self.total):
-                self._write(time.time())
+            self._last(time.time(), waited=False)
 
     def _beat(self) -> None:
         while not self._stop.wait(min(1.0, self.every)):
@@ -192,12 +207,13 @@ def progress_bar(enabled: bool = True) -> Iterator:
         def update(stage: str, done: int, total: int) -> None:
             if not bar.live.is_started:
                 bar.start()
-            if stage not in tasks:
+            series = COUNT.sub("#", stage)  # a series of stages shares one bar, as it shares the log's lines
+            if series not in tasks:
                 for task in tasks.values():  # a new stage means earlier ones are over
                     if not bar.tasks[task].finished:
                         bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
-                tasks[stage] = bar.add_task(stage, total=total or None)
-            bar.update(tasks[stage], completed=done, total=total or None)
+                tasks[series] = bar.add_task(stage, total=total or None)
+            bar.update(tasks[series], completed=done, total=total or None, description=stage)
 
         yield update
     finally:

@@ -71,7 +71,8 @@ def default_run_dir(kind: str, model_name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.split("/")[-1]).strip("-")
     base = Path("runs") / f"{kind}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
-    while path.exists() or path.with_name(f".{path.name}.partial").exists():  # two runs within one second
+    while any(p.exists() for p in (path, path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.lock"))):
+        # two runs within one second
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
@@ -188,18 +189,24 @@ def check_fresh(run_dir: Path, *, force: bool = False, fix: str | None = None, o
     """Fail before any work if ``run_dir`` would have to overwrite something.
 
     With ``force`` an existing vneuron run may be replaced (never any other directory); the
-    return value then says what will be replaced, for the caller to show.
+    return value then says what will be replaced, for the caller to show. ``fix`` is the advice for
+    an existing run; a directory that is not one gets the only advice that works for it.
     """
     run_dir = Path(run_dir)
     check_writable(run_dir, option)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return None
+    if not is_run(run_dir):  # neither re-selecting from it nor `force` can use it
+        raise VneuronError(f"{run_dir} already exists and is not a vneuron run" + (", so `force` will not replace it" if force else ""),
+                           f"choose another {option}, or move what it holds elsewhere first")
     if not force:
         raise VneuronError(f"{run_dir} already exists", fix or f"choose another {option}, or delete it first")
-    if not (run_dir / MANIFEST).is_file():
-        raise VneuronError(f"{run_dir} is not empty and is not a vneuron run, so `force` will not replace it",
-                           f"choose another {option}")
     return describe_run(run_dir)
+
+
+def is_run(directory: Path) -> bool:
+    """Whether ``directory`` is something vneuron wrote: a run (its manifest), or a planted model (plant/manifest.json)."""
+    return (Path(directory) / MANIFEST).is_file() or (Path(directory) / "plant" / MANIFEST).is_file()
 
 
 def settings_tag(settings: dict[str, Any]) -> str:
@@ -261,8 +268,19 @@ def write_run(run_dir: Path, writer: Callable[[Path], None], *, replace: bool = 
     if rescue is None:
         raise VneuronError(f"Could not write {run_dir} ({reason}), nor a rescue copy in {tempfile.gettempdir()} or {_cache_base()}",
                            "free disk space and rerun") from cause
+    if run_dir.exists() and not replace:  # something else wrote there meanwhile: moving the rescue "into place" would nest it
+        raise VneuronError(f"Could not write {run_dir} ({reason}); the {what} are kept in {rescue}",
+                           f"{run_dir} is not this run's, so give the rescue a new name: mv {rescue} {free_name(run_dir)}") from cause
     raise VneuronError(f"Could not write {run_dir} ({reason}); the {what} are kept in {rescue}",
                        f"fix the disk problem, then move that directory into place: mv {rescue} {run_dir}") from cause
+
+
+def free_name(run_dir: Path) -> Path:
+    """``run_dir`` with the first free suffix (-2, -3, …), for a run that cannot have its own name."""
+    n = 2
+    while run_dir.with_name(f"{run_dir.name}-{n}").exists():
+        n += 1
+    return run_dir.with_name(f"{run_dir.name}-{n}")
 
 
 def write_beside(directory: Path, names: list[str], writer: Callable[[Path], None], *, what: str = "results") -> None:
@@ -391,11 +409,16 @@ def recording_command(argv: list[str]) -> Iterator[None]:
         _COMMAND = previous
 
 
+def current_command() -> list[str]:
+    """What the user typed to start this command (the CLI's argv, also in-process; else the process's)."""
+    return list(_COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def base_manifest(kind: str) -> dict[str, Any]:
     return {
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": _COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": current_command(),
         "versions": versions(),
     }
 

@@ -10,9 +10,13 @@ from typing import Any
 from vneuron.config import ValidateConfig
 from vneuron.data import load_corpus
 from vneuron.data.schema import ANY, OPPOSITE, PAIR, Item, aggregate_label, expresses, pair_label
-from vneuron.errors import VneuronError
+from vneuron.errors import VneuronError, renamed, settings_named
 from vneuron.locate.runs import LocateRun
 from vneuron.runtime.store import file_sha256
+
+# the corpus loader's settings, as a study names them for its outside evaluation data
+EVAL_SETTINGS = {"dataset": "eval_dataset", "columns": "eval_columns", "strict": "eval_strict", "split": "eval_split",
+                 "test_fraction": "eval_test_fraction"}
 
 
 def map_labels(items: list[Item], mapping: dict[str, str] | None) -> list[Item]:
@@ -70,8 +74,9 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
     if not spec.startswith("hf:") and not path.exists():
         raise VneuronError(f"Evaluation corpus {spec} does not exist",
                            "pass an existing file or directory as `eval_dataset`, or drop it to evaluate on the run's own split")
-    corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction, strict=config.eval_strict)
-    corpus = corpus.select(split=config.eval_split)
+    with settings_named(EVAL_SETTINGS):
+        corpus = load_corpus(spec, columns=config.eval_columns, test_fraction=config.eval_test_fraction, strict=config.eval_strict)
+        corpus = corpus.select(split=config.eval_split)
     if not corpus.items:
         raise VneuronError(f"{spec} has no paired scenarios in split {config.eval_split!r}"
                            + (" (it holds labelled texts)" if corpus.texts else ""),
@@ -83,7 +88,8 @@ def evaluation_items(run: LocateRun, config: ValidateConfig) -> Evaluation:
         "source": "outside", "name": corpus.name, "path": str(path.resolve()) if path.exists() else spec,
         "file_sha256": file_sha256(path) if path.exists() else None, "content_sha256": corpus.content_hash(),
         "split": config.eval_split, "split_source": corpus.split_source, "columns": config.eval_columns,
-        "map": config.eval_map, "items": len(items), "strict": config.eval_strict, "notes": corpus.notes}, _labels(corpus.items))
+        "map": config.eval_map, "items": len(items), "strict": config.eval_strict,
+        "notes": [renamed(note, EVAL_SETTINGS) for note in corpus.notes]}, _labels(corpus.items))
 
 
 def _labels(items: list[Item]) -> list[str]:

@@ -19,12 +19,13 @@ import torch
 from vneuron.config import EDIT_MODES, STEER_GAMMAS, STEER_MODES, LocateConfig, ValidateConfig
 from vneuron.data.schema import OPPOSITE, Item
 from vneuron.data.templates import choice_template, pvq_template
-from vneuron.errors import VneuronError
+from vneuron.errors import VneuronError, call
 from vneuron.locate.runs import LocateRun
 from vneuron.locate.scoring import NeuronSet
 from vneuron.models.loading import LoadedModel, load_model
 from vneuron.runtime import budget, threads
 from vneuron.runtime.checkpoint import Checkpoint
+from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, set_filename, settings_tag, write_csv, write_json,
                                    write_jsonl, write_run)
 from vneuron.validate.controls import control_seed, sequential_controls, summarize
@@ -49,6 +50,7 @@ def locate_first(model: LoadedModel | str | None = None, config: LocateConfig | 
 
     say = progress or (lambda stage, done, total: None)
     if out is not None:
+        claim(out)  # only whether another command writes there: the study claims it when it starts
         check_fresh(Path(out), fix="choose another `out`, or delete that directory to redo the study")
     config = (config or LocateConfig()).check()
     if not remote:
@@ -178,8 +180,8 @@ def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", e
         smallest = min(len(run.sets[p]) for p in poles)
         if config.top_k > smallest:
             raise VneuronError(f"`top_k` {config.top_k} is more than the run located ({smallest} neurons in its smallest set)",
-                               f"pick 1..{smallest}, or locate more: re-select with `from_run` {run.path} and `top_k` {config.top_k} into "
-                               f"a new `out`")
+                               f"pick 1..{smallest}, or re-select more into a new run and study that: "
+                               + call("locate", from_run=run.path, top_k=config.top_k, out="NEW_RUN"))
     if out:
         out = Path(out)
     else:  # every setting that changes the result is in the name, so different studies never collide
@@ -189,6 +191,7 @@ def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", e
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
     if judge is not None:  # a pole or language the judge cannot read fails before any work
         judge.check([(p, opposite_of(run, p)) for p in poles], sorted({i.language for i in evaluation.items}))
+    claim(out)  # within ablate or steer: held until they end; in a dry run: only whether another command writes there
     check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
     return Study(run, config, poles, evaluation, out, judge)
@@ -201,6 +204,7 @@ def open_study(run, config: ValidateConfig, model, remote, say, out, kind: str, 
     return study
 
 
+@one_writer
 def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *, model: LoadedModel | str | None = None,
            out: str | Path | None = None, progress: Progress | None = None, remote=None) -> ValidationResult:
     """Edit each pole's located neurons (and matched random controls) and measure forced choice."""
@@ -280,6 +284,7 @@ def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, baselines: 
     return {"summary": summary, "item_rows": item_rows, "control_rows": control_rows, "samples": samples, "side_rows": side_rows}
 
 
+@one_writer
 def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, config: ValidateConfig | None = None, *,
           model: LoadedModel | str | None = None, out: str | Path | None = None, progress: Progress | None = None,
           remote=None) -> ValidationResult:

