@@ -100,6 +100,12 @@ EDIT_MODES: dict[str, EditMode] = {m.name: m for m in (
 )}
 STEER_MODES = tuple(name for name, m in EDIT_MODES.items() if m.dose)  # the edits with a dose γ
 
+# the direction baselines (vneuron.validate.directions): an edit of the residual stream at one block's output, every position
+DIRECTION_MODES = {
+    "add": "x ← x + α·d̂ (α < 0: away from the pole)",
+    "project": "x ← x − (x·d̂)·d̂, the direction removed",
+}
+
 
 def choices(names) -> str:
     """A metavar of choices, [a|b|c]."""
