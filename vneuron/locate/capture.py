@@ -264,8 +264,6 @@ def slot_bytes(model: LoadedModel, residual: bool = False) -> int:
 
 def prompt_bytes(model: LoadedModel, config: CaptureConfig) -> int:
     """What one prompt's probe row (float32, per layer; vneuron.locate.residual) weighs in a result."""
-    from vneuron.locate.residual import sketch_width
-
     return 4 * model.n_layers * sketch_width(model.arch.hidden(model.config), config.probe_width) if config.residual else 0
 
 
