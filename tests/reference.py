@@ -57,3 +57,35 @@ def hook_examples(loaded, prompts, labels, n, site="gate", counted_span=True) ->
             out[f"{side}_ids"][k, : len(order)] = mine[order]
             out[f"{side}_values"][k, : len(order)] = means[mine].gather(0, order)
     return out
+
+
+def hook_hidden(loaded, e) -> torch.Tensor:
+    """[L, tokens, H]: every block's output (the residual stream after it) for one encoded prompt, run alone (float64)."""
+    model = loaded.hf_model
+    seen = []
+    hooks = [block.register_forward_hook(lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o)[0].detach()))
+             for block in layer_modules(model, loaded.arch)]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([e.ids]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(seen).double()
+
+
+def hook_residual(loaded, prompts, labels, folds=1, counted_span=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n [K, F], Σh [K, F, L, H], per-prompt means [P, L, H]) over counted tokens, one prompt at a time, no padding."""
+    slots = [labels.index(p.label) * folds + fold_of(p.group, folds) for p in prompts]
+    encoded = encode(loaded.tokenizer, prompts, slots, counted_span=counted_span)
+    hidden = loaded.arch.hidden(loaded.config)
+    n = torch.zeros(len(labels), folds, dtype=torch.float64)
+    sums = torch.zeros(len(labels), folds, loaded.n_layers, hidden, dtype=torch.float64)
+    means = []
+    for e in encoded:
+        h = hook_hidden(loaded, e)[:, torch.tensor(e.counted), :]  # [L, t, H]
+        k, f = divmod(e.slot, folds)
+        n[k, f] += h.shape[1]
+        sums[k, f] += h.sum(1)
+        means.append(h.mean(1))
+    return n, sums, torch.stack(means)

@@ -4,7 +4,8 @@ One test per advertised family (every key of ``ARCHITECTURES``): the module path
 sites hold what their names say (gate = act(first input projection); down_in = act·up, or the
 activation itself when ungated), capture reads exactly those tensors, the width and the input and
 output projections agree with the weights, ``post`` turns the LM head's output into the model's
-own logits, and the shared-prefix scorer equals the padded reference.
+own logits, the blocks' outputs are the residual stream the next block reads (what the residual sums
+and direction edits use), and the shared-prefix scorer equals the padded reference.
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def _hooked_forward(hf, arch, ids):
     return {k: torch.stack([v[0] for v in values]) for k, values in seen.items()}, final[0][0], logits
 
 
+def _block_outputs(hf, arch, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """([L, tokens, hidden] each block's output, [L, tokens, hidden] each block's input) of one unpadded forward."""
+    outs, ins = [], []
+    hooks = []
+    for block in layer_modules(hf, arch):
+        hooks.append(block.register_forward_hook(lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o)[0].detach())))
+        hooks.append(block.register_forward_pre_hook(lambda m, a, kw: ins.append((a[0] if a else kw["hidden_states"])[0].detach()),
+                                                     with_kwargs=True))
+    try:
+        with torch.no_grad():
+            hf(torch.tensor([ids]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(outs), torch.stack(ins)
+
+
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_record_matches_the_real_model(tiny_dir, name):
     arch = ARCHITECTURES[name]
@@ -143,6 +161,16 @@ def test_record_matches_the_real_model(tiny_dir, name):
             torch.testing.assert_close(stats.sum[k, 0], acts.sum(1), rtol=1e-9, atol=1e-9)
             torch.testing.assert_close(stats.sumsq[k, 0], (acts ** 2).sum(1), rtol=1e-9, atol=1e-9)
             assert torch.equal(stats.active[k, 0], (acts > 0).double().sum(1))
+
+    # the residual stream: each block hands its output ([tokens, hidden]) on to the next block as it is, so the residual
+    # sums read, and a direction edit moves, what the rest of the model reads; capture's sums equal those outputs
+    outs, ins = _block_outputs(hf, arch, ids)
+    assert outs.shape == (model.n_layers, len(ids), arch.hidden(config))
+    torch.testing.assert_close(ins[1:], outs[:-1], rtol=0, atol=0)
+    for k, e in enumerate(encode(model.tokenizer, PROMPTS, [0, 1], counted_span=False)):
+        counted = _block_outputs(hf, arch, e.ids)[0][:, torch.tensor(e.counted)]
+        torch.testing.assert_close(stats.residual.sum[k, 0], counted.sum(1), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(stats.residual.rows[k], counted.mean(1).float())
 
     # the head: linear(final hidden, lm_head) + post is the model's own logits
     post = arch.post(config)

@@ -151,6 +151,20 @@ CASES = [
     Case("from/model-given", "locate --from {run} --model {tiny} --out {bad}/never", r"--model has no effect with --from"),
     Case("from/dataset-given", "locate --from {run} --dataset {corpus} --out {bad}/never", r"--dataset has no effect with --from"),
     Case("from/null-given", "locate --from {run} --null 2 --out {bad}/never", r"--null has no effect with --from"),
+    # -- locate: the residual means and the probes (a run from before them: only a new capture adds them) ----------------
+    Case("from/no-residual-probe-l2", "locate --from {bad}/run-no-residual --probe-l2 0.5 -k 3 --out {bad}/never",
+         r"located before residual means were recorded.*Rerun `vneuron locate`.*`--from` cannot add them"),
+    Case("from/no-residual-probe-width", "locate --from {bad}/run-no-residual --probe-width 16 -k 3 --out {bad}/never",
+         r"located before residual means were recorded"),
+    Case("from/residual-missing", "locate --from {bad}/run-residual-gone --probe-l2 0.5 -k 3 --out {bad}/never",
+         r"records residual statistics in .*residual.safetensors, which is missing"),
+    Case("from/residual-cut", "locate --from {bad}/run-residual-cut --probe-l2 0.5 -k 3 --out {bad}/never",
+         r"not readable vneuron residual statistics.*truncated or corrupt"),
+    Case("from/probe-width-contradicts", "locate --from {run} --probe-width 16 -k 3 --out {bad}/never",
+         r"--probe-width 16 contradicts --from .*--probe-width 1024"),
+    Case("locate/probe-width-zero", L + " --probe-width 0", r"--probe-width must be at least 1"),
+    Case("locate/probe-l2-zero", L + " --probe-l2 0", r"--probe-l2 must be a positive number"),
+    Case("locate/probe-l2-nan", L + " --probe-l2 nan", r"--probe-l2 must be a positive number"),
     Case("from/remote-given", "locate --from {run} --host local --out {bad}/never", r"--host has no effect with --from"),
     Case("from/dimension-unknown", "locate --from {run} --dimension kindness --out {bad}/never", r"has no dimension kindness"),
     Case("from/top-k-too-large", "locate --from {run} -k 100000 --out {bad}/never", r"--top-k 100000 is out of range"),
@@ -506,6 +520,14 @@ def _broken_runs(bad: Path, run: Path) -> None:
 
     (copy("run-manifest-not-json") / "manifest.json").write_text("{")
     manifest = json.loads((run / "manifest.json").read_text())
+    old = copy("run-no-residual")  # as located before residual means were recorded
+    (old / "residual.safetensors").unlink()
+    before = {k: v for k, v in manifest.items() if k not in ("residual", "probes")}
+    before["capture_key"] = {k: v for k, v in manifest["capture_key"].items() if k != "probe_width"}
+    (old / "manifest.json").write_text(json.dumps(before))
+    (copy("run-residual-gone") / "residual.safetensors").unlink()
+    cut = copy("run-residual-cut") / "residual.safetensors"
+    cut.write_bytes(cut.read_bytes()[:500])
     (copy("run-no-model") / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "model"}))
     stats = copy("run-stats-cut") / "stats.safetensors"
     stats.write_bytes(stats.read_bytes()[:3000])

@@ -12,7 +12,7 @@ from vneuron.data.schema import Prompt
 from vneuron.errors import VneuronError
 
 from .conftest import ARCHS
-from .reference import hook_stats
+from .reference import hook_residual, hook_stats
 
 SENTENCES = [
     ("you choose to help the community .", "a", (14, 36)),
@@ -33,6 +33,17 @@ def assert_stats_equal(got: ActivationStats, want: ActivationStats):
     torch.testing.assert_close(got.sum, want.sum, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.sumsq, want.sumsq, rtol=1e-5, atol=1e-6)
     assert torch.equal(got.active, want.active)
+    if want.residual is not None:
+        assert_residual_equal(got.residual, want.residual.n, want.residual.sum, want.residual.rows)
+
+
+def assert_residual_equal(got, n: torch.Tensor, sums: torch.Tensor, rows: torch.Tensor):
+    """The residual statistics of a capture against another's or the hooks' (float64 sums, float32 probe rows)."""
+    assert torch.equal(got.n, n)
+    assert got.sum.dtype == torch.float64
+    torch.testing.assert_close(got.sum, sums, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got.rows.isnan(), rows.isnan())
+    torch.testing.assert_close(got.rows.double(), rows.double(), rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -40,6 +51,7 @@ def assert_stats_equal(got: ActivationStats, want: ActivationStats):
 def test_batched_capture_equals_per_prompt_hooks(tiny_model, arch, site):
     model = tiny_model(arch)
     want = hook_stats(model, PROMPTS, LABELS, site=site, folds=2)
+    n, sums, rows = hook_residual(model, PROMPTS, LABELS, folds=2)  # every block's output, the same tokens
     for padding, batch_tokens in (("right", 10_000), ("left", 10_000), ("right", 40), ("left", 1)):
         if arch == "gemma2" and padding == "left" and batch_tokens > 1:
             # transformers' Gemma-2 eager attention turns left-padded batches into NaN: vneuron must refuse
@@ -48,6 +60,9 @@ def test_batched_capture_equals_per_prompt_hooks(tiny_model, arch, site):
             continue
         got = capture(model, PROMPTS, CaptureConfig(site=site, folds=2, padding=padding, batch_tokens=batch_tokens), labels=LABELS)
         assert_stats_equal(got, want)
+        assert got.residual.hidden == model.arch.hidden(model.config) and not got.residual.sketched
+        assert_residual_equal(got.residual, n, sums, rows)
+        assert got.residual.prompt_labels.tolist() == [LABELS.index(p.label) for p in PROMPTS]
 
 
 def _hand_count(text: str, span) -> int:
@@ -91,3 +106,44 @@ def test_float32_capture_close_to_reference(tiny_model):
     got = capture(model, PROMPTS, CaptureConfig(folds=1, batch_tokens=64), labels=LABELS)
     torch.testing.assert_close(got.sum, want.sum, rtol=1e-4, atol=1e-4)
     assert (got.active - want.active).abs().max() <= 1  # a sign flip of an activation at 1e-7 from zero
+
+
+def test_residual_rows_are_a_sketch_above_the_probe_width(tiny_model):
+    """Above `probe_width` the probe rows are the signed bucket sketch of each prompt's mean (made in the trace),
+    the sums stay whole; the sketch keeps inner products on average (over many random pairs)."""
+    from vneuron.locate.residual import sketch, sketch_width
+
+    model = tiny_model("llama")
+    _, sums, rows = hook_residual(model, PROMPTS, LABELS, folds=2)
+    got = capture(model, PROMPTS, CaptureConfig(folds=2, probe_width=10, batch_tokens=40), labels=LABELS)
+    assert sketch_width(32, 10) == 8 and got.residual.rows.shape == (len(PROMPTS), model.n_layers, 8) and got.residual.sketched
+    torch.testing.assert_close(got.residual.sum, sums, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.residual.rows.double(), sketch(rows, 10), rtol=1e-5, atol=1e-5)
+    # by hand: bucket j sums ±x over dimensions 4j..4j+3
+    x = torch.arange(32, dtype=torch.float64)
+    signs = sketch(torch.eye(32, dtype=torch.float64), 10)  # row i: ±1 in bucket i // 4
+    assert torch.equal(signs.abs().sum(1), torch.ones(32)) and torch.equal(signs.abs().argmax(1), torch.arange(32) // 4)
+    assert torch.equal(sketch(x, 10), x @ signs)
+    assert signs.min() == -1 and signs.max() == 1  # both signs occur
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4000, 32, generator=gen, dtype=torch.float64), torch.randn(4000, 32, generator=gen, dtype=torch.float64)
+    b = a + 0.5 * b
+    assert abs(float((sketch(a, 10) * sketch(b, 10)).sum(1).mean() / (a * b).sum(1).mean()) - 1) < 0.05
+    assert torch.equal(sketch(x, 32), x)  # up to the probe width: the row itself
+
+
+def test_residual_statistics_round_trip_and_a_checkpoint_keeps_them(tmp_path, tiny_model):
+    from vneuron.locate.residual import ResidualStats
+
+    stats = capture(tiny_model("gpt2"), PROMPTS, CaptureConfig(), labels=LABELS)
+    stats.residual.save(tmp_path / "r.safetensors")
+    back = ResidualStats.load(tmp_path / "r.safetensors")
+    assert_residual_equal(back, stats.residual.n, stats.residual.sum, stats.residual.rows)
+    assert back.labels == LABELS and back.folds == 2
+    stats.save(tmp_path / "s.safetensors")  # a checkpoint: one file with both
+    assert_stats_equal(ActivationStats.load(tmp_path / "s.safetensors"), stats)
+    stats.save(tmp_path / "only.safetensors", residual=False)  # a run: the neuron statistics alone
+    assert ActivationStats.load(tmp_path / "only.safetensors").residual is None
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "r.safetensors").read_bytes()[:200])
+    with pytest.raises(VneuronError, match="not readable vneuron residual statistics"):
+        ResidualStats.load(tmp_path / "cut.safetensors")

@@ -188,16 +188,23 @@ def test_locate_through_the_server_simulation_equals_local(tmp_path, llama):
     remote = run(*common, "--out", tmp_path / "remote", "--host", "local", "--request-batches", "2")
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
     from vneuron.locate.capture import ActivationStats
+    from vneuron.locate.runs import LocateRun
 
     a = ActivationStats.load(tmp_path / "local" / "stats.safetensors")
     b = ActivationStats.load(tmp_path / "remote" / "stats.safetensors")
     assert torch.allclose(a.sum, b.sum, atol=1e-5) and torch.equal(a.n, b.n) and torch.equal(a.active, b.active)
     manifest = json.loads((tmp_path / "remote" / "manifest.json").read_text())
     assert manifest["remote"]["host"] == "local" and manifest["remote"]["requests"] >= 2
-    # downloads are O(layers × slots × width) per request, whatever the number of prompts
-    # (each request brings back the slots its batches touched: float32 sums, layers·3·slots·width·4 bytes + the counts)
+    # downloads are O(layers × slots × width) per request, and the probe rows O(layers × hidden) per prompt
+    # (each request brings back the slots its batches touched: float32 sums, layers·3·slots·width·4 bytes + the counts,
+    # Σh per slot and layer, layers·slots·hidden·4, and one float32 row per prompt and layer, layers·prompts·hidden·4)
     for r in manifest["remote"]["log"]:
-        assert 1 <= r["slots"] <= 8 and r["received_tensor_bytes"] == 3 * 3 * r["slots"] * 48 * 4 + r["slots"] * 4, r
+        assert 1 <= r["slots"] <= 8 and r["received_tensor_bytes"] == (3 * 3 * r["slots"] * 48 * 4 + r["slots"] * 4
+                                                                        + 3 * r["slots"] * 32 * 4 + 3 * r["prompts"] * 32 * 4), r
+    ra = LocateRun.open(tmp_path / "local").residual()
+    rb = LocateRun.open(tmp_path / "remote").residual()
+    assert torch.allclose(ra.sum, rb.sum, atol=1e-4) and torch.allclose(ra.rows, rb.rows, atol=1e-4, equal_nan=True)
+    assert manifest["probes"]["poles"].keys() == json.loads((tmp_path / "local" / "manifest.json").read_text())["probes"]["poles"].keys()
     assert not list(tmp_path.glob(".remote.partial"))
     ablated = run("ablate", tmp_path / "remote", "--host", "local", "--controls", "1", "--split", "all", "-q",
                   "--dimension", "conservation", "--generations", "1")

@@ -30,6 +30,9 @@ def test_requests_touch_few_slots_and_stay_under_the_result_limit():
     # no more than 2 slots' sums per result: a request closes before a third slot
     assert request_ranges(batched, 8, per_slot=100, limit=250) == [(0, 3), (3, 5)]
     assert request_ranges(batched, 8, per_slot=100, limit=50) == [(0, 2), (2, 3), (3, 4), (4, 5)]  # one slot at least
+    # the probe rows count per prompt: slot 0's two batches (3 prompts) fit in 100 + 3·10 bytes, not in one byte less
+    assert request_ranges(batched, 8, per_slot=100, per_prompt=10, limit=130) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert request_ranges(batched, 8, per_slot=100, per_prompt=10, limit=129) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     assert len(capture_batches(encoded, 10, remote=False)) == 4  # local: length-sorted, slots mixed
 
 
@@ -75,7 +78,7 @@ def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):
     from dataclasses import replace
 
     import vneuron.runtime.remote as ndif
-    from vneuron.locate.capture import CaptureConfig, capture, slot_bytes
+    from vneuron.locate.capture import CaptureConfig, capture, prompt_bytes, slot_bytes
     from vneuron.data import load_corpus
 
     target = ndif.RemoteTarget("http://127.0.0.1:9", timeout=100, slowest_rate=1e6)
@@ -84,6 +87,13 @@ def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):
     monkeypatch.setattr(ndif, "run", lambda *a, **k: seen.append(k["result_bytes"]) or real(*a, **k))
     model = replace(tiny_model("llama"), remote=ndif.RemoteTarget("local", blocking=True))
     prompts = load_corpus(EXAMPLES / "corpus.jsonl").action_prompts()
-    capture(model, prompts, CaptureConfig(batch_tokens=40, request_batches=2))
+    config = CaptureConfig(batch_tokens=40, request_batches=2)
+    capture(model, prompts, replace(config, residual=False))  # the neuron sums alone: a whole number of slots
     per_slot = slot_bytes(model)
     assert seen and all(b % per_slot == 0 and 1 <= b // per_slot <= 2 for b in seen)  # 2 one-slot batches per request
+    sums_only, seen[:] = list(seen), []
+    capture(model, prompts, config)  # with the residual: each slot's Σh and each prompt's probe row too
+    slot_more, row = slot_bytes(model, residual=True) - per_slot, prompt_bytes(model, config)
+    assert row == 4 * model.n_layers * 32 and slot_more == 8 * model.n_layers * 32  # float32 rows; a float64 model's sums
+    rows = [b - (a // per_slot) * (per_slot + slot_more) for a, b in zip(sums_only, seen)]
+    assert all(r > 0 and r % row == 0 for r in rows) and sum(rows) == len(prompts) * row

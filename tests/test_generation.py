@@ -9,7 +9,8 @@ from vneuron.locate.capture import CaptureConfig, capture
 from vneuron.runtime.tokens import encode
 from vneuron.data.schema import Prompt
 
-from .reference import hook_examples, hook_stats
+from .reference import hook_examples, hook_residual, hook_stats
+from .test_capture import assert_residual_equal
 
 TEXTS = [("you choose to help the community .", "a"), ("what would you do ?", "b"),
          ("your friend wants to try a new adventure", "b"), ("save money", "a"), ("the manager would follow the rules", "a")]
@@ -61,6 +62,11 @@ def test_generation_counts_generated_tokens_only(tiny_model, arch):
     assert torch.equal(stats.n, want.n)
     torch.testing.assert_close(stats.sum, want.sum, rtol=1e-5, atol=1e-6)
     assert torch.equal(stats.active, want.active)
+    # the residual stream (every block's output) over the same generated tokens; a silent prompt has no probe row
+    n, sums, means = hook_residual(model, spoke, ["a", "b"])
+    rows = torch.full((len(PROMPTS), model.n_layers, means.shape[2]), torch.nan, dtype=torch.float64)
+    rows[torch.tensor([i for i, g in enumerate(generated) if g])] = means
+    assert_residual_equal(stats.residual, n, sums, rows)
     # top examples: the mean over each prompt's generated tokens, sorted (a prompt that generated nothing has none)
     examples = hook_examples(model, spoke, ["a", "b"], 2)
     index = [p.id for p in PROMPTS]

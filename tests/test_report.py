@@ -66,6 +66,23 @@ def test_locate_json_matches_the_run_files(study):
         for got, want in zip(data["neurons"], csv_rows):
             assert (got["layer"], got["unit"], got["rank"]) == (int(want["layer"]), int(want["unit"]), int(want["rank"]))
             assert got["score"] == pytest.approx(float(want["score"]), abs=1e-9)
+        probes = data["probes"]  # where the pole is linearly readable, per layer: the manifest's numbers
+        assert probes == manifest["probes"]["poles"][pole] and len(probes["mean_diff"]["auroc"]) == manifest["model"]["n_layers"]
+    assert loc["probes"]["logistic"]["l2"] == 0.01 and loc["residual"] == manifest["residual"]
+
+
+def test_the_locate_table_caption_shows_where_each_pole_is_readable(study, tmp_path):
+    from vneuron.locate.locating import LocateConfig, locate
+    from vneuron.results.tables import locate_tables
+
+    result = locate(None, LocateConfig(top_k=3), from_run=study["dir"], out=tmp_path / "again")  # re-selection keeps them
+    manifest = json.loads((study["dir"] / "manifest.json").read_text())
+    assert result.manifest["probes"] == manifest["probes"]
+    for table in locate_tables(result):
+        pole = table.title.split(" vs ")[0]
+        peak, logistic = (manifest["probes"]["poles"][pole][p]["peak"] for p in ("mean_diff", "logistic"))
+        assert (f"readable (held-out probe AUROC, peak layer): mean-difference L{peak['layer']} {peak['auroc']:.2f} "
+                f"[{peak['ci'][0]:.2f}, {peak['ci'][1]:.2f}], logistic L{logistic['layer']} {logistic['auroc']:.2f}") in table.caption
 
 
 def test_ablate_and_steer_json_match_the_run_files(study):
@@ -126,8 +143,9 @@ class Tables(HTMLParser):
             self._cell += data
 
 
-EXPECTED_FIGURES = ("locate-neurons-per-layer", "locate-score-distribution", "locate-split-half", "locate-shuffle-null",
-                    "ablate-before-after", "ablate-vs-controls", "ablate-per-item", "ablate-pvq", "steer-dose-response")
+EXPECTED_FIGURES = ("locate-neurons-per-layer", "locate-readability", "locate-score-distribution", "locate-split-half",
+                    "locate-shuffle-null", "ablate-before-after", "ablate-vs-controls", "ablate-per-item", "ablate-pvq",
+                    "steer-dose-response")
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +375,6 @@ def test_a_report_without_the_model_keeps_its_figures(study, tmp_path):
     out = tmp_path / "r.html"
     result = run("report", copy, "-o", out, "-q")
     assert result.exit_code == 0, result.output + result.stderr
-    assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) == 4
+    assert "Neuron cards skipped" in out.read_text() and len(list((tmp_path / "r-figures").glob("*.png"))) == 5
     (warning,) = [line for line in result.stderr.splitlines() if line.strip()]  # and the terminal says so, in one line
     assert warning.startswith(f"warning: {copy}: Neuron cards skipped: ") and "gone" in warning

@@ -101,6 +101,12 @@ EDIT_MODES: dict[str, EditMode] = {m.name: m for m in (
 )}
 STEER_MODES = tuple(name for name, m in EDIT_MODES.items() if m.dose)  # the edits with a dose γ
 
+# the direction baselines (vneuron.validate.directions): an edit of the residual stream at one block's output, every position
+DIRECTION_MODES = {
+    "add": "x ← x + α·d̂ (α < 0: away from the pole)",
+    "project": "x ← x − (x·d̂)·d̂, the direction removed",
+}
+
 
 def choices(names) -> str:
     """A metavar of choices, [a|b|c]."""
@@ -134,6 +140,8 @@ class CaptureConfig:
     padding: str = "right"  # prompt mode; generation always pads left
     request_batches: int = 8  # remote: forward batches per NDIF request (one session)
     top_examples: int = 0  # local: keep the N most and least activating texts per label and neuron (vneuron.locate.examples)
+    residual: bool = True  # also the block outputs: sums per label, fold and layer, and each prompt's mean (vneuron.locate.residual)
+    probe_width: int = 1024  # the probe rows' width: the hidden size up to this, a signed sketch of this width above it
 
     def check(self) -> "CaptureConfig":
         check_site(self.site)
@@ -146,6 +154,9 @@ class CaptureConfig:
             raise VneuronError("`folds` and `max_new_tokens` must be positive")
         if self.top_examples < 0:
             raise VneuronError(f"`top_examples` must be 0 or more, got {self.top_examples}", "e.g. 5, or 0 for none")
+        if self.probe_width < 1:
+            raise VneuronError(f"`probe_width` must be at least 1, got {self.probe_width}",
+                               "e.g. 1024 (a hidden size up to it is kept exactly)")
         return self
 
 
@@ -181,6 +192,9 @@ class LocateConfig:
     whole_values: bool = False  # C-voice: add each value against all its conflicts ("X|*") beside the conflicts
     strict: bool = False  # refuse a corpus with incomplete rows (an empty required cell) instead of leaving them out with a note
     top_examples: int = 5  # the most and least activating texts kept per label and neuron, for neuron cards (local runs)
+    probe_width: int = 1024  # the probes' rows: each prompt's mean residual, exact up to this hidden size, sketched to it above
+    probe_l2: float = 0.01  # the logistic probe's λ: mean log-loss + (λ/2)·‖w‖² on z-scored rows (vneuron.locate.probes)
+    probe_bootstrap: int = 1000  # bootstrap draws of each probe AUROC's CI (over held-out prompts)
 
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
@@ -188,7 +202,11 @@ class LocateConfig:
     def capture_config(self) -> CaptureConfig:
         return CaptureConfig(site=self.site, mode=self.mode, folds=self.folds, batch_tokens=self.batch_tokens,
                              max_new_tokens=self.max_new_tokens, counted_span=self.span == "option",
-                             request_batches=self.request_batches, top_examples=self.top_examples).check()
+                             request_batches=self.request_batches, top_examples=self.top_examples,
+                             probe_width=self.probe_width).check()
+
+    def probe_settings(self) -> dict[str, Any]:
+        return {"l2": self.probe_l2, "draws": self.probe_bootstrap}
 
     def check(self) -> "LocateConfig":
         if self.method not in MEASURES:
@@ -208,6 +226,10 @@ class LocateConfig:
             raise VneuronError(f"Unknown `span` {self.span!r}", "use option or all")
         if self.request_batches < 1:
             raise VneuronError(f"`request_batches` must be at least 1, got {self.request_batches}")
+        if not (math.isfinite(self.probe_l2) and self.probe_l2 > 0):
+            raise VneuronError(f"`probe_l2` must be a positive number, got {self.probe_l2}", "e.g. 0.01")
+        if self.probe_bootstrap < 1:
+            raise VneuronError(f"`probe_bootstrap` must be at least 1, got {self.probe_bootstrap}", "e.g. 1000")
         self.capture_config()
         choice_template(self.template)  # a bad template fails before any work
         return self

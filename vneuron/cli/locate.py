@@ -64,6 +64,12 @@ def locate(
     folds: int = setting(L, "folds", "--folds", panel=SELECTION, help="Folds for the split-half stability estimate (1 turns it off)."),
     null: int = setting(L, "null_shuffles", "--null", panel=SELECTION,
                         help="Label-shuffle null runs: how many neurons pass the cut by chance (each costs one capture)."),
+    probe_width: int = setting(L, "probe_width", "--probe-width", panel=SELECTION,
+                               help="The probes' rows, each prompt's mean residual per layer: exact up to this hidden size, a "
+                                    "signed sketch of this width above it (4·prompts·layers·width bytes on disk and from NDIF)."),
+    probe_l2: float = setting(L, "probe_l2", "--probe-l2", panel=SELECTION,
+                              help="The logistic probe's λ: mean log-loss + λ/2·‖w‖² on z-scored rows. With --from, the "
+                                   "probes are refitted from the run's rows."),
     from_run: Optional[Path] = typer.Option(None, "--from", rich_help_panel=SELECTION,
                                             help="Re-select from a finished run's statistics, without the model, into a new run "
                                                  "(--out, or a name beside it); the finished run is never changed."),
@@ -116,7 +122,7 @@ def locate(
         split=split, limit=limit, site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds, null_shuffles=null,
         request_batches=request_batches, test_fraction=test_fraction, template=template, whole_values=whole_values,
-        top_examples=top_examples, strict=strict)
+        top_examples=top_examples, strict=strict, probe_width=probe_width, probe_l2=probe_l2)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     if dry_run:

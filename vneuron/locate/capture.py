@@ -25,8 +25,9 @@ from vneuron.config import CaptureConfig
 from vneuron.data.schema import Prompt
 from vneuron.errors import VneuronError
 from vneuron.locate.examples import TopExamples, row_means
+from vneuron.locate.residual import ResidualStats, reduce_residual, sketch_width, step_residual
 from vneuron.models.loading import LoadedModel
-from vneuron.models.sites import site_path, site_tensors
+from vneuron.models.sites import resolve_path, site_path, site_tensor
 from vneuron.runtime import devices
 from vneuron.runtime.tokens import Encoded, batches, encode, pack, pad_id, position_ids
 
@@ -48,6 +49,7 @@ class ActivationStats:
     meta: dict = field(default_factory=dict)
     groups: dict = field(default_factory=dict)  # derived label → captured labels it sums (whole-value poles "X|*")
     examples: TopExamples | None = None  # the most and least activating texts per neuron (local captures, `top_examples`)
+    residual: ResidualStats | None = None  # the block outputs' sums and probe rows (`residual`; vneuron.locate.residual)
 
     @classmethod
     def zeros(cls, site: str, labels: Sequence[str], folds: int, n_layers: int, width: int) -> "ActivationStats":
@@ -98,11 +100,17 @@ class ActivationStats:
         return Moments(n=n, mean=mean, var=var, p=pick(self.active) / n)
 
     # -- disk ---------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, residual: bool = True) -> None:
+        """``residual``: also the residual statistics, prefixed ``residual.`` (a checkpoint keeps everything in one
+        file; a finished run writes them to their own file, ``residual.RESIDUAL``)."""
         from safetensors.torch import save_file
 
         meta = {"site": self.site, "labels": json.dumps(self.labels), "folds": str(self.folds), "meta": json.dumps(self.meta)}
-        save_file({"n": self.n, "sum": self.sum, "sumsq": self.sumsq, "active": self.active}, str(path), metadata=meta)
+        tensors = {"n": self.n, "sum": self.sum, "sumsq": self.sumsq, "active": self.active}
+        if residual and self.residual is not None:
+            tensors.update(self.residual.tensors("residual."))
+            meta.update(self.residual.metadata("residual."))
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> "ActivationStats":
@@ -111,9 +119,12 @@ class ActivationStats:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata()
-                t = {key: fh.get_tensor(key) for key in ("n", "sum", "sumsq", "active")}
-            return cls(meta["site"], json.loads(meta["labels"]), int(meta["folds"]), t["n"], t["sum"], t["sumsq"],
-                       t["active"], json.loads(meta.get("meta", "{}")))
+                t = {key: fh.get_tensor(key) for key in fh.keys()}
+            stats = cls(meta["site"], json.loads(meta["labels"]), int(meta["folds"]), t["n"], t["sum"], t["sumsq"],
+                        t["active"], json.loads(meta.get("meta", "{}")))
+            if "residual.sum" in t:  # a checkpoint's
+                stats.residual = ResidualStats.from_tensors(meta, t, "residual.")
+            return stats
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError on truncated files
             raise VneuronError(f"{path} is not readable vneuron statistics ({exc.__class__.__name__}: {str(exc)[:80]})",
                                "it is truncated or corrupt: restore it, or rerun vneuron locate") from None
@@ -164,20 +175,27 @@ def capture(
     tokens = model.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
     if config.top_examples and not remote:  # remotely they are not collected (vneuron.locate.examples says why)
         stats.examples = TopExamples.empty(config.site, labels, config.top_examples, model.n_layers, model.width, prompts)
+    if config.residual:
+        stats.residual = ResidualStats.zeros(labels, config.folds, model.n_layers, model.arch.hidden(model.config),
+                                             [s // config.folds for s in slots], [s % config.folds for s in slots], config.probe_width)
     index = {id(p): i for i, p in enumerate(prompts)}
     with torch.inference_mode():
         if not remote:
             tokens, batches_run = _capture_local(model, encoded, stats, config, tokens, index, generations, progress, checkpoint)
         else:
             plan = [_prepare(model, batch, config) for batch in capture_batches(encoded, tokens, remote)]
-            ranges = request_ranges([p.batch for p in plan], config.request_batches, slot_bytes(model))
+            if stats.residual is not None:
+                for prepared in plan:
+                    prepared.row_prompts = torch.tensor([index[id(e.prompt)] for e in prepared.batch])
+            ranges = request_ranges([p.batch for p in plan], config.request_batches, slot_bytes(model, config.residual),
+                                    prompt_bytes(model, config))
             requests = [plan[lo:hi] for lo, hi in ranges]
             if progress:  # the bar shows its total before the first request finishes
                 progress(0, len(requests))
             _capture_remote(model, requests, stats, config, generations, checkpoint, progress, detach)
             batches_run = len(plan)
     stats.meta = {"mode": config.mode, "prompts": len(prompts), "batches": batches_run, "batch_tokens_used": tokens,
-                  "top_examples": stats.examples.n if stats.examples is not None else 0}
+                  "top_examples": stats.examples.n if stats.examples is not None else 0, "residual": config.residual}
     return stats
 
 
@@ -200,6 +218,8 @@ def _capture_local(model: LoadedModel, encoded: list[Encoded], stats: Activation
                 for prepared in plan:
                     if stats.examples is not None:
                         _example_rows(prepared, index, config)
+                    elif stats.residual is not None:  # the probe rows go to their prompts
+                        prepared.row_prompts = torch.tensor([index[id(e.prompt)] for e in prepared.batch])
                     values = _session(model, [prepared], config, stats, examples=stats.examples is not None)
                     _collect(model, stats, [prepared], values, generations)
                     counted |= {index[id(e.prompt)] for e in prepared.batch}
@@ -304,29 +324,44 @@ def capture_batches(encoded: list[Encoded], batch_tokens: int, remote: bool) -> 
     return out
 
 
-def slot_bytes(model: LoadedModel) -> int:
-    """What one slot's sums (Σa, Σa², count(a > 0) per layer and neuron, and its token count) weigh in a result."""
+def slot_bytes(model: LoadedModel, residual: bool = False) -> int:
+    """What one slot's sums (Σa, Σa², count(a > 0) per layer and neuron, and its token count; with ``residual``
+    Σh per layer of the block output too) weigh in a result."""
     size = 8 if model.extra.get("dtype") == "float64" else 4
-    return (3 * model.n_layers * model.width + 1) * size
+    hidden = model.arch.hidden(model.config) if residual else 0
+    return (3 * model.n_layers * model.width + model.n_layers * hidden + 1) * size
 
 
-def request_ranges(batched: list[list[Encoded]], request_batches: int, per_slot: int,
+def prompt_bytes(model: LoadedModel, config: CaptureConfig) -> int:
+    """What one prompt's probe row (float32, per layer; vneuron.locate.residual) weighs in a result."""
+    return 4 * model.n_layers * sketch_width(model.arch.hidden(model.config), config.probe_width) if config.residual else 0
+
+
+def request_ranges(batched: list[list[Encoded]], request_batches: int, per_slot: int, per_prompt: int = 0,
                    limit: int | None = None) -> list[tuple[int, int]]:
-    """Consecutive batches per request: at most ``request_batches``, and no more slots than keep the
-    result under ``limit`` bytes (``remote.MAX_RESULT_BYTES``; one slot at least)."""
+    """Consecutive batches per request: at most ``request_batches``, and no more slots (each ``per_slot`` bytes)
+    and prompts (each ``per_prompt``) than keep the result under ``limit`` bytes (``remote.MAX_RESULT_BYTES``; one
+    slot at least, and one batch)."""
     from vneuron.runtime.remote import MAX_RESULT_BYTES
 
-    most = max(1, (MAX_RESULT_BYTES if limit is None else limit) // max(per_slot, 1))  # slots per result
-    out, start, slots = [], 0, set()
+    most = MAX_RESULT_BYTES if limit is None else limit
+    out, start, slots, prompts = [], 0, set(), 0
     for i, batch in enumerate(batched):
-        grown = slots | {e.slot for e in batch}
-        if i > start and (i - start >= max(1, request_batches) or len(grown) > most):
+        grown, more = slots | {e.slot for e in batch}, prompts + len(batch)
+        over = len(grown) * per_slot + more * per_prompt > most and (len(grown) > 1 or per_prompt > 0)
+        if i > start and (i - start >= max(1, request_batches) or over):
             out.append((start, i))
-            start, grown = i, {e.slot for e in batch}
-        slots = grown
+            start, grown, more = i, {e.slot for e in batch}, len(batch)
+        slots, prompts = grown, more
     if batched:
         out.append((start, len(batched)))
     return out
+
+
+def result_bytes(model: LoadedModel, chunk: list["Prepared"], config: CaptureConfig) -> int:
+    """What a request brings back: the sums of the slots it touches and its prompts' probe rows."""
+    return (len(request_slots(chunk)) * slot_bytes(model, config.residual)
+            + sum(len(p.batch) for p in chunk) * prompt_bytes(model, config))
 
 
 def request_slots(chunk: list["Prepared"]) -> torch.Tensor:
@@ -337,6 +372,10 @@ def request_slots(chunk: list["Prepared"]) -> torch.Tensor:
 def _collect(model: LoadedModel, stats: ActivationStats, chunk: list["Prepared"], values: dict, generations) -> None:
     """Add one request's totals (every slot it touched at once) and attach its generated tokens."""
     _add_sums(model, stats, request_slots(chunk), values["counts"], values["totals"])
+    if stats.residual is not None:
+        stats.residual.add_(request_slots(chunk), values["counts"], values["resid"])
+        for prepared, means in zip(chunk, values["probe"]):
+            stats.residual.put_rows(prepared.row_prompts, means)
     if stats.examples is not None and values.get("rows"):
         for prepared, means in zip(chunk, values["rows"]):
             stats.examples.merge(prepared.row_labels, prepared.row_prompts, means)
@@ -397,12 +436,13 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
         pending = checkpoint.jobs.get(str(index)) if checkpoint is not None and collect is not None else None
         try:
             values = ndif.run(target, model.source.model_id, lambda chunk=chunk: _session(model, chunk, config, stats),
-                              collect, on_job, pending=pending, result_bytes=len(request_slots(chunk)) * slot_bytes(model))
+                              collect, on_job, pending=pending, result_bytes=result_bytes(model, chunk, config))
         except ndif.JobFailed:
             if checkpoint is not None:  # its id is worth nothing now; a rerun submits the request afresh
                 checkpoint.jobs.pop(str(index), None)
             raise
         totals, counts, tokens = values["totals"], values["counts"], values.get("tokens")
+        residual = [values["resid"], *values["probe"]] if "resid" in values else []
         before = len(generations) if generations is not None else 0
         reducing = time.perf_counter()
         _collect(model, stats, chunk, values, generations)
@@ -410,7 +450,7 @@ def _capture_remote(model: LoadedModel, requests: list[list[Prepared]], stats: A
         log = {"request": index, "job": job, "reduce_s": round(time.perf_counter() - reducing, 4),
                "batches": len(chunk), "prompts": sum(len(p.batch) for p in chunk),
                "slots": len(request_slots(chunk)), "sent_tensor_bytes": ndif.nbytes(*[t for p in chunk for t in sent_tensors(p)]),
-               "received_tensor_bytes": ndif.nbytes(totals, counts) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
+               "received_tensor_bytes": ndif.nbytes(totals, counts, *residual) + (sum(ndif.nbytes(t) for t in tokens) if tokens else 0),
                "seconds": round(time.time() - started, 3), "submissions": len(submissions),
                "wire": ndif.wire(job)}
         if checkpoint is not None:
@@ -429,6 +469,8 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
     [L, 3, slots, W] total inside a session. The body names only the envoy, tensors, plain data
     and small functions, because on NDIF it runs where vneuron is not installed. ``examples`` (local
     only): also each row's mean activation per neuron, [L, B, W] per batch, for the top examples.
+    ``config.residual``: also the block outputs' [L, slots, H] sums and each row's mean (the probe
+    rows, [L, B, k] per batch), reduced by ``vneuron.locate.residual``.
     """
     from vneuron.runtime.remote import outcome, trace_kwargs
 
@@ -446,6 +488,7 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
     eos = torch.tensor(_eos_ids(model) or [-1])
     # float32 sums on the server halve the download; float64 models (tests) stay exact
     dtype = torch.float64 if model.extra.get("dtype") == "float64" else torch.float32
+    residual, probe_width, hidden = config.residual, config.probe_width, model.arch.hidden(model.config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnsight warns when every row stops before the last step
         with lm.session(**trace_kwargs(model)) as session:
@@ -453,19 +496,27 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
             counts = torch.zeros(n_slots, dtype=dtype)
             tokens = []
             means = []  # per batch, [L, B, W] row means (only with `examples`)
+            resid = torch.zeros(n_layers, n_slots, hidden if residual else 0, dtype=dtype)
+            probe = []  # per batch, [L, B, k] probe rows (only with `residual`)
             for ids, mask, weights, keep, slots, per_row in work:
                 positions = position_ids(mask)  # made where the batch runs, not sent
                 if prompt_mode:  # count the marked tokens of each prompt
                     with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": positions}) as tracer:
-                        sums, layer_means = [], []
-                        for v in site_tensors(lm, path):
+                        sums, layer_means, layer_resid = [], [], []
+                        for block in resolve_path(lm, path[0]):
+                            v = site_tensor(block, path)
                             sums.append(reduce_sums(weights, v, width, keep))
                             if per_row is not None:
                                 layer_means.append(row_means(per_row, v, width, keep))
+                            if residual:
+                                layer_resid.append(reduce_residual(weights, block.output, keep, probe_width))
                         reduced = torch.stack(sums)
-                        tracer.stop()  # nothing after the last MLP is needed (no LM head)
+                        tracer.stop()  # nothing after the last block's output is needed (no LM head)
                     if per_row is not None:
                         means.append(torch.stack(layer_means))
+                    if residual:
+                        resid[:, slots] += torch.stack([r[0] for r in layer_resid]).to(resid.device, dtype)
+                        probe.append(torch.stack([r[1] for r in layer_resid]).cpu())
                     totals[:, :, slots] += reduced.to(totals.device, dtype)  # to the host, once per batch
                     counts[slots] += weights.sum(1).to(dtype)
                 else:  # greedy generation; step k reads the token sampled at step k-1; stop rows at EOS
@@ -477,6 +528,7 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                         batch_totals = torch.zeros(n_layers, 3, len(slots), width, dtype=dtype)
                         row_sums = torch.zeros(n_layers, rows, width) if per_row is not None else None
                         row_counts = torch.zeros(rows)
+                        row_resid = torch.zeros(n_layers, rows, sketch_width(hidden, probe_width)) if residual else None
                         for step in tracer.iter[1: steps + 1]:
                             step_ids = lm.inputs[1]["input_ids"][:, -1].cpu()  # a few ids: the bookkeeping stays on the host
                             is_eos = torch.isin(step_ids, eos)
@@ -486,20 +538,30 @@ def _session(model: LoadedModel, chunk: list[Prepared], config: CaptureConfig, s
                             w = weights * alive.float()[None]
                             counts[slots] += w.sum(1).to(dtype)
                             row_counts = row_counts + alive.float()
-                            for layer, v in enumerate(site_tensors(lm, path)):
+                            for layer, block in enumerate(resolve_path(lm, path[0])):
+                                v = site_tensor(block, path)
                                 batch_totals[layer] += reduce_sums(w, v[:, -1, :], width).to(batch_totals.device, dtype)
                                 if row_sums is not None:
                                     row_sums[layer] += v[:, -1, :].float().cpu() * alive.float()[:, None]
+                                if residual:
+                                    slot_sums, rows_now = step_residual(w, block.output, alive, probe_width)
+                                    resid[layer, slots] += slot_sums.to(resid.device, dtype)
+                                    row_resid[layer] += rows_now.to(row_resid.device)
                         totals[:, :, slots] += batch_totals
                     tokens.append(generated)
                     if row_sums is not None:
                         means.append(row_sums / row_counts[None, :, None])  # NaN: a row that generated nothing
+                    if residual:
+                        probe.append(row_resid / row_counts[None, :, None])
             totals.save()
             counts.save()
             tokens.save()
             means.save()
+            resid.save()
+            probe.save()
     return outcome(model, session, lambda: {"totals": totals, "counts": counts, "tokens": tokens if not prompt_mode else None,
-                                            **({"rows": means} if examples else {})})
+                                            **({"rows": means} if examples else {}),
+                                            **({"resid": resid, "probe": probe} if residual else {})})
 
 
 def sent_tensors(p: Prepared, local: dict[int, int] | None = None) -> tuple[torch.Tensor, ...]:

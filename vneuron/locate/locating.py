@@ -20,7 +20,9 @@ from vneuron.data.templates import choice_template
 from vneuron.errors import VneuronError
 from vneuron.locate.capture import ActivationStats, capture
 from vneuron.locate.examples import EXAMPLES, TopExamples
-from vneuron.locate.runs import NEURONS_CSV, NEURONS_DIR, STATS, set_filenames, stats_file
+from vneuron.locate.probes import probe_record
+from vneuron.locate.residual import RESIDUAL, ResidualStats, residual_bytes
+from vneuron.locate.runs import NEURONS_CSV, NEURONS_DIR, STATS, residual_file, set_filenames, stats_file
 from vneuron.locate.scoring import NeuronSet, contrast_scores, lape_select, select, stability
 from vneuron.models.loading import LoadedModel, load_model, peek_dims, resolve
 from vneuron.runtime.checkpoint import Checkpoint
@@ -55,7 +57,7 @@ def _capture_key(model_manifest: dict, corpus: Corpus, config: LocateConfig) -> 
         "revision": model_manifest["revision"],
         "dtype": model_manifest.get("dtype"),
         "dataset_hash": corpus.content_hash(),
-        **{k: getattr(config, k) for k in ("language", "split", "limit", "site", "mode", "span", "folds")},
+        **{k: getattr(config, k) for k in ("language", "split", "limit", "site", "mode", "span", "folds", "probe_width")},
         "max_new_tokens": config.max_new_tokens if config.mode == "generate" else None,
         # only a non-default template enters the key, so runs made before templates existed are still reused
         **({"template": choice_template(config.template).describe()} if config.template and config.mode == "prompt" else {}),
@@ -128,11 +130,12 @@ def locate(
         claim(run_dir)
         check_fresh(run_dir)
     dims = (model.n_layers, model.width) if isinstance(model, LoadedModel) else peek_dims(source)
+    prompts = corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else corpus.conditioned_prompts()
     if dims:  # what can be checked before the weights load
         _check_size(run_dir, corpus, config, *dims)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, progress=lambda msg: say(msg, 0, 0), device=device,
                                                                       remote=remote)
-    _check_size(run_dir, corpus, config, loaded.n_layers, loaded.width)
+    _check_size(run_dir, corpus, config, loaded.n_layers, loaded.width, loaded.arch.hidden(loaded.config), len(prompts))
     model_manifest = loaded.manifest()
     key = _capture_key(model_manifest, corpus, config)
     contrasts = corpus.pole_contrasts()
@@ -148,7 +151,6 @@ def locate(
         stats = reused
         say(f"Reusing statistics from {run_dir}", 1, 1)
     else:
-        prompts = corpus.action_prompts(config.span, template=config.template) if config.mode == "prompt" else corpus.conditioned_prompts()
         t0 = time.time()
         stage = "Capturing activations" if loaded.remote is None else f"NDIF requests ({loaded.remote.host})"
         if checkpoint is not None:
@@ -163,6 +165,8 @@ def locate(
             raise
         timings["capture_s"] = round(time.time() - t0, 2)
     stats.groups = corpus.groups()  # whole-value poles: sums over their conflicts' labels
+    if stats.residual is not None:
+        stats.residual.groups = stats.groups
     manifest = {
         **base_manifest("locate"),
         "model": model_manifest,
@@ -178,6 +182,7 @@ def locate(
         "capture_key": key,
         "contrasts": contrasts,
         "selection": config.selection(),
+        "residual": stats.residual.describe() if stats.residual is not None else None,
         "timings": timings,
         "threads": _threads_used(),
     }
@@ -193,6 +198,9 @@ def locate(
     if replacing:
         manifest["replaced"] = replacing
     result = _score(stats, contrasts, config, manifest)
+    t0 = time.time()
+    manifest["probes"] = probe_record(stats.residual, contrasts, **config.probe_settings())
+    timings["probes_s"] = round(time.time() - t0, 2)
     if config.null_shuffles:
         t0 = time.time()
         manifest["null"] = label_shuffle_null(loaded, corpus, config, result, progress=say)
@@ -200,7 +208,8 @@ def locate(
     timings["total_s"] = round(time.time() - started, 2)
 
     def write(directory: Path) -> None:
-        stats.save(directory / STATS)
+        stats.save(directory / STATS, residual=False)
+        stats.residual.save(directory / RESIDUAL)
         if stats.examples is not None:
             stats.examples.save(directory / EXAMPLES)
         if generations:
@@ -232,20 +241,25 @@ def reselect_fix(run_dir: Path) -> str:
             f"with a new `out`; to replace it: add `force`")
 
 
-def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int, examples: int = 0) -> int:
+def expected_bytes(labels: int, folds: int, n_layers: int, width: int, top_k: int, poles: int, examples: int = 0,
+                   hidden: int = 0, prompts: int = 0, probe_width: int = 1) -> int:
     """The size of a locate run directory: float64 sums dominate, neuron sets and tables are small;
-    the top examples hold a float32 value and an int32 prompt index per label, neuron, side and text."""
+    the top examples hold a float32 value and an int32 prompt index per label, neuron, side and text;
+    the residual file its float64 sums and float32 probe rows (``residual.residual_bytes``)."""
     stats = 8 * (3 * labels * folds * n_layers * width + labels * folds)
     kept = min(top_k, n_layers * width) * poles
-    return stats + kept * (12 + 160) + 64_000 + 16 * labels * examples * n_layers * width
+    residual = residual_bytes(labels, folds, n_layers, hidden, prompts, probe_width) if hidden else 0
+    return stats + kept * (12 + 160) + 64_000 + 16 * labels * examples * n_layers * width + residual
 
 
-def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: int, width: int) -> None:
+def _check_size(run_dir: Path, corpus: Corpus, config: LocateConfig, n_layers: int, width: int, hidden: int = 0,
+                prompts: int = 0) -> None:
     """Fail before any work: a `top_k` the model cannot supply, or a disk that cannot hold the run."""
     if config.method != "lape":
         select(torch.zeros(n_layers, width), config.rule, config.top_k)
     poles = len(config.dimensions or corpus.labels)
-    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, n_layers, width, config.top_k, poles, config.top_examples))
+    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, n_layers, width, config.top_k, poles, config.top_examples,
+                                        hidden, prompts, config.probe_width))
 
 
 def shuffled(corpus: Corpus, seed: int) -> Corpus:
@@ -277,7 +291,7 @@ def label_shuffle_null(model: LoadedModel, corpus: Corpus, config: LocateConfig,
         null_corpus = shuffled(corpus, seed=10_000 + r)
         prompts = null_corpus.action_prompts(config.span,
                                              template=config.template) if config.mode == "prompt" else null_corpus.conditioned_prompts()
-        stats = capture(model, prompts, replace(config.capture_config(), top_examples=0), labels=result.stats.labels,
+        stats = capture(model, prompts, replace(config.capture_config(), top_examples=0, residual=False), labels=result.stats.labels,
                         progress=lambda d, t, r=r: say(stage, r * t + d, shuffles * t))
         stats.groups = result.stats.groups
         for pole, neuron_set in result.sets.items():
@@ -305,7 +319,10 @@ def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:
     manifest = read_manifest(run_dir)
     if manifest.get("capture_key") != key:
         return None
+    if not (stats_file(run_dir, manifest).parent / RESIDUAL).is_file():  # located before residual means were recorded
+        return None
     stats = ActivationStats.load(stats_file(run_dir, manifest))
+    stats.residual = ResidualStats.load(stats_file(run_dir, manifest).parent / RESIDUAL)
     if (stats_file(run_dir, manifest).parent / EXAMPLES).is_file():  # the neuron cards' texts come along
         stats.examples = TopExamples.load(stats_file(run_dir, manifest).parent / EXAMPLES)
     return stats
@@ -313,7 +330,8 @@ def _reusable(run_dir: Path, key: dict) -> ActivationStats | None:
 
 # Re-selection changes only these; every other setting either must match the parent's capture or needs the model.
 SELECTION_SETTINGS = ("method", "rule", "top_k", "direction", "dimensions")
-CAPTURE_SETTINGS = ("language", "split", "limit", "site", "mode", "span", "folds", "max_new_tokens")
+CAPTURE_SETTINGS = ("language", "split", "limit", "site", "mode", "span", "folds", "max_new_tokens", "probe_width")
+PROBE_SETTINGS = ("probe_l2", "probe_bootstrap")  # re-selection refits the probes from the parent's residual file
 MODEL_SETTINGS = ("model", "dataset", "columns", "contrasts", "null_shuffles", "remote", "host", "resume", "detach",
                   "dtype", "request_batches", "batch_tokens", "timeout", "template", "test_fraction", "whole_values")
 
@@ -321,7 +339,7 @@ MODEL_SETTINGS = ("model", "dataset", "columns", "contrasts", "null_shuffles", "
 def _given_from_api(config: LocateConfig, model, remote, resume, detach, dtype) -> set[str]:
     """For Python callers: the settings whose values differ from the defaults."""
     default = LocateConfig()
-    given = {name for name in CAPTURE_SETTINGS if getattr(config, name) != getattr(default, name)}
+    given = {name for name in CAPTURE_SETTINGS + PROBE_SETTINGS if getattr(config, name) != getattr(default, name)}
     for name, value, unset in (("model", model, None), ("dataset", config.dataset, None), ("columns", config.columns, None),
                                ("contrasts", config.contrasts, None), ("null_shuffles", config.null_shuffles, 0),
                                ("remote", remote, None), ("resume", resume, False), ("detach", detach, False),
@@ -338,6 +356,8 @@ def _check_reselect_options(parent: Path, manifest: dict, config: LocateConfig, 
         wanted, had = getattr(config, name), recorded.get(name)
         if name == "span":
             had = {True: "option", False: "all"}.get((manifest.get("capture") or {}).get("counted_span"), had)
+        if name == "probe_width" and name not in recorded:
+            residual_file(parent, manifest)  # a run from before residual means: the error says what can add them
         if name == "max_new_tokens" and recorded.get("mode") != "generate":
             raise VneuronError(f"`max_new_tokens` has no effect with `from_run` {parent}: its statistics come from prompt mode",
                                "drop `max_new_tokens`")
@@ -403,6 +423,7 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
     check_space(run_dir, expected_bytes(0, 0, 0, 0, config.top_k, len(contrasts)))
     say(f"Re-selecting from {parent}", 1, 1)
     new = {key: manifest[key] for key in ("model", "dataset", "capture", "capture_key", "contrasts", "remote") if key in manifest}
+    new.update(_parent_probes(parent, manifest, contrasts, config, set(given or ())))
     new = {**base_manifest("locate"), **new,
            "parent_run": {"path": str(parent), "absolute": str(there), "command": manifest.get("command"),
                           "selection": manifest.get("selection")},
@@ -421,6 +442,24 @@ def reselect(parent: str | Path, config: LocateConfig, *, out: str | Path | None
     write_run(run_dir, write, replace=replacing is not None, what="neuron sets")
     result.run_dir = run_dir
     return result
+
+
+def _parent_probes(parent: Path, manifest: dict, contrasts, config: LocateConfig, given: set[str]) -> dict[str, Any]:
+    """A re-selected run's residual reference (with its hash) and probes: the parent's, for the poles kept, or
+    refitted from the parent's residual file when a probe setting is given."""
+    if not manifest.get("residual") and not given & set(PROBE_SETTINGS):
+        return {}  # a parent from before residual means: nothing to keep
+    path = residual_file(parent, manifest)
+    out: dict[str, Any] = {"residual": {**(manifest.get("residual") or {}), "run": str(path.parent.resolve()),
+                                        "sha256": file_sha256(path)}}
+    poles = {pole for pole, _ in contrasts}
+    if given & set(PROBE_SETTINGS):
+        residual = ResidualStats.load(path)
+        residual.groups = manifest.get("dataset", {}).get("aggregates") or {}
+        out["probes"] = probe_record(residual, contrasts, **config.probe_settings())
+    elif manifest.get("probes"):
+        out["probes"] = {**manifest["probes"], "poles": {p: v for p, v in manifest["probes"]["poles"].items() if p in poles}}
+    return out
 
 
 def _score(stats: ActivationStats, contrasts, config: LocateConfig, manifest: dict) -> LocateResult:

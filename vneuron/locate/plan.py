@@ -39,7 +39,7 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     """
     from pathlib import Path
 
-    from vneuron.locate.capture import CPU_BATCH_TOKENS, capture, capture_batches, fold_of, request_ranges, slot_bytes
+    from vneuron.locate.capture import CPU_BATCH_TOKENS, capture, capture_batches, fold_of, prompt_bytes, request_ranges, slot_bytes
     from vneuron.locate.locating import expected_bytes, prepare_corpus, reselect_fix
     from vneuron.models.loading import load_model
     from vneuron.runtime.claims import claim
@@ -60,20 +60,24 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
     if config.method != "lape":
         select(torch.zeros(loaded.n_layers, loaded.width), config.rule, config.top_k)
     run_dir = Path(out) if out is not None else default_run_dir("locate", loaded.source.alias or loaded.source.model_id)
-    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, loaded.n_layers, loaded.width, config.top_k,
-                                        len(config.dimensions or corpus.labels)))
-    dtype = loaded.extra.get("dtype", "float32")  # what it computes in (auto: as measured)
     cap = config.capture_config()
     prompts = corpus.action_prompts(config.span) if cap.mode == "prompt" else corpus.conditioned_prompts()
+    check_space(run_dir, expected_bytes(len(corpus.labels), config.folds, loaded.n_layers, loaded.width, config.top_k,
+                                        len(config.dimensions or corpus.labels), 0, loaded.arch.hidden(loaded.config), len(prompts),
+                                        config.probe_width))
+    dtype = loaded.extra.get("dtype", "float32")  # what it computes in (auto: as measured)
     labels = corpus.labels
     slots = [labels.index(p.label) * cap.folds + fold_of(p.group, cap.folds) for p in prompts]
     encoded = encode(loaded.tokenizer, prompts, slots, counted_span=cap.counted_span and cap.mode == "prompt")
     # the batches and requests capture() builds, and what each request carries each way
     plan = capture_batches(encoded, loaded.batch_tokens(cap.batch_tokens, CPU_BATCH_TOKENS), loaded.remote is not None)
     tokens = sum(len(b) * max(len(e.ids) for e in b) for b in plan)
-    ranges = request_ranges(plan, cap.request_batches if loaded.remote is not None else 1, slot_bytes(loaded))
-    per_request = [len({e.slot for bt in plan[lo:hi] for e in bt}) for lo, hi in ranges]  # slots each result holds
-    down = sum(per_request) * slot_bytes(loaded)
+    per_slot, per_prompt = slot_bytes(loaded, cap.residual), prompt_bytes(loaded, cap)
+    ranges = request_ranges(plan, cap.request_batches if loaded.remote is not None else 1, per_slot, per_prompt)
+    # what each result holds: its slots' sums and its prompts' probe rows
+    per_request = [len({e.slot for bt in plan[lo:hi] for e in bt}) * per_slot + sum(len(bt) for bt in plan[lo:hi]) * per_prompt
+                   for lo, hi in ranges]
+    down = sum(per_request)
     up = sum(_capture_upload(bt, cap.mode == "prompt") for bt in plan)
     out: dict[str, Any] = {
         "kind": "locate", "model": loaded.source.model_id, "remote": loaded.remote.describe() if loaded.remote else None,
@@ -81,8 +85,8 @@ def locate_plan(model_spec, config, *, remote=None, dtype: str | None = None, pr
                                                layer_tokens=tokens * loaded.n_layers, bytes_up=up, bytes_down=down).report(),
         # the result is held three times at its peak: the sums, their torch.save bytes, the compressed copy
         "server_mb_per_batch": round(max(_capture_server_mb(loaded, len(bt) * max(len(e.ids) for e in bt), dtype)
-                                         for bt in plan) + 3 * max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
-        "largest_result_mb": round(max(per_request, default=0) * slot_bytes(loaded) / MB, 1),
+                                         for bt in plan) + 3 * max(per_request, default=0) / MB, 1),
+        "largest_result_mb": round(max(per_request, default=0) / MB, 1),
     }
     out["most"] = out["least"]
     if loaded.remote is None and plan:

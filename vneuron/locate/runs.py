@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from vneuron.data.schema import Corpus, Item
 from vneuron.data.templates import DEFAULT as DEFAULT_TEMPLATE
 from vneuron.errors import VneuronError
 from vneuron.locate.capture import ActivationStats
+from vneuron.locate.residual import RESIDUAL, ResidualStats
 from vneuron.locate.scoring import NeuronSet
 from vneuron.runtime.store import MANIFEST, file_sha256, read_manifest, require, set_filename
 
@@ -52,6 +53,24 @@ def stats_file(run_dir: Path, manifest: dict[str, Any]) -> Path:
     return found
 
 
+def residual_file(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The residual statistics beside a run's statistics (its own, or the parent's of a re-selected run, checked by
+    hash); a run located before they were recorded is a one-line error saying what can add them."""
+    path = stats_file(run_dir, manifest).parent / RESIDUAL
+    if not path.is_file():
+        if manifest.get("residual"):
+            raise VneuronError(f"{run_dir} records residual statistics in {path}, which is missing",
+                               "restore it from the run, or rerun vneuron locate")
+        raise VneuronError(f"{run_dir} was located before residual means were recorded (it has no {RESIDUAL})",
+                           "rerun `vneuron locate` with its model and corpus (`--force` replaces the run in place); `--from` "
+                           "cannot add them: it only re-selects from saved statistics")
+    recorded = (manifest.get("residual") or {}).get("sha256")
+    if recorded and file_sha256(path) != recorded:
+        raise VneuronError(f"The residual statistics {path} that {run_dir} refers to have changed since",
+                           "restore the parent run, or re-select again from it (`from_run`)")
+    return path
+
+
 @dataclass
 class LocateRun:
     """What validation needs from a locate run."""
@@ -61,6 +80,7 @@ class LocateRun:
     stats: ActivationStats
     sets: dict[str, NeuronSet]
     evaluation: dict | None = None  # set by ablate / steer: the data their numbers come from
+    _residual: ResidualStats | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> "LocateRun":
@@ -84,6 +104,13 @@ class LocateRun:
         stats = ActivationStats.load(stats_file(path, manifest))
         stats.groups = manifest["dataset"].get("aggregates") or {}
         return cls(path, manifest, stats, sets)
+
+    def residual(self) -> ResidualStats:
+        """The run's residual sums and probe rows (``vneuron.locate.residual``), read once."""
+        if self._residual is None:
+            self._residual = ResidualStats.load(residual_file(self.path, self.manifest))
+            self._residual.groups = self.stats.groups
+        return self._residual
 
     def items(self, split: str) -> list[Item]:
         return self.corpus(split).items

@@ -88,6 +88,39 @@ def neurons_per_layer(per_layer: dict[str, list[int]], source: str) -> Figure:
     return Figure("locate-neurons-per-layer", "Located neurons per layer", caption, fig)
 
 
+def readability(probes: dict[str, dict], per_layer: dict[str, list[int]], settings: dict, source: str, neurons_source: str) -> Figure:
+    """Per pole, the held-out probes' AUROC per layer (95 % CI bands) beside the located neurons' layer histogram."""
+    fig, axes = _grid(len(probes))
+    for n, (ax, (pole, entry)) in enumerate(zip(axes, probes.items())):
+        counts = per_layer.get(pole)
+        if counts:
+            bars = ax.twinx()
+            bars.bar(range(len(counts)), counts, color=color(pole, n), alpha=0.18, width=0.8)
+            bars.set_ylabel("located neurons", fontsize=7.5)
+            bars.tick_params(labelsize=7)
+            ax.set_zorder(bars.get_zorder() + 1)
+            ax.patch.set_visible(False)
+        for probe, style, label in (("mean_diff", "-", "mean difference"), ("logistic", "--", "logistic")):
+            auc, ci = entry[probe]["auroc"], entry[probe]["ci"]
+            layers = list(range(len(auc)))
+            ax.fill_between(layers, [c[0] for c in ci], [c[1] for c in ci], color=color(pole, n), alpha=0.15, lw=0)
+            ax.plot(layers, auc, ls=style, marker="o", ms=2.5, lw=1.4, color=color(pole, n), label=label)
+        ax.axhline(0.5, color=CONTROL, ls=":", lw=1)
+        ax.set_ylim(min([0.3] + [c[0] for probe in ("mean_diff", "logistic") for c in entry[probe]["ci"]]), 1.02)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(f"{short(pole)} vs {short(entry['opposite'])}", fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.set_ylabel("held-out AUROC", fontsize=8)
+        ax.tick_params(labelsize=7.5)
+        ax.legend(fontsize=7, loc="lower right", frameon=False)
+    logistic = settings.get("logistic") or {}
+    caption = (f"Where each pole is linearly readable: the AUROC of pole vs opposite prompts per layer, each prompt scored by "
+               f"probes fitted on the other fold(s) — the projection on the mean difference (solid) and a logistic probe with "
+               f"L2 λ = {logistic.get('l2')} on z-scored rows (dashed) — with 95 % bootstrap CIs over held-out prompts (bands; "
+               f"dotted: chance). Bars: the located neurons per layer. Sources: {source} (probes), {neurons_source} (neurons).")
+    return Figure("locate-readability", "Linear readability per layer beside the located neurons", caption, fig)
+
+
 def score_distributions(scores: dict[str, Sequence[float]], cuts: dict[str, float], method: str, source: str,
                         note: str = "") -> Figure:
     """Histogram of every neuron's score per pole, with the selection cut marked."""

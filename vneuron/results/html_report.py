@@ -175,6 +175,9 @@ def locate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
         per_layer[pole] = counts
     if per_layer:
         s.blocks.append(figures.neurons_per_layer(per_layer, src_csv))
+    probes = {p: e for p, e in ((manifest.get("probes") or {}).get("poles") or {}).items() if "mean_diff" in e}
+    if probes:  # runs located before the residual means have none
+        s.blocks.append(figures.readability(probes, per_layer, manifest["probes"], src_manifest, src_csv))
     method = sel["method"] if sel["method"] != "lape" else "delta_p"
     signed, cuts, halves = {}, {}, {}
     for pole in list(by_pole) + [p for p in run.sets if p not in by_pole]:

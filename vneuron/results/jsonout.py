@@ -33,7 +33,8 @@ def emit(obj: dict) -> None:
 
 def locate_json(result) -> dict:
     """What `vneuron locate` shows: per pole the selected count, per-layer counts, stability (with its guard-rail),
-    null, and every selected neuron (the table shows the top `--show`; JSON readers get the whole set)."""
+    null, every selected neuron (the table shows the top `--show`; JSON readers get the whole set) and the held-out
+    probes' AUROC per layer with CIs; beside them the residual file and how the probes were fitted."""
     from vneuron.results.guardrails import stability_guard
 
     m = result.manifest
@@ -46,10 +47,13 @@ def locate_json(result) -> dict:
         rows = poles.get(label, {"opposite": None, "rows": []})
         out[label] = {"opposite": rows["opposite"], "count": len(neuron_set), "per_layer": neuron_set.per_layer(),
                       "stability": result.stability.get(label) or None, "stability_guard": stability_guard(result.stability.get(label)),
-                      "null": (m.get("null") or {}).get(label), "neurons": rows["rows"]}
+                      "null": (m.get("null") or {}).get(label), "neurons": rows["rows"],
+                      "probes": ((m.get("probes") or {}).get("poles") or {}).get(label)}
+    probes = {k: v for k, v in (m.get("probes") or {}).items() if k != "poles"} or None  # how they were fitted
     return {"kind": "locate", "run_dir": str(result.run_dir), "model": m.get("model"), "dataset": m.get("dataset"),
             "capture": {k: m.get("capture", {}).get(k) for k in ("site", "mode", "prompts", "batches", "tokens")},
-            "selection": m.get("selection"), "timings": m.get("timings"), "poles": out}
+            "selection": m.get("selection"), "timings": m.get("timings"), "residual": m.get("residual"), "probes": probes,
+            "poles": out}
 
 
 def validation_json(result) -> dict:

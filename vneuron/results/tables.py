@@ -31,6 +31,9 @@ def locate_tables(result, top: int = 10) -> list[Table]:
         null = (result.manifest.get("null") or {}).get(label)
         if null and "mean" in null:
             caption += f"; label-shuffle null: {null['mean']:.0f} of {null['selected']} pass the cut by chance"
+        readable = probe_caption(result.manifest, label)
+        if readable:
+            caption += f"; {readable}"
         opposite = rows[0]["opposite"]
         title = f"{label}" + (f" vs {opposite}" if opposite else "") + f" — top {min(top, len(rows))} by {method}"
         table = Table(title=title, caption=caption, title_justify="left")
@@ -41,6 +44,20 @@ def locate_tables(result, top: int = 10) -> list[Table]:
                           f"{row['p_pole']:.3f}", _num(row["p_opposite"], ".3f"), _num(row["mean_diff"], "+.4f"))
         tables.append(table)
     return tables
+
+
+def probe_caption(manifest: dict, pole: str) -> str | None:
+    """Where the pole is linearly readable: each held-out probe's peak layer, AUROC and 95 % CI (None: no probe)."""
+    entry = ((manifest.get("probes") or {}).get("poles") or {}).get(pole)
+    if not entry:
+        return None
+    if "note" in entry:
+        return f"probes: {entry['note']}"
+    parts = []
+    for probe, name in (("mean_diff", "mean-difference"), ("logistic", "logistic")):
+        peak = entry[probe]["peak"]
+        parts.append(f"{name} L{peak['layer']} {peak['auroc']:.2f} [{peak['ci'][0]:.2f}, {peak['ci'][1]:.2f}]")
+    return "readable (held-out probe AUROC, peak layer): " + ", ".join(parts)
 
 
 def _num(value, fmt: str) -> str:

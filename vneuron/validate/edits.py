@@ -2,8 +2,11 @@
 
 Every edit is a per-unit map applied at the neuron site of the chosen units only, a ← α·a + β (or
 a ← min(a, 0)), with α and β from the mode's record (``vneuron.config.EDIT_MODES``: zero, clamp, mean,
-scale, add, set; a new mode is one record there, docs/extending.md). Call ``apply`` inside a trace body
-(for generation: inside ``for _ in tracer.iter[:]``, so every step is edited).
+scale, add, set; a new mode is one record there, docs/extending.md). A ``DirectionEdit`` moves the
+residual stream instead, at one block's output, x ← x − p·(x·d̂)d̂ + α·d̂ at every position (the direction
+baselines, ``vneuron.validate.directions``); both are planned and applied by the same ``plan`` and
+``apply``. Call ``apply`` inside a trace body (for generation: inside ``for _ in tracer.iter[:]``, so
+every step is edited).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from vneuron.errors import VneuronError
 from vneuron.locate.capture import ActivationStats
 from vneuron.locate.scoring import NeuronSet, contrast_scores
 from vneuron.models.loading import LoadedModel
+from vneuron.locate.residual import block_hidden
 from vneuron.models.sites import resolve_path, site_path, site_tensor
 
 P95_Z = 1.6449  # add-boost magnitude: mean + z·sd, a Gaussian stand-in for the 95th percentile
@@ -84,28 +88,73 @@ class Edit:
                 "per_layer": self.neurons.per_layer()}
 
 
-def plan(model: LoadedModel, edits: list[Edit] | Edit | None) -> list[tuple]:
-    """Edits as plain tuples (layer, site path, units, alpha, beta, clamp) in forward order.
+@dataclass
+class DirectionEdit:
+    """x ← x − p·(x·d̂)d̂ + α·d̂ on the output of block ``layer`` (the residual stream after it), at every position
+    and generation step: ``project`` (p = 1) removes the direction, ``alpha`` adds it. ``direction`` need not be
+    unit length: d̂ is it normalised."""
+
+    layer: int
+    direction: torch.Tensor  # [hidden]
+    alpha: float = 0.0
+    project: bool = False
+    label: str = ""  # what it is, for tables (e.g. "mean difference self_transcendence − self_enhancement")
+
+    def __post_init__(self) -> None:
+        norm = float(self.direction.double().norm())
+        if not norm > 0 or not torch.isfinite(self.direction).all():
+            raise VneuronError(f"The direction at layer {self.layer} has no length (norm {norm:g})",
+                               "the pole and its opposite have the same mean residual there: choose another layer")
+        self.unit = self.direction.double() / norm
+
+    def describe(self) -> dict:
+        return {"kind": "direction", "layer": self.layer, "alpha": self.alpha, "project": self.project,
+                "hidden": int(self.unit.numel()), "label": self.label}
+
+
+def plan(model: LoadedModel, edits: list | Edit | DirectionEdit | None) -> list[tuple]:
+    """Edits as plain tuples (layer, path, units, alpha, beta, clamp) in forward order; a direction's is
+    (layer, (layers path,), d̂, α, p, False).
 
     Built before a trace, so a remote server receives strings and tensors, never vneuron objects.
     """
     if edits is None:
         return []
-    edits = [edits] if isinstance(edits, Edit) else edits
-    steps = [(e.layer, 0 if edit.site == "gate" else 1, edit.site, e) for edit in edits for e in edit.layers]
-    # the gate activation is computed before the projection's input within a layer
-    return [(layer, site_path(model.arch, site), e.units, e.alpha, e.beta, e.clamp)
-            for layer, _, site, e in sorted(steps, key=lambda t: t[:2])]
+    edits = [edits] if isinstance(edits, (Edit, DirectionEdit)) else edits
+    steps = []
+    for edit in edits:
+        if isinstance(edit, DirectionEdit):  # a block's output comes after both neuron sites of that block
+            if not 0 <= edit.layer < model.n_layers:
+                raise VneuronError(f"Direction layer {edit.layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
+                                   f"pass a layer from 0 to {model.n_layers - 1}")
+            steps.append((edit.layer, 2, ((model.arch.layers,), edit.unit, torch.tensor(float(edit.alpha), dtype=torch.float64),
+                                          torch.tensor(float(edit.project), dtype=torch.float64), False)))
+            continue
+        # the gate activation is computed before the projection's input within a layer
+        steps += [(e.layer, 0 if edit.site == "gate" else 1, (site_path(model.arch, edit.site), e.units, e.alpha, e.beta, e.clamp))
+                  for e in edit.layers]
+    return [(layer, *rest) for layer, _, rest in sorted(steps, key=lambda t: t[:2])]
 
 
 def apply(lm, steps: list[tuple]) -> None:
-    """Edit the site tensors in place; call inside a trace (once per generation step)."""
+    """Edit the site tensors (and block outputs) in place; call inside a trace (once per generation step)."""
     for layer, path, units, alpha, beta, clamp in steps:
-        tensor = site_tensor(resolve_path(lm, path[0])[layer], path)
+        block = resolve_path(lm, path[0])[layer]
+        if len(path) == 1:  # a direction: units is d̂, alpha α, beta p
+            shift_residual(block.output, units, alpha, beta)
+            continue
+        tensor = site_tensor(block, path)
         units = units.to(tensor.device)  # the plan is made on the host; each layer's activations may live elsewhere
         current = tensor[..., units]
         tensor[..., units] = current.clamp(max=0) if clamp else (current * alpha.to(current.device, current.dtype)
                                                                  + beta.to(current.device, current.dtype))
+
+
+def shift_residual(output, unit: torch.Tensor, alpha: torch.Tensor, project: torch.Tensor) -> None:
+    """x ← x − p·(x·d̂)d̂ + α·d̂ in place on a block's output, on the device and in the dtype of the activation."""
+    h = block_hidden(output)
+    d = unit.to(h.device, h.dtype)
+    h[...] = h - project.to(h.device, h.dtype) * (h @ d)[..., None] * d + alpha.to(h.device, h.dtype) * d
 
 
 def edit_from_stats(neurons: NeuronSet, mode: str, stats: ActivationStats | None = None, *, gamma: float = 1.0,

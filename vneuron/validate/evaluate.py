@@ -24,7 +24,7 @@ from vneuron.models.sites import layer_modules, resolve_path
 from vneuron.runtime import budget, devices
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
-from vneuron.validate.edits import Edit, apply, plan
+from vneuron.validate.edits import DirectionEdit, Edit, apply, plan
 from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors, pack as pack_tries
 
 # The default (third-person) forms; templates.py holds every preset and reads custom template strings.
@@ -44,14 +44,15 @@ PVQ_ANSWERS = {
 def continuation_logprobs(
     model: LoadedModel,
     pairs: Sequence[tuple[str, str]],
-    edits: Edit | list[Edit] | None = None,
+    edits: Edit | DirectionEdit | list | None = None,
     *,
     batch_tokens: int = 4096,
     progress: Callable[[int, int], None] | None = None,
     shared_prefix: bool = True,
     reuse: "LowerLayers | None" = None,
 ) -> torch.Tensor:
-    """Mean log-probability per token of each continuation after its prefix, under ``edits``.
+    """Mean log-probability per token of each continuation after its prefix, under ``edits`` (neuron edits, direction
+    edits, or a list mixing both).
 
     Pairs that share a prefix are computed once (``vneuron.validate.prefix``: token tries with a 4-D
     attention mask), and the LM head runs only where a continuation token is predicted.
@@ -206,7 +207,7 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
 
 def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, str]], edit_sets: list, *,
                                batch_tokens: int = 4096, reuse: "LowerLayers | None" = None) -> list[torch.Tensor]:
-    """``continuation_logprobs`` under each of several edit sets (each an Edit, a list of them, or None).
+    """``continuation_logprobs`` under each of several edit sets (each an Edit, a DirectionEdit, a list of them, or None).
 
     Remote: every set and every batch in one request (one NDIF session), so a located set and its
     first controls cost one round trip. Local: one set after the other, sharing ``reuse``.

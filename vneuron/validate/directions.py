@@ -1,0 +1,153 @@
+"""Direction baselines: does editing the located neurons do more, or less, than moving the residual stream along
+the pole's mean-difference direction by the same amount? (DESIGN.md §7)
+
+* ``mean_difference``: d_L = mean block output over the pole's counted tokens − the same over its opposite's, from
+  the locate run's residual sums (``vneuron.locate.residual``).
+* ``direction_edit``: a ``DirectionEdit`` (``vneuron.validate.edits``) along d̂_L — ``add``: x ← x + α·d̂_L at every
+  position (α < 0 moves away from the pole, as an ablation would); ``project``: x ← x − (x·d̂_L)d̂_L, the
+  direction removed. The default layer is where the run's mean-difference probe reads the pole best.
+* ``random_directions``: unit vectors from a seed, the analogue of matched random neurons (``random_direction_edit``
+  gives a control the same layer, α and mode; seed it with ``controls.control_seed`` to draw them sequentially).
+* ``matched_alpha``: the budget — the mean L2 norm of the change a neuron edit makes to layer L's block output over
+  the counted tokens of the evaluation (each option's tokens in every forced-choice prompt), so that "the same size
+  of intervention" is measured, not assumed.
+
+Direction edits are edit sets like neuron edits: ``forced_choice``, ``forced_choice_sets`` (mixing both kinds),
+``generate`` and ``LowerLayers`` reuse take them, locally and on NDIF (d̂ travels by value, a vector of the hidden size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+
+from vneuron.config import DIRECTION_MODES
+from vneuron.data.schema import Item
+from vneuron.data.templates import ChoiceTemplate
+from vneuron.errors import VneuronError
+from vneuron.locate.probes import peak_layer
+from vneuron.locate.residual import block_hidden
+from vneuron.locate.runs import LocateRun
+from vneuron.models.loading import LoadedModel
+from vneuron.models.sites import resolve_path
+from vneuron.runtime import budget
+from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
+from vneuron.runtime.tokens import batches, pack, pad_id, position_ids
+from vneuron.validate.edits import DirectionEdit, apply, plan, shift_residual
+from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, step_tensors
+
+
+def _opposite(run: LocateRun, pole: str) -> str:
+    contrasts = dict(tuple(c) for c in run.manifest.get("contrasts") or [])
+    if pole not in contrasts:
+        raise VneuronError(f"Run {run.path} has no pole {pole!r} with an opposite", f"use one of: {', '.join(contrasts) or '(none)'}")
+    return contrasts[pole]
+
+
+def check_layer(run: LocateRun, layer: int) -> int:
+    """``layer`` if the run's model has it; else a one-line error naming the range."""
+    n_layers = run.stats.n_layers
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
+        raise VneuronError(f"Direction layer {layer} is out of range: {run.path} located in a model with layers 0 to {n_layers - 1}",
+                           f"pass a layer from 0 to {n_layers - 1}, or none for the layer where the probe reads the pole best")
+    return layer
+
+
+def direction_layer(run: LocateRun, pole: str, layer: int | None = None) -> int:
+    """The layer a direction baseline edits: ``layer`` (checked), else the peak of the pole's mean-difference probe."""
+    if layer is not None:
+        return check_layer(run, layer)
+    peak = peak_layer(run.manifest, pole)
+    if peak is None:
+        run.residual()  # a run from before residual means: its error says what can add them
+        note = ((run.manifest.get("probes") or {}).get("poles") or {}).get(pole, {}).get("note", "no probe for this pole")
+        raise VneuronError(f"Run {run.path} has no probe peak for {pole!r} ({note})", "pass a direction layer")
+    return int(peak)
+
+
+def mean_difference(run: LocateRun, pole: str, layer: int | None = None) -> torch.Tensor:
+    """d_L [hidden] (float64): the pole's mean residual minus its opposite's at ``layer`` (None: [layers, hidden])."""
+    d = run.residual().difference(pole, _opposite(run, pole))
+    return d if layer is None else d[check_layer(run, layer)]
+
+
+def direction_edit(run: LocateRun, pole: str, layer: int | None = None, mode: str = "add", alpha: float = 1.0) -> DirectionEdit:
+    """An edit along the pole's mean-difference direction at ``layer`` (None: the probe's peak layer): ``add`` moves
+    the residual stream by ``alpha``·d̂ (negative: away from the pole), ``project`` removes d̂ (``alpha`` unused)."""
+    check_direction_mode(mode)
+    opposite = _opposite(run, pole)
+    layer = direction_layer(run, pole, layer)
+    return DirectionEdit(layer, mean_difference(run, pole, layer), alpha=0.0 if mode == "project" else float(alpha),
+                         project=mode == "project", label=f"mean difference {pole} − {opposite}, layer {layer}")
+
+
+def check_direction_mode(mode: str) -> str:
+    if mode not in DIRECTION_MODES:
+        raise VneuronError(f"Unknown direction mode {mode!r}", f"use one of: {', '.join(DIRECTION_MODES)}")
+    return mode
+
+
+def random_directions(seed: int, n: int, hidden: int) -> torch.Tensor:
+    """[n, hidden] float64 unit vectors, uniform on the sphere, the same for the same seed."""
+    gen = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(n, hidden, generator=gen, dtype=torch.float64)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def random_direction_edit(edit: DirectionEdit, seed: int) -> DirectionEdit:
+    """The control of a direction edit: a random unit direction (``random_directions(seed, 1, hidden)``) at the same
+    layer, with the same α and mode."""
+    return replace(edit, direction=random_directions(seed, 1, edit.unit.numel())[0], label=f"random direction (seed {seed})")
+
+
+def matched_alpha(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: int, *, choice: str = "listed",
+                  template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024) -> float:
+    """The mean L2 norm, over the counted tokens of the forced choice on ``items`` (each option's tokens, in every
+    prompt and order), of the change ``neuron_edit`` (an Edit, a list of edits) makes to block ``layer``'s output:
+    ‖h_L(edited) − h_L(unedited)‖₂. An α for ``direction_edit`` that makes the two edits the same size."""
+    if not 0 <= layer < model.n_layers:
+        raise VneuronError(f"Direction layer {layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
+                           f"pass a layer from 0 to {model.n_layers - 1}")
+    if not items:
+        raise VneuronError("No items to measure the edit's size on", "check the evaluation split and dimensions")
+    steps = [s for s in plan(model, neuron_edit) if s[0] <= layer]  # edits above the layer cannot change it
+    encoded = encode_pairs(model, forced_choice_pairs(items, choice, template=template))
+    total = count = 0.0
+    for batch in batches(encoded, batch_tokens):
+        ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
+        weights = (counted & mask.bool()).to(torch.float64)
+        got = call(model, lambda: _change_norms(model, ids, mask, weights, steps, layer))
+        budget.current.add(budget.Work(forwards=2, requests=1, tokens=2 * int(ids.numel()),
+                                       layer_tokens=2 * int(ids.numel()) * (layer + 1), bytes_down=nbytes(got["total"], got["count"]),
+                                       bytes_up=nbytes(ids, mask, weights, *step_tensors(steps))))
+        total += float(got["total"])
+        count += float(got["count"])
+    return total / count
+
+
+def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int):
+    """One request: Σ over counted tokens of ‖h_L(edited) − h_L‖₂ and their count; the model stops after block L."""
+    lm = model.lm  # only the envoy, tensors, plain data and small functions may enter a (remote) trace body
+    path = model.arch.layers
+    below = [s for s in steps if s[0] < layer or len(s[1]) != 1]  # a direction at `layer` itself moves the output read there
+    here = [s for s in steps if s[0] == layer and len(s[1]) == 1]
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        with lm.trace(inputs) as tracer:
+            plain = block_hidden(resolve_path(lm, path)[layer].output).clone()
+            tracer.stop()
+        with lm.trace(inputs) as tracer:
+            apply(lm, below)
+            output = resolve_path(lm, path)[layer].output
+            for _, _, unit, alpha, project, _ in here:
+                shift_residual(output, unit, alpha, project)
+            change = (block_hidden(output).double() - plain.double()).norm(dim=-1)  # [B, T]
+            w = weights.to(change.device)
+            total = (change * w).sum().cpu()
+            count = w.sum().cpu()
+            tracer.stop()
+        total.save()
+        count.save()
+    return outcome(model, session, lambda: {"total": total, "count": count})
