@@ -238,3 +238,83 @@ def test_dry_run_states_the_cost_of_each_extra_control(tmp_path, tiny_dir):
     assert plan.exit_code == 0, plan.output
     assert "each control beyond the first" in plan.output and "side effects:" in plan.output and "go on to 200" not in plan.output
     assert "drawing goes on to 200" in plan.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "phi", "granite", "gpt_neox", "gemma3"])
+def test_kl_through_the_identity_equals_the_direct_formula(tiny_model, family):
+    """KL and perplexity read through the identity (the unedited reference once, only logZ under an edit) equal
+    KL(p‖q) from both full distributions of the model's own head: plain, biased (phi), divided (granite), untied
+    (gpt_neox's lm_head) and soft-capped (gemma3 here, which keeps the direct formula); a kept reference changes nothing."""
+    from vneuron.locate.scoring import NeuronSet
+    from vneuron.runtime import budget
+    from vneuron.validate.edits import Edit, apply, plan
+
+    model = tiny_model(family)
+    neutral = load_neutral("en")
+    units = NeuronSet("gate", model.n_layers, model.width, torch.arange(0, 2 * model.width, 3), torch.zeros(2 * model.width // 3 + 1), {})
+    edit = Edit(units, "zero")
+    reference: dict = {}
+    first = measure(model, neutral, [edit], reference=reference)
+    work = budget.reset()
+    again = measure(model, neutral, [edit], reference=reference)
+    assert again == first  # bit for bit
+    assert work.forwards > 0 and "prose" in reference and "pairs" in reference
+
+    nll0 = nll1 = kl = 0.0
+    count = 0
+    for text in neutral.texts:
+        ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with torch.inference_mode():
+            ref = model.hf_model(**inputs).logits[0, :-1].double().log_softmax(-1)
+            with model.lm.trace(inputs):
+                apply(model.lm, plan(model, edit))
+                logits = model.lm.output.logits.save()
+        new = logits[0, :-1].double().log_softmax(-1)
+        target = ids[0, 1:, None]
+        nll0 -= float(ref.gather(-1, target).sum())
+        nll1 -= float(new.gather(-1, target).sum())
+        kl += float((ref.exp() * (ref - new)).sum())
+        count += ids.shape[1] - 1
+    (located,) = first["sets"]
+    rel = 1e-6 if family == "gemma3" else 1e-9  # the direct formula reduces in float32, as it always has
+    assert first["before"]["positions"] == count
+    assert first["before"]["ppl_before"] == pytest.approx(math.exp(nll0 / count), rel=rel)
+    assert located["ppl_after"] == pytest.approx(math.exp(nll1 / count), rel=rel)
+    assert located["kl"] > 1e-4 and located["kl"] == pytest.approx(kl / count, rel=100 * rel)
+
+
+def test_a_studys_side_effects_run_the_unedited_model_once(tmp_path, tiny_dir, monkeypatch):
+    """Every pole and round of a study reads the unedited prose reference and the unedited pairs from one computation."""
+    import vneuron.validate.side_effects as se
+
+    run_dir = tmp_path / "run"
+    located = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                  "--split", "all", "-k", "8", "--out", str(run_dir), "-q"])
+    assert located.exit_code == 0, located.output
+    calls = {"reference": 0, "pairs_unedited": 0}
+    real_reference, real_sets = se._reference_request, se.continuation_logprobs_sets
+
+    def counting_reference(*args, **kwargs):
+        calls["reference"] += 1
+        return real_reference(*args, **kwargs)
+
+    def counting_sets(model, flat, sets, **kwargs):
+        calls["pairs_unedited"] += sum(s is None for s in sets)
+        return real_sets(model, flat, sets, **kwargs)
+
+    monkeypatch.setattr(se, "_reference_request", counting_reference)
+    monkeypatch.setattr(se, "continuation_logprobs_sets", counting_sets)
+    result = runner.invoke(app, ["ablate", str(run_dir), "--split", "all", "--controls", "2", "--max-controls", "4",
+                                 "--side-controls", "4", "--out", str(tmp_path / "ablate"), "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ablate" / "manifest.json").read_text())
+    assert len(manifest["results"]) == 4
+    batches = len(se._prose_batches(se_model(tiny_dir), se.load_neutral("en").texts, 1024))
+    assert calls == {"reference": batches, "pairs_unedited": 1}
+
+
+def se_model(tiny_dir):
+    from vneuron.models.loading import load_model
+
+    return load_model(str(tiny_dir("llama")))

@@ -30,9 +30,12 @@ from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.store import file_sha256
 from vneuron.runtime.tokens import pad_id, position_ids, token_batches
 from vneuron.validate.edits import apply, plan
+from vneuron.models.sites import resolve_path
 from vneuron.validate.evaluate import continuation_logprobs_sets
+from vneuron.validate.prefix import LOGIT_BUDGET
 
-NEUTRAL_BATCH_TOKENS = 128  # the full next-token distributions of a batch are held at once (vocab 262,144 on Gemma)
+NEUTRAL_BATCH_TOKENS = 128  # a soft-capped head: the full next-token distributions of a batch are held at once (vocab 262,144)
+LINEAR_BATCH_TOKENS = 1024  # any other head: the vocabulary is read in chunks (``edited_stats``), batches as evaluation's
 DAMAGE = ("kl", "ppl_ratio", "task_drop")  # side effects, each oriented so that larger = more damage
 VERDICTS = ("value-specific", "non-specific damage", "no effect")
 
@@ -111,6 +114,54 @@ def load_fit_prose(language: str = "en", path: str | Path | None = None) -> tupl
 
 
 # -- measuring ---------------------------------------------------------------------------------
+# KL(p ‖ q) at a position, with p the unedited next-token distribution and q the edited one, without holding p:
+# log q = z − logZ with z = (W h + b) / s the edited logits, so KL = −H(p) − h·e − p·b/s + logZ, where the entropy H(p),
+# the expected unembedding e = Wᵀp / s and p·b/s belong to the unedited model (computed once per study and position)
+# and only logZ = logsumexp(z) needs the edited logits: one pass over the vocabulary instead of five, and the model's
+# own head over every position is never materialised. Exact for a head followed by nothing or by a division (every
+# family but a soft-capped one, which keeps the direct formula).
+def _chunks(n: int, vocab: int) -> list[tuple[int, int]]:
+    step = max(1, LOGIT_BUDGET // max(vocab, 1))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def _work(hidden: torch.Tensor) -> torch.dtype:
+    """Float64 for a float64 model (exact tests), else float32, as the direct formula computes."""
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
+def reference_stats(hidden: torch.Tensor, weight, bias, scale: float, targets: torch.Tensor) -> torch.Tensor:
+    """Per position of the unedited model (``hidden`` [N, H] final-normed): [N, H + 3] holding −H(p) − p·b/s, the NLL
+    of the target, a 0, then e = Wᵀp / s (float64, on the host). Only tensors and plain data: it runs in a request."""
+    rows = []
+    vocab, work = weight.shape[0], _work(hidden)
+    for lo, hi in _chunks(hidden.shape[0], vocab):
+        z = (torch.nn.functional.linear(hidden[lo:hi].to(weight.device), weight, bias) / scale).to(work)
+        logp = z.log_softmax(-1)
+        p = logp.exp()
+        entropy = -(p * logp).sum(-1)
+        pb = (p @ (bias.to(work) / scale)) if bias is not None else torch.zeros_like(entropy)
+        nll = -logp.gather(-1, targets[lo:hi].to(z.device)[:, None]).squeeze(-1)
+        e = (p @ weight.to(work)) / scale
+        rows.append(torch.cat([(-entropy - pb)[:, None], nll[:, None], torch.zeros_like(nll)[:, None], e], 1).double().cpu())
+    return torch.cat(rows)
+
+
+def edited_stats(hidden: torch.Tensor, weight, bias, scale: float, targets: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per position under an edit: [N, 2] KL(unedited ‖ edited) and the NLL of the target (float64, on the host)."""
+    out = []
+    vocab, work = weight.shape[0], _work(hidden)
+    for lo, hi in _chunks(hidden.shape[0], vocab):
+        h = hidden[lo:hi].to(weight.device)
+        z = (torch.nn.functional.linear(h, weight, bias) / scale).to(work)
+        log_z = torch.logsumexp(z, -1).double()
+        target = z.gather(-1, targets[lo:hi].to(z.device)[:, None]).squeeze(-1).double()
+        ref = reference[lo:hi].to(h.device)
+        kl = ref[:, 0] - (h.double() * ref[:, 3:]).sum(-1) + log_z
+        out.append(torch.stack([kl, log_z - target], 1).cpu())
+    return torch.cat(out)
+
+
 def _prose_batches(model, texts: Sequence[str], batch_tokens: int):
     ids = [list(model.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
     pad = pad_id(model.tokenizer)
@@ -123,9 +174,52 @@ def _prose_batches(model, texts: Sequence[str], batch_tokens: int):
     return out
 
 
+def _linear_head(model) -> float | None:
+    """The divisor of a head whose logits are a linear map of the final hidden state (1: none), else None (soft-capped)."""
+    post = model.arch.post(model.lm.config)
+    if post is None:
+        return 1.0
+    return post[1] if post[0] == "divide" else None
+
+
+def _reference_request(model, ids, mask, scale: float):
+    """One request: the unedited model's per-position reference (``reference_stats``) of a batch's predicted positions."""
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base, head = resolve_path(lm, model.arch.base), resolve_path(lm, model.arch.head)
+    inputs = model.inputs(ids, mask, position_ids(mask))
+    keep = mask[:, 1:].reshape(-1).bool()
+    targets = ids[:, 1:].reshape(-1)[keep]
+    with torch.inference_mode(), lm.trace(inputs, **trace_kwargs(model)) as tracer:
+        final = base.output[0][:, :-1]
+        flat = final.reshape(-1, final.shape[-1])[keep.to(final.device)]
+        ref = reference_stats(flat, head.weight, head.bias, scale, targets).save()
+        tracer.stop()  # the model's own head over every position is not needed
+    return outcome(model, tracer, lambda: {"ref": ref})
+
+
+def _edited_request(model, ids, mask, steps_list, scale: float, reference: torch.Tensor):
+    """One request: per edit set the per-position KL and NLL of a batch (``edited_stats``), the reference uploaded."""
+    lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
+    base, head = resolve_path(lm, model.arch.base), resolve_path(lm, model.arch.head)
+    inputs = model.inputs(ids, mask, position_ids(mask))
+    keep = mask[:, 1:].reshape(-1).bool()
+    targets = ids[:, 1:].reshape(-1)[keep]
+    with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        stats = []  # the name is the key of the collected result: it must match outcome's
+        for steps in steps_list:
+            with lm.trace(inputs) as tracer:
+                apply(lm, steps)
+                final = base.output[0][:, :-1]
+                flat = final.reshape(-1, final.shape[-1])[keep.to(final.device)]
+                stats.append(edited_stats(flat, head.weight, head.bias, scale, targets, reference))
+                tracer.stop()
+        stats.save()
+    return outcome(model, session, lambda: {"stats": stats})
+
+
 def _prose_request(model, ids, mask, steps_list):
-    """One request: the unedited next-token distributions of a batch, then per edit set the summed KL
-    to them and the summed NLL of the text, over every predicted position (reduced where the model runs)."""
+    """One request (a soft-capped head): the unedited next-token distributions of a batch, then per edit set the summed
+    KL to them and the summed NLL of the text, over every predicted position (reduced where the model runs)."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     inputs = model.inputs(ids, mask, position_ids(mask))
     targets = ids[:, 1:]
@@ -147,39 +241,74 @@ def _prose_request(model, ids, mask, steps_list):
     return outcome(model, session, lambda: {"sums": sums})
 
 
-def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens: int = NEUTRAL_BATCH_TOKENS,
-                  progress=None) -> dict[str, Any]:
+def prose_batch_tokens(model, batch_tokens: int | str = "auto") -> int:
+    """The prose's batch size: the direct formula holds a batch's whole [positions, vocabulary] distributions (small
+    batches); the identity reads the vocabulary in chunks (batches as evaluation's)."""
+    cap = NEUTRAL_BATCH_TOKENS if _linear_head(model) is None else LINEAR_BATCH_TOKENS
+    return min(model.batch_tokens(batch_tokens, cap), cap)
+
+
+def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens: int | str = "auto",
+                  progress=None, reference: dict | None = None) -> dict[str, Any]:
     """Perplexity of ``texts`` unedited, and per edit set the mean KL per position and the perplexity.
-    ``progress(done, total)`` after each batch (each holds every edit set: the slow part of a side-effect study)."""
+    ``progress(done, total)`` after each batch (each holds every edit set: the slow part of a side-effect study).
+    ``reference``: the unedited model's per-position reference of each batch, kept by the caller across calls (a study
+    measures the same prose for every pole and round): computed on first use."""
     steps_list = [plan(model, e) for e in edit_sets]
+    scale = _linear_head(model)
+    reference = {} if reference is None else reference
     positions = 0
     nll0 = 0.0
     kl = [0.0] * len(edit_sets)
     nll = [0.0] * len(edit_sets)
-    batches = _prose_batches(model, texts, min(batch_tokens, NEUTRAL_BATCH_TOKENS))
+    batches = _prose_batches(model, texts, prose_batch_tokens(model, batch_tokens))
     for done, (ids, mask) in enumerate(batches, 1):
-        sums = call(model, lambda: _prose_request(model, ids, mask, steps_list))["sums"]
-        positions += int(mask[:, 1:].sum())
-        nll0 += float(sums[0].sum())
-        for s in range(len(edit_sets)):
-            kl[s] += float(sums[1 + 2 * s].sum())
-            nll[s] += float(sums[2 + 2 * s].sum())
-        sets = 1 + len(edit_sets)
+        n = int(mask[:, 1:].sum())
+        positions += n
+        sets = len(edit_sets)
+        if scale is None:
+            sums = call(model, lambda: _prose_request(model, ids, mask, steps_list))["sums"]
+            nll0 += float(sums[0].sum())
+            for s in range(sets):
+                kl[s] += float(sums[1 + 2 * s].sum())
+                nll[s] += float(sums[2 + 2 * s].sum())
+            sets += 1
+        else:
+            key = (tuple(ids.shape), int(ids.sum()), int(mask.sum()))
+            if key not in reference:
+                reference[key] = call(model, lambda: _reference_request(model, ids, mask, scale))["ref"]
+                budget.current.add(budget.Work(forwards=1, requests=1, tokens=int(ids.numel()), head_positions=n,
+                                               layer_tokens=int(ids.numel()) * model.n_layers, bytes_down=nbytes(reference[key]),
+                                               bytes_up=nbytes(ids, mask)))
+            ref = reference[key]
+            nll0 += float(ref[:, 1].sum())
+            if sets:
+                stats = call(model, lambda: _edited_request(model, ids, mask, steps_list, scale, ref))["stats"]
+                for s in range(sets):
+                    kl[s] += float(stats[s][:, 0].sum())
+                    nll[s] += float(stats[s][:, 1].sum())
         budget.current.add(budget.Work(forwards=sets, requests=1, tokens=int(ids.numel()) * sets,
-                                       layer_tokens=int(ids.numel()) * sets * model.n_layers, head_positions=int(ids.numel()) * sets,
-                                       bytes_down=8 * len(ids) * (2 * sets - 1), bytes_up=nbytes(ids, mask)))
+                                       layer_tokens=int(ids.numel()) * sets * model.n_layers, head_positions=n * sets,
+                                       bytes_down=16 * n * sets, bytes_up=nbytes(ids, mask)))
         if progress:
             progress(done, len(batches))
     positions = max(positions, 1)
     return {"positions": positions, "ppl_before": math.exp(nll0 / positions),
-            "kl": [k / positions for k in kl], "ppl_after": [math.exp(n / positions) for n in nll]}
+            "kl": [k / positions for k in kl], "ppl_after": [math.exp(v / positions) for v in nll]}
 
 
 def pair_effects(model, pairs: Sequence[tuple[str, str, str, str]], edit_sets: list, *, batch_tokens: int = 1024,
-                 reuse=None) -> dict[str, Any]:
-    """The non-value forced choice: accuracy and mean P(right) unedited and under each edit set."""
+                 reuse=None, reference: dict | None = None) -> dict[str, Any]:
+    """The non-value forced choice: accuracy and mean P(right) unedited and under each edit set. ``reference``: kept
+    by the caller across calls, it holds the unedited log-likelihoods after the first."""
     flat = [(prompt, c) for _, prompt, right, wrong in pairs for c in (right, wrong)]
-    lps = continuation_logprobs_sets(model, flat, [None, *edit_sets], batch_tokens=batch_tokens, reuse=reuse)
+    reference = {} if reference is None else reference
+    if "pairs" not in reference:
+        lps = continuation_logprobs_sets(model, flat, [None, *edit_sets], batch_tokens=batch_tokens, reuse=reuse)
+        reference["pairs"] = lps[0]
+    else:
+        lps = [reference["pairs"], *(continuation_logprobs_sets(model, flat, edit_sets, batch_tokens=batch_tokens, reuse=reuse)
+                                     if edit_sets else [])]
 
     def read(lp):
         lp = lp.reshape(len(pairs), 2)
@@ -191,14 +320,20 @@ def pair_effects(model, pairs: Sequence[tuple[str, str, str, str]], edit_sets: l
             "p_after": [p for _, p in after]}
 
 
-def measure(model, neutral: Neutral, edit_sets: list, *, batch_tokens: int = 1024, reuse=None, progress=None) -> dict[str, Any]:
+def measure(model, neutral: Neutral, edit_sets: list, *, batch_tokens: int | str = "auto", reuse=None, progress=None,
+            reference: dict | None = None) -> dict[str, Any]:
     """Side effects of each edit set (the located set first, then its controls), per set one record.
-    ``progress(done, total)``: the prose's batches, then the pairs as one more unit."""
+    ``progress(done, total)``: the prose's batches, then the pairs as one more unit. ``reference``: a dict the caller
+    keeps for this ``neutral`` across calls (every pole and round of a study): the unedited model's part of each
+    measure is computed on first use and read after."""
     say = progress or (lambda done, total: None)
-    units = len(_prose_batches(model, neutral.texts, NEUTRAL_BATCH_TOKENS)) if neutral.texts else 0
+    reference = {} if reference is None else reference
+    units = len(_prose_batches(model, neutral.texts, prose_batch_tokens(model, batch_tokens))) if neutral.texts else 0
     say(0, units + 1)
-    prose = prose_effects(model, neutral.texts, edit_sets, progress=lambda d, t: say(d, units + 1)) if neutral.texts else None
-    task = pair_effects(model, neutral.pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse) if neutral.pairs else None
+    prose = (prose_effects(model, neutral.texts, edit_sets, batch_tokens=batch_tokens, progress=lambda d, t: say(d, units + 1),
+                           reference=reference.setdefault("prose", {})) if neutral.texts else None)
+    task = (pair_effects(model, neutral.pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse, reference=reference)
+            if neutral.pairs else None)
     say(units + 1, units + 1)
     rows = []
     for s in range(len(edit_sets)):

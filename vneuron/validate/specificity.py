@@ -28,7 +28,8 @@ def beside_count(drawn: int, config) -> int:
     return max(drawn, config.side_controls)
 
 
-def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=None, first: int = 0) -> dict[str, Any]:
+def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=None, first: int = 0,
+               reference: dict | None = None) -> dict[str, Any]:
     """Side effects of the located edit and of its controls, ranked.
 
     With ``stop_after`` h > 0 the controls go in rounds — the located set with the ``first`` ones
@@ -45,7 +46,7 @@ def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=
         take = total if h <= 0 else (min(total, max(first, h)) if not measured["sets"] else min(total - done, h))
         chunk = ([edit] if not measured["sets"] else []) + list(control_edits[done: done + take])
         offset = len(measured["sets"])
-        part = side_effects.measure(loaded, neutral, chunk, batch_tokens=config.batch_tokens,
+        part = side_effects.measure(loaded, neutral, chunk, batch_tokens=config.batch_tokens, reference=reference,
                                     progress=lambda d, t: say(offset + round(len(chunk) * d / max(t, 1)), 1 + total))
         measured["before"], measured["sets"] = part["before"], measured["sets"] + part["sets"]
         done += take
@@ -206,6 +207,7 @@ class Beside:
         the study's unedited results per item list, which the matrix reads and adds to."""
         self.loaded, self.config, self.judge = loaded, config, judge
         self.neutral: dict[str, side_effects.Neutral] = {}
+        self.references: dict[str, dict] = {}  # per language, the unedited model's part of the side effects (once a study)
         self.cross = (CrossValues(loaded, items, config, select, baselines)
                       if select is not None and config.cross_values else None)
         if self.cross is not None and not self.cross.useful:
@@ -225,8 +227,10 @@ class Beside:
         rows: list[dict] = []
         if cfg.side_effects:
             stage = f"{pole}: side effects (sets; located and up to {len(controls)} controls, sequential)"
-            side = side_study(self.loaded, self.neutral_for(items[0].language if items else "en"), edit, controls, cfg,
-                              progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0))
+            lang = "zh" if items and items[0].language == "zh" else "en"
+            side = side_study(self.loaded, self.neutral_for(lang), edit, controls, cfg,
+                              progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0),
+                              reference=self.references.setdefault(lang, {}))
             summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
             seeds = [control_seed(cfg.seed, n) for n in range(len(controls))]
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
