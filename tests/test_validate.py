@@ -17,6 +17,7 @@ from vneuron.data import load_corpus
 from vneuron.validate.evaluate import bootstrap_ci, forced_choice, forced_choice_pairs
 from vneuron.locate.scoring import NeuronSet
 from vneuron.config import ValidateConfig
+from vneuron.runtime.checkpoint import MEMO
 from vneuron.validate.controls import summarize
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -178,7 +179,7 @@ def test_interrupted_studies_keep_finished_poles(tmp_path, tiny_dir, monkeypatch
             call(config, out)
         assert config.template is None  # the run's template filled a copy, not the caller's config
         state = json.loads((tmp_path / f".{out.name}.partial" / "state.json").read_text())
-        assert list(state["pieces"]) == ["conservation"]
+        assert [k for k in state["pieces"] if k != MEMO] == ["conservation"]
         monkeypatch.setattr(validate, "summarize", real)
         resumed = call(config, out)
         assert [s["dimension"] for s in resumed.summaries] == ["conservation", "self_transcendence"]
@@ -192,3 +193,56 @@ def test_interrupted_studies_keep_finished_poles(tmp_path, tiny_dir, monkeypatch
                 call(config, tmp_path / f"{kind}-changed")
             monkeypatch.setattr(validate, "summarize", real)
             call(replace(config, seed=1), tmp_path / f"{kind}-changed")
+
+
+@pytest.mark.parametrize("stage", ["unedited", "value shift", "side effects", "matrix"])
+def test_a_study_interrupted_inside_a_pole_resumes_where_it_stopped_bit_for_bit(tmp_path, tiny_dir, monkeypatch, stage):
+    """Each part of a pole (the unedited items, the value shift's sets, each round of side effects, each matrix column) is
+    kept as it finishes: interrupted in the middle of a stage, a rerun computes none of the kept parts again and writes
+    exactly what an uninterrupted study writes."""
+    from vneuron.runtime.checkpoint import Checkpoint
+    import vneuron.validate.study as validate
+
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"), "--split", "all",
+                               "-k", "6", "--out", str(run_dir), "-q"]).exit_code == 0
+    config = ValidateConfig(controls=6, stop_after=2, max_controls=6, side_controls=6, split="all", limit=6,
+                            dimensions=["conservation", "self_transcendence"])
+    real = Checkpoint.memo
+    computed: list[str] = []
+
+    def recording(self, name, compute):
+        def run():
+            computed.append(name)
+            return compute()
+        return real(self, name, run)
+
+    monkeypatch.setattr(Checkpoint, "memo", recording)
+    whole = validate.ablate(run_dir, config, out=tmp_path / "whole")
+    order = list(computed)
+    # the stage's second part in the second pole (its first pole is finished and kept whole)
+    second = [n for n in order if n.startswith("self_transcendence: ") or n.startswith("unedited")]
+    names = [n for n in (second if stage != "unedited" else order) if stage in n]
+    assert names, order
+    stop = names[min(1, len(names) - 1)] if stage != "unedited" else names[-1]
+    computed.clear()
+
+    def interrupting(self, name, compute):
+        if name == stop:
+            raise KeyboardInterrupt
+        return recording(self, name, compute)
+
+    monkeypatch.setattr(Checkpoint, "memo", interrupting)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        validate.ablate(run_dir, config, out=out)
+    kept = set(computed) - {n for n in computed if n.startswith("conservation: ")}  # a finished pole keeps its record
+    assert kept and all(n in order for n in kept)
+    computed.clear()
+    monkeypatch.setattr(Checkpoint, "memo", recording)
+    resumed = validate.ablate(run_dir, config, out=out)
+    assert not set(computed) & kept and stop in computed  # nothing kept is computed again; the rest is
+    assert not any(n.startswith("conservation: ") for n in computed)
+    assert json.dumps(resumed.summaries, sort_keys=True) == json.dumps(whole.summaries, sort_keys=True)
+    for name in ("items.csv", "controls.csv", "side_effects.csv", "cross_values.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

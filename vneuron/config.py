@@ -276,6 +276,7 @@ class ValidateConfig:
     neutral: str | None = None  # a file of neutral prose (one passage a line) and/or prompt<TAB>right<TAB>wrong pairs (None: built-in)
     side_controls: int = 20  # side effects: at least this many controls (all drawn, if more); cross-value matrix: at most this many
     cross_values: bool = True  # evaluate each located set on the items of the other values/axes too (the cross-value matrix)
+    matrix_items: int | None = None  # the matrix: at most this many items per other column (None: every item; its CI says the rest)
     verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
     judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (vneuron.validate.judges)
     judge_controls: int = 5  # controls whose generations are generated and judged too
@@ -308,7 +309,7 @@ class ValidateConfig:
         if self.split not in SPLITS:
             raise VneuronError(f"Unknown `split` {self.split!r}", "use test (held out), train or all")
         batch_setting(self.batch_tokens)
-        for name, low in (("controls", 0), ("top_k", 1), ("limit", 1), ("generations", 0)):
+        for name, low in (("controls", 0), ("top_k", 1), ("limit", 1), ("generations", 0), ("matrix_items", 2)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise VneuronError(f"`{name}` must be at least {low}, got {value}")

@@ -181,6 +181,10 @@ def ablate(
     cross_values: bool = setting(V, "cross_values", "--cross-values/--no-cross-values", panel=EVALUATION,
                                  help="Also evaluate each located set on the items of every other value or axis (the cross-value "
                                       "matrix; with the same controls)."),
+    matrix_items: Optional[int] = setting(V, "matrix_items", "--matrix-items", panel=EVALUATION,
+                                          help="The cross-value matrix: at most N items per other column (default: every "
+                                               "item; each cell's CI shows what fewer cost), so many values cost a bounded "
+                                               "multiple of the value shift."),
     pvq: Optional[str] = setting(V, "pvq", "--pvq", panel=EVALUATION,
                                  help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an "
                                       "item,value,key file."),
@@ -198,7 +202,7 @@ def ablate(
     """
     setup(study["threads"], study["quiet"], study["device"], study["device_map"])
     config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, cross_values=cross_values, pvq=pvq,
-                     pvq_template=pvq_template).check_ablation()
+                     pvq_template=pvq_template, matrix_items=matrix_items).check_ablation()
     _run("ablate", run_dir, config, top_k, out, study)
 
 

@@ -18,9 +18,45 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vneuron.errors import VneuronError
+
+
+MEMO = "parts"  # the piece that holds the parts of pieces not yet finished (``Checkpoint.memo``)
+
+
+def _encode(value: Any) -> Any:
+    import torch  # runtime's checkpoint is imported before torch is needed
+
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": str(value.dtype).removeprefix("torch."), "shape": list(value.shape),
+                "data": value.detach().cpu().reshape(-1).tolist()}
+    if isinstance(value, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return {"__float__": repr(value)}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        import torch
+
+        return torch.tensor(value["data"], dtype=getattr(torch, value["__tensor__"])).reshape(value["shape"])
+    if "__dict__" in value:
+        return {_decode(k): _decode(v) for k, v in value["__dict__"]}
+    if "__tuple__" in value:
+        return tuple(_decode(v) for v in value["__tuple__"])
+    return float(value["__float__"])
 
 
 def partial_dir(run_dir: Path) -> Path:
@@ -82,6 +118,24 @@ class Checkpoint:
         """Keep a finished piece (a JSON-able record) at once."""
         self.pieces[name] = record
         self.save()
+
+    def memo(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A part of a piece (one control set's P, a round of side effects, a matrix column): read back from an
+        interrupted run, else computed and kept at once. Tensors, numbers, strings, lists and dicts come back exactly
+        (a tensor's values as JSON, which holds every float bit for bit, with its dtype and shape)."""
+        store = self.pieces.setdefault(MEMO, {})
+        if name in store:
+            return _decode(store[name])
+        value = compute()
+        store[name] = _encode(value)
+        self.save()
+        return value
+
+    def forget_memos(self, prefix: str) -> None:
+        """Drop the parts of a finished piece (its record holds what they made)."""
+        store = self.pieces.get(MEMO, {})
+        for name in [n for n in store if n.startswith(prefix)]:
+            del store[name]
 
     def file(self, name: str) -> Path:
         """Where a piece's tensors are kept."""

@@ -91,25 +91,35 @@ def z_interval(effect_i: torch.Tensor, per_seed: torch.Tensor, *, n: int = 2000,
     return lo, hi
 
 
-def sequential_controls(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse, progress):
+def computed(name: str, compute):
+    """A memo that keeps nothing (``Checkpoint.memo`` keeps each part of a long step as it finishes)."""
+    return compute()
+
+
+def sequential_controls(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse, progress,
+                        memo=computed):
     """The located set and its first controls in one go, then controls one at a time until the
     sequential rule (Besag–Clifford) stops: returns P toward the pole after the located edit, per
     control, and the rule (its report says how many were drawn and why it stopped). ``progress``
-    counts edit sets against the most the rule may still draw, so its ETA is an upper bound."""
+    counts edit sets against the most the rule may still draw, so its ETA is an upper bound.
+    ``memo(name, compute)``: each evaluation (the first sets, then each control) kept as it finishes."""
     rule = Sequential(0.0, tail, config.stop_after, config.controls, extend_to=config.max_controls)
     ceiling = lambda: 1 + max(config.controls, len(controls) + (1 if rule.more() else 0))  # noqa: E731
     progress(0, 1 + config.controls)
-    first = forced_choice_sets(loaded, items, [edit] + [control_edit(n) for n in range(rule.first())],
-                               batch_tokens=config.batch_tokens, choice=config.choice, template=config.template, reuse=reuse)
-    located = first[0].toward(pole)
+    first = memo("first sets", lambda: [r.toward(pole) for r in forced_choice_sets(
+        loaded, items, [edit] + [control_edit(n) for n in range(rule.first())], batch_tokens=config.batch_tokens,
+        choice=config.choice, template=config.template, reuse=reuse)])
+    located = first[0]
     rule.effect = float((located - base).mean())
-    controls = [r.toward(pole) for r in first[1:]]
+    controls = list(first[1:])
     for c in controls:
         rule.add(float((c - base).mean()))
     progress(1 + len(controls), ceiling())
     while rule.more():
-        controls.append(forced_choice(loaded, items, control_edit(len(controls)), batch_tokens=config.batch_tokens,
-                                      choice=config.choice, template=config.template, reuse=reuse).toward(pole))
+        n = len(controls)
+        controls.append(memo(f"control {n}", lambda: forced_choice(loaded, items, control_edit(n), batch_tokens=config.batch_tokens,
+                                                                   choice=config.choice, template=config.template,
+                                                                   reuse=reuse).toward(pole)))
         rule.add(float((controls[-1] - base).mean()))
         progress(1 + len(controls), ceiling())
     progress(1 + len(controls), 1 + len(controls))

@@ -19,8 +19,8 @@ import torch
 
 from vneuron.data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
 from vneuron.validate import side_effects
-from vneuron.validate.controls import control_seed
-from vneuron.validate.evaluate import LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
+from vneuron.validate.controls import computed, control_seed
+from vneuron.validate.evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
 
 
 def beside_count(drawn: int, config) -> int:
@@ -28,15 +28,41 @@ def beside_count(drawn: int, config) -> int:
     return max(drawn, config.side_controls)
 
 
+class Unedited:
+    """The unedited forced choice of every item list a study reads (a pole's items, a matrix column, often the same
+    items): each computed once, and kept by ``memo`` so an interrupted study does not compute it again."""
+
+    def __init__(self, loaded, config, memo=computed):
+        self.loaded, self.config, self.memo = loaded, config, memo
+        self.results: dict[tuple, ChoiceResult] = {}
+
+    def __call__(self, items: Sequence[Item], progress=None) -> ChoiceResult:
+        import hashlib
+
+        key = tuple(i.id for i in items)
+        if key not in self.results:
+            cfg = self.config
+            name = "unedited " + hashlib.sha256("\n".join(map(str, key)).encode()).hexdigest()[:16]
+            p_order, logprob = self.memo(name, lambda: _tensors(forced_choice(self.loaded, list(items), batch_tokens=cfg.batch_tokens,
+                                                                               choice=cfg.choice, template=cfg.template,
+                                                                               progress=progress)))
+            self.results[key] = ChoiceResult(list(items), p_order, logprob)
+        return self.results[key]
+
+
+def _tensors(result: ChoiceResult) -> tuple:
+    return result.p_order, result.logprob
+
+
 def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=None, first: int = 0,
-               reference: dict | None = None) -> dict[str, Any]:
+               reference: dict | None = None, memo=computed) -> dict[str, Any]:
     """Side effects of the located edit and of its controls, ranked.
 
     With ``stop_after`` h > 0 the controls go in rounds — the located set with the ``first`` ones
     (those its value shift was ranked against), then h at a time — until every damage measure has
     h controls at least as damaging (the sequential rule of the value shift, per measure), or all
     ``control_edits`` are in. A located set that damages no more than chance so costs a few sets;
-    one beyond the controls costs all of them, as it would with a fixed number.
+    one beyond the controls costs all of them, as it would with a fixed number. ``memo`` keeps each round.
     """
     h, total = config.stop_after, len(control_edits)
     say = progress or (lambda done, all_: None)
@@ -46,8 +72,9 @@ def side_study(loaded, neutral, edit, control_edits: Sequence, config, progress=
         take = total if h <= 0 else (min(total, max(first, h)) if not measured["sets"] else min(total - done, h))
         chunk = ([edit] if not measured["sets"] else []) + list(control_edits[done: done + take])
         offset = len(measured["sets"])
-        part = side_effects.measure(loaded, neutral, chunk, batch_tokens=config.batch_tokens, reference=reference,
-                                    progress=lambda d, t: say(offset + round(len(chunk) * d / max(t, 1)), 1 + total))
+        part = memo(f"sets {offset}-{offset + len(chunk) - 1}", lambda: side_effects.measure(
+            loaded, neutral, chunk, batch_tokens=config.batch_tokens, reference=reference,
+            progress=lambda d, t: say(offset + round(len(chunk) * d / max(t, 1)), 1 + total)))
         measured["before"], measured["sets"] = part["before"], measured["sets"] + part["sets"]
         done += take
         if done >= total or side_effects.settled(measured, h):
@@ -104,53 +131,87 @@ def _cell(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor
     return out
 
 
+def _settled(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], h: int) -> bool:
+    """A column's controls need not go on: h of them move its items at least as far from the controls' mean as the
+    located set does (either way), so its two-sided p is at least h / n whatever more controls would show."""
+    if h <= 0 or len(controls) < h:
+        return False
+    per = torch.stack([c - base for c in controls]).mean(1)
+    centre = per.mean()
+    return int((per - centre).abs().ge(abs(float((located - base).mean()) - float(centre))).sum()) >= h
+
+
 class CrossValues:
-    """The cross-value matrix of one study: unedited baselines per column computed once."""
+    """The cross-value matrix of one study: the other columns' items under the located set and its controls.
+
+    Each column draws its controls as the value shift does (``stop_after`` at a time, Besag–Clifford, two-sided): a
+    column the located set does not move beyond chance stops after a few sets, one it moves draws every control the
+    value shift drew. ``matrix_items`` caps the items of a column (each column's effect carries its CI), so a data set
+    with many values costs a bounded multiple of the value shift."""
 
     def __init__(self, loaded, items: Sequence[Item], config, select: Callable[[list[Item], str, int | None], list[Item]],
-                 baselines: dict | None = None):
+                 unedited: Unedited | None = None):
         self.loaded, self.config, self.select = loaded, config, select  # select: validate.items_for
         self.groups = value_groups(items)
-        # unedited results per item list (ids in order): shared with the study, whose poles' baselines are the same items
-        self.baselines: dict[tuple, Any] = {} if baselines is None else baselines
+        self.unedited = unedited or Unedited(loaded, config)  # shared with the study: its poles' items are columns too
 
     @property
     def useful(self) -> bool:
         return len(self.groups) > 1
 
-    def _items(self, column: str, toward: str) -> list[Item]:
-        return self.select(self.groups[column][1], toward, self.config.limit)
+    def items(self, column: str, toward: str, own: bool = False) -> list[Item]:
+        """A column's items (the value shift's own column: the value shift's items)."""
+        limits = [x for x in (self.config.limit, None if own else self.config.matrix_items) if x is not None]
+        return self.select(self.groups[column][1], toward, min(limits) if limits else None)
 
     def row(self, pole: str, edit, control_edits: Sequence, say: Callable[[str, int, int], None],
-            own_result: tuple | None = None) -> dict[str, Any]:
+            own_result: tuple | None = None, memo=computed) -> dict[str, Any]:
         """One row: the located edit of ``pole`` on every column, beside its controls. ``own_result``: (item ids,
-        base, located, controls) of the value shift itself, reused for the column with exactly those items."""
-        cfg = self.config
+        base, located, controls) of the value shift itself, reused for the column with exactly those items.
+        ``memo`` keeps each column as it finishes."""
         own = own_column(pole, self.groups)
         cells: dict[str, Any] = {}
+        stage = f"{pole}: cross-value matrix ({len(self.groups)} columns)"
         for n, (column, (toward, _)) in enumerate(self.groups.items()):
+            say(stage, n, len(self.groups))
             if column == own and expresses(self.groups[column][1][0], pole) is not None:
                 toward = pole  # its own axis is read toward its own pole
-            items = self._items(column, toward)
-            key = tuple(i.id for i in items)
+            items = self.items(column, toward, own=toward == pole)
             if own_result is not None and toward == pole and [i.id for i in items] == own_result[0]:
                 _, base, located, controls = own_result
-                cells[column] = {"toward": toward, **_cell(base, located, list(controls[: len(control_edits)]), cfg)}
+                cells[column] = {"toward": toward, **_cell(base, located, list(controls[: len(control_edits)]), self.config)}
                 continue
-            if key not in self.baselines:
-                self.baselines[key] = forced_choice(self.loaded, items, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
-                                                    template=cfg.template)
-            results = forced_choice_sets(self.loaded, items, [edit, *control_edits], batch_tokens=cfg.batch_tokens, choice=cfg.choice,
-                                         template=cfg.template, reuse=LowerLayers())
-            values = [r.toward(toward) for r in results]
-            cells[column] = {"toward": toward, **_cell(self.baselines[key].toward(toward), values[0], values[1:], cfg)}
-            say(f"{pole}: cross-value matrix", n + 1, len(self.groups))
+            base = self.unedited(items, progress=lambda d, t, c=column: say(f"{pole}: unedited items of column {c}", d, t)).toward(toward)
+            cells[column] = memo(column, lambda: self._column(pole, column, toward, items, base, edit, control_edits, say))
+        say(stage, len(self.groups), len(self.groups))
         strength = {c: abs(v["z"]) if v.get("z") is not None else abs(v.get("effect_minus_control", v["effect"])) for c, v in cells.items()}
         strongest = max(strength, key=strength.get) if strength else None
         out: dict[str, Any] = {"own": own, "cells": cells, "strongest": strongest,
                                "own_moves_most": (own is not None and strongest is not None
                                                   and strength[own] >= max(strength.values()))}
         return out
+
+    def _column(self, pole: str, column: str, toward: str, items: list[Item], base: torch.Tensor, edit, control_edits: Sequence,
+                say) -> dict[str, Any]:
+        cfg, h, total = self.config, self.config.stop_after, len(control_edits)
+        reuse, values, drawn = LowerLayers(), [], 0
+        stage = f"{pole}: cross-value matrix, column {column} (sets; located and up to {total} controls, sequential)"
+        while True:
+            take = total - drawn if h <= 0 else min(total - drawn, h)
+            sets = ([edit] if not values else []) + list(control_edits[drawn: drawn + take])
+            results = forced_choice_sets(self.loaded, items, sets, batch_tokens=cfg.batch_tokens, choice=cfg.choice,
+                                         template=cfg.template, reuse=reuse)
+            values += [r.toward(toward) for r in results]
+            drawn += take
+            say(stage, len(values), 1 + total)
+            stopped = _settled(base, values[0], values[1:], h)
+            if drawn >= total or stopped:
+                break
+        cell = {"toward": toward, **_cell(base, values[0], values[1:], cfg), "controls_max": total}
+        if stopped and drawn < total:
+            cell["stopped_at"] = drawn
+            cell["p_abs"] = h / drawn  # Besag–Clifford: stopped at the h-th control as extreme
+        return cell
 
 
 # -- generations scored by a judge --------------------------------------------------------------
@@ -202,13 +263,14 @@ class Beside:
     """What a study measures beside the value shift, set up once: neutral corpora per language,
     the judge, the cross-value matrix (ablate only); per pole ``measure`` and ``generations``."""
 
-    def __init__(self, loaded, config, items: Sequence[Item], judge=None, *, select=None, baselines: dict | None = None):
-        """``select``: validate.items_for, for the cross-value matrix (None: no matrix, as in steer); ``baselines``:
+    def __init__(self, loaded, config, items: Sequence[Item], judge=None, *, select=None, unedited: Unedited | None = None):
+        """``select``: validate.items_for, for the cross-value matrix (None: no matrix, as in steer); ``unedited``:
         the study's unedited results per item list, which the matrix reads and adds to."""
         self.loaded, self.config, self.judge = loaded, config, judge
+        self.unedited = unedited or Unedited(loaded, config)
         self.neutral: dict[str, side_effects.Neutral] = {}
         self.references: dict[str, dict] = {}  # per language, the unedited model's part of the side effects (once a study)
-        self.cross = (CrossValues(loaded, items, config, select, baselines)
+        self.cross = (CrossValues(loaded, items, config, select, self.unedited)
                       if select is not None and config.cross_values else None)
         if self.cross is not None and not self.cross.useful:
             self.cross = None
@@ -221,8 +283,9 @@ class Beside:
             self.neutral[lang] = side_effects.load_neutral(lang, self.config.neutral)
         return self.neutral[lang]
 
-    def measure(self, summary: dict, pole: str, items: Sequence[Item], edit, controls: Sequence, say) -> list[dict]:
-        """Side effects, the cross-value row and the verdict into ``summary``; returns the side-effect rows."""
+    def measure(self, summary: dict, pole: str, items: Sequence[Item], edit, controls: Sequence, say, memo=computed) -> list[dict]:
+        """Side effects, the cross-value row and the verdict into ``summary``; returns the side-effect rows. ``memo``
+        keeps each round of side effects and each matrix column as it finishes."""
         cfg = self.config
         rows: list[dict] = []
         if cfg.side_effects:
@@ -230,14 +293,15 @@ class Beside:
             lang = "zh" if items and items[0].language == "zh" else "en"
             side = side_study(self.loaded, self.neutral_for(lang), edit, controls, cfg,
                               progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0),
-                              reference=self.references.setdefault(lang, {}))
+                              reference=self.references.setdefault(lang, {}), memo=lambda name, f: memo(f"side effects {name}", f))
             summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
             seeds = [control_seed(cfg.seed, n) for n in range(len(controls))]
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
                 rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
         if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
             drawn = min(summary.get("controls_drawn", len(controls)), cfg.side_controls) if cfg.side_controls else 0
-            summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own)
+            summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own,
+                                                     memo=lambda name, f: memo(f"matrix {name}", f))
         summary["verdict"] = side_effects.verdict(summary, summary.get("side_effects"), summary.get("cross_values"), cfg.verdict_alpha)
         return rows
 

@@ -28,11 +28,11 @@ from vneuron.runtime.checkpoint import Checkpoint
 from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, set_filename, settings_tag, write_csv, write_json,
                                    write_jsonl, write_run)
-from vneuron.validate.controls import control_seed, sequential_controls, summarize
+from vneuron.validate.controls import computed, control_seed, sequential_controls, summarize
 from vneuron.validate.edits import Edit, edit_from_stats
-from vneuron.validate.evaluate import ChoiceResult, LowerLayers, forced_choice, generate
+from vneuron.validate.evaluate import LowerLayers, generate
 from vneuron.validate.items import Evaluation, evaluation_items, items_for, poles_for
-from vneuron.validate.specificity import Beside, beside_count, prompts_of
+from vneuron.validate.specificity import Beside, Unedited, beside_count, prompts_of
 
 Progress = Callable[[str, int, int], None]
 
@@ -111,6 +111,7 @@ class Study:
     out: Path
     judge: Any = None  # the generation judge (`judge`), built and checked against the poles and languages
     loaded: LoadedModel | None = None
+    kept: Checkpoint | None = None  # where the study's finished parts are kept (``checkpoint``)
 
     @property
     def items(self) -> list[Item]:
@@ -145,16 +146,26 @@ class Study:
             done = checkpoint.pieces.get(pole)
             if done is None:
                 done = measure(pole)
+                checkpoint.forget_memos(f"{pole}: ")  # the record holds what its parts made
                 checkpoint.put(pole, done)
             else:  # finished before an interruption: nothing computed is lost
                 say(f"{pole}: kept from the interrupted run", 1, 1)
             yield done
 
     def checkpoint(self) -> Checkpoint:
-        """Where the finished poles are kept until the study is written: continued by a rerun with the same settings."""
+        """Where the finished poles, and the finished parts of the pole under way (the unedited items, the value
+        shift's sets, each round of side effects, each matrix column), are kept until the study is written:
+        continued by a rerun with the same settings."""
         key = {"config": asdict(self.config), "run": str(self.run.path), "revision": self.loaded.revision,
                "dtype": self.loaded.extra.get("dtype")}
-        return Checkpoint.open(self.out, key, what="study")
+        self.kept = Checkpoint.open(self.out, key, what="study")
+        return self.kept
+
+    def memo(self, prefix: str) -> Callable[[str, Callable[[], Any]], Any]:
+        """``memo(name, compute)`` for the parts of a step (``Checkpoint.memo``), named after it."""
+        if self.kept is None:
+            return computed
+        return lambda name, compute: self.kept.memo(f"{prefix}{name}", compute)
 
 
 def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", extra: dict | None = None) -> Study:
@@ -220,10 +231,11 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     config, loaded, run = study.config, study.loaded, study.run
     started = time.time()
     summaries, item_rows, control_rows, samples, side_rows = [], [], [], [], []
-    baselines: dict[tuple, ChoiceResult] = {}  # per item list: a pole's items are also another pole's matrix column
-    beside = Beside(loaded, config, study.items, study.judge, select=items_for, baselines=baselines)
     checkpoint = study.checkpoint()
-    for done in study.by_pole(checkpoint, lambda pole: _ablate_pole(study, pole, inventory, beside, baselines, say), say):
+    # per item list, once: a pole's items are also another pole's matrix column
+    unedited = Unedited(loaded, config, study.memo(""))
+    beside = Beside(loaded, config, study.items, study.judge, select=items_for, unedited=unedited)
+    for done in study.by_pole(checkpoint, lambda pole: _ablate_pole(study, pole, inventory, beside, say), say):
         summaries.append(done["summary"])
         item_rows += done["item_rows"]
         control_rows += done["control_rows"]
@@ -244,7 +256,7 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     return ValidationResult(study.out, manifest, summaries)
 
 
-def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, baselines: dict, say) -> dict[str, Any]:
+def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, say) -> dict[str, Any]:
     """One pole of an ablation: its value shift against sequential controls, PVQ, side effects, the cross-value row
     and generations; returned as the record the checkpoint keeps and the run's files are written from."""
     config, loaded = study.config, study.loaded
@@ -252,16 +264,13 @@ def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, baselines: 
     if not items:
         raise VneuronError(f"No evaluation items touch {pole!r} in split {config.split!r}", "use `split` all")
     neurons = study.neurons(pole)
-    key = tuple(i.id for i in items)
-    if key not in baselines:
-        baselines[key] = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice,
-                                       template=config.template, progress=lambda d, t: say(f"{pole}: baseline", d, t))
-    base = baselines[key].toward(pole)
+    base = beside.unedited(items, progress=lambda d, t: say(f"{pole}: unedited items", d, t)).toward(pole)
     edit = study.edit(neurons, pole)
     tail = config.tail or EDIT_MODES[config.mode].tail(config.gamma)
-    stage = f"{pole}: located {len(neurons)} and random controls (sets; up to {config.controls}, sequential)"
+    stage = f"{pole}: value shift, located {len(neurons)} and random controls (sets; up to {config.controls}, sequential)"
     located, controls, rule = sequential_controls(loaded, items, pole, base, edit, lambda n: study.control(neurons, pole, n), tail,
-                                                  config, LowerLayers(), lambda done, total: say(stage, done, total))
+                                                  config, LowerLayers(), lambda done, total: say(stage, done, total),
+                                                  memo=study.memo(f"{pole}: value shift "))
     seeds = [control_seed(config.seed, n) for n in range(len(controls))]
     summary = summarize(pole, base, located, controls, items, config, tail)
     summary.update(rule.report())
@@ -276,7 +285,7 @@ def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, baselines: 
     control_rows = [{"dimension": pole, "seed": seed, "effect": round(float((c - base).mean()), 6)} for seed, c in zip(seeds, controls)]
     extra = [study.control(neurons, pole, n) for n in range(beside_count(len(controls), config))]
     beside.own = ([i.id for i in items], base, located, controls)
-    side_rows = beside.measure(summary, pole, items, edit, extra, say)
+    side_rows = beside.measure(summary, pole, items, edit, extra, say, memo=study.memo(f"{pole}: "))
     samples = []
     if config.generations:
         samples = (beside.generations(summary, pole, study.opposite(pole), items[: config.generations], edit, extra, say)
@@ -298,8 +307,8 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     started = time.time()
     work = budget.reset()
     rows, summaries, side_rows, samples = [], [], [], []
-    beside = Beside(study.loaded, study.config, study.items, study.judge)
     checkpoint = study.checkpoint()
+    beside = Beside(study.loaded, study.config, study.items, study.judge, unedited=Unedited(study.loaded, study.config, study.memo("")))
     for done in study.by_pole(checkpoint, lambda pole: _steer_pole(study, pole, gammas, beside, say), say):
         summaries.append(done["summary"])
         rows += done["rows"]
@@ -324,7 +333,7 @@ def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, sa
     config, loaded = study.config, study.loaded
     items = items_for(study.items, pole, config.limit)
     neurons = study.neurons(pole)
-    base = forced_choice(loaded, items, batch_tokens=config.batch_tokens, choice=config.choice, template=config.template).toward(pole)
+    base = beside.unedited(items, progress=lambda d, t: say(f"{pole}: unedited items", d, t)).toward(pole)
     rows, side_rows, samples, curve = [], [], [], []
     reuse = LowerLayers()  # one layer profile for every γ and control: the layers below it run once
     for g, gamma in enumerate(gammas):
@@ -332,13 +341,15 @@ def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, sa
         edit = study.edit(neurons, pole, gamma)
         located, ctrl, rule = sequential_controls(loaded, items, pole, base, edit, lambda n: study.control(neurons, pole, n, gamma),
                                                   tail, config, reuse,
-                                                  lambda d, t, g=gamma: say(f"{pole}: γ = {g:g}, located and controls (sets)", d, t))
+                                                  lambda d, t, g=gamma: say(f"{pole}: γ = {g:g}, located and controls (sets)", d, t),
+                                                  memo=study.memo(f"{pole}: γ = {gamma:g}, value shift "))
         say(f"{pole}: γ sweep", g + 1, len(gammas))
         s = summarize(pole, base, located, ctrl, items, replace(config, gamma=gamma), tail)
         s.update(rule.report())
         s["gamma"] = gamma
         extra = [study.control(neurons, pole, n, gamma) for n in range(beside_count(len(ctrl), config))]
-        side_rows += [{"gamma": gamma, **row} for row in beside.measure(s, pole, items, edit, extra, say)]
+        side_rows += [{"gamma": gamma, **row} for row in beside.measure(s, pole, items, edit, extra, say,
+                                                                         memo=study.memo(f"{pole}: γ = {gamma:g}, "))]
         if config.generations and study.judge:
             samples += [{"gamma": gamma, **row}
                         for row in beside.generations(s, pole, study.opposite(pole), items[: config.generations], edit, extra, say)]
