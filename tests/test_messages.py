@@ -15,7 +15,7 @@ import pytest
 from vneuron.errors import CALL, SETTING, VneuronError, call, call_settings, renamed, settings_named
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vneuron"
-FLAG = re.compile(r"^(vneuron [a-z]+ )?--[a-z][a-z-]*$")
+FLAG = re.compile(r"^(vneuron [a-z]+ )?--[a-z][a-z0-9-]*$")
 # settings a message may name that no command has a flag for: the CLI never sets them, so it cannot raise their errors
 API_ONLY = {
     "padding": "CaptureConfig.padding: the CLI pads as the tokenizer does",

@@ -70,6 +70,8 @@ def locate(
     probe_l2: float = setting(L, "probe_l2", "--probe-l2", panel=SELECTION,
                               help="The logistic probe's λ: mean log-loss + λ/2·‖w‖² on z-scored rows. With --from, the "
                                    "probes are refitted from the run's rows."),
+    probe_bootstrap: int = setting(L, "probe_bootstrap", "--probe-bootstrap", panel=SELECTION,
+                                   help="Bootstrap draws over prompts for the probes' AUROC intervals (with --from: refitted)."),
     from_run: Optional[Path] = typer.Option(None, "--from", rich_help_panel=SELECTION,
                                             help="Re-select from a finished run's statistics, without the model, into a new run "
                                                  "(--out, or a name beside it); the finished run is never changed."),
@@ -122,7 +124,8 @@ def locate(
         split=split, limit=limit, site=site, mode=mode, span=span, method=method, rule=rule, top_k=top_k, direction=direction,
         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, folds=folds, null_shuffles=null,
         request_batches=request_batches, test_fraction=test_fraction, template=template, whole_values=whole_values,
-        top_examples=top_examples, strict=strict, probe_width=probe_width, probe_l2=probe_l2)
+        top_examples=top_examples, strict=strict, probe_width=probe_width, probe_l2=probe_l2,
+        probe_bootstrap=probe_bootstrap)
     if (resume or detach) and out is None:
         raise VneuronError("--resume and --detach need --out", "name the run directory, e.g. --out runs/llama70b")
     if dry_run:

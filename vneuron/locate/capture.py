@@ -385,11 +385,9 @@ def _collect(model: LoadedModel, stats: ActivationStats, chunk: list["Prepared"]
 
 def _add_sums(model: LoadedModel, stats: ActivationStats, slots: torch.Tensor, counts: torch.Tensor, reduced: torch.Tensor) -> None:
     if not bool(torch.isfinite(reduced).all()):
-        raise VneuronError(
-            f"{model.source.model_id} produced non-finite activations on counted tokens "
-            f"(seen with Gemma-2's eager attention on left-padded batches)",
-            "use right padding, or `batch_tokens` 1 to run one prompt at a time without padding",
-        )
+        raise VneuronError(f"{model.source.model_id} produced non-finite activations on counted tokens "
+                           "(seen with Gemma-2's eager attention on left-padded batches)",
+                           "use right padding, or `batch_tokens` 1 to run one prompt at a time without padding")
     reduced = reduced.permute(1, 2, 0, 3)  # [3, S, L, W]
     stats.add_(slots, counts, reduced[0], reduced[1], reduced[2])
 

@@ -1,10 +1,9 @@
 """`vneuron report`: one self-contained HTML page, the same figures as PNG files, and a Markdown summary.
 
-A report is a list of sections, one per run directory (a locate run brings its ablate-*/steer-*
-sub-runs along). Each run kind has one section builder in ``SECTIONS``, chosen by the manifest's
-``kind``; a new kind (plant, power, …) adds a builder with ``@section("kind")`` and nothing else
-changes. Builders read only the run's own files (manifest.json and the CSVs beside it), so every
-number on the page is one a user can find in those files.
+A report is a list of sections, one per run directory (a locate run brings its ablate-*/steer-* sub-runs along).
+Each run kind has one section builder in ``SECTIONS``, chosen by the manifest's ``kind``; a new kind (plant, power,
+…) adds a builder with ``@section("kind")``. Builders read only the run's own files (manifest.json and the CSVs
+beside it), so every number on the page is one a user can find in those files.
 """
 
 from __future__ import annotations
@@ -393,16 +392,14 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
     s.blocks.extend(Text(f"Guard-rail, {line}.") for line in warnings_of(validation_guards(manifest, manifest.get("results") or [])))
     if curves:
         s.blocks.append(figures.dose_response(curves, cfg["mode"], src_csv))
-    side = [[pole, f"{p['gamma']:g}", fnum((p.get("side_effects") or {}).get("kl", {}).get("located"), ".4f"),
-             fnum((p.get("side_effects") or {}).get("kl", {}).get("control_mean"), ".4f"),
-             fnum((p.get("side_effects") or {}).get("ppl_ratio", {}).get("located"), ".4f"),
-             fnum((p.get("judge") or {}).get("effect"), "+.3f"), fnum((p.get("judge") or {}).get("control_effect"), "+.3f"),
-             (p.get("verdict") or {}).get("verdict", "—")]
-            for pole, points in curves_manifest.items() for p in points if p.get("side_effects") or p.get("judge")]
+    side = [[pole, f"{p['gamma']:g}", fnum(se.get("kl", {}).get("located"), ".4f"), fnum(se.get("kl", {}).get("control_mean"), ".4f"),
+             fnum(se.get("ppl_ratio", {}).get("located"), ".4f"), fnum(judge.get("effect"), "+.3f"),
+             fnum(judge.get("control_effect"), "+.3f"), (p.get("verdict") or {}).get("verdict", "—")]
+            for pole, points in curves_manifest.items() for p in points if p.get("side_effects") or p.get("judge")
+            for se, judge in [(p.get("side_effects") or {}, p.get("judge") or {})]]
     if side:
-        s.blocks.append(Table("Side effects and judged generations at every γ", ["pole", "γ", "KL/position", "controls' KL",
-                                                                              "perplexity ×", "judge Δ", "controls' judge Δ",
-                                                                              "verdict"], side,
+        s.blocks.append(Table("Side effects and judged generations at every γ",
+                              ["pole", "γ", "KL/position", "controls' KL", "perplexity ×", "judge Δ", "controls' judge Δ", "verdict"], side,
                               "KL = mean KL(unedited ‖ steered) over every position of neutral prose; judge Δ = change in the "
                               f"generations' orientation on the axis, in [−1, 1]. From {rel(run_dir / MANIFEST, run_dir)} "
                               "(results: curve[].side_effects, judge, verdict).", name="steer-side-effects"))
