@@ -280,6 +280,9 @@ class ValidateConfig:
     verdict_alpha: float = 0.05  # the p below which a value shift or a side effect counts in the verdict
     judge: str | None = None  # score the generations: touche (offline classifier), openai:MODEL@URL, model:SPEC (vneuron.validate.judges)
     judge_controls: int = 5  # controls whose generations are generated and judged too
+    # the direction baselines (vneuron.validate.baselines): the pole's mean-difference direction, budget-matched, beside the neurons
+    directions: bool = True  # on when the run has residual means (a run from before them: a note, no baselines)
+    direction_layer: int | None = None  # the layer they edit (None: where the pole's mean-difference probe reads it best)
 
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
@@ -320,6 +323,9 @@ class ValidateConfig:
         for name in ("max_controls", "side_controls", "judge_controls"):
             if getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
+        if self.direction_layer is not None and not self.directions:
+            raise VneuronError(f"`direction_layer` {self.direction_layer} is set, but `directions` is off",
+                               "drop one of them: the baselines edit that layer only when they run")
         if not 0 < self.verdict_alpha < 1:
             raise VneuronError(f"`verdict_alpha` must lie strictly between 0 and 1, got {self.verdict_alpha}", "e.g. 0.05")
         if self.neutral is not None and not Path(self.neutral).expanduser().is_file():

@@ -43,6 +43,15 @@ def evaluation_note(manifest: dict) -> None:
         console.print(escape(f"Not evaluated (no items on their axis): {', '.join(data['poles_without_items'])}"))
 
 
+def direction_note(manifest: dict) -> None:
+    """One line when the direction baselines were asked for (the default) but the run cannot have them."""
+    from vneuron.runtime.progress import console
+
+    baselines = manifest.get("directions") or {}
+    if (manifest.get("config") or {}).get("directions") and baselines.get("note"):
+        console.print(f"[yellow]note:[/] {escape(baselines['note'])}")
+
+
 def guard_notes(result) -> None:
     """The guard-rail warnings of an ablation or a sweep, under its table."""
     from vneuron.results.guardrails import validation_guards, warnings_of

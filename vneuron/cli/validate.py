@@ -68,6 +68,13 @@ JudgeOpt = setting(V, "judge", "--judge", panel=EVALUATION,
                         "(an LLM with a rubric).")
 JudgeControlsOpt = setting(V, "judge_controls", "--judge-controls", panel=EVALUATION,
                            help="Controls whose generations are made and judged too.")
+DirectionsOpt = setting(V, "directions", "--directions/--no-directions", panel=EVALUATION,
+                        help="Direction baselines beside the neurons: the pole's mean-difference direction at one layer, added "
+                             "(α matched to the neuron edit's size) and, when ablating, projected out, each against random "
+                             "directions; on when the run has residual means.")
+DirectionLayerOpt = setting(V, "direction_layer", "--direction-layer", panel=EVALUATION,
+                            help="The layer the direction baselines edit (default: where the pole's held-out mean-difference "
+                                 "probe reads it best).")
 FirstDatasetOpt = setting(LocateConfig, "dataset", "--dataset", "-d", panel=DATA, help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = setting(LocateConfig, "language", "--language", panel=DATA, help="Corpus language when locating first.")
 
@@ -89,6 +96,8 @@ STUDY_OPTIONS = {
     "generations": (int, GenerationsOpt),
     "judge": (Optional[str], JudgeOpt),
     "judge_controls": (int, JudgeControlsOpt),
+    "directions": (bool, DirectionsOpt),
+    "direction_layer": (Optional[int], DirectionLayerOpt),
     "split": (str, SplitOpt),
     "limit": (Optional[int], LimitOpt),
     "seed": (int, SeedOpt),
@@ -112,7 +121,7 @@ STUDY_OPTIONS = {
 }
 EVALUATION_SETTINGS = ("dtype", "controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
                        "eval_split", "batch_tokens", "max_controls", "side_effects", "neutral", "side_controls", "generations",
-                       "judge", "judge_controls")
+                       "judge", "judge_controls", "directions", "direction_layer")
 
 
 def _config(study: dict, **settings) -> ValidateConfig:
@@ -126,6 +135,7 @@ def _config(study: dict, **settings) -> ValidateConfig:
 
 def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, gammas=None) -> None:
     """What ablate and steer share: a dry run, or locate-first, the study and its printout."""
+    from vneuron.results.direction_tables import directions_table
     from vneuron.results.tables import ablate_table, cross_table, steer_side_table, steer_table
     from vneuron.runtime.progress import console, progress_bar
     from vneuron.validate.study import ablate, locate_first, steer
@@ -161,6 +171,10 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
     matrix = cross_table(result) if kind == "ablate" else steer_side_table(result)
     if matrix is not None:
         console.print(matrix)
+    baselines = directions_table(result)
+    if baselines is not None:
+        console.print(baselines)
+    output.direction_note(result.manifest)
     output.evaluation_note(result.manifest)
     output.guard_notes(result)
     console.print(f"Results written to [bold]{result.run_dir}[/]")

@@ -24,6 +24,7 @@ POLE_COLORS = {"openness_to_change": "#1f77b4", "conservation": "#ff7f0e", "self
 _CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 LOCATED = "#c2185b"
 CONTROL = "#7f7f7f"
+DIRECTION = "#6a3d9a"
 DPI = 110
 
 
@@ -329,6 +330,9 @@ def dose_response(curves: dict[str, list[dict]], mode: str, source: str) -> Figu
             ax.fill_between(gs, lo, hi, color=CONTROL, alpha=0.25, label=f"controls (min–max of {len(ctrl[0])})")
             ax.plot(gs, mean, color=CONTROL, ls="--", lw=1, label="controls (mean)")
         ax.plot(gs, after, marker="o", color=color(pole, n), lw=1.8, label="located set")
+        direction = direction_curve(points)
+        if direction:
+            ax.plot(*zip(*direction), marker="s", color=DIRECTION, lw=1.4, label="mean-difference direction (same size)")
         ax.axhline(base, color="black", lw=0.8, ls=":", label=f"unedited ({base:.3f})")
         ax.set_title(short(pole), fontsize=9)
         ax.set_xlabel(f"γ ({mode})", fontsize=8)
@@ -339,9 +343,21 @@ def dose_response(curves: dict[str, list[dict]], mode: str, source: str) -> Figu
     caption = (f"Dose–response: mean P(choosing the pole's action) on held-out items as the located neurons are edited "
                f"({mode}) with factor γ, with the bootstrap 95% CI of the located set's effect (coloured band), beside the same "
                f"edit of matched random controls at every γ (grey band: min–max, dashed: mean); the dotted vertical line is "
-               f"the unedited model (γ = {unedited:g}), the dash-dotted one P = 0.5. Source: {source} (after, control_effect) and "
-               f"manifest.json (effect_ci, control_effects).")
+               f"the unedited model (γ = {unedited:g}), the dash-dotted one P = 0.5. Where the sweep ran the direction baseline, "
+               f"squares: the same-size edit along the pole's mean-difference direction (its α matched at every γ to the change "
+               f"the neurons make to that layer's residual stream). Source: {source} (after, control_effect) and "
+               f"manifest.json (effect_ci, control_effects, directions).")
     return Figure("steer-dose-response", "Steering dose–response", caption, fig)
+
+
+def direction_curve(points: list[dict]) -> list[tuple[float, float]]:
+    """(γ, P) of the mean-difference direction at each point of a sweep that ran it (P = unedited where its α is 0)."""
+    out = []
+    for p in points:
+        arm = ((p.get("directions") or {}).get("arms") or {}).get("mean_difference")
+        if arm is not None and ("effect" in arm or arm.get("alpha") == 0):
+            out.append((p["gamma"], p["baseline"] + arm.get("effect", 0.0)))
+    return out
 
 
 # -- compare -------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def _cards(run, by_pole: dict[str, list[dict]], options: ReportOptions) -> list:
 # -- ablate --------------------------------------------------------------------------------------
 @section("ablate")
 def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list[Section]:
-    from vneuron.results import figures
+    from vneuron.results import direction_tables, figures
 
     cfg = manifest["config"]
     results = manifest.get("results") or []
@@ -261,6 +261,7 @@ def ablate_section(run_dir: Path, manifest: dict, options: ReportOptions) -> lis
                           name="ablate-summary"))
     s.blocks.extend(Text(f"Guard-rail, {line}.") for line in warnings_of(validation_guards(manifest, results)))
     s.blocks.extend(side_effect_blocks(results, src_manifest, rel(run_dir / "side_effects.csv", run_dir)))
+    s.blocks.extend(Table(*t, name="ablate-directions") for t in [direction_tables.report_table(manifest, src_manifest)] if t)
     if results:
         s.blocks.append(figures.ablation_before_after(results, cfg["mode"], src_manifest))
         controls = {}
@@ -327,11 +328,12 @@ def side_effect_blocks(results: list[dict], src_manifest: str, src_csv: str) -> 
             cv = r["cross_values"]
             rows.append([r["dimension"], *[(fnum(cv["cells"][c].get("z"), "+.2f") if c in cv["cells"] else "—")
                                            + (" (own)" if c == cv["own"] else "") for c in columns],
-                         "yes" if cv["own_moves_most"] else "no"])
+                         "yes" if cv["own_moves_most"] else "no", fnum((cv.get("leakage") or {}).get("ratio"), ".2f")])
         blocks.append(Table("Cross-value matrix: located set × evaluated value (z against the same controls)",
-                            ["located set", *columns, "own value moves most"], rows,
+                            ["located set", *columns, "own value moves most", "leakage"], rows,
                             "Each cell: (Δ − the controls' mean Δ) / the controls' sd on that column's items, read toward the row's "
-                            "own pole on its own axis, else toward the column's first pole. "
+                            "own pole on its own axis, else toward the column's first pole. Leakage = mean |z| of the other "
+                            "columns / |z| of its own (0: only its own value moves). "
                             f"From {src_manifest} (results: cross_values).", name="ablate-cross-values"))
     judged = [r for r in results if r.get("judge")]
     if judged:
@@ -364,10 +366,10 @@ def _generations(run_dir: Path, options: ReportOptions) -> list:
 # -- steer ---------------------------------------------------------------------------------------
 @section("steer")
 def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list[Section]:
-    from vneuron.results import figures
+    from vneuron.results import direction_tables, figures
 
     cfg = manifest["config"]
-    src_csv = rel(run_dir / "dose_response.csv", run_dir)
+    src_csv, src_manifest = rel(run_dir / "dose_response.csv", run_dir), rel(run_dir / MANIFEST, run_dir)
     s = Section(f"Steering ({cfg['mode']}): {run_dir.name}", run_dir, "steer")
     s.blocks.append(Text(f"γ sweep {', '.join(f'{g:g}' for g in manifest.get('gammas', []))} ({cfg['mode']}), "
                          f"{cfg['controls']} matched random controls at every γ, {cfg['split']} split. "
@@ -376,12 +378,11 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
     curves_manifest = {r["dimension"]: r["curve"] for r in manifest.get("results") or []}
     curves: dict[str, list[dict]] = {}
     for row in rows:
-        pole, gamma = row["dimension"], float(row["gamma"])
+        pole, gamma = row["dimension"], float(row["gamma"])  # the manifest's point of the row: its CIs, controls, directions
         extra = next((p for p in curves_manifest.get(pole, []) if p["gamma"] == gamma), {})
         curves.setdefault(pole, []).append({"gamma": gamma, "baseline": float(row["baseline"]), "after": float(row["after"]),
-                                            "control_effect": float(row["control_effect"]),
-                                            "control_effects": extra.get("control_effects") or [],
-                                            "effect_ci": extra.get("effect_ci")})
+                                            "control_effect": float(row["control_effect"]), "directions": extra.get("directions"),
+                                            "control_effects": extra.get("control_effects") or [], "effect_ci": extra.get("effect_ci")})
     table = [[r["dimension"], f"{float(r['gamma']):g}", fnum(r["baseline"], ".4f"), fnum(r["after"], ".4f"),
               fnum(r["effect"], "+.4f"), fnum(r["control_effect"], "+.4f"), fnum(r["effect_minus_control"], "+.4f"),
               fnum(_steer_p(curves_manifest, r), ".3f")]
@@ -390,6 +391,7 @@ def steer_section(run_dir: Path, manifest: dict, options: ReportOptions) -> list
                                             "p (higher)"], table, f"From {src_csv} (p from {rel(run_dir / MANIFEST, run_dir)}).",
                           name="steer-dose-response"))
     s.blocks.extend(Text(f"Guard-rail, {line}.") for line in warnings_of(validation_guards(manifest, manifest.get("results") or [])))
+    s.blocks.extend(Table(*t, name="steer-directions") for t in [direction_tables.report_table(manifest, src_manifest)] if t)
     if curves:
         s.blocks.append(figures.dose_response(curves, cfg["mode"], src_csv))
     side = [[pole, f"{p['gamma']:g}", fnum(se.get("kl", {}).get("located"), ".4f"), fnum(se.get("kl", {}).get("control_mean"), ".4f"),
@@ -440,23 +442,21 @@ def build_sections(run_dirs: Sequence[str | Path], options: ReportOptions | None
 
 
 def compare_section(paths: list[Path]) -> Section:
-    from vneuron.results import figures
-    from vneuron.results.compare import compare_runs
+    from vneuron.results import compare, figures
 
     s = Section("Comparison of the located sets", paths[0].parent, "compare")
     try:
-        result = compare_runs(paths, strict=False)
+        result = compare.compare_runs(paths, strict=False)
     except VneuronError as exc:
         s.blocks.append(Missing(f"Not compared: {exc.one_line()}"))
         return s
-    names = result.names
     s.blocks.append(Text("Runs: " + "; ".join(f"{k + 1} = {p}" for k, p in enumerate(result.paths)) +
                          (f". Poles not in every run (left out): {', '.join(result.skipped)}" if result.skipped else "")))
     s.blocks.append(Table("Pairwise overlap of located sets", result.table_columns(), result.table_rows(),
                           "Chance = |A|·|B|/N neurons in common if both sets were random; p = hypergeometric P(overlap ≥ observed). "
                           "Depth TV = total variation distance between the sets' relative-depth distributions.", name="compare"))
     src = ", ".join(str(Path(p) / NEURONS_CSV) for p in result.paths)
-    s.blocks.append(figures.overlap_heatmaps(result.matrices(), names, src))
+    s.blocks.append(figures.overlap_heatmaps(result.matrices(), result.names, src))
     s.blocks.append(figures.depth_profiles(result.depth_profiles(), result.bins, src))
     return s
 

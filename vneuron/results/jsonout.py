@@ -57,7 +57,8 @@ def locate_json(result) -> dict:
 
 
 def validation_json(result) -> dict:
-    """What `vneuron ablate` / `steer` show: the manifest's per-pole results and where they were written."""
+    """What `vneuron ablate` / `steer` show: the manifest's per-pole results (each with its direction baselines,
+    ``results[].directions``; steer: ``results[].curve[].directions``) and where they were written."""
     from vneuron.results.guardrails import validation_guards, warnings_of
 
     m = result.manifest
@@ -65,5 +66,5 @@ def validation_json(result) -> dict:
     return {"kind": m.get("kind"), "run_dir": str(result.run_dir), "locate_run": m.get("locate_run"),
             "guards": guards, "warnings": warnings_of(guards),
             "model": {k: m.get("model", {}).get(k) for k in ("model_id", "revision", "n_layers", "width")},
-            "config": m.get("config"), **({"gammas": m["gammas"]} if "gammas" in m else {}),
+            "config": m.get("config"), **({"gammas": m["gammas"]} if "gammas" in m else {}), "directions": m.get("directions"),
             **{k: m[k] for k in ("neutral", "judge") if k in m}, "results": result.summaries}

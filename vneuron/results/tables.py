@@ -150,11 +150,13 @@ def cross_table(result) -> Table | None:
     table = Table(title="Cross-value matrix — z of Δ against the same controls (* = own value)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
                   caption="cell = (Δ − controls' mean Δ) / controls' sd on the column's items, read toward the row's own pole on its "
-                          "own axis, else toward the column's first pole; value-specific = its own column has the largest |z|")
+                          "own axis, else toward the column's first pole; value-specific = its own column has the largest |z|; "
+                          "leakage = mean |z| of the other columns / |z| of its own (0: only its own value moves)")
     table.add_column("located", justify="right", no_wrap=True)
     for column in columns:
         table.add_column(_short(column), justify="right", no_wrap=True)
     table.add_column("own most", justify="right")
+    table.add_column("leakage", justify="right")
     for s in rows:
         cv = s["cross_values"]
         cells = []
@@ -162,7 +164,9 @@ def cross_table(result) -> Table | None:
             cell = cv["cells"].get(column, {})
             text = "—" if cell.get("z") is None else f"{cell['z']:+.1f}"
             cells.append(text + ("*" if column == cv["own"] else ""))
-        table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), *cells, "yes" if cv["own_moves_most"] else "no")
+        leak = (cv.get("leakage") or {}).get("ratio")
+        table.add_row(SHORT.get(s["dimension"], s["dimension"][:12]), *cells, "yes" if cv["own_moves_most"] else "no",
+                      "—" if leak is None else f"{leak:.2f}")
     return table
 
 

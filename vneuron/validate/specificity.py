@@ -131,6 +131,18 @@ def _cell(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor
     return out
 
 
+def leakage(cells: dict[str, dict], own: str | None) -> dict[str, Any] | None:
+    """How much of a located set's effect leaks to other values: the mean |z| of the other columns over the |z| of its
+    own (its own value's items). 0: only its own value moves; 1: the others move as much. None without an own column
+    with a nonzero z, or without another column with a z (too few controls)."""
+    on = (cells.get(own) or {}).get("z") if own is not None else None
+    off = [abs(c["z"]) for column, c in cells.items() if column != own and c.get("z") is not None]
+    if not on or not off:
+        return None
+    mean_off = sum(off) / len(off)
+    return {"ratio": mean_off / abs(on), "own_abs_z": abs(on), "off_mean_abs_z": mean_off, "columns": len(off)}
+
+
 def _settled(base: torch.Tensor, located: torch.Tensor, controls: list[torch.Tensor], h: int) -> bool:
     """A column's controls need not go on: h of them move its items at least as far from the controls' mean as the
     located set does (either way), so its two-sided p is at least h / n whatever more controls would show."""
@@ -188,7 +200,8 @@ class CrossValues:
         strongest = max(strength, key=strength.get) if strength else None
         out: dict[str, Any] = {"own": own, "cells": cells, "strongest": strongest,
                                "own_moves_most": (own is not None and strongest is not None
-                                                  and strength[own] >= max(strength.values()))}
+                                                  and strength[own] >= max(strength.values())),
+                               "leakage": leakage(cells, own)}
         return out
 
     def _column(self, pole: str, column: str, toward: str, items: list[Item], base: torch.Tensor, edit, control_edits: Sequence,

@@ -28,6 +28,7 @@ from vneuron.runtime.checkpoint import Checkpoint
 from vneuron.runtime.claims import claim, one_writer
 from vneuron.runtime.store import (MANIFEST, base_manifest, check_fresh, check_space, set_filename, settings_tag, write_csv, write_json,
                                    write_jsonl, write_run)
+from vneuron.validate.baselines import Arms, check_directions, csv_rows
 from vneuron.validate.controls import computed, control_seed, sequential_controls, summarize
 from vneuron.validate.edits import Edit, edit_from_stats
 from vneuron.validate.evaluate import LowerLayers, generate
@@ -112,6 +113,7 @@ class Study:
     judge: Any = None  # the generation judge (`judge`), built and checked against the poles and languages
     loaded: LoadedModel | None = None
     kept: Checkpoint | None = None  # where the study's finished parts are kept (``checkpoint``)
+    baselines: dict = field(default_factory=dict)  # the direction baselines' setup (``baselines.check_directions``)
 
     @property
     def items(self) -> list[Item]:
@@ -202,10 +204,11 @@ def prepare_study(run, config: ValidateConfig, out=None, kind: str = "ablate", e
         out = run.path / f"{kind}-{config.mode}-k{config.top_k or 'all'}{on}-{tag}"
     if judge is not None:  # a pole or language the judge cannot read fails before any work
         judge.check([(p, opposite_of(run, p)) for p in poles], sorted({i.language for i in evaluation.items}))
+    baselines = check_directions(run, config)  # a bad direction layer, or one a run cannot have, fails before the model loads
     claim(out)  # within ablate or steer: held until they end; in a dry run: only whether another command writes there
     check_fresh(out, fix="choose another `out`, or delete that directory to redo the study")
     check_space(out, 1 << 20)
-    return Study(run, config, poles, evaluation, out, judge)
+    return Study(run, config, poles, evaluation, out, judge, baselines=baselines)
 
 
 def open_study(run, config: ValidateConfig, model, remote, say, out, kind: str, extra: dict | None = None) -> Study:
@@ -235,19 +238,23 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     # per item list, once: a pole's items are also another pole's matrix column
     unedited = Unedited(loaded, config, study.memo(""))
     beside = Beside(loaded, config, study.items, study.judge, select=items_for, unedited=unedited)
-    for done in study.by_pole(checkpoint, lambda pole: _ablate_pole(study, pole, inventory, beside, say), say):
+    arms = Arms(study, beside, say) if study.baselines.get("on") else None
+    for done in study.by_pole(checkpoint, lambda pole: _ablate_pole(study, pole, inventory, beside, say, arms), say):
         summaries.append(done["summary"])
         item_rows += done["item_rows"]
         control_rows += done["control_rows"]
         samples += done["samples"]
         side_rows += done["side_rows"]
-    manifest = study.manifest("ablate", started, work, beside, summaries)
+    manifest = study.manifest("ablate", started, work, beside, summaries, directions=study.baselines)
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)
         write_csv(directory / "items.csv", item_rows)
         write_csv(directory / "controls.csv", control_rows)
         beside.write(directory, side_rows, summaries)
+        direction_rows = [row for s in summaries for row in csv_rows(s)]
+        if direction_rows:
+            write_csv(directory / "directions.csv", direction_rows)
         if samples:
             write_jsonl(directory / "generations.jsonl", samples)
 
@@ -256,9 +263,9 @@ def ablate(run: str | Path | LocateRun, config: ValidateConfig | None = None, *,
     return ValidationResult(study.out, manifest, summaries)
 
 
-def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, say) -> dict[str, Any]:
-    """One pole of an ablation: its value shift against sequential controls, PVQ, side effects, the cross-value row
-    and generations; returned as the record the checkpoint keeps and the run's files are written from."""
+def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, say, arms: Arms | None = None) -> dict[str, Any]:
+    """One pole of an ablation: its value shift against sequential controls, PVQ, side effects, the cross-value row,
+    the direction baselines (``arms``) and generations; returned as the record the checkpoint keeps and the run's files are written from."""
     config, loaded = study.config, study.loaded
     items = items_for(study.items, pole, config.limit)
     if not items:
@@ -286,6 +293,8 @@ def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, say) -> dic
     extra = [study.control(neurons, pole, n) for n in range(beside_count(len(controls), config))]
     beside.own = ([i.id for i in items], base, located, controls)
     side_rows = beside.measure(summary, pole, items, edit, extra, say, memo=study.memo(f"{pole}: "))
+    if arms is not None:
+        summary["directions"] = arms.ablate(pole, items, base, edit, tail, summary)
     samples = []
     if config.generations:
         samples = (beside.generations(summary, pole, study.opposite(pole), items[: config.generations], edit, extra, say)
@@ -309,17 +318,22 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     rows, summaries, side_rows, samples = [], [], [], []
     checkpoint = study.checkpoint()
     beside = Beside(study.loaded, study.config, study.items, study.judge, unedited=Unedited(study.loaded, study.config, study.memo("")))
-    for done in study.by_pole(checkpoint, lambda pole: _steer_pole(study, pole, gammas, beside, say), say):
+    arms = Arms(study, beside, say) if study.baselines.get("on") else None
+    for done in study.by_pole(checkpoint, lambda pole: _steer_pole(study, pole, gammas, beside, say, arms), say):
         summaries.append(done["summary"])
         rows += done["rows"]
         side_rows += done["side_rows"]
         samples += done["samples"]
-    manifest = study.manifest("steer", started, work, beside, summaries, gammas=gammas)
+    manifest = study.manifest("steer", started, work, beside, summaries, gammas=gammas, directions=study.baselines)
 
     def write(directory: Path) -> None:
         write_json(directory / MANIFEST, manifest)
         write_csv(directory / "dose_response.csv", rows)
         beside.write(directory, side_rows, [])
+        direction_rows = [row for s in summaries for point in s["curve"] for row in csv_rows({**point, "dimension": s["dimension"]},
+                                                                                              point["gamma"])]
+        if direction_rows:
+            write_csv(directory / "directions.csv", direction_rows)
         if samples:
             write_jsonl(directory / "generations.jsonl", samples)
 
@@ -328,8 +342,9 @@ def steer(run: str | Path | LocateRun, gammas: Sequence[float] = STEER_GAMMAS, c
     return ValidationResult(study.out, manifest, summaries)
 
 
-def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, say) -> dict[str, Any]:
-    """One pole of a sweep: at each γ the located set against sequential controls, side effects and generations."""
+def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, say, arms: Arms | None = None) -> dict[str, Any]:
+    """One pole of a sweep: at each γ the located set against sequential controls, side effects, the mean-difference
+    direction of the same size (``arms``) and generations."""
     config, loaded = study.config, study.loaded
     items = items_for(study.items, pole, config.limit)
     neurons = study.neurons(pole)
@@ -350,6 +365,8 @@ def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, sa
         extra = [study.control(neurons, pole, n, gamma) for n in range(beside_count(len(ctrl), config))]
         side_rows += [{"gamma": gamma, **row} for row in beside.measure(s, pole, items, edit, extra, say,
                                                                          memo=study.memo(f"{pole}: γ = {gamma:g}, "))]
+        if arms is not None:
+            s["directions"] = arms.steer(pole, items, base, edit, tail, s, gamma)
         if config.generations and study.judge:
             samples += [{"gamma": gamma, **row}
                         for row in beside.generations(s, pole, study.opposite(pole), items[: config.generations], edit, extra, say)]
@@ -358,9 +375,19 @@ def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, sa
                      "effect": round(s["effect"], 6), "control_effect": round(s.get("control_effect", float("nan")), 6),
                      "effect_minus_control": round(s.get("effect_minus_control", float("nan")), 6),
                      "controls_drawn": s["controls_drawn"], "p_sequential": round(s["p_sequential"], 6),
-                     **beside.columns(s)})
+                     **beside.columns(s), **_direction_columns(s)})
     return {"summary": {"dimension": pole, "neurons": len(neurons), "curve": curve}, "rows": rows, "side_rows": side_rows,
             "samples": samples}
+
+
+def _direction_columns(point: dict) -> dict[str, Any]:
+    """dose_response.csv: the mean-difference direction of the same size at this γ, beside the neurons."""
+    arm = ((point.get("directions") or {}).get("arms") or {}).get("mean_difference")
+    if arm is None:
+        return {}
+    value = lambda key: "" if arm.get(key) is None else round(float(arm[key]), 6)  # noqa: E731
+    return {"direction_alpha": value("alpha"), "direction_effect": value("effect"), "direction_control_effect": value("control_effect"),
+            "direction_p_sequential": value("p_sequential")}
 
 
 def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: ValidateConfig, say, pole: str) -> dict:

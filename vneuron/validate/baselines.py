@@ -1,0 +1,167 @@
+"""Neurons or a direction? The direction baselines of ``ablate`` and ``steer`` (DESIGN.md §7, issue 28).
+
+Beside each pole's located neurons a study edits the residual stream along the pole's mean-difference direction d̂_L
+(``vneuron.validate.directions``) at one layer L (``direction_layer``; default: where the pole's held-out
+mean-difference probe reads it best), on the same items, against the same unedited references, with the same statistics:
+
+* ``mean_difference``: x ← x ∓ α·d̂_L at every position, α = the mean L2 norm of the change the neuron edit makes to
+  block L's output on the same tokens (``matched_alpha``), signed as the neuron edit is expected to move the pole
+  (away from it when ablating, toward it for a boost);
+* ``projected_out`` (ablate only): x ← x − (x·d̂_L)d̂_L, the direction removed; its size is measured the same way;
+* each arm against random unit directions of the same layer, α and mode (``random_direction_edit``), drawn one at a
+  time with the value shift's Besag–Clifford rule, at most ``controls`` (never extended: the arms stay cheap);
+* side effects of the arm's edit itself (KL/position, perplexity ×, task ΔP) on the neutral corpus, reusing the study's
+  unedited references, so that "moves values more per unit of damage" can be read beside the neurons' row.
+
+The cross-value matrix (and its leakage ratio) is measured for the neurons only: a direction's own matrix would cost
+every column's controls again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+from vneuron.errors import VneuronError
+from vneuron.locate.runs import LocateRun
+from vneuron.validate import side_effects
+from vneuron.validate.controls import control_seed, sequential_controls, summarize
+from vneuron.validate.directions import check_layer, direction_edit, direction_layer, matched_alpha, random_direction_edit
+from vneuron.validate.evaluate import CPU_BATCH_TOKENS, LowerLayers
+
+ARMS = {"neurons": "neurons", "mean_difference": "mean-difference direction", "projected_out": "projected-out direction"}
+KEPT = ("effect", "effect_ci", "after", "controls", "control_effect", "control_sd", "effect_minus_control",
+        "effect_minus_control_ci", "z", "z_ci", "rank", "p_sequential", "controls_drawn", "controls_max", "stop_reason", "tail",
+        "control_effects")
+SIDE = ("kl", "ppl_ratio", "task_drop")
+
+
+def recorded(run: LocateRun) -> bool:
+    """Whether the run recorded residual means (runs located before them did not)."""
+    return bool(run.manifest.get("residual"))
+
+
+def check_directions(run: LocateRun, config) -> dict[str, Any]:
+    """Before the model loads: what the study's direction baselines will be. An explicit `direction_layer` must lie in
+    the model and needs residual means; without one, a run from before them gets a note and no baselines."""
+    if not config.directions:
+        return {"on": False, "note": "switched off (`directions`)"}
+    if not recorded(run):
+        if config.direction_layer is not None:
+            try:
+                run.residual()
+            except VneuronError as e:
+                raise VneuronError(f"`direction_layer` {config.direction_layer} edits along the pole's mean difference, "
+                                   f"but {e.problem}", e.fix) from None
+        return {"on": False, "note": f"no direction baselines: {run.path.name} was located before residual means were recorded "
+                                     "(rerun `vneuron locate` with its model and corpus to add them)"}
+    if config.direction_layer is not None:
+        check_layer(run, config.direction_layer)
+    return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
+            "controls_max": config.controls, "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
+                                                      "projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"}}
+
+
+class Arms:
+    """The direction baselines of one study, set up once (``study``: the study, ``beside``: its Beside, whose unedited
+    side-effect references the arms reuse); per pole ``ablate`` and per γ point ``steer``."""
+
+    def __init__(self, study, beside, say: Callable[[str, int, int], None]):
+        self.study, self.beside, self.say = study, beside, say
+        self.config = replace(study.config, max_controls=min(study.config.max_controls, study.config.controls))
+        self.batch = study.loaded.batch_tokens(study.config.batch_tokens, CPU_BATCH_TOKENS)
+        self.reuse: dict[str, LowerLayers] = {}  # per pole: every arm, control and γ edits the same layer
+
+    def layer(self, pole: str) -> int:
+        return direction_layer(self.study.run, pole, self.study.config.direction_layer)
+
+    def size(self, items, edit, layer: int) -> float:
+        """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens."""
+        cfg = self.config
+        return matched_alpha(self.study.loaded, items, edit, layer, choice=cfg.choice, template=cfg.template, batch_tokens=self.batch)
+
+    def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
+        """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
+        return self._arms(pole, items, base, edit, tail, summary, ("mean_difference", "projected_out"), f"{pole}: direction ")
+
+    def steer(self, pole: str, items, base, edit, tail: str, summary: dict, gamma: float) -> dict[str, Any]:
+        """The mean-difference arm at one γ of a sweep, its α matched to that γ's neuron edit."""
+        return self._arms(pole, items, base, edit, tail, summary, ("mean_difference",), f"{pole}: γ = {gamma:g}, direction ")
+
+    def _arms(self, pole, items, base, edit, tail, summary, names, prefix) -> dict[str, Any]:
+        memo = self.study.memo(prefix)
+        run, layer = self.study.run, self.layer(pole)
+        budget = memo("budget", lambda: self.size(items, edit, layer))
+        sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
+        out: dict[str, Any] = {"layer": layer, "budget": budget, "arms": {"neurons": neuron_arm(summary, budget)}}
+        edits = {"mean_difference": direction_edit(run, pole, layer, "add", sign * budget),
+                 "projected_out": direction_edit(run, pole, layer, "project")}
+        tails = {"mean_difference": tail, "projected_out": "lower"}  # removing the pole's direction lowers it
+        measured = {}
+        for name in names:
+            if name == "mean_difference" and budget == 0:
+                out["arms"][name] = {"mode": "add", "alpha": 0.0, "size": 0.0,
+                                     "note": f"the neuron edit leaves layer {layer} unchanged (all its neurons lie above it)"}
+                continue
+            measured[name] = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
+            size = (abs(edits[name].alpha) if name == "mean_difference"
+                    else memo(f"{name} size", lambda n=name: self.size(items, edits[n], layer)))
+            out["arms"][name] = {"mode": "project" if edits[name].project else "add", "alpha": edits[name].alpha, "size": size,
+                                 **measured[name]}
+        if self.study.config.side_effects and measured:
+            lang = "zh" if items and items[0].language == "zh" else "en"
+            stage = f"{pole}: side effects of the direction baselines"
+            part = memo("side effects", lambda: side_effects.measure(
+                self.study.loaded, self.beside.neutral_for(lang), [edits[n] for n in measured], batch_tokens=self.config.batch_tokens,
+                reference=self.beside.references.setdefault(lang, {}), progress=lambda d, t: self.say(stage, d, t)))
+            for name, row in zip(measured, part["sets"]):
+                out["arms"][name]["side_effects"] = {k: row[k] for k in SIDE if k in row}
+        for arm in out["arms"].values():
+            kl = (arm.get("side_effects") or {}).get("kl")
+            arm["effect_per_kl"] = arm["effect"] / kl if "effect" in arm and kl else None
+        return out
+
+    def _arm(self, pole, items, base, edit, tail: str, prefix: str) -> dict[str, Any]:
+        """One arm's value shift against its random directions (sequential), summarized as the neurons' is."""
+        cfg, loaded = self.config, self.study.loaded
+        stage = f"{prefix.strip()} and random directions (sets; up to {cfg.controls}, sequential)"
+        reuse = self.reuse.setdefault(pole, LowerLayers())
+        located, controls, rule = sequential_controls(loaded, items, pole, base, edit,
+                                                      lambda n: random_direction_edit(edit, control_seed(cfg.seed, n)), tail, cfg,
+                                                      reuse, lambda d, t: self.say(stage, d, t), memo=self.study.memo(prefix))
+        s = summarize(pole, base, located, controls, items, cfg, tail)
+        s.update(rule.report())
+        return {k: s[k] for k in KEPT if k in s}
+
+
+def neuron_arm(summary: dict, budget: float) -> dict[str, Any]:
+    """The neurons' row of the table: their value shift (already measured) and the located set's side effects."""
+    arm = {k: summary[k] for k in KEPT if k in summary and k != "control_effects"}
+    arm["size"] = budget
+    located = (summary.get("side_effects") or {}).get("located") or {}
+    if located:
+        arm["side_effects"] = {k: located[k] for k in SIDE if k in located}
+    return arm
+
+
+def csv_rows(summary: dict, gamma: float | None = None) -> list[dict[str, Any]]:
+    """directions.csv: one row per arm of a pole (and γ), the table's numbers."""
+    record = summary.get("directions")
+    if not record:
+        return []
+    rows = []
+    for name, arm in record["arms"].items():
+        ci = arm.get("effect_ci") or ("", "")
+        side = arm.get("side_effects") or {}
+        row = {"dimension": summary["dimension"], **({"gamma": gamma} if gamma is not None else {}), "arm": name,
+               "layer": record["layer"], "alpha": _round(arm.get("alpha")), "size": _round(arm.get("size")),
+               "effect": _round(arm.get("effect")), "effect_lo": _round(ci[0]), "effect_hi": _round(ci[1]),
+               "control_effect": _round(arm.get("control_effect")), "control_sd": _round(arm.get("control_sd")),
+               "z": _round(arm.get("z")), "p_sequential": _round(arm.get("p_sequential")), "controls_drawn": arm.get("controls_drawn", ""),
+               **{k: _round(side.get(k)) for k in SIDE}, "effect_per_kl": _round(arm.get("effect_per_kl"))}
+        rows.append(row)
+    return rows
+
+
+def _round(value) -> Any:
+    return "" if value is None or value == "" else round(float(value), 6)
