@@ -324,8 +324,8 @@ class ValidateConfig:
             if getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
         if self.direction_layer is not None and not self.directions:
-            raise VneuronError(f"`direction_layer` {self.direction_layer} is set, but `directions` is off",
-                               "drop one of them: the baselines edit that layer only when they run")
+            raise VneuronError(f"`direction_layer` {self.direction_layer} is set, but the direction baselines are switched off",
+                               "drop it, or leave the baselines on (the default): they edit that layer only when they run")
         if not 0 < self.verdict_alpha < 1:
             raise VneuronError(f"`verdict_alpha` must lie strictly between 0 and 1, got {self.verdict_alpha}", "e.g. 0.05")
         if self.neutral is not None and not Path(self.neutral).expanduser().is_file():

@@ -45,7 +45,7 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     """Before the model loads: what the study's direction baselines will be. An explicit `direction_layer` must lie in
     the model and needs residual means; without one, a run from before them gets a note and no baselines."""
     if not config.directions:
-        return {"on": False, "note": "switched off (`directions`)"}
+        return {"on": False, "note": "switched off"}
     if not recorded(run):
         if config.direction_layer is not None:
             try:
@@ -101,7 +101,7 @@ class Arms:
         for name in names:
             if name == "mean_difference" and budget == 0:
                 out["arms"][name] = {"mode": "add", "alpha": 0.0, "size": 0.0,
-                                     "note": f"the neuron edit leaves layer {layer} unchanged (all its neurons lie above it)"}
+                                     "note": f"the neuron edit leaves layer {layer} unchanged: α = 0"}
                 continue
             measured[name] = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
             size = (abs(edits[name].alpha) if name == "mean_difference"

@@ -1,0 +1,168 @@
+"""Neurons or a direction? The direction baselines of ablate and steer (vneuron.validate.baselines): every number of the
+table recomputed by direct calls (the arm's Δ is a forced choice under that direction edit, α is the neuron edit's
+measured size, the controls are the seeded random directions, the side effects are the edit's own), carried alike by the
+manifest, --json, directions.csv, the terminal and the report; the leakage ratio is its formula over the matrix; switched
+off, the arms are gone; steer draws both curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+from vneuron.config import ValidateConfig
+from vneuron.locate.locating import LocateConfig, locate
+from vneuron.locate.probes import peak_layer
+from vneuron.locate.runs import LocateRun
+from vneuron.validate import side_effects
+from vneuron.validate.controls import control_seed
+from vneuron.validate.directions import direction_edit, matched_alpha, random_direction_edit
+from vneuron.validate.evaluate import forced_choice
+from vneuron.validate.items import evaluation_items, items_for
+from vneuron.validate.study import ablate, edit_for, steer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+POLE = "conservation"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def located(tiny_dir, tmp_path_factory):
+    from vneuron.models.loading import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(str(tiny_dir("llama")), dtype="float64")
+    out = tmp_path_factory.mktemp("baselines") / "run"
+    locate(model, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=6), out=out)
+    return model, out
+
+
+def _config(**settings) -> ValidateConfig:
+    return ValidateConfig(**{"controls": 4, "stop_after": 2, "side_controls": 3, "split": "all", "limit": 4, "dimensions": [POLE],
+                             **settings})
+
+
+def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
+    from vneuron.results.direction_tables import directions_table, report_table
+    from vneuron.results.html_report import build_report
+    from vneuron.results.jsonout import validation_json
+
+    model, run_dir = located
+    config = _config()
+    result = ablate(run_dir, config, model=model, out=tmp_path / "ablate")
+    run = LocateRun.open(run_dir)
+    record = result.summaries[0]["directions"]
+    assert result.manifest["directions"]["on"] is True
+    assert record["layer"] == peak_layer(run.manifest, POLE)
+    layer = record["layer"]
+    template = run.template()
+    items = items_for(evaluation_items(run, replace(config, template=template)).items, POLE, 4)
+    edit = edit_for(run, run.sets[POLE], POLE, config)
+    budget = matched_alpha(model, items, edit, layer, template=template)
+    assert budget > 0 and record["budget"] == pytest.approx(budget, rel=1e-9)
+    base = forced_choice(model, items, template=template).toward(POLE)
+    arms = record["arms"]
+    assert list(arms) == ["neurons", "mean_difference", "projected_out"]
+    summary = result.summaries[0]
+    assert arms["neurons"]["effect"] == summary["effect"] and arms["neurons"]["size"] == record["budget"]
+    assert arms["neurons"]["side_effects"]["kl"] == summary["side_effects"]["located"]["kl"]
+    neutral = side_effects.load_neutral("en")
+    for name, mode, alpha in (("mean_difference", "add", -budget), ("projected_out", "project", 0.0)):
+        arm = arms[name]
+        d = direction_edit(run, POLE, layer, mode, alpha)
+        assert arm["alpha"] == pytest.approx(d.alpha, rel=1e-9) and arm["mode"] == mode
+        after = forced_choice(model, items, d, template=template).toward(POLE)
+        assert arm["effect"] == pytest.approx(float((after - base).mean()), abs=1e-12)
+        first = forced_choice(model, items, random_direction_edit(d, control_seed(config.seed, 0)), template=template).toward(POLE)
+        assert arm["control_effects"][0] == pytest.approx(float((first - base).mean()), abs=1e-12)
+        assert arm["controls_drawn"] == len(arm["control_effects"]) <= config.controls  # never extended beyond --controls
+        assert 1 / (config.controls + 1) <= arm["p_sequential"] <= 1
+        assert arm["size"] == pytest.approx(budget if mode == "add" else matched_alpha(model, items, d, layer, template=template), rel=1e-9)
+        own = side_effects.measure(model, neutral, [d])["sets"][0]
+        assert arm["side_effects"]["kl"] == pytest.approx(own["kl"], rel=1e-9)
+        assert arm["side_effects"]["task_drop"] == pytest.approx(own["task_drop"], rel=1e-9, abs=1e-12)
+        assert arm["effect_per_kl"] == pytest.approx(arm["effect"] / own["kl"], rel=1e-9)
+    # the same numbers in the manifest, --json, directions.csv, the terminal and the report
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["results"][0]["directions"]["arms"]["mean_difference"]["effect"] == arms["mean_difference"]["effect"]
+    assert json.loads(json.dumps(validation_json(result)))["results"][0]["directions"]["layer"] == layer
+    rows = list(csv.DictReader(open(result.run_dir / "directions.csv")))
+    assert [r["arm"] for r in rows] == list(arms)
+    for row in rows:
+        assert float(row["effect"]) == pytest.approx(arms[row["arm"]]["effect"], abs=1e-6)
+        assert int(row["layer"]) == layer
+    assert float(rows[1]["alpha"]) == pytest.approx(-budget, abs=1e-6)
+    table = directions_table(result)
+    assert table is not None and table.row_count == 3
+    title, columns, cells, note = report_table(manifest, "manifest.json")
+    assert len(cells) == 3 and cells[1][1] == "mean diff" and "results[].directions" in note
+    report = build_report([result.run_dir], out=tmp_path / "report.html")
+    page = report.html.read_text()
+    assert "Neurons or a direction?" in page and "projected" in page
+    # leakage: the formula over the manifest's matrix
+    cross = manifest["results"][0]["cross_values"]
+    own = cross["cells"][cross["own"]]["z"]
+    off = [abs(c["z"]) for k, c in cross["cells"].items() if k != cross["own"] and c.get("z") is not None]
+    assert off and own
+    assert cross["leakage"]["ratio"] == pytest.approx(sum(off) / len(off) / abs(own), rel=1e-12)
+    assert "leakage" in page
+
+
+def test_steer_draws_the_direction_beside_the_neurons(located, tmp_path):
+    from vneuron.results import figures
+    from vneuron.results.jsonout import validation_json
+
+    model, run_dir = located
+    config = _config(mode="scale", controls=2, side_effects=False, limit=3)
+    result = steer(run_dir, [0.0, 1.0, 2.0], config, model=model, out=tmp_path / "steer")
+    curve = result.summaries[0]["curve"]
+    arms = [p["directions"]["arms"]["mean_difference"] for p in curve]
+    budgets = [p["directions"]["budget"] for p in curve]
+    assert budgets[0] > 0 and budgets[1] == 0 and budgets[2] > 0  # γ = 1 scales nothing
+    assert arms[0]["alpha"] == pytest.approx(-budgets[0]) and arms[2]["alpha"] == pytest.approx(budgets[2])  # with the edit's sign
+    assert "note" in arms[1] and "effect" not in arms[1]
+    rows = list(csv.DictReader(open(result.run_dir / "dose_response.csv")))
+    assert float(rows[2]["direction_effect"]) == pytest.approx(arms[2]["effect"], abs=1e-6)
+    assert [r["arm"] for r in csv.DictReader(open(result.run_dir / "directions.csv"))] == ["neurons", "mean_difference"] * 3
+    assert validation_json(result)["results"][0]["curve"][2]["directions"]["arms"]["mean_difference"]["effect"] == arms[2]["effect"]
+    curves = {POLE: [{**p, "control_effects": p.get("control_effects") or []} for p in curve]}
+    figure = figures.dose_response(curves, "scale", "dose_response.csv")
+    lines = {line.get_label(): line for line in figure.fig.axes[0].get_lines()}
+    direction = lines["mean-difference direction (same size)"]
+    assert list(direction.get_xdata()) == [0.0, 1.0, 2.0]
+    assert direction.get_ydata()[2] == pytest.approx(curve[2]["baseline"] + arms[2]["effect"])
+    assert "located set" in lines
+
+
+def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
+    model, run_dir = located
+    quick = ["--controls", "1", "--split", "all", "--limit", "2", "--dimension", POLE, "--no-side-effects", "--no-cross-values", "-q"]
+    off = runner.invoke(app, ["ablate", str(run_dir), "--no-directions", "--out", str(tmp_path / "off"), *quick])
+    assert off.exit_code == 0, off.output
+    manifest = json.loads((tmp_path / "off" / "manifest.json").read_text())
+    assert "directions" not in manifest["results"][0] and manifest["directions"]["on"] is False
+    assert not (tmp_path / "off" / "directions.csv").exists() and "Neurons or a direction" not in off.output
+    old = tmp_path / "old-run"  # located before residual means
+    shutil.copytree(run_dir, old)
+    (old / "residual.safetensors").unlink()
+    before = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({k: v for k, v in before.items() if k not in ("residual", "probes")}))
+    noted = runner.invoke(app, ["ablate", str(old), "--out", str(tmp_path / "old-ablate"), *quick])
+    assert noted.exit_code == 0, noted.output
+    assert noted.output.count("no direction baselines") == 1 and "rerun `vneuron locate`" in noted.output
+    assert "directions" not in json.loads((tmp_path / "old-ablate" / "manifest.json").read_text())["results"][0]
+    for argv, message in (([str(old), "--direction-layer", "1"], "--direction-layer 1 edits along the pole's mean difference, but "),
+                          ([str(run_dir), "--direction-layer", "3"], "Direction layer 3 is out of range"),
+                          ([str(run_dir), "--no-directions", "--direction-layer", "1"], "--direction-layer 1 is set, but")):
+        bad = runner.invoke(app, ["ablate", *argv, "--out", str(tmp_path / "never"), *quick])
+        assert bad.exit_code == 2 and message in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+    assert "located before residual means were recorded" in runner.invoke(
+        app, ["ablate", str(old), "--direction-layer", "1", *quick]).stderr
