@@ -209,6 +209,15 @@ CASES = [
     Case("ablate/out-disk-full", A, r"Not enough disk space", fault="disk_full"),
     Case("ablate/pvq-missing", A + " --pvq /nonexistent/pvq.csv", r"Inventory /nonexistent/pvq.csv does not exist"),
     Case("ablate/model-other", A + " --model {bad}/other-model", r"not the one the run located neurons in"),
+    # -- the direction baselines: a layer the model lacks, a run from before residual means, a layer with them off
+    Case("ablate/direction-layer-high", A + " --direction-layer 3", r"Direction layer 3 is out of range: .* layers 0 to 2"),
+    Case("ablate/direction-layer-negative", A + " --direction-layer -1", r"Direction layer -1 is out of range"),
+    Case("ablate/direction-layer-old-run", "ablate {bad}/run-no-residual -q --controls 1 --split all --direction-layer 1",
+         r"--direction-layer 1 edits along the pole's mean difference, but .*located before residual means were recorded.*"
+         r"Rerun `vneuron locate`.*`--from` cannot add them"),
+    Case("ablate/direction-layer-off", A + " --no-directions --direction-layer 1", r"--direction-layer 1 is set, but the direction "
+         r"baselines are switched off"),
+    Case("steer/direction-layer-high", S + " --direction-layer 7", r"Direction layer 7 is out of range"),
     Case("ablate/locate-first-bad-model", "ablate --model no-such-model -q", r"Unknown model 'no-such-model'"),
     Case("ablate/locate-first-out-exists", "ablate --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
     Case("steer/locate-first-out-file", "steer --model {tiny} --out {bad}/notes.txt -q", r"notes.txt is a file, not a directory"),
