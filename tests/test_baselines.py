@@ -49,6 +49,17 @@ def _config(**settings) -> ValidateConfig:
                              **settings})
 
 
+def _fits_80(table) -> str:
+    from rich.console import Console
+
+    assert table is not None
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))
+    console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    return text
+
+
 def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
     from vneuron.results.direction_tables import directions_table, report_table
     from vneuron.results.html_report import build_report
@@ -99,8 +110,8 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
         assert float(row["effect"]) == pytest.approx(arms[row["arm"]]["effect"], abs=1e-6)
         assert int(row["layer"]) == layer
     assert float(rows[1]["alpha"]) == pytest.approx(-budget, abs=1e-6)
-    table = directions_table(result)
-    assert table is not None and table.row_count == 3
+    text = _fits_80(directions_table(result))
+    assert all(f"{arms[name]['effect']:+.3f}" in text for name in arms)
     title, columns, cells, note = report_table(manifest, "manifest.json")
     assert len(cells) == 3 and cells[1][1] == "mean diff" and "results[].directions" in note
     report = build_report([result.run_dir], out=tmp_path / "report.html")
@@ -117,6 +128,7 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
 
 def test_steer_draws_the_direction_beside_the_neurons(located, tmp_path):
     from vneuron.results import figures
+    from vneuron.results.direction_tables import directions_table
     from vneuron.results.jsonout import validation_json
 
     model, run_dir = located
@@ -133,6 +145,8 @@ def test_steer_draws_the_direction_beside_the_neurons(located, tmp_path):
     assert [r["arm"] for r in csv.DictReader(open(result.run_dir / "directions.csv"))] == ["neurons", "mean_difference"] * 3
     assert validation_json(result)["results"][0]["curve"][2]["directions"]["arms"]["mean_difference"]["effect"] == arms[2]["effect"]
     curves = {POLE: [{**p, "control_effects": p.get("control_effects") or []} for p in curve]}
+    text = _fits_80(directions_table(result))
+    assert "γ=2" in text and f"{arms[2]['effect']:+.3f}" in text and "α = 0" not in text  # the α = 0 point: a dash
     figure = figures.dose_response(curves, "scale", "dose_response.csv")
     lines = {line.get_label(): line for line in figure.fig.axes[0].get_lines()}
     direction = lines["mean-difference direction (same size)"]

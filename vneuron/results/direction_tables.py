@@ -14,6 +14,7 @@ from vneuron.data.schema import SHORT
 from vneuron.validate.baselines import ARMS, csv_rows
 
 COLUMNS = ["pole", "arm", "layer", "size", "Δ [95% CI]", "z", "p", "drawn", "KL/pos", "ppl ×", "task ΔP", "Δ/KL"]
+TERMINAL = ["arm", "size", "Δ [CI]", "z", "p/drawn", "KL/pos", "ppl ×", "task ΔP", "Δ/KL"]  # fits 80 columns
 SHORT_ARMS = {"neurons": "neurons", "mean_difference": "mean diff", "projected_out": "projected"}
 NOTE = ("size = mean L2 norm of the change the edit makes to layer L's residual stream on the items' option tokens (the "
         "mean-difference direction's α is matched to the neurons' size); Δ = mean change in P(choosing the pole's action), "
@@ -30,58 +31,71 @@ def _f(value: Any, fmt: str) -> str:
     return "—" if value != value else format(value, fmt)
 
 
-def direction_rows(summaries: list[dict]) -> list[tuple[str, list[str]]]:
-    """(γ or "", the row's cells) per arm of every pole (and γ point), from the results' ``directions`` records."""
+def direction_rows(summaries: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(γ or "", the directions.csv row, the arm's record) per arm of every pole (and γ point) that ran the baselines."""
     out = []
     for s in summaries:
-        points = s.get("curve") or [s]
-        for point in points:
+        for point in s.get("curve") or [s]:
             gamma = point.get("gamma") if "curve" in s else None
             for row in csv_rows({**point, "dimension": s["dimension"]}, gamma):
-                arm = point["directions"]["arms"][row["arm"]]
-                ci = "" if row["effect_lo"] == "" else f" [{row['effect_lo']:+.3f},{row['effect_hi']:+.3f}]"
-                task = -row["task_drop"] if row["task_drop"] != "" else ""  # shown as the change in P(right)
-                cells = [SHORT.get(s["dimension"], s["dimension"][:12]), SHORT_ARMS[row["arm"]], str(row["layer"]), _f(row["size"], ".3g"),
-                         (_f(row["effect"], "+.3f") + ci) if "note" not in arm else arm["note"], _f(row["z"], "+.1f"),
-                         _f(row["p_sequential"], ".3f"), str(row["controls_drawn"] or "—"), _f(row["kl"], ".4f"),
-                         _f(row["ppl_ratio"], ".3f"), _f(task, "+.3f"), _f(row["effect_per_kl"], "+.3g")]
-                out.append(("" if gamma is None else f"{gamma:g}", cells))
+                out.append(("" if gamma is None else f"{gamma:g}", row, point["directions"]["arms"][row["arm"]]))
     return out
 
 
+def _cells(row: dict, arm: dict, digits: int = 3) -> list[str]:
+    """size, Δ, its CI, z, p, drawn, KL/pos, ppl ×, task ΔP, Δ/KL of one arm (a note in place of Δ when it did not run)."""
+    ci = "" if row["effect_lo"] == "" else f"[{row['effect_lo']:+.{digits}f},{row['effect_hi']:+.{digits}f}]"
+    task = -row["task_drop"] if row["task_drop"] != "" else ""  # shown as the change in P(right)
+    return [_f(row["size"], ".3g"), arm["note"] if "note" in arm else _f(row["effect"], "+.3f"), ci, _f(row["z"], "+.1f"),
+            _f(row["p_sequential"], f".{digits - 1}f"), str(row["controls_drawn"] or "—"), _f(row["kl"], ".3f"),
+            _f(row["ppl_ratio"], f".{digits - 1}f"), _f(task, "+.3f"), _f(row["effect_per_kl"], "+.2g")]
+
+
 def directions_table(result) -> Table | None:
-    """The terminal table (None: the study ran no direction baselines)."""
+    """The terminal table (None: the study ran no direction baselines): a heading row per pole (and γ) with its layer,
+    then a row per arm, the CI under Δ, so that it fits 80 columns."""
     rows = direction_rows(result.summaries)
     if not rows:
         return None
-    steer = any(g for g, _ in rows)
     table = Table(title="Neurons or a direction? The same-size edit along the pole's mean difference", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left", caption=NOTE)
-    for column in (["γ"] if steer else []) + COLUMNS:
-        table.add_column(column, justify="right")
+    for column in TERMINAL:
+        table.add_column(column, justify="right", no_wrap=True)
     last = None
-    for gamma, cells in rows:
-        key = (cells[0], gamma)
-        if last is not None and key != last:
-            table.add_section()
-        last = key
-        table.add_row(*([gamma] if steer else []), *cells)
+    for gamma, row, arm in rows:
+        key = (row["dimension"], gamma)
+        if key != last:
+            if last is not None:
+                table.add_section()
+            table.add_row(f"[bold]{SHORT.get(row['dimension'], row['dimension'][:12])}[/]" + (f" γ={gamma}" if gamma else "")
+                          + f" L{row['layer']}", *[""] * (len(TERMINAL) - 1))
+            last = key
+        size, effect, ci, z, p, drawn, *side = _cells(row, arm, digits=2)
+        if "note" in arm:
+            effect = "—"
+        table.add_row(SHORT_ARMS[row["arm"]], size, effect, z, p if p == "—" else f"{p}/{drawn}", *side)
+        if ci:
+            table.add_row("", "", f"[dim]{ci}[/]", *[""] * (len(TERMINAL) - 3))
     return table
 
 
 def report_table(manifest: dict, source: str) -> tuple[str, list[str], list[list[str]], str] | None:
     """The report's table: (title, columns, rows, note), or None without direction baselines."""
-    results = manifest.get("results") or []
-    rows = direction_rows(results)
+    rows = direction_rows(manifest.get("results") or [])
     baselines = manifest.get("directions") or {}
     if not rows:
         if (manifest.get("config") or {}).get("directions") and baselines.get("note"):
             return ("Direction baselines", ["note"], [[baselines["note"]]], "")
         return None
-    steer = any(g for g, _ in rows)
+    steer = any(g for g, _, _ in rows)
+    cells = []
+    for gamma, row, arm in rows:
+        size, effect, ci, *rest = _cells(row, arm)
+        cells.append(([gamma] if steer else []) + [row["dimension"], SHORT_ARMS[row["arm"]], str(row["layer"]), size,
+                                                   f"{effect} {ci}".strip(), *rest])
     arms = ", ".join(f"{SHORT_ARMS[k]} = {v}" for k, v in ARMS.items())
-    return ("Neurons or a direction? (direction baselines)", (["γ"] if steer else []) + COLUMNS,
-            [([g] if steer else []) + cells for g, cells in rows], f"{arms}. {NOTE}. From {source} (results[].directions).")
+    return ("Neurons or a direction? (direction baselines)", (["γ"] if steer else []) + COLUMNS, cells,
+            f"{arms}. {NOTE}. From {source} (results[].directions).")
 
 
 def leakage_text(summaries: list[dict]) -> str:
