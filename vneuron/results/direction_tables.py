@@ -47,8 +47,8 @@ def _cells(row: dict, arm: dict, digits: int = 3) -> list[str]:
     ci = "" if row["effect_lo"] == "" else f"[{row['effect_lo']:+.{digits}f},{row['effect_hi']:+.{digits}f}]"
     task = -row["task_drop"] if row["task_drop"] != "" else ""  # shown as the change in P(right)
     return [_f(row["size"], ".3g"), arm["note"] if "note" in arm else _f(row["effect"], "+.3f"), ci, _f(row["z"], "+.1f"),
-            _f(row["p_sequential"], f".{digits - 1}f"), str(row["controls_drawn"] or "—"), _f(row["kl"], ".3f"),
-            _f(row["ppl_ratio"], f".{digits - 1}f"), _f(task, "+.3f"), _f(row["effect_per_kl"], "+.2g")]
+            _f(row["p_sequential"], f".{digits}f"), str(row["controls_drawn"] or "—"), _f(row["kl"], ".3f"),
+            _f(row["ppl_ratio"], f".{digits}f"), _f(task, "+.3f"), _f(row["effect_per_kl"], "+.2g")]
 
 
 def directions_table(result) -> Table | None:
