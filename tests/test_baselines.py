@@ -180,3 +180,32 @@ def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
     assert "located before residual means were recorded" in runner.invoke(
         app, ["ablate", str(old), "--direction-layer", "1", *quick]).stderr
+
+
+@pytest.mark.parametrize("arch,site", [("gpt2", "down_in"), ("gemma3", "gate"), ("phi3", "down_in")])
+def test_other_families_and_sites_locally_and_through_the_remote_simulation(tiny_dir, tmp_path, arch, site):
+    """The arms run on other architecture records and at both sites; through the NDIF simulation they give the local
+    numbers (d̂ travels by value)."""
+    from vneuron.models.loading import load_model
+    from vneuron.runtime.remote import RemoteTarget
+
+    model = load_model(str(tiny_dir(arch)), dtype="float64")
+    run_dir = tmp_path / "run"
+    locate(model, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=4, site=site, dimensions=[POLE]), out=run_dir)
+    config = _config(controls=2, limit=3, side_effects=False, cross_values=False)
+    local = ablate(run_dir, config, model=model, out=tmp_path / "local").summaries[0]["directions"]
+    run = LocateRun.open(run_dir)
+    assert run.sets[POLE].site == site and local["layer"] == peak_layer(run.manifest, POLE)
+    template = run.template()
+    items = items_for(evaluation_items(run, replace(config, template=template)).items, POLE, 3)
+    d = direction_edit(run, POLE, local["layer"], "project")
+    base = forced_choice(model, items, template=template).toward(POLE)
+    after = forced_choice(model, items, d, template=template).toward(POLE)
+    assert local["arms"]["projected_out"]["effect"] == pytest.approx(float((after - base).mean()), abs=1e-12)
+    if arch == "gpt2":
+        simulated = load_model(str(tiny_dir(arch)), dtype="float64", remote=RemoteTarget("local", blocking=True))
+        remote = ablate(run_dir, config, model=simulated, out=tmp_path / "remote").summaries[0]["directions"]
+        assert remote["budget"] == pytest.approx(local["budget"], rel=1e-9)
+        for name in ("mean_difference", "projected_out"):
+            assert remote["arms"][name]["effect"] == pytest.approx(local["arms"][name]["effect"], abs=1e-9)
+            assert remote["arms"][name]["controls_drawn"] == local["arms"][name]["controls_drawn"]
