@@ -55,13 +55,15 @@ def test_locate_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, 
 
 
 def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_dir, simulated):
+    from dataclasses import replace
+
     from vneuron.validate.study import ablate, steer
 
     run = locate(simulated, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=5),
                  out=tmp_path / "run").run_dir
     # every control drawn (stop_after 0, no extension) and nothing beside the forced choice: one exact count
     config = ValidateConfig(controls=3, stop_after=0, max_controls=0, split="all", dimensions=["conservation"],
-                            side_effects=False, cross_values=False, batch_tokens=64)
+                            side_effects=False, cross_values=False, directions=False, batch_tokens=64)
     for kind, call in (("ablate", lambda out: ablate(run, config, model=simulated, out=out)),
                        ("steer", lambda out: steer(run, [0.0, 2.0], ValidateConfig(**{**config.__dict__, "mode": "scale"}),
                                                    model=simulated, out=out))):
@@ -70,6 +72,9 @@ def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_d
         work = call(tmp_path / kind).manifest["work"]
         for key in ("requests", "forwards", "bytes_up", "bytes_down"):
             assert plan["least"][key] == plan["most"][key] == work[key], (kind, key, plan["least"][key], work[key])
+        assert "note" not in plan
+    with_directions = validation_plan(run, replace(config, directions=True), "ablate", model=simulated)
+    assert with_directions["note"] == "the direction baselines (--no-directions skips them) are not in the estimate"
 
 
 def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):

@@ -151,8 +151,10 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         out["per_control"]["estimate_s"] = round(per_control.layer_tokens * calibration, 1)
         if "side_effects" in out:
             out["side_effects"]["estimate_s_per_set"] = round(out["side_effects"]["layer_tokens_per_set"] * calibration, 2)
-    if config.generations:
-        out["note"] = "generations before/after are not in the estimate"
+    left_out = [what for what, on in (("generations before/after", config.generations),
+                                      ("the direction baselines (--no-directions skips them)", study.baselines.get("on"))) if on]
+    if left_out:
+        out["note"] = " and ".join(left_out) + " are not in the estimate"
     return out
 
 
