@@ -195,11 +195,11 @@ def test_interrupted_studies_keep_finished_poles(tmp_path, tiny_dir, monkeypatch
             call(replace(config, seed=1), tmp_path / f"{kind}-changed")
 
 
-@pytest.mark.parametrize("stage", ["unedited", "value shift", "side effects", "matrix"])
+@pytest.mark.parametrize("stage", ["unedited", "value shift", "side effects", "matrix", "direction"])
 def test_a_study_interrupted_inside_a_pole_resumes_where_it_stopped_bit_for_bit(tmp_path, tiny_dir, monkeypatch, stage):
-    """Each part of a pole (the unedited items, the value shift's sets, each round of side effects, each matrix column) is
-    kept as it finishes: interrupted in the middle of a stage, a rerun computes none of the kept parts again and writes
-    exactly what an uninterrupted study writes."""
+    """Each part of a pole (the unedited items, the value shift's sets, each round of side effects, each matrix column, the
+    direction baselines' budget, sets and side effects) is kept as it finishes: interrupted in the middle of a stage, a
+    rerun computes none of the kept parts again and writes exactly what an uninterrupted study writes."""
     from vneuron.runtime.checkpoint import Checkpoint
     import vneuron.validate.study as validate
 
@@ -244,5 +244,5 @@ def test_a_study_interrupted_inside_a_pole_resumes_where_it_stopped_bit_for_bit(
     assert not set(computed) & kept and stop in computed  # nothing kept is computed again; the rest is
     assert not any(n.startswith("conservation: ") for n in computed)
     assert json.dumps(resumed.summaries, sort_keys=True) == json.dumps(whole.summaries, sort_keys=True)
-    for name in ("items.csv", "controls.csv", "side_effects.csv", "cross_values.csv"):
+    for name in ("items.csv", "controls.csv", "side_effects.csv", "cross_values.csv", "directions.csv"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
