@@ -178,6 +178,16 @@ def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
         bad = runner.invoke(app, ["ablate", *argv, "--out", str(tmp_path / "never"), *quick])
         assert bad.exit_code == 2 and message in bad.stderr, bad.output
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+    no_peak = tmp_path / "no-peak"  # a pole whose probes could not be fitted: its baselines are skipped with a note
+    shutil.copytree(run_dir, no_peak)
+    manifest = json.loads((no_peak / "manifest.json").read_text())
+    manifest["probes"]["poles"][POLE] = {"opposite": "openness_to_change", "note": "too few prompts in a fold"}
+    (no_peak / "manifest.json").write_text(json.dumps(manifest))
+    skipped = runner.invoke(app, ["ablate", str(no_peak), "--out", str(tmp_path / "no-peak-ablate"), *quick])
+    assert skipped.exit_code == 0, skipped.output
+    said = " ".join(skipped.output.split())
+    assert said.count(f"{POLE}: no direction baselines: Run ") == 1 and f"has no probe peak for '{POLE}'" in said
+    assert "arms" not in json.loads((tmp_path / "no-peak-ablate" / "manifest.json").read_text())["results"][0]["directions"]
     assert "located before residual means were recorded" in runner.invoke(
         app, ["ablate", str(old), "--direction-layer", "1", *quick]).stderr
 

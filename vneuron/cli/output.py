@@ -44,12 +44,15 @@ def evaluation_note(manifest: dict) -> None:
 
 
 def direction_note(manifest: dict) -> None:
-    """One line when the direction baselines were asked for (the default) but the run cannot have them."""
+    """One line when the direction baselines were asked for (the default) but the run, or a pole of it, cannot have them."""
     from vneuron.runtime.progress import console
 
     baselines = manifest.get("directions") or {}
     if (manifest.get("config") or {}).get("directions") and baselines.get("note"):
         console.print(f"[yellow]note:[/] {escape(baselines['note'])}")
+    for r in manifest.get("results") or []:  # a pole without a probe peak: no baselines for it
+        if (r.get("directions") or {}).get("note"):
+            console.print(f"[yellow]note:[/] {escape(r['dimension'])}: no direction baselines: {escape(r['directions']['note'])}")
 
 
 def guard_notes(result) -> None:

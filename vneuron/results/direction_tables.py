@@ -94,8 +94,10 @@ def report_table(manifest: dict, source: str) -> tuple[str, list[str], list[list
         cells.append(([gamma] if steer else []) + [row["dimension"], SHORT_ARMS[row["arm"]], str(row["layer"]), size,
                                                    f"{effect} {ci}".strip(), *rest])
     arms = ", ".join(f"{SHORT_ARMS[k]} = {v}" for k, v in ARMS.items())
+    skipped = "".join(f" {r['dimension']}: no direction baselines: {r['directions']['note']}"
+                      for r in manifest.get("results") or [] if (r.get("directions") or {}).get("note"))
     return ("Neurons or a direction? (direction baselines)", (["γ"] if steer else []) + COLUMNS, cells,
-            f"{arms}. {NOTE}. From {source} (results[].directions).")
+            f"{arms}. {NOTE}. From {source} (results[].directions).{skipped}")
 
 
 def leakage_text(summaries: list[dict]) -> str:

@@ -55,6 +55,7 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
                                    f"but {e.problem}", e.fix) from None
         return {"on": False, "note": f"no direction baselines: {run.path.name} was located before residual means were recorded "
                                      "(rerun `vneuron locate` with its model and corpus to add them)"}
+    run.residual()  # a missing or changed residual file fails here, before the model loads
     if config.direction_layer is not None:
         check_layer(run, config.direction_layer)
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
@@ -90,7 +91,11 @@ class Arms:
 
     def _arms(self, pole, items, base, edit, tail, summary, names, prefix) -> dict[str, Any]:
         memo = self.study.memo(prefix)
-        run, layer = self.study.run, self.layer(pole)
+        run = self.study.run
+        try:
+            layer = self.layer(pole)
+        except VneuronError as e:  # no probe peak for this pole (too few prompts in a fold): the others go on
+            return {"note": e.one_line()}
         budget = memo("budget", lambda: self.size(items, edit, layer))
         sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
         out: dict[str, Any] = {"layer": layer, "budget": budget, "arms": {"neurons": neuron_arm(summary, budget)}}
@@ -147,7 +152,7 @@ def neuron_arm(summary: dict, budget: float) -> dict[str, Any]:
 def csv_rows(summary: dict, gamma: float | None = None) -> list[dict[str, Any]]:
     """directions.csv: one row per arm of a pole (and γ), the table's numbers."""
     record = summary.get("directions")
-    if not record:
+    if not record or "arms" not in record:
         return []
     rows = []
     for name, arm in record["arms"].items():
