@@ -218,6 +218,7 @@ CASES = [
     Case("ablate/direction-layer-off", A + " --no-directions --direction-layer 1", r"--direction-layer 1 is set, but the direction "
          r"baselines are switched off"),
     Case("steer/direction-layer-high", S + " --direction-layer 7", r"Direction layer 7 is out of range"),
+    Case("ablate/direction-controls-negative", A + " --direction-controls -1", r"--direction-controls must be ≥ 0, got -1"),
     Case("ablate/locate-first-bad-model", "ablate --model no-such-model -q", r"Unknown model 'no-such-model'"),
     Case("ablate/locate-first-out-exists", "ablate --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
     Case("steer/locate-first-out-file", "steer --model {tiny} --out {bad}/notes.txt -q", r"notes.txt is a file, not a directory"),

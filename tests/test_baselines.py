@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from vneuron.cli import app
 from vneuron.config import ValidateConfig
+from vneuron.errors import VneuronError
 from vneuron.locate.locating import LocateConfig, locate
 from vneuron.locate.probes import peak_layer
 from vneuron.locate.runs import LocateRun
@@ -94,7 +95,7 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
         first = forced_choice(model, items, random_direction_edit(d, control_seed(config.seed, 0)), template=template).toward(POLE)
         assert arm["control_effects"][0] == pytest.approx(float((first - base).mean()), abs=1e-12)
         assert arm["controls_drawn"] == len(arm["control_effects"]) <= config.controls  # never extended beyond --controls
-        assert 1 / (config.controls + 1) <= arm["p_sequential"] <= 1
+        assert 1 / (config.controls + 1) <= arm["p_sequential"] <= 1 and arm["controls_max"] == config.controls
         assert arm["size"] == pytest.approx(budget if mode == "add" else matched_alpha(model, items, d, layer, template=template), rel=1e-9)
         own = side_effects.measure(model, neutral, [d])["sets"][0]
         assert arm["side_effects"]["kl"] == pytest.approx(own["kl"], rel=1e-9)
@@ -124,6 +125,19 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
     assert off and own
     assert cross["leakage"]["ratio"] == pytest.approx(sum(off) / len(off) / abs(own), rel=1e-12)
     assert "leakage" in page
+
+
+def test_direction_controls_cap_the_random_directions(located, tmp_path):
+    """At most `direction_controls` random directions per arm (and at most `controls`); the neurons keep theirs."""
+    model, run_dir = located
+    record = ablate(run_dir, _config(controls=5, direction_controls=2, side_effects=False, cross_values=False), model=model,
+                    out=tmp_path / "capped").summaries[0]
+    for name in ("mean_difference", "projected_out"):
+        arm = record["directions"]["arms"][name]
+        assert arm["controls_max"] == 2 and 1 <= arm["controls_drawn"] <= 2 and arm["p_sequential"] >= 1 / 3
+    assert record["controls_max"] == 5
+    with pytest.raises(VneuronError, match="`direction_controls` must be ≥ 0"):
+        ValidateConfig(direction_controls=-1).check()
 
 
 def test_steer_draws_the_direction_beside_the_neurons(located, tmp_path):

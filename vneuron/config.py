@@ -283,6 +283,9 @@ class ValidateConfig:
     # the direction baselines (vneuron.validate.baselines): the pole's mean-difference direction, budget-matched, beside the neurons
     directions: bool = True  # on when the run has residual means (a run from before them: a note, no baselines)
     direction_layer: int | None = None  # the layer they edit (None: where the pole's mean-difference probe reads it best)
+    # random directions per arm, drawn sequentially like the neuron controls, at most this many (and at most `controls`):
+    # a direction beyond every random one costs them all, so few keep the baselines cheap (p ≥ 1/10 at 9; z reads the size)
+    direction_controls: int = 9
 
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
@@ -320,7 +323,7 @@ class ValidateConfig:
             raise VneuronError(f"Unknown `tail` {self.tail!r}", f"use {' or '.join(TAILS)} (the direction the edit is expected to move P)")
         if self.stop_after < 0:
             raise VneuronError("`stop_after` must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
-        for name in ("max_controls", "side_controls", "judge_controls"):
+        for name in ("max_controls", "side_controls", "judge_controls", "direction_controls"):
             if getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
         if self.direction_layer is not None and not self.directions:

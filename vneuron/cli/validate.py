@@ -75,6 +75,9 @@ DirectionsOpt = setting(V, "directions", "--directions/--no-directions", panel=E
 DirectionLayerOpt = setting(V, "direction_layer", "--direction-layer", panel=EVALUATION,
                             help="The layer the direction baselines edit (default: where the pole's held-out mean-difference "
                                  "probe reads it best).")
+DirectionControlsOpt = setting(V, "direction_controls", "--direction-controls", panel=EVALUATION,
+                               help="Random directions per direction baseline (same layer, α and mode), drawn sequentially "
+                                    "like --controls: the most drawn (and at most --controls).")
 FirstDatasetOpt = setting(LocateConfig, "dataset", "--dataset", "-d", panel=DATA, help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = setting(LocateConfig, "language", "--language", panel=DATA, help="Corpus language when locating first.")
 
@@ -98,6 +101,7 @@ STUDY_OPTIONS = {
     "judge_controls": (int, JudgeControlsOpt),
     "directions": (bool, DirectionsOpt),
     "direction_layer": (Optional[int], DirectionLayerOpt),
+    "direction_controls": (int, DirectionControlsOpt),
     "split": (str, SplitOpt),
     "limit": (Optional[int], LimitOpt),
     "seed": (int, SeedOpt),
@@ -121,7 +125,8 @@ STUDY_OPTIONS = {
 }
 EVALUATION_SETTINGS = ("dtype", "controls", "stop_after", "split", "limit", "seed", "choice", "template", "eval_dataset",
                        "eval_split", "batch_tokens", "max_controls", "side_effects", "neutral", "side_controls", "generations",
-                       "judge", "judge_controls", "directions", "direction_layer")
+                       "judge", "judge_controls", "directions", "direction_layer",
+                       "direction_controls")
 
 
 def _config(study: dict, **settings) -> ValidateConfig:

@@ -9,7 +9,9 @@ mean-difference probe reads it best), on the same items, against the same unedit
   (away from it when ablating, toward it for a boost);
 * ``projected_out`` (ablate only): x ← x − (x·d̂_L)d̂_L, the direction removed; its size is measured the same way;
 * each arm against random unit directions of the same layer, α and mode (``random_direction_edit``), drawn one at a
-  time with the value shift's Besag–Clifford rule, at most ``controls`` (never extended: the arms stay cheap);
+  time with the value shift's Besag–Clifford rule, at most ``direction_controls`` (and ``controls``; never extended to
+  ``max_controls``): a direction beyond every random one costs them all, so few keep the baselines within a third of
+  an ablation's time;
 * side effects of the arm's edit itself (KL/position, perplexity ×, task ΔP) on the neutral corpus, reusing the study's
   unedited references, so that "moves values more per unit of damage" can be read beside the neurons' row.
 
@@ -59,8 +61,9 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     if config.direction_layer is not None:
         check_layer(run, config.direction_layer)
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
-            "controls_max": config.controls, "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
-                                                      "projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"}}
+            "controls_max": min(config.controls, config.direction_controls),
+            "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
+                     "projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"}}
 
 
 class Arms:
@@ -69,7 +72,8 @@ class Arms:
 
     def __init__(self, study, beside, say: Callable[[str, int, int], None]):
         self.study, self.beside, self.say = study, beside, say
-        self.config = replace(study.config, max_controls=min(study.config.max_controls, study.config.controls))
+        most = min(study.config.controls, study.config.direction_controls)  # never extended to `max_controls`
+        self.config = replace(study.config, controls=most, max_controls=most)
         self.batch = study.loaded.batch_tokens(study.config.batch_tokens, CPU_BATCH_TOKENS)
         self.reuse: dict[str, LowerLayers] = {}  # per pole: every arm, control and γ edits the same layer
 
