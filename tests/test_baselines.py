@@ -167,6 +167,10 @@ def test_steer_draws_the_direction_beside_the_neurons(located, tmp_path):
     assert list(direction.get_xdata()) == [0.0, 1.0, 2.0]
     assert direction.get_ydata()[2] == pytest.approx(curve[2]["baseline"] + arms[2]["effect"])
     assert "located set" in lines
+    from vneuron.results.html_report import build_report
+
+    page = build_report([result.run_dir], out=tmp_path / "steer.html").html.read_text()
+    assert "Neurons or a direction?" in page and "mean-difference direction (its α matched at every γ" in page
 
 
 def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
