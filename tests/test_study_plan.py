@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,7 @@ def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path)
     shown = runner.invoke(app, ["ablate", str(located), "--split", "all", "--limit", "6", "--controls", "6", "--dry-run", "-q"])
     assert shown.exit_code == 0, shown.output
     assert all(f"    {name}: " in shown.output for name in STAGES), shown.output
+    as_json = runner.invoke(app, ["ablate", str(located), "--split", "all", "--limit", "6", "--controls", "6", "--dry-run", "--json", "-q"])
+    assert as_json.exit_code == 0, as_json.output
+    planned = json.loads(as_json.stdout)
+    assert planned["dry_run"] and set(planned["stages"]) == set(STAGES) and len(planned["estimate_s"]) == 2
