@@ -135,8 +135,9 @@ def locate(
             raise VneuronError("--dry-run has nothing to plan with --from: re-selection reads saved statistics and runs no model",
                                "drop --dry-run (re-selection takes seconds)")
         with progress_bar(not quiet) as bar:
-            output.plan(locate_plan(model, config.check(), remote=target(remote, host, timeout), dtype=dtype, progress=bar,
-                                    out=out, force=force))
+            planned = locate_plan(model, config.check(), remote=target(remote, host, timeout), dtype=dtype, progress=bar,
+                                  out=out, force=force)
+        output.plan(planned, json_out)
         return
     given = given_settings(ctx, locate) if from_run is not None else None
     if force and out is not None and from_run is None and not json_out:  # --json: the manifest says what it replaced

@@ -64,9 +64,15 @@ def guard_notes(result) -> None:
         console.print(f"[yellow]warning:[/] {escape(for_terminal(line))}")
 
 
-def plan(plan: dict) -> None:
-    """A dry run's plan."""
+def plan(plan: dict, json_out: bool = False) -> None:
+    """A dry run's plan: its text, or (``--json``) the plan itself as one JSON object."""
     from vneuron.results.tables import plan_text
     from vneuron.runtime.progress import console
+
+    if json_out:
+        from vneuron.results.jsonout import emit
+
+        emit({"dry_run": True, **plan})
+        return
 
     console.print(plan_text(plan), markup=False, highlight=False, soft_wrap=True)

@@ -153,7 +153,8 @@ def _run(kind: str, run_dir, config: ValidateConfig, top_k, out, study: dict, ga
         if run_dir is None:
             raise VneuronError("--dry-run needs a locate run directory", "locate first (vneuron locate --dry-run plans that step)")
         with progress_bar(not study["quiet"]) as bar:
-            output.plan(validation_plan(run_dir, config, kind, gammas, model=model, remote=remote, progress=bar, out=out))
+            planned = validation_plan(run_dir, config, kind, gammas, model=model, remote=remote, progress=bar, out=out)
+        output.plan(planned, study["json_out"])
         return
     if run_dir is not None and dataset:
         raise VneuronError(f"--dataset {dataset} names the corpus to locate on, but {run_dir} is already located",

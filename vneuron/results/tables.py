@@ -263,6 +263,10 @@ def markdown_summary(located=None, ablated=None, steered=None) -> str:
     return "\n".join(lines)
 
 
+def _duration(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
 def plan_text(plan: dict[str, Any]) -> str:
     """A ``--dry-run`` plan (``vneuron.locate.plan``, ``vneuron.validate.plan``) as a few plain lines."""
     least, most = plan["least"], plan["most"]
@@ -293,10 +297,15 @@ def plan_text(plan: dict[str, Any]) -> str:
               f"  memory per batch beyond the weights (estimate): {plan['server_mb_per_batch']:,.0f} MB"]
     if "estimate_s" in plan:
         lo, hi = plan["estimate_s"]
-        fmt = lambda s: f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"  # noqa: E731
-        lines.append(f"  time (from a one-batch calibration now): {fmt(lo)}" + ("" if lo == hi else f" – {fmt(hi)}"))
+        lines.append(f"  time (from a one-batch calibration now; loading and writing not included): {_duration(lo)}"
+                     + ("" if lo == hi else f" – {_duration(hi)}") + ", by stage:")
     elif plan.get("remote"):
         lines.append("  time: not estimated for a remote server (queue and hardware unknown)")
+    for name, stage in (plan.get("stages") or {}).items():
+        lo, hi = stage["least"], stage["most"]
+        t = "" if "estimate_s" not in stage else ", about " + " – ".join(dict.fromkeys(_duration(v) for v in stage["estimate_s"]))
+        lines.append(f"    {name}: " + " – ".join(dict.fromkeys(f"{w['forwards']:,}" for w in (lo, hi))) + " forward passes, "
+                     + " – ".join(dict.fromkeys(f"{w['layer_tokens']:,}" for w in (lo, hi))) + f" token × block{t}")
     if plan.get("per_control"):
         pc = plan["per_control"]
         t = f", about {pc['estimate_s']:.0f} s" if "estimate_s" in pc else ""
@@ -307,7 +316,7 @@ def plan_text(plan: dict[str, Any]) -> str:
         t = f", about {se['estimate_s_per_set']:.1f} s" if "estimate_s_per_set" in se else ""
         lines.append(f"  side effects: {se['texts']} neutral texts + {se['pairs']} pairs, {se['tokens_per_set']:,} tokens per edit set{t}, "
                      f"{se['sets_at_least']} to {se['sets_at_most']} sets (sequential)"
-                     + ("; plus the cross-value matrix (the other values' items under the located set and its value controls)"
+                     + ("; the cross-value matrix: the other values' items under the located set and its value controls"
                         if se["cross_values"] else ""))
     if plan.get("note"):
         lines.append(f"  note: {plan['note']}")

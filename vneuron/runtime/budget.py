@@ -6,6 +6,8 @@ The same counts, taken from the packed batches without running them, are the pla
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 MB = 1 << 20
@@ -35,9 +37,37 @@ class Work:
 
 
 current = Work()  # reset by each ablate / steer run; continuation_logprobs adds to it
+stages: dict[str, dict] = {}  # per named stage of the run under way: wall and CPU seconds and its work (``stage``)
+_open: list[str] = []
 
 
 def reset() -> Work:
-    global current
-    current = Work()
+    global current, stages
+    current, stages = Work(), {}
+    _open.clear()
     return current
+
+
+@contextmanager
+def stage(name: str):
+    """Count the wall and CPU seconds and the work of ``name`` (the manifest's ``timings.stages``, which the dry run's
+    estimate per stage is checked against); a stage inside another counts in the outer one only."""
+    if _open:
+        yield
+        return
+    _open.append(name)
+    before, wall, cpu = asdict(current), time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        _open.pop()
+        row = stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "work": {}})
+        row["wall_s"] += time.perf_counter() - wall
+        row["cpu_s"] += time.process_time() - cpu
+        for key, value in asdict(current).items():
+            row["work"][key] = row["work"].get(key, 0) + value - before.get(key, 0)
+
+
+def stage_report() -> dict[str, dict]:
+    """``stages`` rounded, for a manifest."""
+    return {name: {"wall_s": round(r["wall_s"], 2), "cpu_s": round(r["cpu_s"], 2), "work": dict(r["work"])} for name, r in stages.items()}

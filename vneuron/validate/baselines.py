@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from vneuron.errors import VneuronError
+from vneuron.runtime import budget
 from vneuron.locate.runs import LocateRun
 from vneuron.validate import side_effects
 from vneuron.validate.controls import control_seed, sequential_controls, summarize
@@ -93,6 +94,7 @@ class Arms:
         """The mean-difference arm at one γ of a sweep, its α matched to that γ's neuron edit."""
         return self._arms(pole, items, base, edit, tail, summary, ("mean_difference",), f"{pole}: γ = {gamma:g}, direction ")
 
+    @budget.stage("direction baselines")  # its own stage of the manifest's timings, not the value shift's
     def _arms(self, pole, items, base, edit, tail, summary, names, prefix) -> dict[str, Any]:
         memo = self.study.memo(prefix)
         run = self.study.run
@@ -100,15 +102,15 @@ class Arms:
             layer = self.layer(pole)
         except VneuronError as e:  # no probe peak for this pole (too few prompts in a fold): the others go on
             return {"note": e.one_line()}
-        budget = memo("budget", lambda: self.size(items, edit, layer))
+        spent = memo("budget", lambda: self.size(items, edit, layer))
         sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
-        out: dict[str, Any] = {"layer": layer, "budget": budget, "arms": {"neurons": neuron_arm(summary, budget)}}
-        edits = {"mean_difference": direction_edit(run, pole, layer, "add", sign * budget),
+        out: dict[str, Any] = {"layer": layer, "budget": spent, "arms": {"neurons": neuron_arm(summary, spent)}}
+        edits = {"mean_difference": direction_edit(run, pole, layer, "add", sign * spent),
                  "projected_out": direction_edit(run, pole, layer, "project")}
         tails = {"mean_difference": tail, "projected_out": "lower"}  # removing the pole's direction lowers it
         measured = {}
         for name in names:
-            if name == "mean_difference" and budget == 0:
+            if name == "mean_difference" and spent == 0:
                 out["arms"][name] = {"mode": "add", "alpha": 0.0, "size": 0.0,
                                      "note": f"the neuron edit leaves layer {layer} unchanged: α = 0"}
                 continue
@@ -143,10 +145,10 @@ class Arms:
         return {k: s[k] for k in KEPT if k in s}
 
 
-def neuron_arm(summary: dict, budget: float) -> dict[str, Any]:
+def neuron_arm(summary: dict, size: float) -> dict[str, Any]:
     """The neurons' row of the table: their value shift (already measured) and the located set's side effects."""
     arm = {k: summary[k] for k in KEPT if k in summary and k != "control_effects"}
-    arm["size"] = budget
+    arm["size"] = size
     located = (summary.get("side_effects") or {}).get("located") or {}
     if located:
         arm["side_effects"] = {k: located[k] for k in SIDE if k in located}

@@ -19,6 +19,7 @@ import torch
 
 from vneuron.config import ValidateConfig
 from vneuron.data.schema import Item, expresses
+from vneuron.runtime import budget
 from vneuron.validate.evaluate import bootstrap_ci, forced_choice, forced_choice_sets
 from vneuron.validate.sequential import Sequential
 
@@ -96,6 +97,7 @@ def computed(name: str, compute):
     return compute()
 
 
+@budget.stage("value shift")
 def sequential_controls(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse, progress,
                         memo=computed):
     """The located set and its first controls in one go, then controls one at a time until the

@@ -36,10 +36,10 @@ def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float
     return (activations + mask + logits) / MB
 
 
-def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str):
-    """Per evaluation of ``items`` under one edit set: batches and their counts (bytes_up: the batches'
-    tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
-    encoded = encode_pairs(model, forced_choice_pairs(items, choice))
+def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str, pairs=None):
+    """Per evaluation of ``items`` (or of continuation ``pairs``) under one edit set: batches and their counts
+    (bytes_up: the batches' tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
+    encoded = encode_pairs(model, forced_choice_pairs(items, choice) if pairs is None else pairs)
     first = None
     per_set, lower, peak = Work(), Work(), 0.0
     for batch in row_batches(pack(encoded), batch_tokens):
@@ -76,14 +76,41 @@ def _remote_requests(bound: Work, per_set: Work, step: int, points: int, control
         - edited.bytes_up
 
 
-def _calibrate(model, t, steps) -> float:
-    """Seconds per token-block of one forward of batch ``t`` (local models only)."""
-    chunks = t.head_chunks(int(text_config(model.lm.config).vocab_size))
+def _timed(fn, repeats: int = 2) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _calibrate(model, t, steps) -> dict[str, float]:
+    """Seconds per token × block (a plain forward of batch ``t`` through the blocks), per head position (the full
+    vocabulary's logits and their normaliser) and per forward pass (what one traced evaluation of ``t`` takes beyond
+    those two: tracing, edits, Python), on this model and threads (local models only). A stage's time is its work's
+    sum of these (``seconds``)."""
+    from vneuron.models.sites import resolve_path
+
+    hf, vocab = model.hf_model, int(text_config(model.lm.config).vocab_size)
+    base, head = resolve_path(hf, model.arch.base), resolve_path(hf, model.arch.head)
+    device = next(hf.parameters()).device
+    ids = t.ids.reshape(1, -1).to(device)
+    with torch.inference_mode():
+        block = _timed(lambda: base(input_ids=ids, use_cache=False)) / (ids.numel() * model.n_layers)
+        rows = torch.randn(64, head.weight.shape[1], dtype=head.weight.dtype, device=head.weight.device)
+        head_s = _timed(lambda: torch.logsumexp(torch.nn.functional.linear(rows, head.weight, head.bias).float(), -1)) / 64
+    chunks = t.head_chunks(vocab)
     post = model.arch.post(model.lm.config)
-    score_tries(model, t, steps, chunks, post)  # warm-up
-    start = time.perf_counter()
-    score_tries(model, t, steps, chunks, post)
-    return (time.perf_counter() - start) / (t.tokens * model.n_layers)
+    whole = _timed(lambda: score_tries(model, t, steps, chunks, post), repeats=1)
+    rest = max(whole - block * t.tokens * model.n_layers - head_s * len(t.rows), 0.0)
+    return {"block_token_s": block, "head_position_s": head_s, "forward_s": rest}
+
+
+def seconds(work: Work, units: dict[str, float]) -> float:
+    """The time of ``work`` at the calibrated ``units``."""
+    return work.forwards * units["forward_s"] + work.layer_tokens * units["block_token_s"] + work.head_positions * units["head_position_s"]
 
 
 def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *, model=None, remote=None,
@@ -109,6 +136,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     poles = []
     high_h = max(high_h, config.max_controls)  # a located set ahead of every control keeps drawing
     per_control = Work()  # one more control, for every pole (and γ)
+    keys = []  # each pole's item list, whose unedited evaluation the matrix reads too
     for pole in study.poles:
         items = items_for(all_items, pole, config.limit)
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
@@ -133,6 +161,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         if calibration is None and loaded.remote is None and first is not None:
             say("Calibrating on one batch", 0, 0)
             calibration = _calibrate(loaded, first, plan(loaded, edit_for(run, neurons, pole, config)))
+        keys.append(key)
         poles.append({"dimension": pole, "items": len(items), "neurons": len(neurons), "lowest_layer": low,
                       "batches_per_set": per_set.forwards, "tokens_per_set": per_set.tokens})
         per_control.add(_scaled(per_set, len(points)))
@@ -145,12 +174,19 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     }
     out["controls"]["max_controls"] = config.max_controls
     out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
+    stages = {"value shift": (least, most), **_side_stage(loaded, config, all_items, len(points) * len(study.poles)),
+              **(_matrix_stage(loaded, config, study, keys, dtype, (low_h, high_h)) if kind == "ablate" else {})}
+    out["stages"] = {name: {"least": v[0].report(), "most": v[1].report()} for name, v in stages.items()}
     if calibration is not None:
-        out["seconds_per_token_block"] = calibration
-        out["estimate_s"] = [round(least.layer_tokens * calibration), round(most.layer_tokens * calibration)]
-        out["per_control"]["estimate_s"] = round(per_control.layer_tokens * calibration, 1)
-        if "side_effects" in out:
-            out["side_effects"]["estimate_s_per_set"] = round(out["side_effects"]["layer_tokens_per_set"] * calibration, 2)
+        out["units"] = calibration
+        for name, v in stages.items():
+            out["stages"][name]["estimate_s"] = [round(seconds(v[0], calibration), 1), round(seconds(v[1], calibration), 1)]
+        out["estimate_s"] = [round(sum(v["estimate_s"][i] for v in out["stages"].values())) for i in (0, 1)]
+        out["per_control"]["estimate_s"] = round(seconds(per_control, calibration), 1)
+        if "side effects" in stages:
+            out["side_effects"]["estimate_s_per_set"] = round(seconds(stages["side effects"][2], calibration), 2)
+    if "side effects" in stages:
+        out["side_effects"]["layer_tokens_per_set"] = stages["side effects"][2].layer_tokens
     left_out = [what for what, on in (("generations before/after", config.generations),
                                       ("the direction baselines (--no-directions skips them)", study.baselines.get("on"))) if on]
     if left_out:
@@ -172,7 +208,77 @@ def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: in
         h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
         least = min(config.side_controls, h) if h > 0 else config.side_controls
         out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
-                               "layer_tokens_per_set": (2 * tokens + pair_tokens) * loaded.n_layers,
                                "sets_at_least": points * poles * (1 + least), "sets_at_most": points * poles * (1 + most),
                                "cross_values": kind == "ablate" and config.cross_values}
     return out
+
+
+def _side_stage(loaded, config, items, measured: int) -> dict[str, tuple]:
+    """The side effects' work, as ``specificity.side_study`` does it: the unedited model's part once per language (the
+    KL identity's reference, the pairs' unedited log-likelihoods), then each edit set's prose and pairs; ``measured``
+    located sets (poles × γ), each with its controls in sequential rounds (at least h, at most all)."""
+    if not config.side_effects:
+        return {}
+    from vneuron.validate.side_effects import load_neutral, prose_batch_shapes
+
+    per_set, reference = Work(), Work()
+    for lang in sorted({"zh" if i.language == "zh" else "en" for i in items} or {"en"}):
+        neutral = load_neutral(lang, config.neutral)
+        for tokens, positions in prose_batch_shapes(loaded, neutral.texts, config.batch_tokens):
+            one = Work(forwards=1, requests=1, tokens=tokens, layer_tokens=tokens * loaded.n_layers, head_positions=positions)
+            reference.add(one)
+            per_set.add(one)
+        if neutral.pairs:
+            flat = [(prompt, c) for _, prompt, right, wrong in neutral.pairs for c in (right, wrong)]
+            pairs, _, _, _ = _eval_plan(loaded, [], config.choice, loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS), 0,
+                                        loaded.extra.get("dtype", "float32"), pairs=flat)
+            reference.add(pairs)
+            per_set.add(pairs)
+    h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
+    least = min(config.side_controls, h) if h > 0 else config.side_controls
+    low, high = Work(), Work()
+    for bound, controls in ((low, least), (high, most)):
+        bound.add(reference)
+        bound.add(_scaled(per_set, measured * (1 + controls)))
+    return {"side effects": (low, high, per_set)}
+
+
+def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: tuple[int, int]) -> dict[str, tuple]:
+    """The cross-value matrix's work, as ``specificity.CrossValues.row`` does it: per pole, every column other than the
+    value shift's own items — its unedited evaluation once a study (none where a pole's items are those items), then
+    the located set and the value shift's controls (at most ``side_controls``) in rounds of h, a column stopping when
+    settled (at least one round) — its lower layers run once per column."""
+    if not (config.cross_values and config.side_controls):
+        return {}
+    from vneuron.data.schema import expresses
+    from vneuron.validate.specificity import own_column, value_groups
+
+    groups = value_groups(study.items)
+    if len(groups) < 2:
+        return {}
+    h = config.stop_after
+    low, high, seen, batch = Work(), Work(), set(keys), loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
+    for pole, key in zip(study.poles, keys):
+        own = own_column(pole, groups)
+        neurons = study.neurons(pole)
+        bottom = int(neurons.layers.min()) if len(neurons) else 0
+        for column, (toward, members) in groups.items():
+            if column == own and expresses(members[0], pole) is not None:
+                toward = pole
+            limits = [x for x in (config.limit, None if toward == pole else config.matrix_items) if x is not None]
+            items = items_for(members, toward, min(limits) if limits else None)
+            ids = tuple(i.id for i in items)
+            if toward == pole and ids == key or not items:
+                continue
+            per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, bottom, dtype)
+            if ids not in seen:
+                seen.add(ids)
+                unedited = Work(**{**asdict(per_set), "layer_tokens": per_set.tokens * loaded.n_layers})
+                low.add(unedited)
+                high.add(unedited)
+            for bound, controls in ((low, drawn[0]), (high, drawn[1])):
+                total = min(controls, config.side_controls)
+                sets = 1 + (min(total, h) if h > 0 else total) if bound is low else 1 + total
+                bound.add(_scaled(per_set, sets))
+                bound.add(lower)
+    return {"cross-value matrix": (low, high)}

@@ -248,6 +248,12 @@ def prose_batch_tokens(model, batch_tokens: int | str = "auto") -> int:
     return min(model.batch_tokens(batch_tokens, cap), cap)
 
 
+def prose_batch_shapes(model, texts: Sequence[str], batch_tokens: int | str = "auto") -> list[tuple[int, int]]:
+    """(token positions, predicted positions) of each batch the prose is read in: the dry run's count of its work."""
+    batches = _prose_batches(model, texts, prose_batch_tokens(model, batch_tokens))
+    return [(int(ids.numel()), int(mask[:, 1:].sum())) for ids, mask in batches]
+
+
 def prose_effects(model, texts: Sequence[str], edit_sets: list, *, batch_tokens: int | str = "auto",
                   progress=None, reference: dict | None = None) -> dict[str, Any]:
     """Perplexity of ``texts`` unedited, and per edit set the mean KL per position and the perplexity.

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vneuron.data.schema import OPPOSITE, Item, aggregate_label, expresses, pair_label
+from vneuron.runtime import budget
 from vneuron.validate import side_effects
 from vneuron.validate.controls import computed, control_seed
 from vneuron.validate.evaluate import ChoiceResult, LowerLayers, bootstrap_ci, forced_choice, forced_choice_sets, generate
@@ -36,6 +37,7 @@ class Unedited:
         self.loaded, self.config, self.memo = loaded, config, memo
         self.results: dict[tuple, ChoiceResult] = {}
 
+    @budget.stage("value shift")  # inside the matrix's stage, the matrix's
     def __call__(self, items: Sequence[Item], progress=None) -> ChoiceResult:
         import hashlib
 
@@ -304,20 +306,23 @@ class Beside:
         if cfg.side_effects:
             stage = f"{pole}: side effects (sets; located and up to {len(controls)} controls, sequential)"
             lang = "zh" if items and items[0].language == "zh" else "en"
-            side = side_study(self.loaded, self.neutral_for(lang), edit, controls, cfg,
-                              progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0),
-                              reference=self.references.setdefault(lang, {}), memo=lambda name, f: memo(f"side effects {name}", f))
+            with budget.stage("side effects"):
+                side = side_study(self.loaded, self.neutral_for(lang), edit, controls, cfg,
+                                  progress=lambda done, total: say(stage, done, total), first=summary.get("controls_drawn", 0),
+                                  reference=self.references.setdefault(lang, {}), memo=lambda name, f: memo(f"side effects {name}", f))
             summary["side_effects"] = {k: v for k, v in side.items() if k != "controls"}
             seeds = [control_seed(cfg.seed, n) for n in range(len(controls))]
             for name, row in zip(["located", *seeds], [side["located"], *side["controls"]]):
                 rows.append({"dimension": pole, "set": name, **{k: round(float(v), 6) for k, v in row.items()}})
         if self.cross is not None:  # the controls the value shift was ranked against (evaluations cost items × sets)
             drawn = min(summary.get("controls_drawn", len(controls)), cfg.side_controls) if cfg.side_controls else 0
-            summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own,
-                                                     memo=lambda name, f: memo(f"matrix {name}", f))
+            with budget.stage("cross-value matrix"):
+                summary["cross_values"] = self.cross.row(pole, edit, list(controls[:drawn]), say, own_result=self.own,
+                                                         memo=lambda name, f: memo(f"matrix {name}", f))
         summary["verdict"] = side_effects.verdict(summary, summary.get("side_effects"), summary.get("cross_values"), cfg.verdict_alpha)
         return rows
 
+    @budget.stage("generations")
     def generations(self, summary: dict, pole: str, opposite: str | None, items: Sequence[Item], edit, controls: Sequence,
                     say) -> list[dict]:
         key = tuple(i.id for i in items)

@@ -139,8 +139,8 @@ class Study:
     def manifest(self, kind: str, started: float, work, beside: Beside, summaries: list[dict], **extra) -> dict[str, Any]:
         return {**base_manifest(kind), "locate_run": str(self.run.path), "model": self.loaded.manifest(),
                 "evaluation": self.evaluation.data, **extra, "config": asdict(self.config),
-                "timings": {"total_s": round(time.time() - started, 1)}, "threads": threads.describe(), "work": work.report(),
-                **beside.describe(), "results": summaries}
+                "timings": {"total_s": round(time.time() - started, 1), "stages": budget.stage_report()},  # this process's stages
+                "threads": threads.describe(), "work": work.report(), **beside.describe(), "results": summaries}
 
     def by_pole(self, checkpoint: Checkpoint, measure: Callable[[str], dict], say) -> Iterator[dict]:
         """Each pole's record, in order: kept from an interrupted run, or measured now and kept at once."""
@@ -390,6 +390,7 @@ def _direction_columns(point: dict) -> dict[str, Any]:
             "direction_p_sequential": value("p_sequential")}
 
 
+@budget.stage("PVQ")
 def _pvq_shift(model: LoadedModel, inventory, edit, control_edits, config: ValidateConfig, say, pole: str) -> dict:
     """Centred PVQ scores per higher-order dimension: before, after the edit, and under the controls."""
     from vneuron.validate.evaluate import pvq
@@ -426,6 +427,7 @@ def edit_for(run: LocateRun, neurons: NeuronSet, pole: str, config: ValidateConf
     return edit_from_stats(neurons, config.mode, run.stats, gamma=gamma, pole=pole, opposite=opposite_of(run, pole))
 
 
+@budget.stage("generations")
 def _samples(model: LoadedModel, items: list[Item], edit, pole: str, config: ValidateConfig) -> list[dict]:
     prompts = prompts_of(items)
     before = generate(model, prompts, None, max_new_tokens=config.max_new_tokens)

@@ -1,0 +1,50 @@
+"""The dry run of an ablation against the ablation itself, stage by stage (value shift, side effects, matrix)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vneuron.cli import app
+from vneuron.config import ValidateConfig
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+STAGES = ("value shift", "side effects", "cross-value matrix")
+
+
+@pytest.fixture(scope="module")
+def located(tmp_path_factory, tiny_dir):
+    run_dir = tmp_path_factory.mktemp("plan") / "run"
+    result = runner.invoke(app, ["locate", "--model", str(tiny_dir("llama")), "--dataset", str(EXAMPLES / "corpus.jsonl"),
+                                 "--split", "all", "-k", "6", "--out", str(run_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path):
+    """Every stage's forward passes, token × block and head positions fall between the plan's least and most, and its
+    measured seconds within 2× of the plan's estimate (calibrated on one batch of the same model and threads)."""
+    from vneuron.validate.plan import validation_plan
+    from vneuron.validate.study import ablate
+
+    config = ValidateConfig(controls=6, stop_after=2, max_controls=6, side_controls=6, split="all", limit=6)
+    plan = validation_plan(located, config, "ablate")
+    measured = ablate(located, config, out=tmp_path / "ablate").manifest["timings"]["stages"]
+    print({n: (plan["stages"][n], measured[n]) for n in STAGES})
+    for name in STAGES:
+        least, most, work = plan["stages"][name]["least"], plan["stages"][name]["most"], measured[name]["work"]
+        for key in ("forwards", "layer_tokens", "head_positions"):
+            assert least[key] <= work[key] <= most[key], (name, key, least[key], work[key], most[key])
+        low, high = plan["stages"][name]["estimate_s"]
+        assert low / 2 <= measured[name]["wall_s"] <= 2 * high, (name, low, measured[name]["wall_s"], high)
+    shown = runner.invoke(app, ["ablate", str(located), "--split", "all", "--limit", "6", "--controls", "6", "--dry-run", "-q"])
+    assert shown.exit_code == 0, shown.output
+    assert all(f"    {name}: " in shown.output for name in STAGES), shown.output
+    as_json = runner.invoke(app, ["ablate", str(located), "--split", "all", "--limit", "6", "--controls", "6", "--dry-run", "--json", "-q"])
+    assert as_json.exit_code == 0, as_json.output
+    planned = json.loads(as_json.stdout)
+    assert planned["dry_run"] and set(planned["stages"]) == set(STAGES) and len(planned["estimate_s"]) == 2
