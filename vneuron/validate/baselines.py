@@ -29,7 +29,7 @@ from vneuron.runtime import budget
 from vneuron.locate.runs import LocateRun
 from vneuron.validate import side_effects
 from vneuron.validate.controls import control_seed, sequential_controls, summarize
-from vneuron.validate.directions import check_layer, direction_edit, direction_layer, matched_alpha, random_direction_edit
+from vneuron.validate.directions import check_layer, direction_edit, direction_layer, edit_sizes, random_direction_edit
 from vneuron.validate.evaluate import CPU_BATCH_TOKENS, LowerLayers
 
 ARMS = {"neurons": "neurons", "mean_difference": "mean-difference direction", "projected_out": "projected-out direction"}
@@ -81,10 +81,12 @@ class Arms:
     def layer(self, pole: str) -> int:
         return direction_layer(self.study.run, pole, self.study.config.direction_layer)
 
-    def size(self, items, edit, layer: int) -> float:
-        """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens."""
+    def sizes(self, items, edit, layer: int, projected) -> list[float]:
+        """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens, then
+        that of projecting out each direction of ``projected`` (``edit_sizes``: one pair of passes)."""
         cfg = self.config
-        return matched_alpha(self.study.loaded, items, edit, layer, choice=cfg.choice, template=cfg.template, batch_tokens=self.batch)
+        return edit_sizes(self.study.loaded, items, edit, layer, projected, choice=cfg.choice, template=cfg.template,
+                          batch_tokens=self.batch)
 
     def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
@@ -102,11 +104,13 @@ class Arms:
             layer = self.layer(pole)
         except VneuronError as e:  # no probe peak for this pole (too few prompts in a fold): the others go on
             return {"note": e.one_line()}
-        spent = memo("budget", lambda: self.size(items, edit, layer))
+        removed = direction_edit(run, pole, layer, "project")
+        projected = [removed.direction] if "projected_out" in names else []
+        spent, *removed_size = memo("sizes", lambda: self.sizes(items, edit, layer, projected))
         sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
         out: dict[str, Any] = {"layer": layer, "budget": spent, "arms": {"neurons": neuron_arm(summary, spent)}}
         edits = {"mean_difference": direction_edit(run, pole, layer, "add", sign * spent),
-                 "projected_out": direction_edit(run, pole, layer, "project")}
+                 "projected_out": removed}
         tails = {"mean_difference": tail, "projected_out": "lower"}  # removing the pole's direction lowers it
         measured = {}
         for name in names:
@@ -115,8 +119,7 @@ class Arms:
                                      "note": f"the neuron edit leaves layer {layer} unchanged: α = 0"}
                 continue
             measured[name] = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
-            size = (abs(edits[name].alpha) if name == "mean_difference"
-                    else memo(f"{name} size", lambda n=name: self.size(items, edits[n], layer)))
+            size = abs(edits[name].alpha) if name == "mean_difference" else removed_size[0]
             out["arms"][name] = {"mode": "project" if edits[name].project else "add", "alpha": edits[name].alpha, "size": size,
                                  **measured[name]}
         if self.study.config.side_effects and measured:

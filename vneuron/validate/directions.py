@@ -107,28 +107,41 @@ def matched_alpha(model: LoadedModel, items: Sequence[Item], neuron_edit, layer:
     """The mean L2 norm, over the counted tokens of the forced choice on ``items`` (each option's tokens, in every
     prompt and order), of the change ``neuron_edit`` (an Edit, a list of edits) makes to block ``layer``'s output:
     ‖h_L(edited) − h_L(unedited)‖₂. An α for ``direction_edit`` that makes the two edits the same size."""
+    return edit_sizes(model, items, neuron_edit, layer, choice=choice, template=template, batch_tokens=batch_tokens)[0]
+
+
+def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: int, projected: Sequence[torch.Tensor] = (), *,
+               choice: str = "listed", template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024) -> list[float]:
+    """``matched_alpha`` of ``neuron_edit``, then the size of projecting out each direction of ``projected`` at
+    ``layer`` (the mean |h_L·d̂| over the same tokens: the norm of the change x ← x − (x·d̂)d̂ makes), read from the
+    same unedited pass, so the direction baselines' sizes cost one pair of passes."""
     if not 0 <= layer < model.n_layers:
         raise VneuronError(f"Direction layer {layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
                            f"pass a layer from 0 to {model.n_layers - 1}")
     if not items:
         raise VneuronError("No items to measure the edit's size on", "check the evaluation split and dimensions")
     steps = [s for s in plan(model, neuron_edit) if s[0] <= layer]  # edits above the layer cannot change it
+    hidden = model.arch.hidden(model.config)
+    units = torch.stack([d.double() / d.double().norm() for d in projected]) if len(projected) else torch.zeros(0, hidden).double()
     encoded = encode_pairs(model, forced_choice_pairs(items, choice, template=template))
-    total = count = 0.0
+    total, count, along = 0.0, 0.0, torch.zeros(len(projected), dtype=torch.float64)
     for batch in batches(encoded, batch_tokens):
         ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
         weights = (counted & mask.bool()).to(torch.float64)
-        got = call(model, lambda: _change_norms(model, ids, mask, weights, steps, layer))
+        got = call(model, lambda: _change_norms(model, ids, mask, weights, steps, layer, units))
         budget.current.add(budget.Work(forwards=2, requests=1, tokens=2 * int(ids.numel()),
-                                       layer_tokens=2 * int(ids.numel()) * (layer + 1), bytes_down=nbytes(got["total"], got["count"]),
-                                       bytes_up=nbytes(ids, mask, weights, *step_tensors(steps))))
+                                       layer_tokens=2 * int(ids.numel()) * (layer + 1),
+                                       bytes_down=nbytes(got["total"], got["count"], got["along"]),
+                                       bytes_up=nbytes(ids, mask, weights, units, *step_tensors(steps))))
         total += float(got["total"])
         count += float(got["count"])
-    return total / count
+        along += got["along"].double()
+    return [total / count, *(along / count).tolist()]
 
 
-def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int):
-    """One request: Σ over counted tokens of ‖h_L(edited) − h_L‖₂ and their count; the model stops after block L."""
+def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, units: torch.Tensor):
+    """One request: Σ over counted tokens of ‖h_L(edited) − h_L‖₂, of |h_L·d̂| for each row d̂ of ``units`` (projections
+    of the unedited output), and their count; the model stops after block L."""
     lm = model.lm  # only the envoy, tensors, plain data and small functions may enter a (remote) trace body
     path = model.arch.layers
     below = [s for s in steps if s[0] < layer or len(s[1]) != 1]  # a direction at `layer` itself moves the output read there
@@ -147,7 +160,9 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int):
             w = weights.to(change.device)
             total = (change * w).sum().cpu()
             count = w.sum().cpu()
+            along = ((plain.double() @ units.to(change.device).T).abs() * w[..., None]).sum((0, 1)).cpu()
             tracer.stop()
         total.save()
         count.save()
-    return outcome(model, session, lambda: {"total": total, "count": count})
+        along.save()
+    return outcome(model, session, lambda: {"total": total, "count": count, "along": along})
