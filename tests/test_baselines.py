@@ -237,3 +237,12 @@ def test_other_families_and_sites_locally_and_through_the_remote_simulation(tiny
         for name in ("mean_difference", "projected_out"):
             assert remote["arms"][name]["effect"] == pytest.approx(local["arms"][name]["effect"], abs=1e-9)
             assert remote["arms"][name]["controls_drawn"] == local["arms"][name]["controls_drawn"]
+
+
+def test_leakage_on_known_numbers():
+    from vneuron.validate.specificity import leakage
+
+    cells = {"own": {"z": -4.0}, "a": {"z": 1.0}, "b": {"z": -3.0}, "c": {"z": None}}
+    assert leakage(cells, "own") == {"ratio": 0.5, "own_abs_z": 4.0, "off_mean_abs_z": 2.0, "columns": 2}
+    assert leakage(cells, None) is None and leakage({"own": {"z": 0.0}, "a": {"z": 1.0}}, "own") is None
+    assert leakage({"own": {"z": 2.0}, "a": {"z": None}}, "own") is None  # no other column with controls
