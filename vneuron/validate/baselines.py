@@ -100,11 +100,11 @@ class Arms:
     def _arms(self, pole, items, base, edit, tail, summary, names, prefix) -> dict[str, Any]:
         memo = self.study.memo(prefix)
         run = self.study.run
-        try:
+        try:  # no probe peak for this pole (too few prompts in a fold), or no difference at its layer: the others go on
             layer = self.layer(pole)
-        except VneuronError as e:  # no probe peak for this pole (too few prompts in a fold): the others go on
+            removed = direction_edit(run, pole, layer, "project")
+        except VneuronError as e:
             return {"note": e.one_line()}
-        removed = direction_edit(run, pole, layer, "project")
         projected = [removed.direction] if "projected_out" in names else []
         spent, *removed_size = memo("sizes", lambda: self.sizes(items, edit, layer, projected))
         sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
