@@ -41,7 +41,9 @@ def located(shape, ndif_server, tmp_path_factory):
     return plan, remote, local, root
 
 
-def test_locate_at_8b_shape_equals_local_and_its_dry_run(located):
+def test_locate_at_8b_shape_equals_local_and_its_dry_run(located, shape):
+    from vneuron.locate.capture import slot_bytes
+
     plan, remote, local, root = located
     assert (remote.stats.n_layers, remote.stats.width) == (32, 14_336)
     assert torch.equal(remote.stats.n, local.stats.n)
@@ -55,7 +57,8 @@ def test_locate_at_8b_shape_equals_local_and_its_dry_run(located):
     assert len(log) == plan["least"]["requests"] == 3
     assert sum(r["received_tensor_bytes"] for r in log) == plan["least"]["bytes_down"]
     assert sum(r["sent_tensor_bytes"] for r in log) == plan["least"]["bytes_up"]
-    slot = (3 * 32 * 14_336 + 1) * 4
+    slot = slot_bytes(shape[0], residual=True)  # Σa, Σa², count per neuron, the token count, Σh per layer (residual)
+    assert slot == (3 * 32 * 14_336 + 32 * shape[0].arch.hidden(shape[0].config) + 1) * 4
     assert [r["received_tensor_bytes"] for r in log] == [r["slots"] * slot for r in log]  # only the slots it touched
     assert max(r["received_tensor_bytes"] for r in log) <= ndif.MAX_RESULT_BYTES
     for r in log:  # measured on the wire: compressed by nnsight (zstd), never more than the tensors
@@ -95,7 +98,7 @@ def test_ablate_at_8b_shape_equals_local_and_its_dry_run(located, shape, ndif_se
     _, remote, _, _ = located
     local_model, _ = shape
     config = ValidateConfig(controls=2, stop_after=0, max_controls=0, split="test", limit=1, dimensions=["conservation"],
-                            side_effects=False, cross_values=False)
+                            side_effects=False, cross_values=False, directions=False)  # the plan does not count the baselines
     plan = validation_plan(remote.run_dir, config, "ablate", remote=ndif_server.url)
     over = ablate(remote.run_dir, config, out=tmp_path / "remote", remote=ndif_server.url)
     here = ablate(remote.run_dir, config, model=local_model, out=tmp_path / "local")
