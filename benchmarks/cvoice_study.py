@@ -100,7 +100,7 @@ def main() -> None:
     report: dict = {"cut_down": cut or None, "cores": os.cpu_count()}
     run = args.out / "run"
     if not (run / "manifest.json").exists():
-        report["locate"] = timed(["locate", "--dataset", str(final), "--dimension", "友善", "--out", str(run), "-q"])
+        report["locate"] = timed(["locate", "--dataset", str(final), "--language", "zh", "--dimension", "友善", "--out", str(run), "-q"])
     study = ["ablate", str(run), "--dimension", "友善|*", "--eval-dataset", str(test), "--top-k", "200", "-q",
              *(["--matrix-items", str(args.matrix_items)] if args.matrix_items else [])]
     report["plan"] = timed([*study, "--dry-run", "--json"])

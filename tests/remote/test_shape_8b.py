@@ -42,7 +42,7 @@ def located(shape, ndif_server, tmp_path_factory):
 
 
 def test_locate_at_8b_shape_equals_local_and_its_dry_run(located, shape):
-    from vneuron.locate.capture import slot_bytes
+    from vneuron.locate.capture import prompt_bytes, slot_bytes
 
     plan, remote, local, root = located
     assert (remote.stats.n_layers, remote.stats.width) == (32, 14_336)
@@ -58,8 +58,12 @@ def test_locate_at_8b_shape_equals_local_and_its_dry_run(located, shape):
     assert sum(r["received_tensor_bytes"] for r in log) == plan["least"]["bytes_down"]
     assert sum(r["sent_tensor_bytes"] for r in log) == plan["least"]["bytes_up"]
     slot = slot_bytes(shape[0], residual=True)  # Σa, Σa², count per neuron, the token count, Σh per layer (residual)
-    assert slot == (3 * 32 * 14_336 + 32 * shape[0].arch.hidden(shape[0].config) + 1) * 4
-    assert [r["received_tensor_bytes"] for r in log] == [r["slots"] * slot for r in log]  # only the slots it touched
+    hidden = shape[0].arch.hidden(shape[0].config)
+    assert slot == (3 * 32 * 14_336 + 32 * hidden + 1) * 4
+    row = prompt_bytes(shape[0], LocateConfig(**CONFIG).capture_config())  # each prompt's mean residual per layer (probes)
+    assert row == 4 * 32 * hidden
+    # only the slots it touched, and its prompts' probe rows
+    assert [r["received_tensor_bytes"] for r in log] == [r["slots"] * slot + r["prompts"] * row for r in log]
     assert max(r["received_tensor_bytes"] for r in log) <= ndif.MAX_RESULT_BYTES
     for r in log:  # measured on the wire: compressed by nnsight (zstd), never more than the tensors
         wire = r["wire"]
