@@ -31,7 +31,7 @@ import time
 
 import torch
 
-STAGES = ("value shift", "side effects", "cross-value matrix", "setup and writing")
+STAGES = ("value shift", "side effects", "cross-value matrix", "direction baselines", "setup and writing")
 
 
 def unit_costs(loaded, repeats: int = 3) -> dict[str, float]:
@@ -101,9 +101,9 @@ def main() -> None:
     costs = unit_costs(loaded)
     # the run's own ledger: wall and CPU seconds and work per stage (vneuron.runtime.budget.stage)
     measured = result.manifest["timings"]["stages"]
-    seconds = {name: measured.get(name, {}).get("wall_s", 0.0) for name in STAGES[:3]}
-    cpu = {name: measured.get(name, {}).get("cpu_s", 0.0) for name in STAGES[:3]}
-    work = {name: measured.get(name, {}).get("work", {}) for name in STAGES[:3]}
+    seconds = {name: measured.get(name, {}).get("wall_s", 0.0) for name in STAGES[:4]}
+    cpu = {name: measured.get(name, {}).get("cpu_s", 0.0) for name in STAGES[:4]}
+    work = {name: measured.get(name, {}).get("work", {}) for name in STAGES[:4]}
     seconds["setup and writing"], cpu["setup and writing"], work["setup and writing"] = \
         total - sum(seconds.values()), total_cpu - sum(cpu.values()), {}
     hidden, vocab = loaded.arch.hidden(loaded.config), int(loaded.config.get_text_config().vocab_size)
