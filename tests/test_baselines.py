@@ -47,7 +47,7 @@ def located(tiny_dir, tmp_path_factory):
 
 def _config(**settings) -> ValidateConfig:
     return ValidateConfig(**{"controls": 4, "stop_after": 2, "side_controls": 3, "split": "all", "limit": 4, "dimensions": [POLE],
-                             **settings})
+                             "projected_out": settings.get("mode", "zero") == "zero", **settings})
 
 
 def _fits_80(table) -> str:
@@ -181,6 +181,11 @@ def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
     manifest = json.loads((tmp_path / "off" / "manifest.json").read_text())
     assert "directions" not in manifest["results"][0] and manifest["directions"]["on"] is False
     assert not (tmp_path / "off" / "directions.csv").exists() and "Neurons or a direction" not in off.output
+    default = runner.invoke(app, ["ablate", str(run_dir), "--out", str(tmp_path / "default"), *quick])
+    assert default.exit_code == 0, default.output  # by default the same-budget arm only; --projected-out adds the third
+    record = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    assert list(record["results"][0]["directions"]["arms"]) == ["neurons", "mean_difference"]
+    assert "projected_out" not in record["directions"]["arms"]
     old = tmp_path / "old-run"  # located before residual means
     shutil.copytree(run_dir, old)
     (old / "residual.safetensors").unlink()
@@ -192,7 +197,8 @@ def test_switched_off_or_impossible_the_arms_are_gone(located, tmp_path):
     assert "directions" not in json.loads((tmp_path / "old-ablate" / "manifest.json").read_text())["results"][0]
     for argv, message in (([str(old), "--direction-layer", "1"], "--direction-layer 1 edits along the pole's mean difference, but "),
                           ([str(run_dir), "--direction-layer", "3"], "Direction layer 3 is out of range"),
-                          ([str(run_dir), "--no-directions", "--direction-layer", "1"], "--direction-layer 1 is set, but")):
+                          ([str(run_dir), "--no-directions", "--direction-layer", "1"], "--direction-layer 1 is set, but"),
+                          ([str(run_dir), "--no-directions", "--projected-out"], "--projected-out is set, but")):
         bad = runner.invoke(app, ["ablate", *argv, "--out", str(tmp_path / "never"), *quick])
         assert bad.exit_code == 2 and message in bad.stderr, bad.output
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()

@@ -101,3 +101,51 @@ def test_a_remote_model_computes_in_what_its_server_serves(tiny_dir):
     assert served(config) == "bfloat16"  # what NDIF serves
     with pytest.raises(Exception, match="Unknown dtype 'float8'"):
         loading.load_model(str(tiny_dir("llama")), dtype="float8")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_mixed_rounds_only_the_blocks_products_and_reads_neurons_in_float32(tiny_model, arch):
+    """bf16-mixed: the blocks' linear maps hold bfloat16 weights, everything else (embeddings, norms, LM head) float32;
+    the neurons are read in float32 where they were, within bfloat16's tolerance of the float32 hooks."""
+    from transformers.pytorch_utils import Conv1D
+
+    from vneuron.models.sites import layer_modules, resolve_path
+
+    model = tiny_model(arch, precision.MIXED)
+    assert model.extra["dtype"] == precision.MIXED
+    inside = set()
+    for block in layer_modules(model.hf_model, model.arch):
+        for module in block.modules():
+            if isinstance(module, (torch.nn.Linear, Conv1D)):
+                assert module.weight.dtype == torch.bfloat16
+                inside.add(id(module.weight))
+    assert inside
+    others = [p for p in model.hf_model.parameters() if id(p) not in inside]
+    assert others and all(p.dtype == torch.float32 for p in others)
+    assert resolve_path(model.hf_model, model.arch.head).weight.dtype == torch.float32
+    want = hook_stats(tiny_model(arch, "float32"), PROMPTS, LABELS, site="gate")
+    got = capture(model, PROMPTS, CaptureConfig(site="gate", folds=1), labels=LABELS)
+    assert torch.equal(got.n, want.n)
+    assert (got.sum - want.sum).abs().max() <= BF16_SUM * want.sum.abs().max()
+    assert (got.sumsq - want.sumsq).abs().max() <= BF16_SUMSQ * want.sumsq.max()
+    assert (got.active - want.active).abs().max() <= BF16_COUNT
+
+
+def test_bf16_mixed_scores_forced_choice_near_float32_and_edits_apply(tiny_model):
+    """The forced choice under bf16-mixed stays near float32's (a random tiny model magnifies rounding: the default
+    model's per-item distance is in docs/EVIDENCE.md), and a neuron edit moves it as it moves float32's."""
+    from vneuron.data import load_corpus
+    from vneuron.locate.scoring import NeuronSet
+    from vneuron.validate.edits import Edit
+    from vneuron.validate.evaluate import forced_choice
+
+    from .test_validate import EXAMPLES
+
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:6]
+    exact, mixed = tiny_model("llama", "float32"), tiny_model("llama", precision.MIXED)
+    edit = Edit(NeuronSet.from_flat(torch.arange(0, 144, 2), torch.zeros(3, 48), "gate"), "zero")
+    p = {name: [forced_choice(m, items, e).p_pole for e in (None, edit)] for name, m in (("exact", exact), ("mixed", mixed))}
+    assert all(x.dtype == torch.float64 and torch.isfinite(x).all() for pair in p.values() for x in pair)
+    assert (p["mixed"][0] - p["exact"][0]).abs().max() < 0.05
+    shift = {k: v[1] - v[0] for k, v in p.items()}
+    assert (shift["mixed"] - shift["exact"]).abs().max() < 0.05 and shift["exact"].abs().max() > 0

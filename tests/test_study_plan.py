@@ -1,8 +1,10 @@
-"""The dry run of an ablation against the ablation itself, stage by stage (value shift, side effects, matrix)."""
+"""The dry run of an ablation against the ablation itself, stage by stage (value shift, side effects, matrix, direction
+baselines)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from vneuron.config import ValidateConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
-STAGES = ("value shift", "side effects", "cross-value matrix")
+STAGES = ("value shift", "side effects", "cross-value matrix", "direction baselines")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,11 @@ def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path)
         least, most, work = plan["stages"][name]["least"], plan["stages"][name]["most"], measured[name]["work"]
         for key in ("forwards", "layer_tokens", "head_positions"):
             assert least[key] <= work[key] <= most[key], (name, key, least[key], work[key], most[key])
-    # the time of the three stages together (each is a fraction of a second here, where a shared machine's noise
+    # the projected-out arm, when asked for, is a second arm of the same work
+    both = validation_plan(located, replace(config, projected_out=True), "ablate")["stages"]["direction baselines"]
+    one = plan["stages"]["direction baselines"]
+    assert both["least"]["head_positions"] > one["least"]["head_positions"] and both["most"]["forwards"] > one["most"]["forwards"]
+    # the time of the stages together (each is a fraction of a second here, where a shared machine's noise
     # is of the same size; the default ablation's stages one by one: docs/EVIDENCE.md)
     low = sum(plan["stages"][n]["estimate_s"][0] for n in STAGES)
     high = sum(plan["stages"][n]["estimate_s"][1] for n in STAGES)

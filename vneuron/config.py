@@ -286,6 +286,9 @@ class ValidateConfig:
     # random directions per arm, drawn sequentially like the neuron controls, at most this many (and at most `controls`):
     # a direction beyond every random one costs them all, so few keep the baselines cheap (p ≥ 1/10 at 9; z reads the size)
     direction_controls: int = 9
+    # ablate: also project the direction out (x − (x·d̂)d̂), a third arm with its own random directions. Off by default:
+    # its size is the residual's own component along d̂, not the neurons' budget, and it costs another arm's controls
+    projected_out: bool = False
 
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
@@ -302,6 +305,9 @@ class ValidateConfig:
         if self.mode not in STEER_MODES:
             raise VneuronError(f"Steering needs `mode` {' or '.join(STEER_MODES)} (an edit with a dose γ), not {self.mode!r}",
                                "; ".join(f"{m}: {EDIT_MODES[m].formula}" for m in STEER_MODES))
+        if self.projected_out:
+            raise VneuronError("`projected_out` is an ablation's baseline: a sweep has no dose to give it",
+                               "drop it (steer draws the mean-difference direction at every γ)")
         return self.check()
 
     def check(self) -> "ValidateConfig":
@@ -326,6 +332,9 @@ class ValidateConfig:
         for name in ("max_controls", "side_controls", "judge_controls", "direction_controls"):
             if getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
+        if self.projected_out and not self.directions:
+            raise VneuronError("`projected_out` is set, but the direction baselines are switched off",
+                               "drop one of them: projecting the direction out is one of the baselines' arms")
         if self.direction_layer is not None and not self.directions:
             raise VneuronError(f"`direction_layer` {self.direction_layer} is set, but the direction baselines are switched off",
                                "drop it, or leave the baselines on (the default): they edit that layer only when they run")

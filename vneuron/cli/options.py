@@ -77,7 +77,7 @@ def flags_of(command: Callable) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, param in inspect.signature(command).parameters.items():
         info = param.default
-        decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
+        decls = [d.split("/")[0] for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]  # a switch: its on flag
         if not decls:
             continue
         out.setdefault(name, decls[0])
@@ -259,8 +259,9 @@ RemoteOpt = typer.Option(False, "--remote", help="Run on NDIF: the weights stay 
 HostOpt = typer.Option(None, "--host", help="NDIF host URL (default: NDIF_HOST, nnsight's config, or the public NDIF); "
                        "'local' simulates the server in-process.", rich_help_panel=REMOTE)
 TimeoutOpt = setting(RemoteTarget, "timeout", "--timeout", panel=REMOTE, help="Remote: seconds one request may take (queue included).")
-DtypeOpt = setting(load_model, "dtype", "--dtype", panel=RUN, metavar="[float32|bfloat16|float16|auto]",
-                   help=f"What the model computes in: float32, bfloat16, float16, or auto (the fastest on this machine whose accuracy "
+DtypeOpt = setting(load_model, "dtype", "--dtype", panel=RUN, metavar="[float32|bf16-mixed|bfloat16|float16|auto]",
+                   help=f"What the model computes in: float32, bf16-mixed (the blocks' matrix products in bfloat16, everything else "
+                        f"float32), bfloat16, float16, or auto (the fastest on this machine whose accuracy "
                         f"check on the model passes). Default: a run's own dtype; without a run {DEFAULT_DTYPE} (remote: what the "
                         f"server serves). Recorded in the manifest.")
 DeviceOpt = setting(load_model, "device", "--device", panel=RUN, metavar="[auto|cpu|cuda|cuda:N|mps]",

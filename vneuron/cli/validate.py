@@ -70,8 +70,8 @@ JudgeControlsOpt = setting(V, "judge_controls", "--judge-controls", panel=EVALUA
                            help="Controls whose generations are made and judged too.")
 DirectionsOpt = setting(V, "directions", "--directions/--no-directions", panel=EVALUATION,
                         help="Direction baselines beside the neurons: the pole's mean-difference direction at one layer, added "
-                             "(α matched to the neuron edit's size) and, when ablating, projected out, each against random "
-                             "directions; on when the run has residual means.")
+                             "with α matched to the neuron edit's size, against random directions; on when the run has "
+                             "residual means.")
 DirectionLayerOpt = setting(V, "direction_layer", "--direction-layer", panel=EVALUATION,
                             help="The layer the direction baselines edit (default: where the pole's held-out mean-difference "
                                  "probe reads it best).")
@@ -205,6 +205,9 @@ def ablate(
                                           help="The cross-value matrix: at most N items per other column (default: every "
                                                "item; each cell's CI shows what fewer cost), so many values cost a bounded "
                                                "multiple of the value shift."),
+    projected_out: bool = setting(V, "projected_out", "--projected-out/--no-projected-out", panel=EVALUATION,
+                                  help="A third direction baseline: the pole's direction projected out of the residual "
+                                       "stream (its own size, not the neurons' budget), against its own random directions."),
     pvq: Optional[str] = setting(V, "pvq", "--pvq", panel=EVALUATION,
                                  help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an "
                                       "item,value,key file."),
@@ -222,7 +225,7 @@ def ablate(
     """
     setup(study["threads"], study["quiet"], study["device"], study["device_map"])
     config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, cross_values=cross_values, pvq=pvq,
-                     pvq_template=pvq_template, matrix_items=matrix_items).check_ablation()
+                     pvq_template=pvq_template, matrix_items=matrix_items, projected_out=projected_out).check_ablation()
     _run("ablate", run_dir, config, top_k, out, study)
 
 

@@ -25,8 +25,9 @@ from vneuron.errors import VneuronError
 from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
 from vneuron.models.conversion import check_gguf_magic, convert_gguf, converted_copy, dtype_copy, packaged_gguf
 from vneuron.models.registry import ALIASES
+from vneuron.models.sites import layer_modules
 from vneuron.runtime import devices
-from vneuron.runtime.precision import DEFAULT_DTYPE, check_dtype
+from vneuron.runtime.precision import DEFAULT_DTYPE, MIXED, check_dtype, mix, storage
 
 
 @dataclass
@@ -285,6 +286,7 @@ def check_weights(directory: Path, spec: str) -> None:
 
 def _weights(directory: Path, source: ModelSource, dtype: str, progress) -> Path:
     """Where to read the weights in ``dtype``: a cached conversion has a copy per dtype."""
+    dtype = storage(dtype)  # bf16-mixed loads the float32 weights and rounds the blocks' own
     return dtype_copy(directory, dtype, progress) if source.kind in ("packaged", "gguf") else directory
 
 
@@ -413,8 +415,10 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         where = {"device_map": {"": devices.resolve(placement.device)}}
     with _readable(f"the weights of {source.spec}", "they are truncated or corrupt: save or download the model again"), \
             _fits(source, placement):
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype), **where)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, storage(dtype)), **where)
     model.eval()
+    if dtype == MIXED:
+        mix(layer_modules(model, arch))
     from nnsight.modeling.transformers import TransformersModel
 
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)

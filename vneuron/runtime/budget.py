@@ -15,7 +15,7 @@ MB = 1 << 20
 
 def dtype_bytes(dtype: str) -> int:
     """Bytes of one number in a compute dtype ("float32", "bfloat16", ...)."""
-    return {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    return {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2, "bf16-mixed": 4}[dtype]  # mixed: float32 activations
 
 
 @dataclass

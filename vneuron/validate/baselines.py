@@ -7,7 +7,9 @@ mean-difference probe reads it best), on the same items, against the same unedit
 * ``mean_difference``: x ← x ∓ α·d̂_L at every position, α = the mean L2 norm of the change the neuron edit makes to
   block L's output on the same tokens (``matched_alpha``), signed as the neuron edit is expected to move the pole
   (away from it when ablating, toward it for a boost);
-* ``projected_out`` (ablate only): x ← x − (x·d̂_L)d̂_L, the direction removed; its size is measured the same way;
+* ``projected_out`` (ablate with ``projected_out`` only): x ← x − (x·d̂_L)d̂_L, the direction removed; its size is
+  measured the same way but set by the residual stream, not the neurons' budget (on Gemma-3-270M ≈ 60× it), so it is
+  a damage test rather than a same-budget comparison, and off by default: it would double the baselines' cost;
 * each arm against random unit directions of the same layer, α and mode (``random_direction_edit``), drawn one at a
   time with the value shift's Besag–Clifford rule, at most ``direction_controls`` (and ``controls``; never extended to
   ``max_controls``): a direction beyond every random one costs them all, so few keep the baselines within a third of
@@ -64,7 +66,7 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
             "controls_max": min(config.controls, config.direction_controls),
             "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
-                     "projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"}}
+                     **({"projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"} if config.projected_out else {})}}
 
 
 class Arms:
@@ -90,7 +92,8 @@ class Arms:
 
     def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
-        return self._arms(pole, items, base, edit, tail, summary, ("mean_difference", "projected_out"), f"{pole}: direction ")
+        names = ("mean_difference", "projected_out") if self.study.config.projected_out else ("mean_difference",)
+        return self._arms(pole, items, base, edit, tail, summary, names, f"{pole}: direction ")
 
     def steer(self, pole: str, items, base, edit, tail: str, summary: dict, gamma: float) -> dict[str, Any]:
         """The mean-difference arm at one γ of a sweep, its α matched to that γ's neuron edit."""

@@ -22,6 +22,7 @@ from vneuron.models.architectures import text_config
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import layer_modules, resolve_path
 from vneuron.runtime import budget, devices
+from vneuron.runtime.precision import storage
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
 from vneuron.validate.edits import DirectionEdit, Edit, apply, plan
@@ -164,7 +165,7 @@ def _lower_hidden(model: LoadedModel, t, layer: int) -> torch.Tensor:
 def _prepare_tries(model: LoadedModel, encoded, batch_tokens: int) -> list[tuple]:
     """(batch tensors, head chunks, pairs in it) per batch of tries."""
     vocab = int(getattr(text_config(model.lm.config), "vocab_size", 0) or len(model.tokenizer))
-    dtype = getattr(torch, model.extra.get("dtype", "float32"))
+    dtype = getattr(torch, storage(model.extra.get("dtype", "float32")))
     prepared = []
     for batch in row_batches(pack_tries(encoded), batch_tokens):
         t = tensors(batch, pad_id(model.tokenizer), dtype)

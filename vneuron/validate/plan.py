@@ -17,6 +17,7 @@ import torch
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import text_config
 from vneuron.runtime.budget import MB, Work, dtype_bytes
+from vneuron.runtime.precision import storage
 from vneuron.runtime.tokens import pad_id
 from vneuron.validate.edits import plan
 from vneuron.validate.evaluate import CPU_BATCH_TOKENS, encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
@@ -43,7 +44,7 @@ def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: st
     first = None
     per_set, lower, peak = Work(), Work(), 0.0
     for batch in row_batches(pack(encoded), batch_tokens):
-        t = tensors(batch, pad_id(model.tokenizer), getattr(torch, dtype))
+        t = tensors(batch, pad_id(model.tokenizer), getattr(torch, storage(dtype)))
         first = first or t
         layers = model.n_layers - (low if model.remote is None else 0)
         per_set.add(Work(forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * layers,
@@ -176,6 +177,8 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
     stages = {"value shift": (least, most), **_side_stage(loaded, config, all_items, len(points) * len(study.poles)),
               **(_matrix_stage(loaded, config, study, keys, dtype, (low_h, high_h)) if kind == "ablate" else {})}
+    stages.update(_direction_stage(loaded, config, study, kind, points, dtype,
+                                   stages["side effects"][2] if "side effects" in stages else None))
     out["stages"] = {name: {"least": v[0].report(), "most": v[1].report()} for name, v in stages.items()}
     if calibration is not None:
         out["units"] = calibration
@@ -187,10 +190,8 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
             out["side_effects"]["estimate_s_per_set"] = round(seconds(stages["side effects"][2], calibration), 2)
     if "side effects" in stages:
         out["side_effects"]["layer_tokens_per_set"] = stages["side effects"][2].layer_tokens
-    left_out = [what for what, on in (("generations before/after", config.generations),
-                                      ("the direction baselines (--no-directions skips them)", study.baselines.get("on"))) if on]
-    if left_out:
-        out["note"] = " and ".join(left_out) + " are not in the estimate"
+    if config.generations:
+        out["note"] = "generations before/after are not in the estimate"
     return out
 
 
@@ -282,3 +283,40 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
                 bound.add(_scaled(per_set, sets))
                 bound.add(lower)
     return {"cross-value matrix": (low, high)}
+
+
+def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str, side_per_set: Work | None) -> dict[str, tuple]:
+    """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget's pair of passes up to
+    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls``)
+    above the layer's input saved once a pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
+    A γ whose neuron edit changes nothing (scale 1, add 0) runs no arm; a pole without a direction is left out."""
+    if not study.baselines.get("on"):
+        return {}
+    from vneuron.runtime.tokens import batches, pack as pack_rows  # edit_sizes' plain batches, not tries
+    from vneuron.validate.directions import direction_layer
+
+    arms = (2 if config.projected_out else 1) if kind == "ablate" else 1
+    edited = [g for g in points if kind == "ablate" or not ((config.mode == "scale" and g == 1) or (config.mode == "add" and g == 0))]
+    most = min(config.controls, config.direction_controls)
+    least = min(config.stop_after, most) if config.stop_after > 0 else most
+    batch = loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
+    low, high = Work(), Work()
+    for pole in study.poles:
+        try:
+            layer = direction_layer(study.run, pole, config.direction_layer)
+        except VneuronError:
+            continue  # the study notes it and goes on
+        items = items_for(study.evaluation.items, pole, config.limit)
+        sizes = Work()
+        for part in batches(encode_pairs(loaded, forced_choice_pairs(items, config.choice, template=config.template)), batch):
+            n = int(pack_rows(part, pad_id(loaded.tokenizer), left=True)[0].numel())
+            sizes.add(Work(forwards=2, requests=1, tokens=2 * n, layer_tokens=2 * n * (layer + 1)))
+        per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer, dtype)
+        for bound, controls in ((low, least), (high, most)):
+            bound.add(_scaled(sizes, len(edited)))
+            if edited:
+                bound.add(lower)
+            bound.add(_scaled(per_set, len(edited) * arms * (1 + controls)))
+            if side_per_set is not None:
+                bound.add(_scaled(side_per_set, len(edited) * arms))
+    return {"direction baselines": (low, high)}
