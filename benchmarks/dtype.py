@@ -1,17 +1,20 @@
-"""float32 against bfloat16 on this CPU, from one run: capture, forced choice, a whole small ablation.
+"""float32 against bf16-mixed (or bfloat16, ``--candidate``) on this CPU, from one run: capture, forced choice, a whole
+small ablation.
 
 Both dtypes of the model are loaded once and every step runs in each dtype in turn (interleaved,
 ``--repeats`` times, best kept), so a load spike on a shared machine hits both alike. Printed per
-step: this process's CPU seconds and wall seconds in each dtype, their float32/bfloat16 ratios,
-and what bfloat16 changed (capture: Spearman of Δp over all neurons and top-200 overlap; forced
+step: this process's CPU seconds and wall seconds in each dtype, their float32/candidate ratios,
+and what the candidate changed (capture: Spearman of Δp over all neurons and top-200 overlap; forced
 choice: the largest per-item difference in P; ablation: the located and control effects).
 
     python benchmarks/dtype.py --run RUN_DIR                   # a locate run of the default model
     python benchmarks/dtype.py --run RUN_DIR --prompts 256 --limit 8 --controls 3 --threads 1
+    python benchmarks/dtype.py --run RUN_DIR --candidate bfloat16          # the whole model in bfloat16 (issue 19)
 
 ``--compare A B`` compares two finished runs of the same study in two dtypes instead (no model):
 two locate runs (Spearman of Δp per pole over all neurons, top-200 overlap per pole, Spearman of
-count(a > 0)) or two ablate runs (per-item P, and each pole's rank, sequential p and CI signs).
+count(a > 0)) or two ablate runs (per-item P, each pole's rank, sequential p, CI signs and verdict, the cross-value
+matrix's z per cell and the side effects' KL).
 
     python benchmarks/dtype.py --compare runs/locate-f32 runs/locate-bf16
     python benchmarks/dtype.py --compare runs/locate-f32/ablate-... runs/locate-bf16/ablate-...
@@ -66,6 +69,12 @@ def compare_ablate(a: Path, b: Path) -> None:
               f" {ra.get('p_sequential', ra.get('p_lower')):>6.3f} / {rb.get('p_sequential', rb.get('p_lower')):.3f}"
               f" {sign(ra['effect_ci']):>8} / {sign(rb['effect_ci'])} {sign(ra['effect_minus_control_ci']):>10} / "
               f"{sign(rb['effect_minus_control_ci'])}")
+    for ra, rb in zip(ma["results"], mb["results"]):
+        va, vb = ((r.get("verdict") or {}).get("label") or (r.get("verdict") or {}).get("verdict") for r in (ra, rb))
+        ka, kb = ((r.get("side_effects") or {}).get("located", {}).get("kl") for r in (ra, rb))
+        ca, cb = ((r.get("cross_values") or {}).get("cells", {}) for r in (ra, rb))
+        cells = " ".join(f"{c.split('/')[0][:12]} z {ca[c].get('z') or 0:+.2f}/{cb[c].get('z') or 0:+.2f}" for c in ca if c in cb)
+        print(f"{ra['dimension']:20} verdict {va} / {vb}; KL {ka} / {kb}; matrix {cells}")
 
 
 def best(fn, repeats: int):
@@ -88,6 +97,8 @@ def main() -> None:
     parser.add_argument("--pole", default=None, help="ablation: one pole (default: the run's first)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--candidate", default="bf16-mixed", choices=("bf16-mixed", "bfloat16", "float16"),
+                        help="the dtype set beside float32")
     args = parser.parse_args()
     if args.compare:
         a, b = args.compare
@@ -109,7 +120,8 @@ def main() -> None:
 
     run = LocateRun.open(args.run)
     spec = run.manifest["model"]["spec"]
-    models = {d: load_model(spec, dtype=d) for d in ("float32", "bfloat16")}
+    cand = args.candidate
+    models = {d: load_model(spec, dtype=d) for d in ("float32", cand)}
     prompts, _ = run_prompts(run)
     labels = run.stats.labels  # the same share of every label's prompts
     prompts = [p for label in labels for p in [q for q in prompts if q.label == label][: max(1, args.prompts // len(labels))]]
@@ -135,17 +147,18 @@ def main() -> None:
             timings[d] = (cpu, wall)
         rows.append((name, timings))
     print(f"model {spec}, {torch.get_num_threads()} thread(s), load average {open('/proc/loadavg').read().split()[:3]}")
-    print(f"{'step':14} {'CPU s f32':>10} {'CPU s bf16':>11} {'CPU ratio':>10} {'wall f32':>9} {'wall bf16':>10} {'wall ratio':>11}")
+    print(f"candidate: {cand}")
+    print(f"{'step':14} {'CPU s f32':>10} {'CPU s cand':>11} {'CPU ratio':>10} {'wall f32':>9} {'wall cand':>10} {'wall ratio':>11}")
     for name, t in rows:
-        (c32, w32), (c16, w16) = t["float32"], t["bfloat16"]
+        (c32, w32), (c16, w16) = t["float32"], t[cand]
         print(f"{name:14} {c32:10.1f} {c16:11.1f} {c32 / c16:10.2f} {w32:9.1f} {w16:10.1f} {w32 / w16:11.2f}")
-    s32, s16 = (contrast_scores(results[d]["capture"], pole, opposite, "delta_p") for d in ("float32", "bfloat16"))
+    s32, s16 = (contrast_scores(results[d]["capture"], pole, opposite, "delta_p") for d in ("float32", cand))
     top = lambda s: set(s.reshape(-1).topk(200).indices.tolist())  # noqa: E731
     print(f"capture ({len(prompts)} prompts): Spearman of Δp({pole}) over all neurons {spearman(s32, s16):.4f}, "
           f"top-200 shared {len(top(s32) & top(s16))}")
-    diff = (results["float32"]["forced choice"] - results["bfloat16"]["forced choice"]).abs()
+    diff = (results["float32"]["forced choice"] - results[cand]["forced choice"]).abs()
     print(f"forced choice ({len(items)} items): largest per-item |ΔP| {float(diff.max()):.4f}, mean {float(diff.mean()):.4f}")
-    a32, a16 = results["float32"]["ablate"], results["bfloat16"]["ablate"]
+    a32, a16 = results["float32"]["ablate"], results[cand]["ablate"]
     print(f"ablate ({pole}, {len(items)} items): effect {a32['effect']:+.4f} / {a16['effect']:+.4f}, rank "
           f"{a32.get('rank')}/{a32.get('controls', 0) + 1} / {a16.get('rank')}/{a16.get('controls', 0) + 1}, sequential p "
           f"{a32.get('p_sequential')} / {a16.get('p_sequential')}")

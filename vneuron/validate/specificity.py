@@ -211,6 +211,7 @@ class CrossValues:
         cfg, h, total = self.config, self.config.stop_after, len(control_edits)
         reuse, values, drawn = LowerLayers(), [], 0
         stage = f"{pole}: cross-value matrix, column {column} (sets; located and up to {total} controls, sequential)"
+        say(stage, 0, 1 + total)  # named from its start: its first round (located and h controls) takes a while
         while True:
             take = total - drawn if h <= 0 else min(total - drawn, h)
             sets = ([edit] if not values else []) + list(control_edits[drawn: drawn + take])
