@@ -252,3 +252,47 @@ def test_leakage_on_known_numbers():
     assert leakage(cells, "own") == {"ratio": 0.5, "own_abs_z": 4.0, "off_mean_abs_z": 2.0, "columns": 2}
     assert leakage(cells, None) is None and leakage({"own": {"z": 0.0}, "a": {"z": 1.0}}, "own") is None
     assert leakage({"own": {"z": 2.0}, "a": {"z": None}}, "own") is None  # no other column with controls
+
+
+def test_a_direction_arm_on_the_matrix_has_its_own_leakage(located, tmp_path):
+    """`direction_matrix`: the mean-difference arm runs on every column of the cross-value matrix against the random
+    directions its value shift drew; its own column is its value shift, another column is a forced choice under the
+    arm's edit on that column's items, its leakage is the formula over its cells, and the numbers reach directions.csv,
+    the terminal table's caption and the report. Without the matrix or in a sweep it is a one-line error."""
+    from vneuron.results.direction_tables import directions_table
+    from vneuron.validate.specificity import value_groups
+
+    model, run_dir = located
+    config = _config(direction_matrix=True, projected_out=False)
+    result = ablate(run_dir, config, model=model, out=tmp_path / "matrix")
+    summary = result.summaries[0]
+    record = summary["directions"]
+    arm, neurons = record["arms"]["mean_difference"], summary["cross_values"]
+    cross = arm["cross_values"]
+    assert set(cross["cells"]) == set(neurons["cells"]) and cross["own"] == neurons["own"] and len(cross["cells"]) > 1
+    own = cross["cells"][cross["own"]]
+    assert own["effect"] == pytest.approx(arm["effect"], abs=1e-12)
+    run = LocateRun.open(run_dir)
+    template = run.template()
+    d = direction_edit(run, POLE, record["layer"], "add", arm["alpha"])
+    groups = value_groups(evaluation_items(run, replace(config, template=template)).items)
+    column = next(c for c in cross["cells"] if c != cross["own"])
+    toward, members = groups[column]
+    items = items_for(members, cross["cells"][column]["toward"], config.limit)
+    assert len(items) == cross["cells"][column]["items"] == neurons["cells"][column]["items"]
+    base = forced_choice(model, items, template=template).toward(cross["cells"][column]["toward"])
+    after = forced_choice(model, items, d, template=template).toward(cross["cells"][column]["toward"])
+    assert cross["cells"][column]["effect"] == pytest.approx(float((after - base).mean()), abs=1e-12)
+    assert cross["cells"][column]["controls_max"] == arm["controls_drawn"]
+    off = [abs(c["z"]) for k, c in cross["cells"].items() if k != cross["own"] and c.get("z") is not None]
+    assert arm["leakage"] == pytest.approx(sum(off) / len(off) / abs(own["z"]), rel=1e-12)
+    assert record["arms"]["neurons"]["leakage"] == neurons["leakage"]["ratio"]
+    rows = {r["arm"]: r for r in csv.DictReader(open(result.run_dir / "directions.csv"))}
+    assert float(rows["mean_difference"]["leakage"]) == pytest.approx(arm["leakage"], abs=1e-6)
+    assert "mean diff" in directions_table(result).caption and f"{arm['leakage']:.2f}" in directions_table(result).caption
+    quick = ["--controls", "1", "--split", "all", "--limit", "2", "--dimension", POLE, "-q"]
+    bad = runner.invoke(app, ["ablate", str(run_dir), "--direction-matrix", "--no-cross-values", "--out", str(tmp_path / "x"), *quick])
+    assert bad.exit_code == 2 and "--direction-matrix runs the direction baselines on the cross-value matrix's columns, but the " \
+        "cross-value matrix is switched off" in bad.stderr, bad.output
+    with pytest.raises(VneuronError, match="`direction_matrix` is an ablation's baseline"):
+        ValidateConfig(mode="scale", direction_matrix=True).check_steering()

@@ -57,3 +57,18 @@ def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path)
     assert as_json.exit_code == 0, as_json.output
     planned = json.loads(as_json.stdout)
     assert planned["dry_run"] and set(planned["stages"]) == set(STAGES) and len(planned["estimate_s"]) == 2
+
+
+def test_the_dry_run_counts_a_direction_matrix(located, tmp_path):
+    """With `direction_matrix` the direction stage's work (its arm on every column of the matrix too) falls between the
+    plan's least and most, as the other stages' do."""
+    from vneuron.validate.plan import validation_plan
+    from vneuron.validate.study import ablate
+
+    config = ValidateConfig(controls=6, stop_after=2, max_controls=6, side_controls=6, split="all", limit=6, direction_matrix=True)
+    plan = validation_plan(located, config, "ablate")["stages"]["direction baselines"]
+    without = validation_plan(located, replace(config, direction_matrix=False), "ablate")["stages"]["direction baselines"]
+    assert plan["least"]["forwards"] > without["least"]["forwards"]
+    work = ablate(located, config, out=tmp_path / "ablate").manifest["timings"]["stages"]["direction baselines"]["work"]
+    for key in ("forwards", "layer_tokens", "head_positions"):
+        assert plan["least"][key] <= work[key] <= plan["most"][key], (key, plan["least"][key], work[key], plan["most"][key])

@@ -289,6 +289,9 @@ class ValidateConfig:
     # ablate: also project the direction out (x − (x·d̂)d̂), a third arm with its own random directions. Off by default:
     # its size is the residual's own component along d̂, not the neurons' budget, and it costs another arm's controls
     projected_out: bool = False
+    # ablate: also run each direction arm on the cross-value matrix's columns against its own random directions, so the
+    # arm gets a leakage ratio beside the neurons'; it costs a matrix per arm (off by default)
+    direction_matrix: bool = False
 
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
@@ -305,9 +308,10 @@ class ValidateConfig:
         if self.mode not in STEER_MODES:
             raise VneuronError(f"Steering needs `mode` {' or '.join(STEER_MODES)} (an edit with a dose γ), not {self.mode!r}",
                                "; ".join(f"{m}: {EDIT_MODES[m].formula}" for m in STEER_MODES))
-        if self.projected_out:
-            raise VneuronError("`projected_out` is an ablation's baseline: a sweep has no dose to give it",
-                               "drop it (steer draws the mean-difference direction at every γ)")
+        for name in ("projected_out", "direction_matrix"):
+            if getattr(self, name):
+                raise VneuronError(f"`{name}` is an ablation's baseline: a sweep does not run it",
+                                   "drop it (steer draws the mean-difference direction at every γ, on the pole's own items)")
         return self.check()
 
     def check(self) -> "ValidateConfig":
@@ -332,6 +336,10 @@ class ValidateConfig:
         for name in ("max_controls", "side_controls", "judge_controls", "direction_controls"):
             if getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
+        if self.direction_matrix and not (self.directions and self.cross_values):
+            raise VneuronError("`direction_matrix` runs the direction baselines on the cross-value matrix's columns, but "
+                               + ("the direction baselines are" if not self.directions else "the cross-value matrix is")
+                               + " switched off", "drop it, or switch both on")
         if self.projected_out and not self.directions:
             raise VneuronError("`projected_out` is set, but the direction baselines are switched off",
                                "drop one of them: projecting the direction out is one of the baselines' arms")

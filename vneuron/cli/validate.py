@@ -208,6 +208,9 @@ def ablate(
     projected_out: bool = setting(V, "projected_out", "--projected-out/--no-projected-out", panel=EVALUATION,
                                   help="A third direction baseline: the pole's direction projected out of the residual "
                                        "stream (its own size, not the neurons' budget), against its own random directions."),
+    direction_matrix: bool = setting(V, "direction_matrix", "--direction-matrix/--no-direction-matrix", panel=EVALUATION,
+                                     help="Also run each direction baseline on the cross-value matrix's columns against its "
+                                          "random directions: its leakage ratio beside the neurons' (a matrix per arm)."),
     pvq: Optional[str] = setting(V, "pvq", "--pvq", panel=EVALUATION,
                                  help="Also score a questionnaire before/after: PVQ-40 (from a ValueBench copy) or an "
                                       "item,value,key file."),
@@ -225,7 +228,8 @@ def ablate(
     """
     setup(study["threads"], study["quiet"], study["device"], study["device_map"])
     config = _config(study, top_k=top_k, mode=mode, gamma=gamma, tail=tail, cross_values=cross_values, pvq=pvq,
-                     pvq_template=pvq_template, matrix_items=matrix_items, projected_out=projected_out).check_ablation()
+                     pvq_template=pvq_template, matrix_items=matrix_items, projected_out=projected_out,
+                     direction_matrix=direction_matrix).check_ablation()
     _run("ablate", run_dir, config, top_k, out, study)
 
 

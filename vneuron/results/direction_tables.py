@@ -57,8 +57,10 @@ def directions_table(result) -> Table | None:
     rows = direction_rows(result.summaries)
     if not rows:
         return None
+    leaks = arm_leakage(rows)
     table = Table(title="Neurons or a direction? The same-size edit along the pole's mean difference", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left", caption=NOTE)
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption_justify="left",
+                  caption=NOTE + (f"\nleakage (mean |z| of the other values' items / |z| of its own): {leaks}" if leaks else ""))
     for column in TERMINAL:
         table.add_column(column, justify="right", no_wrap=True)
     last = None
@@ -96,8 +98,18 @@ def report_table(manifest: dict, source: str) -> tuple[str, list[str], list[list
     arms = ", ".join(f"{SHORT_ARMS[k]} = {v}" for k, v in ARMS.items())
     skipped = "".join(f" {r['dimension']}: no direction baselines: {r['directions']['note']}"
                       for r in manifest.get("results") or [] if (r.get("directions") or {}).get("note"))
+    leaks = arm_leakage(rows)
+    leaks = f" Leakage (mean |z| of the other values' items / |z| of its own): {leaks}." if leaks else ""
     return ("Neurons or a direction? (direction baselines)", (["γ"] if steer else []) + COLUMNS, cells,
-            f"{arms}. {NOTE}. From {source} (results[].directions).{skipped}")
+            f"{arms}. {NOTE}.{leaks} From {source} (results[].directions).{skipped}")
+
+
+def arm_leakage(rows: list[tuple[str, dict, dict]]) -> str:
+    """Each arm's leakage ratio per pole where a direction arm has one (``direction_matrix``): "" otherwise."""
+    if not any(row["leakage"] != "" and row["arm"] != "neurons" for _, row, _ in rows):
+        return ""
+    return "; ".join(f"{SHORT.get(row['dimension'], row['dimension'][:12])} {SHORT_ARMS[row['arm']]} {_f(row['leakage'], '.2f')}"
+                     for _, row, _ in rows)
 
 
 def leakage_text(summaries: list[dict]) -> str:

@@ -17,8 +17,9 @@ mean-difference probe reads it best), on the same items, against the same unedit
 * side effects of the arm's edit itself (KL/position, perplexity ×, task ΔP) on the neutral corpus, reusing the study's
   unedited references, so that "moves values more per unit of damage" can be read beside the neurons' row.
 
-The cross-value matrix (and its leakage ratio) is measured for the neurons only: a direction's own matrix would cost
-every column's controls again.
+The cross-value matrix (and its leakage ratio) is measured for the neurons; ``direction_matrix`` runs each arm on the
+matrix's columns too (``Matrix.row``, the arm's drawn random directions as its controls, its own column reused), so the
+arm's leakage ratio stands beside the neurons' — at the cost of a matrix per arm, hence off by default.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     if config.direction_layer is not None:
         check_layer(run, config.direction_layer)
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
-            "controls_max": min(config.controls, config.direction_controls),
+            "controls_max": min(config.controls, config.direction_controls), "matrix": bool(config.direction_matrix),
             "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
                      **({"projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"} if config.projected_out else {})}}
 
@@ -121,10 +122,13 @@ class Arms:
                 out["arms"][name] = {"mode": "add", "alpha": 0.0, "size": 0.0,
                                      "note": f"the neuron edit leaves layer {layer} unchanged: α = 0"}
                 continue
-            measured[name] = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
+            measured[name], own = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
             size = abs(edits[name].alpha) if name == "mean_difference" else removed_size[0]
             out["arms"][name] = {"mode": "project" if edits[name].project else "add", "alpha": edits[name].alpha, "size": size,
                                  **measured[name]}
+            if self.study.config.direction_matrix and self.beside.cross is not None:
+                cross = out["arms"][name]["cross_values"] = self._matrix(pole, edits[name], own, memo, name)
+                out["arms"][name]["leakage"] = (cross.get("leakage") or {}).get("ratio")
         if self.study.config.side_effects and measured:
             lang = "zh" if items and items[0].language == "zh" else "en"
             stage = f"{pole}: side effects of the direction baselines"
@@ -138,8 +142,18 @@ class Arms:
             arm["effect_per_kl"] = arm["effect"] / kl if "effect" in arm and kl else None
         return out
 
-    def _arm(self, pole, items, base, edit, tail: str, prefix: str) -> dict[str, Any]:
-        """One arm's value shift against its random directions (sequential), summarized as the neurons' is."""
+    def _matrix(self, pole: str, edit, own: tuple, memo, name: str) -> dict[str, Any]:
+        """The arm on every column of the cross-value matrix, against the random directions its value shift drew (each
+        column sequential, as the neurons'), its own column reused: cells, own and the leakage ratio."""
+        drawn = len(own[3])
+        controls = [random_direction_edit(edit, control_seed(self.config.seed, n)) for n in range(drawn)]
+        row = self.beside.cross.row(pole, edit, controls, self.say, own_result=own,
+                                    memo=lambda column, f: memo(f"matrix {name} {column}", f))
+        return {k: row[k] for k in ("own", "cells", "strongest", "own_moves_most", "leakage")}
+
+    def _arm(self, pole, items, base, edit, tail: str, prefix: str) -> tuple[dict[str, Any], tuple]:
+        """One arm's value shift against its random directions (sequential), summarized as the neurons' is; and its own
+        column for the matrix (item ids, base, located, controls)."""
         cfg, loaded = self.config, self.study.loaded
         stage = f"{prefix.strip()} and random directions (sets; up to {cfg.controls}, sequential)"
         reuse = self.reuse.setdefault(pole, LowerLayers())
@@ -148,13 +162,14 @@ class Arms:
                                                       reuse, lambda d, t: self.say(stage, d, t), memo=self.study.memo(prefix))
         s = summarize(pole, base, located, controls, items, cfg, tail)
         s.update(rule.report())
-        return {k: s[k] for k in KEPT if k in s}
+        return {k: s[k] for k in KEPT if k in s}, ([i.id for i in items], base, located, controls)
 
 
 def neuron_arm(summary: dict, size: float) -> dict[str, Any]:
     """The neurons' row of the table: their value shift (already measured) and the located set's side effects."""
     arm = {k: summary[k] for k in KEPT if k in summary and k != "control_effects"}
     arm["size"] = size
+    arm["leakage"] = ((summary.get("cross_values") or {}).get("leakage") or {}).get("ratio")
     located = (summary.get("side_effects") or {}).get("located") or {}
     if located:
         arm["side_effects"] = {k: located[k] for k in SIDE if k in located}
@@ -175,7 +190,8 @@ def csv_rows(summary: dict, gamma: float | None = None) -> list[dict[str, Any]]:
                "effect": _round(arm.get("effect")), "effect_lo": _round(ci[0]), "effect_hi": _round(ci[1]),
                "control_effect": _round(arm.get("control_effect")), "control_sd": _round(arm.get("control_sd")),
                "z": _round(arm.get("z")), "p_sequential": _round(arm.get("p_sequential")), "controls_drawn": arm.get("controls_drawn", ""),
-               **{k: _round(side.get(k)) for k in SIDE}, "effect_per_kl": _round(arm.get("effect_per_kl"))}
+               **{k: _round(side.get(k)) for k in SIDE}, "effect_per_kl": _round(arm.get("effect_per_kl")),
+               "leakage": _round(arm.get("leakage"))}
         rows.append(row)
     return rows
 

@@ -244,12 +244,13 @@ def _side_stage(loaded, config, items, measured: int) -> dict[str, tuple]:
     return {"side effects": (low, high, per_set)}
 
 
-def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: tuple[int, int]) -> dict[str, tuple]:
+def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: tuple[int, int], layer_of=None) -> dict[str, tuple]:
     """The cross-value matrix's work, as ``specificity.CrossValues.row`` does it: per pole, every column other than the
     value shift's own items — its unedited evaluation once a study (none where a pole's items are those items), then
     the located set and the value shift's controls (at most ``side_controls``) in rounds of h, a column stopping when
-    settled (at least one round) — its lower layers run once per column."""
-    if not (config.cross_values and config.side_controls):
+    settled (at least one round) — its lower layers run once per column. ``layer_of(pole)``: a direction arm's matrix
+    (``direction_matrix``) edited at that layer, its controls the arm's random directions, the unedited columns shared."""
+    if not (config.cross_values and (config.side_controls or layer_of)):
         return {}
     from vneuron.data.schema import expresses
     from vneuron.validate.specificity import own_column, value_groups
@@ -263,6 +264,10 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
         own = own_column(pole, groups)
         neurons = study.neurons(pole)
         bottom = int(neurons.layers.min()) if len(neurons) else 0
+        if layer_of is not None:
+            bottom = layer_of(pole)
+            if bottom is None:
+                continue
         for column, (toward, members) in groups.items():
             if column == own and expresses(members[0], pole) is not None:
                 toward = pole
@@ -272,13 +277,13 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
             if toward == pole and ids == key or not items:
                 continue
             per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, bottom, dtype)
-            if ids not in seen:
+            if ids not in seen and layer_of is None:
                 seen.add(ids)
                 unedited = Work(**{**asdict(per_set), "layer_tokens": per_set.tokens * loaded.n_layers})
                 low.add(unedited)
                 high.add(unedited)
             for bound, controls in ((low, drawn[0]), (high, drawn[1])):
-                total = min(controls, config.side_controls)
+                total = controls if layer_of is not None else min(controls, config.side_controls)
                 sets = 1 + (min(total, h) if h > 0 else total) if bound is low else 1 + total
                 bound.add(_scaled(per_set, sets))
                 bound.add(lower)
@@ -300,10 +305,10 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
     most = min(config.controls, config.direction_controls)
     least = min(config.stop_after, most) if config.stop_after > 0 else most
     batch = loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
-    low, high = Work(), Work()
+    low, high, layers = Work(), Work(), {}
     for pole in study.poles:
         try:
-            layer = direction_layer(study.run, pole, config.direction_layer)
+            layer = layers[pole] = direction_layer(study.run, pole, config.direction_layer)
         except VneuronError:
             continue  # the study notes it and goes on
         items = items_for(study.evaluation.items, pole, config.limit)
@@ -319,4 +324,9 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
             bound.add(_scaled(per_set, len(edited) * arms * (1 + controls)))
             if side_per_set is not None:
                 bound.add(_scaled(side_per_set, len(edited) * arms))
+    if kind == "ablate" and config.direction_matrix:
+        keys = [tuple(i.id for i in items_for(study.evaluation.items, pole, config.limit)) for pole in study.poles]
+        matrix = _matrix_stage(loaded, config, study, keys, dtype, (least, most), layer_of=layers.get)
+        for bound, part in zip((low, high), matrix.get("cross-value matrix", ())):
+            bound.add(_scaled(part, arms))
     return {"direction baselines": (low, high)}
