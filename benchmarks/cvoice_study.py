@@ -15,6 +15,7 @@ run's measured stages (manifest ``timings.stages``).
     python benchmarks/cvoice_study.py --out /tmp/cvoice                    # plan and run
     python benchmarks/cvoice_study.py --out /tmp/cvoice --plan-only        # the dry run only
     python benchmarks/cvoice_study.py --out /tmp/cvoice --rows 60 --matrix-items 30   # cut down (says so)
+    python benchmarks/cvoice_study.py --out /tmp/cvoice --dtype bf16-mixed --ablate-args "--direction-matrix"
 """
 
 from __future__ import annotations
@@ -91,18 +92,22 @@ def main() -> None:
     parser.add_argument("--per-sheet", type=int, default=225, help="dilemmas per test sheet (the release: ~225)")
     parser.add_argument("--matrix-items", type=int, default=None, help="cap a matrix column's items (default: every item)")
     parser.add_argument("--plan-only", action="store_true")
+    parser.add_argument("--dtype", default=None, help="what locate and ablate compute in (default: float32)")
+    parser.add_argument("--ablate-args", default="", help="more ablate flags, e.g. \"--direction-matrix --limit 60\" (said)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     final, test = build(args.out, args.rows, args.per_sheet)
     cut = [f"--rows {args.rows}" if args.rows != 200 else "", f"--per-sheet {args.per_sheet}" if args.per_sheet != 225 else "",
-           f"--matrix-items {args.matrix_items}" if args.matrix_items else ""]
+           f"--matrix-items {args.matrix_items}" if args.matrix_items else "", args.ablate_args]
     cut = " ".join(c for c in cut if c)
-    report: dict = {"cut_down": cut or None, "cores": os.cpu_count()}
+    report: dict = {"cut_down": cut or None, "cores": os.cpu_count(), "dtype": args.dtype or "float32"}
+    dtype = ["--dtype", args.dtype] if args.dtype else []
     run = args.out / "run"
     if not (run / "manifest.json").exists():
-        report["locate"] = timed(["locate", "--dataset", str(final), "--language", "zh", "--dimension", "友善", "--out", str(run), "-q"])
+        report["locate"] = timed(["locate", "--dataset", str(final), "--language", "zh", "--dimension", "友善", "--out", str(run), "-q",
+                                     *dtype])
     study = ["ablate", str(run), "--dimension", "友善|*", "--eval-dataset", str(test), "--top-k", "200", "-q",
-             *(["--matrix-items", str(args.matrix_items)] if args.matrix_items else [])]
+             *(["--matrix-items", str(args.matrix_items)] if args.matrix_items else []), *dtype, *args.ablate_args.split()]
     report["plan"] = timed([*study, "--dry-run", "--json"])
     plan = json.loads(report["plan"]["output"])
     if not args.plan_only:
@@ -119,7 +124,7 @@ def main() -> None:
           + "; ".join(f"{n} {s.get('estimate_s')}" for n, s in plan["stages"].items()))
     if "stages" in report:
         print("measured by stage: " + "; ".join(f"{n} {s['measured_s']} s" for n, s in report["stages"].items()))
-    print(f"settings: {'cut down: ' + cut if cut else 'the release size'}")
+    print(f"settings: {'cut down: ' + cut if cut else 'the release size'}; dtype {args.dtype or 'float32'}")
     (args.out / "cvoice_study.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
 
 
