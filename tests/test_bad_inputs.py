@@ -219,6 +219,12 @@ CASES = [
          r"baselines are switched off"),
     Case("steer/direction-layer-high", S + " --direction-layer 7", r"Direction layer 7 is out of range"),
     Case("ablate/direction-controls-negative", A + " --direction-controls -1", r"--direction-controls must be ≥ 0, got -1"),
+    Case("ablate/projected-out-off", A + " --no-directions --projected-out", r"--projected-out is set, but the direction "
+         r"baselines are switched off"),
+    Case("ablate/direction-matrix-no-matrix", A + " --no-cross-values --direction-matrix", r"--direction-matrix runs the "
+         r"direction baselines on the cross-value matrix's columns, but the cross-value matrix is switched off"),
+    Case("ablate/direction-matrix-off", A + " --no-directions --direction-matrix", r"--direction-matrix runs .* but the "
+         r"direction baselines are switched off"),
     Case("ablate/locate-first-bad-model", "ablate --model no-such-model -q", r"Unknown model 'no-such-model'"),
     Case("ablate/locate-first-out-exists", "ablate --model {tiny} --out {bad}/full-dir -q", r"full-dir already exists"),
     Case("steer/locate-first-out-file", "steer --model {tiny} --out {bad}/notes.txt -q", r"notes.txt is a file, not a directory"),
