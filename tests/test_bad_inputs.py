@@ -116,6 +116,8 @@ CASES = [
     Case("locate/device-unknown", L + " --device gpu", r"Unknown --device 'gpu'\. Use auto, cpu, cuda, cuda:N or mps"),
     Case("locate/device-map-unknown", L + " --device-map everywhere", r"Unknown --device-map 'everywhere'"),
     Case("ablate/device-unknown", A + " --device tpu", r"Unknown --device 'tpu'"),
+    Case("locate/mixed-device-map", L + " --dtype bf16-mixed --device-map auto", r"--dtype bf16-mixed rounds the blocks' weights "
+         r"where they are, but --device-map lets accelerate move"),
     Case("locate/max-new-tokens-zero", L + " --mode generate --max-new-tokens 0", r"--max-new-tokens must be positive"),
     Case("locate/threads-zero", L + " --threads 0", r"--threads must be at least 1"),
     Case("locate/request-batches-zero", L + " --request-batches 0", r"--request-batches must be at least 1"),

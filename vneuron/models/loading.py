@@ -408,6 +408,9 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
     with _readable(f"the tokenizer of {source.spec}", "save a fast tokenizer beside the model (tokenizer.json)"):
         tokenizer = AutoTokenizer.from_pretrained(directory)
     where = {}
+    if dtype == MIXED and placement.device_map is not None:
+        raise VneuronError("`dtype` bf16-mixed rounds the blocks' weights where they are, but `device_map` lets accelerate "
+                           "move (and offload) them", "use `dtype` bfloat16 with `device_map`, or drop `device_map`")
     if placement.device_map is not None:  # accelerate places the layers (its own engine), with its limits
         where = {"device_map": placement.device_map, "max_memory": placement.max_memory, "offload_folder": placement.offload_folder}
         where = {k: v for k, v in where.items() if v is not None}
