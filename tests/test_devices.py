@@ -160,6 +160,8 @@ def test_doctor_says_which_accelerators_torch_sees():
     assert rows["--device auto"] == devices.resolve("auto")
     assert rows["torch build"].startswith("CUDA" if torch.version.cuda else "CPU only")
     assert all(f"cuda:{i}" in rows for i in range(torch.cuda.device_count()))
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "") if Path("/proc/cpuinfo").is_file() else ""
+    assert rows["CPU bfloat16 units"].startswith("yes" if " avx512_bf16" in flags or " amx_bf16" in flags else "none")
 
 
 # -- the same numbers on every device (CPU always, CUDA where present) ------------------------------------------------

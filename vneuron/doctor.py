@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import util
 
 from vneuron.models.registry import ALIASES
-from vneuron.runtime import devices
+from vneuron.runtime import devices, precision
 from vneuron.runtime.remote import api_key, probe, resolve_target
 from vneuron.runtime.store import versions
 
@@ -49,5 +49,8 @@ def accelerators() -> list[tuple[str, str]]:
                                           f"compute capability {found['capability']}, bfloat16 {'yes' if found['bf16'] else 'no'}"))
         else:
             rows.append((found["device"], found["name"]))
+    units = precision.cpu_bf16_units()
+    rows.append(("CPU bfloat16 units", f"yes ({', '.join(units)}): --dtype bf16-mixed computes the blocks' products in them"
+                 if units else "none seen: bf16-mixed would round without speeding up; keep float32"))
     rows.append(("--device auto", devices.resolve("auto")))
     return rows

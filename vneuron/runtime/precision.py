@@ -132,6 +132,18 @@ def _cache_file() -> Path:
     return cache_dir() / "dtype-checks.json"
 
 
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bfloat16 instruction sets (Linux's /proc/cpuinfo flags: avx512_bf16, amx_bf16), where ``bf16-mixed`` pays."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16")) if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
 def processor(device: str = "cpu") -> str:
     """What computes: the CPU's model name, or the accelerator's."""
     import torch
