@@ -23,11 +23,12 @@ from typing import Any, Callable
 
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import Architecture, architecture_for, num_layers, text_config
+from vneuron.models.mixed import mix
 from vneuron.models.conversion import check_gguf_magic, convert_gguf, converted_copy, dtype_copy, packaged_gguf
 from vneuron.models.registry import ALIASES
 from vneuron.models.sites import layer_modules
 from vneuron.runtime import devices
-from vneuron.runtime.precision import DEFAULT_DTYPE, MIXED, check_dtype, mix, storage
+from vneuron.runtime.precision import DEFAULT_DTYPE, MIXED, check_dtype, storage
 
 
 @dataclass
@@ -421,7 +422,7 @@ def _wrap(directory: Path, source: ModelSource, revision: str, dtype: str, progr
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, storage(dtype)), **where)
     model.eval()
     if dtype == MIXED:
-        mix(layer_modules(model, arch))
+        mix(layer_modules(model, arch), arch)
     from nnsight.modeling.transformers import TransformersModel
 
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)

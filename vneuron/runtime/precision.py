@@ -13,7 +13,7 @@ of a model pays for the check. A remote model computes in the dtype its server s
 
 ``bf16-mixed`` (issue 27) rounds only the decoder blocks' matrix products to bfloat16: their weights are stored in
 bfloat16 and each product's input is rounded to it, while the residual stream, the MLP activations (what a neuron edit
-reads and writes), the norms, attention's softmax, the LM head and every log-softmax stay float32 (``mix``). On a CPU
+reads and writes), the norms, attention's softmax, the LM head and every log-softmax stay float32 (``vneuron.models.mixed``). On a CPU
 with bfloat16 units (AVX512-BF16, AMX) those products run about 2.3x faster; what it moves against float32 is measured
 in docs/EVIDENCE.md.
 """
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch is imported where it computes: the dtype names serve 
     import torch
 
 # what a model computes in (float64: the tests' exact models); `auto` is measured on the machine (below)
-MIXED = "bf16-mixed"  # bfloat16 products inside the blocks, float32 everywhere else (``mix``)
+MIXED = "bf16-mixed"  # bfloat16 products inside the blocks, float32 everywhere else (``vneuron.models.mixed``)
 DTYPES = ("float32", "bfloat16", "float16", "float64", MIXED)
 DTYPE_CHOICES = (*DTYPES, "auto")
 DEFAULT_DTYPE = "float32"  # accuracy of bfloat16 against it: docs/EVIDENCE.md#compute-dtype
@@ -182,51 +182,3 @@ def remember(revision: str, decision: dict, device: str = "cpu") -> None:
     except OSError:
         pass  # a read-only cache only costs the next run another check
 
-
-# -- bf16-mixed ------------------------------------------------------------------------------------
-_MIXED_CLASSES: dict[type, type] = {}
-
-
-def _mixed_linear(self, x):
-    """nn.Linear's product in bfloat16 (weight stored so), its bias and result in the input's dtype."""
-    import torch
-
-    out = torch.nn.functional.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
-    return out if self.bias is None else out + self.bias
-
-
-def _mixed_conv1d(self, x):
-    """GPT-2's Conv1D (x @ W + b, W stored [in, out]) with the product in bfloat16."""
-    import torch
-
-    shape = x.size()[:-1] + (self.nf,)
-    out = (x.reshape(-1, x.size(-1)).to(torch.bfloat16) @ self.weight).to(x.dtype) + self.bias
-    return out.view(shape)
-
-
-def mix(blocks) -> int:
-    """Turn a float32 model into ``bf16-mixed``: every linear map inside ``blocks`` (the decoder blocks) keeps its
-    weight in bfloat16 and computes its product in bfloat16 on a rounded copy of its input, returning float32; the
-    modules keep their names and classes' behaviour (a subclass per class), so tracing, edits and captures see float32
-    tensors where they did. Returns how many maps were mixed."""
-    import torch
-
-    from transformers.pytorch_utils import Conv1D
-
-    count = 0
-    for block in blocks:
-        for module in block.modules():
-            if isinstance(module, torch.nn.Linear):
-                forward = _mixed_linear
-            elif isinstance(module, Conv1D):
-                forward = _mixed_conv1d
-            else:
-                continue
-            cls = type(module)
-            if cls not in _MIXED_CLASSES:
-                _MIXED_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                                                  "__doc__": f"{cls.__name__}, its product in bfloat16"})
-            module.__class__ = _MIXED_CLASSES[cls]
-            module.weight.data = module.weight.data.to(torch.bfloat16)
-            count += 1
-    return count
