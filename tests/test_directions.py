@@ -220,6 +220,35 @@ def test_matched_alpha_is_the_mean_change_of_the_residual_by_hand(tiny_model, ar
     assert matched_alpha(model, items, some_direction(model, alpha=2.5), 2) > 0  # and it carries on to the next block
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+def test_edit_sizes_on_tries_equal_padded_rows_and_leave_the_layer_input_for_the_arms(tiny_model, arch):
+    """The sizes read over the evaluation's token tries (a shared token once, weighted by the pairs counting it) equal
+    the padded reference path; their unedited pass leaves the input of block L in the store, equal to what LowerLayers
+    would compute, so the direction edits that follow start there without a pass of their own."""
+    from vneuron.validate.directions import edit_sizes
+    from vneuron.validate.evaluate import LowerLayers, forced_choice_sets
+
+    model = tiny_model(arch)
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:4]
+    neuron, direction = Edit(neurons(model), "zero"), some_direction(model)
+    layer = 1
+    reuse = LowerLayers()
+    tries = edit_sizes(model, items, neuron, layer, [direction.unit], batch_tokens=64, reuse=reuse)
+    padded = edit_sizes(model, items, neuron, layer, [direction.unit], batch_tokens=64, shared_prefix=False)
+    assert tries[0] > 0 and tries == pytest.approx(padded, rel=1e-9)
+    if arch == "gemma3":  # a sliding window shorter than a prompt: no tries (as for the evaluation), nothing kept
+        assert not reuse.saved
+        return
+    assert len(reuse.saved) > 0 and reuse.misses == 0
+    kept = dict(reuse.saved)
+    fresh = LowerLayers()
+    after = forced_choice_sets(model, items, [direction], batch_tokens=64, reuse=reuse)[0].p_pole
+    assert reuse.misses == 0 and reuse.hits == len(kept)  # every batch started from the kept input
+    assert torch.equal(after, forced_choice_sets(model, items, [direction], batch_tokens=64, reuse=fresh)[0].p_pole)
+    for key, hidden in fresh.saved.items():
+        torch.testing.assert_close(kept[key], hidden, rtol=0, atol=0)
+
+
 def test_a_planted_direction_is_recovered_by_the_probes(tiny_model):
     """A known vector v added to block 1's output wherever the input token is one of the pole's words (through its MLP's
     output, which a Llama block adds to the residual stream as it is): the mean difference at layer 1 points along v

@@ -84,12 +84,13 @@ class Arms:
     def layer(self, pole: str) -> int:
         return direction_layer(self.study.run, pole, self.study.config.direction_layer)
 
-    def sizes(self, items, edit, layer: int, projected) -> list[float]:
+    def sizes(self, pole: str, items, edit, layer: int, projected) -> list[float]:
         """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens, then
-        that of projecting out each direction of ``projected`` (``edit_sizes``: one pair of passes)."""
+        that of projecting out each direction of ``projected`` (``edit_sizes``: one pair of passes, whose unedited one
+        leaves the layer's input for every arm and random direction that follows)."""
         cfg = self.config
         return edit_sizes(self.study.loaded, items, edit, layer, projected, choice=cfg.choice, template=cfg.template,
-                          batch_tokens=self.batch)
+                          batch_tokens=self.batch, reuse=self.reuse.setdefault(pole, LowerLayers()))
 
     def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
@@ -110,7 +111,7 @@ class Arms:
         except VneuronError as e:
             return {"note": e.one_line()}
         projected = [removed.direction] if "projected_out" in names else []
-        spent, *removed_size = memo("sizes", lambda: self.sizes(items, edit, layer, projected))
+        spent, *removed_size = memo("sizes", lambda: self.sizes(pole, items, edit, layer, projected))
         sign = 1.0 if tail == "higher" else -1.0  # as the neuron edit is expected to move the pole
         out: dict[str, Any] = {"layer": layer, "budget": spent, "arms": {"neurons": neuron_arm(summary, spent)}}
         edits = {"mean_difference": direction_edit(run, pole, layer, "add", sign * spent),

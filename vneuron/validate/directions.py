@@ -36,7 +36,8 @@ from vneuron.runtime import budget
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, pack, pad_id, position_ids
 from vneuron.validate.edits import DirectionEdit, apply, plan, shift_residual
-from vneuron.validate.evaluate import encode_pairs, forced_choice_pairs, step_tensors
+from vneuron.validate.evaluate import LowerLayers, encode_pairs, forced_choice_pairs, sent_tensors, step_tensors, tries_for, tries_supported
+from vneuron.validate.prefix import attention_mask
 
 
 def _opposite(run: LocateRun, pole: str) -> str:
@@ -111,10 +112,14 @@ def matched_alpha(model: LoadedModel, items: Sequence[Item], neuron_edit, layer:
 
 
 def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: int, projected: Sequence[torch.Tensor] = (), *,
-               choice: str = "listed", template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024) -> list[float]:
+               choice: str = "listed", template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024,
+               reuse: LowerLayers | None = None, shared_prefix: bool = True) -> list[float]:
     """``matched_alpha`` of ``neuron_edit``, then the size of projecting out each direction of ``projected`` at
     ``layer`` (the mean |h_L·d̂| over the same tokens: the norm of the change x ← x − (x·d̂)d̂ makes), read from the
-    same unedited pass, so the direction baselines' sizes cost one pair of passes."""
+    same unedited pass, so the direction baselines' sizes cost one pair of passes up to block L — over the evaluation's
+    own token tries (each shared token once, weighted by the pairs that count it), whose unedited pass also leaves the
+    input of block L in ``reuse`` for the direction edits that follow. ``shared_prefix=False``: one padded row per pair
+    (the reference path; also where tries cannot run, as in ``continuation_logprobs``)."""
     if not 0 <= layer < model.n_layers:
         raise VneuronError(f"Direction layer {layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
                            f"pass a layer from 0 to {model.n_layers - 1}")
@@ -123,8 +128,21 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
     steps = [s for s in plan(model, neuron_edit) if s[0] <= layer]  # edits above the layer cannot change it
     hidden = model.arch.hidden(model.config)
     units = torch.stack([d.double() / d.double().norm() for d in projected]) if len(projected) else torch.zeros(0, hidden).double()
-    encoded = encode_pairs(model, forced_choice_pairs(items, choice, template=template))
+    pairs = forced_choice_pairs(items, choice, template=template)
+    encoded = encode_pairs(model, pairs)
     total, count, along = 0.0, 0.0, torch.zeros(len(projected), dtype=torch.float64)
+    if shared_prefix and tries_supported(model, encoded):
+        key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
+        keep = reuse is not None and layer > 0 and model.remote is None  # what LowerLayers would compute next
+        for index, (t, _, _) in enumerate(prepared):
+            got = call(model, lambda: _change_norms(model, t.ids, None, t.counted, steps, layer, units, t, keep))
+            if keep:
+                reuse.put((key, index, layer), got["lower"])
+            budget.current.add(budget.Work(forwards=2, requests=1, tokens=2 * t.tokens, layer_tokens=2 * t.tokens * (layer + 1),
+                                           bytes_down=nbytes(got["total"], got["count"], got["along"]),
+                                           bytes_up=nbytes(*sent_tensors(t), t.counted, units, *step_tensors(steps))))
+            total, count, along = total + float(got["total"]), count + float(got["count"]), along + got["along"].double()
+        return [total / count, *(along / count).tolist()]
     for batch in batches(encoded, batch_tokens):
         ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
         weights = (counted & mask.bool()).to(torch.float64)
@@ -139,16 +157,29 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
     return [total / count, *(along / count).tolist()]
 
 
-def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, units: torch.Tensor):
-    """One request: Σ over counted tokens of ‖h_L(edited) − h_L‖₂, of |h_L·d̂| for each row d̂ of ``units`` (projections
-    of the unedited output), and their count; the model stops after block L."""
+def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, units: torch.Tensor, trie=None, keep: bool = False):
+    """One request: Σ over counted tokens (``weights``: how many pairs count each) of ‖h_L(edited) − h_L‖₂, of |h_L·d̂|
+    for each row d̂ of ``units`` (projections of the unedited output), and their count; the model stops after block L.
+    ``trie``: a batch of token tries instead of padded rows (its mask built where it runs, from its parents); ``keep``:
+    also return the unedited input of block L (``lower``, what ``LowerLayers`` keeps)."""
     lm = model.lm  # only the envoy, tensors, plain data and small functions may enter a (remote) trace body
     path = model.arch.layers
     below = [s for s in steps if s[0] < layer or len(s[1]) != 1]  # a direction at `layer` itself moves the output read there
     here = [s for s in steps if s[0] == layer and len(s[1]) == 1]
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    local = trie is not None and model.remote is None
+    if trie is None:
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    elif local:
+        inputs = model.inputs(trie.ids, trie.mask, trie.positions)
+    parents, dtype, positions = (trie.parents, trie.dtype, trie.positions) if trie is not None else (None, None, None)
+    served = trie is not None and not local  # plain data only below: a trie batch holds a lock (its cached mask)
+    del trie
     with torch.inference_mode(), lm.session(**trace_kwargs(model)) as session:
+        if served:  # the mask built on the server from the tries' parents, as the evaluation's is
+            inputs = {"input_ids": ids, "attention_mask": attention_mask(parents, dtype), "position_ids": positions}
         with lm.trace(inputs) as tracer:
+            if keep:
+                lower = resolve_path(lm, path)[layer - 1].output
             plain = block_hidden(resolve_path(lm, path)[layer].output).clone()
             tracer.stop()
         with lm.trace(inputs) as tracer:
@@ -165,4 +196,6 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, uni
         total.save()
         count.save()
         along.save()
-    return outcome(model, session, lambda: {"total": total, "count": count, "along": along})
+        if keep:
+            lower.save()
+    return outcome(model, session, lambda: {"total": total, "count": count, "along": along, **({"lower": lower} if keep else {})})

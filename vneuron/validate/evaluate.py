@@ -141,6 +141,10 @@ class LowerLayers:
         self.prepared: dict[tuple, list] = {}  # the packed batches of a pair list, built once
         self.hits = self.misses = 0
 
+    def put(self, key: tuple, hidden) -> None:
+        """Keep the input of a layer for a batch, computed on the way by another pass (``directions.edit_sizes``)."""
+        self.saved.setdefault(key, hidden)
+
     def get(self, model: LoadedModel, key: tuple, t, layer: int) -> torch.Tensor:
         if key not in self.saved:
             self.misses += 1
@@ -173,17 +177,24 @@ def _prepare_tries(model: LoadedModel, encoded, batch_tokens: int) -> list[tuple
     return prepared
 
 
+def tries_for(model: LoadedModel, pairs, encoded, batch_tokens: int, reuse: "LowerLayers | None" = None) -> tuple[tuple | None, list]:
+    """The packed batches of tries of a pair list — (batch tensors, head chunks, pairs in it) each — and the key a
+    ``LowerLayers`` store keeps them and their lower layers under (built once per store)."""
+    key = (hash(tuple(pairs)), batch_tokens) if reuse is not None else None
+    prepared = reuse.prepared.get(key) if reuse is not None else None
+    if prepared is None:
+        prepared = _prepare_tries(model, encoded, batch_tokens)
+        if reuse is not None:
+            reuse.prepared[key] = prepared
+    return key, prepared
+
+
 def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
     post = model.arch.post(model.lm.config)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
     low = min((step[0] for step in steps), default=0)
-    pairs_key = (hash(tuple(pairs)), batch_tokens) if reuse is not None else None
-    prepared = reuse.prepared.get(pairs_key) if reuse is not None else None
-    if prepared is None:
-        prepared = _prepare_tries(model, encoded, batch_tokens)
-        if reuse is not None:
-            reuse.prepared[pairs_key] = prepared
+    pairs_key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
     if reuse is not None and (low == 0 or model.remote is not None):
         reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
     done = 0

@@ -20,7 +20,8 @@ from vneuron.runtime.budget import MB, Work, dtype_bytes
 from vneuron.runtime.precision import storage
 from vneuron.runtime.tokens import pad_id
 from vneuron.validate.edits import plan
-from vneuron.validate.evaluate import CPU_BATCH_TOKENS, encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors
+from vneuron.validate.evaluate import (CPU_BATCH_TOKENS, encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors,
+                                       tries_supported)
 from vneuron.validate.items import items_for
 from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
 from vneuron.validate.study import edit_for, model_for, prepare_study
@@ -37,10 +38,10 @@ def _server_mb(model, tokens: int, width: int, scored: int, dtype: str) -> float
     return (activations + mask + logits) / MB
 
 
-def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str, pairs=None):
+def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: str, pairs=None, template=None):
     """Per evaluation of ``items`` (or of continuation ``pairs``) under one edit set: batches and their counts
     (bytes_up: the batches' tensors, ``evaluate.sent_tensors``; the edit's own tensors are added per request by the caller)."""
-    encoded = encode_pairs(model, forced_choice_pairs(items, choice) if pairs is None else pairs)
+    encoded = encode_pairs(model, forced_choice_pairs(items, choice, template=template) if pairs is None else pairs)
     first = None
     per_set, lower, peak = Work(), Work(), 0.0
     for batch in row_batches(pack(encoded), batch_tokens):
@@ -143,7 +144,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         neurons = run.sets[pole] if config.top_k is None else run.sets[pole].top(config.top_k)
         low = int(neurons.layers.min()) if len(neurons) else 0
         per_set, lower, mb, first = _eval_plan(loaded, items, config.choice, loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS),
-                                               low, dtype)
+                                               low, dtype, template=config.template)
         peak = max(peak, mb)
         key = tuple(i.id for i in items)
         baseline = 0 if (kind == "ablate" and key in seen) else 1
@@ -276,7 +277,7 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
             ids = tuple(i.id for i in items)
             if toward == pole and ids == key or not items:
                 continue
-            per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, bottom, dtype)
+            per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, bottom, dtype, template=config.template)
             if ids not in seen and layer_of is None:
                 seen.add(ids)
                 unedited = Work(**{**asdict(per_set), "layer_tokens": per_set.tokens * loaded.n_layers})
@@ -312,14 +313,19 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
         except VneuronError:
             continue  # the study notes it and goes on
         items = items_for(study.evaluation.items, pole, config.limit)
-        sizes = Work()
-        for part in batches(encode_pairs(loaded, forced_choice_pairs(items, config.choice, template=config.template)), batch):
-            n = int(pack_rows(part, pad_id(loaded.tokenizer), left=True)[0].numel())
-            sizes.add(Work(forwards=2, requests=1, tokens=2 * n, layer_tokens=2 * n * (layer + 1)))
-        per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer, dtype)
+        encoded = encode_pairs(loaded, forced_choice_pairs(items, config.choice, template=config.template))
+        per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer, dtype, template=config.template)
+        sizes, kept = Work(), tries_supported(loaded, encoded) and layer > 0 and loaded.remote is None
+        if tries_supported(loaded, encoded):  # the pair of passes over the evaluation's tries; the unedited one keeps L's input
+            sizes = Work(forwards=2 * per_set.forwards, requests=per_set.forwards, tokens=2 * per_set.tokens,
+                         layer_tokens=2 * per_set.tokens * (layer + 1))
+        else:
+            for part in batches(encoded, batch):
+                n = int(pack_rows(part, pad_id(loaded.tokenizer), left=True)[0].numel())
+                sizes.add(Work(forwards=2, requests=1, tokens=2 * n, layer_tokens=2 * n * (layer + 1)))
         for bound, controls in ((low, least), (high, most)):
             bound.add(_scaled(sizes, len(edited)))
-            if edited:
+            if edited and not kept:
                 bound.add(lower)
             bound.add(_scaled(per_set, len(edited) * arms * (1 + controls)))
             if side_per_set is not None:

@@ -36,6 +36,7 @@ class Row:
     depth: list[int] = field(default_factory=list)
     children: dict[tuple[int, int], int] = field(default_factory=dict)  # (parent node, token) → node
     scored: list[tuple[int, int, int]] = field(default_factory=list)  # (predicting node, target token, pair)
+    counted: list[int] = field(default_factory=list)  # the node of each counted token of each pair (a shared node: once a pair)
 
     def new_nodes(self, ids: Sequence[int]) -> int:
         node = -1
@@ -61,6 +62,7 @@ class Row:
         for j in range(1, len(e.ids)):  # the token at j is predicted by the node at j - 1
             if e.counted[j]:
                 self.scored.append((path[j - 1], e.ids[j], pair))
+        self.counted.extend(node for node, counted in zip(path, e.counted) if counted)
 
 
 def pack(encoded: Sequence[Encoded], row_tokens: int = ROW_TOKENS) -> list[Row]:
@@ -91,6 +93,7 @@ class Batch:
     targets: torch.Tensor  # [S] scored tokens
     node_of: torch.Tensor  # [S] which of the N nodes predicts each
     pairs: torch.Tensor  # [S] the pair each scored token belongs to
+    counted: torch.Tensor | None = None  # [B, T] float64: how many pairs count each node's token (0: none, padding)
 
     @property
     def tokens(self) -> int:
@@ -116,12 +119,15 @@ def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
     positions = torch.zeros((len(batch), width), dtype=torch.long)
     parents = torch.full((len(batch), width), -1, dtype=torch.long)  # padding: a root that sees only itself
     nodes: dict[tuple[int, int], int] = {}
+    counted = torch.zeros((len(batch), width), dtype=torch.float64)
     targets, node_of, pairs = [], [], []
     for b, row in enumerate(batch):
         n = len(row.ids)
         ids[b, :n] = torch.tensor(row.ids)
         positions[b, :n] = torch.tensor(row.depth)
         parents[b, :n] = torch.tensor(row.parent)
+        if row.counted:
+            counted[b].index_add_(0, torch.tensor(row.counted, dtype=torch.long), torch.ones(len(row.counted), dtype=torch.float64))
         for node, target, pair in row.scored:
             targets.append(target)
             node_of.append(nodes.setdefault((b, node), len(nodes)))
@@ -129,7 +135,7 @@ def tensors(batch: list[Row], pad: int, dtype: torch.dtype) -> Batch:
     where = torch.tensor(list(nodes), dtype=torch.long).reshape(-1, 2)
     order = torch.argsort(torch.tensor(node_of, dtype=torch.long), stable=True)  # head chunks take contiguous runs
     return Batch(ids, positions, parents, dtype, where[:, 0], where[:, 1], torch.tensor(targets, dtype=torch.long)[order],
-                 torch.tensor(node_of, dtype=torch.long)[order], torch.tensor(pairs, dtype=torch.long)[order])
+                 torch.tensor(node_of, dtype=torch.long)[order], torch.tensor(pairs, dtype=torch.long)[order], counted)
 
 
 def attention_mask(parents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
