@@ -89,8 +89,10 @@ class Arms:
         that of projecting out each direction of ``projected`` (``edit_sizes``: one pair of passes, whose unedited one
         leaves the layer's input for every arm and random direction that follows)."""
         cfg = self.config
+        stage = f"{pole}: direction baselines, the neuron edit's size at layer {layer} (batches)"
         return edit_sizes(self.study.loaded, items, edit, layer, projected, choice=cfg.choice, template=cfg.template,
-                          batch_tokens=self.batch, reuse=self.reuse.setdefault(pole, LowerLayers()))
+                          batch_tokens=self.batch, reuse=self.reuse.setdefault(pole, LowerLayers()),
+                          progress=lambda d, t: self.say(stage, d, t))
 
     def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""

@@ -113,7 +113,7 @@ def matched_alpha(model: LoadedModel, items: Sequence[Item], neuron_edit, layer:
 
 def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: int, projected: Sequence[torch.Tensor] = (), *,
                choice: str = "listed", template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024,
-               reuse: LowerLayers | None = None, shared_prefix: bool = True) -> list[float]:
+               reuse: LowerLayers | None = None, shared_prefix: bool = True, progress=None) -> list[float]:
     """``matched_alpha`` of ``neuron_edit``, then the size of projecting out each direction of ``projected`` at
     ``layer`` (the mean |h_L·d̂| over the same tokens: the norm of the change x ← x − (x·d̂)d̂ makes), read from the
     same unedited pass, so the direction baselines' sizes cost one pair of passes up to block L — over the evaluation's
@@ -135,6 +135,8 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
         key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
         keep = reuse is not None and layer > 0 and model.remote is None  # what LowerLayers would compute next
         for index, (t, _, _) in enumerate(prepared):
+            if progress:
+                progress(index, len(prepared))
             got = call(model, lambda: _change_norms(model, t.ids, None, t.counted, steps, layer, units, t, keep))
             if keep:
                 reuse.put((key, index, layer), got["lower"])
@@ -142,6 +144,8 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
                                            bytes_down=nbytes(got["total"], got["count"], got["along"]),
                                            bytes_up=nbytes(*sent_tensors(t), t.counted, units, *step_tensors(steps))))
             total, count, along = total + float(got["total"]), count + float(got["count"]), along + got["along"].double()
+        if progress:
+            progress(len(prepared), len(prepared))
         return [total / count, *(along / count).tolist()]
     for batch in batches(encoded, batch_tokens):
         ids, mask, counted = pack(batch, pad_id(model.tokenizer), left=True)
