@@ -94,8 +94,10 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
         assert arm["effect"] == pytest.approx(float((after - base).mean()), abs=1e-12)
         first = forced_choice(model, items, random_direction_edit(d, control_seed(config.seed, 0)), template=template).toward(POLE)
         assert arm["control_effects"][0] == pytest.approx(float((first - base).mean()), abs=1e-12)
-        assert arm["controls_drawn"] == len(arm["control_effects"]) <= config.controls  # never extended beyond --controls
-        assert 1 / (config.controls + 1) <= arm["p_sequential"] <= 1 and arm["controls_max"] == config.controls
+        # as many random directions at most as the neurons drew (at least h): the same resolution on both sides
+        cap = min(config.controls, max(config.stop_after, summary["controls_drawn"]))
+        assert arm["controls_drawn"] == len(arm["control_effects"]) <= cap and arm["controls_max"] == cap
+        assert 1 / (cap + 1) <= arm["p_sequential"] <= 1
         assert arm["size"] == pytest.approx(budget if mode == "add" else matched_alpha(model, items, d, layer, template=template), rel=1e-9)
         own = side_effects.measure(model, neutral, [d])["sets"][0]
         assert arm["side_effects"]["kl"] == pytest.approx(own["kl"], rel=1e-9)
@@ -136,6 +138,13 @@ def test_direction_controls_cap_the_random_directions(located, tmp_path):
         arm = record["directions"]["arms"][name]
         assert arm["controls_max"] == 2 and 1 <= arm["controls_drawn"] <= 2 and arm["p_sequential"] >= 1 / 3
     assert record["controls_max"] == 5
+    # by default each arm draws at most as many as the neurons drew (at least h): here they stop early, and so may the arms
+    matched = ablate(run_dir, _config(controls=8, stop_after=2, side_effects=False, cross_values=False), model=model,
+                     out=tmp_path / "matched").summaries[0]
+    assert 2 <= matched["controls_drawn"] < 8, matched["controls_drawn"]  # the tiny model's null set stops before the cap
+    for name in ("mean_difference", "projected_out"):
+        arm = matched["directions"]["arms"][name]
+        assert arm["controls_max"] == max(2, matched["controls_drawn"]) and arm["controls_drawn"] <= arm["controls_max"]
     with pytest.raises(VneuronError, match="`direction_controls` must be ≥ 0"):
         ValidateConfig(direction_controls=-1).check()
 

@@ -101,6 +101,7 @@ EDIT_MODES: dict[str, EditMode] = {m.name: m for m in (
 )}
 STEER_MODES = tuple(name for name, m in EDIT_MODES.items() if m.dose)  # the edits with a dose γ
 
+DIRECTION_CONTROLS = 9  # the most random directions per arm when they match the neurons' draws (p ≥ 1/10)
 # the direction baselines (vneuron.validate.directions): an edit of the residual stream at one block's output, every position
 DIRECTION_MODES = {
     "add": "x ← x + α·d̂ (α < 0: away from the pole)",
@@ -283,9 +284,10 @@ class ValidateConfig:
     # the direction baselines (vneuron.validate.baselines): the pole's mean-difference direction, budget-matched, beside the neurons
     directions: bool = True  # on when the run has residual means (a run from before them: a note, no baselines)
     direction_layer: int | None = None  # the layer they edit (None: where the pole's mean-difference probe reads it best)
-    # random directions per arm, drawn sequentially like the neuron controls, at most this many (and at most `controls`):
-    # a direction beyond every random one costs them all, so few keep the baselines cheap (p ≥ 1/10 at 9; z reads the size)
-    direction_controls: int = 9
+    # random directions per arm, drawn sequentially like the neuron controls, at most this many (and at most `controls`).
+    # None: as many as the neurons' own value shift drew (at least h, at most DIRECTION_CONTROLS), so each arm is judged
+    # at the neurons' resolution and a null study does not pay for a finer one (a number: that cap, whatever they drew)
+    direction_controls: int | None = None
     # ablate: also project the direction out (x − (x·d̂)d̂), a third arm with its own random directions. Off by default:
     # its size is the residual's own component along d̂, not the neurons' budget, and it costs another arm's controls
     projected_out: bool = False
@@ -334,7 +336,7 @@ class ValidateConfig:
         if self.stop_after < 0:
             raise VneuronError("`stop_after` must be ≥ 0", "0 draws every control; e.g. 3 stops once 3 controls match the located set")
         for name in ("max_controls", "side_controls", "judge_controls", "direction_controls"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise VneuronError(f"`{name}` must be ≥ 0, got {getattr(self, name)}")
         if self.direction_matrix and not (self.directions and self.cross_values):
             raise VneuronError("`direction_matrix` runs the direction baselines on the cross-value matrix's columns, but "

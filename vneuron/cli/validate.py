@@ -77,7 +77,8 @@ DirectionLayerOpt = setting(V, "direction_layer", "--direction-layer", panel=EVA
                                  "probe reads it best).")
 DirectionControlsOpt = setting(V, "direction_controls", "--direction-controls", panel=EVALUATION,
                                help="Random directions per direction baseline (same layer, α and mode), drawn sequentially "
-                                    "like --controls: the most drawn (and at most --controls).")
+                                    "like --controls: the most drawn (and at most --controls). Default: as many as the "
+                                    "neurons' value shift drew (at least --stop-after, at most 9).")
 FirstDatasetOpt = setting(LocateConfig, "dataset", "--dataset", "-d", panel=DATA, help="Corpus for locating first (no RUN_DIR).")
 FirstLanguageOpt = setting(LocateConfig, "language", "--language", panel=DATA, help="Corpus language when locating first.")
 
@@ -101,7 +102,7 @@ STUDY_OPTIONS = {
     "judge_controls": (int, JudgeControlsOpt),
     "directions": (bool, DirectionsOpt),
     "direction_layer": (Optional[int], DirectionLayerOpt),
-    "direction_controls": (int, DirectionControlsOpt),
+    "direction_controls": (Optional[int], DirectionControlsOpt),
     "split": (str, SplitOpt),
     "limit": (Optional[int], LimitOpt),
     "seed": (int, SeedOpt),

@@ -11,9 +11,9 @@ mean-difference probe reads it best), on the same items, against the same unedit
   measured the same way but set by the residual stream, not the neurons' budget (on Gemma-3-270M ≈ 60× it), so it is
   a damage test rather than a same-budget comparison, and off by default: it would double the baselines' cost;
 * each arm against random unit directions of the same layer, α and mode (``random_direction_edit``), drawn one at a
-  time with the value shift's Besag–Clifford rule, at most ``direction_controls`` (and ``controls``; never extended to
-  ``max_controls``): a direction beyond every random one costs them all, so few keep the baselines within a third of
-  an ablation's time;
+  time with the value shift's Besag–Clifford rule, at most as many as the neurons' value shift drew (at least h, at
+  most ``DIRECTION_CONTROLS``; ``direction_controls``: a fixed cap), so each arm is judged at the neurons' resolution:
+  a null study, whose neurons stop after h controls, does not pay for a finer test of its directions;
 * side effects of the arm's edit itself (KL/position, perplexity ×, task ΔP) on the neutral corpus, reusing the study's
   unedited references, so that "moves values more per unit of damage" can be read beside the neurons' row.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
+from vneuron.config import DIRECTION_CONTROLS
 from vneuron.errors import VneuronError
 from vneuron.runtime import budget
 from vneuron.locate.runs import LocateRun
@@ -65,7 +66,10 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     if config.direction_layer is not None:
         check_layer(run, config.direction_layer)
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
-            "controls_max": min(config.controls, config.direction_controls), "matrix": bool(config.direction_matrix),
+            "controls_max": (min(config.controls, config.direction_controls) if config.direction_controls is not None else
+                             f"as many as the neurons drew (at least {config.stop_after}, at most "
+                             f"{min(config.controls, DIRECTION_CONTROLS)})"),
+            "matrix": bool(config.direction_matrix),
             "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
                      **({"projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"} if config.projected_out else {})}}
 
@@ -76,10 +80,19 @@ class Arms:
 
     def __init__(self, study, beside, say: Callable[[str, int, int], None]):
         self.study, self.beside, self.say = study, beside, say
-        most = min(study.config.controls, study.config.direction_controls)  # never extended to `max_controls`
-        self.config = replace(study.config, controls=most, max_controls=most)
+        cap = study.config.direction_controls
+        self.most = min(study.config.controls, DIRECTION_CONTROLS if cap is None else cap)  # never extended to `max_controls`
+        self.config = replace(study.config, controls=self.most, max_controls=self.most)
         self.batch = study.loaded.batch_tokens(study.config.batch_tokens, CPU_BATCH_TOKENS)
         self.reuse: dict[str, LowerLayers] = {}  # per pole: every arm, control and γ edits the same layer
+
+    def cap(self, summary: dict) -> int:
+        """Random directions an arm may draw: a fixed ``direction_controls``, else as many as the neurons drew (the
+        value shift's, at this γ) — at least h, so the first round is the rule's — at most ``self.most``."""
+        cfg = self.study.config
+        if cfg.direction_controls is not None or cfg.stop_after <= 0:
+            return self.most
+        return min(self.most, max(cfg.stop_after, int(summary.get("controls_drawn") or self.most)))
 
     def layer(self, pole: str) -> int:
         return direction_layer(self.study.run, pole, self.study.config.direction_layer)
@@ -125,7 +138,7 @@ class Arms:
                 out["arms"][name] = {"mode": "add", "alpha": 0.0, "size": 0.0,
                                      "note": f"the neuron edit leaves layer {layer} unchanged: α = 0"}
                 continue
-            measured[name], own = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ")
+            measured[name], own = self._arm(pole, items, base, edits[name], tails[name], f"{prefix}{name} ", self.cap(summary))
             size = abs(edits[name].alpha) if name == "mean_difference" else removed_size[0]
             out["arms"][name] = {"mode": "project" if edits[name].project else "add", "alpha": edits[name].alpha, "size": size,
                                  **measured[name]}
@@ -154,10 +167,10 @@ class Arms:
                                     memo=lambda column, f: memo(f"matrix {name} {column}", f))
         return {k: row[k] for k in ("own", "cells", "strongest", "own_moves_most", "leakage")}
 
-    def _arm(self, pole, items, base, edit, tail: str, prefix: str) -> tuple[dict[str, Any], tuple]:
-        """One arm's value shift against its random directions (sequential), summarized as the neurons' is; and its own
-        column for the matrix (item ids, base, located, controls)."""
-        cfg, loaded = self.config, self.study.loaded
+    def _arm(self, pole, items, base, edit, tail: str, prefix: str, cap: int) -> tuple[dict[str, Any], tuple]:
+        """One arm's value shift against at most ``cap`` random directions (sequential), summarized as the neurons' is;
+        and its own column for the matrix (item ids, base, located, controls)."""
+        cfg, loaded = replace(self.config, controls=cap, max_controls=cap), self.study.loaded
         stage = f"{prefix.strip()} and random directions (sets; up to {cfg.controls}, sequential)"
         reuse = self.reuse.setdefault(pole, LowerLayers())
         located, controls, rule = sequential_controls(loaded, items, pole, base, edit,

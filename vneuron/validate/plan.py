@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vneuron.config import DIRECTION_CONTROLS
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import text_config
 from vneuron.runtime.budget import MB, Work, dtype_bytes
@@ -293,7 +294,8 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
 
 def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str, side_per_set: Work | None) -> dict[str, tuple]:
     """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget's pair of passes up to
-    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls``)
+    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls`` or
+    ``DIRECTION_CONTROLS``)
     above the layer's input saved once a pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
     A γ whose neuron edit changes nothing (scale 1, add 0) runs no arm; a pole without a direction is left out."""
     if not study.baselines.get("on"):
@@ -303,7 +305,7 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
 
     arms = (2 if config.projected_out else 1) if kind == "ablate" else 1
     edited = [g for g in points if kind == "ablate" or not ((config.mode == "scale" and g == 1) or (config.mode == "add" and g == 0))]
-    most = min(config.controls, config.direction_controls)
+    most = min(config.controls, DIRECTION_CONTROLS if config.direction_controls is None else config.direction_controls)
     least = min(config.stop_after, most) if config.stop_after > 0 else most
     batch = loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
     low, high, layers = Work(), Work(), {}
