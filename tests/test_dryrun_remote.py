@@ -73,8 +73,12 @@ def test_validation_plan_predicts_the_remote_requests_and_bytes(tmp_path, tiny_d
         for key in ("requests", "forwards", "bytes_up", "bytes_down"):
             assert plan["least"][key] == plan["most"][key] == work[key], (kind, key, plan["least"][key], work[key])
         assert "note" not in plan
-    with_directions = validation_plan(run, replace(config, directions=True), "ablate", model=simulated)
-    assert with_directions["note"] == "the direction baselines (--no-directions skips them) are not in the estimate"
+    # the direction baselines are a stage of the plan: with every random direction drawn, its work is exact
+    on = replace(config, directions=True)
+    stage = validation_plan(run, on, "ablate", model=simulated)["stages"]["direction baselines"]
+    done = ablate(run, on, model=simulated, out=tmp_path / "directions").manifest["timings"]["stages"]["direction baselines"]["work"]
+    for key in ("forwards", "tokens", "layer_tokens", "head_positions"):
+        assert stage["least"][key] == stage["most"][key] == done[key], (key, stage["least"][key], done[key])
 
 
 def test_a_request_deadline_grows_with_its_result(tiny_model, monkeypatch):
