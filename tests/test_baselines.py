@@ -115,6 +115,9 @@ def test_the_ablation_table_is_recomputed_by_direct_calls(located, tmp_path):
     assert float(rows[1]["alpha"]) == pytest.approx(-budget, abs=1e-6)
     text = _fits_80(directions_table(result))
     assert all(f"{arms[name]['effect']:+.3f}" in text for name in arms)
+    # without the direction matrix the caption carries the neurons' leakage and says how to get the arms'
+    caption = " ".join(directions_table(result).caption.split())
+    assert f"neurons {arms['neurons']['leakage']:.2f}" in caption and "(a direction's: --direction-matrix)" in caption
     title, columns, cells, note = report_table(manifest, "manifest.json")
     assert len(cells) == 3 and cells[1][1] == "mean diff" and "results[].directions" in note
     report = build_report([result.run_dir], out=tmp_path / "report.html")
@@ -299,6 +302,7 @@ def test_a_direction_arm_on_the_matrix_has_its_own_leakage(located, tmp_path):
     rows = {r["arm"]: r for r in csv.DictReader(open(result.run_dir / "directions.csv"))}
     assert float(rows["mean_difference"]["leakage"]) == pytest.approx(arm["leakage"], abs=1e-6)
     assert "mean diff" in directions_table(result).caption and f"{arm['leakage']:.2f}" in directions_table(result).caption
+    assert "--direction-matrix" not in directions_table(result).caption
     quick = ["--controls", "1", "--split", "all", "--limit", "2", "--dimension", POLE, "-q"]
     bad = runner.invoke(app, ["ablate", str(run_dir), "--direction-matrix", "--no-cross-values", "--out", str(tmp_path / "x"), *quick])
     assert bad.exit_code == 2 and "--direction-matrix runs the direction baselines on the cross-value matrix's columns, but the " \

@@ -105,11 +105,14 @@ def report_table(manifest: dict, source: str) -> tuple[str, list[str], list[list
 
 
 def arm_leakage(rows: list[tuple[str, dict, dict]]) -> str:
-    """Each arm's leakage ratio per pole where a direction arm has one (``direction_matrix``): "" otherwise."""
-    if not any(row["leakage"] != "" and row["arm"] != "neurons" for _, row, _ in rows):
+    """Each arm's leakage ratio per pole where one has it (the neurons' from the matrix; a direction arm's with
+    ``direction_matrix``, else a dash and how to get it): "" without any."""
+    if not any(row["leakage"] != "" for _, row, _ in rows):
         return ""
+    hint = "" if any(row["leakage"] != "" and row["arm"] != "neurons" for _, row, _ in rows) else \
+        " (a direction's: --direction-matrix)"
     return "; ".join(f"{SHORT.get(row['dimension'], row['dimension'][:12])} {SHORT_ARMS[row['arm']]} {_f(row['leakage'], '.2f')}"
-                     for _, row, _ in rows)
+                     for _, row, _ in rows) + hint
 
 
 def leakage_text(summaries: list[dict]) -> str:
