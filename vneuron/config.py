@@ -298,6 +298,11 @@ class ValidateConfig:
     def __post_init__(self) -> None:
         self.batch_tokens = _tokens(self.batch_tokens)
 
+    @property
+    def direction_controls_max(self) -> int:
+        """The most random directions an arm may draw (``direction_controls``, else ``DIRECTION_CONTROLS``; ≤ ``controls``)."""
+        return min(self.controls, DIRECTION_CONTROLS if self.direction_controls is None else self.direction_controls)
+
     def check_ablation(self) -> "ValidateConfig":
         """An ablation with a dosed edit needs its dose (steer sets γ per point of its sweep)."""
         if check_edit_mode(self.mode).dose and self.gamma is None:

@@ -12,7 +12,7 @@ mean-difference probe reads it best), on the same items, against the same unedit
   a damage test rather than a same-budget comparison, and off by default: it would double the baselines' cost;
 * each arm against random unit directions of the same layer, α and mode (``random_direction_edit``), drawn one at a
   time with the value shift's Besag–Clifford rule, at most as many as the neurons' value shift drew (at least h, at
-  most ``DIRECTION_CONTROLS``; ``direction_controls``: a fixed cap), so each arm is judged at the neurons' resolution:
+  most ``direction_controls_max``; a set ``direction_controls``: a fixed cap), so each arm is judged at the neurons' resolution:
   a null study, whose neurons stop after h controls, does not pay for a finer test of its directions;
 * side effects of the arm's edit itself (KL/position, perplexity ×, task ΔP) on the neutral corpus, reusing the study's
   unedited references, so that "moves values more per unit of damage" can be read beside the neurons' row.
@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from vneuron.config import DIRECTION_CONTROLS
 from vneuron.errors import VneuronError
 from vneuron.runtime import budget
 from vneuron.locate.runs import LocateRun
@@ -66,9 +65,8 @@ def check_directions(run: LocateRun, config) -> dict[str, Any]:
     if config.direction_layer is not None:
         check_layer(run, config.direction_layer)
     return {"on": True, "layer": config.direction_layer if config.direction_layer is not None else "probe peak",
-            "controls_max": (min(config.controls, config.direction_controls) if config.direction_controls is not None else
-                             f"as many as the neurons drew (at least {config.stop_after}, at most "
-                             f"{min(config.controls, DIRECTION_CONTROLS)})"),
+            "controls_max": (config.direction_controls_max if config.direction_controls is not None else
+                             f"as many as the neurons drew (at least {config.stop_after}, at most {config.direction_controls_max})"),
             "matrix": bool(config.direction_matrix),
             "arms": {"mean_difference": "x ← x ∓ α·d̂_L, α matched to the neuron edit",
                      **({"projected_out": "x ← x − (x·d̂_L)·d̂_L (ablate only)"} if config.projected_out else {})}}
@@ -80,8 +78,7 @@ class Arms:
 
     def __init__(self, study, beside, say: Callable[[str, int, int], None]):
         self.study, self.beside, self.say = study, beside, say
-        cap = study.config.direction_controls
-        self.most = min(study.config.controls, DIRECTION_CONTROLS if cap is None else cap)  # never extended to `max_controls`
+        self.most = study.config.direction_controls_max  # never extended to `max_controls`
         self.config = replace(study.config, controls=self.most, max_controls=self.most)
         self.batch = study.loaded.batch_tokens(study.config.batch_tokens, CPU_BATCH_TOKENS)
         self.reuse: dict[str, LowerLayers] = {}  # per pole: every arm, control and γ edits the same layer

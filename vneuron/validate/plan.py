@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from vneuron.config import DIRECTION_CONTROLS
 from vneuron.errors import VneuronError
 from vneuron.models.architectures import text_config
 from vneuron.runtime.budget import MB, Work, dtype_bytes
@@ -179,7 +178,7 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
     stages = {"value shift": (least, most), **_side_stage(loaded, config, all_items, len(points) * len(study.poles)),
               **(_matrix_stage(loaded, config, study, keys, dtype, (low_h, high_h)) if kind == "ablate" else {})}
-    stages.update(_direction_stage(loaded, config, study, kind, points, dtype,
+    stages.update(_direction_stage(loaded, config, study, kind, points, dtype, keys,
                                    stages["side effects"][2] if "side effects" in stages else None))
     out["stages"] = {name: {"least": v[0].report(), "most": v[1].report()} for name, v in stages.items()}
     if calibration is not None:
@@ -292,10 +291,10 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
     return {"cross-value matrix": (low, high)}
 
 
-def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str, side_per_set: Work | None) -> dict[str, tuple]:
+def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str, keys: list[tuple],
+                     side_per_set: Work | None) -> dict[str, tuple]:
     """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget's pair of passes up to
-    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls`` or
-    ``DIRECTION_CONTROLS``)
+    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls_max``)
     above the layer's input saved once a pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
     A γ whose neuron edit changes nothing (scale 1, add 0) runs no arm; a pole without a direction is left out."""
     if not study.baselines.get("on"):
@@ -305,7 +304,7 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
 
     arms = (2 if config.projected_out else 1) if kind == "ablate" else 1
     edited = [g for g in points if kind == "ablate" or not ((config.mode == "scale" and g == 1) or (config.mode == "add" and g == 0))]
-    most = min(config.controls, DIRECTION_CONTROLS if config.direction_controls is None else config.direction_controls)
+    most = config.direction_controls_max
     least = min(config.stop_after, most) if config.stop_after > 0 else most
     batch = loaded.batch_tokens(config.batch_tokens, CPU_BATCH_TOKENS)
     low, high, layers = Work(), Work(), {}
@@ -317,8 +316,9 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
         items = items_for(study.evaluation.items, pole, config.limit)
         encoded = encode_pairs(loaded, forced_choice_pairs(items, config.choice, template=config.template))
         per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer, dtype, template=config.template)
-        sizes, kept = Work(), tries_supported(loaded, encoded) and layer > 0 and loaded.remote is None
-        if tries_supported(loaded, encoded):  # the pair of passes over the evaluation's tries; the unedited one keeps L's input
+        tries = tries_supported(loaded, encoded)
+        sizes, kept = Work(), tries and layer > 0 and loaded.remote is None
+        if tries:  # the pair of passes over the evaluation's tries; the unedited one keeps L's input
             sizes = Work(forwards=2 * per_set.forwards, requests=per_set.forwards, tokens=2 * per_set.tokens,
                          layer_tokens=2 * per_set.tokens * (layer + 1))
         else:
@@ -333,7 +333,6 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
             if side_per_set is not None:
                 bound.add(_scaled(side_per_set, len(edited) * arms))
     if kind == "ablate" and config.direction_matrix:
-        keys = [tuple(i.id for i in items_for(study.evaluation.items, pole, config.limit)) for pole in study.poles]
         matrix = _matrix_stage(loaded, config, study, keys, dtype, (least, most), layer_of=layers.get)
         for bound, part in zip((low, high), matrix.get("cross-value matrix", ())):
             bound.add(_scaled(part, arms))
