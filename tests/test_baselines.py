@@ -309,3 +309,33 @@ def test_a_direction_arm_on_the_matrix_has_its_own_leakage(located, tmp_path):
         "cross-value matrix is switched off" in bad.stderr, bad.output
     with pytest.raises(VneuronError, match="`direction_matrix` is an ablation's baseline"):
         ValidateConfig(mode="scale", direction_matrix=True).check_steering()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+def test_the_budget_read_on_the_way_equals_its_own_pair_of_passes_bit_for_bit(tiny_dir, tmp_path, monkeypatch, arch):
+    """The budget (α, and the projected-out size) is read by the pole's unedited pass and its value shift's located pass
+    (directions.Readings), so its own pair of passes does not run; the numbers are those of that pair, to the bit (in
+    float32), for ablate and for each γ of a sweep, and where the readings are missing the pair runs."""
+    from vneuron.models.loading import load_model
+    from vneuron.validate.directions import Readings
+
+    torch.set_num_threads(1)
+    model = load_model(str(tiny_dir(arch)), dtype="float32")
+    run_dir = tmp_path / "run"
+    locate(model, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=6), out=run_dir)
+    ablation = _config(controls=2, limit=4, side_controls=2, batch_tokens=64,  # several batches; the matrix reads one's items first
+                       dimensions=[POLE, "self_transcendence"])
+    sweep = _config(mode="scale", controls=2, limit=3, side_effects=False, cross_values=False, batch_tokens=64)
+    runs = {}
+    for way in ("read", "passes"):
+        if way == "passes":
+            monkeypatch.setattr(Readings, "sizes", lambda self, *a, **k: None)
+        runs[way] = (ablate(run_dir, ablation, model=model, out=tmp_path / f"ablate-{way}"),
+                     steer(run_dir, [0.0, 2.0], sweep, model=model, out=tmp_path / f"steer-{way}"))
+    for read, passes in zip(*runs.values()):
+        assert json.dumps(read.summaries, sort_keys=True) == json.dumps(passes.summaries, sort_keys=True)
+        forwards = [r.manifest["timings"]["stages"]["direction baselines"]["work"]["forwards"] for r in (read, passes)]
+        assert forwards[0] < forwards[1]  # the pair of passes is gone
+    budgets = [p["directions"]["budget"] for p in runs["read"][1].summaries[0]["curve"]]
+    assert budgets[0] > 0 and budgets[1] > 0 and budgets[0] != budgets[1]  # each γ read afresh
+    assert all(s["directions"]["budget"] > 0 for s in runs["read"][0].summaries)

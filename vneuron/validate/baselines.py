@@ -32,8 +32,9 @@ from vneuron.runtime import budget
 from vneuron.locate.runs import LocateRun
 from vneuron.validate import side_effects
 from vneuron.validate.controls import control_seed, sequential_controls, summarize
-from vneuron.validate.directions import check_layer, direction_edit, direction_layer, edit_sizes, random_direction_edit
+from vneuron.validate.directions import Readings, check_layer, direction_edit, direction_layer, edit_sizes, random_direction_edit
 from vneuron.validate.evaluate import CPU_BATCH_TOKENS, LowerLayers
+from vneuron.validate.items import items_for
 
 ARMS = {"neurons": "neurons", "mean_difference": "mean-difference direction", "projected_out": "projected-out direction"}
 KEPT = ("effect", "effect_ci", "after", "controls", "control_effect", "control_sd", "effect_minus_control",
@@ -82,6 +83,15 @@ class Arms:
         self.config = replace(study.config, controls=self.most, max_controls=self.most)
         self.batch = study.loaded.batch_tokens(study.config.batch_tokens, CPU_BATCH_TOKENS)
         self.reuse: dict[str, LowerLayers] = {}  # per pole: every arm, control and γ edits the same layer
+        self.readings: dict[str, Readings] = {}  # per pole: the budget, read by the study's own passes on the way
+        if study.loaded.remote is None:
+            for pole in study.poles:
+                try:
+                    layer = self.layer(pole)
+                except VneuronError:  # no probe peak: the pole's arms say so when they run
+                    continue
+                self.readings[pole] = Readings(layer)
+                beside.unedited.reads[tuple(i.id for i in items_for(study.items, pole, study.config.limit))] = self.readings[pole]
 
     def cap(self, summary: dict) -> int:
         """Random directions an arm may draw: a fixed ``direction_controls``, else as many as the neurons drew (the
@@ -96,18 +106,21 @@ class Arms:
 
     def sizes(self, pole: str, items, edit, layer: int, projected) -> list[float]:
         """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens, then
-        that of projecting out each direction of ``projected`` (``edit_sizes``: one pair of passes, whose unedited one
-        leaves the layer's input for every arm and random direction that follows)."""
+        that of projecting out each direction of ``projected`` (``edit_sizes``: read on the way by the pole's unedited
+        and located passes where it can, else one pair of passes; either leaves the layer's input for every arm and
+        random direction that follows)."""
         cfg = self.config
         stage = f"{pole}: direction baselines, the neuron edit's size at layer {layer} (batches)"
         return edit_sizes(self.study.loaded, items, edit, layer, projected, choice=cfg.choice, template=cfg.template,
                           batch_tokens=self.batch, reuse=self.reuse.setdefault(pole, LowerLayers()),
-                          progress=lambda d, t: self.say(stage, d, t))
+                          progress=lambda d, t: self.say(stage, d, t), readings=self.readings.get(pole))
 
     def ablate(self, pole: str, items, base, edit, tail: str, summary: dict) -> dict[str, Any]:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
         names = ("mean_difference", "projected_out") if self.study.config.projected_out else ("mean_difference",)
-        return self._arms(pole, items, base, edit, tail, summary, names, f"{pole}: direction ")
+        out = self._arms(pole, items, base, edit, tail, summary, names, f"{pole}: direction ")
+        self.readings.pop(pole, None)  # one edit a pole: its readings are spent
+        return out
 
     def steer(self, pole: str, items, base, edit, tail: str, summary: dict, gamma: float) -> dict[str, Any]:
         """The mean-difference arm at one γ of a sweep, its α matched to that γ's neuron edit."""

@@ -99,18 +99,21 @@ def computed(name: str, compute):
 
 @budget.stage("value shift")
 def sequential_controls(loaded, items, pole: str, base, edit, control_edit, tail: str, config: ValidateConfig, reuse, progress,
-                        memo=computed):
+                        memo=computed, reads=None):
     """The located set and its first controls in one go, then controls one at a time until the
     sequential rule (Besag–Clifford) stops: returns P toward the pole after the located edit, per
     control, and the rule (its report says how many were drawn and why it stopped). ``progress``
     counts edit sets against the most the rule may still draw, so its ETA is an upper bound.
-    ``memo(name, compute)``: each evaluation (the first sets, then each control) kept as it finishes."""
+    ``memo(name, compute)``: each evaluation (the first sets, then each control) kept as it finishes. ``reads``
+    (``directions.Readings``): what the located set's pass hands to the direction baselines on the way."""
     rule = Sequential(0.0, tail, config.stop_after, config.controls, extend_to=config.max_controls)
     ceiling = lambda: 1 + max(config.controls, len(controls) + (1 if rule.more() else 0))  # noqa: E731
     progress(0, 1 + config.controls)
+    if reads is not None:
+        reads.begin()
     first = memo("first sets", lambda: [r.toward(pole) for r in forced_choice_sets(
         loaded, items, [edit] + [control_edit(n) for n in range(rule.first())], batch_tokens=config.batch_tokens,
-        choice=config.choice, template=config.template, reuse=reuse)])
+        choice=config.choice, template=config.template, reuse=reuse, reads=reads)])
     located = first[0]
     rule.effect = float((located - base).mean())
     controls = list(first[1:])

@@ -113,13 +113,15 @@ def matched_alpha(model: LoadedModel, items: Sequence[Item], neuron_edit, layer:
 
 def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: int, projected: Sequence[torch.Tensor] = (), *,
                choice: str = "listed", template: str | ChoiceTemplate | None = None, batch_tokens: int = 1024,
-               reuse: LowerLayers | None = None, shared_prefix: bool = True, progress=None) -> list[float]:
+               reuse: LowerLayers | None = None, shared_prefix: bool = True, progress=None,
+               readings: "Readings | None" = None) -> list[float]:
     """``matched_alpha`` of ``neuron_edit``, then the size of projecting out each direction of ``projected`` at
     ``layer`` (the mean |h_L·d̂| over the same tokens: the norm of the change x ← x − (x·d̂)d̂ makes), read from the
     same unedited pass, so the direction baselines' sizes cost one pair of passes up to block L — over the evaluation's
     own token tries (each shared token once, weighted by the pairs that count it), whose unedited pass also leaves the
     input of block L in ``reuse`` for the direction edits that follow. ``shared_prefix=False``: one padded row per pair
-    (the reference path; also where tries cannot run, as in ``continuation_logprobs``)."""
+    (the reference path; also where tries cannot run, as in ``continuation_logprobs``). ``readings``: the same sums
+    taken on the way by the study's own passes (``Readings``): used, with no pass of its own, where they are whole."""
     if not 0 <= layer < model.n_layers:
         raise VneuronError(f"Direction layer {layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
                            f"pass a layer from 0 to {model.n_layers - 1}")
@@ -134,6 +136,12 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
     if shared_prefix and tries_supported(model, encoded):
         key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
         keep = reuse is not None and layer > 0 and model.remote is None  # what LowerLayers would compute next
+        read = readings.sizes(prepared, layer, steps, units) if readings is not None and model.remote is None else None
+        if read is not None:
+            if keep:
+                for index, lower in readings.lower.items():
+                    reuse.put((key, index, layer), lower)
+            return read
         for index, (t, _, _) in enumerate(prepared):
             if progress:
                 progress(index, len(prepared))
@@ -159,6 +167,61 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
         count += float(got["count"])
         along += got["along"].double()
     return [total / count, *(along / count).tolist()]
+
+
+class Readings:
+    """The direction baselines' budget read on the way, so that it costs no pass of its own (local tries): block L's
+    unedited input and output on a pole's evaluation tries, taken by the study's unedited pass over its items
+    (``specificity.Unedited``), and the change the neuron edit makes to that output, taken by its value shift's located
+    pass (``begin`` each value shift). ``sizes`` sums exactly what ``_change_norms`` sums, batch by batch in the same
+    order, so ``edit_sizes`` gives the same bits either way; it is None where a part is missing (a part an interrupted
+    study kept, batches that shrank), and ``edit_sizes`` then runs its pair of passes."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+        self.lower: dict[int, object] = {}  # per batch: block L's unedited input (its raw output of block L − 1)
+        self.plain: dict[int, torch.Tensor] = {}  # per batch: block L's unedited output
+        self.tokens: dict[int, int] = {}
+        self.changes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch: Σ w·‖change‖, Σ w
+
+    def begin(self) -> None:
+        """A value shift starts: its located pass reads the change afresh (steer: one per γ)."""
+        self.changes = {}
+
+    def request(self, steps) -> tuple[int, bool] | None:
+        """An unedited pass reads block L's output and input; an edited one its output, if the unedited one did."""
+        if not steps:
+            return self.layer, self.layer > 0
+        return (self.layer, False) if self.plain else None
+
+    def take(self, index: int, t, steps, lower, output) -> None:
+        if not steps:
+            self.plain[index], self.tokens[index] = output, t.tokens
+            if lower is not None:
+                self.lower[index] = lower
+            return
+        plain = self.plain.get(index)
+        if plain is None or self.tokens[index] != t.tokens:
+            return
+        change = (output.double() - plain.double()).norm(dim=-1)  # as _change_norms
+        w = t.counted.to(change.device)
+        self.changes[index] = ((change * w).sum().cpu(), w.sum().cpu())
+
+    def sizes(self, prepared: list, layer: int, steps, units: torch.Tensor) -> list[float] | None:
+        """``edit_sizes``' numbers from the readings over the batches ``prepared``, or None where they are not whole."""
+        if layer != self.layer or len(self.plain) != len(prepared) or self.layer > 0 and len(self.lower) != len(prepared):
+            return None
+        unchanged = not steps  # the edit has nothing at or below L: h_L is the unedited one
+        if any(self.tokens.get(i) != t.tokens or not unchanged and i not in self.changes for i, (t, _, _) in enumerate(prepared)):
+            return None
+        total, count, along = 0.0, 0.0, torch.zeros(len(units), dtype=torch.float64)
+        for index, (t, _, _) in enumerate(prepared):
+            plain = self.plain[index]
+            w = t.counted.to(plain.device)
+            part, weight = (torch.zeros((), dtype=torch.float64), w.sum().cpu()) if unchanged else self.changes[index]
+            part_along = ((plain.double() @ units.to(plain.device).T).abs() * w[..., None]).sum((0, 1)).cpu()
+            total, count, along = total + float(part), count + float(weight), along + part_along.double()
+        return [total / count, *(along / count).tolist()]
 
 
 def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, units: torch.Tensor, trie=None, keep: bool = False):

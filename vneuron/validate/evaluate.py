@@ -18,6 +18,7 @@ from vneuron.config import CHOICE_FORMATS
 from vneuron.data.schema import Item, Prompt, expresses
 from vneuron.data.templates import ChoiceTemplate, PVQTemplate, choice_template, pvq_template
 from vneuron.errors import VneuronError
+from vneuron.locate.residual import block_hidden
 from vneuron.models.architectures import text_config
 from vneuron.models.loading import LoadedModel
 from vneuron.models.sites import layer_modules, resolve_path
@@ -51,6 +52,7 @@ def continuation_logprobs(
     progress: Callable[[int, int], None] | None = None,
     shared_prefix: bool = True,
     reuse: "LowerLayers | None" = None,
+    reads=None,
 ) -> torch.Tensor:
     """Mean log-probability per token of each continuation after its prefix, under ``edits`` (neuron edits, direction
     edits, or a list mixing both).
@@ -60,6 +62,7 @@ def continuation_logprobs(
     ``reuse``: a ``LowerLayers`` store shared by calls on the same pairs, so the layers below the
     lowest edited one run once for a located set and all its matched controls (local models).
     ``shared_prefix=False``: every pair as its own padded row (the reference path).
+    ``reads``: what wants a block's hidden states as the pass goes by (local tries only; ``read_at`` says which).
     """
     if not pairs:
         return torch.zeros(0)
@@ -67,7 +70,7 @@ def continuation_logprobs(
     steps = plan(model, edits)
     tokens = model.batch_tokens(batch_tokens, CPU_BATCH_TOKENS)
     if shared_prefix and tries_supported(model, encoded):
-        return devices.shrinking(tokens, lambda bt: _logprobs_tries(model, encoded, steps, bt, progress, reuse, pairs),
+        return devices.shrinking(tokens, lambda bt: _logprobs_tries(model, encoded, steps, bt, progress, reuse, pairs, reads),
                                  what="scoring continuations")
     return devices.shrinking(tokens, lambda bt: _padded(model, encoded, steps, bt, progress), what="scoring continuations")
 
@@ -189,7 +192,14 @@ def tries_for(model: LoadedModel, pairs, encoded, batch_tokens: int, reuse: "Low
     return key, prepared
 
 
-def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=()) -> torch.Tensor:
+def read_at(reads, steps) -> tuple[int, bool] | None:
+    """What ``reads`` wants of a pass under ``steps`` (local tries only): None, or (block L, also the input of L). A
+    ``reads`` object answers ``request(steps)`` so, and receives ``take(index, t, steps, lower, output)`` per batch:
+    block L's input (None unless asked) and its output (the residual stream, after the edits up to and within L)."""
+    return reads.request(steps) if reads is not None else None
+
+
+def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=(), reads=None) -> torch.Tensor:
     post = model.arch.post(model.lm.config)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
@@ -197,6 +207,9 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     pairs_key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
     if reuse is not None and (low == 0 or model.remote is not None):
         reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
+    read = read_at(reads, steps) if model.remote is None else None
+    if read is not None and read[0] < low:
+        read = None  # below the edits, where a reused input replaces the blocks
     done = 0
     layers = model.n_layers
     for index, (t, chunks, n_pairs) in enumerate(prepared):
@@ -204,7 +217,10 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
         if model.remote is not None:  # a session, so that the server builds the mask from the trie's parents
             logp = call(model, lambda: _score_session(model, [(t, chunks, n_pairs)], [steps], post))["logp"][0]
         else:
-            logp = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low))["logp"]
+            got = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low, read))
+            logp = got["logp"]
+            if read is not None:
+                reads.take(index, t, steps, got.get("lower"), got["output"])
         budget.current.add(budget.Work(
             forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
             head_positions=len(t.rows), bytes_down=nbytes(logp),
@@ -218,15 +234,16 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
 
 
 def continuation_logprobs_sets(model: LoadedModel, pairs: Sequence[tuple[str, str]], edit_sets: list, *,
-                               batch_tokens: int = 4096, reuse: "LowerLayers | None" = None) -> list[torch.Tensor]:
+                               batch_tokens: int = 4096, reuse: "LowerLayers | None" = None, reads=None) -> list[torch.Tensor]:
     """``continuation_logprobs`` under each of several edit sets (each an Edit, a DirectionEdit, a list of them, or None).
 
     Remote: every set and every batch in one request (one NDIF session), so a located set and its
-    first controls cost one round trip. Local: one set after the other, sharing ``reuse``.
+    first controls cost one round trip. Local: one set after the other, sharing ``reuse``; ``reads`` reads the first.
     """
     encoded = encode_pairs(model, pairs) if pairs else []
     if model.remote is None or not encoded or not tries_supported(model, encoded):
-        return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse) for e in edit_sets]
+        return [continuation_logprobs(model, pairs, e, batch_tokens=batch_tokens, reuse=reuse, reads=reads if not n else None)
+                for n, e in enumerate(edit_sets)]
     prepared = _prepare_tries(model, encoded, model.batch_tokens(batch_tokens, CPU_BATCH_TOKENS))
     steps_list = [plan(model, e) for e in edit_sets]
     values = call(model, lambda: _score_session(model, prepared, steps_list, model.arch.post(model.lm.config)))["logp"]
@@ -274,9 +291,11 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
     return outcome(model, session, lambda: {"logp": logp})
 
 
-def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0):
+def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0, read: tuple[int, bool] | None = None):
     """One request: log-prob of every scored token of a batch of tries (edited by ``steps``);
-    ``below``: the saved input of block ``low``, which replaces the blocks under it."""
+    ``below``: the saved input of block ``low``, which replaces the blocks under it; ``read`` (L, lower): also block
+    L's output after the edits up to and within it (``output``), and with ``lower`` its input (``lower``, unedited
+    passes only: what ``LowerLayers`` keeps)."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     base = resolve_path(lm, model.arch.base)
     head = resolve_path(lm, model.arch.head)
@@ -287,12 +306,22 @@ def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int
         if below is not None:
             for j in range(low):
                 blocks[j].skip(below)
-        apply(lm, steps)
+        if read is None:
+            apply(lm, steps)
+        else:
+            layer, lower_too = read
+            upto = [s for s in steps if s[0] < layer or (s[0] == layer and len(s[1]) != 1)]  # neuron sites of L come first
+            if lower_too:
+                lower = blocks[layer - 1].output.save()
+            apply(lm, upto)
+            output = block_hidden(blocks[layer].output).clone().save()
+            apply(lm, steps[len(upto):])
         final = base.output[0]
         hidden = final[rows.to(final.device), cols.to(final.device)]
         logp = head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets).save()
         tracer.stop()  # the model's own LM head is not needed
-    return outcome(model, tracer, lambda: {"logp": logp})
+    read_out = {} if read is None else {"output": output, **({"lower": lower} if read[1] else {})}
+    return outcome(model, tracer, lambda: {"logp": logp, **read_out})
 
 
 @dataclass
@@ -339,25 +368,25 @@ def forced_choice_pairs(items: Sequence[Item], choice: str = "listed", *,
 
 def forced_choice(model: LoadedModel, items: Sequence[Item], edits=None, *, batch_tokens: int = 4096,
                   progress=None, choice: str = "listed", template: str | ChoiceTemplate | None = None,
-                  reuse: "LowerLayers | None" = None, shared_prefix: bool = True) -> ChoiceResult:
+                  reuse: "LowerLayers | None" = None, shared_prefix: bool = True, reads=None) -> ChoiceResult:
     """Forced choice between each item's two actions by option-text likelihood (listed: both orders)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
     pairs = forced_choice_pairs(items, choice, template=template)
     lp = continuation_logprobs(model, pairs, edits, batch_tokens=batch_tokens, progress=progress, reuse=reuse,
-                               shared_prefix=shared_prefix)
+                               shared_prefix=shared_prefix, reads=reads)
     return _choice_result(items, lp, choice)
 
 
 def forced_choice_sets(model: LoadedModel, items: Sequence[Item], edit_sets: list, *, batch_tokens: int = 4096,
                        choice: str = "listed", template: str | ChoiceTemplate | None = None,
-                       reuse: "LowerLayers | None" = None) -> list[ChoiceResult]:
-    """``forced_choice`` under several edit sets (remote: in one request)."""
+                       reuse: "LowerLayers | None" = None, reads=None) -> list[ChoiceResult]:
+    """``forced_choice`` under several edit sets (remote: in one request; ``reads``: of the first set)."""
     if not items:
         raise VneuronError("No items to evaluate", "check the evaluation split and dimensions")
     pairs = forced_choice_pairs(items, choice, template=template)
     return [_choice_result(items, lp, choice)
-            for lp in continuation_logprobs_sets(model, pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse)]
+            for lp in continuation_logprobs_sets(model, pairs, edit_sets, batch_tokens=batch_tokens, reuse=reuse, reads=reads)]
 
 
 def _choice_result(items, lp: torch.Tensor, choice: str) -> ChoiceResult:

@@ -293,9 +293,10 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
 
 def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str, keys: list[tuple],
                      side_per_set: Work | None) -> dict[str, tuple]:
-    """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget's pair of passes up to
-    layer L (``edit_sizes``), each arm's edit and its random directions (at least h, at most ``direction_controls_max``)
-    above the layer's input saved once a pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
+    """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget (at the least read on the
+    way by the study's own passes, at the most its own pair of passes up to layer L: ``edit_sizes``), each arm's edit
+    and its random directions (at least h, at most ``direction_controls_max``) above the layer's input saved once a
+    pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
     A γ whose neuron edit changes nothing (scale 1, add 0) runs no arm; a pole without a direction is left out."""
     if not study.baselines.get("on"):
         return {}
@@ -325,8 +326,9 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
             for part in batches(encoded, batch):
                 n = int(pack_rows(part, pad_id(loaded.tokenizer), left=True)[0].numel())
                 sizes.add(Work(forwards=2, requests=1, tokens=2 * n, layer_tokens=2 * n * (layer + 1)))
+        read = tries and loaded.remote is None  # at the least, the study's own passes read the budget (``Readings``)
         for bound, controls in ((low, least), (high, most)):
-            bound.add(_scaled(sizes, len(edited)))
+            bound.add(_scaled(sizes, 0 if read and bound is low else len(edited)))
             if edited and not kept:
                 bound.add(lower)
             bound.add(_scaled(per_set, len(edited) * arms * (1 + controls)))

@@ -36,6 +36,7 @@ class Unedited:
     def __init__(self, loaded, config, memo=computed):
         self.loaded, self.config, self.memo = loaded, config, memo
         self.results: dict[tuple, ChoiceResult] = {}
+        self.reads: dict[tuple, object] = {}  # per item list (its ids): what reads its pass on the way (``directions.Readings``)
 
     @budget.stage("value shift")  # inside the matrix's stage, the matrix's
     def __call__(self, items: Sequence[Item], progress=None) -> ChoiceResult:
@@ -47,7 +48,7 @@ class Unedited:
             name = "unedited " + hashlib.sha256("\n".join(map(str, key)).encode()).hexdigest()[:16]
             p_order, logprob = self.memo(name, lambda: _tensors(forced_choice(self.loaded, list(items), batch_tokens=cfg.batch_tokens,
                                                                                choice=cfg.choice, template=cfg.template,
-                                                                               progress=progress)))
+                                                                               progress=progress, reads=self.reads.get(key))))
             self.results[key] = ChoiceResult(list(items), p_order, logprob)
         return self.results[key]
 

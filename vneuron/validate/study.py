@@ -277,7 +277,8 @@ def _ablate_pole(study: Study, pole: str, inventory, beside: Beside, say, arms: 
     stage = f"{pole}: value shift, located {len(neurons)} and random controls (sets; up to {config.controls}, sequential)"
     located, controls, rule = sequential_controls(loaded, items, pole, base, edit, lambda n: study.control(neurons, pole, n), tail,
                                                   config, LowerLayers(), lambda done, total: say(stage, done, total),
-                                                  memo=study.memo(f"{pole}: value shift "))
+                                                  memo=study.memo(f"{pole}: value shift "),
+                                                  reads=arms.readings.get(pole) if arms is not None else None)
     seeds = [control_seed(config.seed, n) for n in range(len(controls))]
     summary = summarize(pole, base, located, controls, items, config, tail)
     summary.update(rule.report())
@@ -357,7 +358,8 @@ def _steer_pole(study: Study, pole: str, gammas: list[float], beside: Beside, sa
         located, ctrl, rule = sequential_controls(loaded, items, pole, base, edit, lambda n: study.control(neurons, pole, n, gamma),
                                                   tail, config, reuse,
                                                   lambda d, t, g=gamma: say(f"{pole}: γ = {g:g}, located and controls (sets)", d, t),
-                                                  memo=study.memo(f"{pole}: γ = {gamma:g}, value shift "))
+                                                  memo=study.memo(f"{pole}: γ = {gamma:g}, value shift "),
+                                                  reads=arms.readings.get(pole) if arms is not None else None)
         say(f"{pole}: γ sweep", g + 1, len(gammas))
         s = summarize(pole, base, located, ctrl, items, replace(config, gamma=gamma), tail)
         s.update(rule.report())
