@@ -317,21 +317,26 @@ def test_the_budget_read_on_the_way_equals_its_own_pair_of_passes_bit_for_bit(ti
     (directions.Readings), so its own pair of passes does not run; the numbers are those of that pair, to the bit (in
     float32), for ablate and for each γ of a sweep, and where the readings are missing the pair runs."""
     from vneuron.models.loading import load_model
+    from vneuron.validate import directions
     from vneuron.validate.directions import Readings
 
     torch.set_num_threads(1)
     model = load_model(str(tiny_dir(arch)), dtype="float32")
     run_dir = tmp_path / "run"
     locate(model, LocateConfig(dataset=str(EXAMPLES / "corpus.jsonl"), split="all", top_k=6), out=run_dir)
-    ablation = _config(controls=2, limit=4, side_controls=2, batch_tokens=64,  # several batches; the matrix reads one's items first
-                       dimensions=[POLE, "self_transcendence"])
+    ablation = _config(controls=2, limit=None, side_controls=2, batch_tokens=64,  # several batches; the matrix reads one's items first;
+                       dimensions=[POLE, "openness_to_change", "self_transcendence"])  # a pole and its opposite share their items
     sweep = _config(mode="scale", controls=2, limit=3, side_effects=False, cross_values=False, batch_tokens=64)
-    runs = {}
+    runs, passes = {}, []
+    real = directions._change_norms
+    monkeypatch.setattr(directions, "_change_norms", lambda *a, **k: passes.append(1) or real(*a, **k))
     for way in ("read", "passes"):
         if way == "passes":
+            assert not passes  # no pole ran the pair of passes
             monkeypatch.setattr(Readings, "sizes", lambda self, *a, **k: None)
         runs[way] = (ablate(run_dir, ablation, model=model, out=tmp_path / f"ablate-{way}"),
                      steer(run_dir, [0.0, 2.0], sweep, model=model, out=tmp_path / f"steer-{way}"))
+    assert passes
     for read, passes in zip(*runs.values()):
         assert json.dumps(read.summaries, sort_keys=True) == json.dumps(passes.summaries, sort_keys=True)
         forwards = [r.manifest["timings"]["stages"]["direction baselines"]["work"]["forwards"] for r in (read, passes)]

@@ -137,6 +137,31 @@ def test_side_effect_controls_are_sequential_per_measure(monkeypatch):
     assert len(rounds) == 1 and fixed["kl"]["p"] == pytest.approx((1 + sum(c >= 0.5 for c in controls)) / 21)
 
 
+@pytest.mark.parametrize("total,first,h,measures", [(20, 3, 3, 3), (20, 4, 3, 2), (6, 2, 2, 3), (20, 3, 3, 1)])
+def test_the_expected_side_effect_draws_are_the_rules_average_for_a_random_like_set(monkeypatch, total, first, h, measures):
+    """``expected_controls`` (what --dry-run expects) is the mean number of controls the real rule (specificity.side_study)
+    draws when the located set's damage is one more draw of the controls' (every measure independent): 4,000 simulated
+    studies, within 3 standard errors."""
+    import random
+    from types import SimpleNamespace
+
+    import vneuron.validate.side_effects as se
+    from vneuron.validate.specificity import side_study
+
+    keys = se.DAMAGE[:measures]
+    monkeypatch.setattr(se, "measure", lambda model, neutral, edit_sets, **kw: {"before": {}, "sets": [dict(e) for e in edit_sets]})
+    rng, config, drawn = random.Random(0), SimpleNamespace(stop_after=h, batch_tokens=64), []
+    for _ in range(4000):
+        located, *controls = [{k: rng.random() for k in keys} for _ in range(1 + total)]
+        drawn.append(len(side_study(None, None, located, controls, config, first=first)["controls"]))
+    mean = sum(drawn) / len(drawn)
+    sd = (sum((d - mean) ** 2 for d in drawn) / (len(drawn) - 1)) ** 0.5
+    expected = se.expected_controls(total, first, h, measures)
+    assert abs(mean - expected) <= 3 * sd / len(drawn) ** 0.5 + 1e-9, (mean, expected)
+    assert min(first, total) <= expected <= total
+    assert se.expected_controls(total, first, 0, measures) == total  # h = 0: every control
+
+
 def test_extension_reaches_p_of_one_in_201():
     rule = Sequential(effect=-1.0, tail="lower", h=3, maximum=20, extend_to=200)
     while rule.more():

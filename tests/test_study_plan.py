@@ -40,6 +40,15 @@ def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path)
         least, most, work = plan["stages"][name]["least"], plan["stages"][name]["most"], measured[name]["work"]
         for key in ("forwards", "layer_tokens", "head_positions"):
             assert least[key] <= work[key] <= most[key], (name, key, least[key], work[key], most[key])
+    # expected: each stage at its least but the side effects, drawn as for a located set that damages like a random one;
+    # the side effects' work within 2x of it
+    for name in STAGES:
+        expected = plan["stages"][name]["expected"]
+        assert plan["stages"][name]["least"]["forwards"] <= expected["forwards"] <= plan["stages"][name]["most"]["forwards"]
+        if name != "side effects":
+            assert expected == plan["stages"][name]["least"]
+    side, expected = measured["side effects"]["work"], plan["stages"]["side effects"]["expected"]
+    assert expected["forwards"] / 2 <= side["forwards"] <= 2 * expected["forwards"], (side, expected)
     # the projected-out arm, when asked for, is a second arm of the same work
     both = validation_plan(located, replace(config, projected_out=True), "ablate")["stages"]["direction baselines"]
     one = plan["stages"]["direction baselines"]
@@ -57,6 +66,7 @@ def test_the_dry_run_predicts_the_work_and_time_of_each_stage(located, tmp_path)
     assert as_json.exit_code == 0, as_json.output
     planned = json.loads(as_json.stdout)
     assert planned["dry_run"] and set(planned["stages"]) == set(STAGES) and len(planned["estimate_s"]) == 2
+    assert planned["estimate_s"][0] <= planned["expected_s"] <= planned["estimate_s"][1] and "expected" in shown.output
 
 
 def test_the_dry_run_counts_a_direction_matrix(located, tmp_path):

@@ -297,13 +297,19 @@ def plan_text(plan: dict[str, Any]) -> str:
               f"  memory per batch beyond the weights (estimate): {plan['server_mb_per_batch']:,.0f} MB"]
     if "estimate_s" in plan:
         lo, hi = plan["estimate_s"]
-        lines.append(f"  time (from a one-batch calibration now; loading and writing not included): {_duration(lo)}"
-                     + ("" if lo == hi else f" – {_duration(hi)}") + ", by stage:")
+        span_s = _duration(lo) + ("" if lo == hi else f" – {_duration(hi)}")
+        lines.append("  time (from a one-batch calibration now; loading and writing not included): "
+                     + (f"about {_duration(plan['expected_s'])} expected ({span_s})" if "expected_s" in plan else span_s) + ", by stage:")
+        if "expected_s" in plan:
+            lines.append("    (expected: value shifts that stop at their first round, as a null or reversed effect does, and side "
+                         "effects drawn as for a located set that damages like a random one)")
     elif plan.get("remote"):
         lines.append("  time: not estimated for a remote server (queue and hardware unknown)")
     for name, stage in (plan.get("stages") or {}).items():
         lo, hi = stage["least"], stage["most"]
         t = "" if "estimate_s" not in stage else ", about " + " – ".join(dict.fromkeys(_duration(v) for v in stage["estimate_s"]))
+        if "expected_s" in stage and stage["expected_s"] != stage["estimate_s"][0]:
+            t += f" (expected {_duration(stage['expected_s'])})"
         lines.append(f"    {name}: " + " – ".join(dict.fromkeys(f"{w['forwards']:,}" for w in (lo, hi))) + " forward passes, "
                      + " – ".join(dict.fromkeys(f"{w['layer_tokens']:,}" for w in (lo, hi))) + f" token × block{t}")
     if plan.get("per_control"):
@@ -315,7 +321,8 @@ def plan_text(plan: dict[str, Any]) -> str:
         se = plan["side_effects"]
         t = f", about {se['estimate_s_per_set']:.1f} s" if "estimate_s_per_set" in se else ""
         lines.append(f"  side effects: {se['texts']} neutral texts + {se['pairs']} pairs, {se['tokens_per_set']:,} tokens per edit set{t}, "
-                     f"{se['sets_at_least']} to {se['sets_at_most']} sets (sequential)"
+                     f"{se['sets_at_least']} to {se['sets_at_most']} sets (sequential"
+                     + (f"; about {se['sets_expected']:g} expected)" if "sets_expected" in se else ")")
                      + ("; the cross-value matrix: the other values' items under the located set and its value controls"
                         if se["cross_values"] else ""))
     if plan.get("note"):

@@ -90,8 +90,12 @@ class Arms:
                     layer = self.layer(pole)
                 except VneuronError:  # no probe peak: the pole's arms say so when they run
                     continue
-                self.readings[pole] = Readings(layer)
-                beside.unedited.reads[tuple(i.id for i in items_for(study.items, pole, study.config.limit))] = self.readings[pole]
+                first = beside.unedited.reads.get(self._key(pole))  # its opposite's: the same items
+                if first is None:
+                    self.readings[pole] = beside.unedited.reads[self._key(pole)] = Readings(layer)
+                elif first.layer == layer:
+                    self.readings[pole] = Readings(layer, share=first)
+                # else: one unedited pass reads one layer; this pole's budget runs its own pair of passes
 
     def cap(self, summary: dict) -> int:
         """Random directions an arm may draw: a fixed ``direction_controls``, else as many as the neurons drew (the
@@ -119,8 +123,14 @@ class Arms:
         """Both arms of an ablation, beside the neurons' row (from ``summary``, the value shift and its side effects)."""
         names = ("mean_difference", "projected_out") if self.study.config.projected_out else ("mean_difference",)
         out = self._arms(pole, items, base, edit, tail, summary, names, f"{pole}: direction ")
-        self.readings.pop(pole, None)  # one edit a pole: its readings are spent
+        spent = self.readings.pop(pole, None)  # one edit a pole: its readings are spent, once no other pole shares them
+        if spent is not None and not any(r.plain is spent.plain for r in self.readings.values()):
+            self.beside.unedited.reads.pop(self._key(pole), None)
         return out
+
+    def _key(self, pole: str) -> tuple:
+        """The pole's item list as ``Unedited`` knows it."""
+        return tuple(i.id for i in items_for(self.study.items, pole, self.study.config.limit))
 
     def steer(self, pole: str, items, base, edit, tail: str, summary: dict, gamma: float) -> dict[str, Any]:
         """The mean-difference arm at one γ of a sweep, its α matched to that γ's neuron edit."""

@@ -175,13 +175,14 @@ class Readings:
     (``specificity.Unedited``), and the change the neuron edit makes to that output, taken by its value shift's located
     pass (``begin`` each value shift). ``sizes`` sums exactly what ``_change_norms`` sums, batch by batch in the same
     order, so ``edit_sizes`` gives the same bits either way; it is None where a part is missing (a part an interrupted
-    study kept, batches that shrank), and ``edit_sizes`` then runs its pair of passes."""
+    study kept, batches that shrank), and ``edit_sizes`` then runs its pair of passes. ``share``: the readings of a pole
+    with the same items at the same layer (a pole and its opposite: one unedited pass serves both)."""
 
-    def __init__(self, layer: int):
+    def __init__(self, layer: int, share: "Readings | None" = None):
         self.layer = layer
-        self.lower: dict[int, object] = {}  # per batch: block L's unedited input (its raw output of block L − 1)
-        self.plain: dict[int, torch.Tensor] = {}  # per batch: block L's unedited output
-        self.tokens: dict[int, int] = {}
+        self.lower: dict[int, object] = {} if share is None else share.lower  # per batch: block L's unedited input
+        self.plain: dict[int, torch.Tensor] = {} if share is None else share.plain  # per batch: block L's unedited output
+        self.tokens: dict[int, int] = {} if share is None else share.tokens
         self.changes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch: Σ w·‖change‖, Σ w
 
     def begin(self) -> None:

@@ -58,7 +58,7 @@ def _eval_plan(model, items, choice: str, batch_tokens: int, low: int, dtype: st
 
 
 def _scaled(work: Work, times: int) -> Work:
-    return Work(**{k: v * times for k, v in asdict(work).items()})
+    return Work(**{k: round(v * times) for k, v in asdict(work).items()})  # an expected count of sets: rounded
 
 
 def first_controls(config) -> int:
@@ -175,17 +175,23 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
         "least": least.report(), "most": most.report(), "server_mb_per_batch": round(peak, 1),
     }
     out["controls"]["max_controls"] = config.max_controls
-    out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles)))
-    stages = {"value shift": (least, most), **_side_stage(loaded, config, all_items, len(points) * len(study.poles)),
+    out.update(_beside_plan(loaded, config, per_control, all_items, kind, len(points), len(study.poles), low_h))
+    stages = {"value shift": (least, most), **_side_stage(loaded, config, all_items, len(points) * len(study.poles), low_h),
               **(_matrix_stage(loaded, config, study, keys, dtype, (low_h, high_h)) if kind == "ablate" else {})}
     stages.update(_direction_stage(loaded, config, study, kind, points, dtype, keys,
                                    stages["side effects"][2] if "side effects" in stages else None))
-    out["stages"] = {name: {"least": v[0].report(), "most": v[1].report()} for name, v in stages.items()}
+    # expected: every stage at its least (value shifts that stop at their first round, as a null or reversed effect
+    # does), but the side effects as their rule draws on average for a located set that damages like a random one
+    expected = {name: v[3] if len(v) > 3 else v[0] for name, v in stages.items()}
+    out["stages"] = {name: {"least": v[0].report(), "most": v[1].report(), "expected": expected[name].report()}
+                     for name, v in stages.items()}
     if calibration is not None:
         out["units"] = calibration
         for name, v in stages.items():
             out["stages"][name]["estimate_s"] = [round(seconds(v[0], calibration), 1), round(seconds(v[1], calibration), 1)]
+            out["stages"][name]["expected_s"] = round(seconds(expected[name], calibration), 1)
         out["estimate_s"] = [round(sum(v["estimate_s"][i] for v in out["stages"].values())) for i in (0, 1)]
+        out["expected_s"] = round(sum(v["expected_s"] for v in out["stages"].values()))
         out["per_control"]["estimate_s"] = round(seconds(per_control, calibration), 1)
         if "side effects" in stages:
             out["side_effects"]["estimate_s_per_set"] = round(seconds(stages["side effects"][2], calibration), 2)
@@ -196,11 +202,13 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     return out
 
 
-def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: int, poles: int) -> dict[str, Any]:
-    """The cost of one more control (every pole and γ) and of the side effects, for the plan."""
+def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: int, poles: int, first: int) -> dict[str, Any]:
+    """The cost of one more control (every pole and γ) and of the side effects, for the plan (``first``: the value shift's
+    first round of controls)."""
     out: dict[str, Any] = {"per_control": per_control.report()}
     if config.side_effects:
-        from vneuron.validate.side_effects import load_neutral
+        from vneuron.validate.side_effects import expected_controls, load_neutral
+        from vneuron.validate.specificity import beside_count
 
         neutral = load_neutral(items[0].language if items else "en", config.neutral)
         tokens = sum(len(loaded.tokenizer(t)["input_ids"]) for t in neutral.texts)
@@ -211,21 +219,26 @@ def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: in
         least = min(config.side_controls, h) if h > 0 else config.side_controls
         out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
                                "sets_at_least": points * poles * (1 + least), "sets_at_most": points * poles * (1 + most),
+                               "sets_expected": round(points * poles * (1 + expected_controls(
+                                   beside_count(first, config), first, h, 3 if neutral.pairs else 2)), 1),
                                "cross_values": kind == "ablate" and config.cross_values}
     return out
 
 
-def _side_stage(loaded, config, items, measured: int) -> dict[str, tuple]:
+def _side_stage(loaded, config, items, measured: int, first: int) -> dict[str, tuple]:
     """The side effects' work, as ``specificity.side_study`` does it: the unedited model's part once per language (the
     KL identity's reference, the pairs' unedited log-likelihoods), then each edit set's prose and pairs; ``measured``
-    located sets (poles × γ), each with its controls in sequential rounds (at least h, at most all)."""
+    located sets (poles × γ), each with its controls in sequential rounds (at least h, at most all; expected:
+    ``side_effects.expected_controls`` after a value shift that drew ``first``): (least, most, per set, expected)."""
     if not config.side_effects:
         return {}
-    from vneuron.validate.side_effects import load_neutral, prose_batch_shapes
+    from vneuron.validate.side_effects import expected_controls, load_neutral, prose_batch_shapes
+    from vneuron.validate.specificity import beside_count
 
-    per_set, reference = Work(), Work()
+    per_set, reference, measures = Work(), Work(), 2  # KL and perplexity; the task's pairs where the corpus has them
     for lang in sorted({"zh" if i.language == "zh" else "en" for i in items} or {"en"}):
         neutral = load_neutral(lang, config.neutral)
+        measures = max(measures, 3 if neutral.pairs else 2)
         for tokens, positions in prose_batch_shapes(loaded, neutral.texts, config.batch_tokens):
             one = Work(forwards=1, requests=1, tokens=tokens, layer_tokens=tokens * loaded.n_layers, head_positions=positions)
             reference.add(one)
@@ -238,11 +251,14 @@ def _side_stage(loaded, config, items, measured: int) -> dict[str, tuple]:
             per_set.add(pairs)
     h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
     least = min(config.side_controls, h) if h > 0 else config.side_controls
-    low, high = Work(), Work()
+    low, high, mean = Work(), Work(), Work()
     for bound, controls in ((low, least), (high, most)):
         bound.add(reference)
         bound.add(_scaled(per_set, measured * (1 + controls)))
-    return {"side effects": (low, high, per_set)}
+    drawn = expected_controls(beside_count(first, config), first, h, measures)
+    mean.add(reference)
+    mean.add(_scaled(per_set, measured * (1 + drawn)))
+    return {"side effects": (low, high, per_set, mean)}
 
 
 def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: tuple[int, int], layer_of=None) -> dict[str, tuple]:

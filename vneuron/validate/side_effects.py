@@ -390,6 +390,24 @@ def settled(measured: dict[str, Any], h: int) -> bool:
     return all(sum(s[k] >= sets[0][k] for s in sets[1:]) >= h for k in keys)
 
 
+def expected_controls(total: int, first: int, h: int, measures: int) -> float:
+    """The controls ``specificity.side_study`` draws on average (the first round of ``first`` but at least h, then h at
+    a time, up to ``total``) when the located set damages like a random set of its size: the number of controls at
+    least as damaging among n is then uniform on 0..n, so one measure is settled at n with probability (n − h + 1)/(n + 1),
+    and ``measures`` of them together with that to the power ``measures`` (taken as independent: KL and perplexity are
+    not, so this leans to the high side). What ``--dry-run`` expects, between its least and most."""
+    if h <= 0 or total <= 0:
+        return float(max(total, 0))
+    n = min(total, max(first, h))
+    expected = float(n)
+    while n < total:
+        settled = ((n - h + 1) / (n + 1)) ** measures if n >= h else 0.0
+        step = min(total - n, h)
+        expected += step * (1 - settled)
+        n += step
+    return expected
+
+
 def summarize(measured: dict[str, Any], h: int = 0) -> dict[str, Any]:
     """Per damage measure: the located set (first record) against the controls (the rest, in drawing order)."""
     sets = measured["sets"]
