@@ -344,3 +344,43 @@ def test_the_budget_read_on_the_way_equals_its_own_pair_of_passes_bit_for_bit(ti
     budgets = [p["directions"]["budget"] for p in runs["read"][1].summaries[0]["curve"]]
     assert budgets[0] > 0 and budgets[1] > 0 and budgets[0] != budgets[1]  # each γ read afresh
     assert all(s["directions"]["budget"] > 0 for s in runs["read"][0].summaries)
+
+
+def test_readings_that_are_not_whole_give_way_to_the_pair_of_passes():
+    """``Readings.sizes`` answers only when every batch of the evaluation was read at that layer by both passes, with
+    the same tokens (batches that shrank after an out-of-memory retry, a part kept by an interrupted study, another
+    layer: None, and ``edit_sizes`` runs its own passes); whole, it is Σ w·‖change‖ / Σ w."""
+    from types import SimpleNamespace
+
+    from vneuron.validate.directions import Readings
+
+    torch.manual_seed(0)
+    batches = [SimpleNamespace(tokens=6, counted=torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0]], dtype=torch.float64)),
+               SimpleNamespace(tokens=3, counted=torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64))]
+    prepared = [(t, None, None) for t in batches]
+    plain = [torch.randn(2, 3, 4), torch.randn(1, 3, 4)]
+    edited = [p + torch.randn_like(p) for p in plain]
+    steps = [("a step",)]
+    read = Readings(1)
+    assert read.request([]) == (1, True) and read.request(steps) is None  # nothing to compare with yet
+    read.take(0, batches[0], [], "lower 0", plain[0])
+    assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None  # one batch of two
+    read.take(1, batches[1], [], "lower 1", plain[1])
+    assert read.request(steps) == (1, False)
+    read.take(0, batches[0], steps, None, edited[0])
+    assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None  # the located pass read one batch
+    read.take(1, batches[1], steps, None, edited[1])
+    total = sum(float(((e.double() - p.double()).norm(dim=-1) * t.counted).sum()) for e, p, t in zip(edited, plain, batches))
+    count = sum(float(t.counted.sum()) for t in batches)
+    assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) == pytest.approx([total / count], rel=1e-12)
+    unit = torch.nn.functional.normalize(torch.randn(1, 4, dtype=torch.float64), dim=1)
+    along = sum(float(((p.double() @ unit.T).abs()[..., 0] * t.counted).sum()) for p, t in zip(plain, batches)) / count
+    assert read.sizes(prepared, 1, steps, unit) == pytest.approx([total / count, along], rel=1e-12)  # the projected-out size
+    assert read.sizes(prepared, 1, [], torch.zeros(0, 4, dtype=torch.float64)) == [0.0]  # an edit with nothing at or below L
+    assert read.sizes(prepared, 2, steps, torch.zeros(0, 4, dtype=torch.float64)) is None  # another layer
+    shrunk = [(SimpleNamespace(tokens=4, counted=batches[0].counted), None, None), prepared[1]]
+    assert read.sizes(shrunk, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None
+    read.begin()  # the next value shift (steer: the next γ) reads its change afresh
+    assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None
+    opposite = Readings(1, share=read)  # a pole's opposite: the same unedited readings, its own change
+    assert opposite.plain is read.plain and opposite.changes == {}
