@@ -35,7 +35,7 @@ from vneuron.models.sites import resolve_path
 from vneuron.runtime import budget
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, pack, pad_id, position_ids
-from vneuron.validate.edits import DirectionEdit, apply, plan, shift_residual
+from vneuron.validate.edits import DirectionEdit, apply, plan, shift_residual, split_at
 from vneuron.validate.evaluate import LowerLayers, encode_pairs, forced_choice_pairs, sent_tensors, step_tensors, tries_for, tries_supported
 from vneuron.validate.prefix import attention_mask
 
@@ -232,8 +232,7 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, uni
     also return the unedited input of block L (``lower``, what ``LowerLayers`` keeps)."""
     lm = model.lm  # only the envoy, tensors, plain data and small functions may enter a (remote) trace body
     path = model.arch.layers
-    below = [s for s in steps if s[0] < layer or len(s[1]) != 1]  # a direction at `layer` itself moves the output read there
-    here = [s for s in steps if s[0] == layer and len(s[1]) == 1]
+    below, here = split_at(steps, layer)  # a direction at `layer` itself moves the output read there
     local = trie is not None and model.remote is None
     if trie is None:
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}

@@ -136,6 +136,13 @@ def plan(model: LoadedModel, edits: list | Edit | DirectionEdit | None) -> list[
     return [(layer, *rest) for layer, _, rest in sorted(steps, key=lambda t: t[:2])]
 
 
+def split_at(steps: list[tuple], layer: int) -> tuple[list[tuple], list[tuple]]:
+    """A plan's steps before block ``layer``'s output is read (every edit below it and its own neuron sites) and after
+    (a direction at its output, and every edit above it), each in forward order."""
+    first = [s[0] < layer or (s[0] == layer and len(s[1]) != 1) for s in steps]
+    return [s for s, f in zip(steps, first) if f], [s for s, f in zip(steps, first) if not f]
+
+
 def apply(lm, steps: list[tuple]) -> None:
     """Edit the site tensors (and block outputs) in place; call inside a trace (once per generation step)."""
     for layer, path, units, alpha, beta, clamp in steps:

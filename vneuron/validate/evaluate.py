@@ -26,7 +26,7 @@ from vneuron.runtime import budget, devices
 from vneuron.runtime.precision import storage
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
-from vneuron.validate.edits import DirectionEdit, Edit, apply, plan
+from vneuron.validate.edits import DirectionEdit, Edit, apply, plan, split_at
 from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors, pack as pack_tries
 
 # The default (third-person) forms; templates.py holds every preset and reads custom template strings.
@@ -62,7 +62,7 @@ def continuation_logprobs(
     ``reuse``: a ``LowerLayers`` store shared by calls on the same pairs, so the layers below the
     lowest edited one run once for a located set and all its matched controls (local models).
     ``shared_prefix=False``: every pair as its own padded row (the reference path).
-    ``reads``: what wants a block's hidden states as the pass goes by (local tries only; ``read_at`` says which).
+    ``reads``: what wants a block's hidden states as the pass goes by (local tries only; ``directions.Readings``).
     """
     if not pairs:
         return torch.zeros(0)
@@ -192,13 +192,6 @@ def tries_for(model: LoadedModel, pairs, encoded, batch_tokens: int, reuse: "Low
     return key, prepared
 
 
-def read_at(reads, steps) -> tuple[int, bool] | None:
-    """What ``reads`` wants of a pass under ``steps`` (local tries only): None, or (block L, also the input of L). A
-    ``reads`` object answers ``request(steps)`` so, and receives ``take(index, t, steps, lower, output)`` per batch:
-    block L's input (None unless asked) and its output (the residual stream, after the edits up to and within L)."""
-    return reads.request(steps) if reads is not None else None
-
-
 def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progress, reuse=None, pairs=(), reads=None) -> torch.Tensor:
     post = model.arch.post(model.lm.config)
     sums = torch.zeros(len(encoded), dtype=torch.float64)
@@ -207,7 +200,9 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     pairs_key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
     if reuse is not None and (low == 0 or model.remote is not None):
         reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
-    read = read_at(reads, steps) if model.remote is None else None
+    # ``reads`` (local only) answers ``request(steps)`` with None or (block L, also L's input), and receives
+    # ``take(index, t, steps, lower, output)`` per batch: L's input (None unless asked) and its output after the edits up to L
+    read = reads.request(steps) if reads is not None and model.remote is None else None
     if read is not None and read[0] < low:
         read = None  # below the edits, where a reused input replaces the blocks
     done = 0
@@ -310,12 +305,12 @@ def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int
             apply(lm, steps)
         else:
             layer, lower_too = read
-            upto = [s for s in steps if s[0] < layer or (s[0] == layer and len(s[1]) != 1)]  # neuron sites of L come first
+            before, after = split_at(steps, layer)
             if lower_too:
                 lower = blocks[layer - 1].output.save()
-            apply(lm, upto)
+            apply(lm, before)
             output = block_hidden(blocks[layer].output).clone().save()
-            apply(lm, steps[len(upto):])
+            apply(lm, after)
         final = base.output[0]
         hidden = final[rows.to(final.device), cols.to(final.device)]
         logp = head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets).save()
