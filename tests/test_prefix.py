@@ -70,3 +70,36 @@ def test_lower_layers_are_shared_and_change_nothing(tiny_model):
         shared = forced_choice(model, items, edit, reuse=reuse).logprob
         torch.testing.assert_close(shared, plain, rtol=0, atol=1e-12)
     assert reuse.misses >= 1 and reuse.hits == 2 * reuse.misses  # layer 0 ran once for all three sets
+
+
+@pytest.mark.parametrize("post", [None, ("softcap", 30.0), ("divide", 2.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_head_read_by_vocabulary_blocks_is_log_softmax(post, dtype):
+    """The head read a block of the vocabulary at a time (several blocks here: 10,000 > 4,096) gives log_softmax's
+    log-probabilities and their gradient, with a bias and every family's post-processing; chunks of rows too."""
+    from vneuron.validate.prefix import head_logprobs, head_logsumexp
+
+    gen = torch.Generator().manual_seed(3)
+    vocab, hidden_size, nodes = 10_000, 24, 7
+    weight = torch.randn(vocab, hidden_size, generator=gen, dtype=dtype)
+    bias = torch.randn(vocab, generator=gen, dtype=dtype)
+    hidden = torch.randn(nodes, hidden_size, generator=gen, dtype=dtype, requires_grad=True)
+    node_of = torch.tensor([0, 0, 1, 3, 3, 3, 4, 6, 6])
+    targets = torch.tensor([0, 4095, 4096, 9999, 8191, 8192, 17, 5000, 12])  # block edges and the last token
+
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    if post is not None:
+        logits = torch.tanh(logits / post[1]) * post[1] if post[0] == "softcap" else logits / post[1]
+    want = logits.to(dtype).log_softmax(-1)[node_of, targets]
+    lse, picked = head_logsumexp(hidden, weight, bias, post, node_of, targets, dtype)
+    got = picked - lse[node_of]
+    tol = 1e-12 if dtype == torch.float64 else 5e-6
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    torch.testing.assert_close(lse, logits.to(dtype).logsumexp(-1), rtol=0, atol=tol)
+    grad_got, = torch.autograd.grad(got.sum(), hidden)
+    grad_want, = torch.autograd.grad(want.sum(), hidden)
+    torch.testing.assert_close(grad_got, grad_want, rtol=0, atol=1e3 * tol)
+
+    chunks = [(0, 2, 0, 3), (2, 5, 3, 7), (5, 7, 7, 9)]  # the scorer's chunks of rows (float32, as it scores)
+    scored = head_logprobs(hidden.detach(), weight, bias, post, chunks, node_of, targets)
+    torch.testing.assert_close(scored, want.detach().float(), rtol=0, atol=5e-6)

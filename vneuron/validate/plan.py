@@ -23,7 +23,7 @@ from vneuron.validate.edits import plan
 from vneuron.validate.evaluate import (CPU_BATCH_TOKENS, encode_pairs, forced_choice_pairs, score_tries, sent_tensors, step_tensors,
                                        tries_supported)
 from vneuron.validate.items import items_for
-from vneuron.validate.prefix import LOGIT_BUDGET, pack, row_batches, tensors
+from vneuron.validate.prefix import LOGIT_BUDGET, head_logsumexp, pack, row_batches, tensors
 from vneuron.validate.study import edit_for, model_for, prepare_study
 
 
@@ -102,7 +102,8 @@ def _calibrate(model, t, steps) -> dict[str, float]:
     with torch.inference_mode():
         block = _timed(lambda: base(input_ids=ids, use_cache=False)) / (ids.numel() * model.n_layers)
         rows = torch.randn(64, head.weight.shape[1], dtype=head.weight.dtype, device=head.weight.device)
-        head_s = _timed(lambda: torch.logsumexp(torch.nn.functional.linear(rows, head.weight, head.bias).float(), -1)) / 64
+        picks = torch.arange(64, device=rows.device)
+        head_s = _timed(lambda: head_logsumexp(rows, head.weight, head.bias, None, picks, picks)) / 64  # the scorer's own head
     chunks = t.head_chunks(vocab)
     post = model.arch.post(model.lm.config)
     whole = _timed(lambda: score_tries(model, t, steps, chunks, post), repeats=1)

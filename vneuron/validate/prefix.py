@@ -163,23 +163,50 @@ def head_chunks(n: int, vocab: int, budget: int = LOGIT_BUDGET) -> list[tuple[in
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
+def head_logsumexp(hidden: torch.Tensor, weight, bias, post: tuple[str, float] | None, rows: torch.Tensor,
+                   tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """logsumexp over the vocabulary of each row of ``hidden``'s logits, and the logit of each (``rows``, ``tokens``)
+    pick, in ``dtype``: the head read a block of the vocabulary at a time (a few thousand rows of ``weight`` on a CPU,
+    so a [rows, block] logit tile stays in cache), with a running maximum, so [rows, vocab] logits are never held.
+    On 2 CPU cores this is ≈ 20 % faster than logits followed by log_softmax (benchmarks/head.py), and the same to
+    float rounding. ``post``: the family's logit post-processing. Differentiable; only tensors and plain data: it also
+    runs inside a (remote) trace body."""
+    vocab = weight.shape[0]
+    block = 4096 if weight.device.type == "cpu" else 65536
+    picked = torch.zeros(tokens.shape, dtype=dtype, device=weight.device)
+    maxes, sums = [], []
+    for lo in range(0, vocab, block):
+        hi = min(lo + block, vocab)
+        z = torch.nn.functional.linear(hidden, weight[lo:hi], None if bias is None else bias[lo:hi])
+        if post is not None and post[0] == "softcap":
+            z = torch.tanh(z / post[1]) * post[1]
+        elif post is not None:
+            z = z / post[1]
+        z = z.to(dtype)
+        top = z.detach().amax(-1)
+        tiles = z - top[:, None]
+        sums.append((tiles.exp() if tiles.requires_grad else tiles.exp_()).sum(-1))
+        maxes.append(top)
+        inside = (tokens >= lo) & (tokens < hi)
+        picked = torch.where(inside, z[rows, (tokens - lo).clamp(0, hi - lo - 1)], picked)
+    tops = torch.stack(maxes)
+    top = tops.amax(0)
+    return top + (torch.stack(sums) * (tops - top).exp()).sum(0).log(), picked
+
+
 def head_logprobs(hidden: torch.Tensor, weight, bias, post: tuple[str, float] | None,
                   chunks: list[tuple[int, int, int, int]], node_of: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log-probability of every scored token, from the final-normed hidden state of its predicting node.
 
     The one LM-head scorer of vneuron (evaluation, planting, dry-run calibration): the head runs
-    chunk by chunk (``Batch.head_chunks``) so [nodes, vocab] logits never exceed the budget; ``post``
+    chunk by chunk (``Batch.head_chunks``), each chunk through ``head_logsumexp`` in float32; ``post``
     is the family's logit post-processing (``Architecture.post``). Only tensors and plain data go
     in, so it also runs inside a (remote) trace body; it is differentiable. The logits are made and
     gathered on the head's device; only the scored tokens' log-probabilities come to the host.
     """
     parts = []
     for lo, hi, s_lo, s_hi in chunks:
-        logits = torch.nn.functional.linear(hidden[lo:hi].to(weight.device), weight, bias)  # on the head's device
-        if post is not None and post[0] == "softcap":
-            logits = torch.tanh(logits / post[1]) * post[1]
-        elif post is not None:
-            logits = logits / post[1]
-        picked = logits.float().log_softmax(-1)[node_of[s_lo:s_hi].to(logits.device) - lo, targets[s_lo:s_hi].to(logits.device)]
-        parts.append(picked.cpu())  # the scored tokens' log-probabilities, gathered where the logits are, to the host
+        rows = node_of[s_lo:s_hi].to(weight.device) - lo
+        lse, picked = head_logsumexp(hidden[lo:hi].to(weight.device), weight, bias, post, rows, targets[s_lo:s_hi].to(weight.device))
+        parts.append((picked - lse[rows]).cpu())  # the scored tokens' log-probabilities, to the host
     return torch.cat(parts)

@@ -32,7 +32,7 @@ from vneuron.runtime.tokens import pad_id, position_ids, token_batches
 from vneuron.validate.edits import apply, plan
 from vneuron.models.sites import resolve_path
 from vneuron.validate.evaluate import continuation_logprobs_sets
-from vneuron.validate.prefix import LOGIT_BUDGET
+from vneuron.validate.prefix import LOGIT_BUDGET, head_logsumexp
 
 NEUTRAL_BATCH_TOKENS = 128  # a soft-capped head: the full next-token distributions of a batch are held at once (vocab 262,144)
 LINEAR_BATCH_TOKENS = 1024  # any other head: the vocabulary is read in chunks (``edited_stats``), batches as evaluation's
@@ -153,9 +153,10 @@ def edited_stats(hidden: torch.Tensor, weight, bias, scale: float, targets: torc
     vocab, work = weight.shape[0], _work(hidden)
     for lo, hi in _chunks(hidden.shape[0], vocab):
         h = hidden[lo:hi].to(weight.device)
-        z = (torch.nn.functional.linear(h, weight, bias) / scale).to(work)
-        log_z = torch.logsumexp(z, -1).double()
-        target = z.gather(-1, targets[lo:hi].to(z.device)[:, None]).squeeze(-1).double()
+        rows = torch.arange(hi - lo, device=h.device)
+        log_z, target = head_logsumexp(h, weight, bias, None if scale == 1 else ("divide", scale), rows,
+                                       targets[lo:hi].to(h.device), work)
+        log_z, target = log_z.double(), target.double()
         ref = reference[lo:hi].to(h.device)
         kl = ref[:, 0] - (h.double() * ref[:, 3:]).sum(-1) + log_z
         out.append(torch.stack([kl, log_z - target], 1).cpu())
