@@ -362,14 +362,14 @@ def test_readings_that_are_not_whole_give_way_to_the_pair_of_passes():
     edited = [p + torch.randn_like(p) for p in plain]
     steps = [("a step",)]
     read = Readings(1)
-    assert read.request([]) == (1, True) and read.request(steps) is None  # nothing to compare with yet
-    read.take(0, batches[0], [], "lower 0", plain[0])
+    assert read.request([]) == 1 and read.request(steps) is None  # nothing to compare with yet
+    read.take(0, batches[0], [], plain[0])
     assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None  # one batch of two
-    read.take(1, batches[1], [], "lower 1", plain[1])
-    assert read.request(steps) == (1, False)
-    read.take(0, batches[0], steps, None, edited[0])
+    read.take(1, batches[1], [], plain[1])
+    assert read.request(steps) == 1
+    read.take(0, batches[0], steps, edited[0])
     assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) is None  # the located pass read one batch
-    read.take(1, batches[1], steps, None, edited[1])
+    read.take(1, batches[1], steps, edited[1])
     total = sum(float(((e.double() - p.double()).norm(dim=-1) * t.counted).sum()) for e, p, t in zip(edited, plain, batches))
     count = sum(float(t.counted.sum()) for t in batches)
     assert read.sizes(prepared, 1, steps, torch.zeros(0, 4, dtype=torch.float64)) == pytest.approx([total / count], rel=1e-12)

@@ -72,6 +72,44 @@ def test_lower_layers_are_shared_and_change_nothing(tiny_model):
     assert reuse.misses >= 1 and reuse.hits == 2 * reuse.misses  # layer 0 ran once for all three sets
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_directions_start_from_the_saved_output_of_their_block(tiny_model, arch):
+    """A direction at block L's output (and its random directions, a projection, one at the last block, one with
+    neuron edits above it) starts from L's saved unedited output, shifted outside the trace: the same bits as the
+    whole forward with the shift applied in it, for every family, and one block fewer per set than from L's input."""
+    from vneuron.runtime import budget
+    from vneuron.validate.directions import random_direction_edit
+    from vneuron.validate.edits import DirectionEdit, start_at, plan
+    from vneuron.validate.evaluate import LowerLayers, encode_pairs, forced_choice, tries_supported
+
+    model = tiny_model(arch, "float32")
+    items = load_corpus(EXAMPLES / "corpus.jsonl").items[:3]
+    hidden = model.arch.hidden(model.config)
+    gen = torch.Generator().manual_seed(1)
+    last = model.n_layers - 1
+    d = torch.randn(hidden, generator=gen)
+    neurons = NeuronSet.from_flat(torch.tensor([model.width * last + 3]), torch.zeros(model.n_layers, model.width), "gate")
+    at_one = DirectionEdit(1, d, alpha=-2.5)
+    cases = [at_one, random_direction_edit(at_one, 7), DirectionEdit(1, d, project=True), DirectionEdit(last, d, alpha=4.0),
+             DirectionEdit(0, d, alpha=1.5), [DirectionEdit(0, d, alpha=1.5), Edit(neurons, "zero")]]
+    reuse = LowerLayers()
+    tries = tries_supported(model, encode_pairs(model, forced_choice_pairs(items)))
+    for edit in cases:
+        whole = forced_choice(model, items, edit).logprob
+        first = forced_choice(model, items, edit, reuse=reuse).logprob  # L's output saved on the first use
+        work = budget.reset()
+        again = forced_choice(model, items, edit, reuse=reuse).logprob
+        assert torch.equal(first, whole) and torch.equal(again, whole), edit
+        steps = plan(model, edit)
+        assert start_at(steps) == min(s[0] for s in steps) + 1  # the blocks up to L (or layer 0) are skipped
+        skipped = start_at(steps) if tries else 0  # no tries (a window shorter than the rows): nothing reused
+        assert work.layer_tokens == work.tokens * (model.n_layers - skipped)  # none for the last block
+    assert not tries or reuse.hits >= 1 and {key[2] for key in reuse.saved} == {1, 2, model.n_layers}
+    inside = NeuronSet.from_flat(torch.tensor([model.width + 5]), torch.zeros(model.n_layers, model.width), "gate")
+    mixed = plan(model, [DirectionEdit(1, d, alpha=1.0), Edit(inside, "zero")])
+    assert start_at(mixed) == 1  # a neuron of block 1 too: block 1 must run, from its input
+
+
 @pytest.mark.parametrize("post", [None, ("softcap", 30.0), ("divide", 2.0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_head_read_by_vocabulary_blocks_is_log_softmax(post, dtype):

@@ -111,7 +111,7 @@ class Arms:
     def sizes(self, pole: str, items, edit, layer: int, projected) -> list[float]:
         """The mean L2 norm of the change ``edit`` makes to block ``layer``'s output on the items' counted tokens, then
         that of projecting out each direction of ``projected`` (``edit_sizes``: read on the way by the pole's unedited
-        and located passes where it can, else one pair of passes; either leaves the layer's input for every arm and
+        and located passes where it can, else one pair of passes; either leaves the layer's output for every arm and
         random direction that follows)."""
         cfg = self.config
         stage = f"{pole}: direction baselines, the neuron edit's size at layer {layer} (batches)"

@@ -119,9 +119,10 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
     ``layer`` (the mean |h_L·d̂| over the same tokens: the norm of the change x ← x − (x·d̂)d̂ makes), read from the
     same unedited pass, so the direction baselines' sizes cost one pair of passes up to block L — over the evaluation's
     own token tries (each shared token once, weighted by the pairs that count it), whose unedited pass also leaves the
-    input of block L in ``reuse`` for the direction edits that follow. ``shared_prefix=False``: one padded row per pair
-    (the reference path; also where tries cannot run, as in ``continuation_logprobs``). ``readings``: the same sums
-    taken on the way by the study's own passes (``Readings``): used, with no pass of its own, where they are whole."""
+    output of block L in ``reuse``: the direction edits that follow start from it (``edits.start_at``).
+    ``shared_prefix=False``: one padded row per pair (the reference path; also where tries cannot run, as in
+    ``continuation_logprobs``). ``readings``: the same sums taken on the way by the study's own passes (``Readings``):
+    used, with no pass of its own, where they are whole."""
     if not 0 <= layer < model.n_layers:
         raise VneuronError(f"Direction layer {layer} is out of range: the model has layers 0 to {model.n_layers - 1}",
                            f"pass a layer from 0 to {model.n_layers - 1}")
@@ -135,19 +136,19 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
     total, count, along = 0.0, 0.0, torch.zeros(len(projected), dtype=torch.float64)
     if shared_prefix and tries_supported(model, encoded):
         key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
-        keep = reuse is not None and layer > 0 and model.remote is None  # what LowerLayers would compute next
+        keep = reuse is not None and model.remote is None  # what LowerLayers would compute next: L's unedited output
         read = readings.sizes(prepared, layer, steps, units) if readings is not None and model.remote is None else None
         if read is not None:
             if keep:
-                for index, lower in readings.lower.items():
-                    reuse.put((key, index, layer), lower)
+                for index, plain in readings.plain.items():
+                    reuse.put((key, index, layer + 1), plain)
             return read
         for index, (t, _, _) in enumerate(prepared):
             if progress:
                 progress(index, len(prepared))
             got = call(model, lambda: _change_norms(model, t.ids, None, t.counted, steps, layer, units, t, keep))
             if keep:
-                reuse.put((key, index, layer), got["lower"])
+                reuse.put((key, index, layer + 1), got["plain"])
             budget.current.add(budget.Work(forwards=2, requests=1, tokens=2 * t.tokens, layer_tokens=2 * t.tokens * (layer + 1),
                                            bytes_down=nbytes(got["total"], got["count"], got["along"]),
                                            bytes_up=nbytes(*sent_tensors(t), t.counted, units, *step_tensors(steps))))
@@ -171,7 +172,7 @@ def edit_sizes(model: LoadedModel, items: Sequence[Item], neuron_edit, layer: in
 
 class Readings:
     """The direction baselines' budget read on the way, so that it costs no pass of its own (local tries): block L's
-    unedited input and output on a pole's evaluation tries, taken by the study's unedited pass over its items
+    unedited output on a pole's evaluation tries, taken by the study's unedited pass over its items
     (``specificity.Unedited``), and the change the neuron edit makes to that output, taken by its value shift's located
     pass (``begin`` each value shift). ``sizes`` sums exactly what ``_change_norms`` sums, batch by batch in the same
     order, so ``edit_sizes`` gives the same bits either way; it is None where a part is missing (a part an interrupted
@@ -180,7 +181,6 @@ class Readings:
 
     def __init__(self, layer: int, share: "Readings | None" = None):
         self.layer = layer
-        self.lower: dict[int, object] = {} if share is None else share.lower  # per batch: block L's unedited input
         self.plain: dict[int, torch.Tensor] = {} if share is None else share.plain  # per batch: block L's unedited output
         self.tokens: dict[int, int] = {} if share is None else share.tokens
         self.changes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per batch: Σ w·‖change‖, Σ w
@@ -189,17 +189,13 @@ class Readings:
         """A value shift starts: its located pass reads the change afresh (steer: one per γ)."""
         self.changes = {}
 
-    def request(self, steps) -> tuple[int, bool] | None:
-        """An unedited pass reads block L's output and input; an edited one its output, if the unedited one did."""
-        if not steps:
-            return self.layer, self.layer > 0
-        return (self.layer, False) if self.plain else None
+    def request(self, steps) -> int | None:
+        """An unedited pass reads block L's output; an edited one too, if the unedited one did."""
+        return self.layer if not steps or self.plain else None
 
-    def take(self, index: int, t, steps, lower, output) -> None:
+    def take(self, index: int, t, steps, output) -> None:
         if not steps:
             self.plain[index], self.tokens[index] = output, t.tokens
-            if lower is not None:
-                self.lower[index] = lower
             return
         plain = self.plain.get(index)
         if plain is None or self.tokens[index] != t.tokens:
@@ -210,7 +206,7 @@ class Readings:
 
     def sizes(self, prepared: list, layer: int, steps, units: torch.Tensor) -> list[float] | None:
         """``edit_sizes``' numbers from the readings over the batches ``prepared``, or None where they are not whole."""
-        if layer != self.layer or len(self.plain) != len(prepared) or self.layer > 0 and len(self.lower) != len(prepared):
+        if layer != self.layer or len(self.plain) != len(prepared):
             return None
         unchanged = not steps  # the edit has nothing at or below L: h_L is the unedited one
         if any(self.tokens.get(i) != t.tokens or not unchanged and i not in self.changes for i, (t, _, _) in enumerate(prepared)):
@@ -229,7 +225,7 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, uni
     """One request: Σ over counted tokens (``weights``: how many pairs count each) of ‖h_L(edited) − h_L‖₂, of |h_L·d̂|
     for each row d̂ of ``units`` (projections of the unedited output), and their count; the model stops after block L.
     ``trie``: a batch of token tries instead of padded rows (its mask built where it runs, from its parents); ``keep``:
-    also return the unedited input of block L (``lower``, what ``LowerLayers`` keeps)."""
+    also return block L's unedited output (``plain``, what ``LowerLayers`` keeps for a direction at L)."""
     lm = model.lm  # only the envoy, tensors, plain data and small functions may enter a (remote) trace body
     path = model.arch.layers
     below, here = split_at(steps, layer)  # a direction at `layer` itself moves the output read there
@@ -245,8 +241,6 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, uni
         if served:  # the mask built on the server from the tries' parents, as the evaluation's is
             inputs = {"input_ids": ids, "attention_mask": attention_mask(parents, dtype), "position_ids": positions}
         with lm.trace(inputs) as tracer:
-            if keep:
-                lower = resolve_path(lm, path)[layer - 1].output
             plain = block_hidden(resolve_path(lm, path)[layer].output).clone()
             tracer.stop()
         with lm.trace(inputs) as tracer:
@@ -264,5 +258,5 @@ def _change_norms(model: LoadedModel, ids, mask, weights, steps, layer: int, uni
         count.save()
         along.save()
         if keep:
-            lower.save()
-    return outcome(model, session, lambda: {"total": total, "count": count, "along": along, **({"lower": lower} if keep else {})})
+            plain.save()
+    return outcome(model, session, lambda: {"total": total, "count": count, "along": along, **({"plain": plain} if keep else {})})

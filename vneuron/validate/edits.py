@@ -157,6 +157,22 @@ def apply(lm, steps: list[tuple]) -> None:
                                                                  + beta.to(current.device, current.dtype))
 
 
+def start_at(steps: list[tuple]) -> int:
+    """The first block a plan's edits can change: its lowest layer, or the one above it where the edits there are all
+    directions at that block's output (whose unedited output is then the input of the next; ``shifted``)."""
+    low = min((s[0] for s in steps), default=0)
+    return low + 1 if steps and not split_at(steps, low)[0] else low
+
+
+def shifted(output, steps: list[tuple]):
+    """A copy of a block's unedited output with the plan's directions at that block applied, as ``apply`` applies
+    them to it in a trace (the same operation on the same values: the same bits)."""
+    hidden = block_hidden(output).clone()
+    for _, _, unit, alpha, project, _ in steps:
+        shift_residual(hidden, unit, alpha, project)
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 def shift_residual(output, unit: torch.Tensor, alpha: torch.Tensor, project: torch.Tensor) -> None:
     """x ← x − p·(x·d̂)d̂ + α·d̂ in place on a block's output, on the device and in the dtype of the activation."""
     h = block_hidden(output)

@@ -26,7 +26,7 @@ from vneuron.runtime import budget, devices
 from vneuron.runtime.precision import storage
 from vneuron.runtime.remote import call, nbytes, outcome, trace_kwargs
 from vneuron.runtime.tokens import batches, encode, pack, pad_id, position_ids
-from vneuron.validate.edits import DirectionEdit, Edit, apply, plan, split_at
+from vneuron.validate.edits import DirectionEdit, Edit, apply, plan, shifted, split_at, start_at
 from vneuron.validate.prefix import LOGIT_BUDGET, attention_mask, head_logprobs, row_batches, tensors, pack as pack_tries
 
 # The default (third-person) forms; templates.py holds every preset and reads custom template strings.
@@ -135,9 +135,10 @@ def step_tensors(steps) -> list[torch.Tensor]:
 
 
 class LowerLayers:
-    """Hidden states entering the lowest edited layer, per batch of tries: an edit changes nothing
-    below its lowest layer, so these are computed once and shared by every edit set starting at or
-    above it (a located set and its matched controls have the same layer profile)."""
+    """Hidden states entering the first block an edit can change (``edits.start_at``), per batch of tries: an edit
+    changes nothing below it, so these are computed once and shared by every edit set starting at or above it (a
+    located set and its matched controls have the same layer profile; a direction and its random directions at block
+    L's output start at L + 1, from L's unedited output)."""
 
     def __init__(self):
         self.saved: dict[tuple, torch.Tensor] = {}
@@ -197,27 +198,32 @@ def _logprobs_tries(model: LoadedModel, encoded, steps, batch_tokens: int, progr
     sums = torch.zeros(len(encoded), dtype=torch.float64)
     counts = torch.zeros(len(encoded), dtype=torch.float64)
     low = min((step[0] for step in steps), default=0)
+    start = start_at(steps)  # low + 1 for directions at block low's output: they shift its saved unedited output
     pairs_key, prepared = tries_for(model, pairs, encoded, batch_tokens, reuse)
-    if reuse is not None and (low == 0 or model.remote is not None):
+    if reuse is not None and (start == 0 or model.remote is not None):
         reuse = None  # nothing below the edits to share; remote: hidden states would cross the network
-    # ``reads`` (local only) answers ``request(steps)`` with None or (block L, also L's input), and receives
-    # ``take(index, t, steps, lower, output)`` per batch: L's input (None unless asked) and its output after the edits up to L
+    # ``reads`` (local only) answers ``request(steps)`` with None or block L, and receives ``take(index, t, steps, output)``
+    # per batch: L's output after the edits up to L
     read = reads.request(steps) if reads is not None and model.remote is None else None
-    if read is not None and read[0] < low:
-        read = None  # below the edits, where a reused input replaces the blocks
+    if read is not None and reuse is not None and read < start:
+        read = None  # below the edits, where a reused hidden state replaces the blocks
     done = 0
     layers = model.n_layers
     for index, (t, chunks, n_pairs) in enumerate(prepared):
-        below = reuse.get(model, (pairs_key, index, low), t, low) if reuse is not None else None
+        below, run = None, steps
+        if reuse is not None:
+            below = reuse.get(model, (pairs_key, index, start), t, start)
+            if start > low:  # the blocks up to `low` replaced by its output, the directions there applied to a copy
+                below, run = shifted(below, [s for s in steps if s[0] == low]), [s for s in steps if s[0] > low]
         if model.remote is not None:  # a session, so that the server builds the mask from the trie's parents
             logp = call(model, lambda: _score_session(model, [(t, chunks, n_pairs)], [steps], post))["logp"][0]
         else:
-            got = call(model, lambda: score_tries(model, t, steps, chunks, post, below, low, read))
+            got = call(model, lambda: score_tries(model, t, run, chunks, post, below, start, read))
             logp = got["logp"]
             if read is not None:
-                reads.take(index, t, steps, got.get("lower"), got["output"])
+                reads.take(index, t, steps, got["output"])
         budget.current.add(budget.Work(
-            forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (low if below is not None else 0)),
+            forwards=1, requests=1, tokens=t.tokens, layer_tokens=t.tokens * (layers - (start if below is not None else 0)),
             head_positions=len(t.rows), bytes_down=nbytes(logp),
             bytes_up=nbytes(*sent_tensors(t), *step_tensors(steps))))
         sums.index_add_(0, t.pairs, logp.double())
@@ -286,11 +292,10 @@ def _score_session(model: LoadedModel, prepared, steps_list, post):
     return outcome(model, session, lambda: {"logp": logp})
 
 
-def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0, read: tuple[int, bool] | None = None):
+def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int = 0, read: int | None = None):
     """One request: log-prob of every scored token of a batch of tries (edited by ``steps``);
-    ``below``: the saved input of block ``low``, which replaces the blocks under it; ``read`` (L, lower): also block
-    L's output after the edits up to and within it (``output``), and with ``lower`` its input (``lower``, unedited
-    passes only: what ``LowerLayers`` keeps)."""
+    ``below``: the saved input of block ``low``, which replaces the blocks under it; ``read`` (a layer L): also block
+    L's output after the edits up to and within it (``output``)."""
     lm = model.lm  # only the envoy, tensors and plain data may enter a (remote) trace body
     base = resolve_path(lm, model.arch.base)
     head = resolve_path(lm, model.arch.head)
@@ -304,19 +309,15 @@ def score_tries(model: LoadedModel, t, steps, chunks, post, below=None, low: int
         if read is None:
             apply(lm, steps)
         else:
-            layer, lower_too = read
-            before, after = split_at(steps, layer)
-            if lower_too:
-                lower = blocks[layer - 1].output.save()
+            before, after = split_at(steps, read)
             apply(lm, before)
-            output = block_hidden(blocks[layer].output).clone().save()
+            output = block_hidden(blocks[read].output).clone().save()
             apply(lm, after)
         final = base.output[0]
         hidden = final[rows.to(final.device), cols.to(final.device)]
         logp = head_logprobs(hidden, head.weight, head.bias, post, chunks, node_of, targets).save()
         tracer.stop()  # the model's own LM head is not needed
-    read_out = {} if read is None else {"output": output, **({"lower": lower} if read[1] else {})}
-    return outcome(model, tracer, lambda: {"logp": logp, **read_out})
+    return outcome(model, tracer, lambda: {"logp": logp, **({} if read is None else {"output": output})})
 
 
 @dataclass

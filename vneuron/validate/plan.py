@@ -283,9 +283,10 @@ def _matrix_stage(loaded, config, study, keys: list[tuple], dtype: str, drawn: t
         neurons = study.neurons(pole)
         bottom = int(neurons.layers.min()) if len(neurons) else 0
         if layer_of is not None:
-            bottom = layer_of(pole)
-            if bottom is None:
+            layer = layer_of(pole)
+            if layer is None:
                 continue
+            bottom = layer + 1  # a direction at block L's output: the blocks from L + 1 run (``edits.start_at``)
         for column, (toward, members) in groups.items():
             if column == own and expresses(members[0], pole) is not None:
                 toward = pole
@@ -312,8 +313,8 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
                      side_per_set: Work | None) -> dict[str, tuple]:
     """The direction baselines' work, as ``baselines.Arms`` does it, per pole and γ: the budget (at the least read on the
     way by the study's own passes, at the most its own pair of passes up to layer L: ``edit_sizes``), each arm's edit
-    and its random directions (at least h, at most ``direction_controls_max``) above the layer's input saved once a
-    pole (``LowerLayers``), and one edited pass over the neutral corpus per arm.
+    and its random directions (at least h, at most ``direction_controls_max``) above the layer's output saved once a
+    pole (``LowerLayers``; ``edits.start_at``), and one edited pass over the neutral corpus per arm.
     A γ whose neuron edit changes nothing (scale 1, add 0) runs no arm; a pole without a direction is left out."""
     if not study.baselines.get("on"):
         return {}
@@ -333,10 +334,10 @@ def _direction_stage(loaded, config, study, kind: str, points: list, dtype: str,
             continue  # the study notes it and goes on
         items = items_for(study.evaluation.items, pole, config.limit)
         encoded = encode_pairs(loaded, forced_choice_pairs(items, config.choice, template=config.template))
-        per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer, dtype, template=config.template)
+        per_set, lower, _, _ = _eval_plan(loaded, items, config.choice, batch, layer + 1, dtype, template=config.template)
         tries = tries_supported(loaded, encoded)
-        sizes, kept = Work(), tries and layer > 0 and loaded.remote is None
-        if tries:  # the pair of passes over the evaluation's tries; the unedited one keeps L's input
+        sizes, kept = Work(), tries and loaded.remote is None
+        if tries:  # the pair of passes over the evaluation's tries; the unedited one keeps L's output
             sizes = Work(forwards=2 * per_set.forwards, requests=per_set.forwards, tokens=2 * per_set.tokens,
                          layer_tokens=2 * per_set.tokens * (layer + 1))
         else:
