@@ -221,9 +221,9 @@ def test_matched_alpha_is_the_mean_change_of_the_residual_by_hand(tiny_model, ar
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
-def test_edit_sizes_on_tries_equal_padded_rows_and_leave_the_layer_input_for_the_arms(tiny_model, arch):
+def test_edit_sizes_on_tries_equal_padded_rows_and_leave_the_layer_output_for_the_arms(tiny_model, arch):
     """The sizes read over the evaluation's token tries (a shared token once, weighted by the pairs counting it) equal
-    the padded reference path; their unedited pass leaves the input of block L in the store, equal to what LowerLayers
+    the padded reference path; their unedited pass leaves the output of block L in the store, equal to what LowerLayers
     would compute, so the direction edits that follow start there without a pass of their own."""
     from vneuron.validate.directions import edit_sizes
     from vneuron.validate.evaluate import LowerLayers, forced_choice_sets
@@ -243,7 +243,7 @@ def test_edit_sizes_on_tries_equal_padded_rows_and_leave_the_layer_input_for_the
     kept = dict(reuse.saved)
     fresh = LowerLayers()
     after = forced_choice_sets(model, items, [direction], batch_tokens=64, reuse=reuse)[0].p_pole
-    assert reuse.misses == 0 and reuse.hits == len(kept)  # every batch started from the kept input
+    assert reuse.misses == 0 and reuse.hits == len(kept)  # every batch started from the kept output
     assert torch.equal(after, forced_choice_sets(model, items, [direction], batch_tokens=64, reuse=fresh)[0].p_pole)
     for key, hidden in fresh.saved.items():
         torch.testing.assert_close(kept[key], hidden, rtol=0, atol=0)
