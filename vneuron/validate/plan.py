@@ -203,25 +203,32 @@ def validation_plan(run, config, kind: str, gammas: list[float] | None = None, *
     return out
 
 
+def _side_controls(config, first: int, measures: int) -> tuple[int, int, float]:
+    """Controls the side effects draw beside each located set (``specificity.side_study``'s sequential rule): at least
+    h, at most every one measured beside the value shift (all drawn, and at least side_controls), and on average
+    ``side_effects.expected_controls`` after a value shift that drew ``first``, over ``measures`` damage measures."""
+    from vneuron.validate.side_effects import expected_controls
+    from vneuron.validate.specificity import beside_count
+
+    h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
+    least = min(config.side_controls, h) if h > 0 else config.side_controls
+    return least, most, expected_controls(beside_count(first, config), first, h, measures)
+
+
 def _beside_plan(loaded, config, per_control: Work, items, kind: str, points: int, poles: int, first: int) -> dict[str, Any]:
     """The cost of one more control (every pole and γ) and of the side effects, for the plan (``first``: the value shift's
     first round of controls)."""
     out: dict[str, Any] = {"per_control": per_control.report()}
     if config.side_effects:
-        from vneuron.validate.side_effects import expected_controls, load_neutral
-        from vneuron.validate.specificity import beside_count
+        from vneuron.validate.side_effects import load_neutral
 
         neutral = load_neutral(items[0].language if items else "en", config.neutral)
         tokens = sum(len(loaded.tokenizer(t)["input_ids"]) for t in neutral.texts)
         pair_tokens = sum(len(loaded.tokenizer(p + c)["input_ids"]) for _, p, r, w in neutral.pairs for c in (r, w))
-        # the sequential rule (specificity.side_study): at least h controls beside the located set, at most every one
-        # measured beside the value shift (all drawn, and at least side_controls)
-        h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
-        least = min(config.side_controls, h) if h > 0 else config.side_controls
+        least, most, expected = _side_controls(config, first, 3 if neutral.pairs else 2)
         out["side_effects"] = {"texts": len(neutral.texts), "pairs": len(neutral.pairs), "tokens_per_set": tokens + pair_tokens,
                                "sets_at_least": points * poles * (1 + least), "sets_at_most": points * poles * (1 + most),
-                               "sets_expected": round(points * poles * (1 + expected_controls(
-                                   beside_count(first, config), first, h, 3 if neutral.pairs else 2)), 1),
+                               "sets_expected": round(points * poles * (1 + expected), 1),
                                "cross_values": kind == "ablate" and config.cross_values}
     return out
 
@@ -233,8 +240,7 @@ def _side_stage(loaded, config, items, measured: int, first: int) -> dict[str, t
     ``side_effects.expected_controls`` after a value shift that drew ``first``): (least, most, per set, expected)."""
     if not config.side_effects:
         return {}
-    from vneuron.validate.side_effects import expected_controls, load_neutral, prose_batch_shapes
-    from vneuron.validate.specificity import beside_count
+    from vneuron.validate.side_effects import load_neutral, prose_batch_shapes
 
     per_set, reference, measures = Work(), Work(), 2  # KL and perplexity; the task's pairs where the corpus has them
     for lang in sorted({"zh" if i.language == "zh" else "en" for i in items} or {"en"}):
@@ -250,15 +256,10 @@ def _side_stage(loaded, config, items, measured: int, first: int) -> dict[str, t
                                         loaded.extra.get("dtype", "float32"), pairs=flat)
             reference.add(pairs)
             per_set.add(pairs)
-    h, most = config.stop_after, max(config.side_controls, config.controls, config.max_controls)
-    least = min(config.side_controls, h) if h > 0 else config.side_controls
     low, high, mean = Work(), Work(), Work()
-    for bound, controls in ((low, least), (high, most)):
+    for bound, controls in zip((low, high, mean), _side_controls(config, first, measures)):
         bound.add(reference)
         bound.add(_scaled(per_set, measured * (1 + controls)))
-    drawn = expected_controls(beside_count(first, config), first, h, measures)
-    mean.add(reference)
-    mean.add(_scaled(per_set, measured * (1 + drawn)))
     return {"side effects": (low, high, per_set, mean)}
 
 

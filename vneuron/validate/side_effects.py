@@ -32,7 +32,7 @@ from vneuron.runtime.tokens import pad_id, position_ids, token_batches
 from vneuron.validate.edits import apply, plan
 from vneuron.models.sites import resolve_path
 from vneuron.validate.evaluate import continuation_logprobs_sets
-from vneuron.validate.prefix import LOGIT_BUDGET, head_logsumexp
+from vneuron.validate.prefix import head_chunks, head_logsumexp
 
 NEUTRAL_BATCH_TOKENS = 128  # a soft-capped head: the full next-token distributions of a batch are held at once (vocab 262,144)
 LINEAR_BATCH_TOKENS = 1024  # any other head: the vocabulary is read in chunks (``edited_stats``), batches as evaluation's
@@ -120,11 +120,6 @@ def load_fit_prose(language: str = "en", path: str | Path | None = None) -> tupl
 # and only logZ = logsumexp(z) needs the edited logits: one pass over the vocabulary instead of five, and the model's
 # own head over every position is never materialised. Exact for a head followed by nothing or by a division (every
 # family but a soft-capped one, which keeps the direct formula).
-def _chunks(n: int, vocab: int) -> list[tuple[int, int]]:
-    step = max(1, LOGIT_BUDGET // max(vocab, 1))
-    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-
-
 def _work(hidden: torch.Tensor) -> torch.dtype:
     """Float64 for a float64 model (exact tests), else float32, as the direct formula computes."""
     return torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -135,7 +130,7 @@ def reference_stats(hidden: torch.Tensor, weight, bias, scale: float, targets: t
     of the target, a 0, then e = Wᵀp / s (float64, on the host). Only tensors and plain data: it runs in a request."""
     rows = []
     vocab, work = weight.shape[0], _work(hidden)
-    for lo, hi in _chunks(hidden.shape[0], vocab):
+    for lo, hi in head_chunks(hidden.shape[0], vocab):
         z = (torch.nn.functional.linear(hidden[lo:hi].to(weight.device), weight, bias) / scale).to(work)
         logp = z.log_softmax(-1)
         p = logp.exp()
@@ -151,7 +146,7 @@ def edited_stats(hidden: torch.Tensor, weight, bias, scale: float, targets: torc
     """Per position under an edit: [N, 2] KL(unedited ‖ edited) and the NLL of the target (float64, on the host)."""
     out = []
     vocab, work = weight.shape[0], _work(hidden)
-    for lo, hi in _chunks(hidden.shape[0], vocab):
+    for lo, hi in head_chunks(hidden.shape[0], vocab):
         h = hidden[lo:hi].to(weight.device)
         rows = torch.arange(hi - lo, device=h.device)
         log_z, target = head_logsumexp(h, weight, bias, None if scale == 1 else ("divide", scale), rows,
